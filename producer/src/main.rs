@@ -2,6 +2,7 @@
 
 mod cli_load;
 mod cli_publish;
+mod cli_topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ struct KafkaArgs {
     kafka_options: Vec<(String, String)>,
 }
 
-fn parse_option(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_option(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .filter(|(k, _)| !k.is_empty())
@@ -55,6 +56,8 @@ enum Command {
     Load(cli_load::LoadArgs),
     /// Serve the HTTP ingest endpoint (POST /v1/events) and /metrics.
     Serve(ServeArgs),
+    /// Create a topic (or check it exists) and wait until its partitions are ready.
+    EnsureTopic(cli_topics::TopicArgs),
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +98,7 @@ async fn main() -> std::process::ExitCode {
         Command::Publish(args) => cli_publish::run(&cli.kafka, args).await,
         Command::Load(args) => cli_load::run(&cli.kafka, args).await,
         Command::Serve(args) => serve(&cli.kafka, args).await,
+        Command::EnsureTopic(args) => cli_topics::run(&cli.kafka, args).await,
     };
     match outcome {
         Ok(code) => code,

@@ -162,6 +162,8 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            // A typo in the topic name must fail start-up, not create a new topic.
+            .set("allow.auto.create.topics", "false")
             .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
             .set("client.id", "orderhooks-producer");
         for (k, v) in &config.kafka_options {

@@ -1,1 +1,149 @@
+//! Harness for the end-to-end tests: the broker and registry started by
+//! `scripts/test.sh` (found through `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`),
+//! a fresh topic per test, consumers tuned for the test broker, and child processes
+//! that are killed by pid when dropped.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts the broker and the registry")
+    })
+}
+
+/// Bootstrap servers of the test broker.
+pub fn brokers() -> String {
+    required_env("KAFKA_BOOTSTRAP_SERVERS")
+}
+
+/// Base URL of the test registry.
+pub fn registry_url() -> String {
+    required_env("SCHEMA_REGISTRY_URL")
+}
+
+/// `prefix` plus a random suffix, for topics and groups no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// An address on 127.0.0.1 where nothing listens.
+pub fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr.to_string()
+}
+
+/// Creates `name` with `partitions` partitions on `brokers` and waits until it is usable.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin.create_topics([&topic], &AdminOptions::new()).await.expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = admin.inner().fetch_metadata(Some(name), Duration::from_secs(5)).expect("metadata");
+        let ready = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} not ready after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a fresh topic on the test broker and returns its name.
+pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
+    let name = unique(prefix);
+    create_topic_on(&brokers(), &name, partitions).await;
+    name
+}
+
+/// A consumer of `topic` from the beginning, in a group of its own.
+pub fn consumer(topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("e2e"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // The test broker's first join waits about half of this (DESIGN.md §5).
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Reads `count` records of `topic`, failing after `timeout` with what it got so far;
+/// then waits a little longer to catch records that should not be there.
+pub async fn read_exactly(topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer = consumer(topic);
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = consumer.stream();
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => out.push(m.detach()),
+            Ok(Some(Err(e))) => panic!("consuming {topic}: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!("read {} of {count} records of {topic} in {timeout:?}", out.len()),
+        }
+    }
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+        let extra = extra.expect("consume");
+        panic!("more than {count} records in {topic}: extra at offset {}", extra.offset());
+    }
+    out
+}
+
+/// The path of a workspace binary, built next to the test executables.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built: run scripts/test.sh (it builds the binaries)", path.display());
+    path
+}
+
+/// Runs a workspace binary to completion with `stdin` as input.
+pub fn run(name: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(binary(name))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+/// A long-running child process, killed by pid when dropped.
+#[derive(Debug)]
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
