@@ -28,7 +28,7 @@ fn env_or(name: &str, default: usize) -> usize {
 struct Target {
     name: &'static str,
     brokers: String,
-    mock: Option<Arc<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>>,
+    mock: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
 }
 
 impl Target {
@@ -54,7 +54,7 @@ fn events(n: usize) -> Vec<OrderEvent> {
     (0..n)
         .map(|i| {
             let kind = if i < 1000 { EventType::OrderCreated } else { EventType::OrderStatusChanged };
-            OrderEvent::sample(kind, &format!("order-{}", i % 1000), &format!("partner-{}", i % 3), 8)
+            OrderEvent::sample(kind, &format!("order-{}", i % 1000), &format!("partner-{}", i % 3), 16)
         })
         .collect()
 }
@@ -73,6 +73,7 @@ async fn raw(target: &Target, registry: &str, events: &[OrderEvent]) -> (f64, us
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
         .create()
         .expect("producer");
     let start = Instant::now();
@@ -148,7 +149,7 @@ async fn main() {
     tokio::spawn(schema_registry::serve(listener, Arc::new(schema_registry::Store::in_memory()), std::future::pending()));
     let registry = format!("http://{addr}");
 
-    let mock = Arc::new(MockCluster::new(1).expect("mock cluster"));
+    let mock = MockCluster::new(1).expect("mock cluster");
     let mut targets = vec![Target { name: "mock cluster", brokers: mock.bootstrap_servers(), mock: Some(mock) }];
     if let Ok(brokers) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         targets.push(Target { name: "nisshi broker", brokers, mock: None });

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use order_schemas::{CodecError, InvalidEvent, OrderCodec, OrderEvent};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use rdkafka::Message;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::metrics as m;
@@ -98,9 +100,45 @@ impl PublishError {
     }
 }
 
+/// What travels with a record through librdkafka, handed back in the delivery callback.
+/// Dropping it there releases the in-flight permit, whether or not anyone awaits the
+/// outcome, so a caller that enqueues more than the cap before waiting cannot deadlock.
+struct InFlight {
+    outcome: oneshot::Sender<Result<(i32, i64), KafkaError>>,
+    event_type: &'static str,
+    started: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Delivery reports: release the permit, record metrics, pass the outcome on.
+struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+        let outcome = match result {
+            Ok(message) => {
+                metrics::counter!(m::PUBLISHED, "event_type" => in_flight.event_type).increment(1);
+                metrics::histogram!(m::LATENCY).record(in_flight.started.elapsed().as_secs_f64());
+                Ok((message.partition(), message.offset()))
+            }
+            Err((error, _)) => {
+                metrics::counter!(m::FAILED, "reason" => "kafka").increment(1);
+                Err(error.clone())
+            }
+        };
+        let InFlight { outcome: tx, .. } = *in_flight;
+        let _ = tx.send(outcome);
+    }
+}
+
 /// Publishes order events to one topic.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<DeliveryContext>>,
     codec: OrderCodec,
     topic: String,
     permits: Arc<Semaphore>,
@@ -113,18 +151,11 @@ impl std::fmt::Debug for Publisher {
 }
 
 /// An event Kafka has accepted into its queue; [`PendingDelivery::wait`] gives the outcome.
+/// Dropping it does not cancel the delivery.
+#[derive(Debug)]
 pub struct PendingDelivery {
-    delivery: DeliveryFuture,
+    outcome: oneshot::Receiver<Result<(i32, i64), KafkaError>>,
     event_id: Uuid,
-    event_type: &'static str,
-    started: Instant,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl std::fmt::Debug for PendingDelivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingDelivery").field("event_id", &self.event_id).finish_non_exhaustive()
-    }
 }
 
 impl PendingDelivery {
@@ -135,20 +166,11 @@ impl PendingDelivery {
     /// Waits for Kafka's acknowledgement.
     pub async fn wait(self) -> Result<Published, PublishError> {
         let event_id = self.event_id;
-        let outcome = match self.delivery.await {
-            Ok(Ok(d)) => Ok(Published { event_id, partition: d.partition, offset: d.offset }),
-            Ok(Err((error, _))) => Err(PublishError::Delivery { event_id, error }),
+        match self.outcome.await {
+            Ok(Ok((partition, offset))) => Ok(Published { event_id, partition, offset }),
+            Ok(Err(error)) => Err(PublishError::Delivery { event_id, error }),
             Err(_) => Err(PublishError::Delivery { event_id, error: KafkaError::Canceled }),
-        };
-        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
-        match &outcome {
-            Ok(_) => {
-                metrics::counter!(m::PUBLISHED, "event_type" => self.event_type).increment(1);
-                metrics::histogram!(m::LATENCY).record(self.started.elapsed().as_secs_f64());
-            }
-            Err(e) => metrics::counter!(m::FAILED, "reason" => e.reason()).increment(1),
         }
-        outcome
     }
 }
 
@@ -169,9 +191,10 @@ impl Publisher {
         for (k, v) in &config.kafka_options {
             client.set(k, v);
         }
-        let producer: FutureProducer = client
-            .create()
+        let producer: ThreadedProducer<DeliveryContext> = client
+            .create_with_context(DeliveryContext)
             .map_err(|e| PublishError::Connect(format!("invalid Kafka settings: {e}")))?;
+        let producer = Arc::new(producer);
         check_topic(&producer, config).await?;
         let codec = OrderCodec::new(&config.registry_url, &config.topic, config.connect_timeout)?;
         codec.register_all().await?;
@@ -208,10 +231,16 @@ impl Publisher {
         if let Some(tp) = traceparent {
             headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
         }
-        let mut record = FutureRecord::to(&self.topic).key(event.order_id()).payload(&payload).headers(headers);
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
+        let (tx, rx) = oneshot::channel();
+        let in_flight = Box::new(InFlight { outcome: tx, event_type: event.event_type().name(), started, _permit: permit });
+        let mut record = BaseRecord::with_opaque_to(&self.topic, in_flight)
+            .key(event.order_id())
+            .payload(&payload)
+            .headers(headers);
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The permit cap sits below librdkafka's queue size, so this only
                     // happens when queue.buffering.max.kbytes is the tighter limit.
@@ -219,18 +248,12 @@ impl Publisher {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((error, _)) => {
+                    metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
                     return Err(fail(PublishError::Delivery { event_id: event.event_id(), error }));
                 }
             }
-        };
-        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
-        Ok(PendingDelivery {
-            delivery,
-            event_id: event.event_id(),
-            event_type: event.event_type().name(),
-            started,
-            _permit: permit,
-        })
+        }
+        Ok(PendingDelivery { outcome: rx, event_id: event.event_id() })
     }
 
     /// Publishes `event` and waits for Kafka's acknowledgement.
@@ -240,7 +263,7 @@ impl Publisher {
 
     /// Waits until every enqueued event is acknowledged or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let producer = Arc::clone(&self.producer);
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
             .await
             .map_err(|e| PublishError::Connect(e.to_string()))?
@@ -249,8 +272,8 @@ impl Publisher {
 }
 
 /// Fails with a message naming the brokers or the topic when either is not usable.
-async fn check_topic(producer: &FutureProducer, config: &PublisherConfig) -> Result<(), PublishError> {
-    let (producer, topic, timeout) = (producer.clone(), config.topic.clone(), config.connect_timeout);
+async fn check_topic(producer: &Arc<ThreadedProducer<DeliveryContext>>, config: &PublisherConfig) -> Result<(), PublishError> {
+    let (producer, topic, timeout) = (Arc::clone(producer), config.topic.clone(), config.connect_timeout);
     let metadata = tokio::task::spawn_blocking(move || {
         producer.client().fetch_metadata(Some(&topic), Timeout::After(timeout))
     })

@@ -93,3 +93,23 @@ async fn an_invalid_event_is_refused_and_nothing_is_written() {
     let records = read_exactly(&topic, 1, Duration::from_secs(30)).await;
     assert_eq!(records[0].key(), Some(&b"o-2"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueueing_past_the_in_flight_cap_waits_for_acknowledgements_not_for_the_caller() {
+    // A caller may enqueue far more than the cap before awaiting any outcome: permits are
+    // released by Kafka's delivery reports, not by the caller polling.
+    let topic = fresh_topic("lib-cap", 2).await;
+    let mut c = config(&topic);
+    c.max_in_flight = 5;
+    let publisher = Publisher::connect(&c).await.expect("connect");
+    let mut pending = Vec::new();
+    for i in 0..60 {
+        let event = OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), "partner-a", 1);
+        let enqueued = tokio::time::timeout(Duration::from_secs(20), publisher.enqueue(&event, None)).await;
+        pending.push(enqueued.expect("enqueue must not deadlock").expect("enqueue"));
+    }
+    for p in pending {
+        p.wait().await.expect("acknowledged");
+    }
+    read_exactly(&topic, 60, Duration::from_secs(30)).await;
+}
