@@ -16,6 +16,7 @@ use schema_registry_converter::avro_common::get_supplied_schema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
 
 use crate::wire::{self, FramingError};
 use crate::{EventType, OrderEvent};
@@ -77,6 +78,8 @@ pub struct OrderCodec {
     encoder: Arc<AvroEncoder<'static>>,
     decoder: Arc<AvroDecoder<'static>>,
     strategies: Arc<[SubjectNameStrategy; 3]>,
+    /// Each event type's schema id for this topic, once registered.
+    ids: Arc<[OnceCell<u32>; 3]>,
 }
 
 impl std::fmt::Debug for OrderCodec {
@@ -100,6 +103,7 @@ impl OrderCodec {
             encoder: Arc::new(AvroEncoder::new(settings.clone())),
             decoder: Arc::new(AvroDecoder::new(settings)),
             strategies: Arc::new(EventType::ALL.map(strategy)),
+            ids: Arc::new([OnceCell::new(), OnceCell::new(), OnceCell::new()]),
         })
     }
 
@@ -121,13 +125,23 @@ impl OrderCodec {
     pub async fn register_all(&self) -> Result<Vec<(EventType, u32)>, CodecError> {
         let mut out = Vec::new();
         for t in EventType::ALL {
-            let found = self.encoder.get_schema_and_id(&self.subject(t), self.strategy(t).clone()).await;
-            match found {
-                Ok(schema) => out.push((t, schema.id)),
-                Err(e) => return Err(self.encoder_failed(&e)),
-            }
+            out.push((t, self.schema_id(t).await?));
         }
         Ok(out)
+    }
+
+    /// The schema id of `t` under this topic's subject, registering it on first use.
+    pub async fn schema_id(&self, t: EventType) -> Result<u32, CodecError> {
+        let cell = &self.ids[t as usize];
+        let id = cell
+            .get_or_try_init(|| async {
+                match self.encoder.get_schema_and_id(&self.subject(t), self.strategy(t).clone()).await {
+                    Ok(schema) => Ok(schema.id),
+                    Err(e) => Err(self.encoder_failed(&e)),
+                }
+            })
+            .await?;
+        Ok(*id)
     }
 
     fn encoder_failed(&self, e: &SRCError) -> CodecError {
@@ -143,6 +157,17 @@ impl OrderCodec {
 
     /// Encodes `event` in Confluent wire format.
     pub async fn encode(&self, event: &OrderEvent) -> Result<Vec<u8>, CodecError> {
+        let id = self.schema_id(event.event_type()).await?;
+        let mut out = Vec::with_capacity(1024);
+        out.push(wire::MAGIC);
+        out.extend_from_slice(&id.to_be_bytes());
+        crate::binary::encode(event, &mut out);
+        Ok(out)
+    }
+
+    /// Encodes `event` through schema_registry_converter and apache-avro's generic
+    /// serde path: the reference the fast encoder is tested against.
+    pub async fn encode_generic(&self, event: &OrderEvent) -> Result<Vec<u8>, CodecError> {
         let strategy = self.strategy(event.event_type());
         let encoded = match event {
             OrderEvent::Created(e) => self.encoder.encode_struct(e, strategy).await,

@@ -32,6 +32,20 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, InvalidEvent> {
 impl OrderEvent {
     /// Parses and validates one event in its JSON form.
     pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidEvent> {
+        // Fast path: straight into the typed enum. Only when that fails is the input
+        // parsed again, slowly, to name the field that is wrong.
+        match serde_json::from_slice::<OrderEvent>(bytes) {
+            Ok(event) => {
+                event.validate()?;
+                Ok(event)
+            }
+            Err(_) => Self::from_json_explained(bytes),
+        }
+    }
+
+    /// Parses in two steps (`type`, then that struct through serde_path_to_error), so
+    /// that an error names the field; serde's internally tagged enums lose the path.
+    fn from_json_explained(bytes: &[u8]) -> Result<Self, InvalidEvent> {
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| InvalidEvent::new("", format!("malformed JSON: {e}")))?;
         let Value::Object(mut fields) = value else {

@@ -11,6 +11,7 @@
 //! - a registry failure is reported as retryable ([`CodecError::is_retryable`]) and is
 //!   never cached, so the next call tries again.
 
+mod binary;
 mod codec;
 mod events;
 mod input;

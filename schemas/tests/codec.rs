@@ -38,6 +38,7 @@ async fn every_event_type_round_trips_in_confluent_framing() {
     for t in EventType::ALL {
         let event = OrderEvent::sample(t, "o-1", "partner-a", 8);
         let bytes = codec.encode(&event).await.expect("encode");
+        assert_eq!(bytes, codec.encode_generic(&event).await.expect("generic"), "{t}: same bytes as schema_registry_converter");
         let (id, body) = wire::unframe(&bytes).expect("framed");
         assert_eq!(Some(&(t, id)), ids.iter().find(|(k, _)| *k == t), "{t} uses its registered id");
         assert!(!body.is_empty());
