@@ -49,6 +49,6 @@ except urllib.error.HTTPError as e:
     print(f"a bad event gets {e.code}:", e.read().decode())
 PY
 
-echo "== 3. the orders topic, decoded through the registry (last 5 of what is there)"
-"$BIN/orders-tail" --idle-secs 5 2>/dev/null | tail -n 5
+echo "== 3. the orders topic, decoded through the registry (the last few; amounts shown in major units)"
+"$BIN/orders-tail" --idle-secs 5 2>/dev/null | sort -t@ -k1,1 -s | tail -n 8
 echo "== done. The stack is still running: source ${STACK_DIR:-$ROOT/.stack}/env to use it, scripts/stack.sh down to stop it."

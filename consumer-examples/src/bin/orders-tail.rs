@@ -30,6 +30,33 @@ struct Args {
     /// Start at the end of the topic instead of the beginning.
     #[arg(long)]
     from_end: bool,
+    /// Print each event as a JSON line (the whole event) instead of a one-line summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `p1@3 order.status_changed order-1 partner-1 SHIPPED 209.85 EUR (8 items)`
+fn summary(partition: i32, offset: i64, event: &order_schemas::OrderEvent) -> String {
+    let order = event.order();
+    // ISO 4217 minor-unit exponents: most currencies have 2, these differ.
+    let exponent = match order.total.currency.as_str() {
+        "JPY" | "KRW" | "CLP" | "ISK" | "VND" | "XAF" | "XOF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    };
+    let units = 10f64.powi(exponent);
+    format!(
+        "p{partition}@{offset} {} {} {} {:?} {:.prec$} {} ({} items) event {}",
+        event.event_type(),
+        event.order_id(),
+        event.partner_id(),
+        order.status,
+        order.total.amount_minor as f64 / units,
+        order.total.currency,
+        order.items.len(),
+        event.event_id(),
+        prec = exponent as usize,
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -52,17 +79,16 @@ async fn main() -> anyhow::Result<()> {
         let Ok(Some(message)) = next else { break };
         let message = message.context("consuming")?;
         let payload = message.payload().unwrap_or_default();
+        let (partition, offset) = (message.partition(), message.offset());
         let line = match codec.decode(payload).await {
-            Ok(event) => serde_json::json!({
-                "partition": message.partition(),
-                "offset": message.offset(),
-                "event": event.to_json(),
-            }),
-            Err(e) => serde_json::json!({
-                "partition": message.partition(),
-                "offset": message.offset(),
-                "undecodable": e.to_string(),
-            }),
+            Ok(event) if args.json => {
+                serde_json::json!({ "partition": partition, "offset": offset, "event": event.to_json() }).to_string()
+            }
+            Ok(event) => summary(partition, offset, &event),
+            Err(e) if args.json => {
+                serde_json::json!({ "partition": partition, "offset": offset, "undecodable": e.to_string() }).to_string()
+            }
+            Err(e) => format!("p{partition}@{offset} undecodable: {e}"),
         };
         println!("{line}");
         seen += 1;
