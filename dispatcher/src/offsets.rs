@@ -1,0 +1,89 @@
+//! Offsets to commit: only the contiguous prefix of finished records of a partition.
+//! A record is finished when delivered or durably dead-lettered; one unfinished record
+//! holds the committable offset back even when later ones are finished, so a restart
+//! redoes it (and at most the finished ones after it: duplicates bounded by the window).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Per partition: offsets taken in, and which of them are finished.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: BTreeMap<i32, Partition>,
+}
+
+#[derive(Debug, Default)]
+struct Partition {
+    pending: BTreeSet<i64>,
+    /// Highest offset taken in so far.
+    highest: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// Records that `offset` of `partition` was taken in and is not finished.
+    pub fn begin(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.pending.insert(offset);
+        p.highest = Some(p.highest.map_or(offset, |h| h.max(offset)));
+    }
+
+    /// Marks `offset` finished. Returns the offset to commit for the partition (the
+    /// next one to read: one past the finished prefix) when it moved.
+    pub fn finish(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&partition)?;
+        let was_first = p.pending.first() == Some(&offset);
+        if !p.pending.remove(&offset) || !was_first {
+            return None;
+        }
+        Some(match p.pending.first() {
+            Some(first) => *first,
+            None => p.highest.map_or(offset + 1, |h| h + 1),
+        })
+    }
+
+    /// Unfinished records of `partition`.
+    pub fn pending(&self, partition: i32) -> usize {
+        self.partitions.get(&partition).map_or(0, |p| p.pending.len())
+    }
+
+    /// Unfinished records in all.
+    pub fn total_pending(&self) -> usize {
+        self.partitions.values().map(|p| p.pending.len()).sum()
+    }
+
+    /// Forgets a partition (after it was revoked).
+    pub fn forget(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_contiguous_finished_prefix_is_committed() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            t.begin(0, o);
+        }
+        assert_eq!(t.finish(0, 12), None, "12 finished but 10 is not");
+        assert_eq!(t.finish(0, 11), None);
+        assert_eq!(t.finish(0, 10), Some(13), "10-12 done: next to read is 13");
+        assert_eq!(t.finish(0, 14), None, "13 still pending");
+        assert_eq!(t.finish(0, 13), Some(15));
+        assert_eq!(t.pending(0), 0);
+    }
+
+    #[test]
+    fn partitions_are_independent_and_unknown_finishes_are_ignored() {
+        let mut t = OffsetTracker::default();
+        t.begin(0, 5);
+        t.begin(1, 7);
+        assert_eq!(t.finish(1, 7), Some(8));
+        assert_eq!(t.finish(1, 7), None, "twice");
+        assert_eq!(t.finish(2, 1), None, "never begun");
+        assert_eq!(t.total_pending(), 1);
+        t.forget(0);
+        assert_eq!(t.finish(0, 5), None, "forgotten after revoke");
+    }
+}

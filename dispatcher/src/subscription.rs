@@ -1,0 +1,275 @@
+//! Subscriptions: which partner gets which event types at which URL, signed with which
+//! secrets, under which limits. They live in a compacted Kafka topic (key = id, value =
+//! this struct as JSON, tombstone = deleted); a YAML file can seed them.
+//!
+//! Validation runs when a file is applied and again when a dispatcher reads the topic:
+//! every error names the subscription and the field.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use order_schemas::EventType;
+use serde::{Deserialize, Serialize};
+
+use crate::signing::Secret;
+use crate::ssrf::Allowlist;
+
+/// How a failing delivery is retried before it is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. Default 8.
+    pub max_attempts: u32,
+    /// Time from the first attempt after which no new attempt starts, in seconds.
+    /// Default 3600.
+    pub max_elapsed_secs: u64,
+    /// Delay before the first retry, doubled each time, in milliseconds. Default 500.
+    pub initial_backoff_ms: u64,
+    /// Cap of the delay between attempts (and of a Retry-After we honour), in
+    /// milliseconds. Default 60,000.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 8, max_elapsed_secs: 3600, initial_backoff_ms: 500, max_backoff_ms: 60_000 }
+    }
+}
+
+/// One partner endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Unique id; the key in the subscriptions topic.
+    pub id: String,
+    /// The partner; names its delivery and dead-letter topics.
+    pub partner_id: String,
+    /// Where webhooks are POSTed (https, or http for allowlisted addresses).
+    pub url: String,
+    /// Event types delivered, e.g. `order.created`.
+    pub event_types: BTreeSet<String>,
+    /// Signing secrets (`whsec_...`); every one signs while a secret rotates.
+    pub secrets: Vec<String>,
+    /// Receives every partner's events (our own services only). Default false.
+    #[serde(default)]
+    pub internal: bool,
+    /// Requests in flight to this partner at most. Default 16.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Time a partner has to answer one request, in milliseconds. Default 10,000.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Set when the partner answered 410 Gone; nothing is sent while set.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A subscription that failed validation: which one, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subscription `{id}`: {field}: {message}")]
+pub struct InvalidSubscription {
+    pub id: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Partner ids become topic names: lowercase letters, digits, `-` and `_`.
+fn valid_partner_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Subscription {
+    fn invalid(&self, field: &'static str, message: impl Into<String>) -> InvalidSubscription {
+        InvalidSubscription { id: self.id.clone(), field, message: message.into() }
+    }
+
+    /// Checks every field; URL hosts given as IP literals must pass the SSRF rules
+    /// (names are checked again at every request, after resolution).
+    pub fn validate(&self, allowlist: &Allowlist) -> Result<(), InvalidSubscription> {
+        if self.id.trim().is_empty() {
+            return Err(self.invalid("id", "must not be empty"));
+        }
+        if !valid_partner_id(&self.partner_id) {
+            return Err(self.invalid("partner_id", format!("`{}` must be 1-100 of a-z, 0-9, - and _", self.partner_id)));
+        }
+        let url = reqwest::Url::parse(&self.url).map_err(|e| self.invalid("url", format!("`{}` is not a URL: {e}", self.url)))?;
+        let host = url.host().ok_or_else(|| self.invalid("url", "has no host"))?;
+        let literal = match host {
+            url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip)),
+            url::Host::Domain(_) => None,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if literal.is_some_and(|ip| allowlist.contains(ip)) => {}
+            other => return Err(self.invalid("url", format!("scheme `{other}` not allowed: use https (http only for allowlisted addresses)"))),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid("url", "must not carry credentials"));
+        }
+        if let Some(ip) = literal {
+            allowlist.check(ip).map_err(|why| self.invalid("url", format!("refused by the SSRF guard: {why}")))?;
+        }
+        if self.event_types.is_empty() {
+            return Err(self.invalid("event_types", "must name at least one event type"));
+        }
+        if let Some(bad) = self.event_types.iter().find(|t| EventType::from_name(t).is_none()) {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
+            return Err(self.invalid("event_types", format!("unknown event type `{bad}`, expected one of {}", known.join(", "))));
+        }
+        if self.secrets.is_empty() {
+            return Err(self.invalid("secrets", "at least one signing secret is required"));
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            Secret::parse(s).map_err(|why| self.invalid("secrets", format!("secret #{} {why}", i + 1)))?;
+        }
+        if !(1..=1000).contains(&self.max_in_flight) {
+            return Err(self.invalid("max_in_flight", format!("{} is not between 1 and 1000", self.max_in_flight)));
+        }
+        if !(100..=120_000).contains(&self.request_timeout_ms) {
+            return Err(self.invalid("request_timeout_ms", format!("{} is not between 100 and 120000", self.request_timeout_ms)));
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return Err(self.invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if r.initial_backoff_ms == 0 || r.initial_backoff_ms > r.max_backoff_ms {
+            return Err(self.invalid("retry.initial_backoff_ms", format!("{} must be at least 1 and at most retry.max_backoff_ms ({})", r.initial_backoff_ms, r.max_backoff_ms)));
+        }
+        Ok(())
+    }
+
+    /// The signing keys; only valid subscriptions reach delivery, so none fails here.
+    pub fn signing_keys(&self) -> Vec<Secret> {
+        self.secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect()
+    }
+
+    /// Whether this subscription receives `event_type` for an order of `partner_id`.
+    /// A partner receives only its own orders; only an internal subscription sees all.
+    pub fn wants(&self, event_type: &str, partner_id: &str) -> bool {
+        !self.disabled && self.event_types.contains(event_type) && (self.internal || self.partner_id == partner_id)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The topic of a partner's pending deliveries.
+pub fn delivery_topic(partner_id: &str) -> String {
+    format!("deliveries.{partner_id}")
+}
+
+/// The topic of a partner's dead letters.
+pub fn dead_letter_topic(partner_id: &str) -> String {
+    format!("dlq.{partner_id}")
+}
+
+/// A file of subscriptions (YAML or JSON): `subscriptions: [ ... ]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionFile {
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl SubscriptionFile {
+    /// Parses and validates; the error names the file position or subscription and field.
+    pub fn parse(text: &str, allowlist: &Allowlist) -> Result<Vec<Subscription>, String> {
+        let file: SubscriptionFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut seen = BTreeSet::new();
+        for s in &file.subscriptions {
+            s.validate(allowlist).map_err(|e| e.to_string())?;
+            if !seen.insert(s.id.as_str()) {
+                return Err(format!("subscription `{}`: id: appears twice", s.id));
+            }
+        }
+        Ok(file.subscriptions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub() -> Subscription {
+        Subscription {
+            id: "a-1".into(),
+            partner_id: "partner-a".into(),
+            url: "https://hooks.example.com/orders".into(),
+            event_types: ["order.created".to_string()].into(),
+            secrets: vec![Secret::generate()],
+            internal: false,
+            max_in_flight: 16,
+            request_timeout_ms: 5000,
+            retry: RetryPolicy::default(),
+            disabled: false,
+        }
+    }
+
+    fn error(f: impl FnOnce(&mut Subscription)) -> InvalidSubscription {
+        let mut s = sub();
+        f(&mut s);
+        s.validate(&Allowlist::default()).expect_err("invalid")
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert!(sub().validate(&Allowlist::default()).is_ok());
+        assert_eq!(error(|s| s.partner_id = "Partner A".into()).field, "partner_id");
+        assert_eq!(error(|s| s.url = "ftp://x.example".into()).field, "url");
+        assert_eq!(error(|s| s.url = "http://hooks.example.com".into()).field, "url");
+        assert_eq!(error(|s| s.url = "https://user:pw@hooks.example.com".into()).field, "url");
+        let ssrf = error(|s| s.url = "https://169.254.169.254/latest".into());
+        assert!(ssrf.message.contains("link-local"), "{ssrf}");
+        assert!(error(|s| s.url = "https://[::ffff:10.0.0.1]/".into()).message.contains("private"));
+        let unknown = error(|s| s.event_types = ["order.shipped".to_string()].into());
+        assert_eq!(unknown.field, "event_types");
+        assert!(unknown.to_string().contains("subscription `a-1`: event_types: unknown event type `order.shipped`"));
+        assert_eq!(error(|s| s.secrets = vec!["plain".into()]).field, "secrets");
+        assert_eq!(error(|s| s.secrets.clear()).field, "secrets");
+        assert_eq!(error(|s| s.max_in_flight = 0).field, "max_in_flight");
+        assert_eq!(error(|s| s.retry.max_attempts = 0).field, "retry.max_attempts");
+    }
+
+    #[test]
+    fn plain_http_is_allowed_only_to_allowlisted_addresses() {
+        let mut s = sub();
+        s.url = "http://127.0.0.1:8080/hook".into();
+        assert_eq!(s.validate(&Allowlist::default()).expect_err("loopback").field, "url");
+        assert!(s.validate(&Allowlist::parse(&["127.0.0.1".into()]).expect("list")).is_ok());
+    }
+
+    #[test]
+    fn partners_see_only_their_own_orders_unless_internal() {
+        let mut s = sub();
+        assert!(s.wants("order.created", "partner-a"));
+        assert!(!s.wants("order.created", "partner-b"));
+        assert!(!s.wants("order.cancelled", "partner-a"));
+        s.internal = true;
+        assert!(s.wants("order.created", "partner-b"));
+        s.disabled = true;
+        assert!(!s.wants("order.created", "partner-a"));
+    }
+
+    #[test]
+    fn a_file_with_a_duplicate_or_a_typo_is_refused_with_its_name() {
+        let secret = Secret::generate();
+        let text = format!("subscriptions:\n  - id: x\n    partner_id: p\n    url: https://h.example\n    event_types: [order.created]\n    secrets: [{secret}]\n    max_inflight: 3\n");
+        assert!(SubscriptionFile::parse(&text, &Allowlist::default()).expect_err("typo").contains("max_inflight"));
+        let one = format!("  - id: x\n    partner_id: p\n    url: https://h.example\n    event_types: [order.created]\n    secrets: [{secret}]\n");
+        let twice = format!("subscriptions:\n{one}{one}");
+        assert!(SubscriptionFile::parse(&twice, &Allowlist::default()).expect_err("dup").contains("appears twice"));
+    }
+}
