@@ -7,8 +7,13 @@
 //! dead-lettered with the reason when the policy is spent. Offsets are committed only
 //! for the contiguous prefix of finished records (delivered or durably dead-lettered).
 
+pub mod http;
+pub mod kafka;
+pub mod metrics;
 pub mod offsets;
 pub mod outcome;
+pub mod router;
 pub mod signing;
 pub mod ssrf;
 pub mod subscription;
+pub mod table;

@@ -1,0 +1,155 @@
+//! One webhook attempt: a signed POST over a pooled keep-alive client that never follows
+//! redirects, connects only to addresses the SSRF guard allows, and reads at most a
+//! small excerpt of the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+
+use crate::outcome::Attempt;
+use crate::signing::{signature_header, Secret};
+use crate::ssrf::{Allowlist, GuardedResolver};
+
+/// Bytes of a partner's answer kept for the dead-letter record.
+pub const EXCERPT_BYTES: usize = 1024;
+
+/// What one webhook call needs.
+#[derive(Debug)]
+pub struct Webhook<'a> {
+    pub url: &'a str,
+    /// The event id: `webhook-id`, stable across retries and replays.
+    pub id: &'a str,
+    pub body: &'a Bytes,
+    pub secrets: &'a [Secret],
+    pub traceparent: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+/// The result of one attempt, with what the dead-letter record keeps of it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub attempt: Attempt,
+    /// The start of the answer's body (lossy UTF-8), when there was an answer.
+    pub excerpt: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// The shared HTTP client of the delivery lanes.
+#[derive(Debug, Clone)]
+pub struct WebhookClient {
+    client: reqwest::Client,
+    allowlist: Arc<Allowlist>,
+}
+
+impl WebhookClient {
+    pub fn new(allowlist: Arc<Allowlist>, connect_timeout: Duration) -> anyhow::Result<Self> {
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, HeaderValue::from_static("orderhooks-dispatcher/0.1"));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&allowlist))))
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .default_headers(headers)
+            .build()?;
+        Ok(Self { client, allowlist })
+    }
+
+    /// Sends one attempt. Never panics, never returns an error: every failure is a
+    /// [`Report`] for the outcome table.
+    pub async fn send(&self, hook: &Webhook<'_>) -> Report {
+        let started = Instant::now();
+        let refused = |why: String| Report { attempt: Attempt::Refused(why), excerpt: None, elapsed: started.elapsed() };
+        let url = match reqwest::Url::parse(hook.url) {
+            Ok(u) => u,
+            Err(e) => return refused(format!("bad URL: {e}")),
+        };
+        // An IP literal does not go through the resolver: check it here.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal {
+            if let Err(why) = self.allowlist.check(ip) {
+                return refused(format!("refused by the SSRF guard: {why}"));
+            }
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut request = self
+            .client
+            .post(url)
+            .timeout(hook.timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", hook.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature_header(hook.secrets, hook.id, timestamp, hook.body))
+            .body(hook.body.clone());
+        if let Some(tp) = hook.traceparent {
+            request = request.header("traceparent", tp);
+        }
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let text = error_chain(&e);
+                let attempt = if text.contains("refused by the SSRF guard") { Attempt::Refused(text) } else { Attempt::Transport(text) };
+                return Report { attempt, excerpt: None, elapsed: started.elapsed() };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let mut excerpt = Vec::new();
+        // Read at most EXCERPT_BYTES; the rest of a large answer is dropped with the
+        // connection rather than read.
+        while excerpt.len() < EXCERPT_BYTES {
+            match tokio::time::timeout(hook.timeout, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
+                _ => break,
+            }
+        }
+        Report {
+            attempt: Attempt::Status { status, retry_after },
+            excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+    Some(Duration::from_secs(secs.max(0) as u64))
+}
+
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let parsed = parse_retry_after(&later).expect("date");
+        assert!(parsed >= Duration::from_secs(28) && parsed <= Duration::from_secs(30), "{parsed:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! Kafka client settings shared by the dispatcher's consumers and producers.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Where the dispatcher's Kafka clients connect, and how.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    /// Consumer group session timeout. Default 10 s; tests use 6 s.
+    pub session_timeout: Duration,
+    /// Extra librdkafka settings for every client.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers).set("allow.auto.create.topics", "false");
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// An at-least-once consumer: offsets are stored by the code once work is finished
+    /// and committed in the background (and on revoke) by librdkafka.
+    pub fn consumer(&self, group: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            // Bounded prefetch per partition: memory does not grow with lag.
+            .set("queued.max.messages.kbytes", "8192");
+        c
+    }
+
+    /// An idempotent producer (acks=all, per-partition order kept across retries) that
+    /// retries without a deadline: a record is either written or the process stops.
+    pub fn producer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "0");
+        c
+    }
+
+    /// Creates `names` (if missing) with `partitions` partitions and `configs`.
+    pub async fn ensure_topics(&self, names: &[String], partitions: i32, configs: &[(&str, &str)]) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.base().create()?;
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| configs.iter().fold(NewTopic::new(n, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.create_topics(topics.iter(), &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => anyhow::bail!("cannot create topic `{name}`: {code}"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! Metric names. Labels are bounded: partner, outcome, stage; never an order or event id.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Finished deliveries, by `partner` and `outcome` (delivered, dead_lettered, gone, dropped).
+pub const DELIVERIES: &str = "dispatcher_deliveries_total";
+/// Attempts, by `partner` and `result` (2xx, 4xx, 5xx, transport, refused).
+pub const ATTEMPTS: &str = "dispatcher_attempts_total";
+/// Attempt latency in seconds, by `partner`.
+pub const ATTEMPT_SECONDS: &str = "dispatcher_attempt_duration_seconds";
+/// Retries scheduled, by `partner`.
+pub const RETRIES: &str = "dispatcher_retries_total";
+/// Records written to a dead-letter topic, by `partner` and `reason`.
+pub const DEAD_LETTERED: &str = "dispatcher_dead_lettered_total";
+/// Requests in flight, by `partner`.
+pub const IN_FLIGHT: &str = "dispatcher_in_flight";
+/// Records taken from Kafka and not finished, by `partner`.
+pub const BUFFERED: &str = "dispatcher_buffered_records";
+/// Age in seconds of the oldest unfinished record, by `partner`.
+pub const OLDEST_AGE: &str = "dispatcher_oldest_undelivered_age_seconds";
+/// Consumer lag (high watermark minus committed position), by `partner`.
+pub const LAG: &str = "dispatcher_consumer_lag";
+/// Subscriptions disabled after a 410 Gone, by `partner`.
+pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
+/// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
+pub const ROUTED: &str = "dispatcher_router_records_total";
+/// Subscription records refused when read from the topic.
+pub const INVALID_SUBSCRIPTIONS: &str = "dispatcher_invalid_subscriptions_total";
+
+const LATENCY_BUCKETS: [f64; 12] = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process-wide recorder, installed on first use.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(ATTEMPT_SECONDS.to_string()), &LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,266 @@
+//! Stage 1, the router: orders topic in, one record per (event, matching subscription)
+//! out to that partner's delivery topic (key = order id, idempotent producer, enqueued in
+//! the orders partition's order). An orders offset is stored only when every record it
+//! produced is acknowledged, and only for the contiguous prefix of such offsets.
+//!
+//! A record that cannot be decoded (bad framing, unknown schema id, truncated body, not
+//! an order event) goes to the router's dead-letter topic with the reason, and routing
+//! goes on. An unreachable registry pauses routing (retried with backoff): good data is
+//! never dead-lettered for it.
+
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use order_schemas::{CodecError, OrderCodec, OrderEvent};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::KafkaSettings;
+use crate::metrics as m;
+use crate::offsets::OffsetTracker;
+use crate::subscription::delivery_topic;
+use crate::table::SubscriptionTable;
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub orders_topic: String,
+    /// Consumer group of the routers of all instances.
+    pub group: String,
+    /// Where undecodable orders records go.
+    pub dead_letter_topic: String,
+    /// Orders records taken in and not yet finished, at most. Default 1,000.
+    pub max_in_flight: usize,
+    /// How long shutdown waits for records in flight. Default 10 s.
+    pub shutdown_deadline: Duration,
+}
+
+/// The webhook body partners receive: `{"type", "timestamp", "data"}`.
+pub fn webhook_body(event: &OrderEvent) -> Vec<u8> {
+    let mut data = event.to_json();
+    if let Some(fields) = data.as_object_mut() {
+        fields.remove("type");
+    }
+    let body = serde_json::json!({
+        "type": event.event_type().name(),
+        "timestamp": event.occurred_at().to_rfc3339(),
+        "data": data,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    message.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+}
+
+/// An owned record to produce, kept so a failed send can be retried.
+struct Outgoing {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+}
+
+impl Outgoing {
+    fn record(&self) -> FutureRecord<'_, [u8], Vec<u8>> {
+        let mut r = FutureRecord::to(&self.topic).payload(&self.payload).headers(self.headers.clone());
+        if let Some(k) = &self.key {
+            r = r.key(k.as_slice());
+        }
+        r
+    }
+}
+
+/// Produces `records` in order and waits until every one is acknowledged, retrying a
+/// failed one until it is written or shutdown; `None` when shutdown came first.
+async fn produce_all(producer: FutureProducer, records: Vec<Outgoing>, shutdown: CancellationToken) -> Option<()> {
+    let mut futures = Vec::with_capacity(records.len());
+    for r in &records {
+        loop {
+            match producer.send_result(r.record()) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(topic = %r.topic, error = %e, "cannot enqueue, retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }
+    }
+    for (i, f) in futures.into_iter().enumerate() {
+        let mut result = f.await.ok()?.map(|_| ()).map_err(|(e, _)| e);
+        while let Err(error) = result {
+            tracing::warn!(topic = %records[i].topic, %error, "delivery record not written, retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            result = producer.send(records[i].record(), Timeout::Never).await.map(|_| ()).map_err(|(e, _)| e);
+        }
+    }
+    Some(())
+}
+
+/// Runs the router until `shutdown`, then finishes what it can within the deadline and
+/// commits.
+pub async fn run(
+    settings: KafkaSettings,
+    config: RouterConfig,
+    table: SubscriptionTable,
+    codec: OrderCodec,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer = settings.consumer(&config.group).create()?;
+    consumer.subscribe(&[&config.orders_topic])?;
+    let producer: FutureProducer = settings.producer().create()?;
+    let mut tracker = OffsetTracker::default();
+    let mut pending = FuturesUnordered::new();
+    let topic = config.orders_topic.clone();
+    let mut stream = consumer.stream();
+    tracing::info!(topic = %topic, group = %config.group, "router started");
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                if let Some((partition, offset)) = done {
+                    if let Some(next) = tracker.finish(partition, offset) {
+                        consumer.store_offset(&topic, partition, next - 1).ok();
+                    }
+                }
+            }
+            message = stream.next(), if pending.len() < config.max_in_flight => {
+                let Some(message) = message else { break };
+                let message = match message {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(%error, "consuming orders");
+                        continue;
+                    }
+                };
+                let (partition, offset) = (message.partition(), message.offset());
+                tracker.begin(partition, offset);
+                let Some(records) = route(&message, &codec, &table, &config, &shutdown).await else { break };
+                let (producer, shutdown) = (producer.clone(), shutdown.clone());
+                pending.push(async move { produce_all(producer, records, shutdown).await.map(|_| (partition, offset)) });
+            }
+        }
+    }
+    drop(stream);
+    let deadline = tokio::time::sleep(config.shutdown_deadline);
+    tokio::pin!(deadline);
+    while !pending.is_empty() {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(Some((partition, offset))) = pending.next() => {
+                if let Some(next) = tracker.finish(partition, offset) {
+                    consumer.store_offset(&topic, partition, next - 1).ok();
+                }
+            }
+        }
+    }
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(%error, "final router commit");
+    }
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// Decides what one orders record becomes: delivery records, a dead-letter record, or
+/// nothing (no subscription wants it). `None` only when shutdown interrupted a registry
+/// outage.
+async fn route(
+    message: &BorrowedMessage<'_>,
+    codec: &OrderCodec,
+    table: &SubscriptionTable,
+    config: &RouterConfig,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Outgoing>> {
+    let payload = message.payload().unwrap_or_default();
+    let mut backoff = Duration::from_millis(200);
+    let decoded = loop {
+        match codec.decode(payload).await {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "registry unavailable, routing paused");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            other => break other,
+        }
+    };
+    let event = match decoded {
+        Ok(e) => e,
+        Err(reason) => {
+            metrics::counter!(m::ROUTED, "outcome" => "dead_lettered").increment(1);
+            tracing::warn!(%reason, partition = message.partition(), offset = message.offset(), "undecodable record dead-lettered");
+            return Some(vec![router_dead_letter(message, &reason, config)]);
+        }
+    };
+    let subscriptions = table.matching(event.event_type().name(), event.partner_id());
+    if subscriptions.is_empty() {
+        metrics::counter!(m::ROUTED, "outcome" => "unmatched").increment(1);
+        return Some(Vec::new());
+    }
+    metrics::counter!(m::ROUTED, "outcome" => "routed").increment(1);
+    let body = webhook_body(&event);
+    let (event_id, partition, offset) = (event.event_id().to_string(), message.partition().to_string(), message.offset().to_string());
+    let occurred_at = event.occurred_at().0.to_string();
+    Some(
+        subscriptions
+            .iter()
+            .map(|s| {
+                let mut headers = OwnedHeaders::new()
+                    .insert(Header { key: "webhook-id", value: Some(event_id.as_str()) })
+                    .insert(Header { key: "event-type", value: Some(event.event_type().name()) })
+                    .insert(Header { key: "subscription-id", value: Some(s.id.as_str()) })
+                    .insert(Header { key: "occurred-at", value: Some(occurred_at.as_str()) })
+                    .insert(Header { key: "source-topic", value: Some(config.orders_topic.as_str()) })
+                    .insert(Header { key: "source-partition", value: Some(partition.as_str()) })
+                    .insert(Header { key: "source-offset", value: Some(offset.as_str()) });
+                if let Some(tp) = header(message, "traceparent") {
+                    headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+                }
+                Outgoing {
+                    topic: delivery_topic(&s.partner_id),
+                    key: Some(event.order_id().as_bytes().to_vec()),
+                    payload: body.clone(),
+                    headers,
+                }
+            })
+            .collect(),
+    )
+}
+
+fn router_dead_letter(message: &BorrowedMessage<'_>, reason: &CodecError, config: &RouterConfig) -> Outgoing {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header { key: h.key, value: h.value });
+        }
+    }
+    let (partition, offset, reason) = (message.partition().to_string(), message.offset().to_string(), reason.to_string());
+    headers = headers
+        .insert(Header { key: "dlq-reason", value: Some(reason.as_str()) })
+        .insert(Header { key: "dlq-stage", value: Some("router") })
+        .insert(Header { key: "dlq-source-topic", value: Some(config.orders_topic.as_str()) })
+        .insert(Header { key: "dlq-source-partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "dlq-source-offset", value: Some(offset.as_str()) });
+    Outgoing {
+        topic: config.dead_letter_topic.clone(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}

@@ -1,0 +1,157 @@
+//! The subscription table every dispatcher instance shares: read from the compacted
+//! subscriptions topic from the beginning, then followed, so changes reach running
+//! instances without a restart. Start-up waits until the table has caught up with the
+//! topic, so no event is routed against a half-loaded table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::kafka::KafkaSettings;
+use crate::metrics as m;
+use crate::ssrf::Allowlist;
+use crate::subscription::Subscription;
+
+/// Subscriptions by id, and a counter that moves on every change.
+#[derive(Debug, Clone)]
+pub struct SubscriptionTable {
+    inner: Arc<RwLock<HashMap<String, Arc<Subscription>>>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for SubscriptionTable {
+    fn default() -> Self {
+        Self { inner: Arc::default(), changes: watch::channel(0).0 }
+    }
+}
+
+impl SubscriptionTable {
+    pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Subscription>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Subscriptions that receive `event_type` of an order of `partner_id`.
+    pub fn matching(&self, event_type: &str, partner_id: &str) -> Vec<Arc<Subscription>> {
+        let mut found: Vec<_> = self.all().into_iter().filter(|s| s.wants(event_type, partner_id)).collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
+    }
+
+    /// A receiver that sees every change.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn upsert(&self, s: Subscription) {
+        self.inner.write().unwrap_or_else(|p| p.into_inner()).insert(s.id.clone(), Arc::new(s));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.inner.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Applies one record of the subscriptions topic; an invalid value is logged,
+    /// counted and skipped (the previous version, if any, stays in force).
+    fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>, allowlist: &Allowlist) {
+        let Some(id) = key.map(|k| String::from_utf8_lossy(k).into_owned()) else { return };
+        let Some(value) = value else {
+            self.remove(&id);
+            return;
+        };
+        let parsed = serde_json::from_slice::<Subscription>(value).map_err(|e| e.to_string()).and_then(|s| {
+            s.validate(allowlist).map_err(|e| e.to_string())?;
+            Ok(s)
+        });
+        match parsed {
+            Ok(s) if s.id == id => self.upsert(s),
+            Ok(s) => tracing::warn!(key = %id, id = %s.id, "subscription record key and id differ; skipped"),
+            Err(error) => {
+                metrics::counter!(m::INVALID_SUBSCRIPTIONS).increment(1);
+                tracing::warn!(key = %id, %error, "invalid subscription record skipped");
+            }
+        }
+    }
+
+    /// Loads `topic` up to its current end, then keeps following it in a task.
+    pub async fn follow(settings: &KafkaSettings, topic: &str, allowlist: Arc<Allowlist>) -> anyhow::Result<Self> {
+        let table = Self::default();
+        let group = format!("orderhooks-subscriptions-reader-{}", uuid::Uuid::new_v4().simple());
+        let mut config = settings.consumer(&group);
+        config.set("enable.auto.commit", "false");
+        let consumer: StreamConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .filter(|p: &Vec<i32>| !p.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("subscriptions topic `{topic}` does not exist"))?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in &partitions {
+            assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+            let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+            if high > low {
+                ends.insert(*p, high);
+            }
+        }
+        consumer.assign(&assignment)?;
+        let mut stream = consumer.stream();
+        while !ends.is_empty() {
+            let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("subscriptions topic `{topic}` not read to its end within 30 s"))?
+                .ok_or_else(|| anyhow::anyhow!("subscriptions stream ended"))??;
+            table.apply_record(message.key(), message.payload(), &allowlist);
+            if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+                ends.remove(&message.partition());
+            }
+        }
+        drop(stream);
+        tracing::info!(subscriptions = table.all().len(), "subscription table loaded");
+        let follower = table.clone();
+        tokio::spawn(async move {
+            let mut stream = consumer.stream();
+            while let Some(message) = stream.next().await {
+                match message {
+                    Ok(m) => follower.apply_record(m.key(), m.payload(), &allowlist),
+                    Err(error) => tracing::warn!(%error, "reading subscriptions"),
+                }
+            }
+        });
+        Ok(table)
+    }
+}
+
+/// Writes `subscriptions` to the topic (key = id) and waits for the acknowledgements;
+/// `remove` ids get tombstones.
+pub async fn publish(settings: &KafkaSettings, topic: &str, subscriptions: &[Subscription], remove: &[String]) -> anyhow::Result<()> {
+    let producer: FutureProducer = settings.producer().set("message.timeout.ms", "30000").create()?;
+    for s in subscriptions {
+        let value = serde_json::to_vec(s)?;
+        producer
+            .send(FutureRecord::to(topic).key(&s.id).payload(&value), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("writing subscription `{}`: {e}", s.id))?;
+    }
+    for id in remove {
+        producer
+            .send(FutureRecord::<str, [u8]>::to(topic).key(id), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("deleting subscription `{id}`: {e}"))?;
+    }
+    Ok(())
+}
