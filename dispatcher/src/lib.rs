@@ -8,7 +8,9 @@
 //! for the contiguous prefix of finished records (delivered or durably dead-lettered).
 
 pub mod http;
+pub mod job;
 pub mod kafka;
+pub mod lane;
 pub mod metrics;
 pub mod offsets;
 pub mod outcome;

@@ -1,1 +1,256 @@
-fn main() {}
+//! `dispatcher`: run the router and the delivery lanes, or manage subscriptions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use clap::{Args, Parser, Subcommand};
+use dispatcher::http::WebhookClient;
+use dispatcher::job::GoneHook;
+use dispatcher::kafka::KafkaSettings;
+use dispatcher::lane::{self, LaneConfig};
+use dispatcher::router::{self, RouterConfig};
+use dispatcher::ssrf::Allowlist;
+use dispatcher::subscription::{dead_letter_topic, delivery_topic, SubscriptionFile};
+use dispatcher::table::{self, SubscriptionTable};
+use order_schemas::OrderCodec;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Order events to signed, at-least-once partner webhooks")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The compacted topic of subscriptions.
+    #[arg(long, global = true, env = "SUBSCRIPTIONS_TOPIC", default_value = "subscriptions")]
+    subscriptions_topic: String,
+    /// Non-public addresses webhooks may reach (IPs or CIDRs, comma-separated); empty
+    /// means public addresses only.
+    #[arg(long, global = true, env = "DISPATCHER_SSRF_ALLOWLIST", value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Consumer group session timeout in milliseconds.
+    #[arg(long, global = true, env = "DISPATCHER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// Partitions of topics the dispatcher creates (per-partner delivery and dead-letter
+    /// topics, the router's dead-letter topic).
+    #[arg(long, global = true, env = "DISPATCHER_TOPIC_PARTITIONS", default_value_t = 6)]
+    partitions: i32,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Route orders and deliver webhooks until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Manage the subscriptions topic.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Schema Registry base URL.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    registry: String,
+    /// The orders topic.
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
+    orders_topic: String,
+    /// Where undecodable orders records go.
+    #[arg(long, env = "ORDERS_DEAD_LETTER_TOPIC", default_value = "orders.dlq")]
+    orders_dead_letter_topic: String,
+    /// Address of /metrics and /healthz; the bound address is printed.
+    #[arg(long, env = "DISPATCHER_LISTEN", default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// Consumer group of the router.
+    #[arg(long, env = "DISPATCHER_ROUTER_GROUP", default_value = "orderhooks-router")]
+    router_group: String,
+    /// Group id prefix of the delivery lanes (`<prefix>.<partner>`).
+    #[arg(long, env = "DISPATCHER_LANE_GROUP_PREFIX", default_value = "orderhooks-delivery")]
+    lane_group_prefix: String,
+    /// Records taken from Kafka and unfinished per partner, at most.
+    #[arg(long, env = "DISPATCHER_MAX_BUFFERED", default_value_t = 1024)]
+    max_buffered: usize,
+    /// How long shutdown waits for requests in flight, in milliseconds.
+    #[arg(long, env = "DISPATCHER_SHUTDOWN_DEADLINE_MS", default_value_t = 10_000)]
+    shutdown_deadline_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionsCommand {
+    /// Validate a YAML/JSON file of subscriptions and write it to the topic, creating
+    /// each partner's delivery and dead-letter topics.
+    Apply {
+        file: PathBuf,
+        /// Also delete subscriptions that are in the topic but not in the file.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Print the subscriptions in the topic (secrets redacted).
+    List,
+}
+
+impl Common {
+    fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.brokers.clone(),
+            session_timeout: Duration::from_millis(self.session_timeout_ms),
+            options: Vec::new(),
+        }
+    }
+
+    fn allowlist(&self) -> anyhow::Result<Allowlist> {
+        Allowlist::parse(&self.allow).map_err(|e| anyhow::anyhow!("--allow / DISPATCHER_SSRF_ALLOWLIST: {e}"))
+    }
+
+    async fn ensure_subscriptions_topic(&self) -> anyhow::Result<()> {
+        self.kafka()
+            .ensure_topics(&[self.subscriptions_topic.clone()], 1, &[("cleanup.policy", "compact")])
+            .await
+            .with_context(|| format!("subscriptions topic `{}` on {}", self.subscriptions_topic, self.brokers))
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Run(args) => run(&cli.common, args).await,
+        Command::Subscriptions(SubscriptionsCommand::Apply { file, prune }) => apply(&cli.common, file, *prune).await,
+        Command::Subscriptions(SubscriptionsCommand::List) => list(&cli.common).await,
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<()> {
+    let allowlist = common.allowlist()?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let subscriptions = SubscriptionFile::parse(&text, &allowlist).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let kafka = common.kafka();
+    common.ensure_subscriptions_topic().await?;
+    let mut partners: Vec<String> = subscriptions.iter().map(|s| s.partner_id.clone()).collect();
+    partners.sort();
+    partners.dedup();
+    let topics: Vec<String> = partners.iter().flat_map(|p| [delivery_topic(p), dead_letter_topic(p)]).collect();
+    kafka.ensure_topics(&topics, common.partitions, &[]).await?;
+    let remove: Vec<String> = if prune {
+        let current = SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::new(allowlist)).await?;
+        current.all().iter().map(|s| s.id.clone()).filter(|id| !subscriptions.iter().any(|s| &s.id == id)).collect()
+    } else {
+        Vec::new()
+    };
+    table::publish(&kafka, &common.subscriptions_topic, &subscriptions, &remove).await?;
+    println!("applied {} subscriptions for {} partners, deleted {}", subscriptions.len(), partners.len(), remove.len());
+    Ok(())
+}
+
+async fn list(common: &Common) -> anyhow::Result<()> {
+    let table = SubscriptionTable::follow(&common.kafka(), &common.subscriptions_topic, Arc::new(common.allowlist()?)).await?;
+    let mut all = table.all();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    for s in all {
+        let types: Vec<&str> = s.event_types.iter().map(String::as_str).collect();
+        let state = if s.disabled { "DISABLED" } else { "active" };
+        println!("{} partner={} {} url={} types={} secrets={} internal={}", s.id, s.partner_id, state, s.url, types.join(","), s.secrets.len(), s.internal);
+    }
+    Ok(())
+}
+
+async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
+    let kafka = common.kafka();
+    let allowlist = Arc::new(common.allowlist()?);
+    common.ensure_subscriptions_topic().await?;
+    kafka
+        .ensure_topics(&[args.orders_dead_letter_topic.clone()], common.partitions, &[])
+        .await
+        .context("router dead-letter topic")?;
+    let table = SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist)).await?;
+    let codec = OrderCodec::new(&args.registry, &args.orders_topic, Duration::from_secs(10))?;
+    let client = WebhookClient::new(Arc::clone(&allowlist), Duration::from_secs(5))?;
+    let shutdown = CancellationToken::new();
+
+    let (gone_kafka, gone_topic) = (kafka.clone(), common.subscriptions_topic.clone());
+    let on_gone = GoneHook(Arc::new(move |disabled| {
+        let (kafka, topic) = (gone_kafka.clone(), gone_topic.clone());
+        tokio::spawn(async move {
+            if let Err(error) = table::publish(&kafka, &topic, &[disabled], &[]).await {
+                tracing::error!(%error, "cannot write the disabled subscription");
+            }
+        });
+    }));
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let metrics = dispatcher::metrics::handle();
+    let app = axum::Router::new()
+        .route("/metrics", get(move || {
+            let metrics = metrics.clone();
+            async move {
+                metrics.run_upkeep();
+                metrics.render()
+            }
+        }))
+        .route("/healthz", get(|| async { "ok" }));
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { server_stop.cancelled().await }).await
+    });
+
+    let deadline = Duration::from_millis(args.shutdown_deadline_ms);
+    let router_config = RouterConfig {
+        orders_topic: args.orders_topic.clone(),
+        group: args.router_group.clone(),
+        dead_letter_topic: args.orders_dead_letter_topic.clone(),
+        max_in_flight: 1000,
+        shutdown_deadline: deadline,
+    };
+    let lane_config = LaneConfig {
+        group_prefix: args.lane_group_prefix.clone(),
+        max_buffered: args.max_buffered,
+        shutdown_deadline: deadline,
+        partitions: common.partitions,
+    };
+    let router = tokio::spawn(router::run(kafka.clone(), router_config, table.clone(), codec, shutdown.clone()));
+    let lanes = tokio::spawn(lane::supervise(kafka, lane_config, table, client, on_gone, shutdown.clone()));
+    tracing::info!("dispatcher running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight, then committing");
+    shutdown.cancel();
+    router.await??;
+    lanes.await??;
+    let _ = server.await;
+    tracing::info!("dispatcher stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

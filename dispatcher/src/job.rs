@@ -1,0 +1,242 @@
+//! One delivery record's life: attempts, retries with backoff, and, when the outcome
+//! table says so, a durable dead-letter record. A job is *finished* only when the
+//! partner took it (2xx), the dead-letter topic acknowledged it, or its subscription is
+//! gone; shutdown leaves it unfinished, so its offset is not committed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{Webhook, WebhookClient};
+use crate::metrics as m;
+use crate::outcome::{backoff, classify, may_retry, Attempt, Decision};
+use crate::subscription::{dead_letter_topic, Subscription};
+use crate::table::SubscriptionTable;
+
+/// A record of a partner's delivery topic, as the lane needs it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub body: Bytes,
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub traceparent: Option<String>,
+    /// The record's headers, kept for the dead-letter record.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What a job needs from its lane.
+#[derive(Clone)]
+pub struct JobContext {
+    pub partner: String,
+    pub client: WebhookClient,
+    pub table: SubscriptionTable,
+    pub producer: FutureProducer,
+    /// Requests in flight to this partner.
+    pub permits: Arc<Semaphore>,
+    /// What a 410 Gone does with the disabled subscription (write it to the topic).
+    pub on_gone: GoneHook,
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext").field("partner", &self.partner).finish_non_exhaustive()
+    }
+}
+
+/// Called with the subscription, marked disabled, after a 410 Gone.
+#[derive(Clone)]
+pub struct GoneHook(pub Arc<dyn Fn(Subscription) + Send + Sync>);
+
+impl std::fmt::Debug for GoneHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GoneHook")
+    }
+}
+
+/// A job's end: `finished` false means shutdown interrupted it.
+#[derive(Debug)]
+pub struct Done {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub finished: bool,
+}
+
+/// Why a record is dead-lettered, and what the last attempt saw.
+struct Failure {
+    reason: String,
+    attempts: u32,
+    first: Option<chrono::DateTime<chrono::Utc>>,
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+    excerpt: Option<String>,
+}
+
+fn result_label(attempt: &Attempt) -> &'static str {
+    match attempt {
+        Attempt::Status { status: 200..=299, .. } => "2xx",
+        Attempt::Status { status: 400..=499, .. } => "4xx",
+        Attempt::Status { status: 500..=599, .. } => "5xx",
+        Attempt::Status { .. } => "other",
+        Attempt::Transport(_) => "transport",
+        Attempt::Refused(_) => "refused",
+    }
+}
+
+/// Runs `job` to its end.
+pub async fn run(job: Job, ctx: JobContext) -> Done {
+    let finished = deliver(&job, &ctx).await;
+    Done { partition: job.partition, offset: job.offset, key: job.key, finished }
+}
+
+async fn deliver(job: &Job, ctx: &JobContext) -> bool {
+    let partner = ctx.partner.clone();
+    let Some(subscription) = ctx.table.get(&job.subscription_id) else {
+        // Unsubscribed: nothing to deliver, nothing to keep.
+        metrics::counter!(m::DELIVERIES, "partner" => partner, "outcome" => "dropped").increment(1);
+        return true;
+    };
+    if subscription.disabled {
+        let failure = Failure { reason: "subscription disabled".into(), attempts: 0, first: None, last: None, last_status: None, last_error: None, excerpt: None };
+        return dead_letter(job, ctx, failure).await;
+    }
+    let secrets = subscription.signing_keys();
+    let started = Instant::now();
+    let first = chrono::Utc::now();
+    let mut attempts = 0u32;
+    loop {
+        let permit = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return false,
+            p = Arc::clone(&ctx.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+        };
+        attempts += 1;
+        metrics::gauge!(m::IN_FLIGHT, "partner" => partner.clone()).increment(1.0);
+        let hook = Webhook {
+            url: &subscription.url,
+            id: &job.webhook_id,
+            body: &job.body,
+            secrets: &secrets,
+            traceparent: job.traceparent.as_deref(),
+            timeout: subscription.request_timeout(),
+        };
+        let report = ctx.client.send(&hook).await;
+        drop(permit);
+        metrics::gauge!(m::IN_FLIGHT, "partner" => partner.clone()).decrement(1.0);
+        metrics::counter!(m::ATTEMPTS, "partner" => partner.clone(), "result" => result_label(&report.attempt)).increment(1);
+        metrics::histogram!(m::ATTEMPT_SECONDS, "partner" => partner.clone()).record(report.elapsed.as_secs_f64());
+        let (last_status, last_error) = match &report.attempt {
+            Attempt::Status { status, .. } => (Some(*status), None),
+            Attempt::Transport(e) | Attempt::Refused(e) => (None, Some(e.clone())),
+        };
+        let failure = |reason: String| Failure {
+            reason,
+            attempts,
+            first: Some(first),
+            last: Some(chrono::Utc::now()),
+            last_status,
+            last_error: last_error.clone(),
+            excerpt: report.excerpt.clone(),
+        };
+        match classify(&report.attempt) {
+            Decision::Delivered => {
+                metrics::counter!(m::DELIVERIES, "partner" => partner, "outcome" => "delivered").increment(1);
+                return true;
+            }
+            Decision::Gone => {
+                tracing::warn!(partner = %partner, subscription = %subscription.id, "410 Gone: disabling the subscription");
+                metrics::counter!(m::DISABLED, "partner" => partner.clone()).increment(1);
+                let mut disabled = (*subscription).clone();
+                disabled.disabled = true;
+                (ctx.on_gone.0)(disabled);
+                return dead_letter(job, ctx, failure("410 Gone: subscription disabled".into())).await;
+            }
+            Decision::DeadLetter => {
+                let reason = match (&report.attempt, last_status) {
+                    (Attempt::Refused(why), _) => format!("refused: {why}"),
+                    (_, Some(s)) => format!("status {s} is not retried"),
+                    _ => "not retried".into(),
+                };
+                return dead_letter(job, ctx, failure(reason)).await;
+            }
+            Decision::Retry { at_least } => {
+                let delay = backoff(&subscription.retry, attempts, at_least, rand::random::<f64>());
+                if !may_retry(&subscription.retry, attempts, started.elapsed(), delay) {
+                    return dead_letter(job, ctx, failure(format!("retry policy spent after {attempts} attempts"))).await;
+                }
+                metrics::counter!(m::RETRIES, "partner" => partner.clone()).increment(1);
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Writes the dead-letter record (original bytes and headers plus why) and waits for
+/// the acknowledgement, retrying until it is written or shutdown.
+async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &job.headers {
+        headers = headers.insert(Header { key: k, value: v.as_deref() });
+    }
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let extra: Vec<(&str, Option<String>)> = vec![
+        ("dlq-reason", Some(failure.reason.clone())),
+        ("dlq-partner", Some(ctx.partner.clone())),
+        ("dlq-subscription", Some(job.subscription_id.clone())),
+        ("dlq-source-topic", Some(job.topic.clone())),
+        ("dlq-source-partition", Some(job.partition.to_string())),
+        ("dlq-source-offset", Some(job.offset.to_string())),
+        ("dlq-attempts", Some(failure.attempts.to_string())),
+        ("dlq-first-attempt-at", time(failure.first)),
+        ("dlq-last-attempt-at", time(failure.last)),
+        ("dlq-last-status", failure.last_status.map(|s| s.to_string())),
+        ("dlq-last-error", failure.last_error.clone()),
+        ("dlq-response-excerpt", failure.excerpt.clone()),
+    ];
+    for (k, v) in &extra {
+        if let Some(v) = v {
+            headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
+        }
+    }
+    let topic = dead_letter_topic(&ctx.partner);
+    loop {
+        let record = FutureRecord::to(&topic).key(&job.key).payload(&job.body[..]).headers(headers.clone());
+        let sent = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return false,
+            r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
+        };
+        match sent {
+            Ok(_) => {
+                let label = if failure.reason.starts_with("410") { "gone" } else { "dead_lettered" };
+                metrics::counter!(m::DELIVERIES, "partner" => ctx.partner.clone(), "outcome" => label).increment(1);
+                let short = failure.reason.split(':').next().unwrap_or("").to_string();
+                let reason = if short.starts_with("status") { "status".to_string() } else { short };
+                metrics::counter!(m::DEAD_LETTERED, "partner" => ctx.partner.clone(), "reason" => reason).increment(1);
+                tracing::info!(partner = %ctx.partner, webhook_id = %job.webhook_id, reason = %failure.reason, "dead-lettered");
+                return true;
+            }
+            Err((error, _)) => {
+                // Not durable yet: the offset must not move past this record.
+                tracing::warn!(partner = %ctx.partner, %error, "dead-letter write failed, retrying");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}

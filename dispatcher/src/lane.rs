@@ -1,0 +1,237 @@
+//! Stage 2, a partner's delivery lane: one consumer (in a group of its own per partner,
+//! so partners rebalance and lag independently) over `deliveries.<partner>`.
+//!
+//! - records with the same key are delivered strictly one after another, in offset order;
+//! - records with different keys go out in parallel, up to the partner's in-flight cap;
+//! - at most `max_buffered` records are taken from Kafka and unfinished at once: past
+//!   that the lane stops reading and the backlog stays in Kafka;
+//! - offsets are stored only for the contiguous prefix of finished records;
+//! - on revoke the revoked partitions' queued work is dropped (its new owner redoes it);
+//!   on shutdown the lane stops reading, lets requests in flight finish within the
+//!   deadline, and commits.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, Message};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::WebhookClient;
+use crate::job::{self, Done, GoneHook, Job, JobContext};
+use crate::kafka::KafkaSettings;
+use crate::metrics as m;
+use crate::offsets::OffsetTracker;
+use crate::subscription::{dead_letter_topic, delivery_topic};
+use crate::table::SubscriptionTable;
+
+/// Settings of every lane.
+#[derive(Debug, Clone)]
+pub struct LaneConfig {
+    /// Group id prefix; a partner's lane uses `<prefix>.<partner>`.
+    pub group_prefix: String,
+    /// Records taken in and unfinished per partner, at most. Default 1,024.
+    pub max_buffered: usize,
+    /// How long shutdown waits for requests in flight. Default 10 s.
+    pub shutdown_deadline: Duration,
+    /// Partitions of the delivery and dead-letter topics created for a new partner.
+    pub partitions: i32,
+}
+
+/// Remembers revoked partitions for the lane loop (rebalance callbacks run inside poll).
+#[derive(Default)]
+struct LaneContext {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for LaneContext {}
+
+impl ConsumerContext for LaneContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.extend(list.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+fn job_from(message: &BorrowedMessage<'_>) -> Job {
+    let mut headers = Vec::new();
+    let mut find = HashMap::new();
+    if let Some(h) = message.headers() {
+        for x in h.iter() {
+            headers.push((x.key.to_string(), x.value.map(<[u8]>::to_vec)));
+            if let Some(v) = x.value {
+                find.insert(x.key.to_string(), String::from_utf8_lossy(v).into_owned());
+            }
+        }
+    }
+    Job {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().unwrap_or_default().to_vec(),
+        body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        webhook_id: find.remove("webhook-id").unwrap_or_default(),
+        subscription_id: find.remove("subscription-id").unwrap_or_default(),
+        traceparent: find.remove("traceparent"),
+        headers,
+    }
+}
+
+/// Runs one partner's lane until `shutdown`.
+pub async fn run(
+    partner: String,
+    settings: KafkaSettings,
+    config: LaneConfig,
+    ctx: JobContext,
+) -> anyhow::Result<()> {
+    let topic = delivery_topic(&partner);
+    let consumer: StreamConsumer<LaneContext> =
+        settings.consumer(&format!("{}.{partner}", config.group_prefix)).create_with_context(LaneContext::default())?;
+    consumer.subscribe(&[&topic])?;
+    let shutdown = ctx.shutdown.clone();
+    let mut tracker = OffsetTracker::default();
+    // Per (partition, key): records waiting behind the one in flight.
+    let mut waiting: HashMap<(i32, Vec<u8>), VecDeque<Job>> = HashMap::new();
+    let mut busy: HashSet<(i32, Vec<u8>)> = HashSet::new();
+    let mut running = FuturesUnordered::new();
+    let mut stream = consumer.stream();
+    tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
+    let gauge = |n: usize| metrics::gauge!(m::BUFFERED, "partner" => partner.clone()).set(n as f64);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = running.next(), if !running.is_empty() => {
+                let Done { partition, offset, key, finished } = done;
+                let slot = (partition, key);
+                busy.remove(&slot);
+                if finished {
+                    if let Some(next) = tracker.finish(partition, offset) {
+                        consumer.store_offset(&topic, partition, next - 1).ok();
+                    }
+                }
+                if let Some(next) = waiting.get_mut(&slot).and_then(VecDeque::pop_front) {
+                    busy.insert(slot.clone());
+                    running.push(job::run(next, ctx.clone()));
+                }
+                if waiting.get(&slot).is_some_and(VecDeque::is_empty) {
+                    waiting.remove(&slot);
+                }
+                gauge(tracker.total_pending());
+            }
+            message = stream.next(), if tracker.total_pending() < config.max_buffered => {
+                let Some(message) = message else { break };
+                let message = match message {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(partner = %partner, %error, "consuming deliveries");
+                        continue;
+                    }
+                };
+                let job = job_from(&message);
+                drop(message);
+                tracker.begin(job.partition, job.offset);
+                let slot = (job.partition, job.key.clone());
+                if busy.contains(&slot) {
+                    waiting.entry(slot).or_default().push_back(job);
+                } else {
+                    busy.insert(slot);
+                    running.push(job::run(job, ctx.clone()));
+                }
+                gauge(tracker.total_pending());
+            }
+        }
+        let revoked: Vec<i32> = std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
+        for partition in revoked {
+            tracker.forget(partition);
+            waiting.retain(|(p, _), _| *p != partition);
+            tracing::info!(partner = %partner, partition, "partition revoked; queued work left to its new owner");
+        }
+    }
+    drop(stream);
+    // Requests in flight finish (or time out); jobs waiting for a retry stop now.
+    let deadline = tokio::time::sleep(config.shutdown_deadline);
+    tokio::pin!(deadline);
+    while !running.is_empty() {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(Done { partition, offset, finished, .. }) = running.next() => {
+                if finished {
+                    if let Some(next) = tracker.finish(partition, offset) {
+                        consumer.store_offset(&topic, partition, next - 1).ok();
+                    }
+                }
+            }
+        }
+    }
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(partner = %partner, %error, "final lane commit");
+    }
+    tracing::info!(partner = %partner, "delivery lane stopped");
+    Ok(())
+}
+
+/// Starts a lane for every partner that has a subscription, now and whenever one
+/// appears, creating its delivery and dead-letter topics first; returns at shutdown once
+/// every lane has stopped.
+pub async fn supervise(
+    settings: KafkaSettings,
+    config: LaneConfig,
+    table: SubscriptionTable,
+    client: WebhookClient,
+    on_gone: GoneHook,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = settings.producer().create()?;
+    let mut lanes: HashMap<String, tokio::task::JoinHandle<anyhow::Result<()>>> = HashMap::new();
+    let mut changes = table.watch();
+    loop {
+        let mut partners: HashMap<String, usize> = HashMap::new();
+        for s in table.all() {
+            let cap = partners.entry(s.partner_id.clone()).or_default();
+            *cap = (*cap).max(s.max_in_flight);
+        }
+        for (partner, cap) in partners {
+            if lanes.contains_key(&partner) {
+                continue;
+            }
+            let topics = [delivery_topic(&partner), dead_letter_topic(&partner)];
+            if let Err(error) = settings.ensure_topics(&topics, config.partitions, &[]).await {
+                tracing::warn!(partner = %partner, %error, "cannot create the partner's topics yet");
+                continue;
+            }
+            let ctx = JobContext {
+                partner: partner.clone(),
+                client: client.clone(),
+                table: table.clone(),
+                producer: producer.clone(),
+                permits: Arc::new(Semaphore::new(cap)),
+                on_gone: on_gone.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let handle = tokio::spawn(run(partner.clone(), settings.clone(), config.clone(), ctx));
+            lanes.insert(partner, handle);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    for (partner, handle) in lanes {
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(partner = %partner, %error, "lane failed"),
+            Err(error) => tracing::error!(partner = %partner, %error, "lane panicked"),
+        }
+    }
+    Ok(())
+}
