@@ -147,3 +147,136 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// A dispatcher process with topics, groups and partner ids of its own.
+#[derive(Debug)]
+pub struct DispatcherProcess {
+    pub process: Running,
+    pub log: PathBuf,
+    pub metrics_url: String,
+}
+
+/// Names one test's dispatcher uses, so tests never share state.
+#[derive(Debug, Clone)]
+pub struct DispatchWorld {
+    pub orders_topic: String,
+    pub subscriptions_topic: String,
+    pub orders_dead_letter_topic: String,
+    pub router_group: String,
+    pub lane_group_prefix: String,
+    /// Addresses webhooks may reach (the tests allowlist 127.0.0.1, nothing else).
+    pub allow: String,
+}
+
+impl DispatchWorld {
+    pub async fn new(allow: &str) -> Self {
+        let orders_topic = fresh_topic("orders", 3).await;
+        Self {
+            subscriptions_topic: unique("subscriptions"),
+            orders_dead_letter_topic: format!("{orders_topic}.dlq"),
+            router_group: unique("router"),
+            lane_group_prefix: unique("delivery"),
+            allow: allow.to_string(),
+            orders_topic,
+        }
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--brokers".into(), brokers(),
+            "--subscriptions-topic".into(), self.subscriptions_topic.clone(),
+            "--session-timeout-ms".into(), "6000".into(),
+            "--partitions".into(), "3".into(),
+        ];
+        if !self.allow.is_empty() {
+            args.extend(["--allow".into(), self.allow.clone()]);
+        }
+        args
+    }
+
+    /// `dispatcher subscriptions apply` of `yaml`; returns the process output.
+    pub fn apply(&self, yaml: &str) -> Output {
+        let dir = tempfile_dir();
+        let file = dir.join(format!("{}.yaml", unique("subs")));
+        std::fs::write(&file, yaml).expect("write subscriptions");
+        let mut args = self.common_args();
+        args.extend(["subscriptions".into(), "apply".into(), file.display().to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run("dispatcher", &refs, "");
+        let _ = std::fs::remove_file(&file);
+        out
+    }
+
+    /// Starts `dispatcher run` and waits until it serves /metrics.
+    pub fn start(&self) -> DispatcherProcess {
+        use std::io::{BufRead, BufReader};
+        let log = tempfile_dir().join(format!("{}.log", unique("dispatcher")));
+        let mut args = self.common_args();
+        args.extend([
+            "run".into(),
+            "--registry".into(), registry_url(),
+            "--orders-topic".into(), self.orders_topic.clone(),
+            "--orders-dead-letter-topic".into(), self.orders_dead_letter_topic.clone(),
+            "--listen".into(), "127.0.0.1:0".into(),
+            "--router-group".into(), self.router_group.clone(),
+            "--lane-group-prefix".into(), self.lane_group_prefix.clone(),
+            "--shutdown-deadline-ms".into(), "5000".into(),
+        ]);
+        let mut child = Command::new(binary("dispatcher"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn dispatcher");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("dispatcher did not start: {}", tail(&log)));
+        DispatcherProcess { process: Running(child), log, metrics_url: format!("{addr}/metrics") }
+    }
+}
+
+impl DispatcherProcess {
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = self.process.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.process.0.wait().expect("wait");
+        status.code()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("orderhooks-e2e");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The last lines of a log file, for failure messages.
+pub fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!("--- {} (last lines) ---\n{}", path.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check()
+}

@@ -1,0 +1,3 @@
+//! Examples of what partners and internal consumers write against this system.
+
+pub mod receiver;

@@ -1,0 +1,190 @@
+//! An example partner receiver, as a partner should write one:
+//! - verify the Standard Webhooks signature and timestamp with the official
+//!   `standardwebhooks` crate; refuse with 401 otherwise;
+//! - deduplicate by `webhook-id` (deliveries are at-least-once);
+//! - acknowledge fast (2xx), do the work later.
+//!
+//! It also has a scripted mode for tests and demos (fail the first N, fail a share,
+//! answer slowly, 429 with Retry-After, 410, redirect, hang), changeable while running.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+/// How the receiver answers, in order of precedence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Script {
+    /// Answer this status to the first `fail_first` requests (default 503).
+    pub fail_first: u32,
+    pub fail_status: Option<u16>,
+    /// Answer `fail_status` to this share of requests (0.0 to 1.0), deterministically.
+    pub fail_ratio: f64,
+    /// Answer every request with this status (e.g. 410, 400).
+    pub always_status: Option<u16>,
+    /// With 429/503: the Retry-After to send, in seconds.
+    pub retry_after_secs: Option<u64>,
+    /// Redirect every request here (302) instead of answering.
+    pub redirect_to: Option<String>,
+    /// Wait this long before answering.
+    pub delay_ms: u64,
+    /// Never answer.
+    pub hang: bool,
+}
+
+/// One accepted (verified) delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub webhook_id: String,
+    pub event_type: String,
+    pub order_id: String,
+    pub partner_id: String,
+    pub traceparent: Option<String>,
+    pub body: serde_json::Value,
+    /// True when this webhook-id was seen before (a duplicate the partner ignores).
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    script: Script,
+    requests: u64,
+    rejected_signatures: u64,
+    seen: HashSet<String>,
+    deliveries: Vec<Delivery>,
+}
+
+/// A running receiver; it stops when dropped.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<Inner>>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    inner: Arc<Mutex<Inner>>,
+    verifier: Arc<standardwebhooks::Webhook>,
+}
+
+impl Receiver {
+    /// Starts on `addr` (port 0 for any) verifying with `secret` (`whsec_...`).
+    pub async fn start(addr: SocketAddr, secret: &str, script: Script) -> anyhow::Result<Self> {
+        let verifier = standardwebhooks::Webhook::new(secret).map_err(|e| anyhow::anyhow!("secret: {e}"))?;
+        let inner = Arc::new(Mutex::new(Inner { script, ..Default::default() }));
+        let app = Router::new()
+            .route("/webhook", post(receive))
+            .with_state(AppState { inner: Arc::clone(&inner), verifier: Arc::new(verifier) });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.notified().await }).await;
+        });
+        Ok(Self { addr, state: inner, stop })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/webhook", self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Changes how the receiver answers from now on (and restarts the request count).
+    pub fn set_script(&self, script: Script) {
+        self.with(|i| {
+            i.script = script;
+            i.requests = 0;
+        });
+    }
+
+    /// Accepted deliveries in arrival order, duplicates included (marked).
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.with(|i| i.deliveries.clone())
+    }
+
+    /// Distinct webhook ids accepted.
+    pub fn unique(&self) -> usize {
+        self.with(|i| i.seen.len())
+    }
+
+    /// Requests refused for a bad signature or timestamp.
+    pub fn rejected_signatures(&self) -> u64 {
+        self.with(|i| i.rejected_signatures)
+    }
+
+    /// Requests received since the script was last set (answered or not).
+    pub fn requests(&self) -> u64 {
+        self.with(|i| i.requests)
+    }
+
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let (script, n) = {
+        let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.requests += 1;
+        (inner.script.clone(), inner.requests)
+    };
+    if script.hang {
+        std::future::pending::<()>().await;
+    }
+    if script.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+    }
+    if let Some(to) = &script.redirect_to {
+        return (StatusCode::FOUND, [("location", to.clone())]).into_response();
+    }
+    let fail_status = StatusCode::from_u16(script.fail_status.unwrap_or(503)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let scripted_failure = script.always_status.and_then(|s| StatusCode::from_u16(s).ok()).or_else(|| {
+        let ratio_hit = script.fail_ratio > 0.0 && ((n as f64 * script.fail_ratio).floor() > ((n - 1) as f64 * script.fail_ratio).floor());
+        (n <= u64::from(script.fail_first) || ratio_hit).then_some(fail_status)
+    });
+    if let Some(status) = scripted_failure {
+        let mut response = (status, "scripted failure").into_response();
+        if let Some(secs) = script.retry_after_secs {
+            response.headers_mut().insert("retry-after", secs.into());
+        }
+        return response;
+    }
+    // A real receiver starts here: verify, deduplicate, store, acknowledge.
+    if let Err(e) = app.verifier.verify(&body, &headers) {
+        app.inner.lock().unwrap_or_else(|p| p.into_inner()).rejected_signatures += 1;
+        return (StatusCode::UNAUTHORIZED, format!("signature refused: {e}")).into_response();
+    }
+    let webhook_id = header(&headers, "webhook-id").unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let duplicate = !inner.seen.insert(webhook_id.clone());
+    inner.deliveries.push(Delivery {
+        webhook_id,
+        event_type: text(&json["type"]),
+        order_id: text(&json["data"]["order_id"]),
+        partner_id: text(&json["data"]["partner_id"]),
+        traceparent: header(&headers, "traceparent"),
+        body: json,
+        duplicate,
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
