@@ -13,6 +13,9 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Consumer group session timeout. Default 10 s; tests use 6 s.
     pub session_timeout: Duration,
+    /// librdkafka `max.poll.interval.ms`: also the time a rebalance waits for members
+    /// to rejoin. Default 300 s.
+    pub max_poll_interval: Duration,
     /// Extra librdkafka settings for every client.
     pub options: Vec<(String, String)>,
 }
@@ -37,6 +40,7 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
+            .set("max.poll.interval.ms", self.max_poll_interval.as_millis().to_string())
             .set("topic.metadata.refresh.interval.ms", "10000")
             // Bounded prefetch per partition: memory does not grow with lag.
             .set("queued.max.messages.kbytes", "8192");

@@ -7,8 +7,11 @@
 //!   that the lane stops reading and the backlog stays in Kafka;
 //! - offsets are stored only for the contiguous prefix of finished records;
 //! - on revoke the revoked partitions' queued work is dropped (its new owner redoes it);
-//!   on shutdown the lane stops reading, lets requests in flight finish within the
-//!   deadline, and commits.
+//! - on shutdown the lane stops reading and drains what it already took in (so a
+//!   restart redelivers nothing that was delivered); at the deadline, jobs waiting for a
+//!   retry give up, requests in flight end, and the lane commits;
+//! - a job that did not finish drops the records queued behind it for the same key: they
+//!   are redone after it, in order, by whoever reads the partition next.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -96,11 +99,11 @@ pub async fn run(
     let consumer: StreamConsumer<LaneContext> =
         settings.consumer(&format!("{}.{partner}", config.group_prefix)).create_with_context(LaneContext::default())?;
     consumer.subscribe(&[&topic])?;
+    // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
-    let mut tracker = OffsetTracker::default();
-    // Per (partition, key): records waiting behind the one in flight.
-    let mut waiting: HashMap<(i32, Vec<u8>), VecDeque<Job>> = HashMap::new();
-    let mut busy: HashSet<(i32, Vec<u8>)> = HashSet::new();
+    let abort = CancellationToken::new();
+    let ctx = JobContext { shutdown: abort.clone(), ..ctx };
+    let mut state = LaneState { tracker: OffsetTracker::default(), waiting: HashMap::new(), busy: HashSet::new() };
     let mut running = FuturesUnordered::new();
     let mut stream = consumer.stream();
     tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
@@ -110,24 +113,12 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             Some(done) = running.next(), if !running.is_empty() => {
-                let Done { partition, offset, key, finished } = done;
-                let slot = (partition, key);
-                busy.remove(&slot);
-                if finished {
-                    if let Some(next) = tracker.finish(partition, offset) {
-                        consumer.store_offset(&topic, partition, next - 1).ok();
-                    }
-                }
-                if let Some(next) = waiting.get_mut(&slot).and_then(VecDeque::pop_front) {
-                    busy.insert(slot.clone());
+                if let Some(next) = state.done(done, &consumer, &topic) {
                     running.push(job::run(next, ctx.clone()));
                 }
-                if waiting.get(&slot).is_some_and(VecDeque::is_empty) {
-                    waiting.remove(&slot);
-                }
-                gauge(tracker.total_pending());
+                gauge(state.tracker.total_pending());
             }
-            message = stream.next(), if tracker.total_pending() < config.max_buffered => {
+            message = stream.next(), if state.tracker.total_pending() < config.max_buffered => {
                 let Some(message) = message else { break };
                 let message = match message {
                     Ok(m) => m,
@@ -138,36 +129,33 @@ pub async fn run(
                 };
                 let job = job_from(&message);
                 drop(message);
-                tracker.begin(job.partition, job.offset);
-                let slot = (job.partition, job.key.clone());
-                if busy.contains(&slot) {
-                    waiting.entry(slot).or_default().push_back(job);
-                } else {
-                    busy.insert(slot);
-                    running.push(job::run(job, ctx.clone()));
+                if let Some(start) = state.take(job) {
+                    running.push(job::run(start, ctx.clone()));
                 }
-                gauge(tracker.total_pending());
+                gauge(state.tracker.total_pending());
             }
         }
         let revoked: Vec<i32> = std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
         for partition in revoked {
-            tracker.forget(partition);
-            waiting.retain(|(p, _), _| *p != partition);
+            state.tracker.forget(partition);
+            state.waiting.retain(|(p, _), _| *p != partition);
             tracing::info!(partner = %partner, partition, "partition revoked; queued work left to its new owner");
         }
     }
     drop(stream);
-    // Requests in flight finish (or time out); jobs waiting for a retry stop now.
+    // Drain what was taken in, until the deadline; then jobs give up and end.
     let deadline = tokio::time::sleep(config.shutdown_deadline);
     tokio::pin!(deadline);
     while !running.is_empty() {
         tokio::select! {
-            _ = &mut deadline => break,
-            Some(Done { partition, offset, finished, .. }) = running.next() => {
-                if finished {
-                    if let Some(next) = tracker.finish(partition, offset) {
-                        consumer.store_offset(&topic, partition, next - 1).ok();
-                    }
+            _ = &mut deadline, if !abort.is_cancelled() => {
+                tracing::warn!(partner = %partner, unfinished = state.tracker.total_pending(), "shutdown deadline: giving up on the rest");
+                abort.cancel();
+                state.waiting.clear();
+            }
+            Some(done) = running.next() => {
+                if let Some(next) = state.done(done, &consumer, &topic) {
+                    running.push(job::run(next, ctx.clone()));
                 }
             }
         }
@@ -177,6 +165,54 @@ pub async fn run(
     }
     tracing::info!(partner = %partner, "delivery lane stopped");
     Ok(())
+}
+
+/// What a lane has taken in: offsets, the key in flight per (partition, key), and the
+/// records waiting behind it.
+struct LaneState {
+    tracker: OffsetTracker,
+    waiting: HashMap<(i32, Vec<u8>), VecDeque<Job>>,
+    busy: HashSet<(i32, Vec<u8>)>,
+}
+
+impl LaneState {
+    /// Takes in a record; returns it when it can start now (its key is free).
+    fn take(&mut self, job: Job) -> Option<Job> {
+        self.tracker.begin(job.partition, job.offset);
+        let slot = (job.partition, job.key.clone());
+        if self.busy.contains(&slot) {
+            self.waiting.entry(slot).or_default().push_back(job);
+            None
+        } else {
+            self.busy.insert(slot);
+            Some(job)
+        }
+    }
+
+    /// Records a job's end; returns the next record of its key to start, if any.
+    fn done(&mut self, done: Done, consumer: &StreamConsumer<LaneContext>, topic: &str) -> Option<Job> {
+        let Done { partition, offset, key, finished } = done;
+        let slot = (partition, key);
+        self.busy.remove(&slot);
+        if !finished {
+            // Later records of this key must not overtake it: leave them to a restart.
+            self.waiting.remove(&slot);
+            return None;
+        }
+        if let Some(next) = self.tracker.finish(partition, offset) {
+            consumer.store_offset(topic, partition, next - 1).ok();
+        }
+        let next = self.waiting.get_mut(&slot).and_then(VecDeque::pop_front);
+        match &next {
+            Some(_) => {
+                self.busy.insert(slot);
+            }
+            None => {
+                self.waiting.remove(&slot);
+            }
+        }
+        next
+    }
 }
 
 /// Starts a lane for every partner that has a subscription, now and whenever one

@@ -43,6 +43,13 @@ struct Common {
     /// Consumer group session timeout in milliseconds.
     #[arg(long, global = true, env = "DISPATCHER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// librdkafka max.poll.interval.ms, which is also how long a rebalance waits for a
+    /// member that does not rejoin, in milliseconds.
+    #[arg(long, global = true, env = "DISPATCHER_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
+    max_poll_interval_ms: u64,
+    /// Extra librdkafka setting for every client, `key=value`; repeatable.
+    #[arg(long = "kafka-option", global = true, value_parser = parse_option)]
+    kafka_options: Vec<(String, String)>,
     /// Partitions of topics the dispatcher creates (per-partner delivery and dead-letter
     /// topics, the router's dead-letter topic).
     #[arg(long, global = true, env = "DISPATCHER_TOPIC_PARTITIONS", default_value_t = 6)]
@@ -100,12 +107,20 @@ enum SubscriptionsCommand {
     List,
 }
 
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not key=value"))
+}
+
 impl Common {
     fn kafka(&self) -> KafkaSettings {
         KafkaSettings {
             brokers: self.brokers.clone(),
             session_timeout: Duration::from_millis(self.session_timeout_ms),
-            options: Vec::new(),
+            max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
+            options: self.kafka_options.clone(),
         }
     }
 

@@ -75,39 +75,39 @@ impl Outgoing {
     }
 }
 
-/// Produces `records` in order and waits until every one is acknowledged, retrying a
-/// failed one until it is written or shutdown; `None` when shutdown came first.
-async fn produce_all(producer: FutureProducer, records: Vec<Outgoing>, shutdown: CancellationToken) -> Option<()> {
-    let mut futures = Vec::with_capacity(records.len());
+/// Enqueues `records` now, in order (so records of one orders partition keep their
+/// order in the delivery topics), and returns a future that waits until every one is
+/// acknowledged, re-sending a failed one until it is written or shutdown; the future
+/// gives `None` when shutdown came first.
+fn produce_all(
+    producer: &FutureProducer,
+    records: Vec<Outgoing>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = Option<()>> + use<> {
+    let mut deliveries = Vec::with_capacity(records.len());
     for r in &records {
-        loop {
-            match producer.send_result(r.record()) {
-                Ok(f) => {
-                    futures.push(f);
-                    break;
+        // With message.timeout.ms=0 librdkafka retries on its own; an enqueue error here
+        // (queue full, unknown partition) is handled like a failed delivery below.
+        deliveries.push(producer.send_result(r.record()).map_err(|(e, _)| e));
+    }
+    let producer = producer.clone();
+    async move {
+        for (r, delivery) in records.iter().zip(deliveries) {
+            let mut result = match delivery {
+                Ok(f) => f.await.ok()?.map(|_| ()).map_err(|(e, _)| e),
+                Err(e) => Err(e),
+            };
+            while let Err(error) = result {
+                tracing::warn!(topic = %r.topic, %error, "delivery record not written, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                Err((e, _)) => {
-                    tracing::warn!(topic = %r.topic, error = %e, "cannot enqueue, retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    }
-                }
+                result = producer.send(r.record(), Timeout::Never).await.map(|_| ()).map_err(|(e, _)| e);
             }
         }
+        Some(())
     }
-    for (i, f) in futures.into_iter().enumerate() {
-        let mut result = f.await.ok()?.map(|_| ()).map_err(|(e, _)| e);
-        while let Err(error) = result {
-            tracing::warn!(topic = %records[i].topic, %error, "delivery record not written, retrying");
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            result = producer.send(records[i].record(), Timeout::Never).await.map(|_| ()).map_err(|(e, _)| e);
-        }
-    }
-    Some(())
 }
 
 /// Runs the router until `shutdown`, then finishes what it can within the deadline and
@@ -150,8 +150,8 @@ pub async fn run(
                 let (partition, offset) = (message.partition(), message.offset());
                 tracker.begin(partition, offset);
                 let Some(records) = route(&message, &codec, &table, &config, &shutdown).await else { break };
-                let (producer, shutdown) = (producer.clone(), shutdown.clone());
-                pending.push(async move { produce_all(producer, records, shutdown).await.map(|_| (partition, offset)) });
+                let acknowledged = produce_all(&producer, records, shutdown.clone());
+                pending.push(async move { acknowledged.await.map(|_| (partition, offset)) });
             }
         }
     }

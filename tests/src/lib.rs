@@ -166,6 +166,8 @@ pub struct DispatchWorld {
     pub lane_group_prefix: String,
     /// Addresses webhooks may reach (the tests allowlist 127.0.0.1, nothing else).
     pub allow: String,
+    /// Extra arguments of `dispatcher run`.
+    pub run_args: Vec<String>,
 }
 
 impl DispatchWorld {
@@ -177,6 +179,7 @@ impl DispatchWorld {
             router_group: unique("router"),
             lane_group_prefix: unique("delivery"),
             allow: allow.to_string(),
+            run_args: Vec::new(),
             orders_topic,
         }
     }
@@ -222,6 +225,7 @@ impl DispatchWorld {
             "--lane-group-prefix".into(), self.lane_group_prefix.clone(),
             "--shutdown-deadline-ms".into(), "5000".into(),
         ]);
+        args.extend(self.run_args.iter().cloned());
         let mut child = Command::new(binary("dispatcher"))
             .args(&args)
             .env("RUST_LOG", "info")
