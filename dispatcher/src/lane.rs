@@ -47,19 +47,44 @@ pub struct LaneConfig {
     pub partitions: i32,
 }
 
-/// Remembers revoked partitions for the lane loop (rebalance callbacks run inside poll).
-#[derive(Default)]
-struct LaneContext {
+/// Logs rebalances and remembers revoked partitions for the consumer's loop (rebalance
+/// callbacks run inside poll, where the loop cannot act).
+#[derive(Debug, Default)]
+pub struct GroupContext {
+    pub name: String,
     revoked: Mutex<Vec<i32>>,
 }
 
-impl ClientContext for LaneContext {}
+impl GroupContext {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_string(), revoked: Mutex::default() }
+    }
 
-impl ConsumerContext for LaneContext {
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            revoked.extend(list.elements().iter().map(|e| e.partition()));
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(consumer = %self.name, ?partitions, "partitions revoked");
+            self.revoked.lock().unwrap_or_else(|p| p.into_inner()).extend(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(consumer = %self.name, ?partitions, "partitions assigned");
+            }
+            Rebalance::Error(error) => tracing::warn!(consumer = %self.name, %error, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
         }
     }
 }
@@ -96,8 +121,9 @@ pub async fn run(
     ctx: JobContext,
 ) -> anyhow::Result<()> {
     let topic = delivery_topic(&partner);
-    let consumer: StreamConsumer<LaneContext> =
-        settings.consumer(&format!("{}.{partner}", config.group_prefix)).create_with_context(LaneContext::default())?;
+    let consumer: StreamConsumer<GroupContext> = settings
+        .consumer(&format!("{}.{partner}", config.group_prefix))
+        .create_with_context(GroupContext::new(&format!("lane {partner}")))?;
     consumer.subscribe(&[&topic])?;
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
@@ -135,11 +161,10 @@ pub async fn run(
                 gauge(state.tracker.total_pending());
             }
         }
-        let revoked: Vec<i32> = std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
-        for partition in revoked {
+        for partition in consumer.context().take_revoked() {
             state.tracker.forget(partition);
             state.waiting.retain(|(p, _), _| *p != partition);
-            tracing::info!(partner = %partner, partition, "partition revoked; queued work left to its new owner");
+            tracing::debug!(partner = %partner, partition, "queued work of a revoked partition left to its new owner");
         }
     }
     drop(stream);
@@ -190,7 +215,7 @@ impl LaneState {
     }
 
     /// Records a job's end; returns the next record of its key to start, if any.
-    fn done(&mut self, done: Done, consumer: &StreamConsumer<LaneContext>, topic: &str) -> Option<Job> {
+    fn done(&mut self, done: Done, consumer: &StreamConsumer<GroupContext>, topic: &str) -> Option<Job> {
         let Done { partition, offset, key, finished } = done;
         let slot = (partition, key);
         self.busy.remove(&slot);

@@ -40,6 +40,9 @@ struct Common {
     /// means public addresses only.
     #[arg(long, global = true, env = "DISPATCHER_SSRF_ALLOWLIST", value_delimiter = ',')]
     allow: Vec<String>,
+    /// Accept plain http:// webhook URLs to host names (development networks only).
+    #[arg(long, global = true, env = "DISPATCHER_ALLOW_HTTP")]
+    allow_http: bool,
     /// Consumer group session timeout in milliseconds.
     #[arg(long, global = true, env = "DISPATCHER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
@@ -125,12 +128,14 @@ impl Common {
     }
 
     fn allowlist(&self) -> anyhow::Result<Allowlist> {
-        Allowlist::parse(&self.allow).map_err(|e| anyhow::anyhow!("--allow / DISPATCHER_SSRF_ALLOWLIST: {e}"))
+        Allowlist::parse(&self.allow)
+            .map(|a| a.with_plain_http(self.allow_http))
+            .map_err(|e| anyhow::anyhow!("--allow / DISPATCHER_SSRF_ALLOWLIST: {e}"))
     }
 
     async fn ensure_subscriptions_topic(&self) -> anyhow::Result<()> {
         self.kafka()
-            .ensure_topics(&[self.subscriptions_topic.clone()], 1, &[("cleanup.policy", "compact")])
+            .ensure_topics(std::slice::from_ref(&self.subscriptions_topic), 1, &[("cleanup.policy", "compact")])
             .await
             .with_context(|| format!("subscriptions topic `{}` on {}", self.subscriptions_topic, self.brokers))
     }
@@ -196,7 +201,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let allowlist = Arc::new(common.allowlist()?);
     common.ensure_subscriptions_topic().await?;
     kafka
-        .ensure_topics(&[args.orders_dead_letter_topic.clone()], common.partitions, &[])
+        .ensure_topics(std::slice::from_ref(&args.orders_dead_letter_topic), common.partitions, &[])
         .await
         .context("router dead-letter topic")?;
     let table = SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist)).await?;

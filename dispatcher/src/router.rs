@@ -20,6 +20,7 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaSettings;
+use crate::lane::GroupContext;
 use crate::metrics as m;
 use crate::offsets::OffsetTracker;
 use crate::subscription::delivery_topic;
@@ -119,7 +120,7 @@ pub async fn run(
     codec: OrderCodec,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = settings.consumer(&config.group).create()?;
+    let consumer: StreamConsumer<GroupContext> = settings.consumer(&config.group).create_with_context(GroupContext::new("router"))?;
     consumer.subscribe(&[&config.orders_topic])?;
     let producer: FutureProducer = settings.producer().create()?;
     let mut tracker = OffsetTracker::default();
@@ -139,6 +140,9 @@ pub async fn run(
                 }
             }
             message = stream.next(), if pending.len() < config.max_in_flight => {
+                for partition in consumer.context().take_revoked() {
+                    tracker.forget(partition);
+                }
                 let Some(message) = message else { break };
                 let message = match message {
                     Ok(m) => m,

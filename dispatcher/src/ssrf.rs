@@ -11,9 +11,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// Addresses that webhooks may reach although they are not public.
+/// Addresses that webhooks may reach although they are not public, and whether plain
+/// `http://` URLs to host names are accepted (development networks only).
 #[derive(Debug, Clone, Default)]
-pub struct Allowlist(Vec<IpNet>);
+pub struct Allowlist(Vec<IpNet>, bool);
 
 impl Allowlist {
     /// Parses addresses or CIDR ranges (`127.0.0.1`, `10.1.0.0/16`).
@@ -27,7 +28,18 @@ impl Allowlist {
                     .map_err(|_| format!("`{e}` is neither an IP address nor a CIDR range"))
             })
             .collect::<Result<_, _>>()
-            .map(Self)
+            .map(|nets| Self(nets, false))
+    }
+
+    /// Accepts `http://` URLs to host names too (off by default: webhooks carry order
+    /// data and signatures, so production wants TLS).
+    pub fn with_plain_http(mut self, allowed: bool) -> Self {
+        self.1 = allowed;
+        self
+    }
+
+    pub fn plain_http(&self) -> bool {
+        self.1
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -113,8 +113,8 @@ impl Subscription {
         };
         match url.scheme() {
             "https" => {}
-            "http" if literal.is_some_and(|ip| allowlist.contains(ip)) => {}
-            other => return Err(self.invalid("url", format!("scheme `{other}` not allowed: use https (http only for allowlisted addresses)"))),
+            "http" if allowlist.plain_http() || literal.is_some_and(|ip| allowlist.contains(ip)) => {}
+            other => return Err(self.invalid("url", format!("scheme `{other}` not allowed: use https (http only for allowlisted addresses, or with DISPATCHER_ALLOW_HTTP)"))),
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(self.invalid("url", "must not carry credentials"));
@@ -249,6 +249,9 @@ mod tests {
         s.url = "http://127.0.0.1:8080/hook".into();
         assert_eq!(s.validate(&Allowlist::default()).expect_err("loopback").field, "url");
         assert!(s.validate(&Allowlist::parse(&["127.0.0.1".into()]).expect("list")).is_ok());
+        s.url = "http://partner:8090/webhook".into();
+        assert_eq!(s.validate(&Allowlist::default()).expect_err("plain http").field, "url");
+        assert!(s.validate(&Allowlist::default().with_plain_http(true)).is_ok());
     }
 
     #[test]

@@ -17,9 +17,9 @@ fn compose() -> Value {
     serde_yaml::from_str(&text).expect("docker-compose.yml is valid YAML")
 }
 
-fn help(args: &[&str]) -> String {
-    let out = e2e::run("producer", args, "");
-    assert!(out.status.success(), "producer {args:?} --help failed");
+fn help(binary: &str, args: &[&str]) -> String {
+    let out = e2e::run(binary, args, "");
+    assert!(out.status.success(), "{binary} {args:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -40,7 +40,7 @@ fn string_list(v: &Value) -> Vec<String> {
 fn services_are_buildable_and_use_only_settings_the_code_reads() {
     let doc = compose();
     let services = doc["services"].as_mapping().expect("services");
-    for want in ["kafka", "schema-registry", "topics", "producer-ingest", "prometheus"] {
+    for want in ["kafka", "schema-registry", "topics", "producer-ingest", "subscriptions", "dispatcher", "partner", "prometheus"] {
         assert!(services.contains_key(want), "service {want} missing");
     }
     for (name, service) in services {
@@ -51,18 +51,20 @@ fn services_are_buildable_and_use_only_settings_the_code_reads() {
         if let Some(context) = build {
             assert!(root().join(context).join("Dockerfile").exists(), "{name}: no Dockerfile in {context}");
             let command = string_list(&service["command"]);
-            assert_eq!(command.first().map(String::as_str), Some("producer"), "{name}: runs a binary the image has");
-            let sub = &command[1];
-            let known = env_vars(&help(&[sub, "--help"]));
+            let binary = command.first().map(String::as_str).unwrap_or_default();
+            assert!(["producer", "dispatcher", "partner-receiver", "schema-registry"].contains(&binary), "{name}: runs `{binary}`, which the image does not have");
+            // The subcommand path: the words before the first flag or file path.
+            let mut args: Vec<&str> = command[1..].iter().map(String::as_str).take_while(|a| !a.starts_with('-') && !a.contains('/')).collect();
+            args.push("--help");
+            let sub_help = help(binary, &args);
+            let known = env_vars(&sub_help);
             let env = service["environment"].as_mapping().expect("environment");
             for key in env.keys() {
                 let key = key.as_str().expect("key");
-                assert!(known.contains(key), "{name}: {key} is not read by `producer {sub}` (reads {known:?})");
+                assert!(known.contains(key), "{name}: {key} is not read by `{binary} {args:?}` (reads {known:?})");
             }
-            // Subcommand flags in the command line must exist too.
-            let sub_help = help(&[sub, "--help"]);
             for flag in command.iter().filter(|a| a.starts_with("--")) {
-                assert!(sub_help.contains(flag.as_str()), "{name}: `producer {sub}` has no {flag}");
+                assert!(sub_help.contains(flag.as_str()), "{name}: `{binary} {args:?}` has no {flag}");
             }
         }
     }
@@ -94,4 +96,20 @@ fn the_topics_compose_creates_match_the_local_stack() {
     let name = &command[command.iter().position(|a| a == "--name").expect("--name") + 1];
     let partitions = &command[command.iter().position(|a| a == "--partitions").expect("--partitions") + 1];
     assert!(topics.lines().any(|l| l.split_whitespace().take(2).eq([name.as_str(), partitions.as_str()])), "{name} {partitions} not in config/topics.txt");
+}
+
+#[test]
+fn the_example_subscriptions_are_valid_under_the_compose_settings() {
+    let doc = compose();
+    let env = &doc["services"]["subscriptions"]["environment"];
+    let allow: Vec<String> = env["DISPATCHER_SSRF_ALLOWLIST"].as_str().expect("allowlist").split(',').map(str::to_string).collect();
+    let plain_http = env["DISPATCHER_ALLOW_HTTP"].as_str() == Some("true");
+    let allowlist = dispatcher::ssrf::Allowlist::parse(&allow).expect("allowlist parses").with_plain_http(plain_http);
+    let text = std::fs::read_to_string(root().join("config/subscriptions.example.yaml")).expect("example file");
+    let subscriptions = dispatcher::subscription::SubscriptionFile::parse(&text, &allowlist).expect("valid");
+    // The example partner's secret is the one the partner service verifies with.
+    let secret = doc["services"]["partner"]["environment"]["RECEIVER_SECRET"].as_str().expect("secret");
+    assert!(subscriptions.iter().all(|s| s.secrets.iter().any(|x| x == secret)));
+    let command = string_list(&doc["services"]["subscriptions"]["command"]);
+    assert_eq!(command.last().map(String::as_str), Some("/etc/orderhooks/subscriptions.example.yaml"), "the Dockerfile copies config/ there");
 }

@@ -176,8 +176,8 @@ async fn each_row_of_the_outcome_table() {
     assert_eq!(payload, b"{\"not\": \"avro\"}", "the poison bytes kept");
 
     // 410 disabled the subscription for every instance: the topic says so.
-    let mut args = vec!["--brokers".to_string(), brokers(), "--subscriptions-topic".into(), world.subscriptions_topic.clone(), "--allow".into(), "127.0.0.1".into(), "subscriptions".into(), "list".into()];
-    let listed = e2e::run("dispatcher", &args.iter_mut().map(|s| s.as_str()).collect::<Vec<_>>(), "");
+    let args = ["--brokers".to_string(), brokers(), "--subscriptions-topic".into(), world.subscriptions_topic.clone(), "--allow".into(), "127.0.0.1".into(), "subscriptions".into(), "list".into()];
+    let listed = e2e::run("dispatcher", &args.iter().map(String::as_str).collect::<Vec<_>>(), "");
     let listing = String::from_utf8_lossy(&listed.stdout);
     let gone_line = listing.lines().find(|l| l.starts_with(&format!("{}-s", partners["gone"].0))).expect("listed");
     assert!(gone_line.contains("DISABLED"), "{listing}");

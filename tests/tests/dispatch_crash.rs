@@ -43,10 +43,15 @@ fn events(partners: &[Partner], count: usize, orders: usize) -> Vec<OrderEvent> 
         .collect()
 }
 
-async fn publish_all(topic: String, events: Vec<OrderEvent>) {
+/// Publishes `events`, at most `per_second` of them per second (0: all at once).
+async fn publish_all(topic: String, events: Vec<OrderEvent>, per_second: usize) {
     let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &topic, &registry_url())).await.expect("publisher");
     let mut pending = Vec::new();
-    for e in &events {
+    let start = tokio::time::Instant::now();
+    for (i, e) in events.iter().enumerate() {
+        if per_second > 0 && i % 50 == 0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / per_second as f64)).await;
+        }
         pending.push(publisher.enqueue(e, None).await.expect("enqueue"));
     }
     for p in pending {
@@ -90,7 +95,7 @@ async fn sigterm_then_restart_loses_nothing_and_duplicates_nothing() {
     let partners = partners(&world, 2, Script { delay_ms: 3, ..Default::default() }).await;
     let events = events(&partners, 1500, 150);
     let dispatcher = world.start();
-    publish_all(world.orders_topic.clone(), events.clone()).await;
+    publish_all(world.orders_topic.clone(), events.clone(), 0).await;
     assert!(eventually(Duration::from_secs(60), || received(&partners) >= 300).await, "{}", dispatcher.log_tail());
     let log = dispatcher.log.clone();
     assert_eq!(dispatcher.terminate(), Some(0), "SIGTERM exits 0\n{}", e2e::tail(&log));
@@ -108,7 +113,7 @@ async fn sigterm_then_restart_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_five_times_during_3000_events_loses_nothing() {
-    kill_9_during_a_run(3_000, 300, 200).await;
+    kill_9_during_a_run(3_000, 300, 100, 150).await;
 }
 
 /// The full size. The test broker (nisshi, SQLite storage) slows to a crawl
@@ -117,20 +122,21 @@ async fn kill_9_five_times_during_3000_events_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "20,000 events take longer on nisshi than CI allows; run with --ignored"]
 async fn kill_9_five_times_during_20000_events_loses_nothing() {
-    kill_9_during_a_run(20_000, 500, 500).await;
+    kill_9_during_a_run(20_000, 500, 400, 500).await;
 }
 
-/// Publishes `count` events over `orders` orders to 3 partners while the dispatcher is
-/// killed with SIGKILL five times, each time once it has delivered `progress` more
-/// events since its start, then restarted; every event must arrive.
-async fn kill_9_during_a_run(count: usize, orders: usize, progress: usize) {
+/// Publishes `count` events over `orders` orders to 3 partners, `per_second` at a time so
+/// that work is still coming in at every kill, while the dispatcher is killed with SIGKILL
+/// five times, each time once it has delivered `progress` more events since its start,
+/// then restarted; every event must arrive.
+async fn kill_9_during_a_run(count: usize, orders: usize, per_second: usize, progress: usize) {
     let mut world = DispatchWorld::new("127.0.0.1").await;
     // A killed member never leaves its groups: let rebalances stop waiting for it soon.
     world.run_args = vec!["--max-poll-interval-ms".into(), "15000".into()];
     let partners = partners(&world, 3, Script::default()).await;
     let events = events(&partners, count, orders);
     let mut dispatcher = world.start();
-    let publishing = tokio::spawn(publish_all(world.orders_topic.clone(), events.clone()));
+    let publishing = tokio::spawn(publish_all(world.orders_topic.clone(), events.clone(), per_second));
     let mut kills = Vec::new();
     for i in 0..5u64 {
         // Once this instance is delivering (at least 500 more than at its start), kill it
