@@ -129,7 +129,8 @@ pub async fn run(
     let shutdown = ctx.shutdown.clone();
     let abort = CancellationToken::new();
     let ctx = JobContext { shutdown: abort.clone(), ..ctx };
-    let mut state = LaneState { tracker: OffsetTracker::default(), waiting: HashMap::new(), busy: HashSet::new() };
+    let mut state = LaneState { tracker: OffsetTracker::default(), waiting: HashMap::new(), busy: HashSet::new(), taken_at: HashMap::new() };
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
     let mut running = FuturesUnordered::new();
     let mut stream = consumer.stream();
     tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
@@ -138,6 +139,10 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = sample.tick() => {
+                let oldest = state.taken_at.values().min().map_or(0.0, |t| t.elapsed().as_secs_f64());
+                metrics::gauge!(m::OLDEST_AGE, "partner" => partner.clone()).set(oldest);
+            }
             Some(done) = running.next(), if !running.is_empty() => {
                 if let Some(next) = state.done(done, &consumer, &topic) {
                     running.push(job::run(next, ctx.clone()));
@@ -164,6 +169,7 @@ pub async fn run(
         for partition in consumer.context().take_revoked() {
             state.tracker.forget(partition);
             state.waiting.retain(|(p, _), _| *p != partition);
+            state.taken_at.retain(|(p, _), _| *p != partition);
             tracing::debug!(partner = %partner, partition, "queued work of a revoked partition left to its new owner");
         }
     }
@@ -198,12 +204,15 @@ struct LaneState {
     tracker: OffsetTracker,
     waiting: HashMap<(i32, Vec<u8>), VecDeque<Job>>,
     busy: HashSet<(i32, Vec<u8>)>,
+    /// When each unfinished record was taken in (for the oldest-age gauge).
+    taken_at: HashMap<(i32, i64), std::time::Instant>,
 }
 
 impl LaneState {
     /// Takes in a record; returns it when it can start now (its key is free).
     fn take(&mut self, job: Job) -> Option<Job> {
         self.tracker.begin(job.partition, job.offset);
+        self.taken_at.insert((job.partition, job.offset), std::time::Instant::now());
         let slot = (job.partition, job.key.clone());
         if self.busy.contains(&slot) {
             self.waiting.entry(slot).or_default().push_back(job);
@@ -219,6 +228,7 @@ impl LaneState {
         let Done { partition, offset, key, finished } = done;
         let slot = (partition, key);
         self.busy.remove(&slot);
+        self.taken_at.remove(&(partition, offset));
         if !finished {
             // Later records of this key must not overtake it: leave them to a restart.
             self.waiting.remove(&slot);

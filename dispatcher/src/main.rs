@@ -110,12 +110,7 @@ enum SubscriptionsCommand {
     List,
 }
 
-fn parse_option(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("`{text}` is not key=value"))
-}
+use orderhooks_runtime::parse_key_value as parse_option;
 
 impl Common {
     fn kafka(&self) -> KafkaSettings {
@@ -143,10 +138,7 @@ impl Common {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    orderhooks_runtime::init_tracing();
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Run(args) => run(&cli.common, args).await,
@@ -254,7 +246,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let lanes = tokio::spawn(lane::supervise(kafka, lane_config, table, client, on_gone, shutdown.clone()));
     tracing::info!("dispatcher running");
 
-    shutdown_signal().await;
+    orderhooks_runtime::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight, then committing");
     shutdown.cancel();
     router.await??;
@@ -262,15 +254,4 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let _ = server.await;
     tracing::info!("dispatcher stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

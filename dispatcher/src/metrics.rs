@@ -1,8 +1,6 @@
 //! Metric names. Labels are bounded: partner, outcome, stage; never an order or event id.
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Finished deliveries, by `partner` and `outcome` (delivered, dead_lettered, gone, dropped).
 pub const DELIVERIES: &str = "dispatcher_deliveries_total";
@@ -18,10 +16,9 @@ pub const DEAD_LETTERED: &str = "dispatcher_dead_lettered_total";
 pub const IN_FLIGHT: &str = "dispatcher_in_flight";
 /// Records taken from Kafka and not finished, by `partner`.
 pub const BUFFERED: &str = "dispatcher_buffered_records";
-/// Age in seconds of the oldest unfinished record, by `partner`.
+/// Seconds since the oldest record taken in and not finished was taken in, by `partner`
+/// (0 when nothing is pending). Sampled every second.
 pub const OLDEST_AGE: &str = "dispatcher_oldest_undelivered_age_seconds";
-/// Consumer lag (high watermark minus committed position), by `partner`.
-pub const LAG: &str = "dispatcher_consumer_lag";
 /// Subscriptions disabled after a 410 Gone, by `partner`.
 pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
@@ -33,16 +30,5 @@ const LATENCY_BUCKETS: [f64; 12] = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(ATTEMPT_SECONDS.to_string()), &LATENCY_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
-        })
-        .clone()
+    orderhooks_runtime::prometheus(&[(ATTEMPT_SECONDS, &LATENCY_BUCKETS)])
 }

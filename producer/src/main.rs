@@ -41,12 +41,7 @@ struct KafkaArgs {
     kafka_options: Vec<(String, String)>,
 }
 
-pub(crate) fn parse_option(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("`{text}` is not key=value"))
-}
+pub(crate) use orderhooks_runtime::parse_key_value as parse_option;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -89,10 +84,7 @@ impl KafkaArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    orderhooks_runtime::init_tracing();
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Publish(args) => cli_publish::run(&cli.kafka, args).await,
@@ -121,20 +113,8 @@ async fn serve(kafka: &KafkaArgs, args: &ServeArgs) -> anyhow::Result<std::proce
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
     tracing::info!(addr = %args.listen, topic = %kafka.topic, "ingest started");
-    ingest::serve(listener, ingest::router(Arc::clone(&publisher), config), shutdown_signal()).await?;
+    ingest::serve(listener, ingest::router(Arc::clone(&publisher), config), orderhooks_runtime::shutdown_signal()).await?;
     publisher.flush(Duration::from_secs(30)).await?;
     tracing::info!("ingest stopped");
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,9 +1,7 @@
 //! Metric names and the Prometheus recorder. Labels are bounded: event type, outcome,
 //! HTTP status; never an order or event id.
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Events Kafka acknowledged, by `event_type`.
 pub const PUBLISHED: &str = "producer_events_published_total";
@@ -21,17 +19,5 @@ const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(LATENCY.to_string()), &LATENCY_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                // Another recorder is installed (an embedding program's): render an empty one.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
-        })
-        .clone()
+    orderhooks_runtime::prometheus(&[(LATENCY, &LATENCY_BUCKETS)])
 }

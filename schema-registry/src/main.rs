@@ -22,10 +22,7 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    orderhooks_runtime::init_tracing();
     let args = Args::parse();
     let store = schema_registry::Store::open(&args.data_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
@@ -34,18 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "schema registry started");
-    schema_registry::serve(listener, Arc::new(store), shutdown_signal()).await?;
+    schema_registry::serve(listener, Arc::new(store), orderhooks_runtime::shutdown_signal()).await?;
     tracing::info!("schema registry stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

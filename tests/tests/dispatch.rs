@@ -85,6 +85,19 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
 
     let metrics = reqwest::get(&dispatcher.metrics_url).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains(&format!("dispatcher_deliveries_total{{partner=\"{pa}\",outcome=\"delivered\"}}")), "{metrics}");
+    assert!(metrics.contains(&format!("dispatcher_attempt_duration_seconds_bucket{{partner=\"{pa}\"")), "{metrics}");
+    // Everything was delivered, so nothing is waiting: the oldest-age gauge (sampled every
+    // second) comes down to 0.
+    let idle = format!("dispatcher_oldest_undelivered_age_seconds{{partner=\"{pa}\"}} 0");
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = reqwest::get(&dispatcher.metrics_url).await.expect("metrics").text().await.expect("text");
+        if last.contains(&idle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last.contains(&idle), "{last}");
     assert_eq!(dispatcher.terminate(), Some(0), "SIGTERM exits 0");
 }
 
