@@ -158,3 +158,35 @@ async fn kill_9_during_a_run(count: usize, orders: usize, per_second: usize, pro
     assert!(kills.windows(2).all(|w| w[0] < w[1]) && kills[0] > 0 && kills[4] < events.len(), "kills happened mid-run: {kills:?}");
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_under_load_lose_nothing() {
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    world.run_args = vec!["--max-poll-interval-ms".into(), "15000".into()];
+    let partners = partners(&world, 3, Script::default()).await;
+    let events = events(&partners, 3_000, 300);
+    let publishing = tokio::spawn(publish_all(world.orders_topic.clone(), events.clone(), 100));
+    let progress = |from: usize| received(&partners) >= from + 150;
+    let first = world.start();
+    let at = received(&partners);
+    assert!(eventually(Duration::from_secs(60), || progress(at)).await, "{}", first.log_tail());
+    // A second and a third instance join while events flow.
+    let second = world.start();
+    let at = received(&partners);
+    assert!(eventually(Duration::from_secs(60), || progress(at)).await, "{}", second.log_tail());
+    let third = world.start();
+    let at = received(&partners);
+    assert!(eventually(Duration::from_secs(60), || progress(at)).await, "{}", third.log_tail());
+    // The first leaves gracefully, the second dies; the third carries on alone.
+    let at_leave = received(&partners);
+    assert_eq!(first.terminate(), Some(0));
+    second.kill9();
+    publishing.await.expect("published");
+    let all = eventually(Duration::from_secs(180), || received(&partners) == events.len()).await;
+    let (lost, duplicates, disorder) = audit(&partners, &events);
+    println!("join/leave: {at_leave} delivered when instances left; lost {lost}, duplicates {duplicates}, out of order {disorder}");
+    assert!(all, "received {} of {}\n{}", received(&partners), events.len(), third.log_tail());
+    assert_eq!(lost, 0);
+    assert!(at_leave < events.len(), "instances left mid-run");
+    assert_eq!(third.terminate(), Some(0));
+}
