@@ -31,7 +31,7 @@ pub struct Job {
     pub subscription_id: String,
     pub traceparent: Option<String>,
     /// The record's headers, kept for the dead-letter record.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Option<OwnedHeaders>,
 }
 
 /// What a job needs from its lane.
@@ -45,12 +45,57 @@ pub struct JobContext {
     pub permits: Arc<Semaphore>,
     /// What a 410 Gone does with the disabled subscription (write it to the topic).
     pub on_gone: GoneHook,
+    pub metrics: LaneMetrics,
     pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for JobContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobContext").field("partner", &self.partner).finish_non_exhaustive()
+    }
+}
+
+/// A lane's metric handles, resolved once (labels allocated once, not per delivery).
+#[derive(Clone)]
+pub struct LaneMetrics {
+    delivered: metrics::Counter,
+    dropped: metrics::Counter,
+    in_flight: metrics::Gauge,
+    attempt_seconds: metrics::Histogram,
+    retries: metrics::Counter,
+    attempts: [metrics::Counter; 6],
+}
+
+impl LaneMetrics {
+    pub fn new(partner: &str) -> Self {
+        let p = partner.to_string();
+        let attempt = |result: &'static str| metrics::counter!(m::ATTEMPTS, "partner" => p.clone(), "result" => result);
+        Self {
+            delivered: metrics::counter!(m::DELIVERIES, "partner" => p.clone(), "outcome" => "delivered"),
+            dropped: metrics::counter!(m::DELIVERIES, "partner" => p.clone(), "outcome" => "dropped"),
+            in_flight: metrics::gauge!(m::IN_FLIGHT, "partner" => p.clone()),
+            attempt_seconds: metrics::histogram!(m::ATTEMPT_SECONDS, "partner" => p.clone()),
+            retries: metrics::counter!(m::RETRIES, "partner" => p.clone()),
+            attempts: ["2xx", "4xx", "5xx", "other", "transport", "refused"].map(attempt),
+        }
+    }
+
+    fn attempt(&self, attempt: &Attempt) -> &metrics::Counter {
+        let i = match attempt {
+            Attempt::Status { status: 200..=299, .. } => 0,
+            Attempt::Status { status: 400..=499, .. } => 1,
+            Attempt::Status { status: 500..=599, .. } => 2,
+            Attempt::Status { .. } => 3,
+            Attempt::Transport(_) => 4,
+            Attempt::Refused(_) => 5,
+        };
+        &self.attempts[i]
+    }
+}
+
+impl std::fmt::Debug for LaneMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaneMetrics")
     }
 }
 
@@ -84,28 +129,18 @@ struct Failure {
     excerpt: Option<String>,
 }
 
-fn result_label(attempt: &Attempt) -> &'static str {
-    match attempt {
-        Attempt::Status { status: 200..=299, .. } => "2xx",
-        Attempt::Status { status: 400..=499, .. } => "4xx",
-        Attempt::Status { status: 500..=599, .. } => "5xx",
-        Attempt::Status { .. } => "other",
-        Attempt::Transport(_) => "transport",
-        Attempt::Refused(_) => "refused",
-    }
-}
-
 /// Runs `job` to its end.
-pub async fn run(job: Job, ctx: JobContext) -> Done {
+pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
     let finished = deliver(&job, &ctx).await;
     Done { partition: job.partition, offset: job.offset, key: job.key, finished }
 }
 
 async fn deliver(job: &Job, ctx: &JobContext) -> bool {
-    let partner = ctx.partner.clone();
+    let partner = &ctx.partner;
+    let lm = &ctx.metrics;
     let Some(subscription) = ctx.table.get(&job.subscription_id) else {
         // Unsubscribed: nothing to deliver, nothing to keep.
-        metrics::counter!(m::DELIVERIES, "partner" => partner, "outcome" => "dropped").increment(1);
+        lm.dropped.increment(1);
         return true;
     };
     if subscription.disabled {
@@ -122,7 +157,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
             p = Arc::clone(&ctx.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
         };
         attempts += 1;
-        metrics::gauge!(m::IN_FLIGHT, "partner" => partner.clone()).increment(1.0);
+        lm.in_flight.increment(1.0);
         let hook = Webhook {
             url: &subscription.url,
             id: &job.webhook_id,
@@ -133,9 +168,9 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
         };
         let report = ctx.client.send(&hook).await;
         drop(permit);
-        metrics::gauge!(m::IN_FLIGHT, "partner" => partner.clone()).decrement(1.0);
-        metrics::counter!(m::ATTEMPTS, "partner" => partner.clone(), "result" => result_label(&report.attempt)).increment(1);
-        metrics::histogram!(m::ATTEMPT_SECONDS, "partner" => partner.clone()).record(report.elapsed.as_secs_f64());
+        lm.in_flight.decrement(1.0);
+        lm.attempt(&report.attempt).increment(1);
+        lm.attempt_seconds.record(report.elapsed.as_secs_f64());
         let (last_status, last_error) = match &report.attempt {
             Attempt::Status { status, .. } => (Some(*status), None),
             Attempt::Transport(e) | Attempt::Refused(e) => (None, Some(e.clone())),
@@ -151,7 +186,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
         };
         match classify(&report.attempt) {
             Decision::Delivered => {
-                metrics::counter!(m::DELIVERIES, "partner" => partner, "outcome" => "delivered").increment(1);
+                lm.delivered.increment(1);
                 return true;
             }
             Decision::Gone => {
@@ -175,7 +210,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                 if !may_retry(&subscription.retry, attempts, started.elapsed(), delay) {
                     return dead_letter(job, ctx, failure(format!("retry policy spent after {attempts} attempts"))).await;
                 }
-                metrics::counter!(m::RETRIES, "partner" => partner.clone()).increment(1);
+                lm.retries.increment(1);
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(delay) => {}
@@ -188,10 +223,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
 /// Writes the dead-letter record (original bytes and headers plus why) and waits for
 /// the acknowledgement, retrying until it is written or shutdown.
 async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in &job.headers {
-        headers = headers.insert(Header { key: k, value: v.as_deref() });
-    }
+    let mut headers = job.headers.clone().unwrap_or_default();
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     let extra: Vec<(&str, Option<String>)> = vec![
         ("dlq-reason", Some(failure.reason.clone())),

@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::WebhookClient;
-use crate::job::{self, Done, GoneHook, Job, JobContext};
+use crate::job::{self, Done, GoneHook, Job, JobContext, LaneMetrics};
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
 use crate::offsets::OffsetTracker;
@@ -90,26 +90,22 @@ impl ConsumerContext for GroupContext {
 }
 
 fn job_from(message: &BorrowedMessage<'_>) -> Job {
-    let mut headers = Vec::new();
-    let mut find = HashMap::new();
-    if let Some(h) = message.headers() {
-        for x in h.iter() {
-            headers.push((x.key.to_string(), x.value.map(<[u8]>::to_vec)));
-            if let Some(v) = x.value {
-                find.insert(x.key.to_string(), String::from_utf8_lossy(v).into_owned());
-            }
-        }
-    }
+    let text = |name: &str| {
+        message
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
     Job {
         topic: message.topic().to_string(),
         partition: message.partition(),
         offset: message.offset(),
         key: message.key().unwrap_or_default().to_vec(),
         body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-        webhook_id: find.remove("webhook-id").unwrap_or_default(),
-        subscription_id: find.remove("subscription-id").unwrap_or_default(),
-        traceparent: find.remove("traceparent"),
-        headers,
+        webhook_id: text("webhook-id").unwrap_or_default(),
+        subscription_id: text("subscription-id").unwrap_or_default(),
+        traceparent: text("traceparent"),
+        headers: message.headers().map(|h| h.detach()),
     }
 }
 
@@ -128,7 +124,7 @@ pub async fn run(
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
     let abort = CancellationToken::new();
-    let ctx = JobContext { shutdown: abort.clone(), ..ctx };
+    let ctx = Arc::new(JobContext { shutdown: abort.clone(), ..ctx });
     let mut state = LaneState { tracker: OffsetTracker::default(), waiting: HashMap::new(), busy: HashSet::new(), taken_at: HashMap::new() };
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     let mut running = FuturesUnordered::new();
@@ -145,7 +141,7 @@ pub async fn run(
             }
             Some(done) = running.next(), if !running.is_empty() => {
                 if let Some(next) = state.done(done, &consumer, &topic) {
-                    running.push(job::run(next, ctx.clone()));
+                    running.push(job::run(next, Arc::clone(&ctx)));
                 }
                 gauge(state.tracker.total_pending());
             }
@@ -161,7 +157,7 @@ pub async fn run(
                 let job = job_from(&message);
                 drop(message);
                 if let Some(start) = state.take(job) {
-                    running.push(job::run(start, ctx.clone()));
+                    running.push(job::run(start, Arc::clone(&ctx)));
                 }
                 gauge(state.tracker.total_pending());
             }
@@ -186,7 +182,7 @@ pub async fn run(
             }
             Some(done) = running.next() => {
                 if let Some(next) = state.done(done, &consumer, &topic) {
-                    running.push(job::run(next, ctx.clone()));
+                    running.push(job::run(next, Arc::clone(&ctx)));
                 }
             }
         }
@@ -286,6 +282,7 @@ pub async fn supervise(
                 producer: producer.clone(),
                 permits: Arc::new(Semaphore::new(cap)),
                 on_gone: on_gone.clone(),
+                metrics: LaneMetrics::new(&partner),
                 shutdown: shutdown.clone(),
             };
             let handle = tokio::spawn(run(partner.clone(), settings.clone(), config.clone(), ctx));

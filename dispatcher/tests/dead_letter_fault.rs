@@ -84,6 +84,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         producer: settings.producer().create().expect("dlq producer"),
         permits: Arc::new(Semaphore::new(4)),
         on_gone: GoneHook(Arc::new(|_| {})),
+        metrics: dispatcher::job::LaneMetrics::new(partner),
         shutdown: shutdown.clone(),
     };
     let config = LaneConfig { group_prefix: "fault".into(), max_buffered: 16, shutdown_deadline: Duration::from_secs(2), partitions: 1 };

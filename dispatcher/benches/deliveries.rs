@@ -1,0 +1,174 @@
+//! Deliveries per second to a local receiver, next to wrk and a bare reqwest loop against
+//! the same receiver, in one run (targets: >= 0.6x wrk, >= 0.9x bare client).
+//!
+//!   cargo bench -p dispatcher --bench deliveries
+//!
+//! The dispatcher side is one partner's delivery lane reading a pre-filled delivery topic
+//! on librdkafka's mock cluster (in-process, so the figure is the lane's own cost: fetch,
+//! per-key scheduling, signing, HTTP, offsets). The receiver answers 204 at once.
+//! Settings: BENCH_RECORDS (20000), BENCH_CONCURRENCY (64), BENCH_WRK_SECS (10).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use dispatcher::http::WebhookClient;
+use dispatcher::job::{GoneHook, JobContext};
+use dispatcher::kafka::KafkaSettings;
+use dispatcher::lane::{self, LaneConfig};
+use dispatcher::signing::Secret;
+use dispatcher::ssrf::Allowlist;
+use dispatcher::subscription::{RetryPolicy, Subscription};
+use dispatcher::table::SubscriptionTable;
+use futures::stream::{self, StreamExt};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+const BODY: &str = r#"{"type":"order.created","timestamp":"2026-11-22T10:00:00.000Z","data":{"order_id":"o","partner_id":"p","order":{"customer_ref":"C-1","status":"PENDING","items":[{"sku":"SKU-1","name":"Espresso beans","quantity":2,"unit_price":{"amount_minor":1250,"currency":"EUR"}}],"total":{"amount_minor":2500,"currency":"EUR"}}}}"#;
+
+/// A receiver that counts and answers 204.
+async fn receiver() -> (String, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&count);
+    let app = axum::Router::new().route("/webhook", post(move || {
+        let c = Arc::clone(&c);
+        async move {
+            c.fetch_add(1, Ordering::Relaxed);
+            StatusCode::NO_CONTENT
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, count)
+}
+
+async fn wrk(url: &str, concurrency: usize) -> Option<f64> {
+    let dir = std::env::temp_dir().join(format!("bench-deliveries-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let script = dir.join("post.lua");
+    std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.body = [==[{BODY}]==]\nwrk.headers[\"content-type\"] = \"application/json\"\n")).ok()?;
+    let secs = env_or("BENCH_WRK_SECS", 10);
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{concurrency}"), &format!("-d{secs}s"), "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .await
+        .ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// The same reqwest settings as the webhook client (pooled, no redirects, nodelay), no
+/// Kafka, no signing: the HTTP ceiling of this process.
+async fn bare(url: &str, n: usize, concurrency: usize) -> f64 {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let start = Instant::now();
+    let ok = stream::iter(0..n)
+        .map(|_| {
+            let client = client.clone();
+            async move { client.post(url).header("content-type", "application/json").body(BODY).send().await.map(|r| r.status().is_success()).unwrap_or(false) }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(ok, n);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: usize) -> f64 {
+    let cluster = MockCluster::new(1).expect("mock");
+    cluster.create_topic("deliveries.bench", 6, 1).expect("topic");
+    cluster.create_topic("dlq.bench", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create().expect("producer");
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let (id, key) = (format!("evt-{i}"), format!("order-{}", i % 5000));
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "webhook-id", value: Some(id.as_str()) })
+            .insert(Header { key: "subscription-id", value: Some("bench") });
+        pending.push(producer.send_result(FutureRecord::to("deliveries.bench").key(&key).payload(BODY).headers(headers)).map_err(|(e, _)| e).expect("enqueue"));
+    }
+    for p in pending {
+        p.await.expect("delivered").expect("written");
+    }
+    let table = SubscriptionTable::default();
+    table.upsert(Subscription {
+        id: "bench".into(),
+        partner_id: "bench".into(),
+        url: url.to_string(),
+        event_types: ["order.created".to_string()].into(),
+        secrets: vec![Secret::generate()],
+        internal: false,
+        max_in_flight: concurrency,
+        request_timeout_ms: 10_000,
+        retry: RetryPolicy::default(),
+        disabled: false,
+    });
+    let settings = KafkaSettings { brokers, session_timeout: Duration::from_secs(6), max_poll_interval: Duration::from_secs(30), options: Vec::new() };
+    let shutdown = CancellationToken::new();
+    let ctx = JobContext {
+        partner: "bench".into(),
+        client: WebhookClient::new(Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")), Duration::from_secs(2)).expect("client"),
+        table,
+        producer: settings.producer().create().expect("producer"),
+        permits: Arc::new(Semaphore::new(concurrency)),
+        on_gone: GoneHook(Arc::new(|_| {})),
+        metrics: dispatcher::job::LaneMetrics::new("bench"),
+        shutdown: shutdown.clone(),
+    };
+    let config = LaneConfig { group_prefix: "bench".into(), max_buffered: 4096, shutdown_deadline: Duration::from_secs(5), partitions: 6 };
+    let before = count.load(Ordering::Relaxed);
+    let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));
+    // Timed from the first delivery (the group join is not delivery work).
+    while count.load(Ordering::Relaxed) == before {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (start, first) = (Instant::now(), count.load(Ordering::Relaxed));
+    while count.load(Ordering::Relaxed) < before + n as u64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = (before + n as u64 - first) as f64 / start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = lane.await;
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_or("BENCH_RECORDS", 20_000);
+    let concurrency = env_or("BENCH_CONCURRENCY", 64);
+    let (url, count) = receiver().await;
+    let wrk_rate = wrk(&url, concurrency).await;
+    let bare_rate = bare(&url, n, concurrency).await;
+    let lane_rate = dispatcher_lane(&url, &count, n, concurrency).await;
+    println!("deliveries to a local receiver: {n} records, {concurrency} in flight");
+    match wrk_rate {
+        Some(w) => println!("  wrk -t1 -c{concurrency}          {w:>9.0} req/s"),
+        None => println!("  wrk                     not installed (apt-get install wrk)"),
+    }
+    println!("  bare reqwest loop       {bare_rate:>9.0} req/s");
+    println!("  dispatcher lane         {lane_rate:>9.0} deliveries/s (signed, per-key ordered, offsets stored)");
+    if let Some(w) = wrk_rate {
+        println!("  dispatcher / wrk        {:.2}x (target >= 0.6)", lane_rate / w);
+    }
+    println!("  dispatcher / bare       {:.2}x (target >= 0.9)", lane_rate / bare_rate);
+}
