@@ -7,6 +7,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+scripts/install-deps.sh
 cargo build --quiet -p producer -p schema-registry -p dispatcher -p consumer-examples --bins
 scripts/stack.sh up >/dev/null
 # shellcheck disable=SC1091

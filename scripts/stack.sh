@@ -56,6 +56,7 @@ up() {
   if [[ -f "$STACK_DIR/env" ]] && [[ -f "$STACK_DIR/nisshi.pid" ]] && kill -0 "$(cat "$STACK_DIR/nisshi.pid")" 2>/dev/null; then
     echo "stack already running ($STACK_DIR/env)" >&2; cat "$STACK_DIR/env"; return 0
   fi
+  "$ROOT/scripts/install-deps.sh"
   "$ROOT/scripts/install-nisshi.sh"
   (cd "$ROOT" && cargo build --quiet -p schema-registry -p producer --bins)
   [[ "$KAFKA_PORT" == 0 ]] && KAFKA_PORT="$(free_port)"

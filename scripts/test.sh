@@ -4,6 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+"$ROOT/scripts/install-deps.sh"
 "$ROOT/scripts/install-nisshi.sh"
 cargo build --workspace --all-targets
 export STACK_DIR; STACK_DIR="$(mktemp -d /tmp/orderhooks-test.XXXXXX)"
