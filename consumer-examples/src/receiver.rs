@@ -80,19 +80,32 @@ struct AppState {
 impl Receiver {
     /// Starts on `addr` (port 0 for any) verifying with `secret` (`whsec_...`).
     pub async fn start(addr: SocketAddr, secret: &str, script: Script) -> anyhow::Result<Self> {
-        let verifier = standardwebhooks::Webhook::new(secret).map_err(|e| anyhow::anyhow!("secret: {e}"))?;
-        let inner = Arc::new(Mutex::new(Inner { script, ..Default::default() }));
+        let verifier =
+            standardwebhooks::Webhook::new(secret).map_err(|e| anyhow::anyhow!("secret: {e}"))?;
+        let inner = Arc::new(Mutex::new(Inner {
+            script,
+            ..Default::default()
+        }));
         let app = Router::new()
             .route("/webhook", post(receive))
-            .with_state(AppState { inner: Arc::clone(&inner), verifier: Arc::new(verifier) });
+            .with_state(AppState {
+                inner: Arc::clone(&inner),
+                verifier: Arc::new(verifier),
+            });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopped = Arc::clone(&stop);
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.notified().await }).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.notified().await })
+                .await;
         });
-        Ok(Self { addr, state: inner, stop })
+        Ok(Self {
+            addr,
+            state: inner,
+            stop,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -137,7 +150,10 @@ impl Receiver {
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -155,11 +171,17 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     if let Some(to) = &script.redirect_to {
         return (StatusCode::FOUND, [("location", to.clone())]).into_response();
     }
-    let fail_status = StatusCode::from_u16(script.fail_status.unwrap_or(503)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let scripted_failure = script.always_status.and_then(|s| StatusCode::from_u16(s).ok()).or_else(|| {
-        let ratio_hit = script.fail_ratio > 0.0 && ((n as f64 * script.fail_ratio).floor() > ((n - 1) as f64 * script.fail_ratio).floor());
-        (n <= u64::from(script.fail_first) || ratio_hit).then_some(fail_status)
-    });
+    let fail_status = StatusCode::from_u16(script.fail_status.unwrap_or(503))
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let scripted_failure = script
+        .always_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .or_else(|| {
+            let ratio_hit = script.fail_ratio > 0.0
+                && ((n as f64 * script.fail_ratio).floor()
+                    > ((n - 1) as f64 * script.fail_ratio).floor());
+            (n <= u64::from(script.fail_first) || ratio_hit).then_some(fail_status)
+        });
     if let Some(status) = scripted_failure {
         let mut response = (status, "scripted failure").into_response();
         if let Some(secs) = script.retry_after_secs {
@@ -169,7 +191,10 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     }
     // A real receiver starts here: verify, deduplicate, store, acknowledge.
     if let Err(e) = app.verifier.verify(&body, &headers) {
-        app.inner.lock().unwrap_or_else(|p| p.into_inner()).rejected_signatures += 1;
+        app.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rejected_signatures += 1;
         return (StatusCode::UNAUTHORIZED, format!("signature refused: {e}")).into_response();
     }
     let webhook_id = header(&headers, "webhook-id").unwrap_or_default();

@@ -31,7 +31,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 const BODY: &str = r#"{"type":"order.created","timestamp":"2026-11-22T10:00:00.000Z","data":{"order_id":"o","partner_id":"p","order":{"customer_ref":"C-1","status":"PENDING","items":[{"sku":"SKU-1","name":"Espresso beans","quantity":2,"unit_price":{"amount_minor":1250,"currency":"EUR"}}],"total":{"amount_minor":2500,"currency":"EUR"}}}}"#;
@@ -40,14 +43,19 @@ const BODY: &str = r#"{"type":"order.created","timestamp":"2026-11-22T10:00:00.0
 async fn receiver() -> (String, Arc<AtomicU64>) {
     let count = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&count);
-    let app = axum::Router::new().route("/webhook", post(move || {
-        let c = Arc::clone(&c);
-        async move {
-            c.fetch_add(1, Ordering::Relaxed);
-            StatusCode::NO_CONTENT
-        }
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = axum::Router::new().route(
+        "/webhook",
+        post(move || {
+            let c = Arc::clone(&c);
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, count)
@@ -60,14 +68,22 @@ async fn wrk(url: &str, concurrency: usize) -> Option<f64> {
     std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.body = [==[{BODY}]==]\nwrk.headers[\"content-type\"] = \"application/json\"\n")).ok()?;
     let secs = env_or("BENCH_WRK_SECS", 10);
     let out = tokio::process::Command::new("wrk")
-        .args(["-t1", &format!("-c{concurrency}"), &format!("-d{secs}s"), "-s"])
+        .args([
+            "-t1",
+            &format!("-c{concurrency}"),
+            &format!("-d{secs}s"),
+            "-s",
+        ])
         .arg(&script)
         .arg(url)
         .output()
         .await
         .ok()?;
     let _ = std::fs::remove_dir_all(&dir);
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The same reqwest settings as the webhook client (pooled, no redirects, nodelay), no
@@ -83,7 +99,16 @@ async fn bare(url: &str, n: usize, concurrency: usize) -> f64 {
     let ok = stream::iter(0..n)
         .map(|_| {
             let client = client.clone();
-            async move { client.post(url).header("content-type", "application/json").body(BODY).send().await.map(|r| r.status().is_success()).unwrap_or(false) }
+            async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(BODY)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
         })
         .buffer_unordered(concurrency)
         .filter(|ok| futures::future::ready(*ok))
@@ -95,17 +120,39 @@ async fn bare(url: &str, n: usize, concurrency: usize) -> f64 {
 
 async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: usize) -> f64 {
     let cluster = MockCluster::new(1).expect("mock");
-    cluster.create_topic("deliveries.bench", 6, 1).expect("topic");
+    cluster
+        .create_topic("deliveries.bench", 6, 1)
+        .expect("topic");
     cluster.create_topic("dlq.bench", 1, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create().expect("producer");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let (id, key) = (format!("evt-{i}"), format!("order-{}", i % 5000));
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "webhook-id", value: Some(id.as_str()) })
-            .insert(Header { key: "subscription-id", value: Some("bench") });
-        pending.push(producer.send_result(FutureRecord::to("deliveries.bench").key(&key).payload(BODY).headers(headers)).map_err(|(e, _)| e).expect("enqueue"));
+            .insert(Header {
+                key: "webhook-id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "subscription-id",
+                value: Some("bench"),
+            });
+        pending.push(
+            producer
+                .send_result(
+                    FutureRecord::to("deliveries.bench")
+                        .key(&key)
+                        .payload(BODY)
+                        .headers(headers),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
     }
     for p in pending {
         p.await.expect("delivered").expect("written");
@@ -123,11 +170,20 @@ async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: us
         retry: RetryPolicy::default(),
         disabled: false,
     });
-    let settings = KafkaSettings { brokers, session_timeout: Duration::from_secs(6), max_poll_interval: Duration::from_secs(30), options: Vec::new() };
+    let settings = KafkaSettings {
+        brokers,
+        session_timeout: Duration::from_secs(6),
+        max_poll_interval: Duration::from_secs(30),
+        options: Vec::new(),
+    };
     let shutdown = CancellationToken::new();
     let ctx = JobContext {
         partner: "bench".into(),
-        client: WebhookClient::new(Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")), Duration::from_secs(2)).expect("client"),
+        client: WebhookClient::new(
+            Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
+            Duration::from_secs(2),
+        )
+        .expect("client"),
         table,
         producer: settings.producer().create().expect("producer"),
         permits: Arc::new(Semaphore::new(concurrency)),
@@ -135,7 +191,12 @@ async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: us
         metrics: dispatcher::job::LaneMetrics::new("bench"),
         shutdown: shutdown.clone(),
     };
-    let config = LaneConfig { group_prefix: "bench".into(), max_buffered: 4096, shutdown_deadline: Duration::from_secs(5), partitions: 6 };
+    let config = LaneConfig {
+        group_prefix: "bench".into(),
+        max_buffered: 4096,
+        shutdown_deadline: Duration::from_secs(5),
+        partitions: 6,
+    };
     let before = count.load(Ordering::Relaxed);
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));
     // Timed from the first delivery (the group join is not delivery work).
@@ -168,7 +229,13 @@ async fn main() {
     println!("  bare reqwest loop       {bare_rate:>9.0} req/s");
     println!("  dispatcher lane         {lane_rate:>9.0} deliveries/s (signed, per-key ordered, offsets stored)");
     if let Some(w) = wrk_rate {
-        println!("  dispatcher / wrk        {:.2}x (target >= 0.6)", lane_rate / w);
+        println!(
+            "  dispatcher / wrk        {:.2}x (target >= 0.6)",
+            lane_rate / w
+        );
     }
-    println!("  dispatcher / bare       {:.2}x (target >= 0.9)", lane_rate / bare_rate);
+    println!(
+        "  dispatcher / bare       {:.2}x (target >= 0.9)",
+        lane_rate / bare_rate
+    );
 }

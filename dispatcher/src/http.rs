@@ -46,7 +46,10 @@ pub struct WebhookClient {
 impl WebhookClient {
     pub fn new(allowlist: Arc<Allowlist>, connect_timeout: Duration) -> anyhow::Result<Self> {
         let mut headers = HeaderMap::new();
-        headers.insert(USER_AGENT, HeaderValue::from_static("orderhooks-dispatcher/0.1"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static("orderhooks-dispatcher/0.1"),
+        );
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&allowlist))))
@@ -63,7 +66,11 @@ impl WebhookClient {
     /// [`Report`] for the outcome table.
     pub async fn send(&self, hook: &Webhook<'_>) -> Report {
         let started = Instant::now();
-        let refused = |why: String| Report { attempt: Attempt::Refused(why), excerpt: None, elapsed: started.elapsed() };
+        let refused = |why: String| Report {
+            attempt: Attempt::Refused(why),
+            excerpt: None,
+            elapsed: started.elapsed(),
+        };
         let url = match reqwest::Url::parse(hook.url) {
             Ok(u) => u,
             Err(e) => return refused(format!("bad URL: {e}")),
@@ -87,7 +94,10 @@ impl WebhookClient {
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", hook.id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature_header(hook.secrets, hook.id, timestamp, hook.body))
+            .header(
+                "webhook-signature",
+                signature_header(hook.secrets, hook.id, timestamp, hook.body),
+            )
             .body(hook.body.clone());
         if let Some(tp) = hook.traceparent {
             request = request.header("traceparent", tp);
@@ -96,23 +106,39 @@ impl WebhookClient {
             Ok(r) => r,
             Err(e) => {
                 let text = error_chain(&e);
-                let attempt = if text.contains("refused by the SSRF guard") { Attempt::Refused(text) } else { Attempt::Transport(text) };
-                return Report { attempt, excerpt: None, elapsed: started.elapsed() };
+                let attempt = if text.contains("refused by the SSRF guard") {
+                    Attempt::Refused(text)
+                } else {
+                    Attempt::Transport(text)
+                };
+                return Report {
+                    attempt,
+                    excerpt: None,
+                    elapsed: started.elapsed(),
+                };
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let mut excerpt = Vec::new();
         // Read at most EXCERPT_BYTES; the rest of a large answer is dropped with the
         // connection rather than read.
         while excerpt.len() < EXCERPT_BYTES {
             match tokio::time::timeout(hook.timeout, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
+                Ok(Ok(Some(chunk))) => excerpt
+                    .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
                 _ => break,
             }
         }
         Report {
-            attempt: Attempt::Status { status, retry_after },
+            attempt: Attempt::Status {
+                status,
+                retry_after,
+            },
             excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
             elapsed: started.elapsed(),
         }
@@ -149,7 +175,10 @@ mod tests {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         let parsed = parse_retry_after(&later).expect("date");
-        assert!(parsed >= Duration::from_secs(28) && parsed <= Duration::from_secs(30), "{parsed:?}");
+        assert!(
+            parsed >= Duration::from_secs(28) && parsed <= Duration::from_secs(30),
+            "{parsed:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -51,7 +51,9 @@ pub struct JobContext {
 
 impl std::fmt::Debug for JobContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobContext").field("partner", &self.partner).finish_non_exhaustive()
+        f.debug_struct("JobContext")
+            .field("partner", &self.partner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,9 +84,15 @@ impl LaneMetrics {
 
     fn attempt(&self, attempt: &Attempt) -> &metrics::Counter {
         let i = match attempt {
-            Attempt::Status { status: 200..=299, .. } => 0,
-            Attempt::Status { status: 400..=499, .. } => 1,
-            Attempt::Status { status: 500..=599, .. } => 2,
+            Attempt::Status {
+                status: 200..=299, ..
+            } => 0,
+            Attempt::Status {
+                status: 400..=499, ..
+            } => 1,
+            Attempt::Status {
+                status: 500..=599, ..
+            } => 2,
             Attempt::Status { .. } => 3,
             Attempt::Transport(_) => 4,
             Attempt::Refused(_) => 5,
@@ -132,7 +140,12 @@ struct Failure {
 /// Runs `job` to its end.
 pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
     let finished = deliver(&job, &ctx).await;
-    Done { partition: job.partition, offset: job.offset, key: job.key, finished }
+    Done {
+        partition: job.partition,
+        offset: job.offset,
+        key: job.key,
+        finished,
+    }
 }
 
 async fn deliver(job: &Job, ctx: &JobContext) -> bool {
@@ -144,7 +157,15 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
         return true;
     };
     if subscription.disabled {
-        let failure = Failure { reason: "subscription disabled".into(), attempts: 0, first: None, last: None, last_status: None, last_error: None, excerpt: None };
+        let failure = Failure {
+            reason: "subscription disabled".into(),
+            attempts: 0,
+            first: None,
+            last: None,
+            last_status: None,
+            last_error: None,
+            excerpt: None,
+        };
         return dead_letter(job, ctx, failure).await;
     }
     let secrets = subscription.signing_keys();
@@ -195,7 +216,8 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                 let mut disabled = (*subscription).clone();
                 disabled.disabled = true;
                 (ctx.on_gone.0)(disabled);
-                return dead_letter(job, ctx, failure("410 Gone: subscription disabled".into())).await;
+                return dead_letter(job, ctx, failure("410 Gone: subscription disabled".into()))
+                    .await;
             }
             Decision::DeadLetter => {
                 let reason = match (&report.attempt, last_status) {
@@ -206,9 +228,19 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                 return dead_letter(job, ctx, failure(reason)).await;
             }
             Decision::Retry { at_least } => {
-                let delay = backoff(&subscription.retry, attempts, at_least, rand::random::<f64>());
+                let delay = backoff(
+                    &subscription.retry,
+                    attempts,
+                    at_least,
+                    rand::random::<f64>(),
+                );
                 if !may_retry(&subscription.retry, attempts, started.elapsed(), delay) {
-                    return dead_letter(job, ctx, failure(format!("retry policy spent after {attempts} attempts"))).await;
+                    return dead_letter(
+                        job,
+                        ctx,
+                        failure(format!("retry policy spent after {attempts} attempts")),
+                    )
+                    .await;
                 }
                 lm.retries.increment(1);
                 tokio::select! {
@@ -224,7 +256,9 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
 /// the acknowledgement, retrying until it is written or shutdown.
 async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
     let mut headers = job.headers.clone().unwrap_or_default();
-    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
     let extra: Vec<(&str, Option<String>)> = vec![
         ("dlq-reason", Some(failure.reason.clone())),
         ("dlq-partner", Some(ctx.partner.clone())),
@@ -235,28 +269,45 @@ async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
         ("dlq-attempts", Some(failure.attempts.to_string())),
         ("dlq-first-attempt-at", time(failure.first)),
         ("dlq-last-attempt-at", time(failure.last)),
-        ("dlq-last-status", failure.last_status.map(|s| s.to_string())),
+        (
+            "dlq-last-status",
+            failure.last_status.map(|s| s.to_string()),
+        ),
         ("dlq-last-error", failure.last_error.clone()),
         ("dlq-response-excerpt", failure.excerpt.clone()),
     ];
     for (k, v) in &extra {
         if let Some(v) = v {
-            headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            });
         }
     }
     let topic = dead_letter_topic(&ctx.partner);
     loop {
-        let record = FutureRecord::to(&topic).key(&job.key).payload(&job.body[..]).headers(headers.clone());
+        let record = FutureRecord::to(&topic)
+            .key(&job.key)
+            .payload(&job.body[..])
+            .headers(headers.clone());
         let sent = tokio::select! {
             _ = ctx.shutdown.cancelled() => return false,
             r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
         };
         match sent {
             Ok(_) => {
-                let label = if failure.reason.starts_with("410") { "gone" } else { "dead_lettered" };
+                let label = if failure.reason.starts_with("410") {
+                    "gone"
+                } else {
+                    "dead_lettered"
+                };
                 metrics::counter!(m::DELIVERIES, "partner" => ctx.partner.clone(), "outcome" => label).increment(1);
                 let short = failure.reason.split(':').next().unwrap_or("").to_string();
-                let reason = if short.starts_with("status") { "status".to_string() } else { short };
+                let reason = if short.starts_with("status") {
+                    "status".to_string()
+                } else {
+                    short
+                };
                 metrics::counter!(m::DEAD_LETTERED, "partner" => ctx.partner.clone(), "reason" => reason).increment(1);
                 tracing::info!(partner = %ctx.partner, webhook_id = %job.webhook_id, reason = %failure.reason, "dead-lettered");
                 return true;

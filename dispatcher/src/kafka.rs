@@ -23,7 +23,8 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers).set("allow.auto.create.topics", "false");
+        c.set("bootstrap.servers", &self.brokers)
+            .set("allow.auto.create.topics", "false");
         for (k, v) in &self.options {
             c.set(k, v);
         }
@@ -39,8 +40,14 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
-            .set("max.poll.interval.ms", self.max_poll_interval.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.max_poll_interval.as_millis().to_string(),
+            )
             .set("topic.metadata.refresh.interval.ms", "10000")
             // Bounded prefetch per partition: memory does not grow with lag.
             .set("queued.max.messages.kbytes", "8192");
@@ -59,11 +66,21 @@ impl KafkaSettings {
     }
 
     /// Creates `names` (if missing) with `partitions` partitions and `configs`.
-    pub async fn ensure_topics(&self, names: &[String], partitions: i32, configs: &[(&str, &str)]) -> anyhow::Result<()> {
+    pub async fn ensure_topics(
+        &self,
+        names: &[String],
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.base().create()?;
         let topics: Vec<NewTopic<'_>> = names
             .iter()
-            .map(|n| configs.iter().fold(NewTopic::new(n, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v)))
+            .map(|n| {
+                configs.iter().fold(
+                    NewTopic::new(n, partitions, TopicReplication::Fixed(1)),
+                    |t, (k, v)| t.set(k, v),
+                )
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         for result in admin.create_topics(topics.iter(), &options).await? {

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message};
@@ -57,7 +59,10 @@ pub struct GroupContext {
 
 impl GroupContext {
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string(), revoked: Mutex::default() }
+        Self {
+            name: name.to_string(),
+            revoked: Mutex::default(),
+        }
     }
 
     /// Partitions revoked since the last call.
@@ -73,7 +78,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(consumer = %self.name, ?partitions, "partitions revoked");
-            self.revoked.lock().unwrap_or_else(|p| p.into_inner()).extend(partitions);
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(partitions);
         }
     }
 
@@ -83,7 +91,9 @@ impl ConsumerContext for GroupContext {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(consumer = %self.name, ?partitions, "partitions assigned");
             }
-            Rebalance::Error(error) => tracing::warn!(consumer = %self.name, %error, "rebalance failed"),
+            Rebalance::Error(error) => {
+                tracing::warn!(consumer = %self.name, %error, "rebalance failed")
+            }
             Rebalance::Revoke(_) => {}
         }
     }
@@ -124,8 +134,16 @@ pub async fn run(
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
     let abort = CancellationToken::new();
-    let ctx = Arc::new(JobContext { shutdown: abort.clone(), ..ctx });
-    let mut state = LaneState { tracker: OffsetTracker::default(), waiting: HashMap::new(), busy: HashSet::new(), taken_at: HashMap::new() };
+    let ctx = Arc::new(JobContext {
+        shutdown: abort.clone(),
+        ..ctx
+    });
+    let mut state = LaneState {
+        tracker: OffsetTracker::default(),
+        waiting: HashMap::new(),
+        busy: HashSet::new(),
+        taken_at: HashMap::new(),
+    };
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     let mut running = FuturesUnordered::new();
     let mut stream = consumer.stream();
@@ -208,7 +226,8 @@ impl LaneState {
     /// Takes in a record; returns it when it can start now (its key is free).
     fn take(&mut self, job: Job) -> Option<Job> {
         self.tracker.begin(job.partition, job.offset);
-        self.taken_at.insert((job.partition, job.offset), std::time::Instant::now());
+        self.taken_at
+            .insert((job.partition, job.offset), std::time::Instant::now());
         let slot = (job.partition, job.key.clone());
         if self.busy.contains(&slot) {
             self.waiting.entry(slot).or_default().push_back(job);
@@ -220,8 +239,18 @@ impl LaneState {
     }
 
     /// Records a job's end; returns the next record of its key to start, if any.
-    fn done(&mut self, done: Done, consumer: &StreamConsumer<GroupContext>, topic: &str) -> Option<Job> {
-        let Done { partition, offset, key, finished } = done;
+    fn done(
+        &mut self,
+        done: Done,
+        consumer: &StreamConsumer<GroupContext>,
+        topic: &str,
+    ) -> Option<Job> {
+        let Done {
+            partition,
+            offset,
+            key,
+            finished,
+        } = done;
         let slot = (partition, key);
         self.busy.remove(&slot);
         self.taken_at.remove(&(partition, offset));
@@ -271,7 +300,10 @@ pub async fn supervise(
                 continue;
             }
             let topics = [delivery_topic(&partner), dead_letter_topic(&partner)];
-            if let Err(error) = settings.ensure_topics(&topics, config.partitions, &[]).await {
+            if let Err(error) = settings
+                .ensure_topics(&topics, config.partitions, &[])
+                .await
+            {
                 tracing::warn!(partner = %partner, %error, "cannot create the partner's topics yet");
                 continue;
             }

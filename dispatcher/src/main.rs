@@ -20,7 +20,10 @@ use order_schemas::OrderCodec;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Order events to signed, at-least-once partner webhooks")]
+#[command(
+    version,
+    about = "Order events to signed, at-least-once partner webhooks"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -31,31 +34,61 @@ struct Cli {
 #[derive(Debug, Args)]
 struct Common {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     brokers: String,
     /// The compacted topic of subscriptions.
-    #[arg(long, global = true, env = "SUBSCRIPTIONS_TOPIC", default_value = "subscriptions")]
+    #[arg(
+        long,
+        global = true,
+        env = "SUBSCRIPTIONS_TOPIC",
+        default_value = "subscriptions"
+    )]
     subscriptions_topic: String,
     /// Non-public addresses webhooks may reach (IPs or CIDRs, comma-separated); empty
     /// means public addresses only.
-    #[arg(long, global = true, env = "DISPATCHER_SSRF_ALLOWLIST", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_SSRF_ALLOWLIST",
+        value_delimiter = ','
+    )]
     allow: Vec<String>,
     /// Accept plain http:// webhook URLs to host names (development networks only).
     #[arg(long, global = true, env = "DISPATCHER_ALLOW_HTTP")]
     allow_http: bool,
     /// Consumer group session timeout in milliseconds.
-    #[arg(long, global = true, env = "DISPATCHER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     session_timeout_ms: u64,
     /// librdkafka max.poll.interval.ms, which is also how long a rebalance waits for a
     /// member that does not rejoin, in milliseconds.
-    #[arg(long, global = true, env = "DISPATCHER_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_MAX_POLL_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
     max_poll_interval_ms: u64,
     /// Extra librdkafka setting for every client, `key=value`; repeatable.
     #[arg(long = "kafka-option", global = true, value_parser = parse_option)]
     kafka_options: Vec<(String, String)>,
     /// Partitions of topics the dispatcher creates (per-partner delivery and dead-letter
     /// topics, the router's dead-letter topic).
-    #[arg(long, global = true, env = "DISPATCHER_TOPIC_PARTITIONS", default_value_t = 6)]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_TOPIC_PARTITIONS",
+        default_value_t = 6
+    )]
     partitions: i32,
 }
 
@@ -71,7 +104,11 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Schema Registry base URL.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry: String,
     /// The orders topic.
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
@@ -83,16 +120,28 @@ struct RunArgs {
     #[arg(long, env = "DISPATCHER_LISTEN", default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
     /// Consumer group of the router.
-    #[arg(long, env = "DISPATCHER_ROUTER_GROUP", default_value = "orderhooks-router")]
+    #[arg(
+        long,
+        env = "DISPATCHER_ROUTER_GROUP",
+        default_value = "orderhooks-router"
+    )]
     router_group: String,
     /// Group id prefix of the delivery lanes (`<prefix>.<partner>`).
-    #[arg(long, env = "DISPATCHER_LANE_GROUP_PREFIX", default_value = "orderhooks-delivery")]
+    #[arg(
+        long,
+        env = "DISPATCHER_LANE_GROUP_PREFIX",
+        default_value = "orderhooks-delivery"
+    )]
     lane_group_prefix: String,
     /// Records taken from Kafka and unfinished per partner, at most.
     #[arg(long, env = "DISPATCHER_MAX_BUFFERED", default_value_t = 1024)]
     max_buffered: usize,
     /// How long shutdown waits for requests in flight, in milliseconds.
-    #[arg(long, env = "DISPATCHER_SHUTDOWN_DEADLINE_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "DISPATCHER_SHUTDOWN_DEADLINE_MS",
+        default_value_t = 10_000
+    )]
     shutdown_deadline_ms: u64,
 }
 
@@ -130,9 +179,18 @@ impl Common {
 
     async fn ensure_subscriptions_topic(&self) -> anyhow::Result<()> {
         self.kafka()
-            .ensure_topics(std::slice::from_ref(&self.subscriptions_topic), 1, &[("cleanup.policy", "compact")])
+            .ensure_topics(
+                std::slice::from_ref(&self.subscriptions_topic),
+                1,
+                &[("cleanup.policy", "compact")],
+            )
             .await
-            .with_context(|| format!("subscriptions topic `{}` on {}", self.subscriptions_topic, self.brokers))
+            .with_context(|| {
+                format!(
+                    "subscriptions topic `{}` on {}",
+                    self.subscriptions_topic, self.brokers
+                )
+            })
     }
 }
 
@@ -142,7 +200,9 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Run(args) => run(&cli.common, args).await,
-        Command::Subscriptions(SubscriptionsCommand::Apply { file, prune }) => apply(&cli.common, file, *prune).await,
+        Command::Subscriptions(SubscriptionsCommand::Apply { file, prune }) => {
+            apply(&cli.common, file, *prune).await
+        }
         Command::Subscriptions(SubscriptionsCommand::List) => list(&cli.common).await,
     };
     match outcome {
@@ -157,33 +217,63 @@ async fn main() -> std::process::ExitCode {
 async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<()> {
     let allowlist = common.allowlist()?;
     let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-    let subscriptions = SubscriptionFile::parse(&text, &allowlist).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let subscriptions = SubscriptionFile::parse(&text, &allowlist)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let kafka = common.kafka();
     common.ensure_subscriptions_topic().await?;
     let mut partners: Vec<String> = subscriptions.iter().map(|s| s.partner_id.clone()).collect();
     partners.sort();
     partners.dedup();
-    let topics: Vec<String> = partners.iter().flat_map(|p| [delivery_topic(p), dead_letter_topic(p)]).collect();
+    let topics: Vec<String> = partners
+        .iter()
+        .flat_map(|p| [delivery_topic(p), dead_letter_topic(p)])
+        .collect();
     kafka.ensure_topics(&topics, common.partitions, &[]).await?;
     let remove: Vec<String> = if prune {
-        let current = SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::new(allowlist)).await?;
-        current.all().iter().map(|s| s.id.clone()).filter(|id| !subscriptions.iter().any(|s| &s.id == id)).collect()
+        let current =
+            SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::new(allowlist))
+                .await?;
+        current
+            .all()
+            .iter()
+            .map(|s| s.id.clone())
+            .filter(|id| !subscriptions.iter().any(|s| &s.id == id))
+            .collect()
     } else {
         Vec::new()
     };
     table::publish(&kafka, &common.subscriptions_topic, &subscriptions, &remove).await?;
-    println!("applied {} subscriptions for {} partners, deleted {}", subscriptions.len(), partners.len(), remove.len());
+    println!(
+        "applied {} subscriptions for {} partners, deleted {}",
+        subscriptions.len(),
+        partners.len(),
+        remove.len()
+    );
     Ok(())
 }
 
 async fn list(common: &Common) -> anyhow::Result<()> {
-    let table = SubscriptionTable::follow(&common.kafka(), &common.subscriptions_topic, Arc::new(common.allowlist()?)).await?;
+    let table = SubscriptionTable::follow(
+        &common.kafka(),
+        &common.subscriptions_topic,
+        Arc::new(common.allowlist()?),
+    )
+    .await?;
     let mut all = table.all();
     all.sort_by(|a, b| a.id.cmp(&b.id));
     for s in all {
         let types: Vec<&str> = s.event_types.iter().map(String::as_str).collect();
         let state = if s.disabled { "DISABLED" } else { "active" };
-        println!("{} partner={} {} url={} types={} secrets={} internal={}", s.id, s.partner_id, state, s.url, types.join(","), s.secrets.len(), s.internal);
+        println!(
+            "{} partner={} {} url={} types={} secrets={} internal={}",
+            s.id,
+            s.partner_id,
+            state,
+            s.url,
+            types.join(","),
+            s.secrets.len(),
+            s.internal
+        );
     }
     Ok(())
 }
@@ -193,10 +283,16 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let allowlist = Arc::new(common.allowlist()?);
     common.ensure_subscriptions_topic().await?;
     kafka
-        .ensure_topics(std::slice::from_ref(&args.orders_dead_letter_topic), common.partitions, &[])
+        .ensure_topics(
+            std::slice::from_ref(&args.orders_dead_letter_topic),
+            common.partitions,
+            &[],
+        )
         .await
         .context("router dead-letter topic")?;
-    let table = SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist)).await?;
+    let table =
+        SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist))
+            .await?;
     let codec = OrderCodec::new(&args.registry, &args.orders_topic, Duration::from_secs(10))?;
     let client = WebhookClient::new(Arc::clone(&allowlist), Duration::from_secs(5))?;
     let shutdown = CancellationToken::new();
@@ -211,21 +307,28 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         });
     }));
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
     let metrics = dispatcher::metrics::handle();
     let app = axum::Router::new()
-        .route("/metrics", get(move || {
-            let metrics = metrics.clone();
-            async move {
-                metrics.run_upkeep();
-                metrics.render()
-            }
-        }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    metrics.run_upkeep();
+                    metrics.render()
+                }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }));
     let server_stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { server_stop.cancelled().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+            .await
     });
 
     let deadline = Duration::from_millis(args.shutdown_deadline_ms);
@@ -242,8 +345,21 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         shutdown_deadline: deadline,
         partitions: common.partitions,
     };
-    let router = tokio::spawn(router::run(kafka.clone(), router_config, table.clone(), codec, shutdown.clone()));
-    let lanes = tokio::spawn(lane::supervise(kafka, lane_config, table, client, on_gone, shutdown.clone()));
+    let router = tokio::spawn(router::run(
+        kafka.clone(),
+        router_config,
+        table.clone(),
+        codec,
+        shutdown.clone(),
+    ));
+    let lanes = tokio::spawn(lane::supervise(
+        kafka,
+        lane_config,
+        table,
+        client,
+        on_gone,
+        shutdown.clone(),
+    ));
     tracing::info!("dispatcher running");
 
     orderhooks_runtime::shutdown_signal().await;

@@ -26,7 +26,9 @@ pub const ROUTED: &str = "dispatcher_router_records_total";
 /// Subscription records refused when read from the topic.
 pub const INVALID_SUBSCRIPTIONS: &str = "dispatcher_invalid_subscriptions_total";
 
-const LATENCY_BUCKETS: [f64; 12] = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {

@@ -42,7 +42,9 @@ impl OffsetTracker {
 
     /// Unfinished records of `partition`.
     pub fn pending(&self, partition: i32) -> usize {
-        self.partitions.get(&partition).map_or(0, |p| p.pending.len())
+        self.partitions
+            .get(&partition)
+            .map_or(0, |p| p.pending.len())
     }
 
     /// Unfinished records in all.

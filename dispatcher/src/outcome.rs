@@ -16,7 +16,10 @@ use crate::subscription::RetryPolicy;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
     /// The partner answered with this status (and maybe a Retry-After, in seconds).
-    Status { status: u16, retry_after: Option<Duration> },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// No answer: connect failure, timeout, reset.
     Transport(String),
     /// Refused before sending (SSRF guard, bad URL): retrying cannot help.
@@ -28,7 +31,9 @@ pub enum Attempt {
 pub enum Decision {
     Delivered,
     /// Try again; the server asked for at least this long (Retry-After), if anything.
-    Retry { at_least: Option<Duration> },
+    Retry {
+        at_least: Option<Duration>,
+    },
     DeadLetter,
     /// 410 Gone: dead-letter and disable the subscription.
     Gone,
@@ -36,9 +41,14 @@ pub enum Decision {
 
 pub fn classify(attempt: &Attempt) -> Decision {
     match attempt {
-        Attempt::Status { status, retry_after } => match status {
+        Attempt::Status {
+            status,
+            retry_after,
+        } => match status {
             200..=299 => Decision::Delivered,
-            408 | 429 | 500..=599 => Decision::Retry { at_least: *retry_after },
+            408 | 429 | 500..=599 => Decision::Retry {
+                at_least: *retry_after,
+            },
             410 => Decision::Gone,
             _ => Decision::DeadLetter,
         },
@@ -51,9 +61,16 @@ pub fn classify(attempt: &Attempt) -> Decision {
 /// `initial_backoff_ms`, capped, with "equal jitter" (half fixed, half random) so that
 /// retries of many records do not arrive together. A Retry-After raises the delay, up to
 /// the cap.
-pub fn backoff(policy: &RetryPolicy, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+pub fn backoff(
+    policy: &RetryPolicy,
+    retry: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
     let cap = Duration::from_millis(policy.max_backoff_ms);
-    let exp = policy.initial_backoff_ms.saturating_mul(1u64 << retry.saturating_sub(1).min(30));
+    let exp = policy
+        .initial_backoff_ms
+        .saturating_mul(1u64 << retry.saturating_sub(1).min(30));
     let base = Duration::from_millis(exp).min(cap);
     let jittered = base / 2 + base.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
     match retry_after {
@@ -65,7 +82,8 @@ pub fn backoff(policy: &RetryPolicy, retry: u32, retry_after: Option<Duration>, 
 /// Whether another attempt may start after `attempts` attempts and `elapsed` since the
 /// first, waiting `delay` first.
 pub fn may_retry(policy: &RetryPolicy, attempts: u32, elapsed: Duration, delay: Duration) -> bool {
-    attempts < policy.max_attempts && elapsed + delay <= Duration::from_secs(policy.max_elapsed_secs)
+    attempts < policy.max_attempts
+        && elapsed + delay <= Duration::from_secs(policy.max_elapsed_secs)
 }
 
 #[cfg(test)]
@@ -73,7 +91,10 @@ mod tests {
     use super::*;
 
     fn status(s: u16) -> Decision {
-        classify(&Attempt::Status { status: s, retry_after: None })
+        classify(&Attempt::Status {
+            status: s,
+            retry_after: None,
+        })
     }
 
     #[test]
@@ -88,29 +109,75 @@ mod tests {
         for s in [100, 301, 302, 307, 400, 401, 403, 404, 413, 422] {
             assert_eq!(status(s), Decision::DeadLetter, "{s}");
         }
-        assert_eq!(classify(&Attempt::Transport("timeout".into())), Decision::Retry { at_least: None });
-        assert_eq!(classify(&Attempt::Refused("ssrf".into())), Decision::DeadLetter);
+        assert_eq!(
+            classify(&Attempt::Transport("timeout".into())),
+            Decision::Retry { at_least: None }
+        );
+        assert_eq!(
+            classify(&Attempt::Refused("ssrf".into())),
+            Decision::DeadLetter
+        );
         let ra = Some(Duration::from_secs(7));
-        assert_eq!(classify(&Attempt::Status { status: 429, retry_after: ra }), Decision::Retry { at_least: ra });
+        assert_eq!(
+            classify(&Attempt::Status {
+                status: 429,
+                retry_after: ra
+            }),
+            Decision::Retry { at_least: ra }
+        );
     }
 
     #[test]
     fn backoff_doubles_is_capped_jittered_and_honours_retry_after_within_the_cap() {
-        let p = RetryPolicy { initial_backoff_ms: 100, max_backoff_ms: 1000, ..Default::default() };
+        let p = RetryPolicy {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..Default::default()
+        };
         assert_eq!(backoff(&p, 1, None, 1.0), Duration::from_millis(100));
         assert_eq!(backoff(&p, 1, None, 0.0), Duration::from_millis(50));
         assert_eq!(backoff(&p, 3, None, 1.0), Duration::from_millis(400));
         assert_eq!(backoff(&p, 10, None, 1.0), Duration::from_millis(1000));
-        assert_eq!(backoff(&p, 60, None, 1.0), Duration::from_millis(1000), "no overflow");
-        assert_eq!(backoff(&p, 1, Some(Duration::from_millis(700)), 0.0), Duration::from_millis(700));
-        assert_eq!(backoff(&p, 1, Some(Duration::from_secs(3600)), 0.0), Duration::from_millis(1000), "Retry-After capped");
+        assert_eq!(
+            backoff(&p, 60, None, 1.0),
+            Duration::from_millis(1000),
+            "no overflow"
+        );
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::from_millis(700)), 0.0),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::from_secs(3600)), 0.0),
+            Duration::from_millis(1000),
+            "Retry-After capped"
+        );
     }
 
     #[test]
     fn the_policy_is_spent_by_attempts_or_by_time() {
-        let p = RetryPolicy { max_attempts: 3, max_elapsed_secs: 10, ..Default::default() };
-        assert!(may_retry(&p, 2, Duration::from_secs(1), Duration::from_secs(1)));
-        assert!(!may_retry(&p, 3, Duration::from_secs(1), Duration::from_secs(1)));
-        assert!(!may_retry(&p, 1, Duration::from_secs(9), Duration::from_secs(2)));
+        let p = RetryPolicy {
+            max_attempts: 3,
+            max_elapsed_secs: 10,
+            ..Default::default()
+        };
+        assert!(may_retry(
+            &p,
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        ));
+        assert!(!may_retry(
+            &p,
+            3,
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        ));
+        assert!(!may_retry(
+            &p,
+            1,
+            Duration::from_secs(9),
+            Duration::from_secs(2)
+        ));
     }
 }

@@ -55,7 +55,9 @@ pub fn webhook_body(event: &OrderEvent) -> Vec<u8> {
 }
 
 fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    message.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+    message
+        .headers()
+        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
 }
 
 /// An owned record to produce, kept so a failed send can be retried.
@@ -68,7 +70,9 @@ struct Outgoing {
 
 impl Outgoing {
     fn record(&self) -> FutureRecord<'_, [u8], Vec<u8>> {
-        let mut r = FutureRecord::to(&self.topic).payload(&self.payload).headers(self.headers.clone());
+        let mut r = FutureRecord::to(&self.topic)
+            .payload(&self.payload)
+            .headers(self.headers.clone());
         if let Some(k) = &self.key {
             r = r.key(k.as_slice());
         }
@@ -104,7 +108,11 @@ fn produce_all(
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                result = producer.send(r.record(), Timeout::Never).await.map(|_| ()).map_err(|(e, _)| e);
+                result = producer
+                    .send(r.record(), Timeout::Never)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e);
             }
         }
         Some(())
@@ -120,7 +128,9 @@ pub async fn run(
     codec: OrderCodec,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<GroupContext> = settings.consumer(&config.group).create_with_context(GroupContext::new("router"))?;
+    let consumer: StreamConsumer<GroupContext> = settings
+        .consumer(&config.group)
+        .create_with_context(GroupContext::new("router"))?;
     consumer.subscribe(&[&config.orders_topic])?;
     let producer: FutureProducer = settings.producer().create()?;
     let mut tracker = OffsetTracker::default();
@@ -219,22 +229,50 @@ async fn route(
     }
     metrics::counter!(m::ROUTED, "outcome" => "routed").increment(1);
     let body = webhook_body(&event);
-    let (event_id, partition, offset) = (event.event_id().to_string(), message.partition().to_string(), message.offset().to_string());
+    let (event_id, partition, offset) = (
+        event.event_id().to_string(),
+        message.partition().to_string(),
+        message.offset().to_string(),
+    );
     let occurred_at = event.occurred_at().0.to_string();
     Some(
         subscriptions
             .iter()
             .map(|s| {
                 let mut headers = OwnedHeaders::new()
-                    .insert(Header { key: "webhook-id", value: Some(event_id.as_str()) })
-                    .insert(Header { key: "event-type", value: Some(event.event_type().name()) })
-                    .insert(Header { key: "subscription-id", value: Some(s.id.as_str()) })
-                    .insert(Header { key: "occurred-at", value: Some(occurred_at.as_str()) })
-                    .insert(Header { key: "source-topic", value: Some(config.orders_topic.as_str()) })
-                    .insert(Header { key: "source-partition", value: Some(partition.as_str()) })
-                    .insert(Header { key: "source-offset", value: Some(offset.as_str()) });
+                    .insert(Header {
+                        key: "webhook-id",
+                        value: Some(event_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "event-type",
+                        value: Some(event.event_type().name()),
+                    })
+                    .insert(Header {
+                        key: "subscription-id",
+                        value: Some(s.id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "occurred-at",
+                        value: Some(occurred_at.as_str()),
+                    })
+                    .insert(Header {
+                        key: "source-topic",
+                        value: Some(config.orders_topic.as_str()),
+                    })
+                    .insert(Header {
+                        key: "source-partition",
+                        value: Some(partition.as_str()),
+                    })
+                    .insert(Header {
+                        key: "source-offset",
+                        value: Some(offset.as_str()),
+                    });
                 if let Some(tp) = header(message, "traceparent") {
-                    headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+                    headers = headers.insert(Header {
+                        key: "traceparent",
+                        value: Some(tp),
+                    });
                 }
                 Outgoing {
                     topic: delivery_topic(&s.partner_id),
@@ -247,20 +285,46 @@ async fn route(
     )
 }
 
-fn router_dead_letter(message: &BorrowedMessage<'_>, reason: &CodecError, config: &RouterConfig) -> Outgoing {
+fn router_dead_letter(
+    message: &BorrowedMessage<'_>,
+    reason: &CodecError,
+    config: &RouterConfig,
+) -> Outgoing {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = message.headers() {
         for h in original.iter() {
-            headers = headers.insert(Header { key: h.key, value: h.value });
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
         }
     }
-    let (partition, offset, reason) = (message.partition().to_string(), message.offset().to_string(), reason.to_string());
+    let (partition, offset, reason) = (
+        message.partition().to_string(),
+        message.offset().to_string(),
+        reason.to_string(),
+    );
     headers = headers
-        .insert(Header { key: "dlq-reason", value: Some(reason.as_str()) })
-        .insert(Header { key: "dlq-stage", value: Some("router") })
-        .insert(Header { key: "dlq-source-topic", value: Some(config.orders_topic.as_str()) })
-        .insert(Header { key: "dlq-source-partition", value: Some(partition.as_str()) })
-        .insert(Header { key: "dlq-source-offset", value: Some(offset.as_str()) });
+        .insert(Header {
+            key: "dlq-reason",
+            value: Some(reason.as_str()),
+        })
+        .insert(Header {
+            key: "dlq-stage",
+            value: Some("router"),
+        })
+        .insert(Header {
+            key: "dlq-source-topic",
+            value: Some(config.orders_topic.as_str()),
+        })
+        .insert(Header {
+            key: "dlq-source-partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "dlq-source-offset",
+            value: Some(offset.as_str()),
+        });
     Outgoing {
         topic: config.dead_letter_topic.clone(),
         key: message.key().map(<[u8]>::to_vec),

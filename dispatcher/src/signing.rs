@@ -25,8 +25,12 @@ impl std::fmt::Debug for Secret {
 impl Secret {
     /// Parses `whsec_<base64>`; the error says what is wrong without echoing the secret.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let encoded = text.strip_prefix(PREFIX).ok_or_else(|| format!("must start with `{PREFIX}`"))?;
-        let key = STANDARD.decode(encoded).map_err(|_| "is not valid base64 after `whsec_`".to_string())?;
+        let encoded = text
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| format!("must start with `{PREFIX}`"))?;
+        let key = STANDARD
+            .decode(encoded)
+            .map_err(|_| "is not valid base64 after `whsec_`".to_string())?;
         if key.len() < 24 {
             return Err(format!("key is {} bytes, at least 24 required", key.len()));
         }
@@ -58,7 +62,11 @@ pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8
     content.extend_from_slice(timestamp.to_string().as_bytes());
     content.push(b'.');
     content.extend_from_slice(body);
-    secrets.iter().map(|s| format!("v1,{}", s.sign(&content))).collect::<Vec<_>>().join(" ")
+    secrets
+        .iter()
+        .map(|s| format!("v1,{}", s.sign(&content)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why a signed message was refused by [`verify`].
@@ -72,7 +80,15 @@ pub enum VerifyError {
 
 /// Verifies a message the way a partner does: the timestamp within `tolerance_secs` of
 /// `now`, and at least one `v1,` signature made with `secret`.
-pub fn verify(secret: &Secret, id: &str, timestamp: i64, body: &[u8], header: &str, now: i64, tolerance_secs: i64) -> Result<(), VerifyError> {
+pub fn verify(
+    secret: &Secret,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+    header: &str,
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
     if (now - timestamp).abs() > tolerance_secs {
         return Err(VerifyError::Timestamp(timestamp));
     }
@@ -81,7 +97,11 @@ pub fn verify(secret: &Secret, id: &str, timestamp: i64, body: &[u8], header: &s
     let matches = header.split(' ').any(|candidate| {
         // Constant-time comparison of equal-length values.
         candidate.len() == expected.len()
-            && candidate.bytes().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            && candidate
+                .bytes()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     });
     if matches {
         Ok(())
@@ -109,20 +129,38 @@ mod tests {
 
     #[test]
     fn one_signature_per_secret_and_each_verifies() {
-        let (old, new) = (Secret::parse(&Secret::generate()).expect("old"), Secret::parse(&Secret::generate()).expect("new"));
+        let (old, new) = (
+            Secret::parse(&Secret::generate()).expect("old"),
+            Secret::parse(&Secret::generate()).expect("new"),
+        );
         let header = signature_header(&[old.clone(), new.clone()], "id", 100, b"body");
         assert_eq!(header.split(' ').count(), 2);
         assert_eq!(verify(&old, "id", 100, b"body", &header, 100, 300), Ok(()));
         assert_eq!(verify(&new, "id", 100, b"body", &header, 100, 300), Ok(()));
-        assert_eq!(verify(&new, "id", 100, b"tampered", &header, 100, 300), Err(VerifyError::NoMatch));
-        assert_eq!(verify(&new, "id", 100, b"body", &header, 1000, 300), Err(VerifyError::Timestamp(100)));
+        assert_eq!(
+            verify(&new, "id", 100, b"tampered", &header, 100, 300),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(&new, "id", 100, b"body", &header, 1000, 300),
+            Err(VerifyError::Timestamp(100))
+        );
     }
 
     #[test]
     fn bad_secrets_are_named_without_echoing_them() {
-        assert!(Secret::parse("s3cr3t").expect_err("prefix").contains("whsec_"));
-        assert!(Secret::parse("whsec_!!!").expect_err("base64").contains("base64"));
-        assert!(Secret::parse("whsec_c2hvcnQ=").expect_err("short").contains("at least 24"));
-        assert_eq!(format!("{:?}", Secret::parse(&Secret::generate()).expect("ok")), "Secret(redacted)");
+        assert!(Secret::parse("s3cr3t")
+            .expect_err("prefix")
+            .contains("whsec_"));
+        assert!(Secret::parse("whsec_!!!")
+            .expect_err("base64")
+            .contains("base64"));
+        assert!(Secret::parse("whsec_c2hvcnQ=")
+            .expect_err("short")
+            .contains("at least 24"));
+        assert_eq!(
+            format!("{:?}", Secret::parse(&Secret::generate()).expect("ok")),
+            "Secret(redacted)"
+        );
     }
 }

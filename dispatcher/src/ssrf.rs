@@ -49,7 +49,9 @@ impl Allowlist {
     /// `Ok` when `ip` may be called; otherwise why not.
     pub fn check(&self, ip: IpAddr) -> Result<(), String> {
         match non_public_reason(ip) {
-            Some(reason) if !self.contains(ip) => Err(format!("{ip} is {reason} and not allowlisted")),
+            Some(reason) if !self.contains(ip) => {
+                Err(format!("{ip} is {reason} and not allowlisted"))
+            }
             _ => Ok(()),
         }
     }
@@ -122,7 +124,8 @@ impl Resolve for GuardedResolver {
         let allowlist = Arc::clone(&self.allowlist);
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -154,11 +157,34 @@ mod tests {
     #[test]
     fn non_public_addresses_are_refused() {
         for ip in [
-            "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "172.31.255.255", "192.168.1.1",
-            "169.254.169.254", "100.64.0.1", "100.127.255.254", "0.0.0.0", "255.255.255.255",
-            "224.0.0.1", "240.0.0.1", "192.0.2.10", "198.51.100.1", "203.0.113.9", "198.18.0.1",
-            "::1", "::", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe",
-            "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "2001:db8::1", "::127.0.0.1",
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.0.0.1",
+            "172.16.5.4",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.2.10",
+            "198.51.100.1",
+            "203.0.113.9",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::127.0.0.1",
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }
@@ -166,7 +192,14 @@ mod tests {
 
     #[test]
     fn public_addresses_pass() {
-        for ip in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:1.1.1.1"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
             assert!(!refused(ip), "{ip} is public");
         }
     }
@@ -176,19 +209,33 @@ mod tests {
         let list = Allowlist::parse(&["127.0.0.1".into(), "10.1.0.0/16".into()]).expect("parse");
         assert!(list.check("127.0.0.1".parse().expect("ip")).is_ok());
         assert!(list.check("10.1.2.3".parse().expect("ip")).is_ok());
-        let err = list.check("127.0.0.2".parse().expect("ip")).expect_err("not listed");
+        let err = list
+            .check("127.0.0.2".parse().expect("ip"))
+            .expect_err("not listed");
         assert_eq!(err, "127.0.0.2 is a loopback address and not allowlisted");
         assert!(list.check("10.2.0.1".parse().expect("ip")).is_err());
-        assert!(Allowlist::parse(&["localhost".into()]).expect_err("bad").contains("`localhost`"));
+        assert!(Allowlist::parse(&["localhost".into()])
+            .expect_err("bad")
+            .contains("`localhost`"));
     }
 
     #[tokio::test]
     async fn a_name_that_resolves_to_loopback_is_refused_unless_allowlisted() {
         let guard = GuardedResolver::new(Arc::new(Allowlist::default()));
-        let err = guard.resolve("localhost".parse().expect("name")).await.err().expect("refused");
+        let err = guard
+            .resolve("localhost".parse().expect("name"))
+            .await
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("localhost resolves to"), "{err}");
-        let open = GuardedResolver::new(Arc::new(Allowlist::parse(&["127.0.0.1".into(), "::1".into()]).expect("list")));
-        let addrs: Vec<_> = open.resolve("localhost".parse().expect("name")).await.expect("allowed").collect();
+        let open = GuardedResolver::new(Arc::new(
+            Allowlist::parse(&["127.0.0.1".into(), "::1".into()]).expect("list"),
+        ));
+        let addrs: Vec<_> = open
+            .resolve("localhost".parse().expect("name"))
+            .await
+            .expect("allowed")
+            .collect();
         assert!(!addrs.is_empty());
     }
 }

@@ -32,7 +32,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 8, max_elapsed_secs: 3600, initial_backoff_ms: 500, max_backoff_ms: 60_000 }
+        Self {
+            max_attempts: 8,
+            max_elapsed_secs: 3600,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+        }
     }
 }
 
@@ -87,12 +92,18 @@ pub struct InvalidSubscription {
 fn valid_partner_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 100
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 impl Subscription {
     fn invalid(&self, field: &'static str, message: impl Into<String>) -> InvalidSubscription {
-        InvalidSubscription { id: self.id.clone(), field, message: message.into() }
+        InvalidSubscription {
+            id: self.id.clone(),
+            field,
+            message: message.into(),
+        }
     }
 
     /// Checks every field; URL hosts given as IP literals must pass the SSRF rules
@@ -102,10 +113,16 @@ impl Subscription {
             return Err(self.invalid("id", "must not be empty"));
         }
         if !valid_partner_id(&self.partner_id) {
-            return Err(self.invalid("partner_id", format!("`{}` must be 1-100 of a-z, 0-9, - and _", self.partner_id)));
+            return Err(self.invalid(
+                "partner_id",
+                format!("`{}` must be 1-100 of a-z, 0-9, - and _", self.partner_id),
+            ));
         }
-        let url = reqwest::Url::parse(&self.url).map_err(|e| self.invalid("url", format!("`{}` is not a URL: {e}", self.url)))?;
-        let host = url.host().ok_or_else(|| self.invalid("url", "has no host"))?;
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| self.invalid("url", format!("`{}` is not a URL: {e}", self.url)))?;
+        let host = url
+            .host()
+            .ok_or_else(|| self.invalid("url", "has no host"))?;
         let literal = match host {
             url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip)),
             url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip)),
@@ -120,46 +137,76 @@ impl Subscription {
             return Err(self.invalid("url", "must not carry credentials"));
         }
         if let Some(ip) = literal {
-            allowlist.check(ip).map_err(|why| self.invalid("url", format!("refused by the SSRF guard: {why}")))?;
+            allowlist
+                .check(ip)
+                .map_err(|why| self.invalid("url", format!("refused by the SSRF guard: {why}")))?;
         }
         if self.event_types.is_empty() {
             return Err(self.invalid("event_types", "must name at least one event type"));
         }
-        if let Some(bad) = self.event_types.iter().find(|t| EventType::from_name(t).is_none()) {
+        if let Some(bad) = self
+            .event_types
+            .iter()
+            .find(|t| EventType::from_name(t).is_none())
+        {
             let known: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
-            return Err(self.invalid("event_types", format!("unknown event type `{bad}`, expected one of {}", known.join(", "))));
+            return Err(self.invalid(
+                "event_types",
+                format!(
+                    "unknown event type `{bad}`, expected one of {}",
+                    known.join(", ")
+                ),
+            ));
         }
         if self.secrets.is_empty() {
             return Err(self.invalid("secrets", "at least one signing secret is required"));
         }
         for (i, s) in self.secrets.iter().enumerate() {
-            Secret::parse(s).map_err(|why| self.invalid("secrets", format!("secret #{} {why}", i + 1)))?;
+            Secret::parse(s)
+                .map_err(|why| self.invalid("secrets", format!("secret #{} {why}", i + 1)))?;
         }
         if !(1..=1000).contains(&self.max_in_flight) {
-            return Err(self.invalid("max_in_flight", format!("{} is not between 1 and 1000", self.max_in_flight)));
+            return Err(self.invalid(
+                "max_in_flight",
+                format!("{} is not between 1 and 1000", self.max_in_flight),
+            ));
         }
         if !(100..=120_000).contains(&self.request_timeout_ms) {
-            return Err(self.invalid("request_timeout_ms", format!("{} is not between 100 and 120000", self.request_timeout_ms)));
+            return Err(self.invalid(
+                "request_timeout_ms",
+                format!("{} is not between 100 and 120000", self.request_timeout_ms),
+            ));
         }
         let r = &self.retry;
         if r.max_attempts == 0 {
             return Err(self.invalid("retry.max_attempts", "must be at least 1"));
         }
         if r.initial_backoff_ms == 0 || r.initial_backoff_ms > r.max_backoff_ms {
-            return Err(self.invalid("retry.initial_backoff_ms", format!("{} must be at least 1 and at most retry.max_backoff_ms ({})", r.initial_backoff_ms, r.max_backoff_ms)));
+            return Err(self.invalid(
+                "retry.initial_backoff_ms",
+                format!(
+                    "{} must be at least 1 and at most retry.max_backoff_ms ({})",
+                    r.initial_backoff_ms, r.max_backoff_ms
+                ),
+            ));
         }
         Ok(())
     }
 
     /// The signing keys; only valid subscriptions reach delivery, so none fails here.
     pub fn signing_keys(&self) -> Vec<Secret> {
-        self.secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect()
+        self.secrets
+            .iter()
+            .filter_map(|s| Secret::parse(s).ok())
+            .collect()
     }
 
     /// Whether this subscription receives `event_type` for an order of `partner_id`.
     /// A partner receives only its own orders; only an internal subscription sees all.
     pub fn wants(&self, event_type: &str, partner_id: &str) -> bool {
-        !self.disabled && self.event_types.contains(event_type) && (self.internal || self.partner_id == partner_id)
+        !self.disabled
+            && self.event_types.contains(event_type)
+            && (self.internal || self.partner_id == partner_id)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -227,31 +274,61 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         assert!(sub().validate(&Allowlist::default()).is_ok());
-        assert_eq!(error(|s| s.partner_id = "Partner A".into()).field, "partner_id");
+        assert_eq!(
+            error(|s| s.partner_id = "Partner A".into()).field,
+            "partner_id"
+        );
         assert_eq!(error(|s| s.url = "ftp://x.example".into()).field, "url");
-        assert_eq!(error(|s| s.url = "http://hooks.example.com".into()).field, "url");
-        assert_eq!(error(|s| s.url = "https://user:pw@hooks.example.com".into()).field, "url");
+        assert_eq!(
+            error(|s| s.url = "http://hooks.example.com".into()).field,
+            "url"
+        );
+        assert_eq!(
+            error(|s| s.url = "https://user:pw@hooks.example.com".into()).field,
+            "url"
+        );
         let ssrf = error(|s| s.url = "https://169.254.169.254/latest".into());
         assert!(ssrf.message.contains("link-local"), "{ssrf}");
-        assert!(error(|s| s.url = "https://[::ffff:10.0.0.1]/".into()).message.contains("private"));
+        assert!(error(|s| s.url = "https://[::ffff:10.0.0.1]/".into())
+            .message
+            .contains("private"));
         let unknown = error(|s| s.event_types = ["order.shipped".to_string()].into());
         assert_eq!(unknown.field, "event_types");
-        assert!(unknown.to_string().contains("subscription `a-1`: event_types: unknown event type `order.shipped`"));
+        assert!(unknown
+            .to_string()
+            .contains("subscription `a-1`: event_types: unknown event type `order.shipped`"));
         assert_eq!(error(|s| s.secrets = vec!["plain".into()]).field, "secrets");
         assert_eq!(error(|s| s.secrets.clear()).field, "secrets");
         assert_eq!(error(|s| s.max_in_flight = 0).field, "max_in_flight");
-        assert_eq!(error(|s| s.retry.max_attempts = 0).field, "retry.max_attempts");
+        assert_eq!(
+            error(|s| s.retry.max_attempts = 0).field,
+            "retry.max_attempts"
+        );
     }
 
     #[test]
     fn plain_http_is_allowed_only_to_allowlisted_addresses() {
         let mut s = sub();
         s.url = "http://127.0.0.1:8080/hook".into();
-        assert_eq!(s.validate(&Allowlist::default()).expect_err("loopback").field, "url");
-        assert!(s.validate(&Allowlist::parse(&["127.0.0.1".into()]).expect("list")).is_ok());
+        assert_eq!(
+            s.validate(&Allowlist::default())
+                .expect_err("loopback")
+                .field,
+            "url"
+        );
+        assert!(s
+            .validate(&Allowlist::parse(&["127.0.0.1".into()]).expect("list"))
+            .is_ok());
         s.url = "http://partner:8090/webhook".into();
-        assert_eq!(s.validate(&Allowlist::default()).expect_err("plain http").field, "url");
-        assert!(s.validate(&Allowlist::default().with_plain_http(true)).is_ok());
+        assert_eq!(
+            s.validate(&Allowlist::default())
+                .expect_err("plain http")
+                .field,
+            "url"
+        );
+        assert!(s
+            .validate(&Allowlist::default().with_plain_http(true))
+            .is_ok());
     }
 
     #[test]
@@ -270,9 +347,13 @@ mod tests {
     fn a_file_with_a_duplicate_or_a_typo_is_refused_with_its_name() {
         let secret = Secret::generate();
         let text = format!("subscriptions:\n  - id: x\n    partner_id: p\n    url: https://h.example\n    event_types: [order.created]\n    secrets: [{secret}]\n    max_inflight: 3\n");
-        assert!(SubscriptionFile::parse(&text, &Allowlist::default()).expect_err("typo").contains("max_inflight"));
+        assert!(SubscriptionFile::parse(&text, &Allowlist::default())
+            .expect_err("typo")
+            .contains("max_inflight"));
         let one = format!("  - id: x\n    partner_id: p\n    url: https://h.example\n    event_types: [order.created]\n    secrets: [{secret}]\n");
         let twice = format!("subscriptions:\n{one}{one}");
-        assert!(SubscriptionFile::parse(&twice, &Allowlist::default()).expect_err("dup").contains("appears twice"));
+        assert!(SubscriptionFile::parse(&twice, &Allowlist::default())
+            .expect_err("dup")
+            .contains("appears twice"));
     }
 }

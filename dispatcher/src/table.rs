@@ -27,22 +27,38 @@ pub struct SubscriptionTable {
 
 impl Default for SubscriptionTable {
     fn default() -> Self {
-        Self { inner: Arc::default(), changes: watch::channel(0).0 }
+        Self {
+            inner: Arc::default(),
+            changes: watch::channel(0).0,
+        }
     }
 }
 
 impl SubscriptionTable {
     pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Subscription>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Subscriptions that receive `event_type` of an order of `partner_id`.
     pub fn matching(&self, event_type: &str, partner_id: &str) -> Vec<Arc<Subscription>> {
-        let mut found: Vec<_> = self.all().into_iter().filter(|s| s.wants(event_type, partner_id)).collect();
+        let mut found: Vec<_> = self
+            .all()
+            .into_iter()
+            .filter(|s| s.wants(event_type, partner_id))
+            .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found
     }
@@ -53,30 +69,42 @@ impl SubscriptionTable {
     }
 
     pub fn upsert(&self, s: Subscription) {
-        self.inner.write().unwrap_or_else(|p| p.into_inner()).insert(s.id.clone(), Arc::new(s));
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.id.clone(), Arc::new(s));
         self.changes.send_modify(|n| *n += 1);
     }
 
     pub fn remove(&self, id: &str) {
-        self.inner.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.changes.send_modify(|n| *n += 1);
     }
 
     /// Applies one record of the subscriptions topic; an invalid value is logged,
     /// counted and skipped (the previous version, if any, stays in force).
     fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>, allowlist: &Allowlist) {
-        let Some(id) = key.map(|k| String::from_utf8_lossy(k).into_owned()) else { return };
+        let Some(id) = key.map(|k| String::from_utf8_lossy(k).into_owned()) else {
+            return;
+        };
         let Some(value) = value else {
             self.remove(&id);
             return;
         };
-        let parsed = serde_json::from_slice::<Subscription>(value).map_err(|e| e.to_string()).and_then(|s| {
-            s.validate(allowlist).map_err(|e| e.to_string())?;
-            Ok(s)
-        });
+        let parsed = serde_json::from_slice::<Subscription>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                s.validate(allowlist).map_err(|e| e.to_string())?;
+                Ok(s)
+            });
         match parsed {
             Ok(s) if s.id == id => self.upsert(s),
-            Ok(s) => tracing::warn!(key = %id, id = %s.id, "subscription record key and id differ; skipped"),
+            Ok(s) => {
+                tracing::warn!(key = %id, id = %s.id, "subscription record key and id differ; skipped")
+            }
             Err(error) => {
                 metrics::counter!(m::INVALID_SUBSCRIPTIONS).increment(1);
                 tracing::warn!(key = %id, %error, "invalid subscription record skipped");
@@ -85,9 +113,16 @@ impl SubscriptionTable {
     }
 
     /// Loads `topic` up to its current end, then keeps following it in a task.
-    pub async fn follow(settings: &KafkaSettings, topic: &str, allowlist: Arc<Allowlist>) -> anyhow::Result<Self> {
+    pub async fn follow(
+        settings: &KafkaSettings,
+        topic: &str,
+        allowlist: Arc<Allowlist>,
+    ) -> anyhow::Result<Self> {
         let table = Self::default();
-        let group = format!("orderhooks-subscriptions-reader-{}", uuid::Uuid::new_v4().simple());
+        let group = format!(
+            "orderhooks-subscriptions-reader-{}",
+            uuid::Uuid::new_v4().simple()
+        );
         let mut config = settings.consumer(&group);
         config.set("enable.auto.commit", "false");
         let consumer: StreamConsumer = config.create()?;
@@ -113,15 +148,23 @@ impl SubscriptionTable {
         while !ends.is_empty() {
             let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
                 .await
-                .map_err(|_| anyhow::anyhow!("subscriptions topic `{topic}` not read to its end within 30 s"))?
+                .map_err(|_| {
+                    anyhow::anyhow!("subscriptions topic `{topic}` not read to its end within 30 s")
+                })?
                 .ok_or_else(|| anyhow::anyhow!("subscriptions stream ended"))??;
             table.apply_record(message.key(), message.payload(), &allowlist);
-            if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+            if ends
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
                 ends.remove(&message.partition());
             }
         }
         drop(stream);
-        tracing::info!(subscriptions = table.all().len(), "subscription table loaded");
+        tracing::info!(
+            subscriptions = table.all().len(),
+            "subscription table loaded"
+        );
         let follower = table.clone();
         tokio::spawn(async move {
             let mut stream = consumer.stream();
@@ -138,18 +181,32 @@ impl SubscriptionTable {
 
 /// Writes `subscriptions` to the topic (key = id) and waits for the acknowledgements;
 /// `remove` ids get tombstones.
-pub async fn publish(settings: &KafkaSettings, topic: &str, subscriptions: &[Subscription], remove: &[String]) -> anyhow::Result<()> {
-    let producer: FutureProducer = settings.producer().set("message.timeout.ms", "30000").create()?;
+pub async fn publish(
+    settings: &KafkaSettings,
+    topic: &str,
+    subscriptions: &[Subscription],
+    remove: &[String],
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = settings
+        .producer()
+        .set("message.timeout.ms", "30000")
+        .create()?;
     for s in subscriptions {
         let value = serde_json::to_vec(s)?;
         producer
-            .send(FutureRecord::to(topic).key(&s.id).payload(&value), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(topic).key(&s.id).payload(&value),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("writing subscription `{}`: {e}", s.id))?;
     }
     for id in remove {
         producer
-            .send(FutureRecord::<str, [u8]>::to(topic).key(id), Duration::from_secs(30))
+            .send(
+                FutureRecord::<str, [u8]>::to(topic).key(id),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("deleting subscription `{id}`: {e}"))?;
     }

@@ -24,11 +24,20 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 fn committed(brokers: &str, group: &str, topic: &str) -> Offset {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().expect("consumer");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
     let mut list = TopicPartitionList::new();
     list.add_partition(topic, 0);
-    let found = consumer.committed_offsets(list, Duration::from_secs(5)).expect("committed offsets");
-    found.find_partition(topic, 0).map(|p| p.offset()).unwrap_or(Offset::Invalid)
+    let found = consumer
+        .committed_offsets(list, Duration::from_secs(5))
+        .expect("committed offsets");
+    found
+        .find_partition(topic, 0)
+        .map(|p| p.offset())
+        .unwrap_or(Offset::Invalid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,9 +50,16 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
 
     // The partner refuses the webhook with 400: it must be dead-lettered.
     let secret = Secret::generate();
-    let receiver = Receiver::start("127.0.0.1:0".parse().expect("addr"), &secret, Script { always_status: Some(400), ..Default::default() })
-        .await
-        .expect("receiver");
+    let receiver = Receiver::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        &secret,
+        Script {
+            always_status: Some(400),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("receiver");
     let table = SubscriptionTable::default();
     table.upsert(Subscription {
         id: "s".into(),
@@ -58,17 +74,35 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         disabled: false,
     });
 
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
     let headers = OwnedHeaders::new()
-        .insert(Header { key: "webhook-id", value: Some("evt-1") })
-        .insert(Header { key: "subscription-id", value: Some("s") });
+        .insert(Header {
+            key: "webhook-id",
+            value: Some("evt-1"),
+        })
+        .insert(Header {
+            key: "subscription-id",
+            value: Some("s"),
+        });
     producer
-        .send(FutureRecord::to(topic).key("order-1").payload("{\"type\":\"order.created\"}").headers(headers), Duration::from_secs(5))
+        .send(
+            FutureRecord::to(topic)
+                .key("order-1")
+                .payload("{\"type\":\"order.created\"}")
+                .headers(headers),
+            Duration::from_secs(5),
+        )
         .await
         .expect("delivery record written");
 
     // From now on every produce request fails: the dead-letter write cannot succeed.
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500]);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500],
+    );
 
     let settings = KafkaSettings {
         brokers: brokers.clone(),
@@ -79,7 +113,11 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
     let shutdown = CancellationToken::new();
     let ctx = JobContext {
         partner: partner.into(),
-        client: WebhookClient::new(Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")), Duration::from_secs(2)).expect("client"),
+        client: WebhookClient::new(
+            Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
+            Duration::from_secs(2),
+        )
+        .expect("client"),
         table,
         producer: settings.producer().create().expect("dlq producer"),
         permits: Arc::new(Semaphore::new(4)),
@@ -87,7 +125,12 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         metrics: dispatcher::job::LaneMetrics::new(partner),
         shutdown: shutdown.clone(),
     };
-    let config = LaneConfig { group_prefix: "fault".into(), max_buffered: 16, shutdown_deadline: Duration::from_secs(2), partitions: 1 };
+    let config = LaneConfig {
+        group_prefix: "fault".into(),
+        max_buffered: 16,
+        shutdown_deadline: Duration::from_secs(2),
+        partitions: 1,
+    };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
 
     // The partner was called (and refused), and several commit intervals pass.
@@ -98,7 +141,11 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
     assert!(receiver.requests() >= 1, "the webhook was attempted");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let group = "fault.p";
-    assert_eq!(committed(&brokers, group, topic), Offset::Invalid, "nothing committed while the dead letter is not durable");
+    assert_eq!(
+        committed(&brokers, group, topic),
+        Offset::Invalid,
+        "nothing committed while the dead letter is not durable"
+    );
 
     // Writes succeed again: the dead letter lands and the offset moves past the record.
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
@@ -111,9 +158,18 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(offset, Offset::Offset(1), "committed once the dead letter was written");
-    let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("consumer");
-    let (low, high) = reader.fetch_watermarks(dlq, 0, Duration::from_secs(5)).expect("watermarks");
+    assert_eq!(
+        offset,
+        Offset::Offset(1),
+        "committed once the dead letter was written"
+    );
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("consumer");
+    let (low, high) = reader
+        .fetch_watermarks(dlq, 0, Duration::from_secs(5))
+        .expect("watermarks");
     assert_eq!(high - low, 1, "exactly one dead letter");
     shutdown.cancel();
     lane.await.expect("join").expect("lane");

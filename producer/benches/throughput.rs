@@ -23,7 +23,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Target {
@@ -34,14 +37,23 @@ struct Target {
 
 impl Target {
     async fn topic(&self, prefix: &str) -> String {
-        let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         match &self.mock {
             Some(cluster) => cluster.create_topic(&name, 6, 1).expect("mock topic"),
             None => {
-                let admin: AdminClient<DefaultClientContext> =
-                    ClientConfig::new().set("bootstrap.servers", &self.brokers).create().expect("admin");
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &self.brokers)
+                    .create()
+                    .expect("admin");
                 let t = NewTopic::new(&name, 6, TopicReplication::Fixed(1));
-                for r in admin.create_topics([&t], &AdminOptions::new()).await.expect("create") {
+                for r in admin
+                    .create_topics([&t], &AdminOptions::new())
+                    .await
+                    .expect("create")
+                {
                     r.expect("topic created");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -54,8 +66,17 @@ impl Target {
 fn events(n: usize) -> Vec<OrderEvent> {
     (0..n)
         .map(|i| {
-            let kind = if i < 1000 { EventType::OrderCreated } else { EventType::OrderStatusChanged };
-            OrderEvent::sample(kind, &format!("order-{}", i % 1000), &format!("partner-{}", i % 3), 16)
+            let kind = if i < 1000 {
+                EventType::OrderCreated
+            } else {
+                EventType::OrderStatusChanged
+            };
+            OrderEvent::sample(
+                kind,
+                &format!("order-{}", i % 1000),
+                &format!("partner-{}", i % 3),
+                16,
+            )
         })
         .collect()
 }
@@ -66,7 +87,12 @@ async fn raw(target: &Target, registry: &str, events: &[OrderEvent]) -> (f64, us
     let codec = OrderCodec::new(registry, &topic, Duration::from_secs(5)).expect("codec");
     let mut payloads = Vec::with_capacity(events.len());
     for e in events {
-        payloads.push((e.order_id().to_string(), e.event_type().name(), e.event_id().to_string(), codec.encode(e).await.expect("encode")));
+        payloads.push((
+            e.order_id().to_string(),
+            e.event_type().name(),
+            e.event_id().to_string(),
+            codec.encode(e).await.expect("encode"),
+        ));
     }
     let bytes = payloads.iter().map(|(_, _, _, p)| p.len()).sum::<usize>() / payloads.len();
     let producer: FutureProducer = ClientConfig::new()
@@ -82,10 +108,24 @@ async fn raw(target: &Target, registry: &str, events: &[OrderEvent]) -> (f64, us
     for (key, event_type, event_id, payload) in &payloads {
         // The same record the library writes: key, payload and headers.
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "event-type", value: Some(*event_type) })
-            .insert(Header { key: "event-id", value: Some(event_id.as_str()) });
-        let record = FutureRecord::to(&topic).key(key).payload(payload).headers(headers);
-        pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+            .insert(Header {
+                key: "event-type",
+                value: Some(*event_type),
+            })
+            .insert(Header {
+                key: "event-id",
+                value: Some(event_id.as_str()),
+            });
+        let record = FutureRecord::to(&topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
     }
     for p in pending {
         p.await.expect("delivery").expect("acknowledged");
@@ -119,12 +159,18 @@ async fn library(target: &Target, registry: &str, events: &[OrderEvent]) -> f64 
 async fn http(target: &Target, registry: &str, events: &[OrderEvent], concurrency: usize) -> f64 {
     let topic = target.topic("http").await;
     let publisher = Arc::new(connect(target, registry, &topic).await);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/v1/events", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ingest::serve(listener, ingest::router(publisher, IngestConfig::default()), async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(ingest::serve(
+        listener,
+        ingest::router(publisher, IngestConfig::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let rate = if wrk_available() {
         wrk(&url, &events[0], concurrency).await
     } else {
@@ -136,7 +182,10 @@ async fn http(target: &Target, registry: &str, events: &[OrderEvent], concurrenc
 }
 
 fn wrk_available() -> bool {
-    std::process::Command::new("wrk").arg("--version").output().is_ok()
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok()
 }
 
 /// Runs wrk for BENCH_WRK_SECS (default 10) with a Lua script that gives each request its
@@ -158,7 +207,12 @@ async fn wrk(url: &str, template: &OrderEvent, concurrency: usize) -> f64 {
     std::fs::write(&path, script).expect("script");
     let secs = env_or("BENCH_WRK_SECS", 10);
     let out = tokio::process::Command::new("wrk")
-        .args(["-t1", &format!("-c{concurrency}"), &format!("-d{secs}s"), "-s"])
+        .args([
+            "-t1",
+            &format!("-c{concurrency}"),
+            &format!("-d{secs}s"),
+            "-s",
+        ])
         .arg(&path)
         .arg(url)
         .output()
@@ -166,7 +220,10 @@ async fn wrk(url: &str, template: &OrderEvent, concurrency: usize) -> f64 {
         .expect("wrk");
     let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "some requests were not accepted:\n{text}");
+    assert!(
+        !text.contains("Non-2xx"),
+        "some requests were not accepted:\n{text}"
+    );
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
@@ -182,7 +239,12 @@ async fn reqwest_load(url: &str, events: &[OrderEvent], concurrency: usize) -> f
         .map(|body| {
             let (client, url) = (client.clone(), url.clone());
             async move {
-                let resp = client.post(url).header("content-type", "application/json").body(body).send().await;
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
                 resp.map(|r| r.status().as_u16()).unwrap_or(0)
             }
         })
@@ -200,17 +262,35 @@ async fn main() {
     let n = env_or("BENCH_EVENTS", 20_000);
     let rounds = env_or("BENCH_ROUNDS", 4).max(1);
     let concurrency = env_or("BENCH_HTTP_CONCURRENCY", 256);
-    let (listener, addr) = schema_registry::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
-    tokio::spawn(schema_registry::serve(listener, Arc::new(schema_registry::Store::in_memory()), std::future::pending()));
+    let (listener, addr) = schema_registry::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    tokio::spawn(schema_registry::serve(
+        listener,
+        Arc::new(schema_registry::Store::in_memory()),
+        std::future::pending(),
+    ));
     let registry = format!("http://{addr}");
 
     let mock = MockCluster::new(1).expect("mock cluster");
-    let mut targets = vec![Target { name: "mock cluster", brokers: mock.bootstrap_servers(), mock: Some(mock) }];
+    let mut targets = vec![Target {
+        name: "mock cluster",
+        brokers: mock.bootstrap_servers(),
+        mock: Some(mock),
+    }];
     if let Ok(brokers) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
-        targets.push(Target { name: "nisshi broker", brokers, mock: None });
+        targets.push(Target {
+            name: "nisshi broker",
+            brokers,
+            mock: None,
+        });
     }
     let events = events(n);
-    let client = if wrk_available() { "wrk -t1 (separate process)" } else { "reqwest in-process" };
+    let client = if wrk_available() {
+        "wrk -t1 (separate process)"
+    } else {
+        "reqwest in-process"
+    };
     println!("producer throughput: {n} events per run, best of {rounds} rounds, HTTP load from {client} with {concurrency} connections");
     for target in &targets {
         let (mut best_raw, mut best_lib, mut best_http, mut size) = (0f64, 0f64, 0f64, 0);
@@ -227,14 +307,26 @@ async fn main() {
                 l = library(target, &registry, &events).await;
                 (r, size) = raw(target, &registry, &events).await;
             }
-            println!("  {} round {round}: raw {r:.0}, library {l:.0}, http {h:.0} events/s", target.name);
+            println!(
+                "  {} round {round}: raw {r:.0}, library {l:.0}, http {h:.0} events/s",
+                target.name
+            );
             best_raw = best_raw.max(r);
             best_lib = best_lib.max(l);
             best_http = best_http.max(h);
         }
-        println!("{} ({}), event size {size} bytes:", target.name, target.brokers);
+        println!(
+            "{} ({}), event size {size} bytes:",
+            target.name, target.brokers
+        );
         println!("  raw FutureProducer  {best_raw:>9.0} events/s  1.00x");
-        println!("  library Publisher   {best_lib:>9.0} events/s  {:.2}x raw (target >= 0.80)", best_lib / best_raw);
-        println!("  HTTP ingest         {best_http:>9.0} events/s  {:.2}x raw (target >= 0.50)", best_http / best_raw);
+        println!(
+            "  library Publisher   {best_lib:>9.0} events/s  {:.2}x raw (target >= 0.80)",
+            best_lib / best_raw
+        );
+        println!(
+            "  HTTP ingest         {best_http:>9.0} events/s  {:.2}x raw (target >= 0.50)",
+            best_http / best_raw
+        );
     }
 }

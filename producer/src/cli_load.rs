@@ -37,7 +37,11 @@ pub async fn run(kafka: &KafkaArgs, args: &LoadArgs) -> anyhow::Result<ExitCode>
     anyhow::ensure!(args.orders > 0, "--orders must be at least 1");
     anyhow::ensure!(args.partners > 0, "--partners must be at least 1");
     let publisher = kafka.connect().await?;
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.count) };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.count)
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -62,12 +66,24 @@ pub async fn run(kafka: &KafkaArgs, args: &LoadArgs) -> anyhow::Result<ExitCode>
             record(outcome);
         }
         let order = i % args.orders;
-        let kind = if i < args.orders { EventType::OrderCreated } else { EventType::OrderStatusChanged };
-        let event = OrderEvent::sample(kind, &format!("order-{order}"), &format!("partner-{}", order % args.partners), args.items);
+        let kind = if i < args.orders {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let event = OrderEvent::sample(
+            kind,
+            &format!("order-{order}"),
+            &format!("partner-{}", order % args.partners),
+            args.items,
+        );
         let sent = Instant::now();
         match publisher.enqueue(&event, None).await {
             Ok(delivery) => pending.push(async move {
-                delivery.wait().await.map(|_| sent.elapsed().as_micros() as u64)
+                delivery
+                    .wait()
+                    .await
+                    .map(|_| sent.elapsed().as_micros() as u64)
             }),
             Err(e) => record(Err(e)),
         }
@@ -79,7 +95,16 @@ pub async fn run(kafka: &KafkaArgs, args: &LoadArgs) -> anyhow::Result<ExitCode>
     bar.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
-    let pct = |p: f64| latencies_us.get(((latencies_us.len() as f64 * p) as usize).min(latencies_us.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        latencies_us
+            .get(
+                ((latencies_us.len() as f64 * p) as usize)
+                    .min(latencies_us.len().saturating_sub(1)),
+            )
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     println!(
         "published {} events, failed {failed}, in {elapsed:.2} s: {:.0} events/s; ack latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latencies_us.len(),
@@ -88,5 +113,9 @@ pub async fn run(kafka: &KafkaArgs, args: &LoadArgs) -> anyhow::Result<ExitCode>
         pct(0.99),
         pct(1.0),
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -25,7 +25,9 @@ pub struct PublishArgs {
 pub async fn run(kafka: &KafkaArgs, args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let reader: Box<dyn tokio::io::AsyncRead + Unpin> = match &args.file {
         Some(p) if p.as_os_str() != "-" => Box::new(
-            tokio::fs::File::open(p).await.with_context(|| format!("--file {}", p.display()))?,
+            tokio::fs::File::open(p)
+                .await
+                .with_context(|| format!("--file {}", p.display()))?,
         ),
         _ => Box::new(tokio::io::stdin()),
     };
@@ -33,7 +35,9 @@ pub async fn run(kafka: &KafkaArgs, args: &PublishArgs) -> anyhow::Result<ExitCo
     let mut lines = BufReader::new(reader).lines();
     let (mut published, mut refused, mut failed, mut number) = (0u64, 0u64, 0u64, 0u64);
     let mut pending = FuturesUnordered::new();
-    let settle = |outcome: Result<producer::Published, producer::PublishError>, published: &mut u64, failed: &mut u64| match outcome {
+    let settle = |outcome: Result<producer::Published, producer::PublishError>,
+                  published: &mut u64,
+                  failed: &mut u64| match outcome {
         Ok(_) => *published += 1,
         Err(e) => {
             eprintln!("error: {e}");

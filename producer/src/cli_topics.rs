@@ -34,19 +34,30 @@ pub struct TopicArgs {
 }
 
 pub async fn run(kafka: &KafkaArgs, args: &TopicArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1, got {}", args.partitions);
+    anyhow::ensure!(
+        args.partitions >= 1,
+        "--partitions must be at least 1, got {}",
+        args.partitions
+    );
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
     for (k, v) in &kafka.kafka_options {
         config.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = config.create().context("invalid Kafka settings")?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("invalid Kafka settings")?;
     let wait = Duration::from_secs(args.wait_secs);
-    let mut topic = NewTopic::new(&args.name, args.partitions, TopicReplication::Fixed(args.replication));
+    let mut topic = NewTopic::new(
+        &args.name,
+        args.partitions,
+        TopicReplication::Fixed(args.replication),
+    );
     for (k, v) in &args.configs {
         topic = topic.set(k, v);
     }
-    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(wait))).request_timeout(Some(Timeout::After(wait)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Timeout::After(wait)))
+        .request_timeout(Some(Timeout::After(wait)));
     let results = admin
         .create_topics([&topic], &options)
         .await
@@ -61,12 +72,20 @@ pub async fn run(kafka: &KafkaArgs, args: &TopicArgs) -> anyhow::Result<ExitCode
     loop {
         let name = &args.name;
         let found = tokio::task::block_in_place(|| {
-            admin.inner().fetch_metadata(Some(name), Timeout::After(Duration::from_secs(5))).map(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == name && t.error().is_none())
-                    .map(|t| (t.partitions().len(), t.partitions().iter().all(|p| p.leader() >= 0)))
-            })
+            admin
+                .inner()
+                .fetch_metadata(Some(name), Timeout::After(Duration::from_secs(5)))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == name && t.error().is_none())
+                        .map(|t| {
+                            (
+                                t.partitions().len(),
+                                t.partitions().iter().all(|p| p.leader() >= 0),
+                            )
+                        })
+                })
         });
         match found {
             Ok(Some((n, true))) if n as i32 >= args.partitions => {
@@ -74,10 +93,18 @@ pub async fn run(kafka: &KafkaArgs, args: &TopicArgs) -> anyhow::Result<ExitCode
                 return Ok(ExitCode::SUCCESS);
             }
             Ok(Some((n, _))) if n as i32 > 0 && (n as i32) < args.partitions => {
-                bail!("topic `{}` exists with {n} partitions, fewer than the {} asked for", args.name, args.partitions)
+                bail!(
+                    "topic `{}` exists with {n} partitions, fewer than the {} asked for",
+                    args.name,
+                    args.partitions
+                )
             }
             _ if Instant::now() >= deadline => {
-                bail!("topic `{}` not ready on {} after {wait:?}: {found:?}", args.name, kafka.brokers)
+                bail!(
+                    "topic `{}` not ready on {} after {wait:?}: {found:?}",
+                    args.name,
+                    kafka.brokers
+                )
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }

@@ -45,7 +45,11 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, max_in_flight: 2048, retry_after: Duration::from_secs(1) }
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_in_flight: 2048,
+            retry_after: Duration::from_secs(1),
+        }
     }
 }
 
@@ -64,21 +68,36 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
 
 fn unavailable(config: &IngestConfig, message: String) -> Response {
     let mut response = answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": message }));
-    response.headers_mut().insert(header::RETRY_AFTER, config.retry_after.as_secs().max(1).into());
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        config.retry_after.as_secs().max(1).into(),
+    );
     response
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         None => true,
         Some(ct) => {
-            let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             essence == "application/json" || essence.ends_with("+json")
         }
     }
 }
 
-async fn post_event(State(ingest): State<Ingest>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn post_event(
+    State(ingest): State<Ingest>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -88,17 +107,33 @@ async fn post_event(State(ingest): State<Ingest>, headers: HeaderMap, body: Resu
                 json!({ "error": format!("body is larger than the {limit} bytes allowed") }),
             );
         }
-        Err(rejection) => return answer(rejection.status(), json!({ "error": rejection.body_text() })),
+        Err(rejection) => {
+            return answer(
+                rejection.status(),
+                json!({ "error": rejection.body_text() }),
+            )
+        }
     };
     if !is_json(&headers) {
-        return answer(StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "error": "Content-Type must be application/json" }));
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({ "error": "Content-Type must be application/json" }),
+        );
     }
     let Ok(_permit) = ingest.permits.try_acquire() else {
-        return unavailable(&ingest.config, "too many events in flight, retry later".to_string());
+        return unavailable(
+            &ingest.config,
+            "too many events in flight, retry later".to_string(),
+        );
     };
     let event = match OrderEvent::from_json(&body) {
         Ok(e) => e,
-        Err(e) => return answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string(), "field": e.field })),
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": e.to_string(), "field": e.field }),
+            )
+        }
     };
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let outcome = match ingest.publisher.enqueue(&event, traceparent).await {
@@ -107,21 +142,30 @@ async fn post_event(State(ingest): State<Ingest>, headers: HeaderMap, body: Resu
     };
     match outcome {
         Ok(p) => answer(StatusCode::ACCEPTED, json!(p)),
-        Err(e @ PublishError::Invalid(_)) => answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
+        Err(e @ PublishError::Invalid(_)) => {
+            answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))
+        }
         Err(e) if e.is_retryable() => {
             tracing::warn!(event_id = %event.event_id(), error = %e, "event not published, answering 503");
             unavailable(&ingest.config, e.to_string())
         }
         Err(e) => {
             tracing::error!(event_id = %event.event_id(), error = %e, "event refused by the registry");
-            answer(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e.to_string() }))
+            answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": e.to_string() }),
+            )
         }
     }
 }
 
 async fn render_metrics(State(ingest): State<Ingest>) -> Response {
     ingest.metrics.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ingest.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ingest.metrics.render(),
+    )
+        .into_response()
 }
 
 /// The ingest routes: `POST /v1/events`, `GET /metrics`, `GET /healthz`.
@@ -146,5 +190,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -13,7 +13,10 @@ use clap::{Args, Parser, Subcommand};
 use producer::{ingest, Publisher, PublisherConfig};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Publish order events to Kafka (Avro, Confluent Schema Registry framing)")]
+#[command(
+    version,
+    about = "Publish order events to Kafka (Avro, Confluent Schema Registry framing)"
+)]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -25,16 +28,31 @@ struct Cli {
 #[derive(Debug, Args)]
 struct KafkaArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     brokers: String,
     /// The orders topic (must exist).
     #[arg(long, global = true, env = "ORDERS_TOPIC", default_value = "orders")]
     topic: String,
     /// Schema Registry base URL.
-    #[arg(long, global = true, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry: String,
     /// How long Kafka may take to acknowledge an event, in milliseconds.
-    #[arg(long, global = true, env = "PRODUCER_DELIVERY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODUCER_DELIVERY_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     delivery_timeout_ms: u64,
     /// Extra librdkafka setting, `key=value`; repeatable (e.g. `linger.ms=20`).
     #[arg(long = "kafka-option", global = true, value_parser = parse_option)]
@@ -78,7 +96,9 @@ impl KafkaArgs {
     }
 
     async fn connect(&self) -> anyhow::Result<Publisher> {
-        Publisher::connect(&self.publisher_config()).await.context("cannot start publishing")
+        Publisher::connect(&self.publisher_config())
+            .await
+            .context("cannot start publishing")
     }
 }
 
@@ -113,7 +133,12 @@ async fn serve(kafka: &KafkaArgs, args: &ServeArgs) -> anyhow::Result<std::proce
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
     tracing::info!(addr = %args.listen, topic = %kafka.topic, "ingest started");
-    ingest::serve(listener, ingest::router(Arc::clone(&publisher), config), orderhooks_runtime::shutdown_signal()).await?;
+    ingest::serve(
+        listener,
+        ingest::router(Arc::clone(&publisher), config),
+        orderhooks_runtime::shutdown_signal(),
+    )
+    .await?;
     publisher.flush(Duration::from_secs(30)).await?;
     tracing::info!("ingest stopped");
     Ok(std::process::ExitCode::SUCCESS)

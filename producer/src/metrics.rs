@@ -15,7 +15,9 @@ pub const INGEST_RESPONSES: &str = "producer_ingest_responses_total";
 pub const IN_FLIGHT: &str = "producer_events_in_flight";
 
 /// Latency buckets from 1 ms (a local broker, lingering) to 30 s (delivery timeout).
-const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {

@@ -146,7 +146,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,9 +169,16 @@ impl PendingDelivery {
     pub async fn wait(self) -> Result<Published, PublishError> {
         let event_id = self.event_id;
         match self.outcome.await {
-            Ok(Ok((partition, offset))) => Ok(Published { event_id, partition, offset }),
+            Ok(Ok((partition, offset))) => Ok(Published {
+                event_id,
+                partition,
+                offset,
+            }),
             Ok(Err(error)) => Err(PublishError::Delivery { event_id, error }),
-            Err(_) => Err(PublishError::Delivery { event_id, error: KafkaError::Canceled }),
+            Err(_) => Err(PublishError::Delivery {
+                event_id,
+                error: KafkaError::Canceled,
+            }),
         }
     }
 }
@@ -186,7 +195,10 @@ impl Publisher {
             .set("linger.ms", "5")
             // A typo in the topic name must fail start-up, not create a new topic.
             .set("allow.auto.create.topics", "false")
-            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.as_millis().to_string(),
+            )
             .set("client.id", "orderhooks-producer");
         for (k, v) in &config.kafka_options {
             client.set(k, v);
@@ -212,7 +224,11 @@ impl Publisher {
 
     /// Validates, encodes and enqueues `event`, waiting for room when the in-flight cap
     /// is reached. Calls made one after another are written in that order.
-    pub async fn enqueue(&self, event: &OrderEvent, traceparent: Option<&str>) -> Result<PendingDelivery, PublishError> {
+    pub async fn enqueue(
+        &self,
+        event: &OrderEvent,
+        traceparent: Option<&str>,
+    ) -> Result<PendingDelivery, PublishError> {
         let fail = |e: PublishError| {
             metrics::counter!(m::FAILED, "reason" => e.reason()).increment(1);
             e
@@ -226,13 +242,27 @@ impl Publisher {
             .map_err(|_| fail(PublishError::Connect("publisher is closed".into())))?;
         let event_id = event.event_id().to_string();
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "event-type", value: Some(event.event_type().name()) })
-            .insert(Header { key: "event-id", value: Some(event_id.as_str()) });
+            .insert(Header {
+                key: "event-type",
+                value: Some(event.event_type().name()),
+            })
+            .insert(Header {
+                key: "event-id",
+                value: Some(event_id.as_str()),
+            });
         if let Some(tp) = traceparent {
-            headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(tp),
+            });
         }
         let (tx, rx) = oneshot::channel();
-        let in_flight = Box::new(InFlight { outcome: tx, event_type: event.event_type().name(), started, _permit: permit });
+        let in_flight = Box::new(InFlight {
+            outcome: tx,
+            event_type: event.event_type().name(),
+            started,
+            _permit: permit,
+        });
         let mut record = BaseRecord::with_opaque_to(&self.topic, in_flight)
             .key(event.order_id())
             .payload(&payload)
@@ -249,11 +279,17 @@ impl Publisher {
                 }
                 Err((error, _)) => {
                     metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
-                    return Err(fail(PublishError::Delivery { event_id: event.event_id(), error }));
+                    return Err(fail(PublishError::Delivery {
+                        event_id: event.event_id(),
+                        error,
+                    }));
                 }
             }
         }
-        Ok(PendingDelivery { outcome: rx, event_id: event.event_id() })
+        Ok(PendingDelivery {
+            outcome: rx,
+            event_id: event.event_id(),
+        })
     }
 
     /// Publishes `event` and waits for Kafka's acknowledgement.
@@ -272,15 +308,27 @@ impl Publisher {
 }
 
 /// Fails with a message naming the brokers or the topic when either is not usable.
-async fn check_topic(producer: &Arc<ThreadedProducer<DeliveryContext>>, config: &PublisherConfig) -> Result<(), PublishError> {
-    let (producer, topic, timeout) = (Arc::clone(producer), config.topic.clone(), config.connect_timeout);
+async fn check_topic(
+    producer: &Arc<ThreadedProducer<DeliveryContext>>,
+    config: &PublisherConfig,
+) -> Result<(), PublishError> {
+    let (producer, topic, timeout) = (
+        Arc::clone(producer),
+        config.topic.clone(),
+        config.connect_timeout,
+    );
     let metadata = tokio::task::spawn_blocking(move || {
-        producer.client().fetch_metadata(Some(&topic), Timeout::After(timeout))
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Timeout::After(timeout))
     })
     .await
     .map_err(|e| PublishError::Connect(e.to_string()))?
     .map_err(|e| {
-        PublishError::Connect(format!("cannot reach Kafka at {} within {timeout:?}: {e}", config.brokers))
+        PublishError::Connect(format!(
+            "cannot reach Kafka at {} within {timeout:?}: {e}",
+            config.brokers
+        ))
     })?;
     match metadata.topics().iter().find(|t| t.name() == config.topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),

@@ -21,7 +21,9 @@ pub async fn shutdown_signal() {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
 }
@@ -41,9 +43,12 @@ pub fn prometheus(buckets: &[(&str, &[f64])]) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = buckets.iter().fold(PrometheusBuilder::new(), |b, (name, edges)| {
-                b.set_buckets_for_metric(Matcher::Full((*name).to_string()), edges).unwrap_or_else(|_| PrometheusBuilder::new())
-            });
+            let builder = buckets
+                .iter()
+                .fold(PrometheusBuilder::new(), |b, (name, edges)| {
+                    b.set_buckets_for_metric(Matcher::Full((*name).to_string()), edges)
+                        .unwrap_or_else(|_| PrometheusBuilder::new())
+                });
             match builder.install_recorder() {
                 Ok(handle) => handle,
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
@@ -58,9 +63,15 @@ mod tests {
 
     #[test]
     fn key_value_flags_are_parsed_or_named() {
-        assert_eq!(parse_key_value(" linger.ms = 20 "), Ok(("linger.ms".into(), "20".into())));
+        assert_eq!(
+            parse_key_value(" linger.ms = 20 "),
+            Ok(("linger.ms".into(), "20".into()))
+        );
         assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert_eq!(parse_key_value("nonsense"), Err("`nonsense` is not key=value".into()));
+        assert_eq!(
+            parse_key_value("nonsense"),
+            Err("`nonsense` is not key=value".into())
+        );
         assert!(parse_key_value("=x").is_err());
     }
 }

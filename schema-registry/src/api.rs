@@ -32,12 +32,19 @@ impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let (status, code) = self.codes();
         let body = json!({ "error_code": code, "message": self.to_string() });
-        (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, CONTENT_TYPE)],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
 fn flag(params: &HashMap<String, String>, name: &str) -> bool {
-    params.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    params
+        .get(name)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// The body of a schema registration, lookup or compatibility check.
@@ -52,8 +59,9 @@ struct SchemaBody {
 }
 
 fn schema_body(body: &[u8]) -> Result<String, RegistryError> {
-    let parsed: SchemaBody = serde_json::from_slice(body)
-        .map_err(|e| RegistryError::InvalidRequest(format!("expected {{\"schema\": \"...\"}}: {e}")))?;
+    let parsed: SchemaBody = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::InvalidRequest(format!("expected {{\"schema\": \"...\"}}: {e}"))
+    })?;
     match parsed.schema_type.as_deref() {
         None | Some("AVRO") => {}
         Some(other) => {
@@ -73,16 +81,27 @@ fn schema_body(body: &[u8]) -> Result<String, RegistryError> {
 async fn register(State(store): Shared, Path(subject): Path<String>, body: Bytes) -> ApiResult {
     let schema = schema_body(&body)?;
     let registered = store.register(&subject, &schema)?;
-    tracing::info!(subject, id = registered.id, version = registered.version, "schema registered");
+    tracing::info!(
+        subject,
+        id = registered.id,
+        version = registered.version,
+        "schema registered"
+    );
     ok(json!({ "id": registered.id }))
 }
 
 async fn lookup(State(store): Shared, Path(subject): Path<String>, body: Bytes) -> ApiResult {
     let found = store.lookup(&subject, &schema_body(&body)?)?;
-    ok(json!({ "subject": found.subject, "id": found.id, "version": found.version, "schema": found.schema }))
+    ok(
+        json!({ "subject": found.subject, "id": found.id, "version": found.version, "schema": found.schema }),
+    )
 }
 
-async fn delete_subject(State(store): Shared, Path(subject): Path<String>, Query(q): Params) -> ApiResult {
+async fn delete_subject(
+    State(store): Shared,
+    Path(subject): Path<String>,
+    Query(q): Params,
+) -> ApiResult {
     ok(json!(store.delete_subject(&subject, flag(&q, "permanent"))?))
 }
 
@@ -90,26 +109,39 @@ async fn subjects(State(store): Shared, Query(q): Params) -> ApiResult {
     ok(json!(store.subjects(flag(&q, "deleted"))))
 }
 
-async fn versions(State(store): Shared, Path(subject): Path<String>, Query(q): Params) -> ApiResult {
+async fn versions(
+    State(store): Shared,
+    Path(subject): Path<String>,
+    Query(q): Params,
+) -> ApiResult {
     ok(json!(store.versions(&subject, flag(&q, "deleted"))?))
 }
 
 async fn version(State(store): Shared, Path((subject, v)): Path<(String, String)>) -> ApiResult {
     let found = store.version(&subject, &v)?;
-    ok(json!({ "subject": found.subject, "id": found.id, "version": found.version, "schema": found.schema }))
+    ok(
+        json!({ "subject": found.subject, "id": found.id, "version": found.version, "schema": found.schema }),
+    )
 }
 
-async fn version_schema(State(store): Shared, Path((subject, v)): Path<(String, String)>) -> ApiResult {
+async fn version_schema(
+    State(store): Shared,
+    Path((subject, v)): Path<(String, String)>,
+) -> ApiResult {
     let found = store.version(&subject, &v)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], found.schema).into_response())
 }
 
-async fn delete_version(State(store): Shared, Path((subject, v)): Path<(String, String)>) -> ApiResult {
+async fn delete_version(
+    State(store): Shared,
+    Path((subject, v)): Path<(String, String)>,
+) -> ApiResult {
     ok(json!(store.delete_version(&subject, &v)?))
 }
 
 fn parse_id(text: &str) -> Result<u32, RegistryError> {
-    text.parse().map_err(|_| RegistryError::SchemaNotFound(text.to_string()))
+    text.parse()
+        .map_err(|_| RegistryError::SchemaNotFound(text.to_string()))
 }
 
 async fn schema_by_id(State(store): Shared, Path(id): Path<String>) -> ApiResult {
@@ -122,14 +154,23 @@ async fn raw_schema_by_id(State(store): Shared, Path(id): Path<String>) -> ApiRe
 }
 
 async fn id_subjects(State(store): Shared, Path(id): Path<String>) -> ApiResult {
-    let mut subjects: Vec<String> = store.usages_of_id(parse_id(&id)?)?.into_iter().map(|(s, _)| s).collect();
+    let mut subjects: Vec<String> = store
+        .usages_of_id(parse_id(&id)?)?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     subjects.dedup();
     ok(json!(subjects))
 }
 
 async fn id_versions(State(store): Shared, Path(id): Path<String>) -> ApiResult {
     let usages = store.usages_of_id(parse_id(&id)?)?;
-    ok(Value::Array(usages.into_iter().map(|(s, v)| json!({ "subject": s, "version": v })).collect()))
+    ok(Value::Array(
+        usages
+            .into_iter()
+            .map(|(s, v)| json!({ "subject": s, "version": v }))
+            .collect(),
+    ))
 }
 
 fn compatibility_answer(violations: Vec<String>, verbose: bool) -> ApiResult {
@@ -150,7 +191,12 @@ async fn check_version(
     compatibility_answer(violations, flag(&q, "verbose"))
 }
 
-async fn check_all(State(store): Shared, Path(subject): Path<String>, Query(q): Params, body: Bytes) -> ApiResult {
+async fn check_all(
+    State(store): Shared,
+    Path(subject): Path<String>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
     let violations = store.check(&subject, None, &schema_body(&body)?)?;
     compatibility_answer(violations, flag(&q, "verbose"))
 }
@@ -161,8 +207,9 @@ fn level_body(body: &[u8]) -> Result<CompatibilityLevel, RegistryError> {
     struct ConfigBody {
         compatibility: String,
     }
-    let parsed: ConfigBody = serde_json::from_slice(body)
-        .map_err(|e| RegistryError::InvalidRequest(format!("expected {{\"compatibility\": \"...\"}}: {e}")))?;
+    let parsed: ConfigBody = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::InvalidRequest(format!("expected {{\"compatibility\": \"...\"}}: {e}"))
+    })?;
     CompatibilityLevel::parse(&parsed.compatibility)
 }
 
@@ -176,12 +223,20 @@ async fn put_global_config(State(store): Shared, body: Bytes) -> ApiResult {
     ok(json!({ "compatibility": level.as_str() }))
 }
 
-async fn get_subject_config(State(store): Shared, Path(subject): Path<String>, Query(q): Params) -> ApiResult {
+async fn get_subject_config(
+    State(store): Shared,
+    Path(subject): Path<String>,
+    Query(q): Params,
+) -> ApiResult {
     let level = store.compatibility(Some(&subject), flag(&q, "defaultToGlobal"))?;
     ok(json!({ "compatibilityLevel": level.as_str() }))
 }
 
-async fn put_subject_config(State(store): Shared, Path(subject): Path<String>, body: Bytes) -> ApiResult {
+async fn put_subject_config(
+    State(store): Shared,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let level = level_body(&body)?;
     store.set_compatibility(Some(&subject), Some(level))?;
     ok(json!({ "compatibility": level.as_str() }))
@@ -202,22 +257,39 @@ pub fn router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
-        .route("/mode", get(|| async { ok(json!({ "mode": "READWRITE" })) }))
+        .route(
+            "/mode",
+            get(|| async { ok(json!({ "mode": "READWRITE" })) }),
+        )
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
         .route("/subjects/{subject}/versions", get(versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(version).delete(delete_version))
-        .route("/subjects/{subject}/versions/{version}/schema", get(version_schema))
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(version_schema),
+        )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
         .route("/schemas/ids/{id}/subjects", get(id_subjects))
         .route("/schemas/ids/{id}/versions", get(id_versions))
-        .route("/compatibility/subjects/{subject}/versions", post(check_all))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(check_version))
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_all),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_version),
+        )
         .route("/config", get(get_global_config).put(put_global_config))
         .route(
             "/config/{subject}",
-            get(get_subject_config).put(put_subject_config).delete(delete_subject_config),
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
         )
         .fallback(not_found)
         .with_state(store)
@@ -229,7 +301,9 @@ pub async fn serve(
     store: Arc<Store>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(store))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Binds `addr` and returns the listener with its real address (for port 0).
@@ -238,4 +312,3 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
     let local = listener.local_addr()?;
     Ok((listener, local))
 }
-

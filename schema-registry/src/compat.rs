@@ -101,16 +101,28 @@ mod tests {
         let errors = CompatibilityLevel::Backward.violations(&no_default, &v1);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("READER_INCOMPATIBLE"), "{errors:?}");
-        assert!(CompatibilityLevel::Backward.violations(&with_default, &v1).is_empty());
-        assert!(CompatibilityLevel::None.violations(&no_default, &v1).is_empty());
+        assert!(CompatibilityLevel::Backward
+            .violations(&with_default, &v1)
+            .is_empty());
+        assert!(CompatibilityLevel::None
+            .violations(&no_default, &v1)
+            .is_empty());
     }
 
     #[test]
     fn forward_refuses_removing_a_field_without_default() {
-        let v1 = vec![(1, schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#))];
+        let v1 = vec![(
+            1,
+            schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#),
+        )];
         let removed = schema(r#"{"name":"a","type":"string"}"#);
-        assert!(CompatibilityLevel::Backward.violations(&removed, &v1).is_empty());
-        assert_eq!(CompatibilityLevel::Forward.violations(&removed, &v1).len(), 1);
+        assert!(CompatibilityLevel::Backward
+            .violations(&removed, &v1)
+            .is_empty());
+        assert_eq!(
+            CompatibilityLevel::Forward.violations(&removed, &v1).len(),
+            1
+        );
         assert_eq!(CompatibilityLevel::Full.violations(&removed, &v1).len(), 1);
     }
 
@@ -118,12 +130,17 @@ mod tests {
     fn transitive_checks_every_earlier_version_plain_checks_the_latest() {
         let earlier = vec![
             (1, schema(r#"{"name":"a","type":"string"}"#)),
-            (2, schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int","default":0}"#)),
+            (
+                2,
+                schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int","default":0}"#),
+            ),
         ];
         // Reading v1 data is fine, reading v2 data is fine too; but a schema that
         // requires `b` without default cannot read v1 data.
         let needs_b = schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#);
-        assert!(CompatibilityLevel::Backward.violations(&needs_b, &earlier).is_empty());
+        assert!(CompatibilityLevel::Backward
+            .violations(&needs_b, &earlier)
+            .is_empty());
         let transitive = CompatibilityLevel::BackwardTransitive.violations(&needs_b, &earlier);
         assert_eq!(transitive.len(), 1, "{transitive:?}");
         assert!(transitive[0].contains("oldSchemaVersion: 1"));
@@ -131,7 +148,10 @@ mod tests {
 
     #[test]
     fn levels_parse_case_insensitively_and_name_a_bad_value() {
-        assert_eq!(CompatibilityLevel::parse("full_transitive").ok(), Some(CompatibilityLevel::FullTransitive));
+        assert_eq!(
+            CompatibilityLevel::parse("full_transitive").ok(),
+            Some(CompatibilityLevel::FullTransitive)
+        );
         let err = CompatibilityLevel::parse("sideways").expect_err("not a level");
         assert!(err.to_string().contains("'sideways'"), "{err}");
     }

@@ -25,7 +25,10 @@ pub enum RegistryError {
     #[error("Unprocessable request body: {0}")]
     InvalidRequest(String),
     #[error("Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]", details.join(", "))]
-    Incompatible { subject: String, details: Vec<String> },
+    Incompatible {
+        subject: String,
+        details: Vec<String>,
+    },
     #[error("Error in the backend data store: {0}")]
     Store(String),
     #[error("HTTP 404 Not Found")]

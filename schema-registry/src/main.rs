@@ -16,7 +16,11 @@ struct Args {
     #[arg(long, env = "SCHEMA_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
     /// Directory of the durable state (`state.json`); created when missing.
-    #[arg(long, env = "SCHEMA_REGISTRY_DATA_DIR", default_value = "./data/schema-registry")]
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_DATA_DIR",
+        default_value = "./data/schema-registry"
+    )]
     data_dir: PathBuf,
 }
 
@@ -31,7 +35,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "schema registry started");
-    schema_registry::serve(listener, Arc::new(store), orderhooks_runtime::shutdown_signal()).await?;
+    schema_registry::serve(
+        listener,
+        Arc::new(store),
+        orderhooks_runtime::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("schema registry stopped");
     Ok(())
 }

@@ -94,23 +94,40 @@ pub(crate) fn parse_schema(text: &str) -> Result<(Schema, String), RegistryError
 impl Store {
     /// A store that lives only in memory (for unit tests).
     pub fn in_memory() -> Self {
-        Self { path: None, state: Mutex::new(State::default()) }
+        Self {
+            path: None,
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         fs::create_dir_all(dir).map_err(|e| {
-            RegistryError::Store(format!("cannot create data directory {}: {e}", dir.display()))
+            RegistryError::Store(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join(STATE_FILE);
         let state = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                RegistryError::Store(format!("{} is not a registry state file: {e}", path.display()))
+                RegistryError::Store(format!(
+                    "{} is not a registry state file: {e}",
+                    path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(RegistryError::Store(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(RegistryError::Store(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
         };
-        Ok(Self { path: Some(path), state: Mutex::new(state) })
+        Ok(Self {
+            path: Some(path),
+            state: Mutex::new(state),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -119,7 +136,10 @@ impl Store {
     }
 
     /// Applies `f` to a copy of the state, persists the copy, then publishes it.
-    fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = guard.clone();
         let out = f(&mut next)?;
@@ -135,14 +155,23 @@ impl Store {
         let (schema, normalized) = parse_schema(schema_text)?;
         self.write(|state| {
             if let Some(entry) = state.subjects.get(subject) {
-                if let Some(found) = entry.live().find(|v| state.schemas.get(&v.id) == Some(&normalized)) {
-                    return Ok(Registered { id: found.id, version: found.version });
+                if let Some(found) = entry
+                    .live()
+                    .find(|v| state.schemas.get(&v.id) == Some(&normalized))
+                {
+                    return Ok(Registered {
+                        id: found.id,
+                        version: found.version,
+                    });
                 }
                 let level = entry.compatibility.unwrap_or(state.compatibility);
                 let earlier = parsed_versions(state, entry)?;
                 let details = level.violations(&schema, &earlier);
                 if !details.is_empty() {
-                    return Err(RegistryError::Incompatible { subject: subject.to_string(), details });
+                    return Err(RegistryError::Incompatible {
+                        subject: subject.to_string(),
+                        details,
+                    });
                 }
             }
             let id = match state.schemas.iter().find(|(_, s)| **s == normalized) {
@@ -155,13 +184,21 @@ impl Store {
             };
             let entry = state.subjects.entry(subject.to_string()).or_default();
             let version = entry.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-            entry.versions.push(VersionEntry { version, id, deleted: false });
+            entry.versions.push(VersionEntry {
+                version,
+                id,
+                deleted: false,
+            });
             Ok(Registered { id, version })
         })
     }
 
     /// Finds the live version of `subject` that holds `schema_text`.
-    pub fn lookup(&self, subject: &str, schema_text: &str) -> Result<SubjectVersion, RegistryError> {
+    pub fn lookup(
+        &self,
+        subject: &str,
+        schema_text: &str,
+    ) -> Result<SubjectVersion, RegistryError> {
         let (_, normalized) = parse_schema(schema_text)?;
         self.read(|state| {
             let entry = live_subject(state, subject)?;
@@ -174,7 +211,9 @@ impl Store {
                     id: v.id,
                     schema: normalized.clone(),
                 })
-                .ok_or_else(|| RegistryError::SchemaNotFound(format!("not found under subject '{subject}'")))
+                .ok_or_else(|| {
+                    RegistryError::SchemaNotFound(format!("not found under subject '{subject}'"))
+                })
         })
     }
 
@@ -192,7 +231,12 @@ impl Store {
             Ok(state
                 .subjects
                 .iter()
-                .flat_map(|(s, e)| e.versions.iter().filter(|v| v.id == id).map(move |v| (s.clone(), v.version)))
+                .flat_map(|(s, e)| {
+                    e.versions
+                        .iter()
+                        .filter(|v| v.id == id)
+                        .map(move |v| (s.clone(), v.version))
+                })
                 .collect())
         })
     }
@@ -208,14 +252,23 @@ impl Store {
         })
     }
 
-    pub fn versions(&self, subject: &str, include_deleted: bool) -> Result<Vec<u32>, RegistryError> {
+    pub fn versions(
+        &self,
+        subject: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<u32>, RegistryError> {
         self.read(|state| {
             let entry = state
                 .subjects
                 .get(subject)
                 .filter(|e| include_deleted || e.live().next().is_some())
                 .ok_or_else(|| RegistryError::SubjectNotFound(subject.to_string()))?;
-            Ok(entry.versions.iter().filter(|v| include_deleted || !v.deleted).map(|v| v.version).collect())
+            Ok(entry
+                .versions
+                .iter()
+                .filter(|v| include_deleted || !v.deleted)
+                .map(|v| v.version)
+                .collect())
         })
     }
 
@@ -242,7 +295,11 @@ impl Store {
     }
 
     /// Soft-deletes (or, once soft-deleted, permanently deletes) a subject.
-    pub fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<u32>, RegistryError> {
+    pub fn delete_subject(
+        &self,
+        subject: &str,
+        permanent: bool,
+    ) -> Result<Vec<u32>, RegistryError> {
         self.write(|state| {
             let entry = state
                 .subjects
@@ -282,7 +339,12 @@ impl Store {
 
     /// Compatibility violations of `schema_text` against one version (`Some`) or against
     /// the versions the subject's level names (`None`).
-    pub fn check(&self, subject: &str, selector: Option<&str>, schema_text: &str) -> Result<Vec<String>, RegistryError> {
+    pub fn check(
+        &self,
+        subject: &str,
+        selector: Option<&str>,
+        schema_text: &str,
+    ) -> Result<Vec<String>, RegistryError> {
         let (schema, _) = parse_schema(schema_text)?;
         let (level, earlier) = match selector {
             Some(sel) => {
@@ -292,7 +354,10 @@ impl Store {
             }
             None => self.read(|state| match state.subjects.get(subject) {
                 None => Ok((state.compatibility, Vec::new())),
-                Some(e) => Ok((e.compatibility.unwrap_or(state.compatibility), parsed_versions(state, e)?)),
+                Some(e) => Ok((
+                    e.compatibility.unwrap_or(state.compatibility),
+                    parsed_versions(state, e)?,
+                )),
             })?,
         };
         Ok(level.violations(&schema, &earlier))
@@ -300,7 +365,11 @@ impl Store {
 
     /// The global level (`None`) or a subject's; `fallback` answers the global level for a
     /// subject without one of its own.
-    pub fn compatibility(&self, subject: Option<&str>, fallback: bool) -> Result<CompatibilityLevel, RegistryError> {
+    pub fn compatibility(
+        &self,
+        subject: Option<&str>,
+        fallback: bool,
+    ) -> Result<CompatibilityLevel, RegistryError> {
         self.read(|state| match subject {
             None => Ok(state.compatibility),
             Some(s) => match state.subjects.get(s).and_then(|e| e.compatibility) {
@@ -311,11 +380,21 @@ impl Store {
         })
     }
 
-    pub fn set_compatibility(&self, subject: Option<&str>, level: Option<CompatibilityLevel>) -> Result<(), RegistryError> {
+    pub fn set_compatibility(
+        &self,
+        subject: Option<&str>,
+        level: Option<CompatibilityLevel>,
+    ) -> Result<(), RegistryError> {
         self.write(|state| {
             match subject {
                 None => state.compatibility = level.unwrap_or_default(),
-                Some(s) => state.subjects.entry(s.to_string()).or_default().compatibility = level,
+                Some(s) => {
+                    state
+                        .subjects
+                        .entry(s.to_string())
+                        .or_default()
+                        .compatibility = level
+                }
             }
             Ok(())
         })
@@ -330,26 +409,39 @@ fn live_subject<'a>(state: &'a State, subject: &str) -> Result<&'a SubjectEntry,
         .ok_or_else(|| RegistryError::SubjectNotFound(subject.to_string()))
 }
 
-fn parsed_versions(state: &State, entry: &SubjectEntry) -> Result<Vec<(u32, Schema)>, RegistryError> {
+fn parsed_versions(
+    state: &State,
+    entry: &SubjectEntry,
+) -> Result<Vec<(u32, Schema)>, RegistryError> {
     entry
         .live()
         .map(|v| {
-            let text = state.schemas.get(&v.id).map(String::as_str).unwrap_or("null");
+            let text = state
+                .schemas
+                .get(&v.id)
+                .map(String::as_str)
+                .unwrap_or("null");
             Ok((v.version, parse_schema(text)?.0))
         })
         .collect()
 }
 
 fn persist(path: &Path, state: &State) -> Result<(), RegistryError> {
-    let store_err = |what: &str, e: std::io::Error| RegistryError::Store(format!("{what} {}: {e}", path.display()));
+    let store_err = |what: &str, e: std::io::Error| {
+        RegistryError::Store(format!("{what} {}: {e}", path.display()))
+    };
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| RegistryError::Store(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(state).map_err(|e| RegistryError::Store(e.to_string()))?;
     let mut file = fs::File::create(&tmp).map_err(|e| store_err("cannot create", e))?;
-    file.write_all(&bytes).map_err(|e| store_err("cannot write", e))?;
+    file.write_all(&bytes)
+        .map_err(|e| store_err("cannot write", e))?;
     file.sync_all().map_err(|e| store_err("cannot sync", e))?;
     fs::rename(&tmp, path).map_err(|e| store_err("cannot replace", e))?;
     if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| store_err("cannot sync directory of", e))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| store_err("cannot sync directory of", e))?;
     }
     Ok(())
 }
@@ -365,7 +457,8 @@ mod tests {
     fn same_schema_same_id_even_with_other_whitespace_and_key_order() {
         let store = Store::in_memory();
         let first = store.register("s-value", V1).expect("register");
-        let reordered = r#"{ "fields":[{"type":"string","name":"a"}], "name":"R", "type":"record" }"#;
+        let reordered =
+            r#"{ "fields":[{"type":"string","name":"a"}], "name":"R", "type":"record" }"#;
         assert_eq!(store.register("s-value", reordered).expect("again"), first);
         let other = store.register("t-value", V1).expect("other subject");
         assert_eq!(other.id, first.id);
@@ -388,7 +481,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (id1, id2) = {
             let store = Store::open(dir.path()).expect("open");
-            (store.register("a", V1).expect("a").id, store.register("b", V2).expect("b").id)
+            (
+                store.register("a", V1).expect("a").id,
+                store.register("b", V2).expect("b").id,
+            )
         };
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.version("a", "1").expect("a v1").id, id1);

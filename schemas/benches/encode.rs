@@ -8,15 +8,26 @@ use order_schemas::{EventType, OrderEvent};
 
 fn main() {
     let n = 20_000;
-    let events: Vec<OrderEvent> = (0..n).map(|i| OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), "p", 16)).collect();
+    let events: Vec<OrderEvent> = (0..n)
+        .map(|i| OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), "p", 16))
+        .collect();
     let schema = EventType::OrderCreated.schema();
     let per = |start: Instant| start.elapsed().as_secs_f64() * 1e6 / n as f64;
 
     let start = Instant::now();
-    let values: Vec<_> = events.iter().map(|e| match e { OrderEvent::Created(c) => to_value(c).expect("to_value"), _ => unreachable!() }).collect();
+    let values: Vec<_> = events
+        .iter()
+        .map(|e| match e {
+            OrderEvent::Created(c) => to_value(c).expect("to_value"),
+            _ => unreachable!(),
+        })
+        .collect();
     let to_value_us = per(start);
     let start = Instant::now();
-    let resolved: Vec<_> = values.into_iter().map(|v| v.resolve(schema).expect("resolve")).collect();
+    let resolved: Vec<_> = values
+        .into_iter()
+        .map(|v| v.resolve(schema).expect("resolve"))
+        .collect();
     let resolve_us = per(start);
     let start = Instant::now();
     let mut bytes = 0;

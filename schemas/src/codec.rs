@@ -62,7 +62,10 @@ fn describe(e: &SRCError) -> String {
 /// retryable, a 404 means the id or subject does not exist, the rest is a refusal.
 fn registry_error(e: &SRCError, id: Option<u32>) -> CodecError {
     let text = describe(e);
-    if e.retriable || text.contains("with status 5") || text.contains("http call to schema registry failed") {
+    if e.retriable
+        || text.contains("with status 5")
+        || text.contains("http call to schema registry failed")
+    {
         CodecError::RegistryUnavailable(text)
     } else if let (Some(id), true) = (id, text.contains("status 404")) {
         CodecError::UnknownSchemaId(id)
@@ -84,7 +87,9 @@ pub struct OrderCodec {
 
 impl std::fmt::Debug for OrderCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrderCodec").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("OrderCodec")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +101,10 @@ impl OrderCodec {
             .build()
             .map_err(|e| CodecError::Settings(describe(&e)))?;
         let strategy = |t: EventType| {
-            SubjectNameStrategy::TopicRecordNameStrategyWithSchema(topic.to_string(), get_supplied_schema(t.schema()))
+            SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+                topic.to_string(),
+                get_supplied_schema(t.schema()),
+            )
         };
         Ok(Self {
             topic: topic.to_string(),
@@ -135,7 +143,11 @@ impl OrderCodec {
         let cell = &self.ids[t as usize];
         let id = cell
             .get_or_try_init(|| async {
-                match self.encoder.get_schema_and_id(&self.subject(t), self.strategy(t).clone()).await {
+                match self
+                    .encoder
+                    .get_schema_and_id(&self.subject(t), self.strategy(t).clone())
+                    .await
+                {
                     Ok(schema) => Ok(schema.id),
                     Err(e) => Err(self.encoder_failed(&e)),
                 }
@@ -146,7 +158,9 @@ impl OrderCodec {
 
     fn encoder_failed(&self, e: &SRCError) -> CodecError {
         let err = match e.error.as_str() {
-            "Failed to resolve" | "Could not transform to apache_avro value" => CodecError::Encode(describe(e)),
+            "Failed to resolve" | "Could not transform to apache_avro value" => {
+                CodecError::Encode(describe(e))
+            }
             _ => registry_error(e, None),
         };
         if err.is_retryable() {
@@ -183,7 +197,10 @@ impl OrderCodec {
         let decoded = match self.decoder.decode(Some(bytes)).await {
             Ok(d) => d,
             Err(e) if e.error == "Could not transform bytes using schema" => {
-                return Err(CodecError::Undecodable { id, reason: describe(&e) })
+                return Err(CodecError::Undecodable {
+                    id,
+                    reason: describe(&e),
+                })
             }
             Err(e) => {
                 let err = registry_error(&e, Some(id));
@@ -193,14 +210,26 @@ impl OrderCodec {
                 return Err(err);
             }
         };
-        let name = decoded.name.map(|n| n.fullname(None)).unwrap_or_else(|| "not a record".to_string());
+        let name = decoded
+            .name
+            .map(|n| n.fullname(None))
+            .unwrap_or_else(|| "not a record".to_string());
         let t = EventType::from_avro_name(&name).ok_or(CodecError::NotAnOrderEvent { id, name })?;
         let undecodable = |reason: String| CodecError::Undecodable { id, reason };
-        let value = decoded.value.resolve(t.schema()).map_err(|e| undecodable(e.to_string()))?;
+        let value = decoded
+            .value
+            .resolve(t.schema())
+            .map_err(|e| undecodable(e.to_string()))?;
         Ok(match t {
-            EventType::OrderCreated => OrderEvent::Created(from_value(&value).map_err(undecodable)?),
-            EventType::OrderStatusChanged => OrderEvent::StatusChanged(from_value(&value).map_err(undecodable)?),
-            EventType::OrderCancelled => OrderEvent::Cancelled(from_value(&value).map_err(undecodable)?),
+            EventType::OrderCreated => {
+                OrderEvent::Created(from_value(&value).map_err(undecodable)?)
+            }
+            EventType::OrderStatusChanged => {
+                OrderEvent::StatusChanged(from_value(&value).map_err(undecodable)?)
+            }
+            EventType::OrderCancelled => {
+                OrderEvent::Cancelled(from_value(&value).map_err(undecodable)?)
+            }
         })
     }
 }

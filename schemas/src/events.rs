@@ -79,7 +79,9 @@ impl<'de> Deserialize<'de> for Timestamp {
                 Ok(Timestamp(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                i64::try_from(v).map(Timestamp).map_err(|_| E::custom("timestamp out of range"))
+                i64::try_from(v)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom("timestamp out of range"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
                 chrono::DateTime::parse_from_rfc3339(v)
@@ -159,7 +161,11 @@ fn parse(t: EventType) -> Schema {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [Self::OrderCreated, Self::OrderStatusChanged, Self::OrderCancelled];
+    pub const ALL: [EventType; 3] = [
+        Self::OrderCreated,
+        Self::OrderStatusChanged,
+        Self::OrderCancelled,
+    ];
 
     /// The webhook `type`, e.g. `order.created`.
     pub fn name(self) -> &'static str {

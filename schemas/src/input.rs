@@ -17,7 +17,10 @@ pub struct InvalidEvent {
 
 impl InvalidEvent {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -53,19 +56,31 @@ impl OrderEvent {
         };
         let kind = match fields.remove("type") {
             Some(Value::String(s)) => s,
-            Some(other) => return Err(InvalidEvent::new("type", format!("expected a string, got {other}"))),
+            Some(other) => {
+                return Err(InvalidEvent::new(
+                    "type",
+                    format!("expected a string, got {other}"),
+                ))
+            }
             None => return Err(InvalidEvent::new("type", "missing field `type`")),
         };
         let rest = Value::Object(fields);
         let event = match EventType::from_name(&kind) {
             Some(EventType::OrderCreated) => OrderEvent::Created(typed::<OrderCreated>(rest)?),
-            Some(EventType::OrderStatusChanged) => OrderEvent::StatusChanged(typed::<OrderStatusChanged>(rest)?),
-            Some(EventType::OrderCancelled) => OrderEvent::Cancelled(typed::<OrderCancelled>(rest)?),
+            Some(EventType::OrderStatusChanged) => {
+                OrderEvent::StatusChanged(typed::<OrderStatusChanged>(rest)?)
+            }
+            Some(EventType::OrderCancelled) => {
+                OrderEvent::Cancelled(typed::<OrderCancelled>(rest)?)
+            }
             None => {
                 let known: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
                 return Err(InvalidEvent::new(
                     "type",
-                    format!("unknown event type `{kind}`, expected one of {}", known.join(", ")),
+                    format!(
+                        "unknown event type `{kind}`, expected one of {}",
+                        known.join(", ")
+                    ),
                 ));
             }
         };
@@ -84,12 +99,18 @@ impl OrderEvent {
         if self.event_id().is_nil() {
             return Err(InvalidEvent::new("event_id", "must not be the nil UUID"));
         }
-        for (field, value) in [("order_id", self.order_id()), ("partner_id", self.partner_id())] {
+        for (field, value) in [
+            ("order_id", self.order_id()),
+            ("partner_id", self.partner_id()),
+        ] {
             if value.trim().is_empty() {
                 return Err(InvalidEvent::new(field, "must not be empty"));
             }
             if value.len() > 255 {
-                return Err(InvalidEvent::new(field, format!("is {} bytes, at most 255 allowed", value.len())));
+                return Err(InvalidEvent::new(
+                    field,
+                    format!("is {} bytes, at most 255 allowed", value.len()),
+                ));
             }
         }
         let order = self.order();
@@ -97,12 +118,18 @@ impl OrderEvent {
             return Err(InvalidEvent::new("order.customer_ref", "must not be empty"));
         }
         if self.event_type() == EventType::OrderCreated && order.items.is_empty() {
-            return Err(InvalidEvent::new("order.items", "an order.created event needs at least one item"));
+            return Err(InvalidEvent::new(
+                "order.items",
+                "an order.created event needs at least one item",
+            ));
         }
         check_currency("order.total.currency", &order.total.currency)?;
         for (i, item) in order.items.iter().enumerate() {
             if item.sku.trim().is_empty() {
-                return Err(InvalidEvent::new(format!("order.items[{i}].sku"), "must not be empty"));
+                return Err(InvalidEvent::new(
+                    format!("order.items[{i}].sku"),
+                    "must not be empty",
+                ));
             }
             if item.quantity < 1 {
                 return Err(InvalidEvent::new(
@@ -115,7 +142,10 @@ impl OrderEvent {
             if item.unit_price.currency != order.total.currency {
                 return Err(InvalidEvent::new(
                     field,
-                    format!("`{}` differs from the order total's `{}`", item.unit_price.currency, order.total.currency),
+                    format!(
+                        "`{}` differs from the order total's `{}`",
+                        item.unit_price.currency, order.total.currency
+                    ),
                 ));
             }
         }
@@ -127,6 +157,9 @@ fn check_currency(field: &str, code: &str) -> Result<(), InvalidEvent> {
     if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(InvalidEvent::new(field, format!("`{code}` is not an ISO 4217 code (three capital letters)")))
+        Err(InvalidEvent::new(
+            field,
+            format!("`{code}` is not an ISO 4217 code (three capital letters)"),
+        ))
     }
 }

@@ -25,10 +25,16 @@ impl OrderEvent {
                 sku: format!("SKU-{:05}", 1000 + i * 7),
                 name: PRODUCTS[i % PRODUCTS.len()].to_string(),
                 quantity: (i % 3 + 1) as i32,
-                unit_price: Money { amount_minor: 499 + 250 * i as i64, currency: "EUR".into() },
+                unit_price: Money {
+                    amount_minor: 499 + 250 * i as i64,
+                    currency: "EUR".into(),
+                },
             })
             .collect();
-        let total = lines.iter().map(|l| l.unit_price.amount_minor * i64::from(l.quantity)).sum();
+        let total = lines
+            .iter()
+            .map(|l| l.unit_price.amount_minor * i64::from(l.quantity))
+            .sum();
         let status = match t {
             EventType::OrderCreated => OrderStatus::Pending,
             EventType::OrderStatusChanged => OrderStatus::Shipped,
@@ -38,14 +44,21 @@ impl OrderEvent {
             customer_ref: format!("CUST-{}", order_id.len() * 31 + items),
             status,
             items: lines,
-            total: Money { amount_minor: total, currency: "EUR".into() },
+            total: Money {
+                amount_minor: total,
+                currency: "EUR".into(),
+            },
         };
         let (event_id, occurred_at) = (Uuid::new_v4(), Timestamp::now());
         let (order_id, partner_id) = (order_id.to_string(), partner_id.to_string());
         match t {
-            EventType::OrderCreated => {
-                OrderEvent::Created(OrderCreated { event_id, occurred_at, order_id, partner_id, order })
-            }
+            EventType::OrderCreated => OrderEvent::Created(OrderCreated {
+                event_id,
+                occurred_at,
+                order_id,
+                partner_id,
+                order,
+            }),
             EventType::OrderStatusChanged => OrderEvent::StatusChanged(OrderStatusChanged {
                 event_id,
                 occurred_at,

@@ -46,7 +46,10 @@ fn direct_encoding_is_byte_identical_to_the_generic_path() {
                 assert_eq!(fast, generic(&event), "{t} with {items} items");
                 // And it reads back into the same event.
                 let value = from_avro_datum(t.schema(), &mut &fast[..], None).expect("read");
-                let json = serde_json::to_value(apache_avro::from_value::<serde_json::Value>(&value).expect("json")).expect("json");
+                let json = serde_json::to_value(
+                    apache_avro::from_value::<serde_json::Value>(&value).expect("json"),
+                )
+                .expect("json");
                 assert_eq!(json["order_id"], serde_json::json!(event.order_id()));
             }
         }
@@ -55,11 +58,25 @@ fn direct_encoding_is_byte_identical_to_the_generic_path() {
 
 #[test]
 fn order_status_variants_are_in_schema_symbol_order() {
-    let Schema::Record(record) = EventType::OrderCreated.schema() else { panic!("record") };
-    let order = record.fields.iter().find(|f| f.name == "order").expect("order field");
-    let Schema::Record(order) = &order.schema else { panic!("order record") };
-    let status = order.fields.iter().find(|f| f.name == "status").expect("status field");
-    let Schema::Enum(e) = &status.schema else { panic!("enum") };
+    let Schema::Record(record) = EventType::OrderCreated.schema() else {
+        panic!("record")
+    };
+    let order = record
+        .fields
+        .iter()
+        .find(|f| f.name == "order")
+        .expect("order field");
+    let Schema::Record(order) = &order.schema else {
+        panic!("order record")
+    };
+    let status = order
+        .fields
+        .iter()
+        .find(|f| f.name == "status")
+        .expect("status field");
+    let Schema::Enum(e) = &status.schema else {
+        panic!("enum")
+    };
     let all = [
         OrderStatus::Pending,
         OrderStatus::Confirmed,
@@ -69,7 +86,16 @@ fn order_status_variants_are_in_schema_symbol_order() {
         OrderStatus::Cancelled,
         OrderStatus::Refunded,
     ];
-    let names: Vec<String> = all.iter().map(|s| serde_json::to_value(s).expect("name").as_str().expect("str").to_string()).collect();
+    let names: Vec<String> = all
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s)
+                .expect("name")
+                .as_str()
+                .expect("str")
+                .to_string()
+        })
+        .collect();
     assert_eq!(names, e.symbols);
     for (i, s) in all.iter().enumerate() {
         assert_eq!(*s as usize, i);

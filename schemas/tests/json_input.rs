@@ -39,23 +39,82 @@ fn a_valid_event_parses_with_generated_id_and_given_time() {
 #[test]
 fn each_bad_input_names_the_field() {
     let cases: Vec<(InvalidEvent, &str, &str)> = vec![
-        (refusal(|v| v["type"] = json!("order.exploded")), "type", "order.exploded"),
-        (refusal(|v| { v.as_object_mut().expect("obj").remove("type"); }), "type", "missing"),
-        (refusal(|v| { v.as_object_mut().expect("obj").remove("order_id"); }), "", "order_id"),
-        (refusal(|v| v["order"]["items"][0]["quantity"] = json!("two")), "order.items[0].quantity", "invalid type"),
-        (refusal(|v| v["order"]["items"][0]["quantity"] = json!(0)), "order.items[0].quantity", "at least 1"),
-        (refusal(|v| v["order"]["status"] = json!("LOST")), "order.status", "LOST"),
-        (refusal(|v| v["order"]["total"]["currency"] = json!("euro")), "order.total.currency", "ISO 4217"),
-        (refusal(|v| v["order"]["items"][0]["unit_price"]["currency"] = json!("USD")), "order.items[0].unit_price.currency", "differs"),
-        (refusal(|v| v["partner_id"] = json!("  ")), "partner_id", "empty"),
-        (refusal(|v| v["event_id"] = json!("not-a-uuid")), "event_id", ""),
-        (refusal(|v| v["occurred_at"] = json!("yesterday")), "occurred_at", "RFC 3339"),
-        (refusal(|v| v["order_idd"] = json!("typo")), "order_idd", "unknown field"),
-        (refusal(|v| v["order"]["items"] = json!([])), "order.items", "at least one item"),
+        (
+            refusal(|v| v["type"] = json!("order.exploded")),
+            "type",
+            "order.exploded",
+        ),
+        (
+            refusal(|v| {
+                v.as_object_mut().expect("obj").remove("type");
+            }),
+            "type",
+            "missing",
+        ),
+        (
+            refusal(|v| {
+                v.as_object_mut().expect("obj").remove("order_id");
+            }),
+            "",
+            "order_id",
+        ),
+        (
+            refusal(|v| v["order"]["items"][0]["quantity"] = json!("two")),
+            "order.items[0].quantity",
+            "invalid type",
+        ),
+        (
+            refusal(|v| v["order"]["items"][0]["quantity"] = json!(0)),
+            "order.items[0].quantity",
+            "at least 1",
+        ),
+        (
+            refusal(|v| v["order"]["status"] = json!("LOST")),
+            "order.status",
+            "LOST",
+        ),
+        (
+            refusal(|v| v["order"]["total"]["currency"] = json!("euro")),
+            "order.total.currency",
+            "ISO 4217",
+        ),
+        (
+            refusal(|v| v["order"]["items"][0]["unit_price"]["currency"] = json!("USD")),
+            "order.items[0].unit_price.currency",
+            "differs",
+        ),
+        (
+            refusal(|v| v["partner_id"] = json!("  ")),
+            "partner_id",
+            "empty",
+        ),
+        (
+            refusal(|v| v["event_id"] = json!("not-a-uuid")),
+            "event_id",
+            "",
+        ),
+        (
+            refusal(|v| v["occurred_at"] = json!("yesterday")),
+            "occurred_at",
+            "RFC 3339",
+        ),
+        (
+            refusal(|v| v["order_idd"] = json!("typo")),
+            "order_idd",
+            "unknown field",
+        ),
+        (
+            refusal(|v| v["order"]["items"] = json!([])),
+            "order.items",
+            "at least one item",
+        ),
     ];
     for (err, field, mentions) in cases {
         assert_eq!(err.field, field, "{err}");
-        assert!(err.to_string().contains(mentions), "`{err}` should mention `{mentions}`");
+        assert!(
+            err.to_string().contains(mentions),
+            "`{err}` should mention `{mentions}`"
+        );
     }
 }
 

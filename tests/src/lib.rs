@@ -33,7 +33,10 @@ pub fn registry_url() -> String {
 
 /// `prefix` plus a random suffix, for topics and groups no other test uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// An address on 127.0.0.1 where nothing listens.
@@ -46,24 +49,34 @@ pub fn closed_port() -> String {
 
 /// Creates `name` with `partitions` partitions on `brokers` and waits until it is usable.
 pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin.create_topics([&topic], &AdminOptions::new()).await.expect("create_topics");
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("create_topics");
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metadata = admin.inner().fetch_metadata(Some(name), Duration::from_secs(5)).expect("metadata");
-        let ready = metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize);
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .expect("metadata");
+        let ready = metadata.topics().iter().any(|t| {
+            t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize
+        });
         if ready {
             return;
         }
-        assert!(Instant::now() < deadline, "topic {name} not ready after 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "topic {name} not ready after 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -102,12 +115,18 @@ pub async fn read_exactly(topic: &str, count: usize, timeout: Duration) -> Vec<O
             Ok(Some(Ok(m))) => out.push(m.detach()),
             Ok(Some(Err(e))) => panic!("consuming {topic}: {e}"),
             Ok(None) => break,
-            Err(_) => panic!("read {} of {count} records of {topic} in {timeout:?}", out.len()),
+            Err(_) => panic!(
+                "read {} of {count} records of {topic} in {timeout:?}",
+                out.len()
+            ),
         }
     }
     if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
         let extra = extra.expect("consume");
-        panic!("more than {count} records in {topic}: extra at offset {}", extra.offset());
+        panic!(
+            "more than {count} records in {topic}: extra at offset {}",
+            extra.offset()
+        );
     }
     out
 }
@@ -115,9 +134,16 @@ pub async fn read_exactly(topic: &str, count: usize, timeout: Duration) -> Vec<O
 /// The path of a workspace binary, built next to the test executables.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not built: run scripts/test.sh (it builds the binaries)", path.display());
+    assert!(
+        path.exists(),
+        "{} not built: run scripts/test.sh (it builds the binaries)",
+        path.display()
+    );
     path
 }
 
@@ -186,10 +212,14 @@ impl DispatchWorld {
 
     fn common_args(&self) -> Vec<String> {
         let mut args = vec![
-            "--brokers".into(), brokers(),
-            "--subscriptions-topic".into(), self.subscriptions_topic.clone(),
-            "--session-timeout-ms".into(), "6000".into(),
-            "--partitions".into(), "3".into(),
+            "--brokers".into(),
+            brokers(),
+            "--subscriptions-topic".into(),
+            self.subscriptions_topic.clone(),
+            "--session-timeout-ms".into(),
+            "6000".into(),
+            "--partitions".into(),
+            "3".into(),
         ];
         if !self.allow.is_empty() {
             args.extend(["--allow".into(), self.allow.clone()]);
@@ -203,7 +233,11 @@ impl DispatchWorld {
         let file = dir.join(format!("{}.yaml", unique("subs")));
         std::fs::write(&file, yaml).expect("write subscriptions");
         let mut args = self.common_args();
-        args.extend(["subscriptions".into(), "apply".into(), file.display().to_string()]);
+        args.extend([
+            "subscriptions".into(),
+            "apply".into(),
+            file.display().to_string(),
+        ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = run("dispatcher", &refs, "");
         let _ = std::fs::remove_file(&file);
@@ -217,13 +251,20 @@ impl DispatchWorld {
         let mut args = self.common_args();
         args.extend([
             "run".into(),
-            "--registry".into(), registry_url(),
-            "--orders-topic".into(), self.orders_topic.clone(),
-            "--orders-dead-letter-topic".into(), self.orders_dead_letter_topic.clone(),
-            "--listen".into(), "127.0.0.1:0".into(),
-            "--router-group".into(), self.router_group.clone(),
-            "--lane-group-prefix".into(), self.lane_group_prefix.clone(),
-            "--shutdown-deadline-ms".into(), "5000".into(),
+            "--registry".into(),
+            registry_url(),
+            "--orders-topic".into(),
+            self.orders_topic.clone(),
+            "--orders-dead-letter-topic".into(),
+            self.orders_dead_letter_topic.clone(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--router-group".into(),
+            self.router_group.clone(),
+            "--lane-group-prefix".into(),
+            self.lane_group_prefix.clone(),
+            "--shutdown-deadline-ms".into(),
+            "5000".into(),
         ]);
         args.extend(self.run_args.iter().cloned());
         let mut child = Command::new(binary("dispatcher"))
@@ -234,9 +275,18 @@ impl DispatchWorld {
             .spawn()
             .expect("spawn dispatcher");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("dispatcher did not start: {}", tail(&log)));
-        DispatcherProcess { process: Running(child), log, metrics_url: format!("{addr}/metrics") }
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("dispatcher did not start: {}", tail(&log)));
+        DispatcherProcess {
+            process: Running(child),
+            log,
+            metrics_url: format!("{addr}/metrics"),
+        }
     }
 }
 
@@ -270,7 +320,11 @@ fn tempfile_dir() -> PathBuf {
 pub fn tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    format!("--- {} (last lines) ---\n{}", path.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+    format!(
+        "--- {} (last lines) ---\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
 }
 
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.

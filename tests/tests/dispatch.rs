@@ -11,10 +11,19 @@ use order_schemas::{EventType, OrderEvent};
 use producer::{Publisher, PublisherConfig};
 
 async fn receiver(secret: &str, script: Script) -> Receiver {
-    Receiver::start("127.0.0.1:0".parse().expect("addr"), secret, script).await.expect("receiver")
+    Receiver::start("127.0.0.1:0".parse().expect("addr"), secret, script)
+        .await
+        .expect("receiver")
 }
 
-fn subscription(id: &str, partner: &str, url: &str, secret: &str, types: &[&str], extra: &str) -> String {
+fn subscription(
+    id: &str,
+    partner: &str,
+    url: &str,
+    secret: &str,
+    types: &[&str],
+    extra: &str,
+) -> String {
     format!(
         "  - id: {id}\n    partner_id: {partner}\n    url: {url}\n    event_types: [{}]\n    secrets: [\"{secret}\"]\n{extra}",
         types.join(", ")
@@ -26,20 +35,52 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
     let world = DispatchWorld::new("127.0.0.1").await;
     let (pa, pb, ops) = (unique("pa"), unique("pb"), unique("ops"));
     let (sa, sb, so) = (Secret::generate(), Secret::generate(), Secret::generate());
-    let (ra, rb, ro) = (receiver(&sa, Script::default()).await, receiver(&sb, Script::default()).await, receiver(&so, Script::default()).await);
+    let (ra, rb, ro) = (
+        receiver(&sa, Script::default()).await,
+        receiver(&sb, Script::default()).await,
+        receiver(&so, Script::default()).await,
+    );
     let all = ["order.created", "order.status_changed", "order.cancelled"];
     let yaml = format!(
         "subscriptions:\n{}{}{}",
         subscription(&format!("{pa}-all"), &pa, &ra.url(), &sa, &all, ""),
-        subscription(&format!("{pb}-some"), &pb, &rb.url(), &sb, &["order.created", "order.cancelled"], ""),
-        subscription(&format!("{ops}-audit"), &ops, &ro.url(), &so, &all, "    internal: true\n"),
+        subscription(
+            &format!("{pb}-some"),
+            &pb,
+            &rb.url(),
+            &sb,
+            &["order.created", "order.cancelled"],
+            ""
+        ),
+        subscription(
+            &format!("{ops}-audit"),
+            &ops,
+            &ro.url(),
+            &so,
+            &all,
+            "    internal: true\n"
+        ),
     );
     let applied = world.apply(&yaml);
-    assert!(applied.status.success(), "apply: {}", String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let dispatcher = world.start();
 
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &world.orders_topic, &registry_url())).await.expect("publisher");
-    let kinds = [EventType::OrderCreated, EventType::OrderStatusChanged, EventType::OrderCancelled];
+    let publisher = Publisher::connect(&PublisherConfig::new(
+        &brokers(),
+        &world.orders_topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher");
+    let kinds = [
+        EventType::OrderCreated,
+        EventType::OrderStatusChanged,
+        EventType::OrderCancelled,
+    ];
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut sent = Vec::new();
     let mut pending = Vec::new();
@@ -47,7 +88,12 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
         let order = format!("order-{}", i % 24);
         let partner = if (i % 24) % 2 == 0 { &pa } else { &pb };
         let event = OrderEvent::sample(kinds[i % 3], &order, partner, 2);
-        pending.push(publisher.enqueue(&event, Some(traceparent)).await.expect("enqueue"));
+        pending.push(
+            publisher
+                .enqueue(&event, Some(traceparent))
+                .await
+                .expect("enqueue"),
+        );
         sent.push(event);
     }
     for p in pending {
@@ -55,43 +101,95 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
     }
 
     let expect_a: Vec<&OrderEvent> = sent.iter().filter(|e| e.partner_id() == pa).collect();
-    let expect_b: Vec<&OrderEvent> = sent.iter().filter(|e| e.partner_id() == pb && e.event_type() != EventType::OrderStatusChanged).collect();
+    let expect_b: Vec<&OrderEvent> = sent
+        .iter()
+        .filter(|e| e.partner_id() == pb && e.event_type() != EventType::OrderStatusChanged)
+        .collect();
     let done = eventually(Duration::from_secs(90), || {
         ra.unique() == expect_a.len() && rb.unique() == expect_b.len() && ro.unique() == sent.len()
     })
     .await;
-    assert!(done, "delivered a {}/{}, b {}/{}, ops {}/{}\n{}", ra.unique(), expect_a.len(), rb.unique(), expect_b.len(), ro.unique(), sent.len(), dispatcher.log_tail());
+    assert!(
+        done,
+        "delivered a {}/{}, b {}/{}, ops {}/{}\n{}",
+        ra.unique(),
+        expect_a.len(),
+        rb.unique(),
+        expect_b.len(),
+        ro.unique(),
+        sent.len(),
+        dispatcher.log_tail()
+    );
 
     for (receiver, partner, expected) in [(&ra, &pa, &expect_a), (&rb, &pb, &expect_b)] {
         let got = receiver.deliveries();
         // Tenant isolation: nothing of another partner's orders.
-        assert!(got.iter().all(|d| &d.partner_id == partner), "{partner} received another partner's order");
+        assert!(
+            got.iter().all(|d| &d.partner_id == partner),
+            "{partner} received another partner's order"
+        );
         // Per-key order: each order's events arrive in publish order (duplicates aside).
         let mut per_order: HashMap<&str, Vec<&str>> = HashMap::new();
         for d in got.iter().filter(|d| !d.duplicate) {
-            per_order.entry(d.order_id.as_str()).or_default().push(d.webhook_id.as_str());
+            per_order
+                .entry(d.order_id.as_str())
+                .or_default()
+                .push(d.webhook_id.as_str());
         }
         for (order, ids) in per_order {
-            let want: Vec<String> = expected.iter().filter(|e| e.order_id() == order).map(|e| e.event_id().to_string()).collect();
+            let want: Vec<String> = expected
+                .iter()
+                .filter(|e| e.order_id() == order)
+                .map(|e| e.event_id().to_string())
+                .collect();
             assert_eq!(ids, want, "{partner} {order}: events out of order");
         }
-        assert!(got.iter().all(|d| d.traceparent.as_deref() == Some(traceparent)), "traceparent passed on");
+        assert!(
+            got.iter()
+                .all(|d| d.traceparent.as_deref() == Some(traceparent)),
+            "traceparent passed on"
+        );
         assert_eq!(receiver.rejected_signatures(), 0);
     }
     // The webhook body is the contract's shape.
     let body = &ra.deliveries()[0].body;
-    assert!(body["type"].is_string() && body["timestamp"].is_string() && body["data"]["order"].is_object(), "{body}");
+    assert!(
+        body["type"].is_string()
+            && body["timestamp"].is_string()
+            && body["data"]["order"].is_object(),
+        "{body}"
+    );
     assert!(body["data"].get("type").is_none());
 
-    let metrics = reqwest::get(&dispatcher.metrics_url).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains(&format!("dispatcher_deliveries_total{{partner=\"{pa}\",outcome=\"delivered\"}}")), "{metrics}");
-    assert!(metrics.contains(&format!("dispatcher_attempt_duration_seconds_bucket{{partner=\"{pa}\"")), "{metrics}");
+    let metrics = reqwest::get(&dispatcher.metrics_url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!(
+            "dispatcher_deliveries_total{{partner=\"{pa}\",outcome=\"delivered\"}}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "dispatcher_attempt_duration_seconds_bucket{{partner=\"{pa}\""
+        )),
+        "{metrics}"
+    );
     // Everything was delivered, so nothing is waiting: the oldest-age gauge (sampled every
     // second) comes down to 0.
     let idle = format!("dispatcher_oldest_undelivered_age_seconds{{partner=\"{pa}\"}} 0");
     let mut last = String::new();
     for _ in 0..50 {
-        last = reqwest::get(&dispatcher.metrics_url).await.expect("metrics").text().await.expect("text");
+        last = reqwest::get(&dispatcher.metrics_url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
         if last.contains(&idle) {
             break;
         }
@@ -111,7 +209,16 @@ async fn dead_letters(topic: &str, count: usize) -> Vec<(HashMap<String, String>
         .map(|m| {
             let headers = m
                 .headers()
-                .map(|h| h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             (headers, m.payload().unwrap_or_default().to_vec())
         })
@@ -123,13 +230,57 @@ async fn each_row_of_the_outcome_table() {
     let world = DispatchWorld::new("127.0.0.1").await;
     let fast_retry = "    request_timeout_ms: 400\n    retry: { max_attempts: 3, initial_backoff_ms: 100, max_backoff_ms: 2000 }\n";
     let rows: Vec<(&str, Script)> = vec![
-        ("retried", Script { fail_first: 2, ..Default::default() }),
-        ("ratelimited", Script { fail_first: 1, fail_status: Some(429), retry_after_secs: Some(1), ..Default::default() }),
-        ("gone", Script { always_status: Some(410), ..Default::default() }),
-        ("badrequest", Script { always_status: Some(400), ..Default::default() }),
-        ("redirect", Script { redirect_to: Some("http://169.254.169.254/latest/meta-data".into()), ..Default::default() }),
-        ("hangs", Script { hang: true, ..Default::default() }),
-        ("down", Script { always_status: Some(503), ..Default::default() }),
+        (
+            "retried",
+            Script {
+                fail_first: 2,
+                ..Default::default()
+            },
+        ),
+        (
+            "ratelimited",
+            Script {
+                fail_first: 1,
+                fail_status: Some(429),
+                retry_after_secs: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "gone",
+            Script {
+                always_status: Some(410),
+                ..Default::default()
+            },
+        ),
+        (
+            "badrequest",
+            Script {
+                always_status: Some(400),
+                ..Default::default()
+            },
+        ),
+        (
+            "redirect",
+            Script {
+                redirect_to: Some("http://169.254.169.254/latest/meta-data".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "hangs",
+            Script {
+                hang: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "down",
+            Script {
+                always_status: Some(503),
+                ..Default::default()
+            },
+        ),
     ];
     let mut partners = HashMap::new();
     let mut yaml = String::from("subscriptions:\n");
@@ -137,65 +288,161 @@ async fn each_row_of_the_outcome_table() {
         let partner = unique(name);
         let secret = Secret::generate();
         let r = receiver(&secret, script).await;
-        yaml.push_str(&subscription(&format!("{partner}-s"), &partner, &r.url(), &secret, &["order.created"], fast_retry));
+        yaml.push_str(&subscription(
+            &format!("{partner}-s"),
+            &partner,
+            &r.url(),
+            &secret,
+            &["order.created"],
+            fast_retry,
+        ));
         partners.insert(name, (partner, r));
     }
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &world.orders_topic, &registry_url())).await.expect("publisher");
+    let publisher = Publisher::connect(&PublisherConfig::new(
+        &brokers(),
+        &world.orders_topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher");
     let mut events = HashMap::new();
     for (name, (partner, _)) in &partners {
-        let event = OrderEvent::sample(EventType::OrderCreated, &format!("order-{name}"), partner, 1);
+        let event = OrderEvent::sample(
+            EventType::OrderCreated,
+            &format!("order-{name}"),
+            partner,
+            1,
+        );
         publisher.publish(&event).await.expect("publish");
         events.insert(*name, event);
     }
     // A poison record on the orders topic: not Confluent framing at all.
-    let poison: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
+    let poison: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("producer");
     poison
-        .send(rdkafka::producer::FutureRecord::to(&world.orders_topic).key("poison").payload("{\"not\": \"avro\"}"), Duration::from_secs(10))
+        .send(
+            rdkafka::producer::FutureRecord::to(&world.orders_topic)
+                .key("poison")
+                .payload("{\"not\": \"avro\"}"),
+            Duration::from_secs(10),
+        )
         .await
         .expect("poison sent");
 
     let started = std::time::Instant::now();
     let (retried, ratelimited) = (&partners["retried"].1, &partners["ratelimited"].1);
-    let done = eventually(Duration::from_secs(60), || retried.unique() == 1 && ratelimited.unique() == 1).await;
-    assert!(done, "retryable failures end delivered\n{}", dispatcher.log_tail());
+    let done = eventually(Duration::from_secs(60), || {
+        retried.unique() == 1 && ratelimited.unique() == 1
+    })
+    .await;
+    assert!(
+        done,
+        "retryable failures end delivered\n{}",
+        dispatcher.log_tail()
+    );
     assert_eq!(retried.requests(), 3, "503, 503, then 204");
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 honoured");
-    assert_eq!(retried.deliveries()[0].webhook_id, events["retried"].event_id().to_string(), "same webhook-id across retries");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 honoured"
+    );
+    assert_eq!(
+        retried.deliveries()[0].webhook_id,
+        events["retried"].event_id().to_string(),
+        "same webhook-id across retries"
+    );
 
     let dlq = |name: &str| dispatcher::subscription::dead_letter_topic(&partners[name].0);
     let (gone, _) = dead_letters(&dlq("gone"), 1).await.remove(0);
     assert!(gone["dlq-reason"].starts_with("410 Gone"), "{gone:?}");
     let (bad, body) = dead_letters(&dlq("badrequest"), 1).await.remove(0);
-    assert_eq!((bad["dlq-attempts"].as_str(), bad["dlq-last-status"].as_str()), ("1", "400"), "dead-lettered at once");
+    assert_eq!(
+        (
+            bad["dlq-attempts"].as_str(),
+            bad["dlq-last-status"].as_str()
+        ),
+        ("1", "400"),
+        "dead-lettered at once"
+    );
     assert_eq!(bad["dlq-response-excerpt"], "scripted failure");
-    assert_eq!(bad["webhook-id"], events["badrequest"].event_id().to_string(), "original headers kept");
-    assert_eq!(bad["dlq-subscription"], format!("{}-s", partners["badrequest"].0));
+    assert_eq!(
+        bad["webhook-id"],
+        events["badrequest"].event_id().to_string(),
+        "original headers kept"
+    );
+    assert_eq!(
+        bad["dlq-subscription"],
+        format!("{}-s", partners["badrequest"].0)
+    );
     assert!(bad.contains_key("dlq-first-attempt-at") && bad.contains_key("dlq-source-offset"));
     let original: serde_json::Value = serde_json::from_slice(&body).expect("original body kept");
     assert_eq!(original["data"]["order_id"], "order-badrequest");
     let (redirect, _) = dead_letters(&dlq("redirect"), 1).await.remove(0);
-    assert_eq!(redirect["dlq-last-status"], "302", "redirects are not followed");
+    assert_eq!(
+        redirect["dlq-last-status"], "302",
+        "redirects are not followed"
+    );
     assert_eq!(partners["redirect"].1.requests(), 1);
     let (hangs, _) = dead_letters(&dlq("hangs"), 1).await.remove(0);
     assert_eq!(hangs["dlq-reason"], "retry policy spent after 3 attempts");
-    assert!(hangs["dlq-last-error"].contains("timed out") || hangs["dlq-last-error"].contains("timeout"), "{hangs:?}");
+    assert!(
+        hangs["dlq-last-error"].contains("timed out")
+            || hangs["dlq-last-error"].contains("timeout"),
+        "{hangs:?}"
+    );
     let (down, _) = dead_letters(&dlq("down"), 1).await.remove(0);
-    assert_eq!((down["dlq-reason"].as_str(), down["dlq-last-status"].as_str()), ("retry policy spent after 3 attempts", "503"));
+    assert_eq!(
+        (
+            down["dlq-reason"].as_str(),
+            down["dlq-last-status"].as_str()
+        ),
+        ("retry policy spent after 3 attempts", "503")
+    );
 
-    let (poisoned, payload) = dead_letters(&world.orders_dead_letter_topic, 1).await.remove(0);
-    assert!(poisoned["dlq-reason"].contains("magic byte"), "{poisoned:?}");
+    let (poisoned, payload) = dead_letters(&world.orders_dead_letter_topic, 1)
+        .await
+        .remove(0);
+    assert!(
+        poisoned["dlq-reason"].contains("magic byte"),
+        "{poisoned:?}"
+    );
     assert_eq!(payload, b"{\"not\": \"avro\"}", "the poison bytes kept");
 
     // 410 disabled the subscription for every instance: the topic says so.
-    let args = ["--brokers".to_string(), brokers(), "--subscriptions-topic".into(), world.subscriptions_topic.clone(), "--allow".into(), "127.0.0.1".into(), "subscriptions".into(), "list".into()];
-    let listed = e2e::run("dispatcher", &args.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    let args = [
+        "--brokers".to_string(),
+        brokers(),
+        "--subscriptions-topic".into(),
+        world.subscriptions_topic.clone(),
+        "--allow".into(),
+        "127.0.0.1".into(),
+        "subscriptions".into(),
+        "list".into(),
+    ];
+    let listed = e2e::run(
+        "dispatcher",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+    );
     let listing = String::from_utf8_lossy(&listed.stdout);
-    let gone_line = listing.lines().find(|l| l.starts_with(&format!("{}-s", partners["gone"].0))).expect("listed");
+    let gone_line = listing
+        .lines()
+        .find(|l| l.starts_with(&format!("{}-s", partners["gone"].0)))
+        .expect("listed");
     assert!(gone_line.contains("DISABLED"), "{listing}");
-    let metrics = reqwest::get(&dispatcher.metrics_url).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("dispatcher_subscriptions_disabled_total"), "{metrics}");
+    let metrics = reqwest::get(&dispatcher.metrics_url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("dispatcher_subscriptions_disabled_total"),
+        "{metrics}"
+    );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
 
@@ -207,22 +454,60 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
     let local = receiver(&secret, Script::default()).await;
     let port = local.addr.port();
     // IP literals are refused when the subscription is applied, naming the field.
-    for url in ["https://169.254.169.254/latest/meta-data", "https://10.0.0.8/hook", "https://[::ffff:127.0.0.1]/hook", format!("http://127.0.0.1:{port}/webhook").as_str()] {
-        let out = world.apply(&format!("subscriptions:\n{}", subscription("s", "p", url, &secret, &["order.created"], "")));
+    for url in [
+        "https://169.254.169.254/latest/meta-data",
+        "https://10.0.0.8/hook",
+        "https://[::ffff:127.0.0.1]/hook",
+        format!("http://127.0.0.1:{port}/webhook").as_str(),
+    ] {
+        let out = world.apply(&format!(
+            "subscriptions:\n{}",
+            subscription("s", "p", url, &secret, &["order.created"], "")
+        ));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
         assert!(stderr.contains("subscription `s`: url:"), "{url}: {stderr}");
     }
     // A name that resolves to 127.0.0.1 passes validation but is refused at delivery.
     let partner = unique("sneaky");
-    let yaml = format!("subscriptions:\n{}", subscription(&format!("{partner}-s"), &partner, &format!("https://localhost:{port}/webhook"), &secret, &["order.created"], ""));
+    let yaml = format!(
+        "subscriptions:\n{}",
+        subscription(
+            &format!("{partner}-s"),
+            &partner,
+            &format!("https://localhost:{port}/webhook"),
+            &secret,
+            &["order.created"],
+            ""
+        )
+    );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &world.orders_topic, &registry_url())).await.expect("publisher");
-    publisher.publish(&OrderEvent::sample(EventType::OrderCreated, "o-1", &partner, 1)).await.expect("publish");
-    let (refused, _) = dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1).await.remove(0);
+    let publisher = Publisher::connect(&PublisherConfig::new(
+        &brokers(),
+        &world.orders_topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher");
+    publisher
+        .publish(&OrderEvent::sample(
+            EventType::OrderCreated,
+            "o-1",
+            &partner,
+            1,
+        ))
+        .await
+        .expect("publish");
+    let (refused, _) = dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
+        .await
+        .remove(0);
     assert!(refused["dlq-reason"].contains("SSRF guard"), "{refused:?}");
-    assert!(refused["dlq-reason"].contains("localhost resolves to") && refused["dlq-reason"].contains("loopback"), "{refused:?}");
+    assert!(
+        refused["dlq-reason"].contains("localhost resolves to")
+            && refused["dlq-reason"].contains("loopback"),
+        "{refused:?}"
+    );
     assert_eq!(refused["dlq-attempts"], "1", "not retried");
     assert_eq!(local.requests(), 0, "nothing reached the local address");
     assert_eq!(dispatcher.terminate(), Some(0));
@@ -232,12 +517,38 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
     let (ours, theirs) = (Secret::generate(), Secret::generate());
     let strict = receiver(&theirs, Script::default()).await;
     let partner = unique("strict");
-    let yaml = format!("subscriptions:\n{}", subscription(&format!("{partner}-s"), &partner, &strict.url(), &ours, &["order.created"], ""));
+    let yaml = format!(
+        "subscriptions:\n{}",
+        subscription(
+            &format!("{partner}-s"),
+            &partner,
+            &strict.url(),
+            &ours,
+            &["order.created"],
+            ""
+        )
+    );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &world.orders_topic, &registry_url())).await.expect("publisher");
-    publisher.publish(&OrderEvent::sample(EventType::OrderCreated, "o-2", &partner, 1)).await.expect("publish");
-    let (unsigned, _) = dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1).await.remove(0);
+    let publisher = Publisher::connect(&PublisherConfig::new(
+        &brokers(),
+        &world.orders_topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher");
+    publisher
+        .publish(&OrderEvent::sample(
+            EventType::OrderCreated,
+            "o-2",
+            &partner,
+            1,
+        ))
+        .await
+        .expect("publish");
+    let (unsigned, _) = dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
+        .await
+        .remove(0);
     assert_eq!(unsigned["dlq-last-status"], "401");
     assert_eq!(strict.rejected_signatures(), 1);
     assert_eq!(strict.unique(), 0);

@@ -25,7 +25,13 @@ async fn partners(world: &DispatchWorld, n: usize, script: Script) -> Vec<Partne
     for i in 0..n {
         let id = unique(&format!("crash{i}"));
         let secret = Secret::generate();
-        let receiver = Receiver::start("127.0.0.1:0".parse().expect("addr"), &secret, script.clone()).await.expect("receiver");
+        let receiver = Receiver::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            &secret,
+            script.clone(),
+        )
+        .await
+        .expect("receiver");
         yaml.push_str(&format!(
             "  - id: {id}-s\n    partner_id: {id}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n    max_in_flight: 32\n",
             receiver.url()
@@ -33,7 +39,11 @@ async fn partners(world: &DispatchWorld, n: usize, script: Script) -> Vec<Partne
         out.push(Partner { id, receiver });
     }
     let applied = world.apply(&yaml);
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     out
 }
 
@@ -41,20 +51,32 @@ fn events(partners: &[Partner], count: usize, orders: usize) -> Vec<OrderEvent> 
     (0..count)
         .map(|i| {
             let order = i % orders;
-            let kind = if i < orders { EventType::OrderCreated } else { EventType::OrderStatusChanged };
-            OrderEvent::sample(kind, &format!("order-{order}"), &partners[order % partners.len()].id, 1)
+            let kind = if i < orders {
+                EventType::OrderCreated
+            } else {
+                EventType::OrderStatusChanged
+            };
+            OrderEvent::sample(
+                kind,
+                &format!("order-{order}"),
+                &partners[order % partners.len()].id,
+                1,
+            )
         })
         .collect()
 }
 
 /// Publishes `events`, at most `per_second` of them per second (0: all at once).
 async fn publish_all(topic: String, events: Vec<OrderEvent>, per_second: usize) {
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &topic, &registry_url())).await.expect("publisher");
+    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &topic, &registry_url()))
+        .await
+        .expect("publisher");
     let mut pending = Vec::new();
     let start = tokio::time::Instant::now();
     for (i, e) in events.iter().enumerate() {
         if per_second > 0 && i % 50 == 0 {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / per_second as f64)).await;
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / per_second as f64))
+                .await;
         }
         pending.push(publisher.enqueue(e, None).await.expect("enqueue"));
     }
@@ -72,7 +94,10 @@ fn audit(partners: &[Partner], events: &[OrderEvent]) -> (usize, usize, usize) {
         duplicates += got.iter().filter(|d| d.duplicate).count();
         let ids: HashSet<&str> = got.iter().map(|d| d.webhook_id.as_str()).collect();
         let mine: Vec<&OrderEvent> = events.iter().filter(|e| e.partner_id() == p.id).collect();
-        lost += mine.iter().filter(|e| !ids.contains(e.event_id().to_string().as_str())).count();
+        lost += mine
+            .iter()
+            .filter(|e| !ids.contains(e.event_id().to_string().as_str()))
+            .count();
         let mut position: HashMap<String, usize> = HashMap::new();
         for (i, e) in mine.iter().enumerate() {
             position.insert(e.event_id().to_string(), i);
@@ -80,7 +105,10 @@ fn audit(partners: &[Partner], events: &[OrderEvent]) -> (usize, usize, usize) {
         let mut last: HashMap<&str, usize> = HashMap::new();
         for d in got.iter().filter(|d| !d.duplicate) {
             let pos = position.get(&d.webhook_id).copied().unwrap_or(0);
-            if last.get(d.order_id.as_str()).is_some_and(|prev| *prev > pos) {
+            if last
+                .get(d.order_id.as_str())
+                .is_some_and(|prev| *prev > pos)
+            {
                 disorder += 1;
             }
             last.insert(d.order_id.as_str(), pos);
@@ -97,20 +125,46 @@ fn received(partners: &[Partner]) -> usize {
 async fn sigterm_then_restart_loses_nothing_and_duplicates_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let world = DispatchWorld::new("127.0.0.1").await;
-    let partners = partners(&world, 2, Script { delay_ms: 3, ..Default::default() }).await;
+    let partners = partners(
+        &world,
+        2,
+        Script {
+            delay_ms: 3,
+            ..Default::default()
+        },
+    )
+    .await;
     let events = events(&partners, 1500, 150);
     let dispatcher = world.start();
     publish_all(world.orders_topic.clone(), events.clone(), 0).await;
-    assert!(eventually(Duration::from_secs(60), || received(&partners) >= 300).await, "{}", dispatcher.log_tail());
+    assert!(
+        eventually(Duration::from_secs(60), || received(&partners) >= 300).await,
+        "{}",
+        dispatcher.log_tail()
+    );
     let log = dispatcher.log.clone();
-    assert_eq!(dispatcher.terminate(), Some(0), "SIGTERM exits 0\n{}", e2e::tail(&log));
+    assert_eq!(
+        dispatcher.terminate(),
+        Some(0),
+        "SIGTERM exits 0\n{}",
+        e2e::tail(&log)
+    );
     let at_stop = received(&partners);
 
     let dispatcher = world.start();
-    let all = eventually(Duration::from_secs(120), || received(&partners) == events.len()).await;
+    let all = eventually(Duration::from_secs(120), || {
+        received(&partners) == events.len()
+    })
+    .await;
     let (lost, duplicates, disorder) = audit(&partners, &events);
     println!("sigterm: {at_stop} delivered before the stop, lost {lost}, duplicates {duplicates}, out of order {disorder}");
-    assert!(all, "received {} of {}\n{}", received(&partners), events.len(), dispatcher.log_tail());
+    assert!(
+        all,
+        "received {} of {}\n{}",
+        received(&partners),
+        events.len(),
+        dispatcher.log_tail()
+    );
     assert_eq!((lost, duplicates, disorder), (0, 0, 0));
     assert!(at_stop < events.len(), "the stop happened mid-run");
     assert_eq!(dispatcher.terminate(), Some(0));
@@ -142,13 +196,20 @@ async fn kill_9_during_a_run(count: usize, orders: usize, per_second: usize, pro
     let partners = partners(&world, 3, Script::default()).await;
     let events = events(&partners, count, orders);
     let mut dispatcher = world.start();
-    let publishing = tokio::spawn(publish_all(world.orders_topic.clone(), events.clone(), per_second));
+    let publishing = tokio::spawn(publish_all(
+        world.orders_topic.clone(),
+        events.clone(),
+        per_second,
+    ));
     let mut kills = Vec::new();
     for i in 0..5u64 {
         // Once this instance is delivering (at least 500 more than at its start), kill it
         // at a pseudo-random moment up to 1.5 s later.
         let at_start = received(&partners);
-        eventually(Duration::from_secs(60), || received(&partners) >= at_start + progress).await;
+        eventually(Duration::from_secs(60), || {
+            received(&partners) >= at_start + progress
+        })
+        .await;
         let wait = Duration::from_millis((i * 7919 + received(&partners) as u64 * 31) % 1500);
         tokio::time::sleep(wait).await;
         kills.push(received(&partners));
@@ -156,12 +217,24 @@ async fn kill_9_during_a_run(count: usize, orders: usize, per_second: usize, pro
         dispatcher = world.start();
     }
     publishing.await.expect("published");
-    let all = eventually(Duration::from_secs(300), || received(&partners) == events.len()).await;
+    let all = eventually(Duration::from_secs(300), || {
+        received(&partners) == events.len()
+    })
+    .await;
     let (lost, duplicates, disorder) = audit(&partners, &events);
     println!("kill -9 x{}: received at each kill {kills:?}; lost {lost}, duplicates {duplicates}, out of order {disorder}", kills.len());
-    assert!(all, "received {} of {}\n{}", received(&partners), events.len(), dispatcher.log_tail());
+    assert!(
+        all,
+        "received {} of {}\n{}",
+        received(&partners),
+        events.len(),
+        dispatcher.log_tail()
+    );
     assert_eq!(lost, 0);
-    assert!(kills.windows(2).all(|w| w[0] < w[1]) && kills[0] > 0 && kills[4] < events.len(), "kills happened mid-run: {kills:?}");
+    assert!(
+        kills.windows(2).all(|w| w[0] < w[1]) && kills[0] > 0 && kills[4] < events.len(),
+        "kills happened mid-run: {kills:?}"
+    );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
 
@@ -181,14 +254,26 @@ async fn instances_joining_and_leaving_under_load_lose_nothing() {
     let progress = |from: usize| received(&partners) >= from + 150;
     let first = world.start();
     let at = received(&partners);
-    assert!(eventually(Duration::from_secs(60), || progress(at)).await, "{}", first.log_tail());
+    assert!(
+        eventually(Duration::from_secs(60), || progress(at)).await,
+        "{}",
+        first.log_tail()
+    );
     // A second and a third instance join while events flow.
     let second = world.start();
     let at = received(&partners);
-    assert!(eventually(Duration::from_secs(60), || progress(at)).await, "{}", second.log_tail());
+    assert!(
+        eventually(Duration::from_secs(60), || progress(at)).await,
+        "{}",
+        second.log_tail()
+    );
     let third = world.start();
     let at = received(&partners);
-    assert!(eventually(Duration::from_secs(60), || progress(at)).await, "{}", third.log_tail());
+    assert!(
+        eventually(Duration::from_secs(60), || progress(at)).await,
+        "{}",
+        third.log_tail()
+    );
     // The first two leave (SIGTERM); the third carries on alone. (Dying instances are the
     // kill -9 test's subject: on the test broker, a death and a leave in the same group
     // at once can stall the survivor's rebalance for minutes; see docs/ARCHITECTURE.md.)
@@ -196,10 +281,19 @@ async fn instances_joining_and_leaving_under_load_lose_nothing() {
     assert_eq!(first.terminate(), Some(0));
     assert_eq!(second.terminate(), Some(0));
     publishing.await.expect("published");
-    let all = eventually(Duration::from_secs(180), || received(&partners) == events.len()).await;
+    let all = eventually(Duration::from_secs(180), || {
+        received(&partners) == events.len()
+    })
+    .await;
     let (lost, duplicates, disorder) = audit(&partners, &events);
     println!("join/leave: {at_leave} delivered when instances left; lost {lost}, duplicates {duplicates}, out of order {disorder}");
-    assert!(all, "received {} of {}\n{}", received(&partners), events.len(), third.log_tail());
+    assert!(
+        all,
+        "received {} of {}\n{}",
+        received(&partners),
+        events.len(),
+        third.log_tail()
+    );
     assert_eq!(lost, 0);
     assert!(at_leave < events.len(), "instances left mid-run");
     assert_eq!(third.terminate(), Some(0));

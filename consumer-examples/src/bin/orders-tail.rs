@@ -13,13 +13,24 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Print order events of a topic as JSON lines, decoded through the registry")]
+#[command(
+    version,
+    about = "Print order events of a topic as JSON lines, decoded through the registry"
+)]
 struct Args {
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     brokers: String,
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
     topic: String,
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry: String,
     /// Stop after this many events.
     #[arg(long)]
@@ -64,9 +75,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
-        .set("group.id", format!("orders-tail-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("orders-tail-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", if args.from_end { "latest" } else { "earliest" })
+        .set(
+            "auto.offset.reset",
+            if args.from_end { "latest" } else { "earliest" },
+        )
         .set("session.timeout.ms", "6000")
         .create()
         .context("invalid Kafka settings")?;

@@ -7,7 +7,10 @@ use clap::Parser;
 use consumer_examples::receiver::{Receiver, Script};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Example partner webhook receiver (verifies Standard Webhooks signatures)")]
+#[command(
+    version,
+    about = "Example partner webhook receiver (verifies Standard Webhooks signatures)"
+)]
 struct Args {
     /// Address to listen on; webhooks are POSTed to /webhook.
     #[arg(long, env = "RECEIVER_LISTEN", default_value = "127.0.0.1:8090")]
@@ -26,11 +29,13 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let script: Script = serde_json::from_str(&args.script).map_err(|e| anyhow::anyhow!("--script: {e}"))?;
+    let script: Script =
+        serde_json::from_str(&args.script).map_err(|e| anyhow::anyhow!("--script: {e}"))?;
     let receiver = Receiver::start(args.listen, &args.secret, script).await?;
     println!("listening on {}", receiver.url());
     let mut printed = 0;
-    let deadline = (args.seconds > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.seconds));
+    let deadline =
+        (args.seconds > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.seconds));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -38,13 +43,25 @@ async fn main() -> anyhow::Result<()> {
         }
         for d in receiver.deliveries().into_iter().skip(printed) {
             printed += 1;
-            let dup = if d.duplicate { " (duplicate, ignored)" } else { "" };
-            println!("{} {} {} webhook-id {}{dup}", d.event_type, d.order_id, d.partner_id, d.webhook_id);
+            let dup = if d.duplicate {
+                " (duplicate, ignored)"
+            } else {
+                ""
+            };
+            println!(
+                "{} {} {} webhook-id {}{dup}",
+                d.event_type, d.order_id, d.partner_id, d.webhook_id
+            );
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
     }
-    println!("{} deliveries, {} distinct, {} refused signatures", printed, receiver.unique(), receiver.rejected_signatures());
+    println!(
+        "{} deliveries, {} distinct, {} refused signatures",
+        printed,
+        receiver.unique(),
+        receiver.rejected_signatures()
+    );
     Ok(())
 }
