@@ -54,11 +54,14 @@ impl SubscriptionTable {
 
     /// Subscriptions that receive `event_type` of an order of `partner_id`.
     pub fn matching(&self, event_type: &str, partner_id: &str) -> Vec<Arc<Subscription>> {
-        let mut found: Vec<_> = self
-            .all()
-            .into_iter()
+        // Called for every orders record: filter under the lock, clone only the matches.
+        let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<_> = table
+            .values()
             .filter(|s| s.wants(event_type, partner_id))
+            .cloned()
             .collect();
+        drop(table);
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found
     }
