@@ -315,6 +315,8 @@ async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
             Err((error, _)) => {
                 // Not durable yet: the offset must not move past this record.
                 tracing::warn!(partner = %ctx.partner, %error, "dead-letter write failed, retrying");
+                metrics::counter!(m::DEAD_LETTER_WRITE_FAILURES, "partner" => ctx.partner.clone())
+                    .increment(1);
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}

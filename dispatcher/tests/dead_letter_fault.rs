@@ -42,6 +42,7 @@ fn committed(brokers: &str, group: &str, topic: &str) -> Offset {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_dead_letter_write_never_commits_the_offset() {
+    let metrics = dispatcher::metrics::handle();
     let cluster = MockCluster::new(1).expect("mock cluster");
     let (partner, topic, dlq) = ("p", "deliveries.p", "dlq.p");
     cluster.create_topic(topic, 1, 1).expect("topic");
@@ -133,13 +134,32 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
     };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
 
-    // The partner was called (and refused), and several commit intervals pass.
+    // The partner refuses, and the dead-letter write fails at least three times (each
+    // retry is 500 ms apart, so more than one auto-commit interval passes meanwhile).
+    let failures = format!(
+        "{}{{partner=\"{partner}\"}}",
+        dispatcher::metrics::DEAD_LETTER_WRITE_FAILURES
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while receiver.requests() == 0 && tokio::time::Instant::now() < deadline {
+    loop {
+        let count = metrics
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(failures.as_str())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if count >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead-letter write was not retried ({count} failures)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(receiver.requests() >= 1, "the webhook was attempted");
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let group = "fault.p";
     assert_eq!(
         committed(&brokers, group, topic),

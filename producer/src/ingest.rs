@@ -159,6 +159,13 @@ async fn post_event(
     }
 }
 
+/// `GET /v1/status`: requests being published now, and the cap.
+async fn status(State(ingest): State<Ingest>) -> Response {
+    let max = ingest.config.max_in_flight.max(1);
+    let in_flight = max - ingest.permits.available_permits();
+    Json(json!({ "in_flight": in_flight, "max_in_flight": max })).into_response()
+}
+
 async fn render_metrics(State(ingest): State<Ingest>) -> Response {
     ingest.metrics.run_upkeep();
     (
@@ -168,7 +175,7 @@ async fn render_metrics(State(ingest): State<Ingest>) -> Response {
         .into_response()
 }
 
-/// The ingest routes: `POST /v1/events`, `GET /metrics`, `GET /healthz`.
+/// The ingest routes: `POST /v1/events`, `GET /v1/status`, `GET /metrics`, `GET /healthz`.
 pub fn router(publisher: Arc<Publisher>, config: IngestConfig) -> Router {
     let ingest = Ingest {
         publisher,
@@ -178,6 +185,7 @@ pub fn router(publisher: Arc<Publisher>, config: IngestConfig) -> Router {
     };
     Router::new()
         .route("/v1/events", post(post_event))
+        .route("/v1/status", get(status))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -199,7 +199,24 @@ async fn a_broker_that_goes_away_gets_503_with_retry_after_never_202() {
         let e = OrderEvent::sample(EventType::OrderCreated, "o-2", "p", 1);
         post(&url, e.to_json().to_string(), "application/json").await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until that request holds the only in-flight slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = reqwest::get(format!("{}/v1/status", ingest.url))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if status["in_flight"] == json!(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow request never started: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The only in-flight slot is taken by the request waiting on the dead broker.
     let third = OrderEvent::sample(EventType::OrderCreated, "o-3", "p", 1);
     let (status, retry_after, body) =
