@@ -6,7 +6,8 @@
 //! The dispatcher side is one partner's delivery lane reading a pre-filled delivery topic
 //! on librdkafka's mock cluster (in-process, so the figure is the lane's own cost: fetch,
 //! per-key scheduling, signing, HTTP, offsets). The receiver answers 204 at once.
-//! Settings: BENCH_RECORDS (20000), BENCH_CONCURRENCY (64), BENCH_WRK_SECS (10).
+//! Settings: BENCH_RECORDS (20000), BENCH_CONCURRENCY (64), BENCH_WRK_SECS (10),
+//! BENCH_ONLY=lane|bare (one part alone, for profiling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,26 +40,93 @@ fn env_or(name: &str, default: usize) -> usize {
 
 const BODY: &str = r#"{"type":"order.created","timestamp":"2026-11-22T10:00:00.000Z","data":{"order_id":"o","partner_id":"p","order":{"customer_ref":"C-1","status":"PENDING","items":[{"sku":"SKU-1","name":"Espresso beans","quantity":2,"unit_price":{"amount_minor":1250,"currency":"EUR"}}],"total":{"amount_minor":2500,"currency":"EUR"}}}}"#;
 
-/// A receiver that counts and answers 204.
-async fn receiver() -> (String, Arc<AtomicU64>) {
-    let count = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&count);
-    let app = axum::Router::new().route(
-        "/webhook",
-        post(move || {
-            let c = Arc::clone(&c);
-            async move {
-                c.fetch_add(1, Ordering::Relaxed);
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, count)
+/// The receiver runs in a child process (this binary, re-executed with BENCH_ROLE=receiver),
+/// as a partner's server would: wrk, the bare loop and the lane all reach it over loopback
+/// and none of them shares its runtime. It answers 204 and counts; `GET /count` reads the
+/// count.
+fn receiver_main() {
+    // One thread, like wrk's one: on two cores more threads only add context switches.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let count = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&count);
+        let app = axum::Router::new()
+            .route(
+                "/webhook",
+                post(move || {
+                    let c = Arc::clone(&c);
+                    async move {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+            .route(
+                "/count",
+                axum::routing::get(move || {
+                    let count = Arc::clone(&count);
+                    async move { count.load(Ordering::Relaxed).to_string() }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("http://{}", listener.local_addr().expect("addr"));
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+struct Receiver {
+    child: std::process::Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .env("BENCH_ROLE", "receiver")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the receiver process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("receiver address");
+        Self {
+            child,
+            base: line.trim().to_string(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/webhook", self.base)
+    }
+
+    async fn count(&self) -> u64 {
+        let text = self
+            .client
+            .get(format!("{}/count", self.base))
+            .send()
+            .await
+            .expect("count")
+            .text()
+            .await
+            .expect("count body");
+        text.parse().expect("count is a number")
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn wrk(url: &str, concurrency: usize) -> Option<f64> {
@@ -118,7 +186,8 @@ async fn bare(url: &str, n: usize, concurrency: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: usize) -> f64 {
+async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f64 {
+    let url = receiver.url();
     let cluster = MockCluster::new(1).expect("mock");
     cluster
         .create_topic("deliveries.bench", 6, 1)
@@ -161,7 +230,7 @@ async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: us
     table.upsert(Subscription {
         id: "bench".into(),
         partner_id: "bench".into(),
-        url: url.to_string(),
+        url: url.clone(),
         event_types: ["order.created".to_string()].into(),
         secrets: vec![Secret::generate()],
         internal: false,
@@ -197,15 +266,17 @@ async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: us
         shutdown_deadline: Duration::from_secs(5),
         partitions: 6,
     };
-    let before = count.load(Ordering::Relaxed);
+    let before = receiver.count().await;
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));
     // Timed from the first delivery (the group join is not delivery work).
-    while count.load(Ordering::Relaxed) == before {
+    let mut first = before;
+    while first == before {
         tokio::time::sleep(Duration::from_millis(1)).await;
+        first = receiver.count().await;
     }
-    let (start, first) = (Instant::now(), count.load(Ordering::Relaxed));
-    while count.load(Ordering::Relaxed) < before + n as u64 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let start = Instant::now();
+    while receiver.count().await < before + n as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = (before + n as u64 - first) as f64 / start.elapsed().as_secs_f64();
     shutdown.cancel();
@@ -213,14 +284,43 @@ async fn dispatcher_lane(url: &str, count: &AtomicU64, n: usize, concurrency: us
     rate
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    if std::env::var("BENCH_ROLE").as_deref() == Ok("receiver") {
+        return receiver_main();
+    }
+    let threads = env_or("BENCH_THREADS", 2);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    runtime.expect("runtime").block_on(bench());
+}
+
+async fn bench() {
     let n = env_or("BENCH_RECORDS", 20_000);
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
-    let (url, count) = receiver().await;
-    let wrk_rate = wrk(&url, concurrency).await;
-    let bare_rate = bare(&url, n, concurrency).await;
-    let lane_rate = dispatcher_lane(&url, &count, n, concurrency).await;
+    let receiver = Receiver::start();
+    let url = receiver.url();
+    // BENCH_ONLY=lane|bare runs one part alone (for profiling).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wrk_rate = match only.as_str() {
+        "" => wrk(&url, concurrency).await,
+        _ => None,
+    };
+    let bare_rate = match only.as_str() {
+        "" | "bare" => bare(&url, n, concurrency).await,
+        _ => f64::NAN,
+    };
+    let lane_rate = match only.as_str() {
+        "" | "lane" => dispatcher_lane(&receiver, n, concurrency).await,
+        _ => f64::NAN,
+    };
     println!("deliveries to a local receiver: {n} records, {concurrency} in flight");
     match wrk_rate {
         Some(w) => println!("  wrk -t1 -c{concurrency}          {w:>9.0} req/s"),

@@ -6,11 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
 use crate::outcome::Attempt;
 use crate::signing::{signature_header, Secret};
 use crate::ssrf::{Allowlist, GuardedResolver};
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Bytes of a partner's answer kept for the dead-letter record.
 pub const EXCERPT_BYTES: usize = 1024;
@@ -18,7 +24,8 @@ pub const EXCERPT_BYTES: usize = 1024;
 /// What one webhook call needs.
 #[derive(Debug)]
 pub struct Webhook<'a> {
-    pub url: &'a str,
+    /// The parsed URL, or why it did not parse.
+    pub url: &'a Result<reqwest::Url, String>,
     /// The event id: `webhook-id`, stable across retries and replays.
     pub id: &'a str,
     pub body: &'a Bytes,
@@ -71,9 +78,9 @@ impl WebhookClient {
             excerpt: None,
             elapsed: started.elapsed(),
         };
-        let url = match reqwest::Url::parse(hook.url) {
-            Ok(u) => u,
-            Err(e) => return refused(format!("bad URL: {e}")),
+        let url = match hook.url {
+            Ok(u) => u.clone(),
+            Err(e) => return refused(e.clone()),
         };
         // An IP literal does not go through the resolver: check it here.
         let literal = match url.host() {
@@ -91,16 +98,16 @@ impl WebhookClient {
             .client
             .post(url)
             .timeout(hook.timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", hook.id)
-            .header("webhook-timestamp", timestamp.to_string())
+            .header(CONTENT_TYPE, JSON)
+            .header(WEBHOOK_ID, hook.id)
+            .header(WEBHOOK_TIMESTAMP, timestamp)
             .header(
-                "webhook-signature",
+                WEBHOOK_SIGNATURE,
                 signature_header(hook.secrets, hook.id, timestamp, hook.body),
             )
             .body(hook.body.clone());
         if let Some(tp) = hook.traceparent {
-            request = request.header("traceparent", tp);
+            request = request.header(TRACEPARENT, tp);
         }
         let mut response = match request.send().await {
             Ok(r) => r,
@@ -125,11 +132,11 @@ impl WebhookClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let mut excerpt = Vec::new();
-        // Read at most EXCERPT_BYTES; the rest of a large answer is dropped with the
-        // connection rather than read.
+        // Read at most EXCERPT_BYTES (the request's timeout covers the body too); the
+        // rest of a large answer is dropped with the connection rather than read.
         while excerpt.len() < EXCERPT_BYTES {
-            match tokio::time::timeout(hook.timeout, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => excerpt
+            match response.chunk().await {
+                Ok(Some(chunk)) => excerpt
                     .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
                 _ => break,
             }

@@ -66,6 +66,8 @@ pub struct LaneMetrics {
     attempt_seconds: metrics::Histogram,
     retries: metrics::Counter,
     attempts: [metrics::Counter; 6],
+    pub buffered: metrics::Gauge,
+    pub oldest_age: metrics::Gauge,
 }
 
 impl LaneMetrics {
@@ -79,6 +81,8 @@ impl LaneMetrics {
             attempt_seconds: metrics::histogram!(m::ATTEMPT_SECONDS, "partner" => p.clone()),
             retries: metrics::counter!(m::RETRIES, "partner" => p.clone()),
             attempts: ["2xx", "4xx", "5xx", "other", "transport", "refused"].map(attempt),
+            buffered: metrics::gauge!(m::BUFFERED, "partner" => p.clone()),
+            oldest_age: metrics::gauge!(m::OLDEST_AGE, "partner" => p.clone()),
         }
     }
 
@@ -151,11 +155,12 @@ pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
 async fn deliver(job: &Job, ctx: &JobContext) -> bool {
     let partner = &ctx.partner;
     let lm = &ctx.metrics;
-    let Some(subscription) = ctx.table.get(&job.subscription_id) else {
+    let Some(target) = ctx.table.target(&job.subscription_id) else {
         // Unsubscribed: nothing to deliver, nothing to keep.
         lm.dropped.increment(1);
         return true;
     };
+    let subscription = &target.subscription;
     if subscription.disabled {
         let failure = Failure {
             reason: "subscription disabled".into(),
@@ -168,7 +173,6 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
         };
         return dead_letter(job, ctx, failure).await;
     }
-    let secrets = subscription.signing_keys();
     let started = Instant::now();
     let first = chrono::Utc::now();
     let mut attempts = 0u32;
@@ -180,10 +184,10 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
         attempts += 1;
         lm.in_flight.increment(1.0);
         let hook = Webhook {
-            url: &subscription.url,
+            url: &target.url,
             id: &job.webhook_id,
             body: &job.body,
-            secrets: &secrets,
+            secrets: &target.keys,
             traceparent: job.traceparent.as_deref(),
             timeout: subscription.request_timeout(),
         };
@@ -213,7 +217,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
             Decision::Gone => {
                 tracing::warn!(partner = %partner, subscription = %subscription.id, "410 Gone: disabling the subscription");
                 metrics::counter!(m::DISABLED, "partner" => partner.clone()).increment(1);
-                let mut disabled = (*subscription).clone();
+                let mut disabled = (**subscription).clone();
                 disabled.disabled = true;
                 (ctx.on_gone.0)(disabled);
                 return dead_letter(job, ctx, failure("410 Gone: subscription disabled".into()))

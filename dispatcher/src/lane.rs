@@ -5,7 +5,9 @@
 //! - records with different keys go out in parallel, up to the partner's in-flight cap;
 //! - at most `max_buffered` records are taken from Kafka and unfinished at once: past
 //!   that the lane stops reading and the backlog stays in Kafka;
-//! - offsets are stored only for the contiguous prefix of finished records;
+//! - offsets are stored only for the contiguous prefix of finished records, in one call
+//!   per 50 ms rather than one per record (a revoke in between redoes at most those
+//!   50 ms of work; shutdown stores them before its commit);
 //! - on revoke the revoked partitions' queued work is dropped (its new owner redoes it);
 //! - on shutdown the lane stops reading and drains what it already took in (so a
 //!   restart redelivers nothing that was delivered); at the deadline, jobs waiting for a
@@ -13,7 +15,7 @@
 //! - a job that did not finish drops the records queued behind it for the same key: they
 //!   are redone after it, in order, by whoever reads the partition next.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,14 +26,13 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::WebhookClient;
 use crate::job::{self, Done, GoneHook, Job, JobContext, LaneMetrics};
 use crate::kafka::KafkaSettings;
-use crate::metrics as m;
 use crate::offsets::OffsetTracker;
 use crate::subscription::{dead_letter_topic, delivery_topic};
 use crate::table::SubscriptionTable;
@@ -143,25 +144,32 @@ pub async fn run(
         waiting: HashMap::new(),
         busy: HashSet::new(),
         taken_at: HashMap::new(),
+        to_store: BTreeMap::new(),
     };
     let mut sample = tokio::time::interval(Duration::from_secs(1));
+    let mut store = tokio::time::interval(STORE_EVERY);
+    store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running = FuturesUnordered::new();
     let mut stream = consumer.stream();
     tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
-    let gauge = |n: usize| metrics::gauge!(m::BUFFERED, "partner" => partner.clone()).set(n as f64);
+    let lm = ctx.metrics.clone();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = sample.tick() => {
                 let oldest = state.taken_at.values().min().map_or(0.0, |t| t.elapsed().as_secs_f64());
-                metrics::gauge!(m::OLDEST_AGE, "partner" => partner.clone()).set(oldest);
+                lm.oldest_age.set(oldest);
+            }
+            _ = store.tick() => {
+                state.forget_revoked(&consumer, &partner);
+                state.store_offsets(&consumer, &topic);
             }
             Some(done) = running.next(), if !running.is_empty() => {
-                if let Some(next) = state.done(done, &consumer, &topic) {
+                if let Some(next) = state.done(done) {
                     running.push(job::run(next, Arc::clone(&ctx)));
                 }
-                gauge(state.tracker.total_pending());
+                lm.buffered.set(state.tracker.total_pending() as f64);
             }
             message = stream.next(), if state.tracker.total_pending() < config.max_buffered => {
                 let Some(message) = message else { break };
@@ -177,15 +185,10 @@ pub async fn run(
                 if let Some(start) = state.take(job) {
                     running.push(job::run(start, Arc::clone(&ctx)));
                 }
-                gauge(state.tracker.total_pending());
+                lm.buffered.set(state.tracker.total_pending() as f64);
             }
         }
-        for partition in consumer.context().take_revoked() {
-            state.tracker.forget(partition);
-            state.waiting.retain(|(p, _), _| *p != partition);
-            state.taken_at.retain(|(p, _), _| *p != partition);
-            tracing::debug!(partner = %partner, partition, "queued work of a revoked partition left to its new owner");
-        }
+        state.forget_revoked(&consumer, &partner);
     }
     drop(stream);
     // Drain what was taken in, until the deadline; then jobs give up and end.
@@ -199,12 +202,14 @@ pub async fn run(
                 state.waiting.clear();
             }
             Some(done) = running.next() => {
-                if let Some(next) = state.done(done, &consumer, &topic) {
+                if let Some(next) = state.done(done) {
                     running.push(job::run(next, Arc::clone(&ctx)));
                 }
             }
         }
     }
+    state.forget_revoked(&consumer, &partner);
+    state.store_offsets(&consumer, &topic);
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(partner = %partner, %error, "final lane commit");
     }
@@ -220,7 +225,12 @@ struct LaneState {
     busy: HashSet<(i32, Vec<u8>)>,
     /// When each unfinished record was taken in (for the oldest-age gauge).
     taken_at: HashMap<(i32, i64), std::time::Instant>,
+    /// Offsets to store at the next [`STORE_EVERY`] tick, per partition.
+    to_store: BTreeMap<i32, i64>,
 }
+
+/// How often finished offsets are handed to the consumer (one call for all partitions).
+const STORE_EVERY: Duration = Duration::from_millis(50);
 
 impl LaneState {
     /// Takes in a record; returns it when it can start now (its key is free).
@@ -238,13 +248,38 @@ impl LaneState {
         }
     }
 
+    /// Drops what the lane holds of partitions revoked since the last call: their queued
+    /// work is left to the new owner, their unstored offsets are not stored.
+    fn forget_revoked(&mut self, consumer: &StreamConsumer<GroupContext>, partner: &str) {
+        for partition in consumer.context().take_revoked() {
+            self.tracker.forget(partition);
+            self.to_store.remove(&partition);
+            self.waiting.retain(|(p, _), _| *p != partition);
+            self.taken_at.retain(|(p, _), _| *p != partition);
+            tracing::debug!(partner = %partner, partition, "queued work of a revoked partition left to its new owner");
+        }
+    }
+
+    /// Hands the finished prefixes to the consumer (committed by auto-commit, revoke or
+    /// the final commit).
+    fn store_offsets(&mut self, consumer: &StreamConsumer<GroupContext>, topic: &str) {
+        if self.to_store.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(self.to_store.len());
+        for (partition, next) in std::mem::take(&mut self.to_store) {
+            // Stored as the next offset to read, as a commit expects.
+            if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(next)) {
+                tracing::warn!(%error, "offset list");
+            }
+        }
+        if let Err(error) = consumer.store_offsets(&list) {
+            tracing::debug!(%error, "storing offsets (partition no longer assigned?)");
+        }
+    }
+
     /// Records a job's end; returns the next record of its key to start, if any.
-    fn done(
-        &mut self,
-        done: Done,
-        consumer: &StreamConsumer<GroupContext>,
-        topic: &str,
-    ) -> Option<Job> {
+    fn done(&mut self, done: Done) -> Option<Job> {
         let Done {
             partition,
             offset,
@@ -260,7 +295,7 @@ impl LaneState {
             return None;
         }
         if let Some(next) = self.tracker.finish(partition, offset) {
-            consumer.store_offset(topic, partition, next - 1).ok();
+            self.to_store.insert(partition, next);
         }
         let next = self.waiting.get_mut(&slot).and_then(VecDeque::pop_front);
         match &next {

@@ -18,10 +18,30 @@ use crate::metrics as m;
 use crate::ssrf::Allowlist;
 use crate::subscription::Subscription;
 
+/// A subscription with what every delivery needs from it worked out once, when it
+/// entered the table: its URL parsed and its signing keys decoded.
+#[derive(Debug)]
+pub struct Target {
+    pub subscription: Arc<Subscription>,
+    /// The parsed URL, or why it does not parse.
+    pub url: Result<reqwest::Url, String>,
+    pub keys: Vec<crate::signing::Secret>,
+}
+
+impl Target {
+    fn new(subscription: Subscription) -> Self {
+        Self {
+            url: reqwest::Url::parse(&subscription.url).map_err(|e| format!("bad URL: {e}")),
+            keys: subscription.signing_keys(),
+            subscription: Arc::new(subscription),
+        }
+    }
+}
+
 /// Subscriptions by id, and a counter that moves on every change.
 #[derive(Debug, Clone)]
 pub struct SubscriptionTable {
-    inner: Arc<RwLock<HashMap<String, Arc<Subscription>>>>,
+    inner: Arc<RwLock<HashMap<String, Arc<Target>>>>,
     changes: watch::Sender<u64>,
 }
 
@@ -36,6 +56,11 @@ impl Default for SubscriptionTable {
 
 impl SubscriptionTable {
     pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
+        self.target(id).map(|t| Arc::clone(&t.subscription))
+    }
+
+    /// The subscription with its parsed URL and keys (what a delivery uses).
+    pub fn target(&self, id: &str) -> Option<Arc<Target>> {
         self.inner
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -48,7 +73,7 @@ impl SubscriptionTable {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .map(|t| Arc::clone(&t.subscription))
             .collect()
     }
 
@@ -58,8 +83,8 @@ impl SubscriptionTable {
         let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let mut found: Vec<_> = table
             .values()
-            .filter(|s| s.wants(event_type, partner_id))
-            .cloned()
+            .filter(|t| t.subscription.wants(event_type, partner_id))
+            .map(|t| Arc::clone(&t.subscription))
             .collect();
         drop(table);
         found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -75,7 +100,7 @@ impl SubscriptionTable {
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id.clone(), Arc::new(s));
+            .insert(s.id.clone(), Arc::new(Target::new(s)));
         self.changes.send_modify(|n| *n += 1);
     }
 

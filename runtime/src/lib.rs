@@ -1,10 +1,15 @@
 //! Process plumbing shared by the binaries, so each does it the same way: graceful
 //! shutdown on SIGINT/SIGTERM, structured logs on stderr, one Prometheus recorder per
-//! process, and `key=value` flags.
+//! process, and `key=value` flags. Every binary linking this crate allocates with
+//! mimalloc: under many small per-request allocations across threads (HTTP requests,
+//! Kafka records) glibc's malloc took about a sixth of the dispatcher's CPU.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
