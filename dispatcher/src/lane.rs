@@ -51,17 +51,20 @@ pub struct LaneConfig {
 }
 
 /// Logs rebalances and remembers revoked partitions for the consumer's loop (rebalance
-/// callbacks run inside poll, where the loop cannot act).
+/// callbacks run inside poll, where the loop cannot act); publishes the consumer lag of
+/// `topic` from librdkafka's statistics.
 #[derive(Debug, Default)]
 pub struct GroupContext {
     pub name: String,
+    topic: String,
     revoked: Mutex<Vec<i32>>,
 }
 
 impl GroupContext {
-    pub fn new(name: &str) -> Self {
+    pub fn new(name: &str, topic: &str) -> Self {
         Self {
             name: name.to_string(),
+            topic: topic.to_string(),
             revoked: Mutex::default(),
         }
     }
@@ -72,7 +75,26 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        // Partition -1 is librdkafka's internal one; -1 lag means not known yet.
+        let known: Vec<i64> = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .collect();
+        if known.is_empty() {
+            return;
+        }
+        let lag: i64 = known.iter().sum();
+        metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => self.topic.clone())
+            .set(lag as f64);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -130,7 +152,7 @@ pub async fn run(
     let topic = delivery_topic(&partner);
     let consumer: StreamConsumer<GroupContext> = settings
         .consumer(&format!("{}.{partner}", config.group_prefix))
-        .create_with_context(GroupContext::new(&format!("lane {partner}")))?;
+        .create_with_context(GroupContext::new(&format!("lane {partner}"), &topic))?;
     consumer.subscribe(&[&topic])?;
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();

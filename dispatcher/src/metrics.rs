@@ -21,6 +21,9 @@ pub const BUFFERED: &str = "dispatcher_buffered_records";
 /// Seconds since the oldest record taken in and not finished was taken in, by `partner`
 /// (0 when nothing is pending). Sampled every second.
 pub const OLDEST_AGE: &str = "dispatcher_oldest_undelivered_age_seconds";
+/// Consumer lag in records (log end minus committed offset, summed over the assigned
+/// partitions), by `topic` (`deliveries.<partner>` or the orders topic). Every 5 s.
+pub const CONSUMER_LAG: &str = "dispatcher_consumer_lag_records";
 /// Subscriptions disabled after a 410 Gone, by `partner`.
 pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).

@@ -130,7 +130,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer<GroupContext> = settings
         .consumer(&config.group)
-        .create_with_context(GroupContext::new("router"))?;
+        .create_with_context(GroupContext::new("router", &config.orders_topic))?;
     consumer.subscribe(&[&config.orders_topic])?;
     let producer: FutureProducer = settings.producer().create()?;
     let mut tracker = OffsetTracker::default();

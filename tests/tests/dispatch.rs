@@ -180,22 +180,25 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
         "{metrics}"
     );
     // Everything was delivered, so nothing is waiting: the oldest-age gauge (sampled every
-    // second) comes down to 0.
+    // second) comes down to 0, and so does the lane's consumer lag once its offsets are
+    // committed (auto-commit every second, statistics every 5 s).
     let idle = format!("dispatcher_oldest_undelivered_age_seconds{{partner=\"{pa}\"}} 0");
+    let caught_up = format!("dispatcher_consumer_lag_records{{topic=\"deliveries.{pa}\"}} 0");
     let mut last = String::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         last = reqwest::get(&dispatcher.metrics_url)
             .await
             .expect("metrics")
             .text()
             .await
             .expect("text");
-        if last.contains(&idle) {
+        if last.contains(&idle) && last.contains(&caught_up) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(last.contains(&idle), "{last}");
+    assert!(last.contains(&caught_up), "{last}");
     assert_eq!(dispatcher.terminate(), Some(0), "SIGTERM exits 0");
 }
 
