@@ -31,6 +31,17 @@ impl KafkaSettings {
         c
     }
 
+    /// A consumer that joins no group and commits nothing: for reading whole topics with
+    /// `assign` (the `dlq` commands).
+    pub fn reader(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", "orderhooks-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        c
+    }
+
     /// An at-least-once consumer: offsets are stored by the code once work is finished
     /// and committed in the background (and on revoke) by librdkafka.
     pub fn consumer(&self, group: &str) -> ClientConfig {

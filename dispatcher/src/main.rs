@@ -99,6 +99,9 @@ enum Command {
     /// Manage the subscriptions topic.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// Inspect, replay and resolve the partners' dead-letter topics (`dlq.<partner>`).
+    #[command(subcommand)]
+    Dlq(dispatcher::dlq::DlqCommand),
 }
 
 #[derive(Debug, Args)]
@@ -204,9 +207,42 @@ async fn main() -> std::process::ExitCode {
             apply(&cli.common, file, *prune).await
         }
         Command::Subscriptions(SubscriptionsCommand::List) => list(&cli.common).await,
+        Command::Dlq(command) => return dlq(&cli.common, command).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Exit codes: 0 done, 1 failed (broker unreachable, write failed), 2 refused (bad
+/// filter, unknown partner, nothing matches), 130 interrupted by Ctrl-C (rerun resumes).
+async fn dlq(common: &Common, command: &dispatcher::dlq::DlqCommand) -> std::process::ExitCode {
+    use dispatcher::dlq::{Invalid, Outcome};
+    let interrupt = CancellationToken::new();
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        orderhooks_runtime::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let subscriptions = async {
+        SubscriptionTable::follow(
+            &common.kafka(),
+            &common.subscriptions_topic,
+            Arc::new(common.allowlist()?),
+        )
+        .await
+    };
+    match dispatcher::dlq::run(command, &common.kafka(), subscriptions, interrupt).await {
+        Ok(Outcome::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => std::process::ExitCode::from(130),
+        Err(e) if e.downcast_ref::<Invalid>().is_some() => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(1)

@@ -210,7 +210,8 @@ impl DispatchWorld {
         }
     }
 
-    fn common_args(&self) -> Vec<String> {
+    /// The flags every `dispatcher` command of this world takes (brokers, topics, allowlist).
+    pub fn common_args(&self) -> Vec<String> {
         let mut args = vec![
             "--brokers".into(),
             brokers(),
