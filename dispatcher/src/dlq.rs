@@ -41,6 +41,13 @@ use crate::kafka::KafkaSettings;
 use crate::subscription::{dead_letter_topic, delivery_topic};
 use crate::table::SubscriptionTable;
 
+/// `println!` that ignores a closed stdout (`dispatcher dlq list | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A command line mistake: printed as is, exit code 2, nothing sent.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -354,7 +361,7 @@ pub async fn run(
                 None => kafka.partners(),
             };
             if partners.is_empty() {
-                println!("no dead-letter topics (dlq.*)");
+                say!("no dead-letter topics (dlq.*)");
             }
             let ledger = kafka.ledger(&topics.ledger_topic).await?;
             for partner in partners {
@@ -376,12 +383,12 @@ pub async fn run(
             if matched.is_empty() {
                 return Err(nothing_matches(&topic, records.len()));
             }
-            println!("PARTITION/OFFSET  DEAD-LETTERED AT          EVENT TYPE            KEY                 STATUS  STATE      REASON");
+            say!("PARTITION/OFFSET  DEAD-LETTERED AT          EVENT TYPE            KEY                 STATUS  STATE      REASON");
             for r in matched.iter().take(*limit) {
                 let state = ledger
                     .get(&r.ledger_key(&topic))
                     .map_or("pending".to_string(), |e| e.action.clone());
-                println!(
+                say!(
                     "{:<17} {:<25} {:<21} {:<19} {:<7} {:<10} {}",
                     format!("{}/{}", r.partition, r.offset),
                     r.timestamp.map_or("-".into(), |t| t
@@ -393,7 +400,7 @@ pub async fn run(
                     r.header("dlq-reason").unwrap_or("-"),
                 );
             }
-            println!(
+            say!(
                 "{} of {} matching records shown",
                 matched.len().min(*limit),
                 matched.len()
@@ -459,7 +466,7 @@ pub async fn run(
                 .filter(|a| partner.as_ref().is_none_or(|p| &a.partner == p))
                 .collect();
             if shown.is_empty() {
-                println!("no audit records");
+                say!("no audit records");
             }
             for a in shown {
                 let offsets: Vec<String> = a
@@ -467,7 +474,7 @@ pub async fn run(
                     .iter()
                     .map(|(p, (first, last))| format!("{p}:{first}-{last}"))
                     .collect();
-                println!(
+                say!(
                     "{} {} {} by {} partner={} count={} matched={} skipped={} status={} offsets=[{}] filter={} id={}",
                     a.finished_at,
                     a.action,
@@ -600,7 +607,7 @@ async fn handle(
     }
     let verb = action.name();
     if todo.is_empty() {
-        println!(
+        say!(
             "nothing to {verb}: all {} matching records of {source} were already replayed or resolved (`dlq list` shows their state; --again repeats them)",
             matched.len()
         );
@@ -611,14 +618,14 @@ async fn handle(
         Action::Resolve => String::new(),
     };
     if run.dry_run {
-        println!(
+        say!(
             "dry run: would {verb} {} records of {source}{target} ({} matched, {} already handled and skipped); nothing changed",
             todo.len(),
             matched.len(),
             skipped.len()
         );
         for r in todo.iter().take(10) {
-            println!(
+            say!(
                 "  {}/{} {} key={} webhook-id={} reason={}",
                 r.partition,
                 r.offset,
@@ -629,7 +636,7 @@ async fn handle(
             );
         }
         if todo.len() > 10 {
-            println!("  ... and {} more", todo.len() - 10);
+            say!("  ... and {} more", todo.len() - 10);
         }
         return Ok(Outcome::Done);
     }
@@ -760,14 +767,14 @@ async fn handle(
         .map_err(|(e, _)| e)
         .context("writing the audit record")?;
     if interrupted {
-        println!(
+        say!(
             "interrupted: {} {done} of {} records{target} (operation {id}); run the same command again to resume",
             action.done(),
             todo.len()
         );
         Ok(Outcome::Interrupted)
     } else {
-        println!(
+        say!(
             "{} {done} records of {source}{target} ({} matched, {} already handled and skipped); operation {id}, audited in {}",
             action.done(),
             matched.len(),
@@ -815,7 +822,7 @@ fn print_summary(
         .iter()
         .filter(|r| !ledger.contains_key(&r.ledger_key(topic)))
         .count();
-    println!(
+    say!(
         "partner {partner} ({topic}): {} records, {pending} pending, {} handled",
         records.len(),
         records.len() - pending
@@ -833,12 +840,12 @@ fn print_summary(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("  by reason:     {}", count(&|r| r.reason_class()));
-    println!(
+    say!("  by reason:     {}", count(&|r| r.reason_class()));
+    say!(
         "  by event type: {}",
         count(&|r| r.header("event-type").unwrap_or("(none)").to_string())
     );
-    println!(
+    say!(
         "  by status:     {}",
         count(&|r| r.status().map_or("(none)".into(), |s| s.to_string()))
     );
@@ -848,8 +855,8 @@ fn print_summary(
             t.to_rfc3339_opts(SecondsFormat::Millis, true)
         })
     };
-    println!("  oldest:        {}", text(times.iter().min()));
-    println!("  newest:        {}", text(times.iter().max()));
+    say!("  oldest:        {}", text(times.iter().min()));
+    say!("  newest:        {}", text(times.iter().max()));
 }
 
 fn print_record(topic: &str, r: &DlqRecord, state: Option<&LedgerEntry>) {
