@@ -238,6 +238,8 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
         request_timeout_ms: 10_000,
         retry: RetryPolicy::default(),
         disabled: false,
+        paused: false,
+        previous_secrets_until: None,
     });
     let settings = KafkaSettings {
         brokers,

@@ -68,6 +68,7 @@ pub struct LaneMetrics {
     attempts: [metrics::Counter; 6],
     pub buffered: metrics::Gauge,
     pub oldest_age: metrics::Gauge,
+    pub paused: metrics::Gauge,
 }
 
 impl LaneMetrics {
@@ -83,6 +84,7 @@ impl LaneMetrics {
             attempts: ["2xx", "4xx", "5xx", "other", "transport", "refused"].map(attempt),
             buffered: metrics::gauge!(m::BUFFERED, "partner" => p.clone()),
             oldest_age: metrics::gauge!(m::OLDEST_AGE, "partner" => p.clone()),
+            paused: metrics::gauge!(m::LANE_PAUSED, "partner" => p.clone()),
         }
     }
 
@@ -155,10 +157,21 @@ pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
 async fn deliver(job: &Job, ctx: &JobContext) -> bool {
     let partner = &ctx.partner;
     let lm = &ctx.metrics;
-    let Some(target) = ctx.table.target(&job.subscription_id) else {
-        // Unsubscribed: nothing to deliver, nothing to keep.
-        lm.dropped.increment(1);
-        return true;
+    // A paused subscription holds its records here, in order, until it is resumed (or
+    // deleted, or shutdown leaves them unfinished for the next owner).
+    let target = loop {
+        let Some(target) = ctx.table.target(&job.subscription_id) else {
+            // Unsubscribed: nothing to deliver, nothing to keep.
+            lm.dropped.increment(1);
+            return true;
+        };
+        if !target.subscription.paused {
+            break target;
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     };
     let subscription = &target.subscription;
     if subscription.disabled {
@@ -187,7 +200,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
             url: &target.url,
             id: &job.webhook_id,
             body: &job.body,
-            secrets: &target.keys,
+            secrets: &target.keys[..subscription.active_keys(chrono::Utc::now())],
             traceparent: job.traceparent.as_deref(),
             timeout: subscription.request_timeout(),
         };

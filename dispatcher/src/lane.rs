@@ -4,7 +4,8 @@
 //! - records with the same key are delivered strictly one after another, in offset order;
 //! - records with different keys go out in parallel, up to the partner's in-flight cap;
 //! - at most `max_buffered` records are taken from Kafka and unfinished at once: past
-//!   that the lane stops reading and the backlog stays in Kafka;
+//!   that the lane pauses its partitions (and keeps polling, so it stays in its group)
+//!   and the backlog stays in Kafka;
 //! - offsets are stored only for the contiguous prefix of finished records, in one call
 //!   per 50 ms rather than one per record (a revoke in between redoes at most those
 //!   50 ms of work; shutdown stores them before its commit);
@@ -58,6 +59,8 @@ pub struct GroupContext {
     pub name: String,
     topic: String,
     revoked: Mutex<Vec<i32>>,
+    /// Set when partitions were assigned (a paused lane must pause them too).
+    assigned: std::sync::atomic::AtomicBool,
 }
 
 impl GroupContext {
@@ -66,7 +69,14 @@ impl GroupContext {
             name: name.to_string(),
             topic: topic.to_string(),
             revoked: Mutex::default(),
+            assigned: Default::default(),
         }
+    }
+
+    /// Whether partitions were assigned since the last call.
+    pub fn take_assigned(&self) -> bool {
+        self.assigned
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Partitions revoked since the last call.
@@ -113,6 +123,8 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(list) => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(consumer = %self.name, ?partitions, "partitions assigned");
+                self.assigned
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Rebalance::Error(error) => {
                 tracing::warn!(consumer = %self.name, %error, "rebalance failed")
@@ -175,7 +187,33 @@ pub async fn run(
     let mut stream = consumer.stream();
     tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
     let lm = ctx.metrics.clone();
+    let mut paused = false;
     loop {
+        // Back-pressure: with max_buffered records unfinished, the partitions are paused
+        // (nothing more is fetched into memory; the backlog waits in Kafka) and resumed
+        // once there is room again.
+        let full = state.tracker.total_pending() >= config.max_buffered;
+        let newly_assigned = consumer.context().take_assigned();
+        if full && (!paused || newly_assigned) || !full && paused {
+            match consumer.assignment() {
+                Ok(assignment) => {
+                    let result = if full {
+                        consumer.pause(&assignment)
+                    } else {
+                        consumer.resume(&assignment)
+                    };
+                    match result {
+                        Ok(()) => {
+                            paused = full;
+                            lm.paused.set(if full { 1.0 } else { 0.0 });
+                            tracing::debug!(partner = %partner, paused, "lane fetching {}", if full { "paused" } else { "resumed" });
+                        }
+                        Err(error) => tracing::warn!(partner = %partner, %error, "pause/resume"),
+                    }
+                }
+                Err(error) => tracing::warn!(partner = %partner, %error, "assignment"),
+            }
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -193,7 +231,9 @@ pub async fn run(
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
-            message = stream.next(), if state.tracker.total_pending() < config.max_buffered => {
+            // Always polled, also while paused: rebalances are served and the consumer
+            // stays in its group however long the partner takes.
+            message = stream.next() => {
                 let Some(message) = message else { break };
                 let message = match message {
                     Ok(m) => m,

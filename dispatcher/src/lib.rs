@@ -7,6 +7,7 @@
 //! dead-lettered with the reason when the policy is spent. Offsets are committed only
 //! for the contiguous prefix of finished records (delivered or durably dead-lettered).
 
+pub mod api;
 pub mod dlq;
 pub mod http;
 pub mod job;

@@ -99,6 +99,8 @@ enum Command {
     /// Manage the subscriptions topic.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// Serve the partner-facing API: subscriptions and recovery by polling.
+    Api(ApiArgs),
     /// Inspect, replay and resolve the partners' dead-letter topics (`dlq.<partner>`).
     #[command(subcommand)]
     Dlq(dispatcher::dlq::DlqCommand),
@@ -146,6 +148,23 @@ struct RunArgs {
         default_value_t = 10_000
     )]
     shutdown_deadline_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// Address to listen on; the bound address is printed.
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// YAML file of tokens: `admin: [..]` and `partners: {partner-id: [..]}`; a token is
+    /// given as itself (16 characters at least) or as `sha256:<hex of its digest>`.
+    #[arg(long, env = "API_TOKENS_FILE")]
+    tokens_file: PathBuf,
+    /// Refuse webhook URLs that are not https.
+    #[arg(long, env = "API_REQUIRE_HTTPS")]
+    require_https: bool,
+    /// Topic of the audit trail of subscription changes.
+    #[arg(long, env = "API_AUDIT_TOPIC", default_value = "subscription-audit")]
+    audit_topic: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +227,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Subscriptions(SubscriptionsCommand::List) => list(&cli.common).await,
         Command::Dlq(command) => return dlq(&cli.common, command).await,
+        Command::Api(args) => api(&cli.common, args).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -248,6 +268,42 @@ async fn dlq(common: &Common, command: &dispatcher::dlq::DlqCommand) -> std::pro
             std::process::ExitCode::from(1)
         }
     }
+}
+
+async fn api(common: &Common, args: &ApiArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.tokens_file)
+        .with_context(|| format!("--tokens-file {}", args.tokens_file.display()))?;
+    let tokens = dispatcher::api::Tokens::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--tokens-file {}: {e}", args.tokens_file.display()))?;
+    let kafka = common.kafka();
+    let allowlist = Arc::new(common.allowlist()?);
+    common.ensure_subscriptions_topic().await?;
+    kafka
+        .ensure_topics(std::slice::from_ref(&args.audit_topic), 1, &[])
+        .await
+        .context("audit topic")?;
+    let table =
+        SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist))
+            .await?;
+    let state = dispatcher::api::ApiState {
+        producer: kafka.producer().create()?,
+        kafka,
+        subscriptions_topic: common.subscriptions_topic.clone(),
+        audit_topic: args.audit_topic.clone(),
+        partitions: common.partitions,
+        table,
+        allowlist,
+        require_https: args.require_https,
+        tokens: Arc::new(tokens),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, dispatcher::api::router(state))
+        .with_graceful_shutdown(orderhooks_runtime::shutdown_signal())
+        .await?;
+    Ok(())
 }
 
 async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<()> {

@@ -24,10 +24,14 @@ pub const OLDEST_AGE: &str = "dispatcher_oldest_undelivered_age_seconds";
 /// Consumer lag in records (log end minus committed offset, summed over the assigned
 /// partitions), by `topic` (`deliveries.<partner>` or the orders topic). Every 5 s.
 pub const CONSUMER_LAG: &str = "dispatcher_consumer_lag_records";
+/// 1 while a lane's partitions are paused because its buffer is full, by `partner`.
+pub const LANE_PAUSED: &str = "dispatcher_lane_paused";
 /// Subscriptions disabled after a 410 Gone, by `partner`.
 pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
 pub const ROUTED: &str = "dispatcher_router_records_total";
+/// Subscription records (changes and deletions) read from the topic and in force.
+pub const SUBSCRIPTION_CHANGES: &str = "dispatcher_subscription_changes_total";
 /// Subscription records refused when read from the topic.
 pub const INVALID_SUBSCRIPTIONS: &str = "dispatcher_invalid_subscriptions_total";
 

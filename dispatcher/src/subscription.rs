@@ -69,6 +69,14 @@ pub struct Subscription {
     /// Set when the partner answered 410 Gone; nothing is sent while set.
     #[serde(default)]
     pub disabled: bool,
+    /// Paused by the partner or an operator: events are kept (the lane holds them, then
+    /// its backlog waits in Kafka) and delivered in order after resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// After a secret rotation: every secret but the first (the new one) signs until this
+    /// time, then only the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secrets_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn default_max_in_flight() -> usize {
@@ -193,6 +201,15 @@ impl Subscription {
         Ok(())
     }
 
+    /// How many of the signing keys sign at `now`: all of them, or only the newest once a
+    /// rotation's overlap window has passed.
+    pub fn active_keys(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
+        match self.previous_secrets_until {
+            Some(until) if now >= until => 1.min(self.secrets.len()),
+            _ => self.secrets.len(),
+        }
+    }
+
     /// The signing keys; only valid subscriptions reach delivery, so none fails here.
     pub fn signing_keys(&self) -> Vec<Secret> {
         self.secrets
@@ -262,6 +279,8 @@ mod tests {
             request_timeout_ms: 5000,
             retry: RetryPolicy::default(),
             disabled: false,
+            paused: false,
+            previous_secrets_until: None,
         }
     }
 

@@ -120,6 +120,7 @@ impl SubscriptionTable {
         };
         let Some(value) = value else {
             self.remove(&id);
+            metrics::counter!(m::SUBSCRIPTION_CHANGES).increment(1);
             return;
         };
         let parsed = serde_json::from_slice::<Subscription>(value)
@@ -129,7 +130,10 @@ impl SubscriptionTable {
                 Ok(s)
             });
         match parsed {
-            Ok(s) if s.id == id => self.upsert(s),
+            Ok(s) if s.id == id => {
+                self.upsert(s);
+                metrics::counter!(m::SUBSCRIPTION_CHANGES).increment(1);
+            }
             Ok(s) => {
                 tracing::warn!(key = %id, id = %s.id, "subscription record key and id differ; skipped")
             }

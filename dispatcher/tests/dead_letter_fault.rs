@@ -73,6 +73,8 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         request_timeout_ms: 2000,
         retry: RetryPolicy::default(),
         disabled: false,
+        paused: false,
+        previous_secrets_until: None,
     });
 
     let producer: FutureProducer = ClientConfig::new()

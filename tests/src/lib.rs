@@ -182,9 +182,79 @@ pub struct DispatcherProcess {
     pub metrics_url: String,
 }
 
+/// A nisshi broker of one test's own, on a free port with a fresh data directory; stopped
+/// by pid and its directory removed when dropped. For the heavy crash tests: nisshi slows
+/// down with the data it holds and the consumers polling it (docs/ARCHITECTURE.md), so
+/// they do not share the suite's broker.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    process: Running,
+    dir: PathBuf,
+    pub brokers: String,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let nisshi = std::env::var("NISSHI_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+                    format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
+                }))
+                .join("bin/nisshi")
+            });
+        assert!(
+            nisshi.exists(),
+            "{} missing: scripts/install-nisshi.sh",
+            nisshi.display()
+        );
+        let dir = tempfile_dir().join(unique("broker"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let addr = closed_port();
+        let url = format!("tcp://{addr}");
+        // nisshi resolves the sqlite path against its working directory: run it there.
+        let child = Command::new(nisshi)
+            .current_dir(&dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://nisshi.db",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nisshi.log")).expect("log"))
+            .spawn()
+            .expect("start nisshi");
+        let process = Running(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "nisshi did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            process,
+            dir,
+            brokers: addr,
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Names one test's dispatcher uses, so tests never share state.
 #[derive(Debug, Clone)]
 pub struct DispatchWorld {
+    /// Bootstrap servers (the suite's broker unless [`DispatchWorld::on`]).
+    pub brokers: String,
     pub orders_topic: String,
     pub subscriptions_topic: String,
     pub orders_dead_letter_topic: String,
@@ -198,8 +268,15 @@ pub struct DispatchWorld {
 
 impl DispatchWorld {
     pub async fn new(allow: &str) -> Self {
-        let orders_topic = fresh_topic("orders", 3).await;
+        Self::on(&brokers(), allow).await
+    }
+
+    /// A world on another broker (a [`PrivateBroker`]).
+    pub async fn on(brokers: &str, allow: &str) -> Self {
+        let orders_topic = unique("orders");
+        create_topic_on(brokers, &orders_topic, 3).await;
         Self {
+            brokers: brokers.to_string(),
             subscriptions_topic: unique("subscriptions"),
             orders_dead_letter_topic: format!("{orders_topic}.dlq"),
             router_group: unique("router"),
@@ -214,7 +291,7 @@ impl DispatchWorld {
     pub fn common_args(&self) -> Vec<String> {
         let mut args = vec![
             "--brokers".into(),
-            brokers(),
+            self.brokers.clone(),
             "--subscriptions-topic".into(),
             self.subscriptions_topic.clone(),
             "--session-timeout-ms".into(),
@@ -247,7 +324,6 @@ impl DispatchWorld {
 
     /// Starts `dispatcher run` and waits until it serves /metrics.
     pub fn start(&self) -> DispatcherProcess {
-        use std::io::{BufRead, BufReader};
         let log = tempfile_dir().join(format!("{}.log", unique("dispatcher")));
         let mut args = self.common_args();
         args.extend([
@@ -268,27 +344,83 @@ impl DispatchWorld {
             "5000".into(),
         ]);
         args.extend(self.run_args.iter().cloned());
-        let mut child = Command::new(binary("dispatcher"))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn dispatcher");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("dispatcher did not start: {}", tail(&log)));
+        let (process, addr) = spawn_listening(&args, &log);
         DispatcherProcess {
-            process: Running(child),
+            process,
             log,
             metrics_url: format!("{addr}/metrics"),
         }
     }
+
+    /// Starts `dispatcher api` with `tokens` (the YAML of its tokens file) and `extra`
+    /// flags; returns once it listens.
+    pub fn start_api(&self, tokens: &str, extra: &[&str]) -> ApiProcess {
+        let dir = tempfile_dir();
+        let tokens_file = dir.join(format!("{}.yaml", unique("tokens")));
+        std::fs::write(&tokens_file, tokens).expect("tokens file");
+        let log = dir.join(format!("{}.log", unique("api")));
+        let audit_topic = unique("subscription-audit");
+        let mut args = self.common_args();
+        args.extend([
+            "api".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--tokens-file".into(),
+            tokens_file.display().to_string(),
+            "--audit-topic".into(),
+            audit_topic.clone(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (process, url) = spawn_listening(&args, &log);
+        ApiProcess {
+            process,
+            log,
+            url,
+            audit_topic,
+            tokens_file,
+        }
+    }
+}
+
+/// A running `dispatcher api`; stopped by pid when dropped.
+#[derive(Debug)]
+pub struct ApiProcess {
+    pub process: Running,
+    pub log: PathBuf,
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// Where it writes its audit trail.
+    pub audit_topic: String,
+    tokens_file: PathBuf,
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tokens_file);
+    }
+}
+
+/// Starts `dispatcher <args>` with its log in `log` and waits for its
+/// `listening on http://ADDR` line; returns the process and `http://ADDR`.
+fn spawn_listening(args: &[String], log: &std::path::Path) -> (Running, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(binary("dispatcher"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn dispatcher");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("dispatcher did not start: {}", tail(log)))
+        .to_string();
+    (Running(child), addr)
 }
 
 impl DispatcherProcess {

@@ -557,3 +557,125 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
     assert_eq!(strict.unique(), 0);
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// A slow partner: its lane's buffer fills, the lane pauses its partitions (nothing more
+/// is fetched) and keeps polling, so it stays in its group past max.poll.interval.ms;
+/// everything arrives once, in order per key, and the lane resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_partner_pauses_its_lane_without_leaving_the_group() {
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    // A lane that stopped polling would be out of its group after 7 s: this run is longer.
+    world.run_args = vec![
+        "--max-buffered".into(),
+        "16".into(),
+        "--max-poll-interval-ms".into(),
+        "7000".into(),
+    ];
+    let partner = unique("slow");
+    let secret = Secret::generate();
+    let slow = receiver(
+        &secret,
+        Script {
+            delay_ms: 100,
+            ..Default::default()
+        },
+    )
+    .await;
+    let yaml = format!(
+        "subscriptions:\n{}",
+        subscription(
+            &format!("{partner}-s"),
+            &partner,
+            &slow.url(),
+            &secret,
+            &["order.created", "order.status_changed"],
+            "    max_in_flight: 2\n"
+        )
+    );
+    assert!(world.apply(&yaml).status.success());
+    let dispatcher = world.start();
+    let publisher = Publisher::connect(&PublisherConfig::new(
+        &brokers(),
+        &world.orders_topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher");
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let kind = if i < 20 {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let event = OrderEvent::sample(kind, &format!("order-{}", i % 20), &partner, 1);
+        publisher.publish(&event).await.expect("publish");
+        sent.push(event);
+    }
+    let metrics = |url: String| async move {
+        reqwest::get(&url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let paused = format!("dispatcher_lane_paused{{partner=\"{partner}\"}} 1");
+    let mut saw_paused = false;
+    let mut max_buffered = 0.0f64;
+    let buffered = format!("dispatcher_buffered_records{{partner=\"{partner}\"}} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while slow.unique() < sent.len() && std::time::Instant::now() < deadline {
+        let text = metrics(dispatcher.metrics_url.clone()).await;
+        saw_paused |= text.contains(&paused);
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix(buffered.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            max_buffered = max_buffered.max(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        slow.unique(),
+        sent.len(),
+        "all delivered\n{}",
+        dispatcher.log_tail()
+    );
+    assert!(saw_paused, "the lane paused its partitions");
+    assert!(max_buffered <= 16.0 + 1.0, "buffer bounded: {max_buffered}");
+    let got = slow.deliveries();
+    assert_eq!(
+        got.iter().filter(|d| d.duplicate).count(),
+        0,
+        "no redelivery: the lane never left its group\n{}",
+        dispatcher.log_tail()
+    );
+    for order in 0..20 {
+        let order = format!("order-{order}");
+        let want: Vec<String> = sent
+            .iter()
+            .filter(|e| e.order_id() == order)
+            .map(|e| e.event_id().to_string())
+            .collect();
+        let have: Vec<String> = got
+            .iter()
+            .filter(|d| d.order_id == order)
+            .map(|d| d.webhook_id.clone())
+            .collect();
+        assert_eq!(have, want, "{order} in order");
+    }
+    let resumed = format!("dispatcher_lane_paused{{partner=\"{partner}\"}} 0");
+    let url = dispatcher.metrics_url.clone();
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = metrics(url.clone()).await;
+        if text.contains(&resumed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains(&resumed), "resumed once idle: {text}");
+    assert_eq!(dispatcher.terminate(), Some(0));
+}

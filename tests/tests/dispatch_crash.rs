@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::signing::Secret;
-use e2e::{brokers, eventually, registry_url, unique, DispatchWorld};
+use e2e::{eventually, registry_url, unique, DispatchWorld, PrivateBroker};
 use order_schemas::{EventType, OrderEvent};
 use producer::{Publisher, PublisherConfig};
 
@@ -67,8 +67,8 @@ fn events(partners: &[Partner], count: usize, orders: usize) -> Vec<OrderEvent> 
 }
 
 /// Publishes `events`, at most `per_second` of them per second (0: all at once).
-async fn publish_all(topic: String, events: Vec<OrderEvent>, per_second: usize) {
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers(), &topic, &registry_url()))
+async fn publish_all(brokers: String, topic: String, events: Vec<OrderEvent>, per_second: usize) {
+    let publisher = Publisher::connect(&PublisherConfig::new(&brokers, &topic, &registry_url()))
         .await
         .expect("publisher");
     let mut pending = Vec::new();
@@ -136,7 +136,13 @@ async fn sigterm_then_restart_loses_nothing_and_duplicates_nothing() {
     .await;
     let events = events(&partners, 1500, 150);
     let dispatcher = world.start();
-    publish_all(world.orders_topic.clone(), events.clone(), 0).await;
+    publish_all(
+        world.brokers.clone(),
+        world.orders_topic.clone(),
+        events.clone(),
+        0,
+    )
+    .await;
     assert!(
         eventually(Duration::from_secs(60), || received(&partners) >= 300).await,
         "{}",
@@ -190,13 +196,15 @@ async fn kill_9_five_times_during_20000_events_loses_nothing() {
 /// then restarted; every event must arrive.
 async fn kill_9_during_a_run(count: usize, orders: usize, per_second: usize, progress: usize) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut world = DispatchWorld::new("127.0.0.1").await;
+    let broker = PrivateBroker::start();
+    let mut world = DispatchWorld::on(&broker.brokers, "127.0.0.1").await;
     // A killed member never leaves its groups: let rebalances stop waiting for it soon.
     world.run_args = vec!["--max-poll-interval-ms".into(), "15000".into()];
     let partners = partners(&world, 3, Script::default()).await;
     let events = events(&partners, count, orders);
     let mut dispatcher = world.start();
     let publishing = tokio::spawn(publish_all(
+        world.brokers.clone(),
         world.orders_topic.clone(),
         events.clone(),
         per_second,
@@ -246,11 +254,17 @@ async fn kill_9_during_a_run(count: usize, orders: usize, per_second: usize, pro
 #[ignore = "flaky on nisshi: the survivor's rebalance can stall on a loaded broker"]
 async fn instances_joining_and_leaving_under_load_lose_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut world = DispatchWorld::new("127.0.0.1").await;
+    let broker = PrivateBroker::start();
+    let mut world = DispatchWorld::on(&broker.brokers, "127.0.0.1").await;
     world.run_args = vec!["--max-poll-interval-ms".into(), "15000".into()];
     let partners = partners(&world, 3, Script::default()).await;
     let events = events(&partners, 3_000, 300);
-    let publishing = tokio::spawn(publish_all(world.orders_topic.clone(), events.clone(), 100));
+    let publishing = tokio::spawn(publish_all(
+        world.brokers.clone(),
+        world.orders_topic.clone(),
+        events.clone(),
+        100,
+    ));
     let progress = |from: usize| received(&partners) >= from + 150;
     let first = world.start();
     let at = received(&partners);

@@ -1,0 +1,884 @@
+//! The partner-facing HTTP API (`dispatcher api`): subscriptions (create, list, get,
+//! update, rotate the secret, pause/resume, delete) and recovery by polling a partner's
+//! delivery stream.
+//!
+//! - State is the compacted subscriptions topic: the API follows it like every dispatcher
+//!   and writes changes to it, so running dispatchers pick them up without a restart.
+//! - Authentication: `Authorization: Bearer <token>`. An admin token sees and changes
+//!   everything; a partner token only its own partner's subscriptions and events (another
+//!   partner's subscription answers 404, as if it did not exist).
+//! - A URL is checked as `subscriptions apply` checks it, plus: its host name is resolved
+//!   and every address must pass the SSRF guard, and `--require-https` refuses http.
+//!   URL changes are audited (the audit topic and the log).
+//! - Errors are JSON: `{"error": {"code", "message", "field"?}}`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::{SecondsFormat, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::kafka::KafkaSettings;
+use crate::signing::Secret;
+use crate::ssrf::Allowlist;
+use crate::subscription::{dead_letter_topic, delivery_topic, RetryPolicy, Subscription};
+use crate::table::{self, SubscriptionTable};
+
+/// Who may call the API: tokens as SHA-256 digests (a file may hold `sha256:<hex>` or the
+/// token itself).
+#[derive(Debug, Default, Clone)]
+pub struct Tokens {
+    admin: Vec<[u8; 32]>,
+    partners: Vec<([u8; 32], String)>,
+}
+
+/// The tokens file: `admin: [..]`, `partners: {partner-id: [..]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    admin: Vec<String>,
+    #[serde(default)]
+    partners: BTreeMap<String, Vec<String>>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn stored(text: &str) -> Result<[u8; 32], String> {
+    match text.strip_prefix("sha256:") {
+        Some(hex) => {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                .collect::<Result<_, _>>()
+                .map_err(|_| "a sha256: token must be 64 hex digits".to_string())?;
+            bytes
+                .try_into()
+                .map_err(|_| "a sha256: token must be 64 hex digits".to_string())
+        }
+        None if text.len() < 16 => Err("a token must be at least 16 characters".into()),
+        None => Ok(digest(text)),
+    }
+}
+
+/// Equal in constant time (the comparison does not leak how much of a token matched).
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: TokensFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut tokens = Tokens::default();
+        for t in &file.admin {
+            tokens
+                .admin
+                .push(stored(t).map_err(|e| format!("admin: {e}"))?);
+        }
+        for (partner, list) in &file.partners {
+            for t in list {
+                tokens.partners.push((
+                    stored(t).map_err(|e| format!("partners.{partner}: {e}"))?,
+                    partner.clone(),
+                ));
+            }
+        }
+        if tokens.admin.is_empty() && tokens.partners.is_empty() {
+            return Err("no tokens: nobody could call the API".into());
+        }
+        Ok(tokens)
+    }
+
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "send `Authorization: Bearer <token>`",
+                )
+            })?;
+        let d = digest(token.trim());
+        if self.admin.iter().any(|a| same(a, &d)) {
+            return Ok(Caller::Admin);
+        }
+        self.partners
+            .iter()
+            .find(|(t, _)| same(t, &d))
+            .map(|(_, p)| Caller::Partner(p.clone()))
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token")
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    Partner(String),
+}
+
+impl Caller {
+    fn sees(&self, partner: &str) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Partner(p) => p == partner,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Caller::Admin => "admin".into(),
+            Caller::Partner(p) => format!("partner:{p}"),
+        }
+    }
+}
+
+/// A JSON error: status, machine-readable code, message, and the field when one is at
+/// fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_field",
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    fn not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no subscription `{id}`"),
+        )
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "api");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("try again later: {error}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            error["field"] = f.into();
+        }
+        (self.status, Json(serde_json::json!({ "error": error }))).into_response()
+    }
+}
+
+/// What the API needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub kafka: KafkaSettings,
+    pub subscriptions_topic: String,
+    pub audit_topic: String,
+    pub partitions: i32,
+    pub table: SubscriptionTable,
+    pub allowlist: Arc<Allowlist>,
+    pub require_https: bool,
+    pub tokens: Arc<Tokens>,
+    pub producer: FutureProducer,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("subscriptions_topic", &self.subscriptions_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/subscriptions", get(list).post(create))
+        .route(
+            "/v1/subscriptions/{id}",
+            get(read).patch(update).delete(remove),
+        )
+        .route("/v1/subscriptions/{id}/rotate-secret", post(rotate))
+        .route("/v1/subscriptions/{id}/pause", post(pause))
+        .route("/v1/subscriptions/{id}/resume", post(resume))
+        .route("/v1/partners/{partner}/events", get(events))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// A subscription as the API shows it: secrets never, after creation and rotation.
+#[derive(Debug, Serialize)]
+struct View {
+    id: String,
+    partner_id: String,
+    url: String,
+    event_types: BTreeSet<String>,
+    internal: bool,
+    max_in_flight: usize,
+    request_timeout_ms: u64,
+    retry: RetryPolicy,
+    /// `active`, `paused`, or `disabled` (after a 410 Gone).
+    state: &'static str,
+    /// Secrets signing now (more than one during a rotation's overlap).
+    signing_secrets: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_secrets_until: Option<String>,
+}
+
+impl From<&Subscription> for View {
+    fn from(s: &Subscription) -> Self {
+        Self {
+            id: s.id.clone(),
+            partner_id: s.partner_id.clone(),
+            url: s.url.clone(),
+            event_types: s.event_types.clone(),
+            internal: s.internal,
+            max_in_flight: s.max_in_flight,
+            request_timeout_ms: s.request_timeout_ms,
+            retry: s.retry.clone(),
+            state: if s.disabled {
+                "disabled"
+            } else if s.paused {
+                "paused"
+            } else {
+                "active"
+            },
+            signing_secrets: s.active_keys(Utc::now()),
+            previous_secrets_until: s
+                .previous_secrets_until
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    id: Option<String>,
+    partner_id: Option<String>,
+    url: String,
+    event_types: BTreeSet<String>,
+    #[serde(default)]
+    internal: bool,
+    max_in_flight: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    url: Option<String>,
+    event_types: Option<BTreeSet<String>>,
+    max_in_flight: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the previous secrets keep signing next to the new one. Default 24 h.
+    overlap_secs: Option<u64>,
+}
+
+/// Parses a JSON body, naming the field at fault.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        if path == "." {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+        } else {
+            ApiError::field(&path, message)
+        }
+    })
+}
+
+impl ApiState {
+    fn visible(&self, caller: &Caller, id: &str) -> Result<Arc<Subscription>, ApiError> {
+        self.table
+            .get(id)
+            .filter(|s| caller.sees(&s.partner_id))
+            .ok_or_else(|| ApiError::not_found(id))
+    }
+
+    /// Everything `subscriptions apply` checks, plus the resolved addresses and the
+    /// https-only rule.
+    async fn check(&self, s: &Subscription) -> Result<(), ApiError> {
+        s.validate(&self.allowlist)
+            .map_err(|e| ApiError::field(e.field, e.message))?;
+        let url = reqwest::Url::parse(&s.url).map_err(|e| ApiError::field("url", e.to_string()))?;
+        if self.require_https && url.scheme() != "https" {
+            return Err(ApiError::field("url", "must use https"));
+        }
+        if let Some(url::Host::Domain(host)) = url.host() {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let addrs = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((host.to_string(), port)),
+            )
+            .await
+            .map_err(|_| ApiError::field("url", format!("resolving `{host}` timed out")))?
+            .map_err(|e| ApiError::field("url", format!("`{host}` does not resolve: {e}")))?;
+            for addr in addrs {
+                self.allowlist.check(addr.ip()).map_err(|why| {
+                    ApiError::field(
+                        "url",
+                        format!(
+                            "`{host}` resolves to {}, refused by the SSRF guard: {why}",
+                            addr.ip()
+                        ),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the subscription to the topic (and the local table, so the caller reads
+    /// its own write at once).
+    async fn save(&self, s: Subscription) -> Result<Subscription, ApiError> {
+        table::publish(
+            &self.kafka,
+            &self.subscriptions_topic,
+            std::slice::from_ref(&s),
+            &[],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        self.table.upsert(s.clone());
+        Ok(s)
+    }
+
+    async fn audit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        s: &Subscription,
+        extra: serde_json::Value,
+    ) {
+        let record = serde_json::json!({
+            "at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            "actor": caller.name(),
+            "action": action,
+            "subscription": s.id,
+            "partner": s.partner_id,
+            "details": extra,
+        });
+        tracing::info!(actor = %caller.name(), action, subscription = %s.id, %extra, "subscription audit");
+        let payload = record.to_string();
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::to(&self.audit_topic)
+                    .key(&s.id)
+                    .payload(&payload),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await;
+        if let Err((error, _)) = sent {
+            tracing::error!(%error, "audit record not written");
+        }
+    }
+}
+
+async fn list(State(api): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let mut all: Vec<View> = api
+        .table
+        .all()
+        .iter()
+        .filter(|s| caller.sees(&s.partner_id))
+        .map(|s| View::from(s.as_ref()))
+        .collect();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(serde_json::json!({ "subscriptions": all })).into_response())
+}
+
+async fn read(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let s = api.visible(&caller, &id)?;
+    Ok(Json(View::from(s.as_ref())).into_response())
+}
+
+async fn create(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let request: CreateRequest = body(&bytes)?;
+    let partner_id = match (&caller, request.partner_id) {
+        (Caller::Partner(p), None) => p.clone(),
+        (Caller::Partner(p), Some(asked)) if &asked == p => asked,
+        (Caller::Partner(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a partner token creates subscriptions of its own partner only",
+            ))
+        }
+        (Caller::Admin, Some(p)) => p,
+        (Caller::Admin, None) => return Err(ApiError::field("partner_id", "required")),
+    };
+    if request.internal && caller != Caller::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin token creates internal subscriptions",
+        ));
+    }
+    let id = request.id.unwrap_or_else(|| {
+        format!(
+            "{partner_id}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
+    if api.table.get(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("subscription `{id}` exists"),
+        ));
+    }
+    let secret = Secret::generate();
+    let s = Subscription {
+        id,
+        partner_id,
+        url: request.url,
+        event_types: request.event_types,
+        secrets: vec![secret.clone()],
+        internal: request.internal,
+        max_in_flight: request.max_in_flight.unwrap_or(16),
+        request_timeout_ms: request.request_timeout_ms.unwrap_or(10_000),
+        retry: request.retry.unwrap_or_default(),
+        disabled: false,
+        paused: false,
+        previous_secrets_until: None,
+    };
+    api.check(&s).await?;
+    // The partner's topics exist before anything is routed to them.
+    api.kafka
+        .ensure_topics(
+            &[
+                delivery_topic(&s.partner_id),
+                dead_letter_topic(&s.partner_id),
+            ],
+            api.partitions,
+            &[],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    let s = api.save(s).await?;
+    api.audit(&caller, "create", &s, serde_json::json!({ "url": s.url }))
+        .await;
+    let mut view = serde_json::to_value(View::from(&s)).map_err(ApiError::internal)?;
+    // Shown once: the partner verifies signatures with it.
+    view["secret"] = secret.into();
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn update(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let current = api.visible(&caller, &id)?;
+    let request: UpdateRequest = body(&bytes)?;
+    let mut s = (*current).clone();
+    if let Some(url) = request.url {
+        s.url = url;
+    }
+    if let Some(t) = request.event_types {
+        s.event_types = t;
+    }
+    if let Some(n) = request.max_in_flight {
+        s.max_in_flight = n;
+    }
+    if let Some(ms) = request.request_timeout_ms {
+        s.request_timeout_ms = ms;
+    }
+    if let Some(r) = request.retry {
+        s.retry = r;
+    }
+    api.check(&s).await?;
+    let url_changed = s.url != current.url;
+    let s = api.save(s).await?;
+    if url_changed {
+        api.audit(
+            &caller,
+            "change-url",
+            &s,
+            serde_json::json!({ "from": current.url, "to": s.url }),
+        )
+        .await;
+    } else {
+        api.audit(&caller, "update", &s, serde_json::json!({}))
+            .await;
+    }
+    Ok(Json(View::from(&s)).into_response())
+}
+
+async fn rotate(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let current = api.visible(&caller, &id)?;
+    let request: RotateRequest = body(&bytes)?;
+    let overlap = request.overlap_secs.unwrap_or(86_400);
+    if overlap > 30 * 86_400 {
+        return Err(ApiError::field("overlap_secs", "at most 30 days (2592000)"));
+    }
+    let mut s = (*current).clone();
+    let now = Utc::now();
+    // Secrets past an earlier overlap window are dropped; the new one signs first.
+    let keep = s.active_keys(now);
+    s.secrets.truncate(keep);
+    let secret = Secret::generate();
+    s.secrets.insert(0, secret.clone());
+    s.secrets.truncate(5);
+    let until = now + chrono::Duration::seconds(overlap as i64);
+    s.previous_secrets_until = Some(until);
+    let s = api.save(s).await?;
+    api.audit(
+        &caller,
+        "rotate-secret",
+        &s,
+        serde_json::json!({ "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true) }),
+    )
+    .await;
+    Ok(Json(serde_json::json!({
+        "secret": secret,
+        "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }))
+    .into_response())
+}
+
+async fn set_paused(
+    api: ApiState,
+    headers: HeaderMap,
+    id: String,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let mut s = (*api.visible(&caller, &id)?).clone();
+    s.paused = paused;
+    let s = api.save(s).await?;
+    api.audit(
+        &caller,
+        if paused { "pause" } else { "resume" },
+        &s,
+        serde_json::json!({}),
+    )
+    .await;
+    Ok(Json(View::from(&s)).into_response())
+}
+
+async fn pause(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(api, headers, id, true).await
+}
+
+async fn resume(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(api, headers, id, false).await
+}
+
+async fn remove(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    let s = api.visible(&caller, &id)?;
+    table::publish(
+        &api.kafka,
+        &api.subscriptions_topic,
+        &[],
+        std::slice::from_ref(&id),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    api.table.remove(&id);
+    api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
+        .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The position in a partner's stream: the next offset to read per partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor(pub BTreeMap<i32, i64>);
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let text: Vec<String> = self.0.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text.join(","))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let raw = String::from_utf8(raw).ok()?;
+        let mut map = BTreeMap::new();
+        for part in raw.split(',').filter(|p| !p.is_empty()) {
+            let (p, o) = part.split_once(':')?;
+            let (p, o) = (p.parse::<i32>().ok()?, o.parse::<i64>().ok()?);
+            if p < 0 || o < 0 {
+                return None;
+            }
+            map.insert(p, o);
+        }
+        Some(Self(map))
+    }
+}
+
+/// One event of the stream, as the webhook carried it.
+#[derive(Debug, Serialize)]
+struct PolledEvent {
+    /// The `webhook-id`: the event id, the partner's deduplication key.
+    id: String,
+    subscription_id: String,
+    /// The webhook body: `{"type", "timestamp", "data"}`.
+    event: serde_json::Value,
+}
+
+async fn events(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(partner): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    if !caller.sees(&partner) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no partner `{partner}`"),
+        ));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "between 1 and 500"));
+    }
+    let after = match &query.after {
+        None => Cursor::default(),
+        Some(text) => Cursor::decode(text)
+            .ok_or_else(|| ApiError::field("after", "not a cursor this API returned"))?,
+    };
+    let (kafka, topic) = (api.kafka.clone(), delivery_topic(&partner));
+    let page = tokio::task::spawn_blocking(move || read_page(&kafka, &topic, &after, limit))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(page).into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct Page {
+    data: Vec<PolledEvent>,
+    /// Pass as `after` for the next page (also when `data` is empty: new events appear
+    /// after it).
+    next: String,
+    /// Whether the stream had nothing more when this page was read.
+    done: bool,
+}
+
+/// Reads up to `limit` records after `cursor` from every partition, orders them by
+/// (timestamp, partition, offset), keeps the first `limit`, and moves the cursor past
+/// exactly those: the same cursor always gives the same page.
+fn read_page(
+    kafka: &KafkaSettings,
+    topic: &str,
+    cursor: &Cursor,
+    limit: usize,
+) -> Result<Page, ApiError> {
+    let consumer: BaseConsumer = kafka.reader().create().map_err(ApiError::internal)?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map_err(ApiError::internal)?;
+    let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no events stream for this partner",
+        ));
+    };
+    let mut next = cursor.0.clone();
+    let mut wanted: HashMap<i32, i64> = HashMap::new();
+    let mut list = TopicPartitionList::new();
+    let mut more = false;
+    for p in meta.partitions().iter().map(|p| p.id()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(5))
+            .map_err(ApiError::internal)?;
+        let from = cursor.0.get(&p).copied().unwrap_or(low).max(low);
+        next.entry(p).or_insert(from);
+        if from < high {
+            // Reading up to `limit` of each partition is enough for any merge order.
+            let to = high.min(from + limit as i64);
+            more |= to < high;
+            wanted.insert(p, to);
+            list.add_partition_offset(topic, p, Offset::Offset(from))
+                .map_err(ApiError::internal)?;
+        }
+    }
+    let mut found: Vec<(i64, i32, i64, PolledEvent)> = Vec::new();
+    if !wanted.is_empty() {
+        consumer.assign(&list).map_err(ApiError::internal)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !wanted.is_empty() && Instant::now() < deadline {
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.map_err(ApiError::internal)?;
+            let (p, o) = (m.partition(), m.offset());
+            let Some(&to) = wanted.get(&p) else { continue };
+            if o < to {
+                let header = |name: &str| {
+                    use rdkafka::message::Headers;
+                    m.headers()
+                        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                let event = serde_json::from_slice(m.payload().unwrap_or_default())
+                    .unwrap_or(serde_json::Value::Null);
+                found.push((
+                    m.timestamp().to_millis().unwrap_or(0),
+                    p,
+                    o,
+                    PolledEvent {
+                        id: header("webhook-id"),
+                        subscription_id: header("subscription-id"),
+                        event,
+                    },
+                ));
+            }
+            if o + 1 >= to {
+                wanted.remove(&p);
+            }
+        }
+        if !wanted.is_empty() {
+            return Err(ApiError::internal("reading the events stream timed out"));
+        }
+    }
+    found.sort_by_key(|(t, p, o, _)| (*t, *p, *o));
+    more |= found.len() > limit;
+    found.truncate(limit);
+    for (_, p, o, _) in &found {
+        next.insert(*p, o + 1);
+    }
+    Ok(Page {
+        data: found.into_iter().map(|(_, _, _, e)| e).collect(),
+        next: Cursor(next).encode(),
+        done: !more,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = Cursor([(0, 5), (2, 17)].into());
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("not base64!"), None);
+        let negative = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("0:-3");
+        assert_eq!(Cursor::decode(&negative), None);
+    }
+
+    #[test]
+    fn tokens_are_kept_as_digests_and_matched_exactly() {
+        let file = format!(
+            "admin: [\"admin-token-0123456789\"]\npartners:\n  acme: [\"sha256:{}\"]\n",
+            Sha256::digest(b"acme-token-0123456789")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let tokens = Tokens::parse(&file).expect("tokens");
+        let call = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
+            tokens.caller(&h).map_err(|e| e.code)
+        };
+        assert_eq!(call("admin-token-0123456789"), Ok(Caller::Admin));
+        assert_eq!(
+            call("acme-token-0123456789"),
+            Ok(Caller::Partner("acme".into()))
+        );
+        assert_eq!(call("acme-token-012345678"), Err("unauthenticated"));
+        assert!(Tokens::parse("admin: [short]").is_err(), "too short");
+        assert!(Tokens::parse("{}").is_err(), "no tokens");
+    }
+}
