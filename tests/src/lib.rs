@@ -246,7 +246,14 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let _ = self.process.0.kill();
         let _ = self.process.0.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: broker data and log kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
