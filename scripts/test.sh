@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 "$ROOT/scripts/install-deps.sh"
 "$ROOT/scripts/install-nisshi.sh"
+"$ROOT/scripts/setup-examples.sh"
 cargo build --workspace --all-targets
 export STACK_DIR; STACK_DIR="$(mktemp -d /tmp/orderhooks-test.XXXXXX)"
 cleanup() { "$ROOT/scripts/stack.sh" purge >/dev/null 2>&1 || true; }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The Python and TypeScript receiver examples' dependencies (the official standardwebhooks
+# libraries): a virtualenv in consumer-examples/python/.venv and node_modules + dist/ in
+# consumer-examples/typescript. Installs Node.js from Debian when missing. Idempotent:
+# quick when already set up.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="$ROOT/consumer-examples/python"
+TS="$ROOT/consumer-examples/typescript"
+
+if [[ ! -x "$PY/.venv/bin/python" ]] || ! "$PY/.venv/bin/python" -c "import standardwebhooks" 2>/dev/null \
+   || [[ "$PY/requirements.txt" -nt "$PY/.venv/.installed" ]]; then
+  echo "setting up the Python example (venv, standardwebhooks)..." >&2
+  python3 -m venv "$PY/.venv"
+  "$PY/.venv/bin/pip" install -q --disable-pip-version-check -r "$PY/requirements.txt" >&2
+  touch "$PY/.venv/.installed"
+fi
+
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing Node.js and npm..." >&2
+  if [[ "$(id -u)" != 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq >&2
+  $SUDO apt-get install -y -qq nodejs npm >&2
+fi
+if [[ ! -d "$TS/node_modules/standardwebhooks" ]] || [[ "$TS/package-lock.json" -nt "$TS/node_modules/.installed" ]]; then
+  echo "setting up the TypeScript example (npm ci)..." >&2
+  (cd "$TS" && npm ci --silent --no-audit --no-fund >&2)
+  touch "$TS/node_modules/.installed"
+fi
+if [[ ! -f "$TS/dist/receiver.js" ]] || [[ "$TS/receiver.ts" -nt "$TS/dist/receiver.js" ]]; then
+  (cd "$TS" && npx tsc -p . >&2)
+fi
