@@ -39,6 +39,9 @@ pub struct Script {
     pub delay_ms: u64,
     /// Never answer.
     pub hang: bool,
+    /// An overloaded server: answer 503 to a request that finds more than this many
+    /// requests already being answered (use with `delay_ms`).
+    pub capacity: Option<u32>,
 }
 
 /// One accepted (verified) delivery.
@@ -61,6 +64,21 @@ struct Inner {
     rejected_signatures: u64,
     seen: HashSet<String>,
     deliveries: Vec<Delivery>,
+    /// When each request arrived (since the script was last set).
+    arrivals: Vec<std::time::Instant>,
+    in_flight: u32,
+    max_in_flight: u32,
+    overloaded: u64,
+}
+
+/// Counts a request as being answered until dropped.
+struct Answering(Arc<Mutex<Inner>>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+    }
 }
 
 /// A running receiver; it stops when dropped.
@@ -121,7 +139,25 @@ impl Receiver {
         self.with(|i| {
             i.script = script;
             i.requests = 0;
+            i.arrivals.clear();
+            i.max_in_flight = 0;
+            i.overloaded = 0;
         });
+    }
+
+    /// When each request arrived since the script was last set.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.with(|i| i.arrivals.clone())
+    }
+
+    /// The most requests answered at once since the script was last set.
+    pub fn max_concurrent(&self) -> u32 {
+        self.with(|i| i.max_in_flight)
+    }
+
+    /// Requests refused with 503 for being over `capacity`.
+    pub fn overloaded(&self) -> u64 {
+        self.with(|i| i.overloaded)
     }
 
     /// Accepted deliveries in arrival order, duplicates included (marked).
@@ -157,16 +193,27 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (script, n) = {
+    let (script, n, over) = {
         let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.requests += 1;
-        (inner.script.clone(), inner.requests)
+        inner.arrivals.push(std::time::Instant::now());
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+        let over = inner.script.capacity.is_some_and(|c| inner.in_flight > c);
+        if over {
+            inner.overloaded += 1;
+        }
+        (inner.script.clone(), inner.requests, over)
     };
+    let _answering = Answering(Arc::clone(&app.inner));
     if script.hang {
         std::future::pending::<()>().await;
     }
     if script.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+    }
+    if over {
+        return (StatusCode::SERVICE_UNAVAILABLE, "over capacity").into_response();
     }
     if let Some(to) = &script.redirect_to {
         return (StatusCode::FOUND, [("location", to.clone())]).into_response();

@@ -28,7 +28,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -237,6 +236,7 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
         max_in_flight: concurrency,
         request_timeout_ms: 10_000,
         retry: RetryPolicy::default(),
+        rate_limit_per_sec: None,
         disabled: false,
         paused: false,
         previous_secrets_until: None,
@@ -257,7 +257,12 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
         .expect("client"),
         table,
         producer: settings.producer().create().expect("producer"),
-        permits: Arc::new(Semaphore::new(concurrency)),
+        flow: dispatcher::flow::PartnerFlow::new(
+            "bench",
+            concurrency,
+            None,
+            dispatcher::flow::FlowConfig::default(),
+        ),
         on_gone: GoneHook(Arc::new(|_| {})),
         metrics: dispatcher::job::LaneMetrics::new("bench"),
         shutdown: shutdown.clone(),
@@ -267,6 +272,7 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
         max_buffered: 4096,
         shutdown_deadline: Duration::from_secs(5),
         partitions: 6,
+        flow: dispatcher::flow::FlowConfig::default(),
     };
     let before = receiver.count().await;
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));

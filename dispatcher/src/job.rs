@@ -10,12 +10,11 @@ use bytes::Bytes;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{Webhook, WebhookClient};
 use crate::metrics as m;
-use crate::outcome::{backoff, classify, may_retry, Attempt, Decision};
+use crate::outcome::{backoff, classify, flow_signal, may_retry, Attempt, Decision};
 use crate::subscription::{dead_letter_topic, Subscription};
 use crate::table::SubscriptionTable;
 
@@ -41,8 +40,8 @@ pub struct JobContext {
     pub client: WebhookClient,
     pub table: SubscriptionTable,
     pub producer: FutureProducer,
-    /// Requests in flight to this partner.
-    pub permits: Arc<Semaphore>,
+    /// Requests in flight to this partner, Retry-After holds, rate limit, circuit.
+    pub flow: Arc<crate::flow::PartnerFlow>,
     /// What a 410 Gone does with the disabled subscription (write it to the topic).
     pub on_gone: GoneHook,
     pub metrics: LaneMetrics,
@@ -192,7 +191,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
     loop {
         let permit = tokio::select! {
             _ = ctx.shutdown.cancelled() => return false,
-            p = Arc::clone(&ctx.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+            p = ctx.flow.acquire(&ctx.shutdown) => match p { Some(p) => p, None => return false },
         };
         attempts += 1;
         lm.in_flight.increment(1.0);
@@ -205,7 +204,8 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
             timeout: subscription.request_timeout(),
         };
         let report = ctx.client.send(&hook).await;
-        drop(permit);
+        ctx.flow
+            .release(permit, flow_signal(&report.attempt, report.elapsed));
         lm.in_flight.decrement(1.0);
         lm.attempt(&report.attempt).increment(1);
         lm.attempt_seconds.record(report.elapsed.as_secs_f64());

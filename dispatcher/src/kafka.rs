@@ -38,7 +38,9 @@ impl KafkaSettings {
         c.set("group.id", "orderhooks-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A position that is gone is an error, never a silent jump to the end.
+            .set("auto.offset.reset", "error");
         c
     }
 

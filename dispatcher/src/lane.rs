@@ -28,9 +28,9 @@ use rdkafka::consumer::{
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::flow::PartnerFlow;
 use crate::http::WebhookClient;
 use crate::job::{self, Done, GoneHook, Job, JobContext, LaneMetrics};
 use crate::kafka::KafkaSettings;
@@ -49,6 +49,8 @@ pub struct LaneConfig {
     pub shutdown_deadline: Duration,
     /// Partitions of the delivery and dead-letter topics created for a new partner.
     pub partitions: i32,
+    /// Circuit breaker and Retry-After bounds of every partner.
+    pub flow: crate::flow::FlowConfig,
 }
 
 /// Logs rebalances and remembers revoked partitions for the consumer's loop (rebalance
@@ -385,15 +387,23 @@ pub async fn supervise(
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = settings.producer().create()?;
     let mut lanes: HashMap<String, tokio::task::JoinHandle<anyhow::Result<()>>> = HashMap::new();
+    let mut flows: HashMap<String, Arc<PartnerFlow>> = HashMap::new();
     let mut changes = table.watch();
     loop {
-        let mut partners: HashMap<String, usize> = HashMap::new();
+        // Per partner: the largest in-flight cap and the smallest rate limit of its
+        // subscriptions.
+        let mut partners: HashMap<String, (usize, Option<f64>)> = HashMap::new();
         for s in table.all() {
-            let cap = partners.entry(s.partner_id.clone()).or_default();
+            let (cap, rate) = partners.entry(s.partner_id.clone()).or_default();
             *cap = (*cap).max(s.max_in_flight);
+            *rate = match (*rate, s.rate_limit_per_sec) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
-        for (partner, cap) in partners {
-            if lanes.contains_key(&partner) {
+        for (partner, (cap, rate)) in partners {
+            if let Some(flow) = flows.get(&partner) {
+                flow.configure(cap, rate);
                 continue;
             }
             let topics = [delivery_topic(&partner), dead_letter_topic(&partner)];
@@ -404,12 +414,14 @@ pub async fn supervise(
                 tracing::warn!(partner = %partner, %error, "cannot create the partner's topics yet");
                 continue;
             }
+            let flow = PartnerFlow::new(&partner, cap, rate, config.flow.clone());
+            flows.insert(partner.clone(), Arc::clone(&flow));
             let ctx = JobContext {
                 partner: partner.clone(),
                 client: client.clone(),
                 table: table.clone(),
                 producer: producer.clone(),
-                permits: Arc::new(Semaphore::new(cap)),
+                flow,
                 on_gone: on_gone.clone(),
                 metrics: LaneMetrics::new(&partner),
                 shutdown: shutdown.clone(),

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod dlq;
+pub mod flow;
 pub mod http;
 pub mod job;
 pub mod kafka;

@@ -148,6 +148,13 @@ struct RunArgs {
         default_value_t = 10_000
     )]
     shutdown_deadline_ms: u64,
+    /// Failures in a row (5xx, timeout, connection error) that open a partner's circuit.
+    #[arg(long, env = "DISPATCHER_BREAKER_FAILURES", default_value_t = 10)]
+    breaker_failures: u32,
+    /// How long an open circuit waits before one probe, in milliseconds (doubles on each
+    /// failed probe, up to 2 minutes).
+    #[arg(long, env = "DISPATCHER_BREAKER_COOLDOWN_MS", default_value_t = 5_000)]
+    breaker_cooldown_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -436,6 +443,11 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         max_buffered: args.max_buffered,
         shutdown_deadline: deadline,
         partitions: common.partitions,
+        flow: dispatcher::flow::FlowConfig {
+            failures_to_open: args.breaker_failures.max(1),
+            cooldown: Duration::from_millis(args.breaker_cooldown_ms),
+            ..Default::default()
+        },
     };
     let router = tokio::spawn(router::run(
         kafka.clone(),

@@ -26,6 +26,12 @@ pub const OLDEST_AGE: &str = "dispatcher_oldest_undelivered_age_seconds";
 pub const CONSUMER_LAG: &str = "dispatcher_consumer_lag_records";
 /// 1 while a lane's partitions are paused because its buffer is full, by `partner`.
 pub const LANE_PAUSED: &str = "dispatcher_lane_paused";
+/// The adaptive limit of requests in flight, by `partner`.
+pub const CONCURRENCY_LIMIT: &str = "dispatcher_concurrency_limit";
+/// The partner's circuit: 0 closed, 1 half-open (probing), 2 open, by `partner`.
+pub const CIRCUIT_STATE: &str = "dispatcher_circuit_state";
+/// Times the partner's circuit opened, by `partner`.
+pub const CIRCUIT_OPENED: &str = "dispatcher_circuit_opened_total";
 /// Subscriptions disabled after a 410 Gone, by `partner`.
 pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).

@@ -57,6 +57,26 @@ pub fn classify(attempt: &Attempt) -> Decision {
     }
 }
 
+/// What an attempt tells flow control about the partner's health (separate from what
+/// happens to the record, which [`classify`] decides).
+pub fn flow_signal(attempt: &Attempt, latency: Duration) -> crate::flow::Signal {
+    use crate::flow::Signal;
+    match attempt {
+        Attempt::Status {
+            status: 408 | 429 | 502..=504,
+            retry_after,
+        } => Signal::Overloaded {
+            retry_after: *retry_after,
+        },
+        Attempt::Status {
+            status: 500..=599, ..
+        } => Signal::Failed,
+        Attempt::Status { .. } => Signal::Answered { latency },
+        Attempt::Transport(_) => Signal::Failed,
+        Attempt::Refused(_) => Signal::Neutral,
+    }
+}
+
 /// The delay before retry number `retry` (1 = the first retry): exponential from
 /// `initial_backoff_ms`, capped, with "equal jitter" (half fixed, half random) so that
 /// retries of many records do not arrive together. A Retry-After raises the delay, up to

@@ -42,7 +42,7 @@ impl Default for RetryPolicy {
 }
 
 /// One partner endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     /// Unique id; the key in the subscriptions topic.
@@ -66,6 +66,10 @@ pub struct Subscription {
     pub request_timeout_ms: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Requests per second to this partner at most (all its subscriptions together: the
+    /// smallest one set applies). Default: none, only the adaptive concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_sec: Option<f64>,
     /// Set when the partner answered 410 Gone; nothing is sent while set.
     #[serde(default)]
     pub disabled: bool,
@@ -185,6 +189,14 @@ impl Subscription {
                 format!("{} is not between 100 and 120000", self.request_timeout_ms),
             ));
         }
+        if let Some(rate) = self.rate_limit_per_sec {
+            if !(rate > 0.0 && rate <= 10_000.0) {
+                return Err(self.invalid(
+                    "rate_limit_per_sec",
+                    format!("{rate} is not above 0 and at most 10000"),
+                ));
+            }
+        }
         let r = &self.retry;
         if r.max_attempts == 0 {
             return Err(self.invalid("retry.max_attempts", "must be at least 1"));
@@ -278,6 +290,7 @@ mod tests {
             max_in_flight: 16,
             request_timeout_ms: 5000,
             retry: RetryPolicy::default(),
+            rate_limit_per_sec: None,
             disabled: false,
             paused: false,
             previous_secrets_until: None,

@@ -20,7 +20,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 fn committed(brokers: &str, group: &str, topic: &str) -> Offset {
@@ -72,6 +71,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         max_in_flight: 4,
         request_timeout_ms: 2000,
         retry: RetryPolicy::default(),
+        rate_limit_per_sec: None,
         disabled: false,
         paused: false,
         previous_secrets_until: None,
@@ -123,7 +123,12 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         .expect("client"),
         table,
         producer: settings.producer().create().expect("dlq producer"),
-        permits: Arc::new(Semaphore::new(4)),
+        flow: dispatcher::flow::PartnerFlow::new(
+            "p",
+            4,
+            None,
+            dispatcher::flow::FlowConfig::default(),
+        ),
         on_gone: GoneHook(Arc::new(|_| {})),
         metrics: dispatcher::job::LaneMetrics::new(partner),
         shutdown: shutdown.clone(),
@@ -133,6 +138,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         max_buffered: 16,
         shutdown_deadline: Duration::from_secs(2),
         partitions: 1,
+        flow: dispatcher::flow::FlowConfig::default(),
     };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
 
