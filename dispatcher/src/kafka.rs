@@ -62,8 +62,6 @@ impl KafkaSettings {
                 self.max_poll_interval.as_millis().to_string(),
             )
             .set("topic.metadata.refresh.interval.ms", "10000")
-            // Statistics every 5 s carry each partition's consumer lag (GroupContext).
-            .set("statistics.interval.ms", "5000")
             // Bounded prefetch per partition: memory does not grow with lag.
             .set("queued.max.messages.kbytes", "8192");
         c

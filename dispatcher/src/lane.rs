@@ -166,6 +166,8 @@ pub async fn run(
     let topic = delivery_topic(&partner);
     let consumer: StreamConsumer<GroupContext> = settings
         .consumer(&format!("{}.{partner}", config.group_prefix))
+        // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
+        .set("statistics.interval.ms", "5000")
         .create_with_context(GroupContext::new(&format!("lane {partner}"), &topic))?;
     consumer.subscribe(&[&topic])?;
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.

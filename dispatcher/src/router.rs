@@ -130,6 +130,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer<GroupContext> = settings
         .consumer(&config.group)
+        .set("statistics.interval.ms", "5000")
         .create_with_context(GroupContext::new("router", &config.orders_topic))?;
     consumer.subscribe(&[&config.orders_topic])?;
     let producer: FutureProducer = settings.producer().create()?;
@@ -138,7 +139,25 @@ pub async fn run(
     let topic = config.orders_topic.clone();
     let mut stream = consumer.stream();
     tracing::info!(topic = %topic, group = %config.group, "router started");
+    let mut paused = false;
     loop {
+        // With max_in_flight records waiting for acknowledgements, pause the partitions
+        // and keep polling (staying in the group), as the lanes do.
+        let full = pending.len() >= config.max_in_flight;
+        let newly_assigned = consumer.context().take_assigned();
+        if full && (!paused || newly_assigned) || !full && paused {
+            let result = consumer.assignment().and_then(|assignment| {
+                if full {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                }
+            });
+            match result {
+                Ok(()) => paused = full,
+                Err(error) => tracing::warn!(%error, "router pause/resume"),
+            }
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -149,7 +168,7 @@ pub async fn run(
                     }
                 }
             }
-            message = stream.next(), if pending.len() < config.max_in_flight => {
+            message = stream.next() => {
                 for partition in consumer.context().take_revoked() {
                     tracker.forget(partition);
                 }

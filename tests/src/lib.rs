@@ -305,6 +305,11 @@ impl DispatchWorld {
             "6000".into(),
             "--partitions".into(),
             "3".into(),
+            // nisshi answers a fetch of a large backlog very slowly (a restarted router
+            // waited minutes for its first 1 MB-per-partition fetch): smaller fetches
+            // (docs/ARCHITECTURE.md, nisshi differences).
+            "--kafka-option".into(),
+            "max.partition.fetch.bytes=65536".into(),
         ];
         if !self.allow.is_empty() {
             args.extend(["--allow".into(), self.allow.clone()]);
