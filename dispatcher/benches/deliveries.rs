@@ -13,22 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use axum::http::StatusCode;
 use axum::routing::post;
-use dispatcher::http::WebhookClient;
-use dispatcher::job::{GoneHook, JobContext};
-use dispatcher::kafka::KafkaSettings;
 use dispatcher::lane::{self, LaneConfig};
-use dispatcher::signing::Secret;
-use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{RetryPolicy, Subscription};
-use dispatcher::table::SubscriptionTable;
+use dispatcher::subscription::RetryPolicy;
 use futures::stream::{self, StreamExt};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio_util::sync::CancellationToken;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -208,7 +203,7 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
             })
             .insert(Header {
                 key: "subscription-id",
-                value: Some("bench"),
+                value: Some("bench-s"),
             });
         pending.push(
             producer
@@ -225,48 +220,11 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
     for p in pending {
         p.await.expect("delivered").expect("written");
     }
-    let table = SubscriptionTable::default();
-    table.upsert(Subscription {
-        id: "bench".into(),
-        partner_id: "bench".into(),
-        url: url.clone(),
-        event_types: ["order.created".to_string()].into(),
-        secrets: vec![Secret::generate()],
-        internal: false,
-        max_in_flight: concurrency,
-        request_timeout_ms: 10_000,
-        retry: RetryPolicy::default(),
-        rate_limit_per_sec: None,
-        disabled: false,
-        paused: false,
-        previous_secrets_until: None,
-    });
-    let settings = KafkaSettings {
-        brokers,
-        session_timeout: Duration::from_secs(6),
-        max_poll_interval: Duration::from_secs(30),
-        options: Vec::new(),
-    };
-    let shutdown = CancellationToken::new();
-    let ctx = JobContext {
-        partner: "bench".into(),
-        client: WebhookClient::new(
-            Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
-            Duration::from_secs(2),
-        )
-        .expect("client"),
-        table,
-        producer: settings.producer().create().expect("producer"),
-        flow: dispatcher::flow::PartnerFlow::new(
-            "bench",
-            concurrency,
-            None,
-            dispatcher::flow::FlowConfig::default(),
-        ),
-        on_gone: GoneHook(Arc::new(|_| {})),
-        metrics: dispatcher::job::LaneMetrics::new("bench"),
-        shutdown: shutdown.clone(),
-    };
+    let common::Lane {
+        settings,
+        ctx,
+        shutdown,
+    } = common::lane("bench", brokers, url, concurrency, RetryPolicy::default());
     let config = LaneConfig {
         group_prefix: "bench".into(),
         max_buffered: 4096,

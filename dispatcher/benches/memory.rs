@@ -10,23 +10,17 @@
 //! Settings: BENCH_RECORDS (1000000), BENCH_SECS (60).
 
 use std::io::{BufRead, BufReader};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dispatcher::flow::{FlowConfig, PartnerFlow};
-use dispatcher::http::WebhookClient;
-use dispatcher::job::{GoneHook, JobContext};
-use dispatcher::kafka::KafkaSettings;
+mod common;
+
+use dispatcher::flow::FlowConfig;
 use dispatcher::lane::{self, LaneConfig};
-use dispatcher::signing::Secret;
-use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{RetryPolicy, Subscription};
-use dispatcher::table::SubscriptionTable;
+use dispatcher::subscription::RetryPolicy;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use tokio_util::sync::CancellationToken;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -124,48 +118,22 @@ fn main() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/webhook", closed.local_addr().expect("addr"));
         drop(closed);
-        let table = SubscriptionTable::default();
-        table.upsert(Subscription {
-            id: "down-s".into(),
-            partner_id: "down".into(),
+        let common::Lane {
+            settings,
+            ctx,
+            shutdown,
+        } = common::lane(
+            "down",
+            brokers,
             url,
-            event_types: ["order.created".to_string()].into(),
-            secrets: vec![Secret::generate()],
-            internal: false,
-            max_in_flight: 64,
-            request_timeout_ms: 2_000,
-            retry: RetryPolicy {
+            64,
+            RetryPolicy {
                 max_attempts: 1_000_000,
                 max_elapsed_secs: 86_400,
                 initial_backoff_ms: 100,
                 max_backoff_ms: 5_000,
             },
-            rate_limit_per_sec: None,
-            disabled: false,
-            paused: false,
-            previous_secrets_until: None,
-        });
-        let settings = KafkaSettings {
-            brokers,
-            session_timeout: Duration::from_secs(6),
-            max_poll_interval: Duration::from_secs(30),
-            options: Vec::new(),
-        };
-        let shutdown = CancellationToken::new();
-        let ctx = JobContext {
-            partner: "down".into(),
-            client: WebhookClient::new(
-                Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
-                Duration::from_secs(1),
-            )
-            .expect("client"),
-            table,
-            producer: settings.producer().create().expect("producer"),
-            flow: PartnerFlow::new("down", 64, None, FlowConfig::default()),
-            on_gone: GoneHook(Arc::new(|_| {})),
-            metrics: dispatcher::job::LaneMetrics::new("down"),
-            shutdown: shutdown.clone(),
-        };
+        );
         let config = LaneConfig {
             group_prefix: "memory".into(),
             max_buffered: 1024,

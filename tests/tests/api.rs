@@ -6,9 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use e2e::{brokers, closed_port, eventually, registry_url, unique, ApiProcess, DispatchWorld};
+use e2e::{closed_port, eventually, unique, ApiProcess, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
+use producer::Publisher;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-tests-0001";
@@ -73,16 +73,6 @@ async fn dispatcher_sees(metrics_url: &str, before: f64, n: f64) {
     }
 }
 
-async fn publisher(world: &DispatchWorld) -> Publisher {
-    Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher")
-}
-
 async fn publish(p: &Publisher, partner: &str, orders: &[&str]) -> Vec<OrderEvent> {
     let mut out = Vec::new();
     for order in orders {
@@ -133,7 +123,7 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
         .await
         .expect("receiver");
     dispatcher_sees(&metrics_url, before, 1.0).await;
-    let p = publisher(&world).await;
+    let p = world.publisher().await;
     let batch = publish(&p, &partner, &["o-1", "o-2"]).await;
     assert!(
         eventually(Duration::from_secs(30), || received(&first) == ids(&batch)).await,
@@ -559,7 +549,7 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
     .await;
     assert_eq!(s, 201, "{created}");
     let dispatcher = world.start();
-    let p = publisher(&world).await;
+    let p = world.publisher().await;
     let mut sent = Vec::new();
     for i in 0..11 {
         let kind = if i < 4 {

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::signing::Secret;
-use e2e::{brokers, eventually, registry_url, unique, DispatchWorld};
+use e2e::{eventually, unique, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
 use serde_json::{json, Value};
 
 fn document() -> Value {
@@ -126,13 +125,7 @@ async fn dispatched_webhooks_and_api_answers_match_the_document() {
     );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let mut sent = Vec::new();
     for (i, t) in EventType::ALL.iter().cycle().take(9).enumerate() {
         let e = OrderEvent::sample(*t, &format!("order-{}", i % 3), &partner, 1 + i % 3);

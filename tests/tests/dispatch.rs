@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::signing::Secret;
-use e2e::{brokers, eventually, registry_url, unique, DispatchWorld};
+use e2e::{brokers, eventually, unique, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
 
 async fn receiver(secret: &str, script: Script) -> Receiver {
     Receiver::start("127.0.0.1:0".parse().expect("addr"), secret, script)
@@ -69,13 +68,7 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
     );
     let dispatcher = world.start();
 
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let kinds = [
         EventType::OrderCreated,
         EventType::OrderStatusChanged,
@@ -303,13 +296,7 @@ async fn each_row_of_the_outcome_table() {
     }
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let mut events = HashMap::new();
     for (name, (partner, _)) in &partners {
         let event = OrderEvent::sample(
@@ -486,13 +473,7 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
     );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     publisher
         .publish(&OrderEvent::sample(
             EventType::OrderCreated,
@@ -533,13 +514,7 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
     );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     publisher
         .publish(&OrderEvent::sample(
             EventType::OrderCreated,
@@ -594,13 +569,7 @@ async fn a_slow_partner_pauses_its_lane_without_leaving_the_group() {
     );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let mut sent = Vec::new();
     for i in 0..200 {
         let kind = if i < 20 {

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::signing::Secret;
-use e2e::{binary, brokers, closed_port, eventually, registry_url, unique, DispatchWorld};
+use e2e::{binary, brokers, closed_port, eventually, unique, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -130,13 +129,7 @@ async fn replay_sends_exactly_the_filtered_records_once_resumes_and_is_audited()
     let applied = world.apply(&yaml);
     assert!(applied.status.success(), "{applied:?}");
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let mut events = Vec::new();
     for (i, kind) in [
         EventType::OrderCreated,

@@ -10,9 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dispatcher::signing::{signature_header, Secret};
-use e2e::{brokers, eventually, registry_url, unique, DispatchWorld, Running};
+use e2e::{eventually, unique, DispatchWorld, Running};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -92,13 +91,7 @@ async fn receives_verified_deliveries_once_and_refuses_the_rest(language: &str) 
     );
     assert!(world.apply(&yaml).status.success());
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let mut sent = Vec::new();
     for i in 0..6 {
         let kind = if i < 3 {

@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::signing::Secret;
-use e2e::{brokers, eventually, registry_url, unique, DispatchWorld, DispatcherProcess};
+use e2e::{eventually, unique, DispatchWorld, DispatcherProcess};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
 
 struct Setup {
     world: DispatchWorld,
@@ -39,13 +38,7 @@ async fn setup(script: Script, extra: &str, run_args: &[&str]) -> Setup {
 
 /// Publishes one order.created for each of `orders` distinct orders.
 async fn publish(world: &DispatchWorld, partner: &str, orders: usize) -> Vec<OrderEvent> {
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &brokers(),
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let mut sent = Vec::new();
     let mut pending = Vec::new();
     for i in 0..orders {

@@ -1,0 +1,74 @@
+//! What the benchmarks share: one partner's delivery lane, set up as `dispatcher run`
+//! sets it up, over a given broker and partner URL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatcher::flow::{FlowConfig, PartnerFlow};
+use dispatcher::http::WebhookClient;
+use dispatcher::job::{GoneHook, JobContext, LaneMetrics};
+use dispatcher::kafka::KafkaSettings;
+use dispatcher::signing::Secret;
+use dispatcher::ssrf::Allowlist;
+use dispatcher::subscription::{RetryPolicy, Subscription};
+use dispatcher::table::SubscriptionTable;
+use tokio_util::sync::CancellationToken;
+
+/// A lane's settings and context; `shutdown` stops it.
+pub struct Lane {
+    pub settings: KafkaSettings,
+    pub ctx: JobContext,
+    pub shutdown: CancellationToken,
+}
+
+/// `partner` with one subscription (`<partner>-s`) to `url`, 127.0.0.1 allowlisted.
+pub fn lane(
+    partner: &str,
+    brokers: String,
+    url: String,
+    max_in_flight: usize,
+    retry: RetryPolicy,
+) -> Lane {
+    let table = SubscriptionTable::default();
+    table.upsert(Subscription {
+        id: format!("{partner}-s"),
+        partner_id: partner.into(),
+        url,
+        event_types: ["order.created".to_string()].into(),
+        secrets: vec![Secret::generate()],
+        internal: false,
+        max_in_flight,
+        request_timeout_ms: 2_000,
+        retry,
+        rate_limit_per_sec: None,
+        disabled: false,
+        paused: false,
+        previous_secrets_until: None,
+    });
+    let settings = KafkaSettings {
+        brokers,
+        session_timeout: Duration::from_secs(6),
+        max_poll_interval: Duration::from_secs(30),
+        options: Vec::new(),
+    };
+    let shutdown = CancellationToken::new();
+    let ctx = JobContext {
+        partner: partner.into(),
+        client: WebhookClient::new(
+            Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
+            Duration::from_secs(1),
+        )
+        .expect("client"),
+        table,
+        producer: settings.producer().create().expect("producer"),
+        flow: PartnerFlow::new(partner, max_in_flight, None, FlowConfig::default()),
+        on_gone: GoneHook(Arc::new(|_| {})),
+        metrics: LaneMetrics::new(partner),
+        shutdown: shutdown.clone(),
+    };
+    Lane {
+        settings,
+        ctx,
+        shutdown,
+    }
+}
