@@ -4,7 +4,8 @@
 //! - **Adaptive concurrency** (AIMD, after Vector's adaptive request concurrency): the
 //!   limit starts at 1 and grows by 1/limit per answer that came as fast as usual
 //!   (about +1 per round trip), and is halved on overload (timeout, 429, 502, 503, 504)
-//!   or when answers take more than twice the usual time; it stays within
+//!   and cut by a tenth when answers take more than twice the usual time (and 50 ms
+//!   more); it stays within
 //!   1..=`max_in_flight`.
 //! - **Retry-After / 429 hold the whole partner**, not just the one request: nothing is
 //!   sent to it before the time it asked for (bounded by `max_hold`).
@@ -216,6 +217,11 @@ impl PartnerFlow {
             self.circuit_gauge.set(1.0);
         }
         s.in_flight += 1;
+        if !probe && s.in_flight < s.limit.floor() as usize {
+            // Room for more: wake the next waiter (one at a time, no thundering herd of
+            // the up to max_buffered jobs waiting).
+            self.changed.notify_one();
+        }
         Ok(Permit { probe })
     }
 
@@ -227,7 +233,10 @@ impl PartnerFlow {
         match signal {
             Signal::Answered { latency } => {
                 let secs = latency.as_secs_f64();
-                let slow = s.usual.is_some_and(|u| secs > 2.0 * u + 0.005);
+                // Slower than twice the usual time and by more than 50 ms: a partner
+                // going from 2 ms to 6 ms is not overloaded, one going from 100 ms to
+                // 400 ms is.
+                let slow = s.usual.is_some_and(|u| secs > 2.0 * u && secs - u > 0.05);
                 s.usual = Some(match s.usual {
                     Some(u) => 0.9 * u + 0.1 * secs,
                     None => secs,
@@ -266,7 +275,8 @@ impl PartnerFlow {
         }
         self.limit_gauge.set(s.limit.floor());
         drop(s);
-        self.changed.notify_waiters();
+        // One slot freed: one waiter tries (and wakes the next if there is more room).
+        self.changed.notify_one();
     }
 
     fn failure(&self, s: &mut State, now: Instant, probe: bool) {

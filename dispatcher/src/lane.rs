@@ -191,33 +191,10 @@ pub async fn run(
     let mut stream = consumer.stream();
     tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
     let lm = ctx.metrics.clone();
-    let mut paused = false;
+    let mut backpressure = Backpressure::new(config.max_buffered);
     loop {
-        // Back-pressure: with max_buffered records unfinished, the partitions are paused
-        // (nothing more is fetched into memory; the backlog waits in Kafka) and resumed
-        // once there is room again.
-        let full = state.tracker.total_pending() >= config.max_buffered;
-        let newly_assigned = consumer.context().take_assigned();
-        if full && (!paused || newly_assigned) || !full && paused {
-            match consumer.assignment() {
-                Ok(assignment) => {
-                    let result = if full {
-                        consumer.pause(&assignment)
-                    } else {
-                        consumer.resume(&assignment)
-                    };
-                    match result {
-                        Ok(()) => {
-                            paused = full;
-                            lm.paused.set(if full { 1.0 } else { 0.0 });
-                            tracing::debug!(partner = %partner, paused, "lane fetching {}", if full { "paused" } else { "resumed" });
-                        }
-                        Err(error) => tracing::warn!(partner = %partner, %error, "pause/resume"),
-                    }
-                }
-                Err(error) => tracing::warn!(partner = %partner, %error, "assignment"),
-            }
-        }
+        let readable =
+            backpressure.update(&consumer, state.tracker.total_pending(), Some(&lm.paused));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -235,9 +212,9 @@ pub async fn run(
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
-            // Always polled, also while paused: rebalances are served and the consumer
-            // stays in its group however long the partner takes.
-            message = stream.next() => {
+            // Also polled while paused: rebalances are served and the consumer stays in
+            // its group however long the partner takes.
+            message = stream.next(), if readable => {
                 let Some(message) = message else { break };
                 let message = match message {
                     Ok(m) => m,
@@ -281,6 +258,80 @@ pub async fn run(
     }
     tracing::info!(partner = %partner, "delivery lane stopped");
     Ok(())
+}
+
+/// Back-pressure of a consumer loop that holds at most `max` unfinished records.
+///
+/// When full, the loop stops reading; once it has stayed full for [`PAUSE_AFTER`] the
+/// partitions are paused and the loop reads again (nothing arrives from paused
+/// partitions, but polling serves rebalances and keeps the member in its group past
+/// `max.poll.interval.ms`); they are resumed at half. Pausing drops what librdkafka
+/// prefetched, so a loop that is full only for moments (a fast partner) never pauses.
+#[derive(Debug)]
+pub struct Backpressure {
+    max: usize,
+    paused: bool,
+    full_since: Option<std::time::Instant>,
+}
+
+/// How long a consumer loop stays full before its partitions are paused.
+pub const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+impl Backpressure {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            paused: false,
+            full_since: None,
+        }
+    }
+
+    /// Call once per loop turn with the unfinished records; returns whether the loop
+    /// may read the stream now.
+    pub fn update(
+        &mut self,
+        consumer: &StreamConsumer<GroupContext>,
+        pending: usize,
+        gauge: Option<&metrics::Gauge>,
+    ) -> bool {
+        let assigned = consumer.context().take_assigned();
+        let change = if self.paused {
+            if pending <= self.max / 2 {
+                Some(false)
+            } else if assigned {
+                Some(true) // newly assigned partitions are paused too
+            } else {
+                None
+            }
+        } else if pending >= self.max {
+            let since = *self.full_since.get_or_insert_with(std::time::Instant::now);
+            (since.elapsed() >= PAUSE_AFTER).then_some(true)
+        } else {
+            self.full_since = None;
+            None
+        };
+        if let Some(pause) = change {
+            let result = consumer.assignment().and_then(|assignment| {
+                if pause {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                }
+            });
+            match result {
+                Ok(()) => {
+                    self.paused = pause;
+                    self.full_since = None;
+                    if let Some(g) = gauge {
+                        g.set(if pause { 1.0 } else { 0.0 });
+                    }
+                    tracing::debug!(consumer = %consumer.context().name, pause, "fetching paused or resumed");
+                }
+                Err(error) => tracing::warn!(%error, "pause/resume"),
+            }
+        }
+        self.paused || pending < self.max
+    }
 }
 
 /// What a lane has taken in: offsets, the key in flight per (partition, key), and the

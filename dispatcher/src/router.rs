@@ -139,25 +139,9 @@ pub async fn run(
     let topic = config.orders_topic.clone();
     let mut stream = consumer.stream();
     tracing::info!(topic = %topic, group = %config.group, "router started");
-    let mut paused = false;
+    let mut backpressure = crate::lane::Backpressure::new(config.max_in_flight);
     loop {
-        // With max_in_flight records waiting for acknowledgements, pause the partitions
-        // and keep polling (staying in the group), as the lanes do.
-        let full = pending.len() >= config.max_in_flight;
-        let newly_assigned = consumer.context().take_assigned();
-        if full && (!paused || newly_assigned) || !full && paused {
-            let result = consumer.assignment().and_then(|assignment| {
-                if full {
-                    consumer.pause(&assignment)
-                } else {
-                    consumer.resume(&assignment)
-                }
-            });
-            match result {
-                Ok(()) => paused = full,
-                Err(error) => tracing::warn!(%error, "router pause/resume"),
-            }
-        }
+        let readable = backpressure.update(&consumer, pending.len(), None);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -168,7 +152,7 @@ pub async fn run(
                     }
                 }
             }
-            message = stream.next() => {
+            message = stream.next(), if readable => {
                 for partition in consumer.context().take_revoked() {
                     tracker.forget(partition);
                 }

@@ -49,6 +49,9 @@ pub fn lane(
         brokers,
         session_timeout: Duration::from_secs(6),
         max_poll_interval: Duration::from_secs(30),
+        // The mock cluster answers a fetch only when fetch.wait.max.ms (500 ms) passes,
+        // where Apache Kafka answers as soon as data arrives: without this, latency
+        // figures would be the fetch wait.
         options: Vec::new(),
     };
     let shutdown = CancellationToken::new();

@@ -1,0 +1,338 @@
+//! Partner isolation: partner B's throughput and p99 delivery latency alone, and while
+//! partner A is down, answers in 2 s, or returns 503 to everything (targets: B keeps
+//! >= 0.9 of its solo throughput, p99 within 2x of its solo figure).
+//!
+//!   cargo bench -p dispatcher --bench isolation      # BENCH_MODES=down,slow,503
+//!
+//! Both partners' lanes run in this process over librdkafka's mock cluster, sharing the
+//! runtime, as in `dispatcher run`; each scenario runs in a process of its own. A has a backlog of 20,000
+//! records throughout. For each scenario:
+//! - throughput: B drains a backlog of BENCH_RECORDS (40,000) records;
+//! - latency: B's records are produced at BENCH_RATE (1,000/s) for BENCH_SECS (8 s),
+//!   each carrying its production time; B's receiver computes the delivery latency.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use dispatcher::lane::{self, LaneConfig};
+use dispatcher::subscription::RetryPolicy;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Alone,
+    Down,
+    Slow,
+    Failing,
+}
+
+/// A receiver: answers after `delay` with `status`; records delivery latencies (from
+/// the `sent_us` in the body) and counts.
+#[derive(Clone, Default)]
+struct Seen {
+    latencies_us: Arc<Mutex<Vec<u128>>>,
+}
+
+async fn receiver(status: StatusCode, delay: Duration, seen: Seen) -> String {
+    let app = axum::Router::new().route(
+        "/webhook",
+        post(move |body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(sent) = std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|b| b.split("\"sent_us\":").nth(1))
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|d| d.parse::<u128>().ok())
+                {
+                    let mut l = seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
+                    l.push(now_us().saturating_sub(sent));
+                }
+                status
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn body(sent_us: u128) -> String {
+    format!(
+        r#"{{"type":"order.created","timestamp":"2026-11-22T10:00:00.000Z","data":{{"sent_us":{sent_us},"order_id":"o","order":{{"customer_ref":"C-1","status":"PENDING","items":[],"total":{{"amount_minor":2500,"currency":"EUR"}}}}}}}}"#
+    )
+}
+
+/// Enqueues one delivery record of `partner` (its body carries the time of now).
+fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    partner: &str,
+    i: usize,
+) -> rdkafka::producer::DeliveryFuture {
+    let (id, key) = (format!("{partner}-{i}"), format!("order-{}", i % 2000));
+    let sub = format!("{partner}-s");
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "webhook-id",
+            value: Some(id.as_str()),
+        })
+        .insert(Header {
+            key: "subscription-id",
+            value: Some(sub.as_str()),
+        });
+    let payload = body(now_us());
+    producer
+        .send_result(
+            FutureRecord::to(topic)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers),
+        )
+        .map_err(|(e, _)| e)
+        .expect("enqueued")
+}
+
+async fn settle(pending: Vec<rdkafka::producer::DeliveryFuture>) {
+    for p in pending {
+        p.await.expect("delivered").expect("written");
+    }
+}
+
+/// The mock cluster answers a fetch only when fetch.wait.max.ms (500 ms) has passed,
+/// where Apache Kafka answers as soon as data arrives: without this, the latency figures
+/// would be the fetch wait.
+fn fast_fetch() -> (String, String) {
+    ("fetch.wait.max.ms".into(), "5".into())
+}
+
+fn p99(mut v: Vec<u128>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[(v.len() * 99 / 100).min(v.len() - 1)] as f64 / 1000.0
+}
+
+/// B's throughput (records/s) and p99 delivery latency (ms) with A in `mode`.
+async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
+    let cluster = MockCluster::new(1).expect("mock");
+    for t in ["deliveries.a", "dlq.a", "deliveries.b", "dlq.b"] {
+        cluster.create_topic(t, 6, 1).expect("topic");
+    }
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    // A's backlog, for the whole run.
+    if mode != Mode::Alone {
+        let pending = (0..20_000)
+            .map(|i| enqueue(&producer, "deliveries.a", "a", i))
+            .collect();
+        settle(pending).await;
+    }
+    let url_a = match mode {
+        Mode::Down | Mode::Alone => {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}/webhook", closed.local_addr().expect("addr"));
+            drop(closed);
+            url
+        }
+        Mode::Slow => {
+            receiver(
+                StatusCode::NO_CONTENT,
+                Duration::from_secs(2),
+                Seen::default(),
+            )
+            .await
+        }
+        Mode::Failing => {
+            receiver(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::ZERO,
+                Seen::default(),
+            )
+            .await
+        }
+    };
+    let seen = Seen::default();
+    let url_b = receiver(StatusCode::NO_CONTENT, Duration::ZERO, seen.clone()).await;
+    let retry = RetryPolicy {
+        max_attempts: 1_000,
+        max_elapsed_secs: 3_600,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 2_000,
+    };
+    let config = LaneConfig {
+        group_prefix: "isolation".into(),
+        max_buffered: 1024,
+        shutdown_deadline: Duration::from_secs(1),
+        partitions: 6,
+        flow: dispatcher::flow::FlowConfig::default(),
+    };
+    let mut lanes = Vec::new();
+    let mut stops = Vec::new();
+    if mode != Mode::Alone {
+        let mut a = common::lane("a", brokers.clone(), url_a, 64, retry.clone());
+        a.settings.options.push(fast_fetch());
+        stops.push(a.shutdown.clone());
+        lanes.push(tokio::spawn(lane::run(
+            "a".into(),
+            a.settings,
+            config.clone(),
+            a.ctx,
+        )));
+    }
+    let mut b = common::lane("b", brokers.clone(), url_b, 64, retry);
+    b.settings.options.push(fast_fetch());
+    stops.push(b.shutdown.clone());
+    lanes.push(tokio::spawn(lane::run(
+        "b".into(),
+        b.settings,
+        config.clone(),
+        b.ctx,
+    )));
+    let count = || seen.latencies_us.lock().map_or(0, |l| l.len());
+
+    // Latency at a fixed rate first (the lanes join their groups meanwhile: the first
+    // record is produced once B answers a warm-up record).
+    settle(vec![enqueue(
+        &producer,
+        "deliveries.b",
+        "b",
+        usize::MAX / 2,
+    )])
+    .await;
+    while count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = rate * secs as usize;
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        pending.push(enqueue(&producer, "deliveries.b", "b", i));
+    }
+    settle(pending).await;
+    while count() < total + 1 && start.elapsed() < Duration::from_secs(secs + 30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let latencies: Vec<u128> = seen
+        .latencies_us
+        .lock()
+        .map(|l| l[1..].to_vec())
+        .unwrap_or_default();
+    let latency = p99(latencies);
+
+    // Throughput: a backlog of n.
+    let before = count();
+    let pending = (0..n)
+        .map(|i| enqueue(&producer, "deliveries.b", "b", total + i))
+        .collect();
+    let start = Instant::now();
+    settle(pending).await;
+    let target = total + 1 + n;
+    while count() < target && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let throughput = (count() - before.min(count())) as f64 / start.elapsed().as_secs_f64();
+    for s in stops {
+        s.cancel();
+    }
+    for l in lanes {
+        let _ = l.await;
+    }
+    (throughput, latency)
+}
+
+/// Runs one scenario in a child process (this binary, BENCH_SCENARIO=<mode>), so that no
+/// scenario inherits another's leftovers (connections, timers, receivers).
+fn run_child(mode: &str) -> (f64, f64) {
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("BENCH_SCENARIO", mode)
+        .output()
+        .expect("scenario process");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("scenario {mode} failed: {text}"));
+    let mut parts = line
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().expect("number"));
+    (
+        parts.next().expect("throughput"),
+        parts.next().expect("p99"),
+    )
+}
+
+fn main() {
+    let n = env_or("BENCH_RECORDS", 40_000);
+    let rate = env_or("BENCH_RATE", 1_000);
+    let secs = env_or("BENCH_SECS", 8) as u64;
+    if let Ok(mode) = std::env::var("BENCH_SCENARIO") {
+        let mode = match mode.as_str() {
+            "alone" => Mode::Alone,
+            "down" => Mode::Down,
+            "slow" => Mode::Slow,
+            _ => Mode::Failing,
+        };
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (tp, p) = runtime.block_on(scenario(mode, n, rate, secs));
+        println!("RESULT {tp} {p}");
+        return;
+    }
+    println!("partner B next to partner A (B: backlog {n}; latency at {rate}/s for {secs} s)");
+    let (solo_tp, solo_p99) = run_child("alone");
+    println!(
+        "  {:<28} {solo_tp:>8.0} records/s  p99 {solo_p99:>7.1} ms",
+        "B alone"
+    );
+    // BENCH_MODES=down,slow,503 picks scenarios (default: all).
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "down,slow,503".into());
+    for (key, name) in [
+        ("down", "A down (connection refused)"),
+        ("slow", "A answering in 2 s"),
+        ("503", "A answering 503"),
+    ] {
+        if !modes.split(',').any(|m| m == key) {
+            continue;
+        }
+        let (tp, p) = run_child(key);
+        println!(
+            "  {name:<28} {tp:>8.0} records/s  p99 {p:>7.1} ms   throughput {:.2}x (target >= 0.9), p99 {:.2}x (target <= 2)",
+            tp / solo_tp,
+            p / solo_p99
+        );
+    }
+}
