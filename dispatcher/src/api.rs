@@ -12,9 +12,9 @@
 //!   URL changes are audited (the audit topic and the log).
 //! - Errors are JSON: `{"error": {"code", "message", "field"?}}`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -26,7 +26,6 @@ use chrono::{SecondsFormat, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -785,8 +784,7 @@ fn read_page(
         ));
     }
     let mut next = cursor.0.clone();
-    let mut wanted: HashMap<i32, i64> = HashMap::new();
-    let mut list = TopicPartitionList::new();
+    let mut ranges = BTreeMap::new();
     let mut more = false;
     for p in meta.partitions().iter().map(|p| p.id()) {
         let (low, high) = consumer
@@ -799,63 +797,32 @@ fn read_page(
         }
         let from = cursor.0.get(&p).copied().unwrap_or(low).max(low);
         next.entry(p).or_insert(from);
-        if from < high {
-            // Reading up to `limit` of each partition is enough for any merge order.
-            let to = high.min(from + limit as i64);
-            more |= to < high;
-            wanted.insert(p, to);
-            list.add_partition_offset(topic, p, Offset::Offset(from))
-                .map_err(ApiError::internal)?;
-        }
+        // Reading up to `limit` of each partition is enough for any merge order.
+        let to = high.min(from + limit as i64);
+        more |= to < high;
+        ranges.insert(p, (from, to));
     }
-    let mut found: Vec<(i64, i32, i64, PolledEvent)> = Vec::new();
-    if !wanted.is_empty() {
-        consumer.assign(&list).map_err(ApiError::internal)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !wanted.is_empty() && Instant::now() < deadline {
-            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let m = m.map_err(ApiError::internal)?;
-            let (p, o) = (m.partition(), m.offset());
-            let Some(&to) = wanted.get(&p) else { continue };
-            if o < to {
-                let header = |name: &str| {
-                    use rdkafka::message::Headers;
-                    m.headers()
-                        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_default()
-                };
-                let event = serde_json::from_slice(m.payload().unwrap_or_default())
-                    .unwrap_or(serde_json::Value::Null);
-                found.push((
-                    m.timestamp().to_millis().unwrap_or(0),
-                    p,
-                    o,
-                    PolledEvent {
-                        id: header("webhook-id"),
-                        subscription_id: header("subscription-id"),
-                        event,
-                    },
-                ));
-            }
-            if o + 1 >= to {
-                wanted.remove(&p);
-            }
-        }
-        if !wanted.is_empty() {
-            return Err(ApiError::internal("reading the events stream timed out"));
-        }
-    }
-    found.sort_by_key(|(t, p, o, _)| (*t, *p, *o));
+    let mut found = crate::kafka::read_ranges(&consumer, topic, &ranges, Duration::from_secs(10))
+        .map_err(ApiError::internal)?;
+    found.sort_by_key(|r| {
+        (
+            r.timestamp.map_or(0, |t| t.timestamp_millis()),
+            r.partition,
+            r.offset,
+        )
+    });
     more |= found.len() > limit;
     found.truncate(limit);
-    for (_, p, o, _) in &found {
-        next.insert(*p, o + 1);
+    for r in &found {
+        next.insert(r.partition, r.offset + 1);
     }
+    let event = |r: &crate::kafka::TopicRecord| PolledEvent {
+        id: r.header("webhook-id").unwrap_or_default().to_string(),
+        subscription_id: r.header("subscription-id").unwrap_or_default().to_string(),
+        event: serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null),
+    };
     Ok(Page {
-        data: found.into_iter().map(|(_, _, _, e)| e).collect(),
+        data: found.iter().map(event).collect(),
         next: Cursor(next).encode(),
         done: !more,
     })

@@ -30,10 +30,9 @@ use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -264,25 +263,9 @@ impl Filter {
 }
 
 /// One dead-letter record as read.
-#[derive(Debug, Clone)]
-pub struct DlqRecord {
-    pub partition: i32,
-    pub offset: i64,
-    /// When it was dead-lettered (the record's timestamp).
-    pub timestamp: Option<DateTime<Utc>>,
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+pub use crate::kafka::TopicRecord as DlqRecord;
 
 impl DlqRecord {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    }
-
     pub fn status(&self) -> Option<u16> {
         self.header("dlq-last-status").and_then(|s| s.parse().ok())
     }
@@ -1016,69 +999,20 @@ fn read_topic(
     partitions: &[i32],
 ) -> anyhow::Result<Vec<DlqRecord>> {
     let consumer: BaseConsumer = settings.reader().create()?;
-    let mut end: HashMap<i32, i64> = HashMap::new();
-    let mut list = TopicPartitionList::new();
+    let mut ranges = BTreeMap::new();
     for &p in partitions {
-        let (low, high) = consumer
+        let range = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .with_context(|| format!("end offsets of {topic} partition {p}"))?;
-        if high > low {
-            end.insert(p, high);
-            list.add_partition_offset(topic, p, Offset::Offset(low))?;
-        }
+        ranges.insert(p, range);
     }
-    let mut records = Vec::new();
-    if end.is_empty() {
-        return Ok(records);
-    }
-    consumer.assign(&list)?;
-    let deadline = Instant::now() + READ_TIMEOUT;
-    while !end.is_empty() {
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "reading {topic} timed out after {}s ({} partitions unfinished)",
-                READ_TIMEOUT.as_secs(),
-                end.len()
-            );
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = message.with_context(|| format!("reading {topic}"))?;
-        let (p, o) = (m.partition(), m.offset());
-        if let Some(&high) = end.get(&p) {
-            if o < high {
-                records.push(DlqRecord {
-                    partition: p,
-                    offset: o,
-                    timestamp: m
-                        .timestamp()
-                        .to_millis()
-                        .and_then(DateTime::from_timestamp_millis),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-            }
-            if o + 1 >= high {
-                end.remove(&p);
-            }
-        }
-    }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    Ok(records)
+    crate::kafka::read_ranges(&consumer, topic, &ranges, READ_TIMEOUT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers;
 
     fn record(headers: &[(&str, &str)], offset: i64, secs: i64) -> DlqRecord {
         DlqRecord {

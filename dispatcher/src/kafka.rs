@@ -105,3 +105,93 @@ impl KafkaSettings {
         Ok(())
     }
 }
+
+/// One record as read by [`read_ranges`].
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp.
+    pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl TopicRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Reads offsets `from..to` of each listed partition of `topic` with a group-less
+/// consumer (`assign`, nothing committed), sorted by partition and offset; an error when
+/// `timeout` passes first. Blocking: call from `spawn_blocking`.
+pub fn read_ranges(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    ranges: &std::collections::BTreeMap<i32, (i64, i64)>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<TopicRecord>> {
+    use anyhow::Context;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+    let mut end: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for (&p, &(from, to)) in ranges {
+        if from < to {
+            end.insert(p, to);
+            list.add_partition_offset(topic, p, rdkafka::Offset::Offset(from))?;
+        }
+    }
+    let mut records = Vec::new();
+    if end.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !end.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "reading {topic} timed out after {}s ({} partitions unfinished)",
+                timeout.as_secs(),
+                end.len()
+            );
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.with_context(|| format!("reading {topic}"))?;
+        let (p, o) = (m.partition(), m.offset());
+        let Some(&to) = end.get(&p) else { continue };
+        if o < to {
+            records.push(TopicRecord {
+                partition: p,
+                offset: o,
+                timestamp: m
+                    .timestamp()
+                    .to_millis()
+                    .and_then(chrono::DateTime::from_timestamp_millis),
+                key: m.key().unwrap_or_default().to_vec(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        if o + 1 >= to {
+            end.remove(&p);
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}
