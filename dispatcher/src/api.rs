@@ -240,6 +240,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/pause", post(pause))
         .route("/v1/subscriptions/{id}/resume", post(resume))
         .route("/v1/partners/{partner}/events", get(events))
+        .route("/v1/partners/{partner}/disconnect", post(disconnect))
+        .route("/v1/partners/{partner}/reconnect", post(reconnect))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -257,8 +259,11 @@ struct View {
     retry: RetryPolicy,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit_per_sec: Option<f64>,
-    /// `active`, `paused`, or `disabled` (after a 410 Gone).
+    /// `active`, `paused`, `disconnected`, or `disabled` (after a 410 Gone).
     state: &'static str,
+    /// When, why and by whom the partner was disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnected: Option<crate::subscription::Disconnected>,
     /// Secrets signing now (more than one during a rotation's overlap).
     signing_secrets: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,11 +284,14 @@ impl From<&Subscription> for View {
             rate_limit_per_sec: s.rate_limit_per_sec,
             state: if s.disabled {
                 "disabled"
+            } else if s.disconnected.is_some() {
+                "disconnected"
             } else if s.paused {
                 "paused"
             } else {
                 "active"
             },
+            disconnected: s.disconnected.clone(),
             signing_secrets: s.active_keys(Utc::now()),
             previous_secrets_until: s
                 .previous_secrets_until
@@ -509,6 +517,7 @@ async fn create(
         disabled: false,
         paused: false,
         previous_secrets_until: None,
+        disconnected: None,
     };
     api.check(&s).await?;
     // The partner's topics exist before anything is routed to them.
@@ -650,6 +659,93 @@ async fn resume(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     set_paused(api, headers, id, false).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    reason: Option<String>,
+}
+
+/// Stops delivery to every subscription of the partner; its events wait in Kafka until
+/// it is reconnected. Admin only (the dispatcher also does it to a partner failing
+/// past `--disconnect-after-ms`).
+async fn disconnect(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(partner): Path<String>,
+    body: Option<Json<DisconnectRequest>>,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    if caller != Caller::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an operator (admin token) disconnects a partner",
+        ));
+    }
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| "disconnected by an operator".into());
+    let mark = crate::subscription::Disconnected {
+        at: Utc::now(),
+        reason,
+        by: caller.name(),
+    };
+    set_connected(api, caller, partner, Some(mark)).await
+}
+
+/// Resumes delivery to every subscription of the partner: the events kept while it was
+/// disconnected arrive in order. The admin or the partner itself.
+async fn reconnect(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Path(partner): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = api.tokens.caller(&headers)?;
+    set_connected(api, caller, partner, None).await
+}
+
+async fn set_connected(
+    api: ApiState,
+    caller: Caller,
+    partner: String,
+    mark: Option<crate::subscription::Disconnected>,
+) -> Result<Response, ApiError> {
+    let mine: Vec<Arc<Subscription>> = api
+        .table
+        .all()
+        .into_iter()
+        .filter(|s| s.partner_id == partner && caller.sees(&s.partner_id))
+        .collect();
+    if mine.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no subscriptions of partner `{partner}`"),
+        ));
+    }
+    let action = if mark.is_some() {
+        "disconnect"
+    } else {
+        "reconnect"
+    };
+    let mut views = Vec::new();
+    for s in mine {
+        let before = s.disconnected.clone();
+        let mut s = (*s).clone();
+        s.disconnected = mark.clone();
+        let s = api.save(s).await?;
+        api.audit(
+            &caller,
+            action,
+            &s,
+            serde_json::json!({ "was": before, "now": mark }),
+        )
+        .await;
+        views.push(View::from(&s));
+    }
+    Ok(Json(serde_json::json!({ "subscriptions": views })).into_response())
 }
 
 async fn remove(

@@ -45,6 +45,8 @@ pub struct JobContext {
     /// What a 410 Gone does with the disabled subscription (write it to the topic).
     pub on_gone: GoneHook,
     pub metrics: LaneMetrics,
+    /// Attempt results, lag and oldest age for the partner's health.
+    pub health: Arc<crate::health::PartnerHealth>,
     pub shutdown: CancellationToken,
 }
 
@@ -156,43 +158,53 @@ pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
 async fn deliver(job: &Job, ctx: &JobContext) -> bool {
     let partner = &ctx.partner;
     let lm = &ctx.metrics;
-    // A paused subscription holds its records here, in order, until it is resumed (or
-    // deleted, or shutdown leaves them unfinished for the next owner).
-    let target = loop {
-        let Some(target) = ctx.table.target(&job.subscription_id) else {
-            // Unsubscribed: nothing to deliver, nothing to keep.
-            lm.dropped.increment(1);
-            return true;
-        };
-        if !target.subscription.paused {
-            break target;
-        }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-    };
-    let subscription = &target.subscription;
-    if subscription.disabled {
-        let failure = Failure {
-            reason: "subscription disabled".into(),
-            attempts: 0,
-            first: None,
-            last: None,
-            last_status: None,
-            last_error: None,
-            excerpt: None,
-        };
-        return dead_letter(job, ctx, failure).await;
-    }
-    let started = Instant::now();
-    let first = chrono::Utc::now();
+    let mut started = Instant::now();
+    let mut first = chrono::Utc::now();
     let mut attempts = 0u32;
     loop {
+        // Before every attempt: the subscription as it is now (a URL or secret change
+        // applies to the next attempt). A paused or disconnected one holds the record
+        // here, in order, until it is resumed (or deleted, or shutdown leaves the record
+        // unfinished for the next owner); the retry budget starts again after a hold.
+        let (target, held) = match hold(job, ctx).await {
+            Hold::Ready { target, held } => (target, held),
+            Hold::Unsubscribed => {
+                lm.dropped.increment(1);
+                return true;
+            }
+            Hold::Shutdown => return false,
+        };
+        if held {
+            started = Instant::now();
+            first = chrono::Utc::now();
+            attempts = 0;
+        }
+        let subscription = &target.subscription;
+        if subscription.disabled {
+            let failure = Failure {
+                reason: "subscription disabled".into(),
+                attempts,
+                first: (attempts > 0).then_some(first),
+                last: None,
+                last_status: None,
+                last_error: None,
+                excerpt: None,
+            };
+            return dead_letter(job, ctx, failure).await;
+        }
         let permit = tokio::select! {
             _ = ctx.shutdown.cancelled() => return false,
             p = ctx.flow.acquire(&ctx.shutdown) => match p { Some(p) => p, None => return false },
         };
+        // The wait for a permit can be long (an open circuit): look again.
+        let latest = ctx.table.target(&job.subscription_id);
+        if latest
+            .as_ref()
+            .is_none_or(|t| !Arc::ptr_eq(&t.subscription, &target.subscription))
+        {
+            ctx.flow.release(permit, crate::flow::Signal::Neutral);
+            continue;
+        }
         attempts += 1;
         lm.in_flight.increment(1.0);
         let hook = Webhook {
@@ -208,6 +220,13 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
             .release(permit, flow_signal(&report.attempt, report.elapsed));
         lm.in_flight.decrement(1.0);
         lm.attempt(&report.attempt).increment(1);
+        ctx.health.attempt(matches!(
+            report.attempt,
+            Attempt::Status {
+                status: 200..=299,
+                ..
+            }
+        ));
         lm.attempt_seconds.record(report.elapsed.as_secs_f64());
         let (last_status, last_error) = match &report.attempt {
             Attempt::Status { status, .. } => (Some(*status), None),
@@ -265,6 +284,36 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+        }
+    }
+}
+
+enum Hold {
+    Ready {
+        target: Arc<crate::table::Target>,
+        /// Whether the record waited for a pause or disconnect to end.
+        held: bool,
+    },
+    Unsubscribed,
+    Shutdown,
+}
+
+/// Waits while the record's subscription is paused or disconnected.
+async fn hold(job: &Job, ctx: &JobContext) -> Hold {
+    let mut held = false;
+    loop {
+        let Some(target) = ctx.table.target(&job.subscription_id) else {
+            // Unsubscribed: nothing to deliver, nothing to keep.
+            return Hold::Unsubscribed;
+        };
+        let s = &target.subscription;
+        if !s.paused && s.disconnected.is_none() {
+            return Hold::Ready { target, held };
+        }
+        held = true;
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Hold::Shutdown,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct GroupContext {
     revoked: Mutex<Vec<i32>>,
     /// Set when partitions were assigned (a paused lane must pause them too).
     assigned: std::sync::atomic::AtomicBool,
+    /// A lane's partner health, told the lag too.
+    health: Option<Arc<crate::health::PartnerHealth>>,
 }
 
 impl GroupContext {
@@ -72,7 +74,14 @@ impl GroupContext {
             topic: topic.to_string(),
             revoked: Mutex::default(),
             assigned: Default::default(),
+            health: None,
         }
+    }
+
+    /// Also reports the lag to a partner's health.
+    pub fn with_health(mut self, health: Arc<crate::health::PartnerHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Whether partitions were assigned since the last call.
@@ -103,6 +112,9 @@ impl ClientContext for GroupContext {
             return;
         }
         let lag: i64 = known.iter().sum();
+        if let Some(h) = &self.health {
+            h.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+        }
         metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => self.topic.clone())
             .set(lag as f64);
     }
@@ -168,7 +180,10 @@ pub async fn run(
         .consumer(&format!("{}.{partner}", config.group_prefix))
         // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
         .set("statistics.interval.ms", "5000")
-        .create_with_context(GroupContext::new(&format!("lane {partner}"), &topic))?;
+        .create_with_context(
+            GroupContext::new(&format!("lane {partner}"), &topic)
+                .with_health(Arc::clone(&ctx.health)),
+        )?;
     consumer.subscribe(&[&topic])?;
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
@@ -199,8 +214,9 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             _ = sample.tick() => {
-                let oldest = state.taken_at.values().min().map_or(0.0, |t| t.elapsed().as_secs_f64());
-                lm.oldest_age.set(oldest);
+                let oldest = state.taken_at.values().min().map_or(Duration::ZERO, |t| t.elapsed());
+                lm.oldest_age.set(oldest.as_secs_f64());
+                ctx.health.oldest_age_ms.store(oldest.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             _ = store.tick() => {
                 state.forget_revoked(&consumer, &partner);
@@ -436,6 +452,7 @@ pub async fn supervise(
     table: SubscriptionTable,
     client: WebhookClient,
     on_gone: GoneHook,
+    watched: Arc<Mutex<HashMap<String, crate::health::Watched>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = settings.producer().create()?;
@@ -469,6 +486,14 @@ pub async fn supervise(
             }
             let flow = PartnerFlow::new(&partner, cap, rate, config.flow.clone());
             flows.insert(partner.clone(), Arc::clone(&flow));
+            let health = Arc::new(crate::health::PartnerHealth::default());
+            watched.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                partner.clone(),
+                crate::health::Watched {
+                    health: Arc::clone(&health),
+                    flow: Arc::clone(&flow),
+                },
+            );
             let ctx = JobContext {
                 partner: partner.clone(),
                 client: client.clone(),
@@ -477,6 +502,7 @@ pub async fn supervise(
                 flow,
                 on_gone: on_gone.clone(),
                 metrics: LaneMetrics::new(&partner),
+                health,
                 shutdown: shutdown.clone(),
             };
             let handle = tokio::spawn(run(partner.clone(), settings.clone(), config.clone(), ctx));

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod dlq;
 pub mod flow;
+pub mod health;
 pub mod http;
 pub mod job;
 pub mod kafka;

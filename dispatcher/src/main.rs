@@ -155,6 +155,25 @@ struct RunArgs {
     /// failed probe, up to 2 minutes).
     #[arg(long, env = "DISPATCHER_BREAKER_COOLDOWN_MS", default_value_t = 5_000)]
     breaker_cooldown_ms: u64,
+    /// A partner failing this long is disconnected: delivery stops and its events wait
+    /// in Kafka until it is reconnected (API `POST /v1/partners/{p}/reconnect`), in
+    /// milliseconds; 0 never disconnects. Default 24 hours.
+    #[arg(
+        long,
+        env = "DISPATCHER_DISCONNECT_AFTER_MS",
+        default_value_t = 86_400_000
+    )]
+    disconnect_after_ms: u64,
+    /// A partner whose oldest undelivered record is older than this is degraded, in
+    /// seconds (failing past `--failing-age-secs`).
+    #[arg(long, env = "DISPATCHER_DEGRADED_AGE_SECS", default_value_t = 60)]
+    degraded_age_secs: u64,
+    /// A partner whose oldest undelivered record is older than this is failing, in seconds.
+    #[arg(long, env = "DISPATCHER_FAILING_AGE_SECS", default_value_t = 900)]
+    failing_age_secs: u64,
+    /// How often partners' health is judged, in milliseconds.
+    #[arg(long, env = "DISPATCHER_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
+    health_interval_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -406,11 +425,40 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         });
     }));
 
+    let board = dispatcher::health::StatusBoard::default();
+    let watched = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let (write_kafka, write_topic) = (kafka.clone(), common.subscriptions_topic.clone());
+    let write: dispatcher::health::Writer = Arc::new(move |changed| {
+        let (kafka, topic) = (write_kafka.clone(), write_topic.clone());
+        tokio::spawn(async move {
+            if let Err(error) = table::publish(&kafka, &topic, &changed, &[]).await {
+                tracing::error!(%error, "cannot write the disconnected subscriptions");
+            }
+        });
+    });
+    let health_config = dispatcher::health::HealthConfig {
+        degraded_age: Duration::from_secs(args.degraded_age_secs),
+        failing_age: Duration::from_secs(args.failing_age_secs.max(args.degraded_age_secs)),
+        disconnect_after: (args.disconnect_after_ms > 0)
+            .then(|| Duration::from_millis(args.disconnect_after_ms)),
+        ..Default::default()
+    };
+    let monitor = tokio::spawn(dispatcher::health::monitor(
+        Arc::clone(&watched),
+        table.clone(),
+        health_config,
+        Arc::clone(&board),
+        write,
+        Duration::from_millis(args.health_interval_ms.max(100)),
+        shutdown.clone(),
+    ));
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
     let metrics = dispatcher::metrics::handle();
+    let (all_board, one_board) = (Arc::clone(&board), Arc::clone(&board));
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -421,6 +469,30 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
                     metrics.render()
                 }
             }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let board = Arc::clone(&all_board);
+                async move { axum::Json(dispatcher::health::status_json(&board, None)) }
+            }),
+        )
+        .route(
+            "/status/{partner}",
+            get(
+                move |axum::extract::Path(partner): axum::extract::Path<String>| {
+                    let board = Arc::clone(&one_board);
+                    async move {
+                        let json = dispatcher::health::status_json(&board, Some(&partner));
+                        let code = if json["partners"].as_object().is_some_and(|m| m.is_empty()) {
+                            axum::http::StatusCode::NOT_FOUND
+                        } else {
+                            axum::http::StatusCode::OK
+                        };
+                        (code, axum::Json(json))
+                    }
+                },
+            ),
         )
         .route("/healthz", get(|| async { "ok" }));
     let server_stop = shutdown.clone();
@@ -462,6 +534,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         table,
         client,
         on_gone,
+        watched,
         shutdown.clone(),
     ));
     tracing::info!("dispatcher running");
@@ -471,6 +544,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     router.await??;
     lanes.await??;
+    let _ = monitor.await;
     let _ = server.await;
     tracing::info!("dispatcher stopped");
     Ok(())

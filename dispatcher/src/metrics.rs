@@ -34,6 +34,11 @@ pub const CIRCUIT_STATE: &str = "dispatcher_circuit_state";
 pub const CIRCUIT_OPENED: &str = "dispatcher_circuit_opened_total";
 /// Subscriptions disabled after a 410 Gone, by `partner`.
 pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
+/// The partner's state: 1 for the current one of healthy, degraded, failing,
+/// disconnected, by `partner` and `state`.
+pub const PARTNER_STATE: &str = "dispatcher_partner_state";
+/// Partners disconnected automatically after failing too long, by `partner`.
+pub const DISCONNECTS: &str = "dispatcher_partner_disconnects_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
 pub const ROUTED: &str = "dispatcher_router_records_total";
 /// Subscription records (changes and deletions) read from the topic and in force.

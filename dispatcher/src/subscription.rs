@@ -81,6 +81,21 @@ pub struct Subscription {
     /// time, then only the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secrets_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Set when the partner was disconnected (automatically after failing too long, or by
+    /// an operator): like `paused`, nothing is sent and events are kept, until an operator
+    /// or the partner reconnects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected: Option<Disconnected>,
+}
+
+/// When, why and by whom a partner was disconnected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnected {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
+    /// `dispatcher` (automatic) or the API caller.
+    pub by: String,
 }
 
 fn default_max_in_flight() -> usize {
@@ -292,6 +307,7 @@ mod tests {
             retry: RetryPolicy::default(),
             rate_limit_per_sec: None,
             disabled: false,
+            disconnected: None,
             paused: false,
             previous_secrets_until: None,
         }

@@ -75,6 +75,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         disabled: false,
         paused: false,
         previous_secrets_until: None,
+        disconnected: None,
     });
 
     let producer: FutureProducer = ClientConfig::new()
@@ -123,6 +124,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         .expect("client"),
         table,
         producer: settings.producer().create().expect("dlq producer"),
+        health: Default::default(),
         flow: dispatcher::flow::PartnerFlow::new(
             "p",
             4,

@@ -405,6 +405,23 @@ impl DispatchWorld {
     }
 }
 
+/// The admin token of [`api_tokens`].
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
+
+/// The API token of `partner` in [`api_tokens`].
+pub fn partner_token(partner: &str) -> String {
+    format!("token-of-{partner}-0123456789")
+}
+
+/// A tokens file for `dispatcher api`: the admin and each partner's token.
+pub fn api_tokens(partners: &[&str]) -> String {
+    let mut yaml = format!("admin: [\"{ADMIN_TOKEN}\"]\npartners:\n");
+    for p in partners {
+        yaml.push_str(&format!("  {p}: [\"{}\"]\n", partner_token(p)));
+    }
+    yaml
+}
+
 /// A running `dispatcher api`; stopped by pid when dropped.
 #[derive(Debug)]
 pub struct ApiProcess {
@@ -463,6 +480,33 @@ impl DispatcherProcess {
 
     pub fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+}
+
+impl ApiProcess {
+    /// A JSON call: (status, body; `Null` when the body is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.expect("api call");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 

@@ -6,46 +6,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use e2e::{closed_port, eventually, unique, ApiProcess, DispatchWorld};
+use e2e::{
+    api_tokens as tokens, closed_port, eventually, partner_token, unique, DispatchWorld,
+    ADMIN_TOKEN as ADMIN,
+};
 use order_schemas::{EventType, OrderEvent};
 use producer::Publisher;
 use serde_json::{json, Value};
-
-const ADMIN: &str = "admin-token-for-tests-0001";
-
-fn partner_token(partner: &str) -> String {
-    format!("token-of-{partner}-0123456789")
-}
-
-fn tokens(partners: &[&str]) -> String {
-    let mut yaml = format!("admin: [\"{ADMIN}\"]\npartners:\n");
-    for p in partners {
-        yaml.push_str(&format!("  {p}: [\"{}\"]\n", partner_token(p)));
-    }
-    yaml
-}
-
-/// A JSON call: (status, body).
-async fn call(
-    api: &ApiProcess,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client.request(method, format!("{}{path}", api.url));
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        request = request.json(&b);
-    }
-    let response = request.send().await.expect("api call");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 async fn metric(dispatcher_metrics: &str, line_prefix: &str) -> f64 {
     let text = reqwest::get(dispatcher_metrics)
@@ -107,14 +74,16 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     // Create: the secret comes back once; the receiver verifies with it.
     let addr = closed_port();
     let before = changes().await;
-    let (status, created) = call(
-        &api,
-        reqwest::Method::POST,
-        "/v1/subscriptions",
-        Some(&token),
-        Some(json!({"url": format!("http://{addr}/webhook"), "event_types": ["order.created"]})),
-    )
-    .await;
+    let (status, created) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(&token),
+            Some(
+                json!({"url": format!("http://{addr}/webhook"), "event_types": ["order.created"]}),
+            ),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().expect("id").to_string();
     let secret = created["secret"].as_str().expect("secret").to_string();
@@ -130,14 +99,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
         "created subscription delivers\n{}",
         dispatcher.log_tail()
     );
-    let (status, got) = call(
-        &api,
-        reqwest::Method::GET,
-        &format!("/v1/subscriptions/{id}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, got) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/subscriptions/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert!(
         got.get("secret").is_none() && got.get("secrets").is_none(),
@@ -146,14 +115,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
 
     // Rotate: the new secret signs at once (the old one too, during the overlap).
     let before = changes().await;
-    let (status, rotated) = call(
-        &api,
-        reqwest::Method::POST,
-        &format!("/v1/subscriptions/{id}/rotate-secret"),
-        Some(&token),
-        Some(json!({"overlap_secs": 3600})),
-    )
-    .await;
+    let (status, rotated) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            Some(&token),
+            Some(json!({"overlap_secs": 3600})),
+        )
+        .await;
     assert_eq!(status, 200, "{rotated}");
     let new_secret = rotated["secret"].as_str().expect("secret").to_string();
     assert_ne!(new_secret, secret);
@@ -182,14 +151,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
 
     // Pause: events wait; resume: they arrive, in order.
     let before = changes().await;
-    let (status, paused) = call(
-        &api,
-        reqwest::Method::POST,
-        &format!("/v1/subscriptions/{id}/pause"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, paused) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/subscriptions/{id}/pause"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!((status, paused["state"].as_str()), (200, Some("paused")));
     dispatcher_sees(&metrics_url, before, 1.0).await;
     let held = publish(&p, &partner, &["o-4", "o-4", "o-5"]).await;
@@ -205,14 +174,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     }
     assert_eq!(received(&second).len(), 1, "nothing sent while paused");
     let before = changes().await;
-    let (status, _) = call(
-        &api,
-        reqwest::Method::POST,
-        &format!("/v1/subscriptions/{id}/resume"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/subscriptions/{id}/resume"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     dispatcher_sees(&metrics_url, before, 1.0).await;
     assert!(
@@ -243,14 +212,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     .await
     .expect("receiver");
     let before = changes().await;
-    let (status, updated) = call(
-        &api,
-        reqwest::Method::PATCH,
-        &format!("/v1/subscriptions/{id}"),
-        Some(&token),
-        Some(json!({"url": third.url()})),
-    )
-    .await;
+    let (status, updated) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(&token),
+            Some(json!({"url": third.url()})),
+        )
+        .await;
     assert_eq!(status, 200, "{updated}");
     dispatcher_sees(&metrics_url, before, 1.0).await;
     let batch = publish(&p, &partner, &["o-6"]).await;
@@ -261,14 +230,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
 
     // Delete: nothing more is routed to the partner.
     let before = changes().await;
-    let (status, _) = call(
-        &api,
-        reqwest::Method::DELETE,
-        &format!("/v1/subscriptions/{id}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/subscriptions/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
     dispatcher_sees(&metrics_url, before, 1.0).await;
     let unmatched = "dispatcher_router_records_total{outcome=\"unmatched\"} ";
@@ -283,14 +252,14 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(received(&third).len(), 1, "nothing after delete");
-    let (status, gone) = call(
-        &api,
-        reqwest::Method::GET,
-        &format!("/v1/subscriptions/{id}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, gone) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/subscriptions/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(
         (status, gone["error"]["code"].as_str()),
         (404, Some("not_found"))
@@ -337,8 +306,7 @@ async fn a_partner_token_sees_and_changes_only_its_own_subscriptions() {
     let create = |token: String, body: Value| {
         let api = &api;
         async move {
-            call(
-                api,
+            api.call(
                 reqwest::Method::POST,
                 "/v1/subscriptions",
                 Some(&token),
@@ -361,14 +329,9 @@ async fn a_partner_token_sees_and_changes_only_its_own_subscriptions() {
     assert_eq!(s, 201, "{b}");
     let b_id = b["id"].as_str().expect("id");
 
-    let (s, list) = call(
-        &api,
-        reqwest::Method::GET,
-        "/v1/subscriptions",
-        Some(&ta),
-        None,
-    )
-    .await;
+    let (s, list) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", Some(&ta), None)
+        .await;
     assert_eq!(s, 200);
     let partners: BTreeSet<&str> = list["subscriptions"]
         .as_array()
@@ -387,18 +350,18 @@ async fn a_partner_token_sees_and_changes_only_its_own_subscriptions() {
         ),
         (reqwest::Method::DELETE, None),
     ] {
-        let (s, e) = call(&api, method.clone(), &path, Some(&ta), body).await;
+        let (s, e) = api.call(method.clone(), &path, Some(&ta), body).await;
         assert_eq!(s, 404, "{method} another partner's subscription: {e}");
     }
     for action in ["pause", "rotate-secret"] {
-        let (s, _) = call(
-            &api,
-            reqwest::Method::POST,
-            &format!("{path}/{action}"),
-            Some(&ta),
-            None,
-        )
-        .await;
+        let (s, _) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("{path}/{action}"),
+                Some(&ta),
+                None,
+            )
+            .await;
         assert_eq!(s, 404, "{action}");
     }
     let (s, e) = create(
@@ -414,43 +377,40 @@ async fn a_partner_token_sees_and_changes_only_its_own_subscriptions() {
     .await;
     assert_eq!(s, 403, "{e}");
     // b's subscription is untouched, and the admin sees both.
-    let (s, still) = call(&api, reqwest::Method::GET, &path, Some(&tb), None).await;
+    let (s, still) = api.call(reqwest::Method::GET, &path, Some(&tb), None).await;
     assert_eq!(
         (s, still["url"].as_str()),
         (200, Some("http://127.0.0.1:9/b"))
     );
-    let (s, all) = call(
-        &api,
-        reqwest::Method::GET,
-        "/v1/subscriptions",
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let (s, all) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", Some(ADMIN), None)
+        .await;
     assert_eq!(s, 200);
     assert!(all["subscriptions"].as_array().expect("list").len() >= 2);
-    let (s, e) = call(&api, reqwest::Method::GET, "/v1/subscriptions", None, None).await;
+    let (s, e) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", None, None)
+        .await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
         (401, Some("unauthenticated"))
     );
-    let (s, _) = call(
-        &api,
-        reqwest::Method::GET,
-        "/v1/subscriptions",
-        Some("not-a-token-at-all-xxxx"),
-        None,
-    )
-    .await;
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/subscriptions",
+            Some("not-a-token-at-all-xxxx"),
+            None,
+        )
+        .await;
     assert_eq!(s, 401);
-    let (s, _) = call(
-        &api,
-        reqwest::Method::GET,
-        &format!("/v1/partners/{pb}/events"),
-        Some(&ta),
-        None,
-    )
-    .await;
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/partners/{pb}/events"),
+            Some(&ta),
+            None,
+        )
+        .await;
     assert_eq!(s, 404, "another partner's events");
 }
 
@@ -464,8 +424,7 @@ async fn ssrf_and_bad_fields_are_refused_with_the_field_named() {
     let refused = |url: &'static str| {
         let (api, token) = (&api, token.clone());
         async move {
-            call(
-                api,
+            api.call(
                 reqwest::Method::POST,
                 "/v1/subscriptions",
                 Some(&token),
@@ -490,21 +449,20 @@ async fn ssrf_and_bad_fields_are_refused_with_the_field_named() {
             "{url}: {e}"
         );
     }
-    let (s, e) = call(
-        &api,
-        reqwest::Method::POST,
-        "/v1/subscriptions",
-        Some(&token),
-        Some(json!({"url": "https://hooks.example.com/x", "event_types": ["order.shipped"]})),
-    )
-    .await;
+    let (s, e) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(&token),
+            Some(json!({"url": "https://hooks.example.com/x", "event_types": ["order.shipped"]})),
+        )
+        .await;
     assert_eq!(
         (s, e["error"]["field"].as_str()),
         (422, Some("event_types")),
         "{e}"
     );
-    let (s, e) = call(
-        &api,
+    let (s, e) = api.call(
         reqwest::Method::POST,
         "/v1/subscriptions",
         Some(&token),
@@ -516,14 +474,14 @@ async fn ssrf_and_bad_fields_are_refused_with_the_field_named() {
         (422, Some("max_in_flight")),
         "{e}"
     );
-    let (s, list) = call(
-        &api,
-        reqwest::Method::GET,
-        "/v1/subscriptions",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (s, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/subscriptions",
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(list["subscriptions"], json!([]), "nothing was created");
 }
@@ -536,18 +494,18 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
     let token = partner_token(&partner);
     // The partner's endpoint is down: nothing is acknowledged.
     let down = closed_port();
-    let (s, created) = call(
-        &api,
-        reqwest::Method::POST,
-        "/v1/subscriptions",
-        Some(&token),
-        Some(json!({
-            "url": format!("http://{down}/hook"),
-            "event_types": ["order.created", "order.status_changed"],
-            "retry": {"max_attempts": 2, "initial_backoff_ms": 100, "max_backoff_ms": 200}
-        })),
-    )
-    .await;
+    let (s, created) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(&token),
+            Some(json!({
+                "url": format!("http://{down}/hook"),
+                "event_types": ["order.created", "order.status_changed"],
+                "retry": {"max_attempts": 2, "initial_backoff_ms": 100, "max_backoff_ms": 200}
+            })),
+        )
+        .await;
     assert_eq!(s, 201, "{created}");
     let dispatcher = world.start();
     let p = world.publisher().await;
@@ -566,14 +524,14 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
     // pages below are read from a stream that no longer changes.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (s, page) = call(
-            &api,
-            reqwest::Method::GET,
-            &format!("/v1/partners/{partner}/events?limit=100"),
-            Some(&token),
-            None,
-        )
-        .await;
+        let (s, page) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/partners/{partner}/events?limit=100"),
+                Some(&token),
+                None,
+            )
+            .await;
         let n = page["data"].as_array().map_or(0, Vec::len);
         if s == 200 && n == sent.len() {
             break;
@@ -603,7 +561,9 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
             Some(c) => format!("/v1/partners/{partner}/events?limit=3&after={c}"),
             None => format!("/v1/partners/{partner}/events?limit=3"),
         };
-        let (s, page) = call(&api, reqwest::Method::GET, &path, Some(&token), None).await;
+        let (s, page) = api
+            .call(reqwest::Method::GET, &path, Some(&token), None)
+            .await;
         if s == 503 {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -621,7 +581,9 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
     for (path, data) in &pages {
         let mut again = Value::Null;
         for _ in 0..20 {
-            let (s, body) = call(&api, reqwest::Method::GET, path, Some(&token), None).await;
+            let (s, body) = api
+                .call(reqwest::Method::GET, path, Some(&token), None)
+                .await;
             if s == 200 {
                 again = body;
                 break;
@@ -665,36 +627,36 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
     }
     assert_eq!(got[0]["event"]["type"], "order.created");
     // Nothing new: an empty page, and the cursor stays usable.
-    let (s, tail) = call(
-        &api,
-        reqwest::Method::GET,
-        &format!(
-            "/v1/partners/{partner}/events?after={}",
-            cursor.expect("cursor")
-        ),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (s, tail) = api
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/partners/{partner}/events?after={}",
+                cursor.expect("cursor")
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!((s, tail["data"].as_array().map(Vec::len)), (200, Some(0)));
     assert_eq!(tail["done"], true);
-    let (s, e) = call(
-        &api,
-        reqwest::Method::GET,
-        &format!("/v1/partners/{partner}/events?after=garbage!"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (s, e) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/partners/{partner}/events?after=garbage!"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!((s, e["error"]["field"].as_str()), (422, Some("after")));
-    let (s, _) = call(
-        &api,
-        reqwest::Method::GET,
-        &format!("/v1/partners/{partner}/events"),
-        Some(&partner_token("other")),
-        None,
-    )
-    .await;
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/partners/{partner}/events"),
+            Some(&partner_token("other")),
+            None,
+        )
+        .await;
     assert_eq!(s, 404, "another partner's token");
     assert_eq!(dispatcher.terminate(), Some(0));
 }

@@ -44,6 +44,7 @@ pub fn lane(
         disabled: false,
         paused: false,
         previous_secrets_until: None,
+        disconnected: None,
     });
     let settings = KafkaSettings {
         brokers,
@@ -67,6 +68,7 @@ pub fn lane(
         flow: PartnerFlow::new(partner, max_in_flight, None, FlowConfig::default()),
         on_gone: GoneHook(Arc::new(|_| {})),
         metrics: LaneMetrics::new(partner),
+        health: Default::default(),
         shutdown: shutdown.clone(),
     };
     Lane {
