@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# System packages the build needs beyond the Rust toolchain, gcc and Python: OpenSSL
-# headers and pkg-config (for native-tls). Installed only when missing (Debian, as root).
+# System packages beyond the Rust toolchain, gcc and Python, installed only when missing
+# (Debian, as root or with sudo):
+# - libssl-dev and pkg-config, for native-tls;
+# - prometheus, for `promtool`, which the tests use to check the alert rules and the
+#   Grafana dashboard's queries (no Prometheus server is started).
 set -euo pipefail
-if pkg-config --exists openssl 2>/dev/null; then
+packages=()
+pkg-config --exists openssl 2>/dev/null || packages+=(libssl-dev pkg-config)
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+if [[ ${#packages[@]} == 0 ]]; then
   exit 0
 fi
-echo "installing libssl-dev and pkg-config..." >&2
+echo "installing ${packages[*]}..." >&2
 if [[ "$(id -u)" != 0 ]]; then SUDO=sudo; else SUDO=; fi
 $SUDO apt-get update -qq >&2
-$SUDO apt-get install -y -qq libssl-dev pkg-config >&2
+$SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2

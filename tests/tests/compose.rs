@@ -56,6 +56,7 @@ fn services_are_buildable_and_use_only_settings_the_code_reads() {
         "dispatcher",
         "partner",
         "prometheus",
+        "grafana",
     ] {
         assert!(services.contains_key(want), "service {want} missing");
     }
@@ -200,5 +201,109 @@ fn the_example_subscriptions_are_valid_under_the_compose_settings() {
         command.last().map(String::as_str),
         Some("/etc/orderhooks/subscriptions.example.yaml"),
         "the Dockerfile copies config/ there"
+    );
+}
+
+/// Every `dispatcher_*` metric named in `text` (histogram suffixes removed).
+fn dispatcher_metrics_named(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (i, _) in text.match_indices("dispatcher_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        names.insert(name);
+    }
+    names
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The PromQL expressions of the Grafana dashboard, with its `$partner` variable set.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/dashboards/orderhooks.json")).expect("json");
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("expr").replace("$partner", ".*"))
+        .collect()
+}
+
+#[test]
+fn alerts_and_the_dashboard_use_only_metrics_the_dispatcher_exports() {
+    let exported = read("dispatcher/src/metrics.rs");
+    let used = dispatcher_metrics_named(&format!(
+        "{}\n{}",
+        read("deploy/alerts.yml"),
+        dashboard_queries().join("\n")
+    ));
+    assert!(used.len() >= 10, "{used:?}");
+    for name in used {
+        assert!(
+            exported.contains(&format!("\"{name}\"")),
+            "{name} is not a metric the dispatcher exports"
+        );
+    }
+    // Every file compose mounts exists.
+    let doc = compose();
+    for (name, service) in doc["services"].as_mapping().expect("services") {
+        for volume in string_list(&service["volumes"]) {
+            let host = volume.split(':').next().expect("host path");
+            if host.starts_with("./") {
+                assert!(
+                    root().join(host).exists(),
+                    "{name:?} mounts {host}, which does not exist"
+                );
+            }
+        }
+    }
+}
+
+/// `promtool` (Debian's `prometheus` package; scripts/install-deps.sh installs it).
+fn promtool(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(root().join("deploy"))
+        .output()
+        .expect("promtool (apt-get install prometheus; scripts/install-deps.sh does)")
+}
+
+#[test]
+fn the_alert_rules_fire_at_their_tiers_and_every_query_parses() {
+    let config = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(config.status.success(), "{config:?}");
+    let tests = promtool(&["test", "rules", "alerts.test.yml"]);
+    assert!(
+        tests.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&tests.stdout),
+        String::from_utf8_lossy(&tests.stderr)
+    );
+    // The dashboard's queries, checked by promtool as recording rules.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in dashboard_queries().iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(q).expect("quoted")
+        ));
+    }
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), rules).expect("write");
+    let check = promtool(&["check", "rules", &file.path().display().to_string()]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
     );
 }

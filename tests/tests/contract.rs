@@ -196,5 +196,23 @@ async fn dispatched_webhooks_and_api_answers_match_the_document() {
         .expect("json");
     let v = validator(&doc, "Error");
     assert_eq!(errors(&v, &error), Vec::<String>::new(), "{error}");
+    // A disconnected partner's subscriptions, as the disconnect call answers them.
+    let off: Value = client
+        .post(format!("{}/v1/partners/{partner}/disconnect", api.url))
+        .bearer_auth(token)
+        .json(&json!({"reason": "contract test"}))
+        .send()
+        .await
+        .expect("disconnect")
+        .json()
+        .await
+        .expect("json");
+    let v = validator(&doc, "Subscription");
+    let subscriptions = off["subscriptions"].as_array().expect("subscriptions");
+    assert_eq!(subscriptions.len(), 2, "{off}");
+    for s in subscriptions {
+        assert_eq!(errors(&v, s), Vec::<String>::new(), "{s}");
+        assert_eq!(s["state"], "disconnected");
+    }
     assert_eq!(dispatcher.terminate(), Some(0));
 }
