@@ -31,6 +31,9 @@ pub struct Script {
     pub fail_ratio: f64,
     /// Answer every request with this status (e.g. 410, 400).
     pub always_status: Option<u16>,
+    /// Answer `fail_status` to every event of these orders (`data.order_id`): one order
+    /// the partner keeps rejecting.
+    pub fail_orders: Vec<String>,
     /// With 429/503: the Retry-After to send, in seconds.
     pub retry_after_secs: Option<u64>,
     /// Redirect every request here (302) instead of answering.
@@ -220,9 +223,16 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     }
     let fail_status = StatusCode::from_u16(script.fail_status.unwrap_or(503))
         .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let failing_order = !script.fail_orders.is_empty() && {
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        let order = json["data"]["order_id"].as_str().unwrap_or_default();
+        script.fail_orders.iter().any(|o| o == order)
+    };
     let scripted_failure = script
         .always_status
         .and_then(|s| StatusCode::from_u16(s).ok())
+        .or(failing_order.then_some(fail_status))
         .or_else(|| {
             let ratio_hit = script.fail_ratio > 0.0
                 && ((n as f64 * script.fail_ratio).floor()

@@ -231,6 +231,7 @@ async fn dispatcher_lane(receiver: &Receiver, n: usize, concurrency: usize) -> f
         shutdown_deadline: Duration::from_secs(5),
         partitions: 6,
         flow: dispatcher::flow::FlowConfig::default(),
+        park_after: None,
     };
     let before = receiver.count().await;
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));

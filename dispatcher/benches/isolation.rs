@@ -198,6 +198,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         shutdown_deadline: Duration::from_secs(1),
         partitions: 6,
         flow: dispatcher::flow::FlowConfig::default(),
+        park_after: None,
     };
     let mut lanes = Vec::new();
     let mut stops = Vec::new();

@@ -140,6 +140,7 @@ fn main() {
             shutdown_deadline: Duration::from_secs(2),
             partitions: 6,
             flow: FlowConfig::default(),
+            park_after: None,
         };
         let before = rss_mb();
         println!("partner down; lane RSS over time (MB):");

@@ -31,6 +31,45 @@ pub struct Job {
     pub traceparent: Option<String>,
     /// The record's headers, kept for the dead-letter record.
     pub headers: Option<OwnedHeaders>,
+    /// Set for a record of the partner's retry topic: how far it got before it was
+    /// parked there.
+    pub parked: Option<Parked>,
+    /// A record of the delivery topic whose key is parked: it goes to the retry topic
+    /// behind the key's earlier records, without an attempt (set when it starts).
+    pub follow: bool,
+}
+
+/// A parked record's progress, carried in `retry-*` headers of the retry topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    /// Attempts made so far (0 for a record that followed its key).
+    pub attempts: u32,
+    pub first: Option<chrono::DateTime<chrono::Utc>>,
+    /// No attempt before this time.
+    pub not_before: chrono::DateTime<chrono::Utc>,
+}
+
+impl Parked {
+    pub const ATTEMPTS: &'static str = "retry-attempts";
+    pub const FIRST: &'static str = "retry-first-attempt-at";
+    pub const NOT_BEFORE: &'static str = "retry-not-before";
+
+    /// Reads the headers of a retry-topic record (`text` gives a header's value); a
+    /// record without them is due now, as a first attempt.
+    pub fn from_headers(text: impl Fn(&str) -> Option<String>) -> Self {
+        let time = |name: &str| {
+            text(name)
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(&v).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        Self {
+            attempts: text(Self::ATTEMPTS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            first: time(Self::FIRST),
+            not_before: time(Self::NOT_BEFORE).unwrap_or_else(chrono::Utc::now),
+        }
+    }
 }
 
 /// What a job needs from its lane.
@@ -47,6 +86,9 @@ pub struct JobContext {
     pub metrics: LaneMetrics,
     /// Attempt results, lag and oldest age for the partner's health.
     pub health: Arc<crate::health::PartnerHealth>,
+    /// Failed attempts after which a record moves to the retry topic and its key is
+    /// parked; `None`: records retry in the lane until the policy ends.
+    pub park_after: Option<u32>,
     pub shutdown: CancellationToken,
 }
 
@@ -70,6 +112,10 @@ pub struct LaneMetrics {
     pub buffered: metrics::Gauge,
     pub oldest_age: metrics::Gauge,
     pub paused: metrics::Gauge,
+    /// Records written to the retry topic (parked, or following a parked key).
+    pub parked: metrics::Counter,
+    /// Keys parked now.
+    pub parked_keys: metrics::Gauge,
 }
 
 impl LaneMetrics {
@@ -86,6 +132,8 @@ impl LaneMetrics {
             buffered: metrics::gauge!(m::BUFFERED, "partner" => p.clone()),
             oldest_age: metrics::gauge!(m::OLDEST_AGE, "partner" => p.clone()),
             paused: metrics::gauge!(m::LANE_PAUSED, "partner" => p.clone()),
+            parked: metrics::counter!(m::PARKED, "partner" => p.clone()),
+            parked_keys: metrics::gauge!(m::PARKED_KEYS, "partner" => p.clone()),
         }
     }
 
@@ -127,10 +175,21 @@ impl std::fmt::Debug for GoneHook {
 /// A job's end: `finished` false means shutdown interrupted it.
 #[derive(Debug)]
 pub struct Done {
+    /// Whether the record came from the retry topic.
+    pub retry: bool,
     pub partition: i32,
     pub offset: i64,
     pub key: Vec<u8>,
     pub finished: bool,
+    /// The record was written to the retry topic (its key is parked).
+    pub parked: bool,
+}
+
+/// How [`deliver`] ended.
+enum Ended {
+    Finished,
+    Unfinished,
+    Parked,
 }
 
 /// Why a record is dead-lettered, and what the last attempt saw.
@@ -146,21 +205,56 @@ struct Failure {
 
 /// Runs `job` to its end.
 pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
-    let finished = deliver(&job, &ctx).await;
+    let ended = if job.follow {
+        // Its key is parked: behind the key's earlier records, with no attempt.
+        let parked = Parked {
+            attempts: 0,
+            first: None,
+            not_before: chrono::Utc::now(),
+        };
+        park(&job, &ctx, &parked).await
+    } else {
+        deliver(&job, &ctx).await
+    };
     Done {
+        retry: job.parked.is_some(),
         partition: job.partition,
         offset: job.offset,
         key: job.key,
-        finished,
+        finished: !matches!(ended, Ended::Unfinished),
+        parked: matches!(ended, Ended::Parked),
     }
 }
 
-async fn deliver(job: &Job, ctx: &JobContext) -> bool {
+async fn deliver(job: &Job, ctx: &JobContext) -> Ended {
     let partner = &ctx.partner;
     let lm = &ctx.metrics;
     let mut started = Instant::now();
     let mut first = chrono::Utc::now();
     let mut attempts = 0u32;
+    if let Some(parked) = &job.parked {
+        // Go on where the lane stopped: the same attempt count and retry budget.
+        attempts = parked.attempts;
+        if let Some(f) = parked.first {
+            first = f;
+            let spent = (chrono::Utc::now() - f).to_std().unwrap_or_default();
+            started = Instant::now().checked_sub(spent).unwrap_or(started);
+        }
+        let wait = (parked.not_before - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let done = |written: bool| {
+        if written {
+            Ended::Finished
+        } else {
+            Ended::Unfinished
+        }
+    };
     loop {
         // Before every attempt: the subscription as it is now (a URL or secret change
         // applies to the next attempt). A paused or disconnected one holds the record
@@ -170,9 +264,9 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
             Hold::Ready { target, held } => (target, held),
             Hold::Unsubscribed => {
                 lm.dropped.increment(1);
-                return true;
+                return Ended::Finished;
             }
-            Hold::Shutdown => return false,
+            Hold::Shutdown => return Ended::Unfinished,
         };
         if held {
             started = Instant::now();
@@ -190,11 +284,11 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                 last_error: None,
                 excerpt: None,
             };
-            return dead_letter(job, ctx, failure).await;
+            return done(dead_letter(job, ctx, failure).await);
         }
         let permit = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return false,
-            p = ctx.flow.acquire(&ctx.shutdown) => match p { Some(p) => p, None => return false },
+            _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
+            p = ctx.flow.acquire(&ctx.shutdown) => match p { Some(p) => p, None => return Ended::Unfinished },
         };
         // The wait for a permit can be long (an open circuit): look again.
         let latest = ctx.table.target(&job.subscription_id);
@@ -244,7 +338,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
         match classify(&report.attempt) {
             Decision::Delivered => {
                 lm.delivered.increment(1);
-                return true;
+                return Ended::Finished;
             }
             Decision::Gone => {
                 tracing::warn!(partner = %partner, subscription = %subscription.id, "410 Gone: disabling the subscription");
@@ -252,8 +346,9 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                 let mut disabled = (**subscription).clone();
                 disabled.disabled = true;
                 (ctx.on_gone.0)(disabled);
-                return dead_letter(job, ctx, failure("410 Gone: subscription disabled".into()))
-                    .await;
+                return done(
+                    dead_letter(job, ctx, failure("410 Gone: subscription disabled".into())).await,
+                );
             }
             Decision::DeadLetter => {
                 let reason = match (&report.attempt, last_status) {
@@ -261,7 +356,7 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                     (_, Some(s)) => format!("status {s} is not retried"),
                     _ => "not retried".into(),
                 };
-                return dead_letter(job, ctx, failure(reason)).await;
+                return done(dead_letter(job, ctx, failure(reason)).await);
             }
             Decision::Retry { at_least } => {
                 let delay = backoff(
@@ -271,16 +366,34 @@ async fn deliver(job: &Job, ctx: &JobContext) -> bool {
                     rand::random::<f64>(),
                 );
                 if !may_retry(&subscription.retry, attempts, started.elapsed(), delay) {
-                    return dead_letter(
-                        job,
-                        ctx,
-                        failure(format!("retry policy spent after {attempts} attempts")),
-                    )
-                    .await;
+                    return done(
+                        dead_letter(
+                            job,
+                            ctx,
+                            failure(format!("retry policy spent after {attempts} attempts")),
+                        )
+                        .await,
+                    );
                 }
                 lm.retries.increment(1);
+                // The lane's budget is spent while the partner takes other records (its
+                // circuit is closed): the record waits in the retry topic, its key is
+                // parked, and the lane's offset moves on. When the whole partner fails,
+                // parking would only copy its backlog: records wait in the lane.
+                if job.parked.is_none()
+                    && ctx.park_after.is_some_and(|n| attempts >= n)
+                    && ctx.flow.circuit() == crate::flow::Circuit::Closed
+                {
+                    let parked = Parked {
+                        attempts,
+                        first: Some(first),
+                        not_before: chrono::Utc::now()
+                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    };
+                    return park(job, ctx, &parked).await;
+                }
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return false,
+                    _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -314,6 +427,64 @@ async fn hold(job: &Job, ctx: &JobContext) -> Hold {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Hold::Shutdown,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Writes the record to the partner's retry topic, in the partition of the same number
+/// (the lane that owns one owns the other), with its progress in `retry-*` headers;
+/// waits for the acknowledgement, retrying until it is written or shutdown.
+async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> Ended {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = &job.headers {
+        use rdkafka::message::Headers;
+        for h in original.iter().filter(|h| !h.key.starts_with("retry-")) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut extra = vec![
+        (Parked::ATTEMPTS, parked.attempts.to_string()),
+        (Parked::NOT_BEFORE, time(parked.not_before)),
+        ("retry-source-offset", job.offset.to_string()),
+    ];
+    if let Some(first) = parked.first {
+        extra.push((Parked::FIRST, time(first)));
+    }
+    for (k, v) in &extra {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_str()),
+        });
+    }
+    let topic = crate::subscription::retry_topic(&ctx.partner);
+    loop {
+        let record = FutureRecord::to(&topic)
+            .partition(job.partition)
+            .key(&job.key)
+            .payload(&job.body[..])
+            .headers(headers.clone());
+        let sent = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
+            r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
+        };
+        match sent {
+            Ok(_) => {
+                ctx.metrics.parked.increment(1);
+                tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
+                return Ended::Parked;
+            }
+            Err((error, _)) => {
+                tracing::warn!(partner = %ctx.partner, %error, "retry-topic write failed, retrying");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
         }
     }
 }

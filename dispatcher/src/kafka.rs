@@ -104,6 +104,19 @@ impl KafkaSettings {
         }
         Ok(())
     }
+
+    /// The number of partitions of `topic` (an error when it does not exist). Blocking.
+    pub fn partition_count(&self, topic: &str) -> anyhow::Result<usize> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = self.reader().create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && !t.partitions().is_empty())
+            .map(|t| t.partitions().len())
+            .ok_or_else(|| anyhow::anyhow!("topic `{topic}` has no partitions"))
+    }
 }
 
 /// One record as read by [`read_ranges`].

@@ -51,6 +51,9 @@ pub struct LaneConfig {
     pub partitions: i32,
     /// Circuit breaker and Retry-After bounds of every partner.
     pub flow: crate::flow::FlowConfig,
+    /// Failed attempts after which a record is parked in the retry topic (`None`:
+    /// never; records retry in the lane).
+    pub park_after: Option<u32>,
 }
 
 /// Logs rebalances and remembers revoked partitions for the consumer's loop (rebalance
@@ -60,7 +63,9 @@ pub struct LaneConfig {
 pub struct GroupContext {
     pub name: String,
     topic: String,
-    revoked: Mutex<Vec<i32>>,
+    revoked: Mutex<Vec<(String, i32)>>,
+    /// Partitions assigned since the last [`GroupContext::take_newly_assigned`].
+    newly_assigned: Mutex<Vec<(String, i32)>>,
     /// Set when partitions were assigned (a paused lane must pause them too).
     assigned: std::sync::atomic::AtomicBool,
     /// A lane's partner health, told the lag too.
@@ -73,6 +78,7 @@ impl GroupContext {
             name: name.to_string(),
             topic: topic.to_string(),
             revoked: Mutex::default(),
+            newly_assigned: Mutex::default(),
             assigned: Default::default(),
             health: None,
         }
@@ -90,9 +96,19 @@ impl GroupContext {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Partitions revoked since the last call.
-    pub fn take_revoked(&self) -> Vec<i32> {
+    /// Partitions (topic, partition) revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Partitions (topic, partition) assigned since the last call.
+    pub fn take_newly_assigned(&self) -> Vec<(String, i32)> {
+        std::mem::take(
+            &mut *self
+                .newly_assigned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 }
 
@@ -123,7 +139,11 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            let partitions: Vec<(String, i32)> = list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
             tracing::info!(consumer = %self.name, ?partitions, "partitions revoked");
             self.revoked
                 .lock()
@@ -135,8 +155,16 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                let partitions: Vec<(String, i32)> = list
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
                 tracing::info!(consumer = %self.name, ?partitions, "partitions assigned");
+                self.newly_assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(partitions);
                 self.assigned
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -148,7 +176,7 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-fn job_from(message: &BorrowedMessage<'_>) -> Job {
+fn job_from(message: &BorrowedMessage<'_>, retry_topic: &str) -> Job {
     let text = |name: &str| {
         message
             .headers()
@@ -165,10 +193,16 @@ fn job_from(message: &BorrowedMessage<'_>) -> Job {
         subscription_id: text("subscription-id").unwrap_or_default(),
         traceparent: text("traceparent"),
         headers: message.headers().map(|h| h.detach()),
+        parked: (message.topic() == retry_topic).then(|| job::Parked::from_headers(text)),
+        follow: false,
     }
 }
 
 /// Runs one partner's lane until `shutdown`.
+///
+/// The lane consumes the partner's delivery topic and its retry topic in one group with
+/// the range assignor: both topics have the same partition count, so a member owns
+/// partition `p` of both, and the parked keys of `p` are its own business.
 pub async fn run(
     partner: String,
     settings: KafkaSettings,
@@ -176,15 +210,23 @@ pub async fn run(
     ctx: JobContext,
 ) -> anyhow::Result<()> {
     let topic = delivery_topic(&partner);
+    let retry_topic = crate::subscription::retry_topic(&partner);
+    let group = format!("{}.{partner}", config.group_prefix);
     let consumer: StreamConsumer<GroupContext> = settings
-        .consumer(&format!("{}.{partner}", config.group_prefix))
+        .consumer(&group)
         // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
         .set("statistics.interval.ms", "5000")
+        .set("partition.assignment.strategy", "range")
         .create_with_context(
             GroupContext::new(&format!("lane {partner}"), &topic)
                 .with_health(Arc::clone(&ctx.health)),
         )?;
-    consumer.subscribe(&[&topic])?;
+    let parking = ctx.park_after.is_some();
+    if parking {
+        consumer.subscribe(&[&topic, &retry_topic])?;
+    } else {
+        consumer.subscribe(&[&topic])?;
+    }
     // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
     let abort = CancellationToken::new();
@@ -192,35 +234,95 @@ pub async fn run(
         shutdown: abort.clone(),
         ..ctx
     });
-    let mut state = LaneState {
-        tracker: OffsetTracker::default(),
-        waiting: HashMap::new(),
-        busy: HashSet::new(),
-        taken_at: HashMap::new(),
-        to_store: BTreeMap::new(),
-    };
+    let mut state = LaneState::default();
+    let (rebuilt_tx, mut rebuilt) =
+        tokio::sync::mpsc::unbounded_channel::<(i32, i64, HashMap<Vec<u8>, i64>)>();
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     let mut store = tokio::time::interval(STORE_EVERY);
     store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running = FuturesUnordered::new();
     let mut stream = consumer.stream();
-    tracing::info!(partner = %partner, topic = %topic, "delivery lane started");
+    tracing::info!(partner = %partner, topic = %topic, parking, "delivery lane started");
     let lm = ctx.metrics.clone();
+    // Each topic has its own buffer: parked records waiting on a failing key never stop
+    // the delivery topic.
     let mut backpressure = Backpressure::new(config.max_buffered);
+    let mut retry_backpressure = Backpressure::new(config.max_buffered);
+    let topics = [topic.as_str(), retry_topic.as_str()];
     loop {
-        let readable =
-            backpressure.update(&consumer, state.tracker.total_pending(), Some(&lm.paused));
+        let assigned = consumer.context().take_assigned();
+        if parking {
+            for (t, p) in consumer.context().take_newly_assigned() {
+                if t != topic {
+                    continue;
+                }
+                state.start_rebuild(p);
+                let (settings, group, retry_topic, tx, stop) = (
+                    settings.clone(),
+                    group.clone(),
+                    retry_topic.clone(),
+                    rebuilt_tx.clone(),
+                    shutdown.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let (s, g, r) = (settings.clone(), group.clone(), retry_topic.clone());
+                        let read =
+                            tokio::task::spawn_blocking(move || read_parked(&s, &g, &r, p)).await;
+                        match read {
+                            Ok(Ok((from, counts))) => {
+                                let _ = tx.send((p, from, counts));
+                                return;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::warn!(partition = p, %error, "reading parked keys back; retrying")
+                            }
+                            Err(error) => {
+                                tracing::warn!(partition = p, %error, "reading parked keys back; retrying")
+                            }
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                });
+            }
+        }
+        let readable = backpressure.update(
+            &consumer,
+            state.pending(false),
+            assigned,
+            Some(&topic),
+            Some(&lm.paused),
+        ) & (!parking
+            || retry_backpressure.update(
+                &consumer,
+                state.pending(true),
+                assigned,
+                Some(&retry_topic),
+                None,
+            ));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = sample.tick() => {
                 let oldest = state.taken_at.values().min().map_or(Duration::ZERO, |t| t.elapsed());
                 lm.oldest_age.set(oldest.as_secs_f64());
+                lm.parked_keys.set(state.parked.len() as f64);
                 ctx.health.oldest_age_ms.store(oldest.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             _ = store.tick() => {
-                state.forget_revoked(&consumer, &partner);
-                state.store_offsets(&consumer, &topic);
+                state.forget_revoked(&consumer, &partner, &retry_topic);
+                state.store_offsets(&consumer, topics);
+            }
+            Some((p, from, counts)) = rebuilt.recv() => {
+                if state.rebuilding.contains_key(&p) {
+                    tracing::debug!(partner = %partner, partition = p, parked = counts.len(), "parked keys read back");
+                }
+                for job in state.finish_rebuild(p, from, counts) {
+                    running.push(job::run(job, Arc::clone(&ctx)));
+                }
             }
             Some(done) = running.next(), if !running.is_empty() => {
                 if let Some(next) = state.done(done) {
@@ -239,7 +341,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let job = job_from(&message);
+                let job = job_from(&message, &retry_topic);
                 drop(message);
                 if let Some(start) = state.take(job) {
                     running.push(job::run(start, Arc::clone(&ctx)));
@@ -247,7 +349,7 @@ pub async fn run(
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
         }
-        state.forget_revoked(&consumer, &partner);
+        state.forget_revoked(&consumer, &partner, &retry_topic);
     }
     drop(stream);
     // Drain what was taken in, until the deadline; then jobs give up and end.
@@ -267,8 +369,8 @@ pub async fn run(
             }
         }
     }
-    state.forget_revoked(&consumer, &partner);
-    state.store_offsets(&consumer, &topic);
+    state.forget_revoked(&consumer, &partner, &retry_topic);
+    state.store_offsets(&consumer, topics);
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(partner = %partner, %error, "final lane commit");
     }
@@ -302,15 +404,17 @@ impl Backpressure {
         }
     }
 
-    /// Call once per loop turn with the unfinished records; returns whether the loop
-    /// may read the stream now.
+    /// Call once per loop turn with the unfinished records and whether partitions were
+    /// assigned since the last turn; acts on the partitions of `topic` only (all when
+    /// `None`). Returns whether the loop may read the stream now.
     pub fn update(
         &mut self,
         consumer: &StreamConsumer<GroupContext>,
         pending: usize,
+        assigned: bool,
+        topic: Option<&str>,
         gauge: Option<&metrics::Gauge>,
     ) -> bool {
-        let assigned = consumer.context().take_assigned();
         let change = if self.paused {
             if pending <= self.max / 2 {
                 Some(false)
@@ -328,10 +432,16 @@ impl Backpressure {
         };
         if let Some(pause) = change {
             let result = consumer.assignment().and_then(|assignment| {
+                let mut list = TopicPartitionList::new();
+                for e in assignment.elements() {
+                    if topic.is_none_or(|t| t == e.topic()) {
+                        list.add_partition(e.topic(), e.partition());
+                    }
+                }
                 if pause {
-                    consumer.pause(&assignment)
+                    consumer.pause(&list)
                 } else {
-                    consumer.resume(&assignment)
+                    consumer.resume(&list)
                 }
             });
             match result {
@@ -341,7 +451,7 @@ impl Backpressure {
                     if let Some(g) = gauge {
                         g.set(if pause { 1.0 } else { 0.0 });
                     }
-                    tracing::debug!(consumer = %consumer.context().name, pause, "fetching paused or resumed");
+                    tracing::debug!(consumer = %consumer.context().name, ?topic, pause, "fetching paused or resumed");
                 }
                 Err(error) => tracing::warn!(%error, "pause/resume"),
             }
@@ -350,59 +460,164 @@ impl Backpressure {
     }
 }
 
-/// What a lane has taken in: offsets, the key in flight per (partition, key), and the
-/// records waiting behind it.
-struct LaneState {
-    tracker: OffsetTracker,
-    waiting: HashMap<(i32, Vec<u8>), VecDeque<Job>>,
-    busy: HashSet<(i32, Vec<u8>)>,
-    /// When each unfinished record was taken in (for the oldest-age gauge).
-    taken_at: HashMap<(i32, i64), std::time::Instant>,
-    /// Offsets to store at the next [`STORE_EVERY`] tick, per partition.
-    to_store: BTreeMap<i32, i64>,
+/// A partition of the lane: of the delivery topic, or of the retry topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Tp {
+    retry: bool,
+    partition: i32,
 }
+
+impl Tp {
+    fn of(job: &Job) -> Self {
+        Self {
+            retry: job.parked.is_some(),
+            partition: job.partition,
+        }
+    }
+}
+
+/// What a lane has taken in: offsets, the key in flight per (partition, key), the
+/// records waiting behind it, and the parked keys.
+#[derive(Default)]
+struct LaneState {
+    tracker: OffsetTracker<Tp>,
+    waiting: HashMap<(Tp, Vec<u8>), VecDeque<Job>>,
+    busy: HashSet<(Tp, Vec<u8>)>,
+    /// When each unfinished record was taken in (for the oldest-age gauge).
+    taken_at: HashMap<(Tp, i64), std::time::Instant>,
+    /// Offsets to store at the next [`STORE_EVERY`] tick.
+    to_store: BTreeMap<Tp, i64>,
+    /// Per (partition, key) of the delivery topic: its records in the retry topic not
+    /// finished yet. A key with a positive count is parked: its next records follow
+    /// the others into the retry topic, so one key's order holds.
+    parked: HashMap<(i32, Vec<u8>), i64>,
+    /// Delivery partitions whose parked keys are being read back from the retry topic
+    /// (after an assignment): their records wait here until then, and the retry
+    /// records finished meanwhile are noted (offset, key).
+    rebuilding: HashMap<i32, Rebuild>,
+}
+
+/// A delivery partition's records held while its parked keys are read back, and the
+/// retry records finished meanwhile (offset, key).
+type Rebuild = (Vec<Job>, Vec<(i64, Vec<u8>)>);
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).
 const STORE_EVERY: Duration = Duration::from_millis(50);
 
 impl LaneState {
-    /// Takes in a record; returns it when it can start now (its key is free).
+    /// Takes in a record; returns it when it can start now.
     fn take(&mut self, job: Job) -> Option<Job> {
-        self.tracker.begin(job.partition, job.offset);
+        let tp = Tp::of(&job);
+        self.tracker.begin(tp, job.offset);
         self.taken_at
-            .insert((job.partition, job.offset), std::time::Instant::now());
-        let slot = (job.partition, job.key.clone());
+            .insert((tp, job.offset), std::time::Instant::now());
+        if !tp.retry {
+            if let Some((held, _)) = self.rebuilding.get_mut(&job.partition) {
+                held.push(job);
+                return None;
+            }
+        }
+        self.admit(job)
+    }
+
+    /// Starts the record when its key is free, else queues it behind the key.
+    fn admit(&mut self, job: Job) -> Option<Job> {
+        let slot = (Tp::of(&job), job.key.clone());
         if self.busy.contains(&slot) {
             self.waiting.entry(slot).or_default().push_back(job);
             None
         } else {
             self.busy.insert(slot);
-            Some(job)
+            Some(self.prepare(job))
         }
+    }
+
+    /// Decided when a record starts: a delivery record of a parked key follows it.
+    fn prepare(&self, mut job: Job) -> Job {
+        if job.parked.is_none() {
+            job.follow = self
+                .parked
+                .get(&(job.partition, job.key.clone()))
+                .is_some_and(|n| *n > 0);
+        }
+        job
+    }
+
+    fn parked_add(&mut self, partition: i32, key: Vec<u8>, n: i64) {
+        let count = self.parked.entry((partition, key)).or_default();
+        *count += n;
+        if *count == 0 {
+            self.parked.retain(|_, c| *c != 0);
+        }
+    }
+
+    /// A delivery partition was assigned: hold its records until its parked keys are
+    /// known.
+    fn start_rebuild(&mut self, partition: i32) {
+        self.rebuilding.entry(partition).or_default();
+    }
+
+    /// The parked keys of `partition` were read back: `counts` per key of the records in
+    /// the retry partition from `from` on. Returns the held records that can start.
+    fn finish_rebuild(
+        &mut self,
+        partition: i32,
+        from: i64,
+        mut counts: HashMap<Vec<u8>, i64>,
+    ) -> Vec<Job> {
+        let Some((held, finished)) = self.rebuilding.remove(&partition) else {
+            return Vec::new();
+        };
+        for (offset, key) in finished {
+            if offset >= from {
+                *counts.entry(key).or_default() -= 1;
+            }
+        }
+        for (key, n) in counts {
+            if n > 0 {
+                self.parked_add(partition, key, n);
+            }
+        }
+        held.into_iter().filter_map(|job| self.admit(job)).collect()
     }
 
     /// Drops what the lane holds of partitions revoked since the last call: their queued
     /// work is left to the new owner, their unstored offsets are not stored.
-    fn forget_revoked(&mut self, consumer: &StreamConsumer<GroupContext>, partner: &str) {
-        for partition in consumer.context().take_revoked() {
-            self.tracker.forget(partition);
-            self.to_store.remove(&partition);
-            self.waiting.retain(|(p, _), _| *p != partition);
-            self.taken_at.retain(|(p, _), _| *p != partition);
-            tracing::debug!(partner = %partner, partition, "queued work of a revoked partition left to its new owner");
+    fn forget_revoked(
+        &mut self,
+        consumer: &StreamConsumer<GroupContext>,
+        partner: &str,
+        retry_topic: &str,
+    ) {
+        for (topic, partition) in consumer.context().take_revoked() {
+            let tp = Tp {
+                retry: topic == retry_topic,
+                partition,
+            };
+            self.tracker.forget(tp);
+            self.to_store.remove(&tp);
+            self.waiting.retain(|(t, _), _| *t != tp);
+            self.taken_at.retain(|(t, _), _| *t != tp);
+            if !tp.retry {
+                self.rebuilding.remove(&partition);
+                self.parked.retain(|(p, _), _| *p != partition);
+            }
+            tracing::debug!(partner = %partner, %topic, partition, "queued work of a revoked partition left to its new owner");
         }
     }
 
     /// Hands the finished prefixes to the consumer (committed by auto-commit, revoke or
     /// the final commit).
-    fn store_offsets(&mut self, consumer: &StreamConsumer<GroupContext>, topic: &str) {
+    fn store_offsets(&mut self, consumer: &StreamConsumer<GroupContext>, topics: [&str; 2]) {
         if self.to_store.is_empty() {
             return;
         }
         let mut list = TopicPartitionList::with_capacity(self.to_store.len());
-        for (partition, next) in std::mem::take(&mut self.to_store) {
+        for (tp, next) in std::mem::take(&mut self.to_store) {
+            let topic = topics[usize::from(tp.retry)];
             // Stored as the next offset to read, as a commit expects.
-            if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(next)) {
+            if let Err(error) = list.add_partition_offset(topic, tp.partition, Offset::Offset(next))
+            {
                 tracing::warn!(%error, "offset list");
             }
         }
@@ -414,21 +629,32 @@ impl LaneState {
     /// Records a job's end; returns the next record of its key to start, if any.
     fn done(&mut self, done: Done) -> Option<Job> {
         let Done {
+            retry,
             partition,
             offset,
             key,
             finished,
+            parked,
         } = done;
-        let slot = (partition, key);
+        let tp = Tp { retry, partition };
+        let slot = (tp, key);
         self.busy.remove(&slot);
-        self.taken_at.remove(&(partition, offset));
+        self.taken_at.remove(&(tp, offset));
         if !finished {
             // Later records of this key must not overtake it: leave them to a restart.
             self.waiting.remove(&slot);
             return None;
         }
-        if let Some(next) = self.tracker.finish(partition, offset) {
-            self.to_store.insert(partition, next);
+        if parked {
+            self.parked_add(partition, slot.1.clone(), 1);
+        } else if retry {
+            match self.rebuilding.get_mut(&partition) {
+                Some((_, finished)) => finished.push((offset, slot.1.clone())),
+                None => self.parked_add(partition, slot.1.clone(), -1),
+            }
+        }
+        if let Some(next) = self.tracker.finish(tp, offset) {
+            self.to_store.insert(tp, next);
         }
         let next = self.waiting.get_mut(&slot).and_then(VecDeque::pop_front);
         match &next {
@@ -439,8 +665,68 @@ impl LaneState {
                 self.waiting.remove(&slot);
             }
         }
-        next
+        next.map(|job| self.prepare(job))
     }
+
+    fn pending(&self, retry: bool) -> usize {
+        self.tracker.pending_in(|tp| tp.retry == retry)
+    }
+}
+
+/// Reads back the parked keys of delivery partition `partition`: the records of the
+/// same partition of the retry topic from the group's committed offset on. Returns
+/// (that offset, count per key). Blocking.
+fn read_parked(
+    settings: &KafkaSettings,
+    group: &str,
+    retry_topic: &str,
+    partition: i32,
+) -> anyhow::Result<(i64, HashMap<Vec<u8>, i64>)> {
+    let mut config = settings.reader();
+    config.set("group.id", group);
+    let consumer: BaseConsumer = config.create()?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition(retry_topic, partition);
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    let (low, high) = consumer.fetch_watermarks(retry_topic, partition, Duration::from_secs(10))?;
+    let from = match committed.elements().first().map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => o.max(low),
+        _ => low,
+    };
+    let ranges = [(partition, (from, high))].into();
+    let records =
+        crate::kafka::read_ranges(&consumer, retry_topic, &ranges, Duration::from_secs(30))?;
+    let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
+    for r in records {
+        *counts.entry(r.key).or_default() += 1;
+    }
+    Ok((from, counts))
+}
+
+/// Creates the partner's retry topic with as many partitions as its delivery topic, and
+/// checks that they have: a lane owns partition `p` of both (range assignment).
+async fn retry_topic_like_deliveries(
+    settings: &KafkaSettings,
+    partner: &str,
+) -> anyhow::Result<()> {
+    let (deliveries, retries) = (
+        delivery_topic(partner),
+        crate::subscription::retry_topic(partner),
+    );
+    let s = settings.clone();
+    let d = deliveries.clone();
+    let n = tokio::task::spawn_blocking(move || s.partition_count(&d)).await??;
+    settings
+        .ensure_topics(std::slice::from_ref(&retries), n as i32, &[])
+        .await?;
+    let s = settings.clone();
+    let r = retries.clone();
+    let m = tokio::task::spawn_blocking(move || s.partition_count(&r)).await??;
+    anyhow::ensure!(
+        m == n,
+        "`{retries}` has {m} partitions and `{deliveries}` {n}: they must be equal"
+    );
+    Ok(())
 }
 
 /// Starts a lane for every partner that has a subscription, now and whenever one
@@ -484,6 +770,16 @@ pub async fn supervise(
                 tracing::warn!(partner = %partner, %error, "cannot create the partner's topics yet");
                 continue;
             }
+            let park_after = match config.park_after {
+                Some(n) => match retry_topic_like_deliveries(&settings, &partner).await {
+                    Ok(()) => Some(n),
+                    Err(error) => {
+                        tracing::error!(partner = %partner, %error, "parking keys is off for this partner");
+                        None
+                    }
+                },
+                None => None,
+            };
             let flow = PartnerFlow::new(&partner, cap, rate, config.flow.clone());
             flows.insert(partner.clone(), Arc::clone(&flow));
             let health = Arc::new(crate::health::PartnerHealth::default());
@@ -503,6 +799,7 @@ pub async fn supervise(
                 on_gone: on_gone.clone(),
                 metrics: LaneMetrics::new(&partner),
                 health,
+                park_after,
                 shutdown: shutdown.clone(),
             };
             let handle = tokio::spawn(run(partner.clone(), settings.clone(), config.clone(), ctx));

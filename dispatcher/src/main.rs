@@ -155,6 +155,12 @@ struct RunArgs {
     /// failed probe, up to 2 minutes).
     #[arg(long, env = "DISPATCHER_BREAKER_COOLDOWN_MS", default_value_t = 5_000)]
     breaker_cooldown_ms: u64,
+    /// Failed attempts after which a record leaves the lane for the partner's retry
+    /// topic (`retries.<partner>`) and its key is parked there, so one failing order
+    /// holds neither the partner's offset nor its other orders; 0 keeps every retry in
+    /// the lane.
+    #[arg(long, env = "DISPATCHER_PARK_AFTER_ATTEMPTS", default_value_t = 3)]
+    park_after_attempts: u32,
     /// A partner failing this long is disconnected: delivery stops and its events wait
     /// in Kafka until it is reconnected (API `POST /v1/partners/{p}/reconnect`), in
     /// milliseconds; 0 never disconnects. Default 24 hours.
@@ -520,6 +526,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
             cooldown: Duration::from_millis(args.breaker_cooldown_ms),
             ..Default::default()
         },
+        park_after: (args.park_after_attempts > 0).then_some(args.park_after_attempts),
     };
     let router = tokio::spawn(router::run(
         kafka.clone(),

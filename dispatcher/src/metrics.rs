@@ -39,6 +39,11 @@ pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
 pub const PARTNER_STATE: &str = "dispatcher_partner_state";
 /// Partners disconnected automatically after failing too long, by `partner`.
 pub const DISCONNECTS: &str = "dispatcher_partner_disconnects_total";
+/// Records moved to the partner's retry topic (parked after the lane's retry budget,
+/// or following a parked key), by `partner`.
+pub const PARKED: &str = "dispatcher_parked_records_total";
+/// Keys parked now (their records wait in the retry topic), by `partner`.
+pub const PARKED_KEYS: &str = "dispatcher_parked_keys";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
 pub const ROUTED: &str = "dispatcher_router_records_total";
 /// Subscription records (changes and deletions) read from the topic and in force.

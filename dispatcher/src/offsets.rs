@@ -5,10 +5,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Per partition: offsets taken in, and which of them are finished.
-#[derive(Debug, Default)]
-pub struct OffsetTracker {
-    partitions: BTreeMap<i32, Partition>,
+/// Per partition (`P`: a partition number, or a lane's (topic, partition)): offsets
+/// taken in, and which of them are finished.
+#[derive(Debug)]
+pub struct OffsetTracker<P = i32> {
+    partitions: BTreeMap<P, Partition>,
+}
+
+impl<P> Default for OffsetTracker<P> {
+    fn default() -> Self {
+        Self {
+            partitions: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -18,9 +27,9 @@ struct Partition {
     highest: Option<i64>,
 }
 
-impl OffsetTracker {
+impl<P: Ord + Copy> OffsetTracker<P> {
     /// Records that `offset` of `partition` was taken in and is not finished.
-    pub fn begin(&mut self, partition: i32, offset: i64) {
+    pub fn begin(&mut self, partition: P, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
         p.pending.insert(offset);
         p.highest = Some(p.highest.map_or(offset, |h| h.max(offset)));
@@ -28,7 +37,7 @@ impl OffsetTracker {
 
     /// Marks `offset` finished. Returns the offset to commit for the partition (the
     /// next one to read: one past the finished prefix) when it moved.
-    pub fn finish(&mut self, partition: i32, offset: i64) -> Option<i64> {
+    pub fn finish(&mut self, partition: P, offset: i64) -> Option<i64> {
         let p = self.partitions.get_mut(&partition)?;
         let was_first = p.pending.first() == Some(&offset);
         if !p.pending.remove(&offset) || !was_first {
@@ -41,7 +50,7 @@ impl OffsetTracker {
     }
 
     /// Unfinished records of `partition`.
-    pub fn pending(&self, partition: i32) -> usize {
+    pub fn pending(&self, partition: P) -> usize {
         self.partitions
             .get(&partition)
             .map_or(0, |p| p.pending.len())
@@ -52,8 +61,17 @@ impl OffsetTracker {
         self.partitions.values().map(|p| p.pending.len()).sum()
     }
 
+    /// Unfinished records of the partitions `which` selects.
+    pub fn pending_in(&self, which: impl Fn(&P) -> bool) -> usize {
+        self.partitions
+            .iter()
+            .filter(|(p, _)| which(p))
+            .map(|(_, p)| p.pending.len())
+            .sum()
+    }
+
     /// Forgets a partition (after it was revoked).
-    pub fn forget(&mut self, partition: i32) {
+    pub fn forget(&mut self, partition: P) {
         self.partitions.remove(&partition);
     }
 }
@@ -64,7 +82,7 @@ mod tests {
 
     #[test]
     fn only_the_contiguous_finished_prefix_is_committed() {
-        let mut t = OffsetTracker::default();
+        let mut t: OffsetTracker = OffsetTracker::default();
         for o in 10..15 {
             t.begin(0, o);
         }
@@ -78,7 +96,7 @@ mod tests {
 
     #[test]
     fn partitions_are_independent_and_unknown_finishes_are_ignored() {
-        let mut t = OffsetTracker::default();
+        let mut t: OffsetTracker = OffsetTracker::default();
         t.begin(0, 5);
         t.begin(1, 7);
         assert_eq!(t.finish(1, 7), Some(8));

@@ -141,7 +141,8 @@ pub async fn run(
     tracing::info!(topic = %topic, group = %config.group, "router started");
     let mut backpressure = crate::lane::Backpressure::new(config.max_in_flight);
     loop {
-        let readable = backpressure.update(&consumer, pending.len(), None);
+        let assigned = consumer.context().take_assigned();
+        let readable = backpressure.update(&consumer, pending.len(), assigned, None, None);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -153,7 +154,7 @@ pub async fn run(
                 }
             }
             message = stream.next(), if readable => {
-                for partition in consumer.context().take_revoked() {
+                for (_, partition) in consumer.context().take_revoked() {
                     tracker.forget(partition);
                 }
                 let Some(message) = message else { break };

@@ -264,6 +264,11 @@ pub fn delivery_topic(partner_id: &str) -> String {
 }
 
 /// The topic of a partner's dead letters.
+pub fn retry_topic(partner_id: &str) -> String {
+    format!("retries.{partner_id}")
+}
+
+/// The partner's dead-letter topic.
 pub fn dead_letter_topic(partner_id: &str) -> String {
     format!("dlq.{partner_id}")
 }

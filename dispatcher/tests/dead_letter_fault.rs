@@ -125,6 +125,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         table,
         producer: settings.producer().create().expect("dlq producer"),
         health: Default::default(),
+        park_after: None,
         flow: dispatcher::flow::PartnerFlow::new(
             "p",
             4,
@@ -141,6 +142,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         shutdown_deadline: Duration::from_secs(2),
         partitions: 1,
         flow: dispatcher::flow::FlowConfig::default(),
+        park_after: None,
     };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
 

@@ -377,6 +377,33 @@ impl DispatchWorld {
 
     /// Starts `dispatcher api` with `tokens` (the YAML of its tokens file) and `extra`
     /// flags; returns once it listens.
+    /// A new partner with a receiver running `script` and one subscription to it (for
+    /// order.created and order.status_changed); `extra` is appended to the
+    /// subscription's YAML (indented 4 spaces, e.g. `    retry: {...}\n`).
+    pub async fn partner_with_receiver(
+        &self,
+        prefix: &str,
+        script: consumer_examples::receiver::Script,
+        extra: &str,
+    ) -> (String, consumer_examples::receiver::Receiver) {
+        let partner = unique(prefix);
+        let secret = dispatcher::signing::Secret::generate();
+        let receiver = consumer_examples::receiver::Receiver::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            &secret,
+            script,
+        )
+        .await
+        .expect("receiver");
+        let yaml = format!(
+            "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n{extra}",
+            receiver.url()
+        );
+        let applied = self.apply(&yaml);
+        assert!(applied.status.success(), "{applied:?}");
+        (partner, receiver)
+    }
+
     pub fn start_api(&self, tokens: &str, extra: &[&str]) -> ApiProcess {
         let dir = tempfile_dir();
         let tokens_file = dir.join(format!("{}.yaml", unique("tokens")));
@@ -402,6 +429,46 @@ impl DispatchWorld {
             audit_topic,
             tokens_file,
         }
+    }
+}
+
+/// The events a receiver accepted, per order: each event once, in first-arrival order.
+pub fn arrivals_per_order(
+    receiver: &consumer_examples::receiver::Receiver,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut per_order: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for d in receiver.deliveries() {
+        if seen.insert(d.webhook_id.clone()) {
+            per_order.entry(d.order_id).or_default().push(d.webhook_id);
+        }
+    }
+    per_order
+}
+
+/// The event ids of `order` among `sent`, in publish order.
+pub fn sent_ids_of(sent: &[order_schemas::OrderEvent], order: &str) -> Vec<String> {
+    sent.iter()
+        .filter(|e| e.order_id() == order)
+        .map(|e| e.event_id().to_string())
+        .collect()
+}
+
+/// Asserts that the receiver got every order's events among `sent` in publish order.
+pub fn assert_per_order(
+    receiver: &consumer_examples::receiver::Receiver,
+    sent: &[order_schemas::OrderEvent],
+) {
+    let got = arrivals_per_order(receiver);
+    let mut orders: Vec<&str> = sent.iter().map(|e| e.order_id()).collect();
+    orders.sort();
+    orders.dedup();
+    for order in orders {
+        assert_eq!(
+            got.get(order).cloned().unwrap_or_default(),
+            sent_ids_of(sent, order),
+            "{order}: events missing or out of order"
+        );
     }
 }
 
@@ -464,6 +531,24 @@ fn spawn_listening(args: &[String], log: &std::path::Path) -> (Running, String) 
 }
 
 impl DispatcherProcess {
+    /// The text of its `/metrics` (empty when it does not answer).
+    pub async fn metrics_text(&self) -> String {
+        match reqwest::get(&self.metrics_url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The value of the first metric line starting with `line_prefix` (name and labels,
+    /// then a space).
+    pub async fn metric(&self, line_prefix: &str) -> Option<f64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         let pid = self.process.0.id().to_string();

@@ -5,8 +5,7 @@
 use std::time::{Duration, Instant};
 
 use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::signing::Secret;
-use e2e::{eventually, unique, DispatchWorld, DispatcherProcess};
+use e2e::{eventually, DispatchWorld, DispatcherProcess};
 use order_schemas::{EventType, OrderEvent};
 
 struct Setup {
@@ -18,17 +17,7 @@ struct Setup {
 async fn setup(script: Script, extra: &str, run_args: &[&str]) -> Setup {
     let mut world = DispatchWorld::new("127.0.0.1").await;
     world.run_args = run_args.iter().map(|s| s.to_string()).collect();
-    let partner = unique("flow");
-    let secret = Secret::generate();
-    let receiver = Receiver::start("127.0.0.1:0".parse().expect("addr"), &secret, script)
-        .await
-        .expect("receiver");
-    let yaml = format!(
-        "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n{extra}",
-        receiver.url()
-    );
-    let applied = world.apply(&yaml);
-    assert!(applied.status.success(), "{applied:?}");
+    let (partner, receiver) = world.partner_with_receiver("flow", script, extra).await;
     Setup {
         world,
         partner,

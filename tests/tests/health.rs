@@ -3,12 +3,12 @@
 //! nothing is sent while it is disconnected and its events keep accumulating; after a
 //! reconnect every event arrives, in order per order, none dead-lettered.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::signing::Secret;
-use e2e::{api_tokens, partner_token, unique, DispatchWorld, DispatcherProcess, ADMIN_TOKEN};
+use consumer_examples::receiver::Script;
+use e2e::{
+    api_tokens, assert_per_order, partner_token, DispatchWorld, DispatcherProcess, ADMIN_TOKEN,
+};
 use order_schemas::{EventType, OrderEvent};
 use serde_json::{json, Value};
 
@@ -75,24 +75,16 @@ async fn a_failing_partner_is_disconnected_and_after_reconnect_gets_everything_i
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let partner = unique("health");
-    let secret = Secret::generate();
-    let receiver = Receiver::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        &secret,
-        Script {
-            always_status: Some(503),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("receiver");
-    let yaml = format!(
-        "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n    retry: {{ max_attempts: 100000, max_elapsed_secs: 3600, initial_backoff_ms: 20, max_backoff_ms: 200 }}\n",
-        receiver.url()
-    );
-    let applied = world.apply(&yaml);
-    assert!(applied.status.success(), "{applied:?}");
+    let (partner, receiver) = world
+        .partner_with_receiver(
+            "health",
+            Script {
+                always_status: Some(503),
+                ..Default::default()
+            },
+            "    retry: { max_attempts: 100000, max_elapsed_secs: 3600, initial_backoff_ms: 20, max_backoff_ms: 200 }\n",
+        )
+        .await;
     let dispatcher = world.start();
     let api = world.start_api(&api_tokens(&[&partner, "other"]), &[]);
     let mut sent = publish(&world, &partner, 10, 0).await;
@@ -119,12 +111,7 @@ async fn a_failing_partner_is_disconnected_and_after_reconnect_gets_everything_i
             .is_some_and(|r| r.starts_with("failing for")),
         "{off}"
     );
-    let metrics = reqwest::get(&dispatcher.metrics_url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = dispatcher.metrics_text().await;
     let line =
         format!("dispatcher_partner_state{{partner=\"{partner}\",state=\"disconnected\"}} 1");
     assert!(metrics.contains(&line), "{line} not in the metrics");
@@ -197,30 +184,8 @@ async fn a_failing_partner_is_disconnected_and_after_reconnect_gets_everything_i
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut per_order: HashMap<String, Vec<String>> = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for d in receiver.deliveries() {
-        if seen.insert(d.webhook_id.clone()) {
-            per_order
-                .entry(d.order_id.clone())
-                .or_default()
-                .push(d.webhook_id.clone());
-        }
-    }
-    for (order, got) in per_order {
-        let want: Vec<String> = sent
-            .iter()
-            .filter(|e| e.order_id() == order)
-            .map(|e| e.event_id().to_string())
-            .collect();
-        assert_eq!(got, want, "{order}");
-    }
-    let metrics = reqwest::get(&dispatcher.metrics_url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    assert_per_order(&receiver, &sent);
+    let metrics = dispatcher.metrics_text().await;
     assert!(
         !metrics.contains(&format!(
             "dispatcher_dead_lettered_total{{partner=\"{partner}\""

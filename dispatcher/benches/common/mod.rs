@@ -69,6 +69,7 @@ pub fn lane(
         on_gone: GoneHook(Arc::new(|_| {})),
         metrics: LaneMetrics::new(partner),
         health: Default::default(),
+        park_after: None,
         shutdown: shutdown.clone(),
     };
     Lane {

@@ -1,0 +1,169 @@
+//! Parked keys against the real broker and a scripted receiver: one order the partner
+//! keeps rejecting moves to the partner's retry topic after the lane's budget; the
+//! partner's other orders and its committed offset go on; the order's later events
+//! follow it there, so its order holds, also across a kill -9; once the partner accepts
+//! it, everything arrives in order and nothing is dead-lettered.
+
+use std::time::{Duration, Instant};
+
+use consumer_examples::receiver::Script;
+use e2e::{arrivals_per_order, assert_per_order, DispatchWorld, DispatcherProcess};
+use order_schemas::{EventType, OrderEvent};
+
+async fn wait_metric(d: &DispatcherProcess, line_prefix: &str, want: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = d.metric(line_prefix).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {line_prefix} is {got:?}, not {want}\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn publish(
+    p: &producer::Publisher,
+    partner: &str,
+    orders: &[&str],
+    round: usize,
+) -> Vec<OrderEvent> {
+    let mut sent = Vec::new();
+    for order in orders {
+        let kind = if round == 0 {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let e = OrderEvent::sample(kind, order, partner, 1);
+        p.publish(&e).await.expect("publish");
+        sent.push(e);
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_order_is_parked_without_holding_the_partner_and_keeps_its_order_across_kill_9()
+{
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    // A killed member never leaves its group: let the rebalance stop waiting for it soon.
+    world.run_args = [
+        "--park-after-attempts",
+        "2",
+        "--max-poll-interval-ms",
+        "15000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (partner, receiver) = world
+        .partner_with_receiver(
+            "parked",
+            Script {
+                fail_orders: vec!["bad".into()],
+                fail_status: Some(500),
+                ..Default::default()
+            },
+            "    retry: { max_attempts: 1000, max_elapsed_secs: 600, initial_backoff_ms: 2000, max_backoff_ms: 4000 }\n",
+        )
+        .await;
+    let dispatcher = world.start();
+    let orders = ["bad", "o1", "o2", "o3", "o4", "o5"];
+    let publisher = world.publisher().await;
+    let mut sent = Vec::new();
+    for round in 0..4 {
+        sent.extend(publish(&publisher, &partner, &orders, round).await);
+    }
+
+    // Every other order arrives while `bad` keeps failing; `bad` is parked and the
+    // partner's committed offset reaches the end of its delivery topic.
+    let good = sent.iter().filter(|e| e.order_id() != "bad").count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals_per_order(&receiver)
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < good
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            arrivals_per_order(&receiver),
+            dispatcher.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!arrivals_per_order(&receiver).contains_key("bad"));
+    let keys = format!("dispatcher_parked_keys{{partner=\"{partner}\"}} ");
+    wait_metric(&dispatcher, &keys, 1.0, "one key parked").await;
+    let lag = format!("dispatcher_consumer_lag_records{{topic=\"deliveries.{partner}\"}} ");
+    wait_metric(
+        &dispatcher,
+        &lag,
+        0.0,
+        "the delivery topic's offset moved on",
+    )
+    .await;
+    let parked = dispatcher
+        .metric(&format!(
+            "dispatcher_parked_records_total{{partner=\"{partner}\"}} "
+        ))
+        .await;
+    assert_eq!(
+        parked,
+        Some(4.0),
+        "bad's first event parked, its 3 others followed"
+    );
+
+    // kill -9 while parked; the new instance reads the parked key back from the retry
+    // topic before it delivers anything of that partition.
+    dispatcher.kill9();
+    let dispatcher = world.start();
+    wait_metric(
+        &dispatcher,
+        &keys,
+        1.0,
+        "the parked key read back after kill -9",
+    )
+    .await;
+    // Right after a failed retry of `bad` (its next one is 2-4 s away), the partner
+    // starts accepting it and `bad` gets new events: they must wait behind the parked
+    // ones (sent at once, they would overtake them).
+    let before = receiver.requests();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.requests() == before {
+        assert!(Instant::now() < deadline, "no retry of the parked order");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    receiver.set_script(Script::default());
+    for round in 4..6 {
+        sent.extend(publish(&publisher, &partner, &["bad", "o1"], round).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = arrivals_per_order(&receiver);
+        if got.get("bad").map_or(0, Vec::len) == 6 && got.get("o1").map_or(0, Vec::len) == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got:?}\n{}",
+            dispatcher.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_per_order(&receiver, &sent);
+    wait_metric(&dispatcher, &keys, 0.0, "unparked once delivered").await;
+    let text = dispatcher.metrics_text().await;
+    assert!(
+        !text.contains(&format!(
+            "dispatcher_dead_lettered_total{{partner=\"{partner}\""
+        )),
+        "nothing dead-lettered"
+    );
+    assert_eq!(dispatcher.terminate(), Some(0));
+}
