@@ -7,7 +7,7 @@
 //! Both partners' lanes run in this process over librdkafka's mock cluster, sharing the
 //! runtime, as in `dispatcher run`; each scenario runs in a process of its own. A has a backlog of 20,000
 //! records throughout. For each scenario:
-//! - throughput: B drains a backlog of BENCH_RECORDS (40,000) records;
+//! - throughput: B drains a backlog of BENCH_RECORDS (80,000; about 2 s of work, so start-up noise weighs less) records;
 //! - latency: B's records are produced at BENCH_RATE (1,000/s) for BENCH_SECS (8 s),
 //!   each carrying its production time; B's receiver computes the delivery latency.
 
@@ -298,7 +298,7 @@ fn run_child(mode: &str) -> (f64, f64) {
 }
 
 fn main() {
-    let n = env_or("BENCH_RECORDS", 40_000);
+    let n = env_or("BENCH_RECORDS", 80_000);
     let rate = env_or("BENCH_RATE", 1_000);
     let secs = env_or("BENCH_SECS", 8) as u64;
     if let Ok(mode) = std::env::var("BENCH_SCENARIO") {
