@@ -307,7 +307,15 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             _ = sample.tick() => {
-                let oldest = state.taken_at.values().min().map_or(Duration::ZERO, |t| t.elapsed());
+                // Of the delivery topic: a parked order waits on purpose (its retry
+                // policy bounds it) and must not make the whole partner look stuck.
+                let oldest = state
+                    .taken_at
+                    .iter()
+                    .filter(|((tp, _), _)| !tp.retry)
+                    .map(|(_, t)| *t)
+                    .min()
+                    .map_or(Duration::ZERO, |t| t.elapsed());
                 lm.oldest_age.set(oldest.as_secs_f64());
                 lm.parked_keys.set(state.parked.len() as f64);
                 ctx.health.oldest_age_ms.store(oldest.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);

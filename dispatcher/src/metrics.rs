@@ -18,8 +18,9 @@ pub const DEAD_LETTER_WRITE_FAILURES: &str = "dispatcher_dead_letter_write_failu
 pub const IN_FLIGHT: &str = "dispatcher_in_flight";
 /// Records taken from Kafka and not finished, by `partner`.
 pub const BUFFERED: &str = "dispatcher_buffered_records";
-/// Seconds since the oldest record taken in and not finished was taken in, by `partner`
-/// (0 when nothing is pending). Sampled every second.
+/// Seconds since the oldest record of the delivery topic taken in and not finished was
+/// taken in, by `partner` (0 when nothing is pending; parked records, which wait on
+/// purpose, are not counted). Sampled every second.
 pub const OLDEST_AGE: &str = "dispatcher_oldest_undelivered_age_seconds";
 /// Consumer lag in records (log end minus committed offset, summed over the assigned
 /// partitions), by `topic` (`deliveries.<partner>` or the orders topic). Every 5 s.
