@@ -103,6 +103,34 @@ pub fn consumer(topic: &str) -> StreamConsumer {
     consumer
 }
 
+/// Reads `count` records of a dead-letter topic as (headers, body), within 60 s.
+pub async fn dead_letters(
+    topic: &str,
+    count: usize,
+) -> Vec<(std::collections::HashMap<String, String>, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    read_exactly(topic, count, Duration::from_secs(60))
+        .await
+        .iter()
+        .map(|m| {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (headers, m.payload().unwrap_or_default().to_vec())
+        })
+        .collect()
+}
+
 /// Reads `count` records of `topic`, failing after `timeout` with what it got so far;
 /// then waits a little longer to catch records that should not be there.
 pub async fn read_exactly(topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {

@@ -195,32 +195,6 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
     assert_eq!(dispatcher.terminate(), Some(0), "SIGTERM exits 0");
 }
 
-/// Reads a dead-letter topic's records as (headers, body).
-async fn dead_letters(topic: &str, count: usize) -> Vec<(HashMap<String, String>, Vec<u8>)> {
-    use rdkafka::message::Headers;
-    use rdkafka::Message;
-    e2e::read_exactly(topic, count, Duration::from_secs(60))
-        .await
-        .iter()
-        .map(|m| {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_string(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            (headers, m.payload().unwrap_or_default().to_vec())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_row_of_the_outcome_table() {
     let world = DispatchWorld::new("127.0.0.1").await;
@@ -346,9 +320,9 @@ async fn each_row_of_the_outcome_table() {
     );
 
     let dlq = |name: &str| dispatcher::subscription::dead_letter_topic(&partners[name].0);
-    let (gone, _) = dead_letters(&dlq("gone"), 1).await.remove(0);
+    let (gone, _) = e2e::dead_letters(&dlq("gone"), 1).await.remove(0);
     assert!(gone["dlq-reason"].starts_with("410 Gone"), "{gone:?}");
-    let (bad, body) = dead_letters(&dlq("badrequest"), 1).await.remove(0);
+    let (bad, body) = e2e::dead_letters(&dlq("badrequest"), 1).await.remove(0);
     assert_eq!(
         (
             bad["dlq-attempts"].as_str(),
@@ -370,20 +344,20 @@ async fn each_row_of_the_outcome_table() {
     assert!(bad.contains_key("dlq-first-attempt-at") && bad.contains_key("dlq-source-offset"));
     let original: serde_json::Value = serde_json::from_slice(&body).expect("original body kept");
     assert_eq!(original["data"]["order_id"], "order-badrequest");
-    let (redirect, _) = dead_letters(&dlq("redirect"), 1).await.remove(0);
+    let (redirect, _) = e2e::dead_letters(&dlq("redirect"), 1).await.remove(0);
     assert_eq!(
         redirect["dlq-last-status"], "302",
         "redirects are not followed"
     );
     assert_eq!(partners["redirect"].1.requests(), 1);
-    let (hangs, _) = dead_letters(&dlq("hangs"), 1).await.remove(0);
+    let (hangs, _) = e2e::dead_letters(&dlq("hangs"), 1).await.remove(0);
     assert_eq!(hangs["dlq-reason"], "retry policy spent after 3 attempts");
     assert!(
         hangs["dlq-last-error"].contains("timed out")
             || hangs["dlq-last-error"].contains("timeout"),
         "{hangs:?}"
     );
-    let (down, _) = dead_letters(&dlq("down"), 1).await.remove(0);
+    let (down, _) = e2e::dead_letters(&dlq("down"), 1).await.remove(0);
     assert_eq!(
         (
             down["dlq-reason"].as_str(),
@@ -392,7 +366,7 @@ async fn each_row_of_the_outcome_table() {
         ("retry policy spent after 3 attempts", "503")
     );
 
-    let (poisoned, payload) = dead_letters(&world.orders_dead_letter_topic, 1)
+    let (poisoned, payload) = e2e::dead_letters(&world.orders_dead_letter_topic, 1)
         .await
         .remove(0);
     assert!(
@@ -483,7 +457,7 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
         ))
         .await
         .expect("publish");
-    let (refused, _) = dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
+    let (refused, _) = e2e::dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
         .await
         .remove(0);
     assert!(refused["dlq-reason"].contains("SSRF guard"), "{refused:?}");
@@ -524,9 +498,10 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
         ))
         .await
         .expect("publish");
-    let (unsigned, _) = dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
-        .await
-        .remove(0);
+    let (unsigned, _) =
+        e2e::dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
+            .await
+            .remove(0);
     assert_eq!(unsigned["dlq-last-status"], "401");
     assert_eq!(strict.rejected_signatures(), 1);
     assert_eq!(strict.unique(), 0);

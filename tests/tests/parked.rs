@@ -167,3 +167,53 @@ async fn a_rejected_order_is_parked_without_holding_the_partner_and_keeps_its_or
     );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_order_ends_in_the_dead_letter_topic_when_its_retry_policy_is_spent() {
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    world.run_args = ["--park-after-attempts", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (partner, receiver) = world
+        .partner_with_receiver(
+            "parkdlq",
+            Script {
+                fail_orders: vec!["bad".into()],
+                fail_status: Some(500),
+                ..Default::default()
+            },
+            "    retry: { max_attempts: 4, max_elapsed_secs: 600, initial_backoff_ms: 50, max_backoff_ms: 100 }\n",
+        )
+        .await;
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let mut sent = publish(&publisher, &partner, &["bad", "o1"], 0).await;
+    sent.extend(publish(&publisher, &partner, &["bad", "o1"], 1).await);
+    // Each of bad's events: 2 attempts in the lane (the first) or none (the second,
+    // following it), then the rest of its 4 in the retry topic, then dead-lettered, in
+    // order.
+    let dead = e2e::dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 2).await;
+    let want: Vec<String> = sent
+        .iter()
+        .filter(|e| e.order_id() == "bad")
+        .map(|e| e.event_id().to_string())
+        .collect();
+    let got: Vec<String> = dead.iter().map(|(h, _)| h["webhook-id"].clone()).collect();
+    assert_eq!(got, want, "bad's events dead-lettered in order");
+    for (h, _) in &dead {
+        assert_eq!(
+            h["dlq-reason"], "retry policy spent after 4 attempts",
+            "{h:?}"
+        );
+        assert_eq!(h["dlq-source-topic"], format!("retries.{partner}"), "{h:?}");
+        assert_eq!(h["dlq-last-status"], "500", "{h:?}");
+    }
+    let o1 = arrivals_per_order(&receiver);
+    assert_eq!(o1.get("o1").map(Vec::len), Some(2), "{o1:?}");
+    // The retry topic carried the count on: 4 attempts per bad event in all.
+    assert_eq!(receiver.requests(), 2 + 2 * 4, "o1's 2 and bad's 2 x 4");
+    let keys = format!("dispatcher_parked_keys{{partner=\"{partner}\"}} ");
+    wait_metric(&dispatcher, &keys, 0.0, "unparked once dead-lettered").await;
+    assert_eq!(dispatcher.terminate(), Some(0));
+}
