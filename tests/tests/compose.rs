@@ -57,6 +57,7 @@ fn services_are_buildable_and_use_only_settings_the_code_reads() {
         "partner",
         "prometheus",
         "grafana",
+        "api",
     ] {
         assert!(services.contains_key(want), "service {want} missing");
     }
@@ -254,6 +255,25 @@ fn alerts_and_the_dashboard_use_only_metrics_the_dispatcher_exports() {
             "{name} is not a metric the dispatcher exports"
         );
     }
+    // Files the image ships (config/ is copied to /etc/orderhooks) that services name.
+    for (name, service) in doc_services(&compose()) {
+        let env: Vec<String> = service["environment"]
+            .as_mapping()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for value in env.iter().chain(string_list(&service["command"]).iter()) {
+            if let Some(file) = value.strip_prefix("/etc/orderhooks/") {
+                assert!(
+                    root().join("config").join(file).exists(),
+                    "{name}: {value} is not in config/"
+                );
+            }
+        }
+    }
     // Every file compose mounts exists.
     let doc = compose();
     for (name, service) in doc["services"].as_mapping().expect("services") {
@@ -267,6 +287,15 @@ fn alerts_and_the_dashboard_use_only_metrics_the_dispatcher_exports() {
             }
         }
     }
+}
+
+fn doc_services(doc: &Value) -> Vec<(String, Value)> {
+    doc["services"]
+        .as_mapping()
+        .expect("services")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("name").to_string(), v.clone()))
+        .collect()
 }
 
 /// `promtool` (Debian's `prometheus` package; scripts/install-deps.sh installs it).
