@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::env_or;
+
 use axum::http::StatusCode;
 use axum::routing::post;
 use dispatcher::lane::{self, LaneConfig};
@@ -24,13 +26,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const BODY: &str = r#"{"type":"order.created","timestamp":"2026-11-22T10:00:00.000Z","data":{"order_id":"o","partner_id":"p","order":{"customer_ref":"C-1","status":"PENDING","items":[{"sku":"SKU-1","name":"Espresso beans","quantity":2,"unit_price":{"amount_minor":1250,"currency":"EUR"}}],"total":{"amount_minor":2500,"currency":"EUR"}}}}"#;
 

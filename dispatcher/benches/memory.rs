@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::env_or;
+
 use dispatcher::flow::FlowConfig;
 use dispatcher::lane::{self, LaneConfig};
 use dispatcher::subscription::RetryPolicy;
@@ -21,13 +23,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const BODY: &str = r#"{"type":"order.created","timestamp":"2026-11-22T10:00:00.000Z","data":{"order_id":"o","partner_id":"down","order":{"customer_ref":"C-1","status":"PENDING","items":[{"sku":"SKU-1","name":"Espresso beans","quantity":2,"unit_price":{"amount_minor":1250,"currency":"EUR"}}],"total":{"amount_minor":2500,"currency":"EUR"}}}}"#;
 

@@ -123,15 +123,17 @@ pub fn judge(i: &Inputs, c: &HealthConfig) -> (PartnerState, Vec<String>) {
     if i.circuit_open {
         failing.push("circuit open".into());
     }
-    let age = i.oldest_age.as_secs();
-    if i.paused {
-    } else if i.oldest_age >= c.failing_age {
-        failing.push(format!("oldest undelivered record {age}s old"));
-    } else if i.oldest_age >= c.degraded_age {
-        degraded.push(format!("oldest undelivered record {age}s old"));
-    }
-    if let Some(lag) = i.lag.filter(|l| *l > c.degraded_lag && !i.paused) {
-        degraded.push(format!("consumer lag {lag} records"));
+    // A fully paused partner's records wait on purpose: age and lag say nothing then.
+    if !i.paused {
+        let age = format!("oldest undelivered record {}s old", i.oldest_age.as_secs());
+        if i.oldest_age >= c.failing_age {
+            failing.push(age);
+        } else if i.oldest_age >= c.degraded_age {
+            degraded.push(age);
+        }
+        if let Some(lag) = i.lag.filter(|l| *l > c.degraded_lag) {
+            degraded.push(format!("consumer lag {lag} records"));
+        }
     }
     if !failing.is_empty() {
         failing.extend(degraded);

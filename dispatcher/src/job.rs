@@ -411,10 +411,14 @@ enum Hold {
     Shutdown,
 }
 
-/// Waits while the record's subscription is paused or disconnected.
+/// Waits while the record's subscription is paused or disconnected (woken by changes of
+/// the subscription table, not by polling it).
 async fn hold(job: &Job, ctx: &JobContext) -> Hold {
     let mut held = false;
+    let mut changes = ctx.table.watch();
     loop {
+        // Marked seen before the look, so a change right after it still wakes us.
+        changes.borrow_and_update();
         let Some(target) = ctx.table.target(&job.subscription_id) else {
             // Unsubscribed: nothing to deliver, nothing to keep.
             return Hold::Unsubscribed;
@@ -426,7 +430,7 @@ async fn hold(job: &Job, ctx: &JobContext) -> Hold {
         held = true;
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Hold::Shutdown,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            changed = changes.changed() => if changed.is_err() { return Hold::Shutdown },
         }
     }
 }
@@ -462,26 +466,45 @@ async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> Ended {
         });
     }
     let topic = crate::subscription::retry_topic(&ctx.partner);
+    if !write_until_acknowledged(job, ctx, &topic, Some(job.partition), headers, || {}).await {
+        return Ended::Unfinished;
+    }
+    ctx.metrics.parked.increment(1);
+    tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
+    Ended::Parked
+}
+
+/// Writes the job's key and body with `headers` to `topic` (to `partition`, or by key)
+/// and waits for the acknowledgement, retrying every 500 ms (calling `on_error`) until
+/// it is written (true) or shutdown (false): until then the record is not durable there
+/// and its offset must not move.
+async fn write_until_acknowledged(
+    job: &Job,
+    ctx: &JobContext,
+    topic: &str,
+    partition: Option<i32>,
+    headers: OwnedHeaders,
+    on_error: impl Fn(),
+) -> bool {
     loop {
-        let record = FutureRecord::to(&topic)
-            .partition(job.partition)
+        let mut record = FutureRecord::to(topic)
             .key(&job.key)
             .payload(&job.body[..])
             .headers(headers.clone());
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         let sent = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
+            _ = ctx.shutdown.cancelled() => return false,
             r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
         };
         match sent {
-            Ok(_) => {
-                ctx.metrics.parked.increment(1);
-                tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
-                return Ended::Parked;
-            }
+            Ok(_) => return true,
             Err((error, _)) => {
-                tracing::warn!(partner = %ctx.partner, %error, "retry-topic write failed, retrying");
+                tracing::warn!(partner = %ctx.partner, %topic, %error, "write failed, retrying");
+                on_error();
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return Ended::Unfinished,
+                    _ = ctx.shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
@@ -522,43 +545,28 @@ async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
         }
     }
     let topic = dead_letter_topic(&ctx.partner);
-    loop {
-        let record = FutureRecord::to(&topic)
-            .key(&job.key)
-            .payload(&job.body[..])
-            .headers(headers.clone());
-        let sent = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return false,
-            r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
-        };
-        match sent {
-            Ok(_) => {
-                let label = if failure.reason.starts_with("410") {
-                    "gone"
-                } else {
-                    "dead_lettered"
-                };
-                metrics::counter!(m::DELIVERIES, "partner" => ctx.partner.clone(), "outcome" => label).increment(1);
-                let short = failure.reason.split(':').next().unwrap_or("").to_string();
-                let reason = if short.starts_with("status") {
-                    "status".to_string()
-                } else {
-                    short
-                };
-                metrics::counter!(m::DEAD_LETTERED, "partner" => ctx.partner.clone(), "reason" => reason).increment(1);
-                tracing::info!(partner = %ctx.partner, webhook_id = %job.webhook_id, reason = %failure.reason, "dead-lettered");
-                return true;
-            }
-            Err((error, _)) => {
-                // Not durable yet: the offset must not move past this record.
-                tracing::warn!(partner = %ctx.partner, %error, "dead-letter write failed, retrying");
-                metrics::counter!(m::DEAD_LETTER_WRITE_FAILURES, "partner" => ctx.partner.clone())
-                    .increment(1);
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
+    let failed = || {
+        metrics::counter!(m::DEAD_LETTER_WRITE_FAILURES, "partner" => ctx.partner.clone())
+            .increment(1)
+    };
+    if !write_until_acknowledged(job, ctx, &topic, None, headers, failed).await {
+        return false;
     }
+    let label = if failure.reason.starts_with("410") {
+        "gone"
+    } else {
+        "dead_lettered"
+    };
+    metrics::counter!(m::DELIVERIES, "partner" => ctx.partner.clone(), "outcome" => label)
+        .increment(1);
+    let short = failure.reason.split(':').next().unwrap_or("").to_string();
+    let reason = if short.starts_with("status") {
+        "status".to_string()
+    } else {
+        short
+    };
+    metrics::counter!(m::DEAD_LETTERED, "partner" => ctx.partner.clone(), "reason" => reason)
+        .increment(1);
+    tracing::info!(partner = %ctx.partner, webhook_id = %job.webhook_id, reason = %failure.reason, "dead-lettered");
+    true
 }

@@ -235,8 +235,7 @@ pub async fn run(
         ..ctx
     });
     let mut state = LaneState::default();
-    let (rebuilt_tx, mut rebuilt) =
-        tokio::sync::mpsc::unbounded_channel::<(i32, i64, HashMap<Vec<u8>, i64>)>();
+    let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel::<ReadBack>();
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     let mut store = tokio::time::interval(STORE_EVERY);
     store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -256,37 +255,15 @@ pub async fn run(
                 if t != topic {
                     continue;
                 }
-                state.start_rebuild(p);
-                let (settings, group, retry_topic, tx, stop) = (
+                let generation = state.start_rebuild(p);
+                tokio::spawn(read_back(
                     settings.clone(),
                     group.clone(),
                     retry_topic.clone(),
+                    (p, generation),
                     rebuilt_tx.clone(),
                     shutdown.clone(),
-                );
-                tokio::spawn(async move {
-                    loop {
-                        let (s, g, r) = (settings.clone(), group.clone(), retry_topic.clone());
-                        let read =
-                            tokio::task::spawn_blocking(move || read_parked(&s, &g, &r, p)).await;
-                        match read {
-                            Ok(Ok((from, counts))) => {
-                                let _ = tx.send((p, from, counts));
-                                return;
-                            }
-                            Ok(Err(error)) => {
-                                tracing::warn!(partition = p, %error, "reading parked keys back; retrying")
-                            }
-                            Err(error) => {
-                                tracing::warn!(partition = p, %error, "reading parked keys back; retrying")
-                            }
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                });
+                ));
             }
         }
         let readable = backpressure.update(
@@ -324,11 +301,9 @@ pub async fn run(
                 state.forget_revoked(&consumer, &partner, &retry_topic);
                 state.store_offsets(&consumer, topics);
             }
-            Some((p, from, counts)) = rebuilt.recv() => {
-                if state.rebuilding.contains_key(&p) {
-                    tracing::debug!(partner = %partner, partition = p, parked = counts.len(), "parked keys read back");
-                }
-                for job in state.finish_rebuild(p, from, counts) {
+            Some(answer) = rebuilt.recv() => {
+                tracing::debug!(partner = %partner, partition = answer.0, parked = answer.3.len(), "parked keys read back");
+                for job in state.finish_rebuild(answer) {
                     running.push(job::run(job, Arc::clone(&ctx)));
                 }
             }
@@ -503,11 +478,23 @@ struct LaneState {
     /// (after an assignment): their records wait here until then, and the retry
     /// records finished meanwhile are noted (offset, key).
     rebuilding: HashMap<i32, Rebuild>,
+    /// Numbers the read-backs, so that the answer of one started before a revoke is not
+    /// taken for the one after the next assignment.
+    generation: u64,
 }
 
 /// A delivery partition's records held while its parked keys are read back, and the
 /// retry records finished meanwhile (offset, key).
-type Rebuild = (Vec<Job>, Vec<(i64, Vec<u8>)>);
+#[derive(Default)]
+struct Rebuild {
+    generation: u64,
+    held: Vec<Job>,
+    finished: Vec<(i64, Vec<u8>)>,
+}
+
+/// A read-back's answer: partition, generation, the retry partition's committed offset,
+/// and the count per key of its records from there on.
+type ReadBack = (i32, u64, i64, HashMap<Vec<u8>, i64>);
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).
 const STORE_EVERY: Duration = Duration::from_millis(50);
@@ -520,8 +507,8 @@ impl LaneState {
         self.taken_at
             .insert((tp, job.offset), std::time::Instant::now());
         if !tp.retry {
-            if let Some((held, _)) = self.rebuilding.get_mut(&job.partition) {
-                held.push(job);
+            if let Some(rebuild) = self.rebuilding.get_mut(&job.partition) {
+                rebuild.held.push(job);
                 return None;
             }
         }
@@ -552,28 +539,41 @@ impl LaneState {
     }
 
     fn parked_add(&mut self, partition: i32, key: Vec<u8>, n: i64) {
-        let count = self.parked.entry((partition, key)).or_default();
-        *count += n;
-        if *count == 0 {
-            self.parked.retain(|_, c| *c != 0);
+        use std::collections::hash_map::Entry;
+        match self.parked.entry((partition, key)) {
+            Entry::Occupied(mut e) => {
+                *e.get_mut() += n;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+            Entry::Vacant(e) => {
+                if n != 0 {
+                    e.insert(n);
+                }
+            }
         }
     }
 
     /// A delivery partition was assigned: hold its records until its parked keys are
-    /// known.
-    fn start_rebuild(&mut self, partition: i32) {
-        self.rebuilding.entry(partition).or_default();
+    /// known. Returns the read-back's generation.
+    fn start_rebuild(&mut self, partition: i32) -> u64 {
+        self.generation += 1;
+        self.rebuilding.entry(partition).or_default().generation = self.generation;
+        self.generation
     }
 
     /// The parked keys of `partition` were read back: `counts` per key of the records in
     /// the retry partition from `from` on. Returns the held records that can start.
-    fn finish_rebuild(
-        &mut self,
-        partition: i32,
-        from: i64,
-        mut counts: HashMap<Vec<u8>, i64>,
-    ) -> Vec<Job> {
-        let Some((held, finished)) = self.rebuilding.remove(&partition) else {
+    fn finish_rebuild(&mut self, (partition, generation, from, mut counts): ReadBack) -> Vec<Job> {
+        if self
+            .rebuilding
+            .get(&partition)
+            .is_none_or(|r| r.generation != generation)
+        {
+            return Vec::new(); // revoked since, or superseded by a newer read-back
+        }
+        let Some(Rebuild { held, finished, .. }) = self.rebuilding.remove(&partition) else {
             return Vec::new();
         };
         for (offset, key) in finished {
@@ -657,7 +657,7 @@ impl LaneState {
             self.parked_add(partition, slot.1.clone(), 1);
         } else if retry {
             match self.rebuilding.get_mut(&partition) {
-                Some((_, finished)) => finished.push((offset, slot.1.clone())),
+                Some(rebuild) => rebuild.finished.push((offset, slot.1.clone())),
                 None => self.parked_add(partition, slot.1.clone(), -1),
             }
         }
@@ -678,6 +678,38 @@ impl LaneState {
 
     fn pending(&self, retry: bool) -> usize {
         self.tracker.pending_in(|tp| tp.retry == retry)
+    }
+}
+
+/// Reads back the parked keys of a delivery partition (with [`read_parked`], again every
+/// second until it succeeds or `stop`) and sends the answer to the lane.
+async fn read_back(
+    settings: KafkaSettings,
+    group: String,
+    retry_topic: String,
+    (partition, generation): (i32, u64),
+    answers: tokio::sync::mpsc::UnboundedSender<ReadBack>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (s, g, r) = (settings.clone(), group.clone(), retry_topic.clone());
+        let read = tokio::task::spawn_blocking(move || read_parked(&s, &g, &r, partition))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|read| read);
+        match read {
+            Ok((from, counts)) => {
+                let _ = answers.send((partition, generation, from, counts));
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(partition, %error, "reading parked keys back; retrying")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

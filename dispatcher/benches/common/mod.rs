@@ -14,6 +14,14 @@ use dispatcher::subscription::{RetryPolicy, Subscription};
 use dispatcher::table::SubscriptionTable;
 use tokio_util::sync::CancellationToken;
 
+/// A setting from the environment (`BENCH_*`), or `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A lane's settings and context; `shutdown` stops it.
 pub struct Lane {
     pub settings: KafkaSettings,
