@@ -221,8 +221,23 @@ pub struct PrivateBroker {
     pub brokers: String,
 }
 
+/// Where a [`PrivateBroker`] keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// SQLite in the broker's directory: durable across a broker restart.
+    Sqlite,
+    /// nisshi's in-process object store (`memory://`): lost when the broker stops, which
+    /// only tests that never restart the broker may use.
+    Memory,
+}
+
 impl PrivateBroker {
+    /// A broker with SQLite storage.
     pub fn start() -> Self {
+        Self::with_storage(BrokerStorage::Sqlite)
+    }
+
+    pub fn with_storage(storage: BrokerStorage) -> Self {
         let nisshi = std::env::var("NISSHI_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
@@ -250,7 +265,10 @@ impl PrivateBroker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "sqlite://nisshi.db",
+                match storage {
+                    BrokerStorage::Sqlite => "sqlite://nisshi.db",
+                    BrokerStorage::Memory => "memory://nisshi/",
+                },
             ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("nisshi.log")).expect("log"))
