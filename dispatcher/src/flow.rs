@@ -2,8 +2,10 @@
 //! and whether it may be called at all.
 //!
 //! - **Adaptive concurrency** (AIMD, after Vector's adaptive request concurrency): the
-//!   limit starts at 1 and grows by 1/limit per answer that came as fast as usual
-//!   (about +1 per round trip), and is halved on overload (timeout, 429, 502, 503, 504)
+//!   limit starts at 1 and, like TCP's slow start, grows by 1 per answer that came as
+//!   fast as usual (doubling per round trip) until the first sign of overload or slowness;
+//!   from then on by 1/limit per such answer (about +1 per round trip). It is halved on
+//!   overload (timeout, 429, 502, 503, 504)
 //!   and cut by a tenth when answers take more than twice the usual time (and 50 ms
 //!   more); it stays within
 //!   1..=`max_in_flight`.
@@ -75,6 +77,9 @@ pub enum Circuit {
 struct State {
     max: usize,
     limit: f64,
+    /// Until the partner first shows overload or slowness: the limit doubles per round
+    /// trip instead of growing by one.
+    slow_start: bool,
     in_flight: usize,
     /// Smoothed latency of normal answers, seconds.
     usual: Option<f64>,
@@ -119,6 +124,7 @@ impl PartnerFlow {
             state: Mutex::new(State {
                 max: max.max(1),
                 limit: 1.0,
+                slow_start: true,
                 in_flight: 0,
                 usual: None,
                 not_before: None,
@@ -242,9 +248,11 @@ impl PartnerFlow {
                     None => secs,
                 });
                 if slow {
+                    s.slow_start = false;
                     s.limit = (s.limit * 0.9).max(1.0);
                 } else {
-                    s.limit = (s.limit + 1.0 / s.limit).min(s.max as f64);
+                    let step = if s.slow_start { 1.0 } else { 1.0 / s.limit };
+                    s.limit = (s.limit + step).min(s.max as f64);
                 }
                 s.failures = 0;
                 if s.circuit != Circuit::Closed {
@@ -255,6 +263,7 @@ impl PartnerFlow {
                 }
             }
             Signal::Overloaded { retry_after } => {
+                s.slow_start = false;
                 s.limit = (s.limit * 0.5).max(1.0);
                 if let Some(wait) = retry_after {
                     let until = now + wait.min(self.config.max_hold);
@@ -263,6 +272,7 @@ impl PartnerFlow {
                 self.failure(&mut s, now, permit.probe);
             }
             Signal::Failed => {
+                s.slow_start = false;
                 s.limit = (s.limit * 0.5).max(1.0);
                 self.failure(&mut s, now, permit.probe);
             }
@@ -346,6 +356,32 @@ mod tests {
             f.release(p, FAST);
         }
         assert_eq!(f.limit(), 16.0, "capped at max_in_flight");
+    }
+
+    #[test]
+    fn the_limit_doubles_per_round_trip_until_the_first_overload_then_grows_by_one() {
+        let f = flow(64);
+        let now = Instant::now();
+        // One round trip: every permit the limit allows, then every answer.
+        let round_trip = |f: &PartnerFlow| {
+            let permits: Vec<_> = std::iter::from_fn(|| f.try_acquire(now).ok()).collect();
+            let sent = permits.len();
+            for p in permits {
+                f.release(p, FAST);
+            }
+            sent
+        };
+        let sent: Vec<usize> = (0..5).map(|_| round_trip(&f)).collect();
+        assert_eq!(sent, [1, 2, 4, 8, 16], "slow start doubles");
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, Signal::Overloaded { retry_after: None });
+        assert_eq!(f.limit(), 16.0, "halved from 32");
+        round_trip(&f);
+        assert!(
+            (f.limit() - 17.0).abs() < 0.1,
+            "after an overload, about +1 per round trip: {}",
+            f.limit()
+        );
     }
 
     #[test]

@@ -203,6 +203,31 @@ struct Failure {
     excerpt: Option<String>,
 }
 
+/// Runs `job` to its end as a task of its own, so that a lane's requests are driven by
+/// every runtime thread rather than only by the thread polling the lane's loop. The task
+/// is aborted when the returned future is dropped (a lane that ends drops its jobs, as
+/// before), and a panic in the job is the lane's panic.
+pub fn spawn(job: Job, ctx: Arc<JobContext>) -> impl std::future::Future<Output = Done> {
+    // What an interrupted job reports: unfinished, so its offset is not stored.
+    let unfinished = Done {
+        retry: job.parked.is_some(),
+        partition: job.partition,
+        offset: job.offset,
+        key: job.key.clone(),
+        finished: false,
+        parked: false,
+    };
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run(job, ctx)));
+    async move {
+        match task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled by the runtime shutting down.
+            Err(_) => unfinished,
+        }
+    }
+}
+
 /// Runs `job` to its end.
 pub async fn run(job: Job, ctx: Arc<JobContext>) -> Done {
     let ended = if job.follow {

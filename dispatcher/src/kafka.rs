@@ -63,7 +63,12 @@ impl KafkaSettings {
             )
             .set("topic.metadata.refresh.interval.ms", "10000")
             // Bounded prefetch per partition: memory does not grow with lag.
-            .set("queued.max.messages.kbytes", "8192");
+            .set("queued.max.messages.kbytes", "8192")
+            // Once that prefetch is full librdkafka waits this long before fetching
+            // again (default 1 s): a lane that drains 8 MB faster than that sat idle
+            // for the rest of the second (the deliveries bench showed gaps of 200-300
+            // ms with nothing delivered). 50 ms keeps it fed at little cost.
+            .set("fetch.queue.backoff.ms", "50");
         c
     }
 

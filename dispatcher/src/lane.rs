@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -248,7 +249,7 @@ pub async fn run(
     let mut backpressure = Backpressure::new(config.max_buffered);
     let mut retry_backpressure = Backpressure::new(config.max_buffered);
     let topics = [topic.as_str(), retry_topic.as_str()];
-    loop {
+    'lane: loop {
         let assigned = consumer.context().take_assigned();
         if parking {
             for (t, p) in consumer.context().take_newly_assigned() {
@@ -304,30 +305,57 @@ pub async fn run(
             Some(answer) = rebuilt.recv() => {
                 tracing::debug!(partner = %partner, partition = answer.0, parked = answer.3.len(), "parked keys read back");
                 for job in state.finish_rebuild(answer) {
-                    running.push(job::run(job, Arc::clone(&ctx)));
+                    running.push(job::spawn(job, Arc::clone(&ctx)));
                 }
             }
             Some(done) = running.next(), if !running.is_empty() => {
-                if let Some(next) = state.done(done) {
-                    running.push(job::run(next, Arc::clone(&ctx)));
+                // This and every other job that has already ended, in one turn: a turn
+                // of this loop (one task for the whole lane) costs more than a job's end.
+                // (A noop waker polls the others; the next turn's select! polls again
+                // with the lane's own, before the lane waits.)
+                let mut done = Some(done);
+                let mut handled = 0;
+                while let Some(d) = done.take() {
+                    if let Some(next) = state.done(d) {
+                        running.push(job::spawn(next, Arc::clone(&ctx)));
+                    }
+                    handled += 1;
+                    if handled > BATCH {
+                        break;
+                    }
+                    done = running.next().now_or_never().flatten();
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
             // Also polled while paused: rebalances are served and the consumer stays in
             // its group however long the partner takes.
             message = stream.next(), if readable => {
-                let Some(message) = message else { break };
-                let message = match message {
-                    Ok(m) => m,
-                    Err(error) => {
-                        tracing::warn!(partner = %partner, %error, "consuming deliveries");
-                        continue;
+                // This record and those already fetched behind it, in one turn, while
+                // there is room in the buffer (both topics' buffers).
+                let mut message = Some(message);
+                let mut handled = 0;
+                while let Some(m) = message.take() {
+                    let Some(m) = m else { break 'lane };
+                    match m {
+                        Ok(m) => {
+                            let job = job_from(&m, &retry_topic);
+                            drop(m);
+                            if let Some(start) = state.take(job) {
+                                running.push(job::spawn(start, Arc::clone(&ctx)));
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(partner = %partner, %error, "consuming deliveries");
+                        }
                     }
-                };
-                let job = job_from(&message, &retry_topic);
-                drop(message);
-                if let Some(start) = state.take(job) {
-                    running.push(job::run(start, Arc::clone(&ctx)));
+                    handled += 1;
+                    if handled > BATCH
+                        || state.pending(false) >= config.max_buffered
+                        || state.pending(true) >= config.max_buffered
+                    {
+                        break;
+                    }
+                    message = stream.next().now_or_never();
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
@@ -347,7 +375,7 @@ pub async fn run(
             }
             Some(done) = running.next() => {
                 if let Some(next) = state.done(done) {
-                    running.push(job::run(next, Arc::clone(&ctx)));
+                    running.push(job::spawn(next, Arc::clone(&ctx)));
                 }
             }
         }
@@ -498,6 +526,10 @@ type ReadBack = (i32, u64, i64, HashMap<Vec<u8>, i64>);
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).
 const STORE_EVERY: Duration = Duration::from_millis(50);
+
+/// Most job ends, and most records, the lane's loop handles in one turn beyond the one
+/// that woke it (the timers and shutdown are looked at between turns).
+const BATCH: usize = 64;
 
 impl LaneState {
     /// Takes in a record; returns it when it can start now.
