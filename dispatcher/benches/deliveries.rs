@@ -10,7 +10,7 @@
 //! best round of each is kept (this 2-core machine's run-to-run spread is large).
 //! Settings: BENCH_RECORDS (40000, at most about 90000: the mock cluster keeps 5 MB per
 //! partition), BENCH_CONCURRENCY (64), BENCH_WRK_SECS (5),
-//! BENCH_ROUNDS (3), BENCH_ONLY=wrk,bare,client,lane (some parts alone, for profiling).
+//! BENCH_ROUNDS (3), BENCH_BUFFERED (the lane's max_buffered, 1024 as `dispatcher run`), BENCH_ONLY=wrk,bare,client,lane (some parts alone, for profiling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -328,7 +328,7 @@ async fn dispatcher_lane(
     );
     let config = LaneConfig {
         group_prefix: format!("bench-{round}"),
-        max_buffered: 4096,
+        max_buffered: env_or("BENCH_BUFFERED", 1024),
         shutdown_deadline: Duration::from_secs(5),
         partitions: PARTITIONS as i32,
         flow: dispatcher::flow::FlowConfig::default(),

@@ -249,7 +249,18 @@ pub async fn run(
     let mut backpressure = Backpressure::new(config.max_buffered);
     let mut retry_backpressure = Backpressure::new(config.max_buffered);
     let topics = [topic.as_str(), retry_topic.as_str()];
+    let starting = job::Starting::default();
     'lane: loop {
+        // Start ready records while fewer started jobs than the partner's concurrency
+        // limit (at least MIN_STARTING) are still before their first request: enough
+        // to take up every permit the moment it is free, and no more (job::Starting).
+        let room = (ctx.flow.limit() as usize).max(MIN_STARTING);
+        while starting.count() < room {
+            let Some(job) = state.ready.pop_front() else {
+                break;
+            };
+            running.push(job::spawn(job, Arc::clone(&ctx), &starting));
+        }
         let assigned = consumer.context().take_assigned();
         if parking {
             for (t, p) in consumer.context().take_newly_assigned() {
@@ -304,10 +315,12 @@ pub async fn run(
             }
             Some(answer) = rebuilt.recv() => {
                 tracing::debug!(partner = %partner, partition = answer.0, parked = answer.3.len(), "parked keys read back");
-                for job in state.finish_rebuild(answer) {
-                    running.push(job::spawn(job, Arc::clone(&ctx)));
-                }
+                let ready = state.finish_rebuild(answer);
+                state.ready.extend(ready);
             }
+            // A started job sent its first request (or waits for a pause): room to
+            // start another.
+            _ = starting.left(), if !state.ready.is_empty() => {}
             Some(done) = running.next(), if !running.is_empty() => {
                 // This and every other job that has already ended, in one turn: a turn
                 // of this loop (one task for the whole lane) costs more than a job's end.
@@ -317,7 +330,7 @@ pub async fn run(
                 let mut handled = 0;
                 while let Some(d) = done.take() {
                     if let Some(next) = state.done(d) {
-                        running.push(job::spawn(next, Arc::clone(&ctx)));
+                        state.ready.push_back(next);
                     }
                     handled += 1;
                     if handled > BATCH {
@@ -341,7 +354,7 @@ pub async fn run(
                             let job = job_from(&m, &retry_topic);
                             drop(m);
                             if let Some(start) = state.take(job) {
-                                running.push(job::spawn(start, Arc::clone(&ctx)));
+                                state.ready.push_back(start);
                             }
                         }
                         Err(error) => {
@@ -363,7 +376,11 @@ pub async fn run(
         state.forget_revoked(&consumer, &partner, &retry_topic);
     }
     drop(stream);
-    // Drain what was taken in, until the deadline; then jobs give up and end.
+    // Drain what was taken in (started at once), until the deadline; then jobs give up
+    // and end.
+    for job in std::mem::take(&mut state.ready) {
+        running.push(job::spawn(job, Arc::clone(&ctx), &starting));
+    }
     let deadline = tokio::time::sleep(config.shutdown_deadline);
     tokio::pin!(deadline);
     while !running.is_empty() {
@@ -375,7 +392,7 @@ pub async fn run(
             }
             Some(done) = running.next() => {
                 if let Some(next) = state.done(done) {
-                    running.push(job::spawn(next, Arc::clone(&ctx)));
+                    running.push(job::spawn(next, Arc::clone(&ctx), &starting));
                 }
             }
         }
@@ -492,6 +509,9 @@ impl Tp {
 #[derive(Default)]
 struct LaneState {
     tracker: OffsetTracker<Tp>,
+    /// Records free to start (their key's turn), in the order they became so; started by
+    /// [`launch`] while few started jobs are still before their first request.
+    ready: VecDeque<Job>,
     waiting: HashMap<(Tp, Vec<u8>), VecDeque<Job>>,
     busy: HashSet<(Tp, Vec<u8>)>,
     /// When each unfinished record was taken in (for the oldest-age gauge).
@@ -530,6 +550,10 @@ const STORE_EVERY: Duration = Duration::from_millis(50);
 /// Most job ends, and most records, the lane's loop handles in one turn beyond the one
 /// that woke it (the timers and shutdown are looked at between turns).
 const BATCH: usize = 64;
+
+/// Started jobs before their first request a lane allows, at least (more when the
+/// partner's concurrency limit is higher).
+const MIN_STARTING: usize = 16;
 
 impl LaneState {
     /// Takes in a record; returns it when it can start now.
@@ -638,6 +662,15 @@ impl LaneState {
             self.to_store.remove(&tp);
             self.waiting.retain(|(t, _), _| *t != tp);
             self.taken_at.retain(|(t, _), _| *t != tp);
+            // Not started: no job will end for them, so their keys are freed here.
+            let busy = &mut self.busy;
+            self.ready.retain(|job| {
+                let keep = Tp::of(job) != tp;
+                if !keep {
+                    busy.remove(&(tp, job.key.clone()));
+                }
+                keep
+            });
             if !tp.retry {
                 self.rebuilding.remove(&partition);
                 self.parked.retain(|(p, _), _| *p != partition);

@@ -252,12 +252,16 @@ async fn kill_9_during_a_run(
     assert_eq!(dispatcher.terminate(), Some(0));
 }
 
-/// On a broker of its own (on the suite's shared broker the survivor's rebalance could
-/// stall for minutes, docs/ARCHITECTURE.md).
+/// Long enough for nisshi to finish a rebalance: two of its 3 s rounds, and then some.
+const SETTLE: Duration = Duration::from_secs(8);
+
+/// On a broker of its own, with in-memory storage (on the suite's shared broker the
+/// survivor's rebalance could stall for minutes, docs/ARCHITECTURE.md); the broker is
+/// never restarted here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_joining_and_leaving_under_load_lose_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let broker = PrivateBroker::start();
+    let broker = PrivateBroker::with_storage(BrokerStorage::Memory);
     let mut world = DispatchWorld::on(&broker.brokers, "127.0.0.1").await;
     // Without parked keys the lanes read no retry topics: half the partitions in each
     // lane's group. With them, one CI run saw a group here never rebalance on nisshi
@@ -306,8 +310,21 @@ async fn instances_joining_and_leaving_under_load_lose_nothing() {
     // The first two leave (SIGTERM); the third carries on alone. (Dying instances are the
     // kill -9 test's subject: on the test broker, a death and a leave in the same group
     // at once can stall the survivor's rebalance for minutes; see docs/ARCHITECTURE.md.)
+    // One after the other, each once the groups have settled: on nisshi a member
+    // leaving while a rebalance is still going on (it completes about 3 s, half the
+    // session timeout, after the last change) sometimes left a survivor's group without
+    // an assignment for minutes, also with the code before 2026-12-01 (docs/ARCHITECTURE.md,
+    // nisshi differences). Apache Kafka has no such window.
+    tokio::time::sleep(SETTLE).await;
     let at_leave = received(&partners);
     assert_eq!(first.terminate(), Some(0));
+    let at = received(&partners);
+    assert!(
+        eventually(Duration::from_secs(60), || progress(at)).await,
+        "{}",
+        third.log_tail()
+    );
+    tokio::time::sleep(SETTLE).await;
     assert_eq!(second.terminate(), Some(0));
     publishing.await.expect("published");
     let all = eventually(Duration::from_secs(180), || {
