@@ -284,29 +284,26 @@ async fn instances_joining_and_leaving_under_load_lose_nothing() {
         events.clone(),
         100,
     ));
-    let progress = |from: usize| received(&partners) >= from + 150;
+    // 150 more deliveries within a minute, or the test fails with `watched`'s log.
+    let progressing = |watched: &e2e::DispatcherProcess| {
+        let at = received(&partners);
+        let tail = watched.log.clone();
+        let partners = &partners;
+        async move {
+            assert!(
+                eventually(Duration::from_secs(60), || received(partners) >= at + 150).await,
+                "{}",
+                e2e::tail(&tail)
+            );
+        }
+    };
     let first = world.start();
-    let at = received(&partners);
-    assert!(
-        eventually(Duration::from_secs(60), || progress(at)).await,
-        "{}",
-        first.log_tail()
-    );
+    progressing(&first).await;
     // A second and a third instance join while events flow.
     let second = world.start();
-    let at = received(&partners);
-    assert!(
-        eventually(Duration::from_secs(60), || progress(at)).await,
-        "{}",
-        second.log_tail()
-    );
+    progressing(&second).await;
     let third = world.start();
-    let at = received(&partners);
-    assert!(
-        eventually(Duration::from_secs(60), || progress(at)).await,
-        "{}",
-        third.log_tail()
-    );
+    progressing(&third).await;
     // The first two leave (SIGTERM); the third carries on alone. (Dying instances are the
     // kill -9 test's subject: on the test broker, a death and a leave in the same group
     // at once can stall the survivor's rebalance for minutes; see docs/ARCHITECTURE.md.)
@@ -318,12 +315,7 @@ async fn instances_joining_and_leaving_under_load_lose_nothing() {
     tokio::time::sleep(SETTLE).await;
     let at_leave = received(&partners);
     assert_eq!(first.terminate(), Some(0));
-    let at = received(&partners);
-    assert!(
-        eventually(Duration::from_secs(60), || progress(at)).await,
-        "{}",
-        third.log_tail()
-    );
+    progressing(&third).await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(second.terminate(), Some(0));
     publishing.await.expect("published");
