@@ -139,7 +139,7 @@ pub async fn run(
     let topic = config.orders_topic.clone();
     let mut stream = consumer.stream();
     tracing::info!(topic = %topic, group = %config.group, "router started");
-    let mut backpressure = crate::lane::Backpressure::new(config.max_in_flight);
+    let mut backpressure = crate::backpressure::Backpressure::new(config.max_in_flight);
     loop {
         let assigned = consumer.context().take_assigned();
         let readable = backpressure.update(&consumer, pending.len(), assigned, None, None);
