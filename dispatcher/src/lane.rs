@@ -58,20 +58,27 @@ pub struct LaneConfig {
     pub park_after: Option<u32>,
 }
 
-/// Logs rebalances and remembers revoked partitions for the consumer's loop (rebalance
+/// Logs rebalances and remembers what they changed for the consumer's loop (rebalance
 /// callbacks run inside poll, where the loop cannot act); publishes the consumer lag of
 /// `topic` from librdkafka's statistics.
 #[derive(Debug, Default)]
 pub struct GroupContext {
     pub name: String,
     topic: String,
-    revoked: Mutex<Vec<(String, i32)>>,
-    /// Partitions assigned since the last [`GroupContext::take_newly_assigned`].
-    newly_assigned: Mutex<Vec<(String, i32)>>,
+    /// Partitions revoked and assigned since the last [`GroupContext::take_changes`], in
+    /// the order the rebalances happened.
+    changes: Mutex<Vec<GroupChange>>,
     /// Set when partitions were assigned (a paused lane must pause them too).
     assigned: std::sync::atomic::AtomicBool,
     /// A lane's partner health, told the lag too.
     health: Option<Arc<crate::health::PartnerHealth>>,
+}
+
+/// A partition (topic, partition) that a rebalance took away or gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    Revoked(String, i32),
+    Assigned(String, i32),
 }
 
 impl GroupContext {
@@ -79,8 +86,7 @@ impl GroupContext {
         Self {
             name: name.to_string(),
             topic: topic.to_string(),
-            revoked: Mutex::default(),
-            newly_assigned: Mutex::default(),
+            changes: Mutex::default(),
             assigned: Default::default(),
             health: None,
         }
@@ -98,19 +104,26 @@ impl GroupContext {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Partitions (topic, partition) revoked since the last call.
-    pub fn take_revoked(&self) -> Vec<(String, i32)> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    /// What rebalances changed since the last call, oldest first.
+    ///
+    /// Call it before taking in each polled record: one poll of the stream can serve a
+    /// rebalance, and the next poll, still inside the same `select!`, can already return
+    /// a record of a partition it assigned.
+    pub fn take_changes(&self) -> Vec<GroupChange> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Partitions (topic, partition) assigned since the last call.
-    pub fn take_newly_assigned(&self) -> Vec<(String, i32)> {
-        std::mem::take(
-            &mut *self
-                .newly_assigned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
+    fn note(&self, list: &TopicPartitionList, change: fn(String, i32) -> GroupChange) -> Vec<(String, i32)> {
+        let partitions: Vec<(String, i32)> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(partitions.iter().cloned().map(|(t, p)| change(t, p)));
+        partitions
     }
 }
 
@@ -119,13 +132,7 @@ impl ClientContext for GroupContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        // Partition -1 is librdkafka's internal one; -1 lag means not known yet.
-        let known: Vec<i64> = topic
-            .partitions
-            .values()
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .collect();
+        let known: Vec<i64> = topic.partitions.values().filter_map(partition_lag).collect();
         if known.is_empty() {
             return;
         }
@@ -138,35 +145,40 @@ impl ClientContext for GroupContext {
     }
 }
 
+/// A partition's consumer lag from librdkafka's statistics: the records after the
+/// group's committed offset, `None` when not known.
+///
+/// librdkafka reports -1 for a partition the group never committed: such a partition is
+/// counted from its low watermark (where `auto.offset.reset=earliest` starts), once its
+/// fetcher runs (`active`: the committed offset was looked up and there is none).
+/// Leaving it out, as before, made a partition stuck on its very first record look
+/// caught up.
+fn partition_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    // Partition -1 is librdkafka's internal one.
+    if p.partition < 0 {
+        return None;
+    }
+    if p.consumer_lag >= 0 {
+        return Some(p.consumer_lag);
+    }
+    let never_committed =
+        p.desired && p.fetch_state == "active" && p.committed_offset < 0 && p.hi_offset >= 0;
+    never_committed.then(|| p.hi_offset - p.lo_offset.max(0))
+}
+
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let partitions: Vec<(String, i32)> = list
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let partitions = self.note(list, GroupChange::Revoked);
             tracing::info!(consumer = %self.name, ?partitions, "partitions revoked");
-            self.revoked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(partitions);
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let partitions: Vec<(String, i32)> = list
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
+                let partitions = self.note(list, GroupChange::Assigned);
                 tracing::info!(consumer = %self.name, ?partitions, "partitions assigned");
-                self.newly_assigned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(partitions);
                 self.assigned
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -238,6 +250,18 @@ pub async fn run(
     });
     let mut state = LaneState::default();
     let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel::<ReadBack>();
+    let rebalances = Rebalances {
+        partner: partner.clone(),
+        topic: topic.clone(),
+        retry_topic: retry_topic.clone(),
+        read_backs: parking.then(|| ReadBacks {
+            settings: settings.clone(),
+            group: group.clone(),
+            retry_topic: retry_topic.clone(),
+            answers: rebuilt_tx,
+            stop: shutdown.clone(),
+        }),
+    };
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     let mut store = tokio::time::interval(STORE_EVERY);
     store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,6 +276,7 @@ pub async fn run(
     let topics = [topic.as_str(), retry_topic.as_str()];
     let starting = job::Starting::default();
     'lane: loop {
+        rebalances.follow(&mut state, &consumer);
         // Start ready records while fewer started jobs than the partner's concurrency
         // limit (at least MIN_STARTING) are still before their first request: enough
         // to take up every permit the moment it is free, and no more (job::Starting).
@@ -263,22 +288,6 @@ pub async fn run(
             running.push(job::spawn(job, Arc::clone(&ctx), &starting));
         }
         let assigned = consumer.context().take_assigned();
-        if parking {
-            for (t, p) in consumer.context().take_newly_assigned() {
-                if t != topic {
-                    continue;
-                }
-                let generation = state.start_rebuild(p);
-                tokio::spawn(read_back(
-                    settings.clone(),
-                    group.clone(),
-                    retry_topic.clone(),
-                    (p, generation),
-                    rebuilt_tx.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
         let readable = backpressure.update(
             &consumer,
             state.pending(false),
@@ -311,7 +320,7 @@ pub async fn run(
                 ctx.health.oldest_age_ms.store(oldest.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             _ = store.tick() => {
-                state.forget_revoked(&consumer, &partner, &retry_topic);
+                rebalances.follow(&mut state, &consumer);
                 state.store_offsets(&consumer, topics);
             }
             Some(answer) = rebuilt.recv() => {
@@ -344,6 +353,11 @@ pub async fn run(
             // Also polled while paused: rebalances are served and the consumer stays in
             // its group however long the partner takes.
             message = stream.next(), if readable => {
+                // The poll that returned this record may come right after one that
+                // served a rebalance (in this same select!): what it revoked and
+                // assigned is followed before the record is taken in. A rebalance served
+                // by a later poll of this batch ends the batch (the poll is Pending).
+                rebalances.follow(&mut state, &consumer);
                 // This record and those already fetched behind it, in one turn, while
                 // there is room in the buffer (both topics' buffers).
                 let mut message = Some(message);
@@ -374,7 +388,7 @@ pub async fn run(
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
         }
-        state.forget_revoked(&consumer, &partner, &retry_topic);
+        rebalances.follow(&mut state, &consumer);
     }
     drop(stream);
     // Drain what was taken in (started at once), until the deadline; then jobs give up
@@ -398,7 +412,7 @@ pub async fn run(
             }
         }
     }
-    state.forget_revoked(&consumer, &partner, &retry_topic);
+    rebalances.follow(&mut state, &consumer);
     state.store_offsets(&consumer, topics);
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(partner = %partner, %error, "final lane commit");
@@ -564,37 +578,52 @@ impl LaneState {
         held.into_iter().filter_map(|job| self.admit(job)).collect()
     }
 
-    /// Drops what the lane holds of partitions revoked since the last call: their queued
-    /// work is left to the new owner, their unstored offsets are not stored.
-    fn forget_revoked(
-        &mut self,
-        consumer: &StreamConsumer<GroupContext>,
-        partner: &str,
-        retry_topic: &str,
-    ) {
-        for (topic, partition) in consumer.context().take_revoked() {
-            let tp = Tp {
-                retry: topic == retry_topic,
-                partition,
-            };
-            self.tracker.forget(tp);
-            self.to_store.remove(&tp);
-            self.waiting.retain(|(t, _), _| *t != tp);
-            self.taken_at.retain(|(t, _), _| *t != tp);
-            // Not started: no job will end for them, so their keys are freed here.
-            let busy = &mut self.busy;
-            self.ready.retain(|job| {
-                let keep = Tp::of(job) != tp;
-                if !keep {
-                    busy.remove(&(tp, job.key.clone()));
+    /// Follows what rebalances changed, in order: a revoked partition's queued work is
+    /// left to its new owner and its unstored offsets are not stored; an assigned
+    /// delivery partition holds its records until its parked keys are read back.
+    /// Returns the read-backs to start: (partition, generation).
+    fn follow(&mut self, lane: &Rebalances, changes: Vec<GroupChange>) -> Vec<(i32, u64)> {
+        let mut read_backs = Vec::new();
+        for change in changes {
+            match change {
+                GroupChange::Revoked(topic, partition) => {
+                    self.forget(Tp {
+                        retry: topic == lane.retry_topic,
+                        partition,
+                    });
+                    tracing::debug!(partner = %lane.partner, %topic, partition, "queued work of a revoked partition left to its new owner");
                 }
-                keep
-            });
-            if !tp.retry {
-                self.rebuilding.remove(&partition);
-                self.parked.retain(|(p, _), _| *p != partition);
+                GroupChange::Assigned(topic, partition)
+                    if topic == lane.topic && lane.read_backs.is_some() =>
+                {
+                    let generation = self.start_rebuild(partition);
+                    tracing::debug!(partner = %lane.partner, partition, generation, "reading the partition's parked keys back");
+                    read_backs.push((partition, generation));
+                }
+                GroupChange::Assigned(..) => {}
             }
-            tracing::debug!(partner = %partner, %topic, partition, "queued work of a revoked partition left to its new owner");
+        }
+        read_backs
+    }
+
+    /// Drops what the lane holds of a revoked partition.
+    fn forget(&mut self, tp: Tp) {
+        self.tracker.forget(tp);
+        self.to_store.remove(&tp);
+        self.waiting.retain(|(t, _), _| *t != tp);
+        self.taken_at.retain(|(t, _), _| *t != tp);
+        // Not started: no job will end for them, so their keys are freed here.
+        let busy = &mut self.busy;
+        self.ready.retain(|job| {
+            let keep = Tp::of(job) != tp;
+            if !keep {
+                busy.remove(&(tp, job.key.clone()));
+            }
+            keep
+        });
+        if !tp.retry {
+            self.rebuilding.remove(&tp.partition);
+            self.parked.retain(|(p, _), _| *p != tp.partition);
         }
     }
 
@@ -665,35 +694,69 @@ impl LaneState {
     }
 }
 
-/// Reads back the parked keys of a delivery partition (with [`read_parked`], again every
-/// second until it succeeds or `stop`) and sends the answer to the lane.
-async fn read_back(
+/// What a lane needs to follow its group's rebalances ([`LaneState::follow`]).
+struct Rebalances {
+    partner: String,
+    topic: String,
+    retry_topic: String,
+    /// When the lane parks keys: where read-backs of parked keys start.
+    read_backs: Option<ReadBacks>,
+}
+
+/// Starts read-backs of a delivery partition's parked keys; they answer on one channel.
+struct ReadBacks {
     settings: KafkaSettings,
     group: String,
     retry_topic: String,
-    (partition, generation): (i32, u64),
     answers: tokio::sync::mpsc::UnboundedSender<ReadBack>,
     stop: CancellationToken,
-) {
-    loop {
-        let (s, g, r) = (settings.clone(), group.clone(), retry_topic.clone());
-        let read = tokio::task::spawn_blocking(move || read_parked(&s, &g, &r, partition))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|read| read);
-        match read {
-            Ok((from, counts)) => {
-                let _ = answers.send((partition, generation, from, counts));
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(partition, %error, "reading parked keys back; retrying")
+}
+
+impl Rebalances {
+    /// Follows the rebalances of `consumer` since the last call ([`LaneState::follow`])
+    /// and starts the read-backs they call for.
+    fn follow(&self, state: &mut LaneState, consumer: &StreamConsumer<GroupContext>) {
+        let started = state.follow(self, consumer.context().take_changes());
+        if let Some(read_backs) = &self.read_backs {
+            for (partition, generation) in started {
+                read_backs.start(partition, generation);
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+    }
+}
+
+impl ReadBacks {
+    /// Reads back the parked keys of `partition` (with [`read_parked`], again every
+    /// second until it succeeds or `stop`) and sends the answer to the lane.
+    fn start(&self, partition: i32, generation: u64) {
+        let (settings, group, retry_topic) = (
+            self.settings.clone(),
+            self.group.clone(),
+            self.retry_topic.clone(),
+        );
+        let (answers, stop) = (self.answers.clone(), self.stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (s, g, r) = (settings.clone(), group.clone(), retry_topic.clone());
+                let read = tokio::task::spawn_blocking(move || read_parked(&s, &g, &r, partition))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|read| read);
+                match read {
+                    Ok((from, counts)) => {
+                        let _ = answers.send((partition, generation, from, counts));
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "reading parked keys back; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
     }
 }
 
@@ -843,4 +906,143 @@ pub async fn supervise(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DELIVERIES: &str = "deliveries.p";
+    const RETRIES: &str = "retries.p";
+
+    fn lane() -> Rebalances {
+        let (answers, _) = tokio::sync::mpsc::unbounded_channel();
+        Rebalances {
+            partner: "p".into(),
+            topic: DELIVERIES.into(),
+            retry_topic: RETRIES.into(),
+            read_backs: Some(ReadBacks {
+                settings: KafkaSettings {
+                    brokers: "127.0.0.1:9".into(),
+                    session_timeout: Duration::from_secs(6),
+                    max_poll_interval: Duration::from_secs(300),
+                    options: Vec::new(),
+                },
+                group: "g".into(),
+                retry_topic: RETRIES.into(),
+                answers,
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn record(partition: i32, offset: i64, key: &str) -> Job {
+        Job {
+            topic: DELIVERIES.into(),
+            partition,
+            offset,
+            key: key.as_bytes().to_vec(),
+            body: Bytes::new(),
+            webhook_id: format!("{key}-{offset}"),
+            subscription_id: "s".into(),
+            traceparent: None,
+            headers: None,
+            parked: None,
+            follow: false,
+        }
+    }
+
+    fn assigned(partition: i32) -> GroupChange {
+        GroupChange::Assigned(DELIVERIES.into(), partition)
+    }
+
+    fn revoked(partition: i32) -> GroupChange {
+        GroupChange::Revoked(DELIVERIES.into(), partition)
+    }
+
+    #[test]
+    fn a_partition_never_committed_lags_by_all_its_records() {
+        let stats = |committed: i64, lag: i64, state: &str| rdkafka::statistics::Partition {
+            partition: 1,
+            desired: true,
+            fetch_state: state.into(),
+            lo_offset: 2,
+            hi_offset: 12,
+            committed_offset: committed,
+            consumer_lag: lag,
+            ..Default::default()
+        };
+        assert_eq!(partition_lag(&stats(7, 5, "active")), Some(5));
+        assert_eq!(partition_lag(&stats(-1001, -1, "active")), Some(10));
+        // Before its committed offset is known, or not ours: not known.
+        assert_eq!(partition_lag(&stats(-1001, -1, "offset-query")), None);
+        let not_assigned = rdkafka::statistics::Partition {
+            desired: false,
+            ..stats(-1001, -1, "none")
+        };
+        assert_eq!(partition_lag(&not_assigned), None);
+    }
+
+    #[test]
+    fn the_group_context_keeps_the_rebalances_in_their_order() {
+        let ctx = GroupContext::new("lane p", DELIVERIES);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(DELIVERIES, 1);
+        ctx.note(&list, GroupChange::Revoked);
+        ctx.note(&list, GroupChange::Assigned);
+        assert_eq!(ctx.take_changes(), vec![revoked(1), assigned(1)]);
+        assert!(ctx.take_changes().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_record_of_a_reassigned_partition_follows_its_parked_key() {
+        // The new owner of partition 1 reads back that `bad` has 3 records in the retry
+        // topic: the delivery topic's `bad` taken meanwhile must follow them there, the
+        // other key goes out at once.
+        let lane = lane();
+        let mut state = LaneState::default();
+        let started = state.follow(&lane, vec![assigned(1)]);
+        let [(1, generation)] = started[..] else {
+            panic!("one read-back of partition 1: {started:?}")
+        };
+        assert!(state.take(record(1, 7, "bad")).is_none(), "held");
+        assert!(state.take(record(1, 8, "ok")).is_none(), "held");
+        let ready = state.finish_rebuild((1, generation, 0, [(b"bad".to_vec(), 3)].into()));
+        let follows: Vec<(String, bool)> = ready
+            .iter()
+            .map(|j| (j.webhook_id.clone(), j.follow))
+            .collect();
+        assert_eq!(
+            follows,
+            vec![("bad-7".to_string(), true), ("ok-8".to_string(), false)]
+        );
+    }
+
+    #[test]
+    fn a_revoke_and_assignment_in_one_batch_are_followed_in_their_order() {
+        let lane = lane();
+        let mut state = LaneState::default();
+        // Taken before the rebalance, then revoked: left to the new owner.
+        assert!(state.take(record(1, 3, "a")).is_some());
+        // Revoked, then assigned back (an eager rebalance): the partition is ours and
+        // its records wait for its parked keys.
+        let started = state.follow(&lane, vec![revoked(1), assigned(1)]);
+        assert_eq!(started.len(), 1);
+        assert_eq!(state.tracker.total_pending(), 0, "the revoked record is forgotten");
+        assert!(state.take(record(1, 3, "a")).is_none(), "held for the read-back");
+        // Assigned, then revoked: nothing is held for it any more.
+        let mut state = LaneState::default();
+        state.follow(&lane, vec![assigned(2), revoked(2)]);
+        assert!(state.rebuilding.is_empty());
+        assert!(state.take(record(2, 0, "b")).is_some());
+    }
+
+    #[test]
+    fn a_lane_that_does_not_park_reads_nothing_back() {
+        let mut lane = lane();
+        lane.read_backs = None;
+        let mut state = LaneState::default();
+        assert!(state.follow(&lane, vec![assigned(0)]).is_empty());
+        assert!(state.take(record(0, 0, "a")).is_some());
+    }
 }

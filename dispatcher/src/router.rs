@@ -154,8 +154,10 @@ pub async fn run(
                 }
             }
             message = stream.next(), if readable => {
-                for (_, partition) in consumer.context().take_revoked() {
-                    tracker.forget(partition);
+                for change in consumer.context().take_changes() {
+                    if let crate::lane::GroupChange::Revoked(_, partition) = change {
+                        tracker.forget(partition);
+                    }
                 }
                 let Some(message) = message else { break };
                 let message = match message {

@@ -559,7 +559,11 @@ fn spawn_listening(args: &[String], log: &std::path::Path) -> (Running, String) 
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(binary("dispatcher"))
         .args(args)
-        .env("RUST_LOG", "info")
+        // E2E_DISPATCHER_LOG (a RUST_LOG filter) to see more of a failing test's dispatcher.
+        .env(
+            "RUST_LOG",
+            std::env::var("E2E_DISPATCHER_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()

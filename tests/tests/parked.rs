@@ -118,6 +118,17 @@ async fn a_rejected_order_is_parked_without_holding_the_partner_and_keeps_its_or
         Some(4.0),
         "bad's first event parked, its 3 others followed"
     );
+    // One more event of `bad` follows it; kill -9 right after, most likely before its
+    // offset is committed (every second): the new instance reads it again and must
+    // send it behind the parked ones, not at once.
+    sent.extend(publish(&publisher, &partner, &["bad"], 1).await);
+    wait_metric(
+        &dispatcher,
+        &format!("dispatcher_parked_records_total{{partner=\"{partner}\"}} "),
+        5.0,
+        "bad's fifth event followed it",
+    )
+    .await;
 
     // kill -9 while parked; the new instance reads the parked key back from the retry
     // topic before it delivers anything of that partition.
@@ -146,7 +157,7 @@ async fn a_rejected_order_is_parked_without_holding_the_partner_and_keeps_its_or
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let got = arrivals_per_order(&receiver);
-        if got.get("bad").map_or(0, Vec::len) == 6 && got.get("o1").map_or(0, Vec::len) == 6 {
+        if got.get("bad").map_or(0, Vec::len) == 7 && got.get("o1").map_or(0, Vec::len) == 6 {
             break;
         }
         assert!(
