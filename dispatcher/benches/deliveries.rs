@@ -333,6 +333,7 @@ async fn dispatcher_lane(
         park_after: None,
     };
     let before = receiver.count().await;
+    let flow = std::sync::Arc::clone(&ctx.flow);
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));
     let mut first = before;
     while first == before {
@@ -340,7 +341,8 @@ async fn dispatcher_lane(
         first = receiver.count().await;
     }
     let start = Instant::now();
-    // BENCH_TRACE: the deliveries of every 100 ms, to see a ramp-up or a stall.
+    // BENCH_TRACE: the deliveries of every 100 ms (and the partner's concurrency limit
+    // then), to see a ramp-up, a stall or flow control holding back.
     let trace = std::env::var("BENCH_TRACE").is_ok();
     let (mut mark, mut marked) = (Instant::now(), first);
     loop {
@@ -349,7 +351,7 @@ async fn dispatcher_lane(
             break;
         }
         if trace && mark.elapsed() >= Duration::from_millis(100) {
-            eprint!("{} ", now - marked);
+            eprint!("{}/{} ", now - marked, flow.limit() as usize);
             (mark, marked) = (Instant::now(), now);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -21,7 +21,8 @@ use crate::table::SubscriptionTable;
 /// A record of a partner's delivery topic, as the lane needs it.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub topic: String,
+    /// The lane's delivery or retry topic (shared: not a copy per record).
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Vec<u8>,
@@ -613,7 +614,7 @@ async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
         ("dlq-reason", Some(failure.reason.clone())),
         ("dlq-partner", Some(ctx.partner.clone())),
         ("dlq-subscription", Some(job.subscription_id.clone())),
-        ("dlq-source-topic", Some(job.topic.clone())),
+        ("dlq-source-topic", Some(job.topic.to_string())),
         ("dlq-source-partition", Some(job.partition.to_string())),
         ("dlq-source-offset", Some(job.offset.to_string())),
         ("dlq-attempts", Some(failure.attempts.to_string())),

@@ -190,7 +190,9 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-fn job_from(message: &BorrowedMessage<'_>, retry_topic: &str) -> Job {
+/// `topics`: the lane's delivery and retry topic.
+fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
+    let retry = message.topic() == &*topics[1];
     let text = |name: &str| {
         message
             .headers()
@@ -198,7 +200,7 @@ fn job_from(message: &BorrowedMessage<'_>, retry_topic: &str) -> Job {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };
     Job {
-        topic: message.topic().to_string(),
+        topic: Arc::clone(&topics[usize::from(retry)]),
         partition: message.partition(),
         offset: message.offset(),
         key: message.key().unwrap_or_default().to_vec(),
@@ -207,7 +209,7 @@ fn job_from(message: &BorrowedMessage<'_>, retry_topic: &str) -> Job {
         subscription_id: text("subscription-id").unwrap_or_default(),
         traceparent: text("traceparent"),
         headers: message.headers().map(|h| h.detach()),
-        parked: (message.topic() == retry_topic).then(|| job::Parked::from_headers(text)),
+        parked: retry.then(|| job::Parked::from_headers(text)),
         follow: false,
     }
 }
@@ -274,6 +276,7 @@ pub async fn run(
     let mut backpressure = Backpressure::new(config.max_buffered);
     let mut retry_backpressure = Backpressure::new(config.max_buffered);
     let topics = [topic.as_str(), retry_topic.as_str()];
+    let shared_topics: [Arc<str>; 2] = [topic.as_str().into(), retry_topic.as_str().into()];
     let starting = job::Starting::default();
     'lane: loop {
         rebalances.follow(&mut state, &consumer);
@@ -309,11 +312,8 @@ pub async fn run(
                 // Of the delivery topic: a parked order waits on purpose (its retry
                 // policy bounds it) and must not make the whole partner look stuck.
                 let oldest = state
-                    .taken_at
-                    .iter()
-                    .filter(|((tp, _), _)| !tp.retry)
-                    .map(|(_, t)| *t)
-                    .min()
+                    .tracker
+                    .oldest_in(|tp| !tp.retry)
                     .map_or(Duration::ZERO, |t| t.elapsed());
                 lm.oldest_age.set(oldest.as_secs_f64());
                 lm.parked_keys.set(state.parked.len() as f64);
@@ -366,7 +366,7 @@ pub async fn run(
                     let Some(m) = m else { break 'lane };
                     match m {
                         Ok(m) => {
-                            let job = job_from(&m, &retry_topic);
+                            let job = job_from(&m, &shared_topics);
                             drop(m);
                             if let Some(start) = state.take(job) {
                                 state.ready.push_back(start);
@@ -447,8 +447,6 @@ struct LaneState {
     ready: VecDeque<Job>,
     waiting: HashMap<(Tp, Vec<u8>), VecDeque<Job>>,
     busy: HashSet<(Tp, Vec<u8>)>,
-    /// When each unfinished record was taken in (for the oldest-age gauge).
-    taken_at: HashMap<(Tp, i64), std::time::Instant>,
     /// Offsets to store at the next [`STORE_EVERY`] tick.
     to_store: BTreeMap<Tp, i64>,
     /// Per (partition, key) of the delivery topic: its records in the retry topic not
@@ -493,8 +491,6 @@ impl LaneState {
     fn take(&mut self, job: Job) -> Option<Job> {
         let tp = Tp::of(&job);
         self.tracker.begin(tp, job.offset);
-        self.taken_at
-            .insert((tp, job.offset), std::time::Instant::now());
         if !tp.retry {
             if let Some(rebuild) = self.rebuilding.get_mut(&job.partition) {
                 rebuild.held.push(job);
@@ -518,7 +514,8 @@ impl LaneState {
 
     /// Decided when a record starts: a delivery record of a parked key follows it.
     fn prepare(&self, mut job: Job) -> Job {
-        if job.parked.is_none() {
+        // (No parked key at all is the usual case: no lookup, no key copy.)
+        if job.parked.is_none() && !self.parked.is_empty() {
             job.follow = self
                 .parked
                 .get(&(job.partition, job.key.clone()))
@@ -611,7 +608,6 @@ impl LaneState {
         self.tracker.forget(tp);
         self.to_store.remove(&tp);
         self.waiting.retain(|(t, _), _| *t != tp);
-        self.taken_at.retain(|(t, _), _| *t != tp);
         // Not started: no job will end for them, so their keys are freed here.
         let busy = &mut self.busy;
         self.ready.retain(|job| {
@@ -660,7 +656,6 @@ impl LaneState {
         let tp = Tp { retry, partition };
         let slot = (tp, key);
         self.busy.remove(&slot);
-        self.taken_at.remove(&(tp, offset));
         if !finished {
             // Later records of this key must not overtake it: leave them to a restart.
             self.waiting.remove(&slot);
@@ -938,7 +933,7 @@ mod tests {
 
     fn record(partition: i32, offset: i64, key: &str) -> Job {
         Job {
-            topic: DELIVERIES.into(),
+            topic: Arc::from(DELIVERIES),
             partition,
             offset,
             key: key.as_bytes().to_vec(),

@@ -3,7 +3,8 @@
 //! holds the committable offset back even when later ones are finished, so a restart
 //! redoes it (and at most the finished ones after it: duplicates bounded by the window).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// Per partition (`P`: a partition number, or a lane's (topic, partition)): offsets
 /// taken in, and which of them are finished.
@@ -22,7 +23,9 @@ impl<P> Default for OffsetTracker<P> {
 
 #[derive(Debug, Default)]
 struct Partition {
-    pending: BTreeSet<i64>,
+    /// Unfinished offsets, with when each was taken in (the first is the oldest: a
+    /// partition is taken in offset order).
+    pending: BTreeMap<i64, Instant>,
     /// Highest offset taken in so far.
     highest: Option<i64>,
 }
@@ -31,7 +34,7 @@ impl<P: Ord + Copy> OffsetTracker<P> {
     /// Records that `offset` of `partition` was taken in and is not finished.
     pub fn begin(&mut self, partition: P, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
-        p.pending.insert(offset);
+        p.pending.insert(offset, Instant::now());
         p.highest = Some(p.highest.map_or(offset, |h| h.max(offset)));
     }
 
@@ -39,12 +42,12 @@ impl<P: Ord + Copy> OffsetTracker<P> {
     /// next one to read: one past the finished prefix) when it moved.
     pub fn finish(&mut self, partition: P, offset: i64) -> Option<i64> {
         let p = self.partitions.get_mut(&partition)?;
-        let was_first = p.pending.first() == Some(&offset);
-        if !p.pending.remove(&offset) || !was_first {
+        let was_first = p.pending.first_key_value().map(|(o, _)| *o) == Some(offset);
+        if p.pending.remove(&offset).is_none() || !was_first {
             return None;
         }
-        Some(match p.pending.first() {
-            Some(first) => *first,
+        Some(match p.pending.first_key_value() {
+            Some((first, _)) => *first,
             None => p.highest.map_or(offset + 1, |h| h + 1),
         })
     }
@@ -68,6 +71,15 @@ impl<P: Ord + Copy> OffsetTracker<P> {
             .filter(|(p, _)| which(p))
             .map(|(_, p)| p.pending.len())
             .sum()
+    }
+
+    /// When the oldest unfinished record of the partitions `which` selects was taken in.
+    pub fn oldest_in(&self, which: impl Fn(&P) -> bool) -> Option<Instant> {
+        self.partitions
+            .iter()
+            .filter(|(p, _)| which(p))
+            .filter_map(|(_, p)| p.pending.first_key_value().map(|(_, t)| *t))
+            .min()
     }
 
     /// Forgets a partition (after it was revoked).
@@ -105,5 +117,20 @@ mod tests {
         assert_eq!(t.total_pending(), 1);
         t.forget(0);
         assert_eq!(t.finish(0, 5), None, "forgotten after revoke");
+    }
+
+    #[test]
+    fn the_oldest_unfinished_record_is_the_first_taken_of_those_left() {
+        let mut t: OffsetTracker = OffsetTracker::default();
+        assert_eq!(t.oldest_in(|_| true), None);
+        t.begin(0, 1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        t.begin(0, 2);
+        t.begin(1, 9);
+        let first = t.oldest_in(|_| true).expect("pending");
+        assert_eq!(t.oldest_in(|p| *p == 0), Some(first));
+        assert!(t.oldest_in(|p| *p == 1).expect("pending") > first);
+        t.finish(0, 1);
+        assert!(t.oldest_in(|_| true).expect("pending") > first, "1 finished");
     }
 }
