@@ -174,7 +174,7 @@ async fn every_event_reaches_exactly_its_subscriptions_in_order_per_key() {
     );
     // Everything was delivered, so nothing is waiting: the oldest-age gauge (sampled every
     // second) comes down to 0, and so does the lane's consumer lag once its offsets are
-    // committed (auto-commit every second, statistics every 5 s).
+    // committed (auto-commit every 250 ms, statistics every 5 s).
     let idle = format!("dispatcher_oldest_undelivered_age_seconds{{partner=\"{pa}\"}} 0");
     let caught_up = format!("dispatcher_consumer_lag_records{{topic=\"deliveries.{pa}\"}} 0");
     let mut last = String::new();
