@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::TopicPartitionList;
 
-use crate::lane::GroupContext;
+use crate::group::GroupContext;
 
 /// Back-pressure of a consumer loop that holds at most `max` unfinished records.
 ///

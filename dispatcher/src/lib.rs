@@ -11,6 +11,7 @@ pub mod api;
 pub mod backpressure;
 pub mod dlq;
 pub mod flow;
+pub mod group;
 pub mod health;
 pub mod http;
 pub mod job;

@@ -131,6 +131,9 @@ mod tests {
         assert_eq!(t.oldest_in(|p| *p == 0), Some(first));
         assert!(t.oldest_in(|p| *p == 1).expect("pending") > first);
         t.finish(0, 1);
-        assert!(t.oldest_in(|_| true).expect("pending") > first, "1 finished");
+        assert!(
+            t.oldest_in(|_| true).expect("pending") > first,
+            "1 finished"
+        );
     }
 }

@@ -19,8 +19,8 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::group::GroupContext;
 use crate::kafka::KafkaSettings;
-use crate::lane::GroupContext;
 use crate::metrics as m;
 use crate::offsets::OffsetTracker;
 use crate::subscription::delivery_topic;
@@ -155,7 +155,7 @@ pub async fn run(
             }
             message = stream.next(), if readable => {
                 for change in consumer.context().take_changes() {
-                    if let crate::lane::GroupChange::Revoked(_, partition) = change {
+                    if let crate::group::GroupChange::Revoked(_, partition) = change {
                         tracker.forget(partition);
                     }
                 }
