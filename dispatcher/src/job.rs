@@ -182,15 +182,16 @@ pub struct Done {
     pub offset: i64,
     pub key: Vec<u8>,
     pub finished: bool,
-    /// The record was written to the retry topic (its key is parked).
-    pub parked: bool,
+    /// The record was written to the retry topic, at this offset (its key is parked).
+    pub parked: Option<i64>,
 }
 
 /// How [`deliver`] ended.
 enum Ended {
     Finished,
     Unfinished,
-    Parked,
+    /// Written to the retry topic at this offset.
+    Parked(i64),
 }
 
 /// Why a record is dead-lettered, and what the last attempt saw.
@@ -275,7 +276,7 @@ pub fn spawn(
         offset: job.offset,
         key: job.key.clone(),
         finished: false,
-        parked: false,
+        parked: None,
     };
     let ticket = starting.ticket();
     let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run(job, ctx, ticket)));
@@ -309,7 +310,10 @@ async fn run(job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         offset: job.offset,
         key: job.key,
         finished: !matches!(ended, Ended::Unfinished),
-        parked: matches!(ended, Ended::Parked),
+        parked: match ended {
+            Ended::Parked(at) => Some(at),
+            _ => None,
+        },
     }
 }
 
@@ -557,18 +561,20 @@ async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> Ended {
         });
     }
     let topic = crate::subscription::retry_topic(&ctx.partner);
-    if !write_until_acknowledged(job, ctx, &topic, Some(job.partition), headers, || {}).await {
+    let Some(at) =
+        write_until_acknowledged(job, ctx, &topic, Some(job.partition), headers, || {}).await
+    else {
         return Ended::Unfinished;
-    }
+    };
     ctx.metrics.parked.increment(1);
     tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
-    Ended::Parked
+    Ended::Parked(at)
 }
 
 /// Writes the job's key and body with `headers` to `topic` (to `partition`, or by key)
 /// and waits for the acknowledgement, retrying every 500 ms (calling `on_error`) until
-/// it is written (true) or shutdown (false): until then the record is not durable there
-/// and its offset must not move.
+/// it is written (its offset there) or shutdown (`None`): until then the record is not
+/// durable there and its offset must not move.
 async fn write_until_acknowledged(
     job: &Job,
     ctx: &JobContext,
@@ -576,7 +582,7 @@ async fn write_until_acknowledged(
     partition: Option<i32>,
     headers: OwnedHeaders,
     on_error: impl Fn(),
-) -> bool {
+) -> Option<i64> {
     loop {
         let mut record = FutureRecord::to(topic)
             .key(&job.key)
@@ -586,16 +592,16 @@ async fn write_until_acknowledged(
             record = record.partition(p);
         }
         let sent = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return false,
+            _ = ctx.shutdown.cancelled() => return None,
             r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
         };
         match sent {
-            Ok(_) => return true,
+            Ok(delivery) => return Some(delivery.offset),
             Err((error, _)) => {
                 tracing::warn!(partner = %ctx.partner, %topic, %error, "write failed, retrying");
                 on_error();
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return false,
+                    _ = ctx.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
@@ -640,7 +646,10 @@ async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
         metrics::counter!(m::DEAD_LETTER_WRITE_FAILURES, "partner" => ctx.partner.clone())
             .increment(1)
     };
-    if !write_until_acknowledged(job, ctx, &topic, None, headers, failed).await {
+    if write_until_acknowledged(job, ctx, &topic, None, headers, failed)
+        .await
+        .is_none()
+    {
         return false;
     }
     let label = if failure.reason.starts_with("410") {

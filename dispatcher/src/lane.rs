@@ -191,7 +191,7 @@ pub async fn run(
                 state.store_offsets(&consumer, topics);
             }
             Some(answer) = rebuilt.recv() => {
-                tracing::debug!(partner = %partner, partition = answer.0, parked = answer.3.len(), "parked keys read back");
+                tracing::debug!(partner = %partner, partition = answer.0, range = ?answer.2, parked = answer.3.len(), "parked keys read back");
                 let ready = state.finish_rebuild(answer);
                 state.ready.extend(ready);
             }
@@ -329,18 +329,25 @@ struct LaneState {
     generation: u64,
 }
 
-/// A delivery partition's records held while its parked keys are read back, and the
-/// retry records finished meanwhile (offset, key).
+/// A delivery partition's records held while its parked keys are read back, the retry
+/// records finished meanwhile (offset, key), and the records this lane wrote to the
+/// retry partition meanwhile (offset there, key: jobs that began before a revoke and
+/// re-assignment end during the read-back).
 #[derive(Default)]
 struct Rebuild {
     generation: u64,
     held: Vec<Job>,
     finished: Vec<(i64, Vec<u8>)>,
+    written: Vec<(i64, Vec<u8>)>,
 }
 
-/// A read-back's answer: partition, generation, the retry partition's committed offset,
-/// and the count per key of its records from there on.
-type ReadBack = (i32, u64, i64, HashMap<Vec<u8>, i64>);
+/// A read-back's answer: partition, generation, the range of the retry partition read
+/// (from the group's committed offset to the end it saw), and the count per key of its
+/// records in that range.
+type ReadBack = (i32, u64, (i64, i64), ParkedCounts);
+
+/// Records per key in a retry partition.
+type ParkedCounts = HashMap<Vec<u8>, i64>;
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).
 const STORE_EVERY: Duration = Duration::from_millis(50);
@@ -417,8 +424,11 @@ impl LaneState {
     }
 
     /// The parked keys of `partition` were read back: `counts` per key of the records in
-    /// the retry partition from `from` on. Returns the held records that can start.
-    fn finish_rebuild(&mut self, (partition, generation, from, mut counts): ReadBack) -> Vec<Job> {
+    /// the retry partition from `from` to `to`. Returns the held records that can start.
+    fn finish_rebuild(
+        &mut self,
+        (partition, generation, (from, to), mut counts): ReadBack,
+    ) -> Vec<Job> {
         if self
             .rebuilding
             .get(&partition)
@@ -426,12 +436,24 @@ impl LaneState {
         {
             return Vec::new(); // revoked since, or superseded by a newer read-back
         }
-        let Some(Rebuild { held, finished, .. }) = self.rebuilding.remove(&partition) else {
+        let Some(Rebuild {
+            held,
+            finished,
+            written,
+            ..
+        }) = self.rebuilding.remove(&partition)
+        else {
             return Vec::new();
         };
         for (offset, key) in finished {
             if offset >= from {
                 *counts.entry(key).or_default() -= 1;
+            }
+        }
+        // Written past what the read-back saw: not counted yet.
+        for (offset, key) in written {
+            if offset >= to {
+                *counts.entry(key).or_default() += 1;
             }
         }
         for (key, n) in counts {
@@ -528,8 +550,13 @@ impl LaneState {
             self.waiting.remove(&slot);
             return None;
         }
-        if parked {
-            self.parked_add(partition, slot.1.clone(), 1);
+        if let Some(at) = parked {
+            // While its parked keys are read back, the read-back may or may not have seen
+            // this write: decided by its offset when the answer comes.
+            match self.rebuilding.get_mut(&partition) {
+                Some(rebuild) => rebuild.written.push((at, slot.1.clone())),
+                None => self.parked_add(partition, slot.1.clone(), 1),
+            }
         } else if retry {
             match self.rebuilding.get_mut(&partition) {
                 Some(rebuild) => rebuild.finished.push((offset, slot.1.clone())),
@@ -605,8 +632,8 @@ impl ReadBacks {
                     .map_err(anyhow::Error::from)
                     .and_then(|read| read);
                 match read {
-                    Ok((from, counts)) => {
-                        let _ = answers.send((partition, generation, from, counts));
+                    Ok((range, counts)) => {
+                        let _ = answers.send((partition, generation, range, counts));
                         return;
                     }
                     Err(error) => {
@@ -624,13 +651,13 @@ impl ReadBacks {
 
 /// Reads back the parked keys of delivery partition `partition`: the records of the
 /// same partition of the retry topic from the group's committed offset on. Returns
-/// (that offset, count per key). Blocking.
+/// (the range read, count per key). Blocking.
 fn read_parked(
     settings: &KafkaSettings,
     group: &str,
     retry_topic: &str,
     partition: i32,
-) -> anyhow::Result<(i64, HashMap<Vec<u8>, i64>)> {
+) -> anyhow::Result<((i64, i64), ParkedCounts)> {
     let mut config = settings.reader();
     config.set("group.id", group);
     let consumer: BaseConsumer = config.create()?;
@@ -645,11 +672,11 @@ fn read_parked(
     let ranges = [(partition, (from, high))].into();
     let records =
         crate::kafka::read_ranges(&consumer, retry_topic, &ranges, Duration::from_secs(30))?;
-    let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut counts = ParkedCounts::new();
     for r in records {
         *counts.entry(r.key).or_default() += 1;
     }
-    Ok((from, counts))
+    Ok(((from, high.max(from)), counts))
 }
 
 /// Creates the partner's retry topic with as many partitions as its delivery topic, and
@@ -835,7 +862,7 @@ mod tests {
         };
         assert!(state.take(record(1, 7, "bad")).is_none(), "held");
         assert!(state.take(record(1, 8, "ok")).is_none(), "held");
-        let ready = state.finish_rebuild((1, generation, 0, [(b"bad".to_vec(), 3)].into()));
+        let ready = state.finish_rebuild((1, generation, (0, 3), [(b"bad".to_vec(), 3)].into()));
         let follows: Vec<(String, bool)> = ready
             .iter()
             .map(|j| (j.webhook_id.clone(), j.follow))
@@ -844,6 +871,38 @@ mod tests {
             follows,
             vec![("bad-7".to_string(), true), ("ok-8".to_string(), false)]
         );
+    }
+
+    #[test]
+    fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
+        // A job that began before partition 1 was revoked and assigned back parks its
+        // record while the new read-back runs: at offset 4, which the read-back (0..5)
+        // saw, and at offset 5, which it did not.
+        let lane = lane();
+        let mut state = LaneState::default();
+        let [(1, generation)] = state.follow(&lane, vec![assigned(1)])[..] else {
+            panic!("one read-back")
+        };
+        let parked_at = |at: i64, key: &str| Done {
+            retry: false,
+            partition: 1,
+            offset: 0,
+            key: key.as_bytes().to_vec(),
+            finished: true,
+            parked: Some(at),
+        };
+        assert!(state.done(parked_at(4, "seen")).is_none());
+        assert!(state.done(parked_at(5, "unseen")).is_none());
+        state.finish_rebuild((1, generation, (0, 5), [(b"seen".to_vec(), 1)].into()));
+        assert_eq!(
+            state.parked.get(&(1, b"seen".to_vec())),
+            Some(&1),
+            "not twice"
+        );
+        assert_eq!(state.parked.get(&(1, b"unseen".to_vec())), Some(&1));
+        // Without a read-back going on, a write counts at once.
+        assert!(state.done(parked_at(6, "seen")).is_none());
+        assert_eq!(state.parked.get(&(1, b"seen".to_vec())), Some(&2));
     }
 
     #[test]
