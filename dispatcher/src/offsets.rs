@@ -33,8 +33,13 @@ struct Partition {
 impl<P: Ord + Copy> OffsetTracker<P> {
     /// Records that `offset` of `partition` was taken in and is not finished.
     pub fn begin(&mut self, partition: P, offset: i64) {
+        self.begin_at(partition, offset, Instant::now());
+    }
+
+    /// [`OffsetTracker::begin`], taken in at `at`.
+    fn begin_at(&mut self, partition: P, offset: i64, at: Instant) {
         let p = self.partitions.entry(partition).or_default();
-        p.pending.insert(offset, Instant::now());
+        p.pending.insert(offset, at);
         p.highest = Some(p.highest.map_or(offset, |h| h.max(offset)));
     }
 
@@ -123,17 +128,16 @@ mod tests {
     fn the_oldest_unfinished_record_is_the_first_taken_of_those_left() {
         let mut t: OffsetTracker = OffsetTracker::default();
         assert_eq!(t.oldest_in(|_| true), None);
-        t.begin(0, 1);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        t.begin(0, 2);
-        t.begin(1, 9);
-        let first = t.oldest_in(|_| true).expect("pending");
-        assert_eq!(t.oldest_in(|p| *p == 0), Some(first));
-        assert!(t.oldest_in(|p| *p == 1).expect("pending") > first);
+        let t0 = Instant::now();
+        let later = |ms| t0 + std::time::Duration::from_millis(ms);
+        t.begin_at(0, 1, t0);
+        t.begin_at(0, 2, later(5));
+        t.begin_at(1, 9, later(3));
+        assert_eq!(t.oldest_in(|_| true), Some(t0));
+        assert_eq!(t.oldest_in(|p| *p == 1), Some(later(3)));
         t.finish(0, 1);
-        assert!(
-            t.oldest_in(|_| true).expect("pending") > first,
-            "1 finished"
-        );
+        assert_eq!(t.oldest_in(|_| true), Some(later(3)), "1 finished");
+        assert_eq!(t.oldest_in(|p| *p == 0), Some(later(5)));
     }
+
 }
