@@ -255,7 +255,6 @@ pub async fn run(
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
         }
-        rebalances.follow(&mut state, &consumer);
     }
     drop(stream);
     // Drain what was taken in (started at once), until the deadline; then jobs give up
