@@ -581,6 +581,28 @@ fn spawn_listening(args: &[String], log: &std::path::Path) -> (Running, String) 
 }
 
 impl DispatcherProcess {
+    /// What its log says of its consumer groups so far: the rebalance lines logged, and
+    /// whether every consumer's last one was an assignment (none is between a revoke and
+    /// its next assignment).
+    pub fn rebalances(&self) -> (usize, bool) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut last: std::collections::HashMap<String, bool> = Default::default();
+        let mut lines = 0;
+        for line in text.lines().map(without_colours) {
+            let assigned = line.contains("partitions assigned");
+            if !assigned && !line.contains("partitions revoked") {
+                continue;
+            }
+            lines += 1;
+            let consumer = line
+                .split_once("consumer=")
+                .and_then(|(_, rest)| rest.split_once(" partitions="))
+                .map_or("", |(name, _)| name);
+            last.insert(consumer.to_string(), assigned);
+        }
+        (lines, last.values().all(|a| *a))
+    }
+
     /// The text of its `/metrics` (empty when it does not answer).
     pub async fn metrics_text(&self) -> String {
         match reqwest::get(&self.metrics_url).await {
@@ -660,6 +682,53 @@ pub fn tail(path: &std::path::Path) -> String {
         path.display(),
         lines[lines.len().saturating_sub(30)..].join("\n")
     )
+}
+
+/// `line` without its ANSI colour codes.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until the consumer groups of `instances` have settled: every consumer's last
+/// rebalance was an assignment and none was logged for `quiet`. False if that has not
+/// happened within `timeout`.
+pub async fn groups_settled(
+    instances: &[&DispatcherProcess],
+    quiet: Duration,
+    timeout: Duration,
+) -> bool {
+    let state = || {
+        instances.iter().fold((0, true), |(n, all), d| {
+            let (lines, assigned) = d.rebalances();
+            (n + lines, all && assigned)
+        })
+    };
+    let deadline = Instant::now() + timeout;
+    let (mut seen, mut since) = (state(), Instant::now());
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = state();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if seen.1 && since.elapsed() >= quiet {
+            return true;
+        }
+    }
+    false
 }
 
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.
