@@ -139,5 +139,4 @@ mod tests {
         assert_eq!(t.oldest_in(|_| true), Some(later(3)), "1 finished");
         assert_eq!(t.oldest_in(|p| *p == 0), Some(later(5)));
     }
-
 }

@@ -260,7 +260,11 @@ const QUIET: Duration = Duration::from_secs(4);
 async fn settled(instances: &[&e2e::DispatcherProcess]) {
     let ok = e2e::groups_settled(instances, QUIET, Duration::from_secs(90)).await;
     let tails: Vec<String> = instances.iter().map(|d| d.log_tail()).collect();
-    assert!(ok, "the groups did not settle within 90 s\n{}", tails.join("\n"));
+    assert!(
+        ok,
+        "the groups did not settle within 90 s\n{}",
+        tails.join("\n")
+    );
 }
 
 /// On a broker of its own, with in-memory storage (on the suite's shared broker the

@@ -1,0 +1,457 @@
+//! What a lane has taken in: offsets, the key in flight per (partition, key), the
+//! records waiting behind it, the parked keys, and the partitions whose parked keys are
+//! being read back.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::read_back::Rebalances;
+use crate::group::{GroupChange, GroupContext};
+use crate::job::{Done, Job};
+use crate::offsets::OffsetTracker;
+
+/// A partition of the lane: of the delivery topic, or of the retry topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct Tp {
+    pub(super) retry: bool,
+    pub(super) partition: i32,
+}
+
+impl Tp {
+    pub(super) fn of(job: &Job) -> Self {
+        Self {
+            retry: job.parked.is_some(),
+            partition: job.partition,
+        }
+    }
+}
+
+/// What a lane has taken in: offsets, the key in flight per (partition, key), the
+/// records waiting behind it, and the parked keys.
+#[derive(Default)]
+pub(super) struct LaneState {
+    pub(super) tracker: OffsetTracker<Tp>,
+    /// Records free to start (their key's turn), in the order they became so; started by
+    /// [`launch`] while few started jobs are still before their first request.
+    pub(super) ready: VecDeque<Job>,
+    pub(super) waiting: HashMap<(Tp, Vec<u8>), VecDeque<Job>>,
+    pub(super) busy: HashSet<(Tp, Vec<u8>)>,
+    /// Offsets to store at the next [`STORE_EVERY`] tick.
+    pub(super) to_store: BTreeMap<Tp, i64>,
+    /// Per (partition, key) of the delivery topic: its records in the retry topic not
+    /// finished yet. A key with a positive count is parked: its next records follow
+    /// the others into the retry topic, so one key's order holds.
+    pub(super) parked: HashMap<(i32, Vec<u8>), i64>,
+    /// Delivery partitions whose parked keys are being read back from the retry topic
+    /// (after an assignment): their records wait here until then, and the retry
+    /// records finished meanwhile are noted (offset, key).
+    pub(super) rebuilding: HashMap<i32, Rebuild>,
+    /// Numbers the read-backs, so that the answer of one started before a revoke is not
+    /// taken for the one after the next assignment.
+    pub(super) generation: u64,
+}
+
+/// A delivery partition's records held while its parked keys are read back, the retry
+/// records finished meanwhile (offset, key), and the records this lane wrote to the
+/// retry partition meanwhile (offset there, key: jobs that began before a revoke and
+/// re-assignment end during the read-back).
+#[derive(Default)]
+pub(super) struct Rebuild {
+    pub(super) generation: u64,
+    pub(super) held: Vec<Job>,
+    pub(super) finished: Vec<(i64, Vec<u8>)>,
+    pub(super) written: Vec<(i64, Vec<u8>)>,
+}
+
+/// A read-back's answer: partition, generation, the range of the retry partition read
+/// (from the group's committed offset to the end it saw), and the count per key of its
+/// records in that range.
+pub(super) type ReadBack = (i32, u64, (i64, i64), ParkedCounts);
+
+/// Records per key in a retry partition.
+pub(super) type ParkedCounts = HashMap<Vec<u8>, i64>;
+
+impl LaneState {
+    /// Takes in a record; returns it when its key is free (it is ready to start).
+    pub(super) fn take(&mut self, job: Job) -> Option<Job> {
+        let tp = Tp::of(&job);
+        self.tracker.begin(tp, job.offset);
+        if !tp.retry {
+            if let Some(rebuild) = self.rebuilding.get_mut(&job.partition) {
+                rebuild.held.push(job);
+                return None;
+            }
+        }
+        self.admit(job)
+    }
+
+    /// Starts the record when its key is free, else queues it behind the key.
+    pub(super) fn admit(&mut self, job: Job) -> Option<Job> {
+        let slot = (Tp::of(&job), job.key.clone());
+        if self.busy.contains(&slot) {
+            self.waiting.entry(slot).or_default().push_back(job);
+            None
+        } else {
+            self.busy.insert(slot);
+            Some(self.prepare(job))
+        }
+    }
+
+    /// Decided when a record starts: a delivery record of a parked key follows it.
+    pub(super) fn prepare(&self, mut job: Job) -> Job {
+        // (No parked key at all is the usual case: no lookup, no key copy.)
+        if job.parked.is_none() && !self.parked.is_empty() {
+            job.follow = self
+                .parked
+                .get(&(job.partition, job.key.clone()))
+                .is_some_and(|n| *n > 0);
+        }
+        job
+    }
+
+    pub(super) fn parked_add(&mut self, partition: i32, key: Vec<u8>, n: i64) {
+        use std::collections::hash_map::Entry;
+        match self.parked.entry((partition, key)) {
+            Entry::Occupied(mut e) => {
+                *e.get_mut() += n;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+            Entry::Vacant(e) => {
+                if n != 0 {
+                    e.insert(n);
+                }
+            }
+        }
+    }
+
+    /// A delivery partition was assigned: hold its records until its parked keys are
+    /// known. Returns the read-back's generation.
+    pub(super) fn start_rebuild(&mut self, partition: i32) -> u64 {
+        self.generation += 1;
+        self.rebuilding.entry(partition).or_default().generation = self.generation;
+        self.generation
+    }
+
+    /// The parked keys of `partition` were read back: `counts` per key of the records in
+    /// the retry partition from `from` to `to`. Returns the held records that can start.
+    pub(super) fn finish_rebuild(
+        &mut self,
+        (partition, generation, (from, to), mut counts): ReadBack,
+    ) -> Vec<Job> {
+        if self
+            .rebuilding
+            .get(&partition)
+            .is_none_or(|r| r.generation != generation)
+        {
+            return Vec::new(); // revoked since, or superseded by a newer read-back
+        }
+        let Some(Rebuild {
+            held,
+            finished,
+            written,
+            ..
+        }) = self.rebuilding.remove(&partition)
+        else {
+            return Vec::new();
+        };
+        for (offset, key) in finished {
+            if offset >= from {
+                *counts.entry(key).or_default() -= 1;
+            }
+        }
+        // Written past what the read-back saw: not counted yet.
+        for (offset, key) in written {
+            if offset >= to {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        for (key, n) in counts {
+            if n > 0 {
+                self.parked_add(partition, key, n);
+            }
+        }
+        held.into_iter().filter_map(|job| self.admit(job)).collect()
+    }
+
+    /// Follows what rebalances changed, in order: a revoked partition's queued work is
+    /// left to its new owner and its unstored offsets are not stored; an assigned
+    /// delivery partition holds its records until its parked keys are read back.
+    /// Returns the read-backs to start: (partition, generation).
+    pub(super) fn follow(
+        &mut self,
+        lane: &Rebalances,
+        changes: Vec<GroupChange>,
+    ) -> Vec<(i32, u64)> {
+        let mut read_backs = Vec::new();
+        for change in changes {
+            match change {
+                GroupChange::Revoked(topic, partition) => {
+                    self.forget(Tp {
+                        retry: topic == lane.retry_topic,
+                        partition,
+                    });
+                    tracing::debug!(partner = %lane.partner, %topic, partition, "queued work of a revoked partition left to its new owner");
+                }
+                GroupChange::Assigned(topic, partition)
+                    if topic == lane.topic && lane.read_backs.is_some() =>
+                {
+                    let generation = self.start_rebuild(partition);
+                    tracing::debug!(partner = %lane.partner, partition, generation, "reading the partition's parked keys back");
+                    read_backs.push((partition, generation));
+                }
+                GroupChange::Assigned(..) => {}
+            }
+        }
+        read_backs
+    }
+
+    /// Drops what the lane holds of a revoked partition.
+    pub(super) fn forget(&mut self, tp: Tp) {
+        self.tracker.forget(tp);
+        self.to_store.remove(&tp);
+        self.waiting.retain(|(t, _), _| *t != tp);
+        // Not started: no job will end for them, so their keys are freed here.
+        let busy = &mut self.busy;
+        self.ready.retain(|job| {
+            let keep = Tp::of(job) != tp;
+            if !keep {
+                busy.remove(&(tp, job.key.clone()));
+            }
+            keep
+        });
+        if !tp.retry {
+            self.rebuilding.remove(&tp.partition);
+            self.parked.retain(|(p, _), _| *p != tp.partition);
+        }
+    }
+
+    /// Hands the finished prefixes to the consumer (committed by auto-commit, revoke or
+    /// the final commit).
+    pub(super) fn store_offsets(
+        &mut self,
+        consumer: &StreamConsumer<GroupContext>,
+        topics: [&str; 2],
+    ) {
+        if self.to_store.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(self.to_store.len());
+        for (tp, next) in std::mem::take(&mut self.to_store) {
+            let topic = topics[usize::from(tp.retry)];
+            // Stored as the next offset to read, as a commit expects.
+            if let Err(error) = list.add_partition_offset(topic, tp.partition, Offset::Offset(next))
+            {
+                tracing::warn!(%error, "offset list");
+            }
+        }
+        if let Err(error) = consumer.store_offsets(&list) {
+            tracing::debug!(%error, "storing offsets (partition no longer assigned?)");
+        }
+    }
+
+    /// Records a job's end; returns the next record of its key to start, if any.
+    pub(super) fn done(&mut self, done: Done) -> Option<Job> {
+        let Done {
+            retry,
+            partition,
+            offset,
+            key,
+            finished,
+            parked,
+        } = done;
+        let tp = Tp { retry, partition };
+        let slot = (tp, key);
+        self.busy.remove(&slot);
+        if !finished {
+            // Later records of this key must not overtake it: leave them to a restart.
+            self.waiting.remove(&slot);
+            return None;
+        }
+        if let Some(at) = parked {
+            // While its parked keys are read back, the read-back may or may not have seen
+            // this write: decided by its offset when the answer comes.
+            match self.rebuilding.get_mut(&partition) {
+                Some(rebuild) => rebuild.written.push((at, slot.1.clone())),
+                None => self.parked_add(partition, slot.1.clone(), 1),
+            }
+        } else if retry {
+            match self.rebuilding.get_mut(&partition) {
+                Some(rebuild) => rebuild.finished.push((offset, slot.1.clone())),
+                None => self.parked_add(partition, slot.1.clone(), -1),
+            }
+        }
+        if let Some(next) = self.tracker.finish(tp, offset) {
+            self.to_store.insert(tp, next);
+        }
+        let next = self.waiting.get_mut(&slot).and_then(VecDeque::pop_front);
+        match &next {
+            Some(_) => {
+                self.busy.insert(slot);
+            }
+            None => {
+                self.waiting.remove(&slot);
+            }
+        }
+        next.map(|job| self.prepare(job))
+    }
+
+    pub(super) fn pending(&self, retry: bool) -> usize {
+        self.tracker.pending_in(|tp| tp.retry == retry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::kafka::KafkaSettings;
+    use crate::lane::read_back::ReadBacks;
+
+    const DELIVERIES: &str = "deliveries.p";
+    const RETRIES: &str = "retries.p";
+
+    fn lane() -> Rebalances {
+        let (answers, _) = tokio::sync::mpsc::unbounded_channel();
+        Rebalances {
+            partner: "p".into(),
+            topic: DELIVERIES.into(),
+            retry_topic: RETRIES.into(),
+            read_backs: Some(ReadBacks {
+                settings: KafkaSettings {
+                    brokers: "127.0.0.1:9".into(),
+                    session_timeout: Duration::from_secs(6),
+                    max_poll_interval: Duration::from_secs(300),
+                    options: Vec::new(),
+                },
+                group: "g".into(),
+                retry_topic: RETRIES.into(),
+                answers,
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn record(partition: i32, offset: i64, key: &str) -> Job {
+        Job {
+            topic: Arc::from(DELIVERIES),
+            partition,
+            offset,
+            key: key.as_bytes().to_vec(),
+            body: Bytes::new(),
+            webhook_id: format!("{key}-{offset}"),
+            subscription_id: "s".into(),
+            traceparent: None,
+            headers: None,
+            parked: None,
+            follow: false,
+        }
+    }
+
+    fn assigned(partition: i32) -> GroupChange {
+        GroupChange::Assigned(DELIVERIES.into(), partition)
+    }
+
+    fn revoked(partition: i32) -> GroupChange {
+        GroupChange::Revoked(DELIVERIES.into(), partition)
+    }
+
+    #[test]
+    fn a_record_of_a_reassigned_partition_follows_its_parked_key() {
+        // The new owner of partition 1 reads back that `bad` has 3 records in the retry
+        // topic: the delivery topic's `bad` taken meanwhile must follow them there, the
+        // other key goes out at once.
+        let lane = lane();
+        let mut state = LaneState::default();
+        let started = state.follow(&lane, vec![assigned(1)]);
+        let [(1, generation)] = started[..] else {
+            panic!("one read-back of partition 1: {started:?}")
+        };
+        assert!(state.take(record(1, 7, "bad")).is_none(), "held");
+        assert!(state.take(record(1, 8, "ok")).is_none(), "held");
+        let ready = state.finish_rebuild((1, generation, (0, 3), [(b"bad".to_vec(), 3)].into()));
+        let follows: Vec<(String, bool)> = ready
+            .iter()
+            .map(|j| (j.webhook_id.clone(), j.follow))
+            .collect();
+        assert_eq!(
+            follows,
+            vec![("bad-7".to_string(), true), ("ok-8".to_string(), false)]
+        );
+    }
+
+    #[test]
+    fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
+        // A job that began before partition 1 was revoked and assigned back parks its
+        // record while the new read-back runs: at offset 4, which the read-back (0..5)
+        // saw, and at offset 5, which it did not.
+        let lane = lane();
+        let mut state = LaneState::default();
+        let [(1, generation)] = state.follow(&lane, vec![assigned(1)])[..] else {
+            panic!("one read-back")
+        };
+        let parked_at = |at: i64, key: &str| Done {
+            retry: false,
+            partition: 1,
+            offset: 0,
+            key: key.as_bytes().to_vec(),
+            finished: true,
+            parked: Some(at),
+        };
+        assert!(state.done(parked_at(4, "seen")).is_none());
+        assert!(state.done(parked_at(5, "unseen")).is_none());
+        state.finish_rebuild((1, generation, (0, 5), [(b"seen".to_vec(), 1)].into()));
+        assert_eq!(
+            state.parked.get(&(1, b"seen".to_vec())),
+            Some(&1),
+            "not twice"
+        );
+        assert_eq!(state.parked.get(&(1, b"unseen".to_vec())), Some(&1));
+        // Without a read-back going on, a write counts at once.
+        assert!(state.done(parked_at(6, "seen")).is_none());
+        assert_eq!(state.parked.get(&(1, b"seen".to_vec())), Some(&2));
+    }
+
+    #[test]
+    fn a_revoke_and_assignment_in_one_batch_are_followed_in_their_order() {
+        let lane = lane();
+        let mut state = LaneState::default();
+        // Taken before the rebalance, then revoked: left to the new owner.
+        assert!(state.take(record(1, 3, "a")).is_some());
+        // Revoked, then assigned back (an eager rebalance): the partition is ours and
+        // its records wait for its parked keys.
+        let started = state.follow(&lane, vec![revoked(1), assigned(1)]);
+        assert_eq!(started.len(), 1);
+        assert_eq!(
+            state.tracker.total_pending(),
+            0,
+            "the revoked record is forgotten"
+        );
+        assert!(
+            state.take(record(1, 3, "a")).is_none(),
+            "held for the read-back"
+        );
+        // Assigned, then revoked: nothing is held for it any more.
+        let mut state = LaneState::default();
+        state.follow(&lane, vec![assigned(2), revoked(2)]);
+        assert!(state.rebuilding.is_empty());
+        assert!(state.take(record(2, 0, "b")).is_some());
+    }
+
+    #[test]
+    fn a_lane_that_does_not_park_reads_nothing_back() {
+        let mut lane = lane();
+        lane.read_backs = None;
+        let mut state = LaneState::default();
+        assert!(state.follow(&lane, vec![assigned(0)]).is_empty());
+        assert!(state.take(record(0, 0, "a")).is_some());
+    }
+}
