@@ -40,7 +40,15 @@ def handler(state: State):
             self.wfile.write(body)
 
         def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
-            length = int(self.headers.get("content-length") or 0)
+            try:
+                length = int(self.headers.get("content-length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                # rfile.read(-1) would read until the client closes: refuse instead.
+                self.answer(400, "bad content-length")
+                self.close_connection = True
+                return
             if length > MAX_BODY:
                 self.answer(413, "too large")
                 return

@@ -214,7 +214,12 @@ impl PartnerFlow {
             s.tokens = (s.tokens + elapsed * rate).min(rate.max(1.0));
             s.refilled = s.refilled.max(now);
             if s.tokens < 1.0 {
-                return Err(Some(Duration::from_secs_f64((1.0 - s.tokens) / rate)));
+                // Rates are validated (subscription.rs); a wait past an hour is still
+                // looked at again after an hour rather than overflowing.
+                let wait = Duration::try_from_secs_f64((1.0 - s.tokens) / rate)
+                    .unwrap_or(Duration::MAX)
+                    .min(Duration::from_secs(3600));
+                return Err(Some(wait));
             }
             s.tokens -= 1.0;
         }
@@ -456,5 +461,21 @@ mod tests {
         let wait = f.try_acquire(now).expect_err("empty");
         assert!(wait.is_some_and(|w| w <= Duration::from_millis(200)));
         assert!(f.try_acquire(now + Duration::from_millis(250)).is_ok());
+    }
+
+    #[test]
+    fn an_absurd_rate_waits_bounded_instead_of_overflowing() {
+        // Validation refuses such a rate; flow control must not panic on one anyway.
+        let f = PartnerFlow::new("t", 100, Some(1e-30), FlowConfig::default());
+        let now = Instant::now();
+        let first = f.try_acquire(now);
+        let wait = match first {
+            Ok(p) => {
+                f.release(p, FAST);
+                f.try_acquire(now).expect_err("no token left")
+            }
+            Err(wait) => wait,
+        };
+        assert_eq!(wait, Some(Duration::from_secs(3600)));
     }
 }

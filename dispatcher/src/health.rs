@@ -159,6 +159,9 @@ pub struct PartnerHealth {
     pub lag: AtomicI64,
     /// Age of the oldest undelivered record, in milliseconds.
     pub oldest_age_ms: AtomicU64,
+    /// Times the partner's lane ended unexpectedly and was restarted, and the last why.
+    lane_restarts: AtomicU64,
+    last_lane_failure: Mutex<Option<(chrono::DateTime<chrono::Utc>, String)>>,
 }
 
 impl Default for PartnerHealth {
@@ -168,11 +171,22 @@ impl Default for PartnerHealth {
             epoch: Instant::now(),
             lag: AtomicI64::new(-1),
             oldest_age_ms: AtomicU64::new(0),
+            lane_restarts: AtomicU64::new(0),
+            last_lane_failure: Mutex::new(None),
         }
     }
 }
 
 impl PartnerHealth {
+    /// Notes that the partner's lane ended unexpectedly (it is being restarted).
+    pub fn lane_ended(&self, why: &str) {
+        self.lane_restarts.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_lane_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((chrono::Utc::now(), why.to_string()));
+    }
+
     fn bucket_now(&self) -> u64 {
         self.epoch.elapsed().as_secs() / (WINDOW.as_secs() / BUCKETS as u64)
     }
@@ -213,6 +227,17 @@ pub struct PartnerStatus {
     /// Since when the partner has been failing (this instance's view).
     pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
     pub disconnected: Option<Disconnected>,
+    /// Times this instance restarted the partner's lane after it failed or panicked.
+    pub lane_restarts: u64,
+    /// When and why the lane last ended unexpectedly.
+    pub last_lane_failure: Option<LaneFailure>,
+}
+
+/// A lane's unexpected end, as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LaneFailure {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub why: String,
 }
 
 /// Every partner's status, shared with the HTTP endpoint.
@@ -338,6 +363,14 @@ pub async fn monitor(
                 oldest_undelivered_age_seconds: inputs.oldest_age.as_secs_f64(),
                 failing_since: since.map(|(_, t)| t),
                 disconnected,
+                lane_restarts: w.health.lane_restarts.load(Ordering::Relaxed),
+                last_lane_failure: w
+                    .health
+                    .last_lane_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .map(|(at, why)| LaneFailure { at, why }),
             };
             board
                 .lock()

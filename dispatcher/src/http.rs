@@ -51,13 +51,35 @@ pub struct WebhookClient {
 }
 
 impl WebhookClient {
+    /// A client that connects straight to partners, whatever proxy variables
+    /// (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) the environment has: a proxy would
+    /// resolve the partner's host itself, out of the SSRF guard's sight.
     pub fn new(allowlist: Arc<Allowlist>, connect_timeout: Duration) -> anyhow::Result<Self> {
+        Self::with_egress_proxy(allowlist, connect_timeout, None)
+    }
+
+    /// Like [`WebhookClient::new`], but every webhook goes through `egress_proxy` (an
+    /// `http://` or `https://` proxy URL) when one is given. The guard then sees only IP
+    /// literals: the proxy resolves partner host names, so it is the place that must
+    /// refuse private, loopback and link-local addresses (docs/ARCHITECTURE.md).
+    pub fn with_egress_proxy(
+        allowlist: Arc<Allowlist>,
+        connect_timeout: Duration,
+        egress_proxy: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut headers = HeaderMap::new();
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static("orderhooks-dispatcher/0.1"),
         );
-        let client = reqwest::Client::builder()
+        let builder = match egress_proxy {
+            None => reqwest::Client::builder().no_proxy(),
+            Some(url) => reqwest::Client::builder().proxy(
+                reqwest::Proxy::all(url)
+                    .map_err(|e| anyhow::anyhow!("--egress-proxy `{url}`: {e}"))?,
+            ),
+        };
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&allowlist))))
             .connect_timeout(connect_timeout)

@@ -359,6 +359,18 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
                 lm.dropped.increment(1);
                 return Ended::Finished;
             }
+            Hold::Invalid(reason) => {
+                let failure = Failure {
+                    reason,
+                    attempts,
+                    first: (attempts > 0).then_some(first),
+                    last: None,
+                    last_status: None,
+                    last_error: None,
+                    excerpt: None,
+                };
+                return done(dead_letter(job, ctx, failure).await);
+            }
             Hold::Shutdown => return Ended::Unfinished,
         };
         if held {
@@ -434,6 +446,17 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
                 lm.delivered.increment(1);
                 return Ended::Finished;
             }
+            Decision::Gone
+                if ctx
+                    .table
+                    .get(&subscription.id)
+                    .is_some_and(|now| now.url != subscription.url) =>
+            {
+                // The URL changed while this request was out: the old endpoint is gone,
+                // the new one has not been asked yet.
+                tracing::info!(partner = %partner, subscription = %subscription.id, "410 Gone from a URL no longer in use: retrying at the current URL");
+                continue;
+            }
             Decision::Gone => {
                 tracing::warn!(partner = %partner, subscription = %subscription.id, "410 Gone: disabling the subscription");
                 metrics::counter!(m::DISABLED, "partner" => partner.clone()).increment(1);
@@ -481,8 +504,7 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
                     let parked = Parked {
                         attempts,
                         first: Some(first),
-                        not_before: chrono::Utc::now()
-                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        not_before: later(delay),
                     };
                     return park(job, ctx, &parked).await;
                 }
@@ -495,13 +517,27 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
     }
 }
 
+/// Now plus `delay`, saturating instead of panicking past chrono's range (delays are
+/// bounded by the validated retry policy; this only keeps a bad one from killing the lane).
+fn later(delay: Duration) -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 enum Hold {
     Ready {
         target: Arc<crate::table::Target>,
         /// Whether the record waited for a pause or disconnect to end.
         held: bool,
     },
+    /// The subscription was deleted: its backlog is dropped (the partner guide says so).
     Unsubscribed,
+    /// The record cannot be delivered as its subscription stands (invalid here, or the
+    /// record names none): it is dead-lettered with this reason.
+    Invalid(String),
     Shutdown,
 }
 
@@ -514,7 +550,13 @@ async fn hold(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Hold {
         // Marked seen before the look, so a change right after it still wakes us.
         changes.borrow_and_update();
         let Some(target) = ctx.table.target(&job.subscription_id) else {
-            // Unsubscribed: nothing to deliver, nothing to keep.
+            if job.subscription_id.is_empty() {
+                return Hold::Invalid("no subscription-id header on the delivery record".into());
+            }
+            if let Some(invalid) = ctx.table.invalid(&job.subscription_id) {
+                return Hold::Invalid(format!("subscription invalid: {}", invalid.reason));
+            }
+            // Deleted: nothing to deliver, nothing to keep.
             return Hold::Unsubscribed;
         };
         let s = &target.subscription;

@@ -177,6 +177,13 @@ struct RunArgs {
     /// A partner whose oldest undelivered record is older than this is failing, in seconds.
     #[arg(long, env = "DISPATCHER_FAILING_AGE_SECS", default_value_t = 900)]
     failing_age_secs: u64,
+    /// Send every webhook through this HTTP(S) proxy (`http://proxy.internal:3128`).
+    /// Without it webhooks go straight to partners and the environment's proxy
+    /// variables are ignored for them (the registry and broker clients keep theirs). A
+    /// proxy resolves partner host names itself, so it must then refuse private,
+    /// loopback and link-local addresses: the SSRF guard can only check IP literals.
+    #[arg(long, env = "DISPATCHER_EGRESS_PROXY")]
+    egress_proxy: Option<String>,
     /// How often partners' health is judged, in milliseconds.
     #[arg(long, env = "DISPATCHER_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
     health_interval_ms: u64,
@@ -402,6 +409,37 @@ async fn list(common: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a dispatcher-made change of one subscription (410 disable, automatic
+/// disconnect) onto its latest version, in the background.
+#[derive(Clone)]
+struct Updater {
+    kafka: KafkaSettings,
+    topic: String,
+    table: SubscriptionTable,
+}
+
+impl Updater {
+    fn update(
+        &self,
+        id: String,
+        what: &'static str,
+        change: impl FnOnce(&mut dispatcher::subscription::Subscription) -> bool + Send + 'static,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match table::update_latest(&this.kafka, &this.topic, &this.table, &id, change).await {
+                Ok(true) => tracing::info!(subscription = %id, what, "subscription updated"),
+                Ok(false) => {
+                    tracing::info!(subscription = %id, what, "not applied: the subscription changed or is gone since")
+                }
+                Err(error) => {
+                    tracing::error!(subscription = %id, what, %error, "cannot write the subscription")
+                }
+            }
+        });
+    }
+}
+
 async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let kafka = common.kafka();
     let allowlist = Arc::new(common.allowlist()?);
@@ -418,29 +456,44 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist))
             .await?;
     let codec = OrderCodec::new(&args.registry, &args.orders_topic, Duration::from_secs(10))?;
-    let client = WebhookClient::new(Arc::clone(&allowlist), Duration::from_secs(5))?;
+    let client = WebhookClient::with_egress_proxy(
+        Arc::clone(&allowlist),
+        Duration::from_secs(5),
+        args.egress_proxy.as_deref(),
+    )?;
+    if let Some(proxy) = &args.egress_proxy {
+        tracing::warn!(%proxy, "webhooks go through the egress proxy: it must enforce the SSRF rules for host names");
+    }
     let shutdown = CancellationToken::new();
 
-    let (gone_kafka, gone_topic) = (kafka.clone(), common.subscriptions_topic.clone());
-    let on_gone = GoneHook(Arc::new(move |disabled| {
-        let (kafka, topic) = (gone_kafka.clone(), gone_topic.clone());
-        tokio::spawn(async move {
-            if let Err(error) = table::publish(&kafka, &topic, &[disabled], &[]).await {
-                tracing::error!(%error, "cannot write the disabled subscription");
-            }
+    // Both writers change the subscription as it is when they write, never the copy
+    // their decision was made on (`table::update_latest`).
+    let updater = Updater {
+        kafka: kafka.clone(),
+        topic: common.subscriptions_topic.clone(),
+        table: table.clone(),
+    };
+    let gone = updater.clone();
+    let on_gone = GoneHook(Arc::new(move |answered| {
+        gone.update(answered.id.clone(), "disable after 410 Gone", move |s| {
+            // A 410 from a URL no longer in use says nothing about the new one.
+            let applies = s.url == answered.url && !s.disabled;
+            s.disabled = true;
+            applies
         });
     }));
 
     let board = dispatcher::health::StatusBoard::default();
     let watched = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let (write_kafka, write_topic) = (kafka.clone(), common.subscriptions_topic.clone());
     let write: dispatcher::health::Writer = Arc::new(move |changed| {
-        let (kafka, topic) = (write_kafka.clone(), write_topic.clone());
-        tokio::spawn(async move {
-            if let Err(error) = table::publish(&kafka, &topic, &changed, &[]).await {
-                tracing::error!(%error, "cannot write the disconnected subscriptions");
-            }
-        });
+        for judged in changed {
+            let mark = judged.disconnected.clone();
+            updater.update(judged.id.clone(), "automatic disconnect", move |s| {
+                let applies = s.disconnected.is_none();
+                s.disconnected = mark;
+                applies
+            });
+        }
     });
     let health_config = dispatcher::health::HealthConfig {
         degraded_age: Duration::from_secs(args.degraded_age_secs),

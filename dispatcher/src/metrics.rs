@@ -45,6 +45,9 @@ pub const DISCONNECTS: &str = "dispatcher_partner_disconnects_total";
 pub const PARKED: &str = "dispatcher_parked_records_total";
 /// Keys parked now (their records wait in the retry topic), by `partner`.
 pub const PARKED_KEYS: &str = "dispatcher_parked_keys";
+/// Delivery lanes that ended while the dispatcher ran (failed or panicked) and were
+/// started again, by `partner`.
+pub const LANE_RESTARTS: &str = "dispatcher_lane_restarts_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
 pub const ROUTED: &str = "dispatcher_router_records_total";
 /// Subscription records (changes and deletions) read from the topic and in force.

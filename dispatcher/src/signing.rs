@@ -89,7 +89,9 @@ pub fn verify(
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
-    if (now - timestamp).abs() > tolerance_secs {
+    // Checked: a hostile timestamp such as i64::MIN must be refused, not overflow.
+    let off_by = now.checked_sub(timestamp).and_then(i64::checked_abs);
+    if off_by.is_none_or(|d| d > tolerance_secs) {
         return Err(VerifyError::Timestamp(timestamp));
     }
     let expected = signature_header(std::slice::from_ref(secret), id, timestamp, body);
@@ -145,6 +147,18 @@ mod tests {
             verify(&new, "id", 100, b"body", &header, 1000, 300),
             Err(VerifyError::Timestamp(100))
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        let secret = Secret::parse(&Secret::generate()).expect("secret");
+        let header = signature_header(std::slice::from_ref(&secret), "id", 100, b"body");
+        for (timestamp, now) in [(i64::MIN, 100), (i64::MAX, -100), (100, i64::MIN)] {
+            assert_eq!(
+                verify(&secret, "id", timestamp, b"body", &header, now, 300),
+                Err(VerifyError::Timestamp(timestamp))
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! SSRF guard: a webhook may only reach public addresses. Loopback, private, link-local
 //! (cloud metadata at 169.254.169.254), CGNAT, unspecified, multicast, reserved and
 //! documentation ranges are refused, in IPv4 and IPv6 (IPv4-mapped and NAT64 addresses
-//! are judged by the IPv4 address inside), unless the address is in an explicit
+//! are judged by the IPv4 address inside; 6to4, Teredo, local-use NAT64 and SIIT
+//! addresses, which tunnel to an IPv4 address, are refused), unless the address is in an explicit
 //! allowlist. The check runs on the resolved addresses, so a public name that resolves
 //! to 127.0.0.1 is refused too; redirects are never followed (see `http.rs`).
 
@@ -89,6 +90,10 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         _ if ip.is_loopback() => "a loopback address",
         _ if ip.is_unspecified() => "an unspecified address",
         0 if s[1..6] == [0, 0, 0, 0, 0] => "an IPv4-compatible address",
+        0 if s[1..6] == [0, 0, 0, 0xffff, 0] => "an IPv4-translated (SIIT) address",
+        0x64 if s[1] == 0xff9b && s[2] == 1 => "a local-use NAT64 address",
+        0x2002 => "a 6to4 address (it carries an IPv4 address)",
+        0x2001 if s[1] == 0 => "a Teredo address (it carries an IPv4 address)",
         x if x & 0xfe00 == 0xfc00 => "a unique local (private) address",
         x if x & 0xffc0 == 0xfe80 => "a link-local address",
         x if x & 0xffc0 == 0xfec0 => "a site-local address",
@@ -185,6 +190,10 @@ mod tests {
             "ff02::1",
             "2001:db8::1",
             "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:a00:1",
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }

@@ -41,8 +41,8 @@ impl Default for RetryPolicy {
     }
 }
 
-/// One partner endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One partner endpoint. Its `Debug` shows how many secrets it has, never them.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     /// Unique id; the key in the subscriptions topic.
@@ -88,6 +88,30 @@ pub struct Subscription {
     pub disconnected: Option<Disconnected>,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("partner_id", &self.partner_id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field("internal", &self.internal)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("retry", &self.retry)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("disabled", &self.disabled)
+            .field("paused", &self.paused)
+            .field("previous_secrets_until", &self.previous_secrets_until)
+            .field("disconnected", &self.disconnected)
+            .finish()
+    }
+}
+
 /// When, why and by whom a partner was disconnected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +129,15 @@ fn default_max_in_flight() -> usize {
 fn default_request_timeout_ms() -> u64 {
     10_000
 }
+
+/// Bounds of the numbers a partner or operator sets. Past them the arithmetic of flow
+/// control and parking would overflow (a rate of 1e-30 per second is a wait of 1e30 s),
+/// and no real policy needs more.
+pub const MIN_RATE_PER_SEC: f64 = 0.01;
+pub const MAX_RATE_PER_SEC: f64 = 10_000.0;
+pub const MAX_ATTEMPTS: u32 = 1_000;
+pub const MAX_ELAPSED_SECS: u64 = 7 * 86_400;
+pub const MAX_BACKOFF_MS: u64 = 86_400_000;
 
 /// A subscription that failed validation: which one, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,16 +238,37 @@ impl Subscription {
             ));
         }
         if let Some(rate) = self.rate_limit_per_sec {
-            if !(rate > 0.0 && rate <= 10_000.0) {
+            if !(MIN_RATE_PER_SEC..=MAX_RATE_PER_SEC).contains(&rate) {
                 return Err(self.invalid(
                     "rate_limit_per_sec",
-                    format!("{rate} is not above 0 and at most 10000"),
+                    format!("{rate} is not between {MIN_RATE_PER_SEC} and {MAX_RATE_PER_SEC}"),
                 ));
             }
         }
         let r = &self.retry;
-        if r.max_attempts == 0 {
-            return Err(self.invalid("retry.max_attempts", "must be at least 1"));
+        if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return Err(self.invalid(
+                "retry.max_attempts",
+                format!("{} is not between 1 and {MAX_ATTEMPTS}", r.max_attempts),
+            ));
+        }
+        if !(1..=MAX_ELAPSED_SECS).contains(&r.max_elapsed_secs) {
+            return Err(self.invalid(
+                "retry.max_elapsed_secs",
+                format!(
+                    "{} is not between 1 and {MAX_ELAPSED_SECS} (7 days)",
+                    r.max_elapsed_secs
+                ),
+            ));
+        }
+        if !(1..=MAX_BACKOFF_MS).contains(&r.max_backoff_ms) {
+            return Err(self.invalid(
+                "retry.max_backoff_ms",
+                format!(
+                    "{} is not between 1 and {MAX_BACKOFF_MS} (1 day)",
+                    r.max_backoff_ms
+                ),
+            ));
         }
         if r.initial_backoff_ms == 0 || r.initial_backoff_ms > r.max_backoff_ms {
             return Err(self.invalid(
@@ -357,6 +411,52 @@ mod tests {
             error(|s| s.retry.max_attempts = 0).field,
             "retry.max_attempts"
         );
+    }
+
+    #[test]
+    fn numbers_past_their_bounds_are_refused_with_the_field() {
+        let tiny = error(|s| s.rate_limit_per_sec = Some(1e-30));
+        assert_eq!(tiny.field, "rate_limit_per_sec");
+        assert!(tiny.message.contains("0.01"), "{tiny}");
+        for bad in [f64::NAN, f64::INFINITY, 0.0, -1.0, 10_001.0] {
+            assert_eq!(
+                error(|s| s.rate_limit_per_sec = Some(bad)).field,
+                "rate_limit_per_sec",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            error(|s| s.retry.max_backoff_ms = u64::MAX).field,
+            "retry.max_backoff_ms"
+        );
+        assert_eq!(
+            error(|s| s.retry.max_elapsed_secs = u64::MAX).field,
+            "retry.max_elapsed_secs"
+        );
+        assert_eq!(
+            error(|s| s.retry.max_elapsed_secs = 0).field,
+            "retry.max_elapsed_secs"
+        );
+        assert_eq!(
+            error(|s| s.retry.max_attempts = u32::MAX).field,
+            "retry.max_attempts"
+        );
+        let mut edge = sub();
+        edge.rate_limit_per_sec = Some(MIN_RATE_PER_SEC);
+        edge.retry.max_backoff_ms = MAX_BACKOFF_MS;
+        edge.retry.max_elapsed_secs = MAX_ELAPSED_SECS;
+        edge.retry.max_attempts = MAX_ATTEMPTS;
+        assert!(edge.validate(&Allowlist::default()).is_ok());
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let s = sub();
+        let text = format!("{s:?} {:?}", std::slice::from_ref(&s));
+        let secret = s.secrets[0].trim_start_matches("whsec_");
+        assert!(!text.contains(secret), "{text}");
+        assert!(text.contains("secrets: [1 redacted]"), "{text}");
+        assert!(text.contains("partner-a"), "{text}");
     }
 
     #[test]

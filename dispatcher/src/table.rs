@@ -38,10 +38,21 @@ impl Target {
     }
 }
 
+/// A subscription record that failed validation when this instance read it (for
+/// example after the operator narrowed the SSRF allowlist) and has no valid version in
+/// force: its events are routed and then dead-lettered with `reason`, not dropped.
+#[derive(Debug, Clone)]
+pub struct Invalid {
+    /// The record as parsed, when it parsed (it names the partner and event types).
+    pub subscription: Option<Arc<Subscription>>,
+    pub reason: String,
+}
+
 /// Subscriptions by id, and a counter that moves on every change.
 #[derive(Debug, Clone)]
 pub struct SubscriptionTable {
     inner: Arc<RwLock<HashMap<String, Arc<Target>>>>,
+    invalid: Arc<RwLock<HashMap<String, Invalid>>>,
     changes: watch::Sender<u64>,
 }
 
@@ -49,6 +60,7 @@ impl Default for SubscriptionTable {
     fn default() -> Self {
         Self {
             inner: Arc::default(),
+            invalid: Arc::default(),
             changes: watch::channel(0).0,
         }
     }
@@ -77,7 +89,28 @@ impl SubscriptionTable {
             .collect()
     }
 
-    /// Subscriptions that receive `event_type` of an order of `partner_id`.
+    /// Why the subscription `id` is not in force although the topic has it (it failed
+    /// validation here), or `None`.
+    pub fn invalid(&self, id: &str) -> Option<Invalid> {
+        self.invalid
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Partners that have an invalid subscription (their lanes dead-letter its records).
+    pub fn invalid_partners(&self) -> Vec<String> {
+        self.invalid
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|i| i.subscription.as_ref().map(|s| s.partner_id.clone()))
+            .collect()
+    }
+
+    /// Subscriptions that receive `event_type` of an order of `partner_id`, the invalid
+    /// ones included (their records are dead-lettered with the reason downstream).
     pub fn matching(&self, event_type: &str, partner_id: &str) -> Vec<Arc<Subscription>> {
         // Called for every orders record: filter under the lock, clone only the matches.
         let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -87,6 +120,17 @@ impl SubscriptionTable {
             .map(|t| Arc::clone(&t.subscription))
             .collect();
         drop(table);
+        let invalid = self.invalid.read().unwrap_or_else(|p| p.into_inner());
+        if !invalid.is_empty() {
+            found.extend(
+                invalid
+                    .values()
+                    .filter_map(|i| i.subscription.as_ref())
+                    .filter(|s| s.wants(event_type, partner_id))
+                    .cloned(),
+            );
+        }
+        drop(invalid);
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found
     }
@@ -97,6 +141,10 @@ impl SubscriptionTable {
     }
 
     pub fn upsert(&self, s: Subscription) {
+        self.invalid
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&s.id);
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -105,6 +153,10 @@ impl SubscriptionTable {
     }
 
     pub fn remove(&self, id: &str) {
+        self.invalid
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -112,9 +164,10 @@ impl SubscriptionTable {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Applies one record of the subscriptions topic; an invalid value is logged,
-    /// counted and skipped (the previous version, if any, stays in force).
-    fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>, allowlist: &Allowlist) {
+    /// Applies one record of the subscriptions topic; an invalid value is logged and
+    /// counted; the previous version, if any, stays in force, and without one the
+    /// subscription is kept as [`Invalid`] so its records are dead-lettered with why.
+    pub fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>, allowlist: &Allowlist) {
         let Some(id) = key.map(|k| String::from_utf8_lossy(k).into_owned()) else {
             return;
         };
@@ -123,10 +176,14 @@ impl SubscriptionTable {
             metrics::counter!(m::SUBSCRIPTION_CHANGES).increment(1);
             return;
         };
+        let mut as_parsed = None;
         let parsed = serde_json::from_slice::<Subscription>(value)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("subscription `{id}`: {e}"))
             .and_then(|s| {
-                s.validate(allowlist).map_err(|e| e.to_string())?;
+                if let Err(e) = s.validate(allowlist) {
+                    as_parsed = (s.id == id).then(|| Arc::new(s));
+                    return Err(e.to_string());
+                }
                 Ok(s)
             });
         match parsed {
@@ -139,7 +196,22 @@ impl SubscriptionTable {
             }
             Err(error) => {
                 metrics::counter!(m::INVALID_SUBSCRIPTIONS).increment(1);
-                tracing::warn!(key = %id, %error, "invalid subscription record skipped");
+                if self.target(&id).is_some() {
+                    tracing::warn!(key = %id, %error, "invalid subscription record skipped; the previous version stays in force");
+                    return;
+                }
+                tracing::error!(key = %id, %error, "invalid subscription: its records are dead-lettered until it is fixed");
+                self.invalid
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        id,
+                        Invalid {
+                            subscription: as_parsed,
+                            reason: error,
+                        },
+                    );
+                self.changes.send_modify(|n| *n += 1);
             }
         }
     }
@@ -211,6 +283,29 @@ impl SubscriptionTable {
     }
 }
 
+/// Applies `change` to subscription `id` as the table has it *now* and writes the
+/// result, so a change decided on an older copy (a 410 answered to a request sent
+/// before a URL change, a disconnect judged a moment ago) never writes that copy back
+/// over a newer URL, secret or setting. `change` returns false when, against the latest
+/// version, it no longer applies; then nothing is written. Returns whether it wrote.
+pub async fn update_latest(
+    settings: &KafkaSettings,
+    topic: &str,
+    table: &SubscriptionTable,
+    id: &str,
+    change: impl FnOnce(&mut Subscription) -> bool,
+) -> anyhow::Result<bool> {
+    let Some(latest) = table.get(id) else {
+        return Ok(false);
+    };
+    let mut updated = (*latest).clone();
+    if !change(&mut updated) || updated == *latest {
+        return Ok(false);
+    }
+    publish(settings, topic, std::slice::from_ref(&updated), &[]).await?;
+    Ok(true)
+}
+
 /// Writes `subscriptions` to the topic (key = id) and waits for the acknowledgements;
 /// `remove` ids get tombstones.
 pub async fn publish(
@@ -243,4 +338,69 @@ pub async fn publish(
             .map_err(|(e, _)| anyhow::anyhow!("deleting subscription `{id}`: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::Secret;
+
+    fn record(id: &str, url: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "partner_id": "p", "url": url,
+            "event_types": ["order.created"], "secrets": [Secret::generate()],
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn an_invalid_record_without_a_valid_version_is_kept_as_invalid_and_still_matches() {
+        let narrow = Allowlist::parse(&["10.0.0.1".into()]).expect("list");
+        let table = SubscriptionTable::default();
+        table.apply_record(
+            Some(b"s1"),
+            Some(&record("s1", "http://127.0.0.1:9/h")),
+            &narrow,
+        );
+        assert!(table.target("s1").is_none());
+        let invalid = table.invalid("s1").expect("kept as invalid");
+        assert!(
+            invalid.reason.contains("subscription `s1`: url: "),
+            "{}",
+            invalid.reason
+        );
+        assert_eq!(table.invalid_partners(), vec!["p".to_string()]);
+        let matched = table.matching("order.created", "p");
+        assert_eq!(
+            matched.len(),
+            1,
+            "routed, to be dead-lettered with the reason"
+        );
+        // Fixed: valid again, no longer invalid.
+        let wide = Allowlist::parse(&["127.0.0.1".into()]).expect("list");
+        table.apply_record(
+            Some(b"s1"),
+            Some(&record("s1", "http://127.0.0.1:9/h")),
+            &wide,
+        );
+        assert!(table.target("s1").is_some());
+        assert!(table.invalid("s1").is_none());
+        // An invalid update of a valid subscription leaves the valid one in force.
+        table.apply_record(
+            Some(b"s1"),
+            Some(&record("s1", "http://127.0.0.1:9/h")),
+            &narrow,
+        );
+        assert!(table.target("s1").is_some());
+        assert!(table.invalid("s1").is_none());
+        // A record that does not parse is named too; a tombstone forgets it.
+        table.apply_record(Some(b"s2"), Some(b"{not json"), &wide);
+        assert!(table
+            .invalid("s2")
+            .expect("invalid")
+            .reason
+            .contains("`s2`"));
+        table.apply_record(Some(b"s2"), None, &wide);
+        assert!(table.invalid("s2").is_none());
+    }
 }

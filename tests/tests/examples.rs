@@ -60,6 +60,22 @@ async fn post(url: &str, id: &str, timestamp: i64, signature: &str, body: &str) 
         .as_u16()
 }
 
+/// The status of the answer to `request` sent as it is over a connection left open
+/// (so a server waiting for the peer to close never answers), or `None` within 5 s.
+async fn raw_status(base: &str, request: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
 async fn receives_verified_deliveries_once_and_refuses_the_rest(language: &str) {
     let (program, script) = example(language);
     let secret = Secret::generate();
@@ -167,6 +183,16 @@ async fn receives_verified_deliveries_once_and_refuses_the_rest(language: &str) 
         post(&url, &id, now, "", &body).await,
         401,
         "{language}: unsigned"
+    );
+    // A negative Content-Length is refused at once, not read until the peer closes.
+    assert_eq!(
+        raw_status(
+            &base,
+            "POST /hooks/orders HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}"
+        )
+        .await,
+        Some(400),
+        "{language}: negative content-length"
     );
     // A redelivery of an event it has: acknowledged, not stored twice.
     let known = got[0]["webhook_id"].as_str().expect("id");

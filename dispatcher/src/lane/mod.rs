@@ -39,6 +39,7 @@ use crate::subscription::{dead_letter_topic, delivery_topic};
 use crate::table::SubscriptionTable;
 
 mod read_back;
+pub mod restart;
 mod state;
 
 use read_back::{ReadBacks, Rebalances};
@@ -330,8 +331,9 @@ async fn retry_topic_like_deliveries(
 }
 
 /// Starts a lane for every partner that has a subscription, now and whenever one
-/// appears, creating its delivery and dead-letter topics first; returns at shutdown once
-/// every lane has stopped.
+/// appears, creating its delivery and dead-letter topics first; a lane that ends before
+/// shutdown is started again ([`restart::keep_running`]). Returns at shutdown once every
+/// lane has stopped.
 pub async fn supervise(
     settings: KafkaSettings,
     config: LaneConfig,
@@ -342,13 +344,18 @@ pub async fn supervise(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = settings.producer().create()?;
-    let mut lanes: HashMap<String, tokio::task::JoinHandle<anyhow::Result<()>>> = HashMap::new();
+    let mut lanes: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut flows: HashMap<String, Arc<PartnerFlow>> = HashMap::new();
     let mut changes = table.watch();
     loop {
         // Per partner: the largest in-flight cap and the smallest rate limit of its
         // subscriptions.
         let mut partners: HashMap<String, (usize, Option<f64>)> = HashMap::new();
+        // A partner whose only subscription is invalid here still gets a lane: it
+        // dead-letters the records with why instead of leaving them unseen.
+        for p in table.invalid_partners() {
+            partners.entry(p).or_insert((1, None));
+        }
         for s in table.all() {
             let (cap, rate) = partners.entry(s.partner_id.clone()).or_default();
             *cap = (*cap).max(s.max_in_flight);
@@ -402,7 +409,27 @@ pub async fn supervise(
                 park_after,
                 shutdown: shutdown.clone(),
             };
-            let handle = tokio::spawn(run(partner.clone(), settings.clone(), config.clone(), ctx));
+            let (name, lane_settings, lane_config) =
+                (partner.clone(), settings.clone(), config.clone());
+            let restarts =
+                metrics::counter!(crate::metrics::LANE_RESTARTS, "partner" => partner.clone());
+            let (who, health) = (partner.clone(), Arc::clone(&ctx.health));
+            let handle = tokio::spawn(restart::keep_running(
+                move || {
+                    run(
+                        name.clone(),
+                        lane_settings.clone(),
+                        lane_config.clone(),
+                        ctx.clone(),
+                    )
+                },
+                move |why| {
+                    tracing::error!(partner = %who, %why, "delivery lane ended; restarting it");
+                    restarts.increment(1);
+                    health.lane_ended(why);
+                },
+                shutdown.clone(),
+            ));
             lanes.insert(partner, handle);
         }
         tokio::select! {
@@ -412,10 +439,8 @@ pub async fn supervise(
         }
     }
     for (partner, handle) in lanes {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(partner = %partner, %error, "lane failed"),
-            Err(error) => tracing::error!(partner = %partner, %error, "lane panicked"),
+        if let Err(error) = handle.await {
+            tracing::error!(partner = %partner, %error, "lane supervisor failed");
         }
     }
     Ok(())
