@@ -85,7 +85,11 @@ mod tests {
                     }
                 }
             },
-            move |why| e.lock().expect("lock").push((why.to_string(), t0.elapsed())),
+            move |why| {
+                e.lock()
+                    .expect("lock")
+                    .push((why.to_string(), t0.elapsed()))
+            },
             shutdown.clone(),
         ));
         // The first restart waits 1 s, the second 2 s.
