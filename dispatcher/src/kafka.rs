@@ -18,6 +18,10 @@ pub struct KafkaSettings {
     pub max_poll_interval: Duration,
     /// Extra librdkafka settings for every client.
     pub options: Vec<(String, String)>,
+    /// Replication factor of the topics the dispatcher creates; `None` leaves it to
+    /// the broker (`default.replication.factor`), never a fixed 1 that would keep a
+    /// partner's deliveries on one broker's disk.
+    pub replication: Option<i32>,
 }
 
 impl KafkaSettings {
@@ -86,6 +90,16 @@ impl KafkaSettings {
         c
     }
 
+    /// A topic to create: `partitions` partitions, replicated as configured or as the
+    /// broker's default (-1 in CreateTopics, Kafka 2.4 and later).
+    pub fn new_topic<'a>(&self, name: &'a str, partitions: i32) -> NewTopic<'a> {
+        NewTopic::new(
+            name,
+            partitions,
+            TopicReplication::Fixed(self.replication.unwrap_or(-1)),
+        )
+    }
+
     /// Creates `names` (if missing) with `partitions` partitions and `configs`.
     pub async fn ensure_topics(
         &self,
@@ -97,10 +111,9 @@ impl KafkaSettings {
         let topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {
-                configs.iter().fold(
-                    NewTopic::new(n, partitions, TopicReplication::Fixed(1)),
-                    |t, (k, v)| t.set(k, v),
-                )
+                configs
+                    .iter()
+                    .fold(self.new_topic(n, partitions), |t, (k, v)| t.set(k, v))
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -215,4 +228,31 @@ pub fn read_ranges(
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(replication: Option<i32>) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:9".into(),
+            session_timeout: Duration::from_secs(6),
+            max_poll_interval: Duration::from_secs(60),
+            options: Vec::new(),
+            replication,
+        }
+    }
+
+    #[test]
+    fn topics_take_the_brokers_replication_factor_unless_one_is_configured() {
+        let default = settings(None);
+        let topic = default.new_topic("deliveries.p", 3);
+        assert!(matches!(topic.replication, TopicReplication::Fixed(-1)));
+        let three = settings(Some(3));
+        assert!(matches!(
+            three.new_topic("deliveries.p", 3).replication,
+            TopicReplication::Fixed(3)
+        ));
+    }
 }

@@ -90,6 +90,10 @@ struct Common {
         default_value_t = 6
     )]
     partitions: i32,
+    /// Replication factor of the topics the dispatcher creates; unset uses the broker's
+    /// `default.replication.factor` (production: 3, with `min.insync.replicas=2`).
+    #[arg(long, global = true, env = "DISPATCHER_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    replication_factor: Option<i32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +233,7 @@ impl Common {
             session_timeout: Duration::from_millis(self.session_timeout_ms),
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             options: self.kafka_options.clone(),
+            replication: self.replication_factor,
         }
     }
 

@@ -113,6 +113,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         session_timeout: Duration::from_secs(6),
         max_poll_interval: Duration::from_secs(15),
         options: vec![("message.timeout.ms".into(), "2000".into())],
+        replication: None,
     };
     let shutdown = CancellationToken::new();
     let ctx = JobContext {

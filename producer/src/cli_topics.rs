@@ -22,9 +22,10 @@ pub struct TopicArgs {
     /// Partitions; an existing topic must have at least this many.
     #[arg(long)]
     partitions: i32,
-    /// Replication factor (1 for a single local broker).
-    #[arg(long, default_value_t = 1)]
-    replication: i32,
+    /// Replication factor; unset uses the broker's `default.replication.factor`
+    /// (production: 3 with `min.insync.replicas=2`; a single local broker: 1).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    replication: Option<i32>,
     /// Topic setting `key=value`; repeatable (e.g. `cleanup.policy=compact`).
     #[arg(long = "config", value_parser = crate::parse_option)]
     configs: Vec<(String, String)>,
@@ -50,7 +51,8 @@ pub async fn run(kafka: &KafkaArgs, args: &TopicArgs) -> anyhow::Result<ExitCode
     let mut topic = NewTopic::new(
         &args.name,
         args.partitions,
-        TopicReplication::Fixed(args.replication),
+        // -1: the broker's default (CreateTopics, Kafka 2.4 and later).
+        TopicReplication::Fixed(args.replication.unwrap_or(-1)),
     );
     for (k, v) in &args.configs {
         topic = topic.set(k, v);

@@ -336,3 +336,53 @@ fn the_alert_rules_fire_at_their_tiers_and_every_query_parses() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Kafka (PLAINTEXT) and the registry are not published on the host; whatever is
+/// published binds the host's loopback; the dispatcher's allowlist admits the example
+/// partner's address alone (not the broker, the registry or the partner API).
+#[test]
+fn only_what_a_user_needs_is_published_and_the_allowlist_names_the_partner_alone() {
+    let doc = compose();
+    let services = doc_services(&doc);
+    for (name, service) in &services {
+        let ports = string_list(&service["ports"]);
+        if name == "kafka" || name == "schema-registry" {
+            assert!(ports.is_empty(), "{name} must not be published: {ports:?}");
+        }
+        for p in ports {
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "{name} publishes {p} beyond loopback"
+            );
+        }
+    }
+    let partner_ip = doc["services"]["partner"]["networks"]["default"]["ipv4_address"]
+        .as_str()
+        .expect("the example partner has a fixed address")
+        .to_string();
+    for (name, service) in &services {
+        let Some(allow) = service["environment"]["DISPATCHER_SSRF_ALLOWLIST"].as_str() else {
+            continue;
+        };
+        let list = dispatcher::ssrf::Allowlist::parse(&[allow.to_string()]).expect("parses");
+        assert!(
+            list.contains(partner_ip.parse().expect("ip")),
+            "{name}: {allow}"
+        );
+        let subnet = doc["networks"]["default"]["ipam"]["config"][0]["subnet"]
+            .as_str()
+            .expect("subnet");
+        let base: std::net::Ipv4Addr = subnet
+            .strip_suffix("/24")
+            .expect("a /24")
+            .parse()
+            .expect("subnet parses");
+        let [a, b, c, _] = base.octets();
+        let others = (1..=254u8)
+            .map(|d| std::net::Ipv4Addr::new(a, b, c, d))
+            .filter(|ip| ip.to_string() != partner_ip)
+            .filter(|ip| list.contains(std::net::IpAddr::V4(*ip)))
+            .count();
+        assert_eq!(others, 0, "{name}: {allow} admits other hosts of {subnet}");
+    }
+}

@@ -62,6 +62,7 @@ pub fn lane(
         // where Apache Kafka answers as soon as data arrives: without this, latency
         // figures would be the fetch wait.
         options: Vec::new(),
+        replication: None,
     };
     let shutdown = CancellationToken::new();
     let ctx = JobContext {

@@ -331,6 +331,7 @@ mod tests {
                     session_timeout: Duration::from_secs(6),
                     max_poll_interval: Duration::from_secs(300),
                     options: Vec::new(),
+                    replication: None,
                 },
                 group: "g".into(),
                 retry_topic: RETRIES.into(),
