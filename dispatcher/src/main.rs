@@ -128,6 +128,15 @@ struct RunArgs {
     /// Address of /metrics and /healthz; the bound address is printed.
     #[arg(long, env = "DISPATCHER_LISTEN", default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
+    /// How long routing waits for a schema id the registry does not know (asking again)
+    /// before its records go to the orders dead-letter topic, in milliseconds: a
+    /// registry follower may lag a registration by a moment.
+    #[arg(
+        long,
+        env = "DISPATCHER_UNKNOWN_SCHEMA_WAIT_MS",
+        default_value_t = 20_000
+    )]
+    unknown_schema_wait_ms: u64,
     /// Consumer group of the router.
     #[arg(
         long,
@@ -573,6 +582,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         dead_letter_topic: args.orders_dead_letter_topic.clone(),
         max_in_flight: 1000,
         shutdown_deadline: deadline,
+        unknown_schema_wait: Duration::from_millis(args.unknown_schema_wait_ms),
     };
     let lane_config = LaneConfig {
         group_prefix: args.lane_group_prefix.clone(),

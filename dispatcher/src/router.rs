@@ -5,8 +5,12 @@
 //!
 //! A record that cannot be decoded (bad framing, unknown schema id, truncated body, not
 //! an order event) goes to the router's dead-letter topic with the reason, and routing
-//! goes on. An unreachable registry pauses routing (retried with backoff): good data is
-//! never dead-lettered for it.
+//! goes on. An unreachable registry, or one that refuses us (401, 403) or sheds load
+//! (408, 429), pauses routing (retried with backoff): good data is never dead-lettered
+//! for it. A schema id the registry does not know is asked again for
+//! `unknown_schema_wait` after it was first seen unknown (a follower may lag a
+//! registration) before its records count as undecodable; no answer is cached, so a
+//! record with that id decodes as soon as the registry knows it.
 
 use std::time::Duration;
 
@@ -38,6 +42,34 @@ pub struct RouterConfig {
     pub max_in_flight: usize,
     /// How long shutdown waits for records in flight. Default 10 s.
     pub shutdown_deadline: Duration,
+    /// How long a schema id the registry does not know is asked again (routing waits)
+    /// before its records are dead-lettered. Default 20 s.
+    pub unknown_schema_wait: Duration,
+}
+
+/// Since when each schema id has been answered "unknown" without a success since. Not
+/// a cache of answers: every record still asks the registry; this only bounds how long
+/// routing waits for one id (once per episode, not once per record).
+#[derive(Debug, Default)]
+pub struct UnknownIds(std::collections::HashMap<u32, std::time::Instant>);
+
+impl UnknownIds {
+    /// Most ids remembered; past that the oldest episodes are forgotten.
+    const MAX: usize = 10_000;
+
+    /// Whether a record with `id`, answered unknown at `now`, should wait and ask again.
+    pub fn wait_more(&mut self, id: u32, now: std::time::Instant, wait: Duration) -> bool {
+        if self.0.len() >= Self::MAX && !self.0.contains_key(&id) {
+            self.0.clear();
+        }
+        let since = *self.0.entry(id).or_insert(now);
+        now.saturating_duration_since(since) < wait
+    }
+
+    /// The registry knows `id` now.
+    pub fn known(&mut self, id: u32) {
+        self.0.remove(&id);
+    }
 }
 
 /// The webhook body partners receive: `{"type", "timestamp", "data"}`.
@@ -140,6 +172,7 @@ pub async fn run(
     let mut stream = consumer.stream();
     tracing::info!(topic = %topic, group = %config.group, "router started");
     let mut backpressure = crate::backpressure::Backpressure::new(config.max_in_flight);
+    let mut unknown = UnknownIds::default();
     loop {
         let assigned = consumer.context().take_assigned();
         let readable = backpressure.update(&consumer, pending.len(), assigned, None, None);
@@ -169,7 +202,7 @@ pub async fn run(
                 };
                 let (partition, offset) = (message.partition(), message.offset());
                 tracker.begin(partition, offset);
-                let Some(records) = route(&message, &codec, &table, &config, &shutdown).await else { break };
+                let Some(records) = route(&message, &codec, &table, &config, &mut unknown, &shutdown).await else { break };
                 let acknowledged = produce_all(&producer, records, shutdown.clone());
                 pending.push(async move { acknowledged.await.map(|_| (partition, offset)) });
             }
@@ -203,22 +236,42 @@ async fn route(
     codec: &OrderCodec,
     table: &SubscriptionTable,
     config: &RouterConfig,
+    unknown: &mut UnknownIds,
     shutdown: &CancellationToken,
 ) -> Option<Vec<Outgoing>> {
     let payload = message.payload().unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
     let decoded = loop {
-        match codec.decode(payload).await {
+        let pause = match codec.decode(payload).await {
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "registry unavailable, routing paused");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                Duration::from_secs(10)
             }
-            other => break other,
+            Err(CodecError::UnknownSchemaId(id))
+                if unknown.wait_more(id, std::time::Instant::now(), config.unknown_schema_wait) =>
+            {
+                tracing::warn!(
+                    schema_id = id,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "schema id not known to the registry yet, asking again"
+                );
+                Duration::from_secs(2)
+            }
+            other => {
+                if other.is_ok() {
+                    if let Ok((id, _)) = order_schemas::wire::unframe(payload) {
+                        unknown.known(id);
+                    }
+                }
+                break other;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(pause);
     };
     let event = match decoded {
         Ok(e) => e,
@@ -336,5 +389,29 @@ fn router_dead_letter(
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().unwrap_or_default().to_vec(),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn an_unknown_id_is_waited_for_once_per_episode() {
+        let mut unknown = UnknownIds::default();
+        let wait = Duration::from_secs(20);
+        let t0 = Instant::now();
+        assert!(unknown.wait_more(7, t0, wait));
+        assert!(unknown.wait_more(7, t0 + Duration::from_secs(19), wait));
+        // Past the wait: the record is dead-lettered, and so is the next one of that id
+        // without another wait (the registry is still asked each time).
+        assert!(!unknown.wait_more(7, t0 + Duration::from_secs(20), wait));
+        assert!(!unknown.wait_more(7, t0 + Duration::from_secs(30), wait));
+        // Another id has a wait of its own.
+        assert!(unknown.wait_more(8, t0 + Duration::from_secs(30), wait));
+        // Once the registry knows the id, a later unknown answer starts a new wait.
+        unknown.known(7);
+        assert!(unknown.wait_more(7, t0 + Duration::from_secs(60), wait));
     }
 }

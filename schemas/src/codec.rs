@@ -22,8 +22,10 @@ use crate::wire::{self, FramingError};
 use crate::{EventType, OrderEvent};
 
 /// Why an event could not be encoded or a record decoded. Only
-/// [`CodecError::RegistryUnavailable`] is worth retrying; everything else is about the
-/// data and will fail the same way again.
+/// [`CodecError::RegistryUnavailable`] is worth retrying at once;
+/// [`CodecError::UnknownSchemaId`] is worth retrying for a while (a registry follower
+/// may not have the id yet); everything else is about the data and will fail the same
+/// way again.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodecError {
     #[error("schema registry unavailable: {0}")]
@@ -58,11 +60,17 @@ fn describe(e: &SRCError) -> String {
     }
 }
 
-/// Maps a converter error on a registry call: connection failures and 5xx are
-/// retryable, a 404 means the id or subject does not exist, the rest is a refusal.
+/// Maps a converter error on a registry call: connection failures, 5xx, and the
+/// answers that say nothing about the data (401 and 403: our credentials; 408 and 429:
+/// the registry's load) are retryable; a 404 means the id or subject does not exist
+/// (yet: a follower may lag a registration); the rest is a refusal.
 fn registry_error(e: &SRCError, id: Option<u32>) -> CodecError {
     let text = describe(e);
+    let transient = ["401", "403", "408", "429"]
+        .iter()
+        .any(|s| text.contains(&format!("with status {s}")));
     if e.retriable
+        || transient
         || text.contains("with status 5")
         || text.contains("http call to schema registry failed")
     {
@@ -163,9 +171,8 @@ impl OrderCodec {
             }
             _ => registry_error(e, None),
         };
-        if err.is_retryable() {
-            self.encoder.remove_errors_from_cache();
-        }
+        // Nothing negative is kept: the next call asks the registry again.
+        self.encoder.remove_errors_from_cache();
         err
     }
 
@@ -203,11 +210,10 @@ impl OrderCodec {
                 })
             }
             Err(e) => {
-                let err = registry_error(&e, Some(id));
-                if err.is_retryable() {
-                    self.decoder.remove_errors_from_cache();
-                }
-                return Err(err);
+                // Nothing negative is kept (an unknown id may be known a moment later):
+                // the next record with this id asks the registry again.
+                self.decoder.remove_errors_from_cache();
+                return Err(registry_error(&e, Some(id)));
             }
         };
         let name = decoded

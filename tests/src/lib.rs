@@ -317,6 +317,9 @@ pub struct DispatchWorld {
     pub allow: String,
     /// Extra arguments of `dispatcher run`.
     pub run_args: Vec<String>,
+    /// The registry `dispatcher run` decodes with (the suite's unless a test puts
+    /// another in front of it).
+    pub registry: String,
 }
 
 impl DispatchWorld {
@@ -336,6 +339,7 @@ impl DispatchWorld {
             lane_group_prefix: unique("delivery"),
             allow: allow.to_string(),
             run_args: Vec::new(),
+            registry: registry_url(),
             orders_topic,
         }
     }
@@ -398,7 +402,7 @@ impl DispatchWorld {
         args.extend([
             "run".into(),
             "--registry".into(),
-            registry_url(),
+            self.registry.clone(),
             "--orders-topic".into(),
             self.orders_topic.clone(),
             "--orders-dead-letter-topic".into(),
@@ -741,4 +745,49 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check()
+}
+
+/// A Schema Registry follower in front of `upstream` (tests of registry hiccups):
+/// answers `status` (when not 0) to every request, a Confluent-style 404 "Schema not
+/// found" for 404, else forwards the request. One request per connection.
+pub async fn flaky_registry(
+    upstream: String,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (upstream, status) = (upstream.clone(), std::sync::Arc::clone(&status));
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let (code, body) = match status.load(std::sync::atomic::Ordering::SeqCst) {
+                    0 => {
+                        let answer = reqwest::get(format!("{upstream}{path}"))
+                            .await
+                            .expect("upstream");
+                        let code = answer.status().as_u16();
+                        (code, answer.text().await.unwrap_or_default())
+                    }
+                    404 => (
+                        404,
+                        r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
+                    ),
+                    s => (s, format!(r#"{{"error_code":{s},"message":"no"}}"#)),
+                };
+                let reply = format!(
+                    "HTTP/1.1 {code} X\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    url
 }

@@ -176,3 +176,107 @@ async fn a_410_from_an_old_url_does_not_undo_a_newer_change() {
     assert_eq!(old.requests(), 1);
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// A follower that does not know an id yet, or refuses us (401, 403) or sheds load
+/// (408, 429), is asked again by the next call: nothing negative is cached, and the
+/// refusals are retryable (routing pauses), not reasons to dead-letter the record.
+#[tokio::test]
+async fn registry_hiccups_are_not_remembered_by_the_codec() {
+    use order_schemas::{wire, CodecError, EventType, OrderCodec, OrderEvent};
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let topic = e2e::unique("orders");
+    let codec_of = |url: &str| OrderCodec::new(url, &topic, Duration::from_secs(2)).expect("codec");
+    let event = OrderEvent::sample(EventType::OrderCreated, "o-1", "p", 2);
+    let bytes = codec_of(&e2e::registry_url())
+        .encode(&event)
+        .await
+        .expect("encode");
+    let (id, _) = wire::unframe(&bytes).expect("framed");
+    let status = Arc::new(AtomicU16::new(404));
+    let follower = e2e::flaky_registry(e2e::registry_url(), Arc::clone(&status)).await;
+
+    let codec = codec_of(&follower);
+    assert_eq!(
+        codec.decode(&bytes).await,
+        Err(CodecError::UnknownSchemaId(id))
+    );
+    status.store(0, Ordering::SeqCst);
+    assert_eq!(
+        codec.decode(&bytes).await.as_ref(),
+        Ok(&event),
+        "known a moment later"
+    );
+    for refusal in [401, 403, 408, 429] {
+        let codec = codec_of(&follower);
+        status.store(refusal, Ordering::SeqCst);
+        let err = codec.decode(&bytes).await.expect_err("refused");
+        assert!(err.is_retryable(), "{refusal}: {err}");
+        status.store(0, Ordering::SeqCst);
+        assert_eq!(codec.decode(&bytes).await.as_ref(), Ok(&event), "{refusal}");
+    }
+}
+
+/// Through a dispatcher whose registry follower lags a registration (404 for a few
+/// seconds), then refuses it (401), then sheds load (429): every event is delivered,
+/// none lands in the orders dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_or_refusing_registry_never_dead_letters_good_events() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    let (partner, receiver) = world
+        .partner_with_receiver("lagging", Script::default(), "")
+        .await;
+    let status = Arc::new(AtomicU16::new(404));
+    let follower = e2e::flaky_registry(e2e::registry_url(), Arc::clone(&status)).await;
+    world.registry = follower;
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let events: Vec<_> = (0..3)
+        .map(|i| {
+            order_schemas::OrderEvent::sample(
+                order_schemas::EventType::OrderCreated,
+                &format!("o-{i}"),
+                &partner,
+                1,
+            )
+        })
+        .collect();
+    for e in &events {
+        publisher.publish(e).await.expect("publish");
+    }
+    for answer in [404, 401, 429] {
+        status.store(answer, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            receiver.unique(),
+            0,
+            "nothing decoded while the registry says {answer}"
+        );
+    }
+    status.store(0, Ordering::SeqCst);
+    assert!(
+        e2e::eventually(Duration::from_secs(60), || receiver.unique()
+            == events.len())
+        .await,
+        "{} of {} delivered\n{}",
+        receiver.unique(),
+        events.len(),
+        dispatcher.log_tail()
+    );
+    assert_eq!(
+        dispatcher
+            .metric("dispatcher_router_records_total{outcome=\"routed\"}")
+            .await,
+        Some(3.0)
+    );
+    let dead_lettered = dispatcher
+        .metric("dispatcher_router_records_total{outcome=\"dead_lettered\"}")
+        .await;
+    assert!(
+        dead_lettered.is_none_or(|n| n == 0.0),
+        "nothing dead-lettered by the router: {dead_lettered:?}"
+    );
+    assert_eq!(dispatcher.terminate(), Some(0));
+}
