@@ -24,11 +24,10 @@ use axum::{Json, Router};
 use base64::Engine;
 use chrono::{SecondsFormat, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::audit::AuditTrail;
 use crate::kafka::KafkaSettings;
 use crate::signing::Secret;
 use crate::ssrf::Allowlist;
@@ -158,6 +157,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds for a `Retry-After` header (503, 429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -167,6 +168,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -176,6 +178,7 @@ impl ApiError {
             code: "invalid_field",
             message: message.into(),
             field: Some(field.to_string()),
+            retry_after: None,
         }
     }
 
@@ -187,13 +190,21 @@ impl ApiError {
         )
     }
 
+    /// A failure of ours (Kafka, a task): the details go to the log, the caller gets
+    /// a generic answer (no broker names or internal messages reach a partner).
     fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "api");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("try again later: {error}"),
+            "temporarily unavailable, try again later",
         )
+        .retry_after(5)
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 }
 
@@ -203,7 +214,14 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             error["field"] = f.into();
         }
-        (self.status, Json(serde_json::json!({ "error": error }))).into_response()
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -212,13 +230,18 @@ impl IntoResponse for ApiError {
 pub struct ApiState {
     pub kafka: KafkaSettings,
     pub subscriptions_topic: String,
-    pub audit_topic: String,
+    /// Where every change is audited, before it is made.
+    pub audit: AuditTrail,
     pub partitions: i32,
     pub table: SubscriptionTable,
     pub allowlist: Arc<Allowlist>,
     pub require_https: bool,
     pub tokens: Arc<Tokens>,
-    pub producer: FutureProducer,
+    /// Subscriptions one partner may have (a partner's quota). Default 100.
+    pub max_subscriptions_per_partner: usize,
+    /// `/events` pages read at once (each reads Kafka with a client of its own); past
+    /// that the answer is 429 with Retry-After.
+    pub events_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -376,15 +399,18 @@ impl ApiState {
             )
             .await
             .map_err(|_| ApiError::field("url", format!("resolving `{host}` timed out")))?
-            .map_err(|e| ApiError::field("url", format!("`{host}` does not resolve: {e}")))?;
+            .map_err(|e| {
+                tracing::info!(%host, error = %e, "webhook host does not resolve");
+                ApiError::field("url", format!("`{host}` does not resolve"))
+            })?;
             for addr in addrs {
+                // What a name resolves to inside our network is not the caller's
+                // business: the address and the reason go to the log only.
                 self.allowlist.check(addr.ip()).map_err(|why| {
+                    tracing::warn!(%host, address = %addr.ip(), %why, "webhook URL refused by the SSRF guard");
                     ApiError::field(
                         "url",
-                        format!(
-                            "`{host}` resolves to {}, refused by the SSRF guard: {why}",
-                            addr.ip()
-                        ),
+                        format!("`{host}` resolves to an address webhooks may not reach (private, loopback, link-local or reserved)"),
                     )
                 })?;
             }
@@ -407,34 +433,36 @@ impl ApiState {
         Ok(s)
     }
 
+    /// Audits a change before it is made: no audit record, no change (503).
     async fn audit(
         &self,
         caller: &Caller,
         action: &str,
         s: &Subscription,
         extra: serde_json::Value,
-    ) {
-        let record = serde_json::json!({
-            "at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            "actor": caller.name(),
-            "action": action,
-            "subscription": s.id,
-            "partner": s.partner_id,
-            "details": extra,
-        });
-        tracing::info!(actor = %caller.name(), action, subscription = %s.id, %extra, "subscription audit");
-        let payload = record.to_string();
-        let sent = self
-            .producer
-            .send(
-                FutureRecord::to(&self.audit_topic)
-                    .key(&s.id)
-                    .payload(&payload),
-                Timeout::After(Duration::from_secs(10)),
-            )
-            .await;
-        if let Err((error, _)) = sent {
-            tracing::error!(%error, "audit record not written");
+    ) -> Result<(), ApiError> {
+        self.audit
+            .record(&caller.name(), action, s, extra)
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// Audits `action`, then writes `s`; if the write fails, audits that too.
+    async fn audited_save(
+        &self,
+        caller: &Caller,
+        action: &str,
+        s: Subscription,
+        extra: serde_json::Value,
+    ) -> Result<Subscription, ApiError> {
+        self.audit(caller, action, &s, extra).await?;
+        match self.save(s.clone()).await {
+            Ok(saved) => Ok(saved),
+            Err(e) => {
+                let failed = format!("{action}-failed");
+                let _ = self.audit(caller, &failed, &s, serde_json::json!({})).await;
+                Err(e)
+            }
         }
     }
 }
@@ -489,17 +517,43 @@ async fn create(
             "only an admin token creates internal subscriptions",
         ));
     }
-    let id = request.id.unwrap_or_else(|| {
-        format!(
-            "{partner_id}-{}",
+    // A partner names its subscriptions inside its own namespace (`<partner>.<name>`),
+    // so an answer about an id never tells it anything about another partner's.
+    let namespace = format!("{partner_id}.");
+    let id = match request.id {
+        Some(id) if caller != Caller::Admin && !id.starts_with(&namespace) => {
+            return Err(ApiError::field(
+                "id",
+                format!("must start with `{namespace}` (your partner id and a dot)"),
+            ))
+        }
+        Some(id) => id,
+        None => format!(
+            "{namespace}{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
-        )
-    });
+        ),
+    };
     if api.table.get(&id).is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
             format!("subscription `{id}` exists"),
+        ));
+    }
+    let owned = api
+        .table
+        .all()
+        .iter()
+        .filter(|s| s.partner_id == partner_id)
+        .count();
+    if owned >= api.max_subscriptions_per_partner {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!(
+                "partner `{partner_id}` has {owned} subscriptions, the most allowed ({}); delete one first",
+                api.max_subscriptions_per_partner
+            ),
         ));
     }
     let secret = Secret::generate();
@@ -532,9 +586,8 @@ async fn create(
         )
         .await
         .map_err(ApiError::internal)?;
-    let s = api.save(s).await?;
-    api.audit(&caller, "create", &s, serde_json::json!({ "url": s.url }))
-        .await;
+    let details = serde_json::json!({ "url": s.url, "internal": s.internal });
+    let s = api.audited_save(&caller, "create", s, details).await?;
     let mut view = serde_json::to_value(View::from(&s)).map_err(ApiError::internal)?;
     // Shown once: the partner verifies signatures with it.
     view["secret"] = secret.into();
@@ -570,20 +623,17 @@ async fn update(
         s.rate_limit_per_sec = Some(rate);
     }
     api.check(&s).await?;
-    let url_changed = s.url != current.url;
-    let s = api.save(s).await?;
-    if url_changed {
-        api.audit(
-            &caller,
-            "change-url",
-            &s,
-            serde_json::json!({ "from": current.url, "to": s.url }),
-        )
-        .await;
+    let action = if s.url != current.url {
+        "change-url"
     } else {
-        api.audit(&caller, "update", &s, serde_json::json!({}))
-            .await;
-    }
+        "update"
+    };
+    let details = if s.url != current.url {
+        serde_json::json!({ "from": current.url, "to": s.url })
+    } else {
+        crate::audit::changes(&current, &s).unwrap_or_default()
+    };
+    let s = api.audited_save(&caller, action, s, details).await?;
     Ok(Json(View::from(&s)).into_response())
 }
 
@@ -610,14 +660,9 @@ async fn rotate(
     s.secrets.truncate(5);
     let until = now + chrono::Duration::seconds(overlap as i64);
     s.previous_secrets_until = Some(until);
-    let s = api.save(s).await?;
-    api.audit(
-        &caller,
-        "rotate-secret",
-        &s,
-        serde_json::json!({ "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true) }),
-    )
-    .await;
+    let details = serde_json::json!({ "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true) });
+    api.audited_save(&caller, "rotate-secret", s, details)
+        .await?;
     Ok(Json(serde_json::json!({
         "secret": secret,
         "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -634,14 +679,10 @@ async fn set_paused(
     let caller = api.tokens.caller(&headers)?;
     let mut s = (*api.visible(&caller, &id)?).clone();
     s.paused = paused;
-    let s = api.save(s).await?;
-    api.audit(
-        &caller,
-        if paused { "pause" } else { "resume" },
-        &s,
-        serde_json::json!({}),
-    )
-    .await;
+    let action = if paused { "pause" } else { "resume" };
+    let s = api
+        .audited_save(&caller, action, s, serde_json::json!({}))
+        .await?;
     Ok(Json(View::from(&s)).into_response())
 }
 
@@ -735,14 +776,8 @@ async fn set_connected(
         let before = s.disconnected.clone();
         let mut s = (*s).clone();
         s.disconnected = mark.clone();
-        let s = api.save(s).await?;
-        api.audit(
-            &caller,
-            action,
-            &s,
-            serde_json::json!({ "was": before, "now": mark }),
-        )
-        .await;
+        let details = serde_json::json!({ "was": before, "now": mark });
+        let s = api.audited_save(&caller, action, s, details).await?;
         views.push(View::from(&s));
     }
     Ok(Json(serde_json::json!({ "subscriptions": views })).into_response())
@@ -755,6 +790,8 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let caller = api.tokens.caller(&headers)?;
     let s = api.visible(&caller, &id)?;
+    api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
+        .await?;
     table::publish(
         &api.kafka,
         &api.subscriptions_topic,
@@ -764,8 +801,6 @@ async fn remove(
     .await
     .map_err(ApiError::internal)?;
     api.table.remove(&id);
-    api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
-        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -836,10 +871,21 @@ async fn events(
         Some(text) => Cursor::decode(text)
             .ok_or_else(|| ApiError::field("after", "not a cursor this API returned"))?,
     };
+    let Ok(permit) = Arc::clone(&api.events_permits).try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many event pages are being read; try again shortly",
+        )
+        .retry_after(1));
+    };
     let (kafka, topic) = (api.kafka.clone(), delivery_topic(&partner));
-    let page = tokio::task::spawn_blocking(move || read_page(&kafka, &topic, &after, limit))
-        .await
-        .map_err(ApiError::internal)??;
+    let page = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read_page(&kafka, &topic, &after, limit)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     Ok(Json(page).into_response())
 }
 
@@ -927,6 +973,29 @@ fn read_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_tell_the_caller_nothing_of_ours() {
+        let response = ApiError::internal("Local: Broker transport failure: kafka-2.internal:9092")
+            .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("kafka-2") && !text.contains("Broker"),
+            "{text}"
+        );
+        assert!(text.contains("\"unavailable\""), "{text}");
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

@@ -8,6 +8,7 @@
 //! for the contiguous prefix of finished records (delivered or durably dead-lettered).
 
 pub mod api;
+pub mod audit;
 pub mod backpressure;
 pub mod dlq;
 pub mod flow;

@@ -14,7 +14,7 @@ use dispatcher::kafka::KafkaSettings;
 use dispatcher::lane::{self, LaneConfig};
 use dispatcher::router::{self, RouterConfig};
 use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{dead_letter_topic, delivery_topic, SubscriptionFile};
+use dispatcher::subscription::{dead_letter_topic, delivery_topic, Subscription, SubscriptionFile};
 use dispatcher::table::{self, SubscriptionTable};
 use order_schemas::OrderCodec;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +94,10 @@ struct Common {
     /// `default.replication.factor` (production: 3, with `min.insync.replicas=2`).
     #[arg(long, global = true, env = "DISPATCHER_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
     replication_factor: Option<i32>,
+    /// Topic of the audit trail of subscription changes (the API, `subscriptions
+    /// apply` and the dispatcher's own 410 disable and automatic disconnect write it).
+    #[arg(long, global = true, env = "AUDIT_TOPIC", default_value = dispatcher::audit::DEFAULT_TOPIC)]
+    audit_topic: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,9 +218,12 @@ struct ApiArgs {
     /// Refuse webhook URLs that are not https.
     #[arg(long, env = "API_REQUIRE_HTTPS")]
     require_https: bool,
-    /// Topic of the audit trail of subscription changes.
-    #[arg(long, env = "API_AUDIT_TOPIC", default_value = "subscription-audit")]
-    audit_topic: String,
+    /// Subscriptions one partner may have; creating more answers 403 `quota_exceeded`.
+    #[arg(long, env = "API_MAX_SUBSCRIPTIONS_PER_PARTNER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_subscriptions_per_partner: u32,
+    /// `GET /v1/partners/{p}/events` pages read at once; past that 429 with Retry-After.
+    #[arg(long, env = "API_EVENTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    events_concurrency: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +257,19 @@ impl Common {
         Allowlist::parse(&self.allow)
             .map(|a| a.with_plain_http(self.allow_http))
             .map_err(|e| anyhow::anyhow!("--allow / DISPATCHER_SSRF_ALLOWLIST: {e}"))
+    }
+
+    /// The audit trail, its topic created when missing.
+    async fn audit_trail(&self) -> anyhow::Result<dispatcher::audit::AuditTrail> {
+        let kafka = self.kafka();
+        kafka
+            .ensure_topics(std::slice::from_ref(&self.audit_topic), 1, &[])
+            .await
+            .with_context(|| format!("audit topic `{}`", self.audit_topic))?;
+        Ok(dispatcher::audit::AuditTrail {
+            producer: kafka.producer().create()?,
+            topic: self.audit_topic.clone(),
+        })
     }
 
     async fn ensure_subscriptions_topic(&self) -> anyhow::Result<()> {
@@ -331,18 +351,18 @@ async fn api(common: &Common, args: &ApiArgs) -> anyhow::Result<()> {
     let kafka = common.kafka();
     let allowlist = Arc::new(common.allowlist()?);
     common.ensure_subscriptions_topic().await?;
-    kafka
-        .ensure_topics(std::slice::from_ref(&args.audit_topic), 1, &[])
-        .await
-        .context("audit topic")?;
+    let audit = common.audit_trail().await?;
     let table =
         SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::clone(&allowlist))
             .await?;
     let state = dispatcher::api::ApiState {
-        producer: kafka.producer().create()?,
         kafka,
         subscriptions_topic: common.subscriptions_topic.clone(),
-        audit_topic: args.audit_topic.clone(),
+        audit,
+        max_subscriptions_per_partner: args.max_subscriptions_per_partner as usize,
+        events_permits: Arc::new(tokio::sync::Semaphore::new(
+            args.events_concurrency as usize,
+        )),
         partitions: common.partitions,
         table,
         allowlist,
@@ -374,19 +394,47 @@ async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<(
         .flat_map(|p| [delivery_topic(p), dead_letter_topic(p)])
         .collect();
     kafka.ensure_topics(&topics, common.partitions, &[]).await?;
-    let remove: Vec<String> = if prune {
-        let current =
-            SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::new(allowlist))
-                .await?;
+    let current =
+        SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::new(allowlist)).await?;
+    let remove: Vec<Arc<dispatcher::subscription::Subscription>> = if prune {
         current
             .all()
-            .iter()
-            .map(|s| s.id.clone())
-            .filter(|id| !subscriptions.iter().any(|s| &s.id == id))
+            .into_iter()
+            .filter(|c| !subscriptions.iter().any(|s| s.id == c.id))
             .collect()
     } else {
         Vec::new()
     };
+    // Every change is audited before it is written (docs/ARCHITECTURE.md, audit).
+    let audit = common.audit_trail().await?;
+    let actor = format!(
+        "operator {} (subscriptions apply {})",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        file.display()
+    );
+    for s in &subscriptions {
+        let (action, details) = match current.get(&s.id) {
+            None => (
+                "apply-create",
+                Some(serde_json::json!({ "url": s.url, "internal": s.internal })),
+            ),
+            Some(before) => ("apply-update", dispatcher::audit::changes(&before, s)),
+        };
+        if let Some(details) = details {
+            audit.record(&actor, action, s, details).await?;
+        }
+    }
+    for s in &remove {
+        audit
+            .record(
+                &actor,
+                "apply-delete",
+                s,
+                serde_json::json!({ "url": s.url }),
+            )
+            .await?;
+    }
+    let remove: Vec<String> = remove.iter().map(|s| s.id.clone()).collect();
     table::publish(&kafka, &common.subscriptions_topic, &subscriptions, &remove).await?;
     println!(
         "applied {} subscriptions for {} partners, deleted {}",
@@ -430,6 +478,7 @@ struct Updater {
     kafka: KafkaSettings,
     topic: String,
     table: SubscriptionTable,
+    audit: dispatcher::audit::AuditTrail,
 }
 
 impl Updater {
@@ -437,11 +486,19 @@ impl Updater {
         &self,
         id: String,
         what: &'static str,
-        change: impl FnOnce(&mut dispatcher::subscription::Subscription) -> bool + Send + 'static,
+        change: impl FnOnce(&mut Subscription) -> bool + Send + 'static,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            match table::update_latest(&this.kafka, &this.topic, &this.table, &id, change).await {
+            // Audited before it is written: the change, on the latest version.
+            let audited = |before: &Subscription, after: &Subscription| {
+                let details = dispatcher::audit::changes(before, after).unwrap_or_default();
+                let (audit, after) = (this.audit.clone(), after.clone());
+                async move { audit.record("dispatcher", what, &after, details).await }
+            };
+            match table::update_latest(&this.kafka, &this.topic, &this.table, &id, change, audited)
+                .await
+            {
                 Ok(true) => tracing::info!(subscription = %id, what, "subscription updated"),
                 Ok(false) => {
                     tracing::info!(subscription = %id, what, "not applied: the subscription changed or is gone since")
@@ -486,6 +543,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         kafka: kafka.clone(),
         topic: common.subscriptions_topic.clone(),
         table: table.clone(),
+        audit: common.audit_trail().await?,
     };
     let gone = updater.clone();
     let on_gone = GoneHook(Arc::new(move |answered| {

@@ -148,6 +148,15 @@ pub struct InvalidSubscription {
     pub message: String,
 }
 
+/// Subscription ids are keys, log fields and URL path segments: a small charset.
+fn valid_id(id: &str) -> bool {
+    id.len() <= 128
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 /// Partner ids become topic names: lowercase letters, digits, `-` and `_`.
 fn valid_partner_id(id: &str) -> bool {
     !id.is_empty()
@@ -169,8 +178,11 @@ impl Subscription {
     /// Checks every field; URL hosts given as IP literals must pass the SSRF rules
     /// (names are checked again at every request, after resolution).
     pub fn validate(&self, allowlist: &Allowlist) -> Result<(), InvalidSubscription> {
-        if self.id.trim().is_empty() {
-            return Err(self.invalid("id", "must not be empty"));
+        if !valid_id(&self.id) {
+            return Err(self.invalid(
+                "id",
+                "must be 1-128 of A-Z, a-z, 0-9, `.`, `_` and `-`, starting with a letter or digit",
+            ));
         }
         if !valid_partner_id(&self.partner_id) {
             return Err(self.invalid(
@@ -407,6 +419,9 @@ mod tests {
         assert_eq!(error(|s| s.secrets = vec!["plain".into()]).field, "secrets");
         assert_eq!(error(|s| s.secrets.clear()).field, "secrets");
         assert_eq!(error(|s| s.max_in_flight = 0).field, "max_in_flight");
+        for bad in ["", " a", "a b", "a/b", "-a", &"x".repeat(129), "é"] {
+            assert_eq!(error(|s| s.id = bad.to_string()).field, "id", "{bad:?}");
+        }
         assert_eq!(
             error(|s| s.retry.max_attempts = 0).field,
             "retry.max_attempts"

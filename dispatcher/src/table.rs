@@ -288,13 +288,19 @@ impl SubscriptionTable {
 /// before a URL change, a disconnect judged a moment ago) never writes that copy back
 /// over a newer URL, secret or setting. `change` returns false when, against the latest
 /// version, it no longer applies; then nothing is written. Returns whether it wrote.
-pub async fn update_latest(
+/// `audit(before, after)` is awaited before the write; its failure stops it.
+pub async fn update_latest<A, F>(
     settings: &KafkaSettings,
     topic: &str,
     table: &SubscriptionTable,
     id: &str,
     change: impl FnOnce(&mut Subscription) -> bool,
-) -> anyhow::Result<bool> {
+    audit: A,
+) -> anyhow::Result<bool>
+where
+    A: FnOnce(&Subscription, &Subscription) -> F,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     let Some(latest) = table.get(id) else {
         return Ok(false);
     };
@@ -302,6 +308,7 @@ pub async fn update_latest(
     if !change(&mut updated) || updated == *latest {
         return Ok(false);
     }
+    audit(&latest, &updated).await?;
     publish(settings, topic, std::slice::from_ref(&updated), &[]).await?;
     Ok(true)
 }

@@ -317,6 +317,8 @@ pub struct DispatchWorld {
     pub allow: String,
     /// Extra arguments of `dispatcher run`.
     pub run_args: Vec<String>,
+    /// The audit trail every `dispatcher` command of this world writes.
+    pub audit_topic: String,
     /// The registry `dispatcher run` decodes with (the suite's unless a test puts
     /// another in front of it).
     pub registry: String,
@@ -340,6 +342,7 @@ impl DispatchWorld {
             allow: allow.to_string(),
             run_args: Vec::new(),
             registry: registry_url(),
+            audit_topic: unique("subscription-audit"),
             orders_topic,
         }
     }
@@ -366,6 +369,8 @@ impl DispatchWorld {
             "6000".into(),
             "--partitions".into(),
             "3".into(),
+            "--audit-topic".into(),
+            self.audit_topic.clone(),
             // nisshi answers a fetch of a large backlog very slowly (a restarted router
             // waited minutes for its first 1 MB-per-partition fetch): smaller fetches
             // (docs/ARCHITECTURE.md, nisshi differences).
@@ -459,7 +464,7 @@ impl DispatchWorld {
         let tokens_file = dir.join(format!("{}.yaml", unique("tokens")));
         std::fs::write(&tokens_file, tokens).expect("tokens file");
         let log = dir.join(format!("{}.log", unique("api")));
-        let audit_topic = unique("subscription-audit");
+        let audit_topic = self.audit_topic.clone();
         let mut args = self.common_args();
         args.extend([
             "api".into(),
@@ -467,8 +472,6 @@ impl DispatchWorld {
             "127.0.0.1:0".into(),
             "--tokens-file".into(),
             tokens_file.display().to_string(),
-            "--audit-topic".into(),
-            audit_topic.clone(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let (process, url) = spawn_listening(&args, &log);

@@ -448,6 +448,14 @@ async fn ssrf_and_bad_fields_are_refused_with_the_field_named() {
             e["error"]["message"].as_str().unwrap_or("").contains(why),
             "{url}: {e}"
         );
+        // What a name resolves to inside our network is not told.
+        let message = e["error"]["message"].as_str().unwrap_or("");
+        if url.contains("localhost") {
+            assert!(
+                !message.contains("127.0.0.1") && !message.contains("::1"),
+                "{url}: {e}"
+            );
+        }
     }
     let (s, e) = api
         .call(
@@ -659,4 +667,114 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
         .await;
     assert_eq!(s, 404, "another partner's token");
     assert_eq!(dispatcher.terminate(), Some(0));
+}
+
+/// A partner names subscriptions only inside its own namespace (an id of another
+/// partner's is refused without saying whether it exists), has a quota of
+/// subscriptions, and `/events` answers 429 with Retry-After when saturated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_are_confined_to_their_namespace_quota_and_a_share_of_the_events_reader() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let (pa, pb) = (unique("qa"), unique("qb"));
+    let api = world.start_api(
+        &tokens(&[&pa, &pb]),
+        &[
+            "--max-subscriptions-per-partner",
+            "2",
+            "--events-concurrency",
+            "1",
+        ],
+    );
+    let (ta, tb) = (partner_token(&pa), partner_token(&pb));
+    let create = |token: String, body: Value| {
+        let api = &api;
+        async move {
+            api.call(
+                reqwest::Method::POST,
+                "/v1/subscriptions",
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let hook = |id: Option<String>| {
+        let mut b = json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.created"]});
+        if let Some(id) = id {
+            b["id"] = id.into();
+        }
+        b
+    };
+    let mine = format!("{pa}.orders");
+    let (s, a) = create(ta.clone(), hook(Some(mine.clone()))).await;
+    assert_eq!(s, 201, "{a}");
+    // Partner B asking for A's id learns nothing about it: the same answer as for
+    // any id outside its namespace.
+    for asked in [mine.clone(), format!("{pa}.unused"), "plain".to_string()] {
+        let (s, e) = create(tb.clone(), hook(Some(asked.clone()))).await;
+        assert_eq!(
+            (s, e["error"]["field"].as_str()),
+            (422, Some("id")),
+            "{asked}: {e}"
+        );
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("{pb}.")),
+            "{e}"
+        );
+    }
+    // Inside its own namespace a taken id is a conflict.
+    let (s, e) = create(ta.clone(), hook(Some(mine.clone()))).await;
+    assert_eq!(s, 409, "{e}");
+    // Generated ids are in the namespace too; the quota counts them.
+    let (s, second) = create(ta.clone(), hook(None)).await;
+    assert_eq!(s, 201, "{second}");
+    assert!(
+        second["id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{pa}.")),
+        "{second}"
+    );
+    let (s, e) = create(ta.clone(), hook(None)).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap_or("").contains("(2)"),
+        "{e}"
+    );
+    let (s, _) = create(tb.clone(), hook(None)).await;
+    assert_eq!(s, 201, "the quota is per partner");
+
+    // One events page at a time: a burst gets 429 with Retry-After, never a 5xx.
+    let client = reqwest::Client::new();
+    let calls = (0..16).map(|_| {
+        client
+            .get(format!("{}/v1/partners/{pa}/events", api.url))
+            .bearer_auth(&ta)
+            .send()
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut statuses = Vec::new();
+    for a in answers {
+        let a = a.expect("answer");
+        if a.status().as_u16() == 429 {
+            assert_eq!(
+                a.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+        }
+        statuses.push(a.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
 }

@@ -280,3 +280,80 @@ async fn a_lagging_or_refusing_registry_never_dead_letters_good_events() {
     );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// Every change that affects where data goes is in the audit trail, whoever made it:
+/// `subscriptions apply` (created; the internal flag changed) and the dispatcher's own
+/// disable after a 410, each written before the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_audited_whoever_makes_it() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = e2e::unique("audited");
+    let secret = &dispatcher::signing::Secret::generate();
+    let receiver = consumer_examples::receiver::Receiver::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        secret,
+        Script {
+            always_status: Some(410),
+            ..Script::default()
+        },
+    )
+    .await
+    .expect("receiver");
+    let yaml = |types: &str, internal: bool| {
+        format!(
+            "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: {}\n    event_types: [{types}]\n    secrets: [\"{secret}\"]\n    internal: {internal}\n",
+            receiver.url()
+        )
+    };
+    assert!(world.apply(&yaml("order.created", false)).status.success());
+    // The operator widens it: internal (every partner's orders), one more event type.
+    let widened = yaml("order.created, order.cancelled", true);
+    assert!(world.apply(&widened).status.success());
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    publisher
+        .publish(&order_schemas::OrderEvent::sample(
+            order_schemas::EventType::OrderCreated,
+            "o-1",
+            &partner,
+            1,
+        ))
+        .await
+        .expect("publish");
+    let audit: Vec<serde_json::Value> =
+        e2e::read_exactly(&world.audit_topic, 3, Duration::from_secs(60))
+            .await
+            .iter()
+            .map(|m| {
+                use rdkafka::Message;
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("audit JSON")
+            })
+            .collect();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap_or(""),
+                a["actor"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(actions[0].0, "apply-create", "{audit:?}");
+    assert!(actions[0].1.contains("subscriptions apply"), "{audit:?}");
+    assert_eq!(audit[0]["details"]["url"], receiver.url().as_str());
+    assert_eq!(actions[1].0, "apply-update", "{audit:?}");
+    assert_eq!(audit[1]["details"]["internal"]["to"], true, "{audit:?}");
+    assert_eq!(
+        actions[2],
+        ("disable after 410 Gone", "dispatcher"),
+        "{audit:?}"
+    );
+    assert_eq!(audit[2]["details"]["disabled"], true, "{audit:?}");
+    for a in &audit {
+        assert!(
+            !a.to_string().contains(secret.trim_start_matches("whsec_")),
+            "{a}"
+        );
+    }
+    assert_eq!(dispatcher.terminate(), Some(0));
+}
