@@ -96,8 +96,8 @@ struct Common {
     replication_factor: Option<i32>,
     /// Topic of the audit trail of subscription changes (the API, `subscriptions
     /// apply` and the dispatcher's own 410 disable and automatic disconnect write it).
-    #[arg(long, global = true, env = "AUDIT_TOPIC", default_value = dispatcher::audit::DEFAULT_TOPIC)]
-    audit_topic: String,
+    #[arg(long, global = true, env = "SUBSCRIPTION_AUDIT_TOPIC", default_value = dispatcher::audit::DEFAULT_TOPIC)]
+    subscription_audit_topic: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,12 +263,12 @@ impl Common {
     async fn audit_trail(&self) -> anyhow::Result<dispatcher::audit::AuditTrail> {
         let kafka = self.kafka();
         kafka
-            .ensure_topics(std::slice::from_ref(&self.audit_topic), 1, &[])
+            .ensure_topics(std::slice::from_ref(&self.subscription_audit_topic), 1, &[])
             .await
-            .with_context(|| format!("audit topic `{}`", self.audit_topic))?;
+            .with_context(|| format!("audit topic `{}`", self.subscription_audit_topic))?;
         Ok(dispatcher::audit::AuditTrail {
             producer: kafka.producer().create()?,
-            topic: self.audit_topic.clone(),
+            topic: self.subscription_audit_topic.clone(),
         })
     }
 

@@ -369,7 +369,7 @@ impl DispatchWorld {
             "6000".into(),
             "--partitions".into(),
             "3".into(),
-            "--audit-topic".into(),
+            "--subscription-audit-topic".into(),
             self.audit_topic.clone(),
             // nisshi answers a fetch of a large backlog very slowly (a restarted router
             // waited minutes for its first 1 MB-per-partition fetch): smaller fetches
