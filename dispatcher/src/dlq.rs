@@ -124,6 +124,12 @@ pub struct TopicArgs {
     /// Topic of audit records, one per replay or resolve.
     #[arg(long, env = "DLQ_AUDIT_TOPIC", default_value = "dlq-audit")]
     pub audit_topic: String,
+    /// The orders topic: where `--router` replays go.
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
+    pub orders_topic: String,
+    /// The router's dead-letter topic: what `--router` reads.
+    #[arg(long, env = "ORDERS_DEAD_LETTER_TOPIC", default_value = "orders.dlq")]
+    pub orders_dead_letter_topic: String,
 }
 
 /// Which dead-letter records a command acts on. Every condition given must hold.
@@ -131,8 +137,15 @@ pub struct TopicArgs {
 pub struct Filter {
     /// The partner whose dead-letter topic is read (and, for replay, whose delivery
     /// topic is written).
-    #[arg(long)]
+    #[arg(long, default_value = "", hide_default_value = true)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub partner: String,
+    /// Instead of a partner's: the router's dead-letter topic (orders records it could
+    /// not decode, e.g. during a registry outage or after a bad producer deploy); replay
+    /// writes them back to the orders topic, where the router decodes them again.
+    #[arg(long, conflicts_with = "partner")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub router: bool,
     /// Event type, e.g. order.created.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -197,8 +210,10 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 impl Filter {
     /// Checks the filter on its own, before anything is read.
     pub fn validate(&self, now: DateTime<Utc>) -> Result<(), Invalid> {
-        if self.partner.trim().is_empty() {
-            return Err(Invalid("--partner: must not be empty".into()));
+        if self.partner.trim().is_empty() && !self.router {
+            return Err(Invalid(
+                "--partner: required (or --router for the router's dead-letter topic)".into(),
+            ));
         }
         if let Some(t) = &self.event_type {
             if order_schemas::EventType::from_name(t).is_none() {
@@ -316,8 +331,12 @@ pub struct AuditRecord {
     pub matched: usize,
     pub skipped: usize,
     pub count: usize,
-    /// `completed` or `interrupted`.
+    /// `started` (written before the first record is handled), then `completed`,
+    /// `interrupted` or `failed`.
     pub status: String,
+    /// Why a `failed` run stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// First and last offset handled, per partition.
     pub offsets: BTreeMap<i32, (i64, i64)>,
 }
@@ -359,7 +378,7 @@ pub async fn run(
             limit,
             topics,
         } => {
-            let topic = dead_letter_topic(&kafka.partner(&filter.partner)?);
+            let topic = kafka.source(filter, topics)?.topic;
             let ledger = kafka.ledger(&topics.ledger_topic).await?;
             let records = kafka.read(&topic).await?;
             let matched: Vec<&DlqRecord> = records.iter().filter(|r| filter.matches(r)).collect();
@@ -458,7 +477,7 @@ pub async fn run(
                     .map(|(p, (first, last))| format!("{p}:{first}-{last}"))
                     .collect();
                 say!(
-                    "{} {} {} by {} partner={} count={} matched={} skipped={} status={} offsets=[{}] filter={} id={}",
+                    "{} {} {} by {} partner={} count={} matched={} skipped={} status={}{} offsets=[{}] filter={} id={}",
                     a.finished_at,
                     a.action,
                     a.destination_topic.as_deref().map_or(a.source_topic.clone(), |d| format!("{} -> {d}", a.source_topic)),
@@ -468,6 +487,7 @@ pub async fn run(
                     a.matched,
                     a.skipped,
                     a.status,
+                    a.error.as_ref().map_or(String::new(), |e| format!(" error=\"{e}\"")),
                     offsets.join(" "),
                     serde_json::to_string(&a.filter).unwrap_or_default(),
                     a.id,
@@ -526,12 +546,15 @@ async fn handle(
     if !(run.rate > 0.0 && run.rate.is_finite()) {
         return Err(Invalid(format!("--rate {}: must be above 0", run.rate)).into());
     }
-    let partner = kafka.partner(&filter.partner)?;
-    let source = dead_letter_topic(&partner);
-    let destination = delivery_topic(&partner);
+    let Source {
+        label: partner,
+        topic: source,
+        destination,
+        partner: for_partner,
+    } = kafka.source(filter, topics)?;
     if action == Action::Replay && !kafka.exists(&destination) {
         return Err(Invalid(format!(
-            "partner `{partner}` has no delivery topic `{destination}`; nothing sent"
+            "`{partner}` has no destination topic `{destination}`; nothing sent"
         ))
         .into());
     }
@@ -545,8 +568,9 @@ async fn handle(
         .iter()
         .partition(|r| run.again || !ledger.contains_key(&r.ledger_key(&source)));
     // Never send a record to a partner it does not belong to, nor one its subscription
-    // would refuse or drop.
-    if action == Action::Replay {
+    // would refuse or drop. (Router dead letters go back to the orders topic, where the
+    // router routes them as it would any record.)
+    if action == Action::Replay && for_partner {
         let mut problems = Vec::new();
         for r in &todo {
             let owner = r.header("dlq-partner");
@@ -658,6 +682,35 @@ async fn handle(
     let mut offsets: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     let mut done = 0usize;
     let mut interrupted = false;
+    let mut failed: Option<anyhow::Error> = None;
+    let audit = |status: &str,
+                 done: usize,
+                 offsets: &BTreeMap<i32, (i64, i64)>,
+                 error: Option<String>| AuditRecord {
+        id: id.clone(),
+        action: verb.into(),
+        operator: operator.clone(),
+        started_at: started_at.clone(),
+        finished_at: now_text(),
+        partner: partner.clone(),
+        source_topic: source.clone(),
+        destination_topic: (action == Action::Replay).then(|| destination.clone()),
+        filter: filter.clone(),
+        again: run.again,
+        matched: matched.len(),
+        skipped: skipped.len(),
+        count: done,
+        status: status.into(),
+        error,
+        offsets: offsets.clone(),
+    };
+    // Audited before the first record moves: a run that dies leaves at least this.
+    write_audit(
+        &producer,
+        &topics.audit_topic,
+        &audit("started", 0, &offsets, None),
+    )
+    .await?;
     'chunks: for batch in todo.chunks(chunk) {
         // Send the batch (paced), await every acknowledgement, then write its ledger
         // entries: a record is in the ledger only once it is durably where it belongs.
@@ -680,11 +733,19 @@ async fn handle(
                     .key(&r.key)
                     .payload(&r.payload)
                     .headers(headers);
-                producer
+                let written = producer
                     .send(record, Timeout::After(Duration::from_secs(30)))
                     .await
                     .map_err(|(e, _)| e)
-                    .with_context(|| format!("writing to {destination}"))?;
+                    .with_context(|| {
+                        format!("writing {}/{} to {destination}", r.partition, r.offset)
+                    });
+                if let Err(e) = written {
+                    // What was sent before it is recorded below, then the run stops: a
+                    // rerun resumes with this record and sends nothing twice.
+                    failed = Some(e);
+                    break;
+                }
             }
             sent.push(*r);
         }
@@ -712,43 +773,30 @@ async fn handle(
         }
         done += sent.len();
         progress.set_position(done as u64);
-        if interrupted {
+        if interrupted || failed.is_some() {
             break 'chunks;
         }
     }
     progress.finish_and_clear();
-    let audit = AuditRecord {
-        id: id.clone(),
-        action: verb.into(),
-        operator,
-        started_at,
-        finished_at: now_text(),
-        partner: partner.clone(),
-        source_topic: source.clone(),
-        destination_topic: (action == Action::Replay).then(|| destination.clone()),
-        filter: filter.clone(),
-        again: run.again,
-        matched: matched.len(),
-        skipped: skipped.len(),
-        count: done,
-        status: if interrupted {
-            "interrupted"
-        } else {
-            "completed"
-        }
-        .into(),
-        offsets,
+    let status = match (&failed, interrupted) {
+        (Some(_), _) => "failed",
+        (None, true) => "interrupted",
+        (None, false) => "completed",
     };
-    producer
-        .send(
-            FutureRecord::to(&topics.audit_topic)
-                .key(&partner)
-                .payload(&serde_json::to_vec(&audit)?),
-            Timeout::After(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .context("writing the audit record")?;
+    let error = failed.as_ref().map(|e| format!("{e:#}"));
+    write_audit(
+        &producer,
+        &topics.audit_topic,
+        &audit(status, done, &offsets, error),
+    )
+    .await?;
+    if let Some(e) = failed {
+        return Err(e.context(format!(
+            "{} {done} of {} records{target} before the failure (recorded: a rerun resumes, operation {id})",
+            action.done(),
+            todo.len()
+        )));
+    }
     if interrupted {
         say!(
             "interrupted: {} {done} of {} records{target} (operation {id}); run the same command again to resume",
@@ -766,6 +814,34 @@ async fn handle(
         );
         Ok(Outcome::Done)
     }
+}
+
+async fn write_audit(
+    producer: &FutureProducer,
+    topic: &str,
+    a: &AuditRecord,
+) -> anyhow::Result<()> {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(&a.partner)
+                .payload(&serde_json::to_vec(a)?),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .context("writing the audit record")?;
+    Ok(())
+}
+
+/// What a filter reads and where a replay of it writes.
+struct Source {
+    /// The partner, or `router:<topic>` (a colon no partner id has).
+    label: String,
+    topic: String,
+    destination: String,
+    /// A partner's topic (its subscriptions are checked before a replay).
+    partner: bool,
 }
 
 /// The original headers without the dead-letter ones, plus where the record comes from.
@@ -956,6 +1032,31 @@ impl Topics {
         )))
     }
 
+    /// The topic `filter` reads and where a replay of it goes.
+    fn source(&self, filter: &Filter, topics: &TopicArgs) -> Result<Source, Invalid> {
+        if filter.router {
+            let topic = topics.orders_dead_letter_topic.clone();
+            if !self.exists(&topic) {
+                return Err(Invalid(format!(
+                    "the router's dead-letter topic `{topic}` does not exist (--orders-dead-letter-topic); nothing sent"
+                )));
+            }
+            return Ok(Source {
+                label: format!("router:{topic}"),
+                topic,
+                destination: topics.orders_topic.clone(),
+                partner: false,
+            });
+        }
+        let partner = self.partner(&filter.partner)?;
+        Ok(Source {
+            topic: dead_letter_topic(&partner),
+            destination: delivery_topic(&partner),
+            label: partner,
+            partner: true,
+        })
+    }
+
     /// Every record of `topic` up to its end offsets at the time of the call.
     async fn read(&self, topic: &str) -> anyhow::Result<Vec<DlqRecord>> {
         let Some(partitions) = self.partitions.get(topic).cloned() else {
@@ -983,13 +1084,24 @@ impl Topics {
         Ok(ledger)
     }
 
+    /// One record per operation, as it last stood (`started` is followed by how the
+    /// run ended; a run that died shows `started`), in the order they began.
     async fn audit(&self, topic: &str) -> anyhow::Result<Vec<AuditRecord>> {
-        Ok(self
-            .read(topic)
-            .await?
-            .iter()
-            .filter_map(|r| serde_json::from_slice(&r.payload).ok())
-            .collect())
+        let mut out: Vec<AuditRecord> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for r in self.read(topic).await? {
+            let Ok(a) = serde_json::from_slice::<AuditRecord>(&r.payload) else {
+                continue;
+            };
+            match at.get(&a.id) {
+                Some(&i) => out[i] = a,
+                None => {
+                    at.insert(a.id.clone(), out.len());
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -1031,6 +1143,7 @@ mod tests {
     fn filter() -> Filter {
         Filter {
             partner: "acme".into(),
+            router: false,
             event_type: None,
             reason: None,
             status: None,

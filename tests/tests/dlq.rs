@@ -456,3 +456,185 @@ async fn bad_input_is_refused_with_a_clear_message_and_nothing_is_sent() {
     let audit = dlq.expect(0, &["audit"]).await;
     assert!(audit.contains("no audit records"), "{audit}");
 }
+
+/// Records the router dead-lettered (here: its registry did not know their schema)
+/// have a way back: `dlq replay --router` writes them to the orders topic with the same
+/// safety as a partner's (dry run, ledger, audit), and the router delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routers_dead_letters_are_replayed_to_the_orders_topic() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    let (partner, receiver) = world
+        .partner_with_receiver("routerdlq", Script::default(), "")
+        .await;
+    // A registry that does not know the ids, long past the router's wait.
+    let status = Arc::new(AtomicU16::new(404));
+    world.registry = e2e::flaky_registry(e2e::registry_url(), Arc::clone(&status)).await;
+    world.run_args = vec!["--unknown-schema-wait-ms".into(), "300".into()];
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let events: Vec<OrderEvent> = (0..3)
+        .map(|i| OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), &partner, 1))
+        .collect();
+    for e in &events {
+        publisher.publish(e).await.expect("publish");
+    }
+    let dead = e2e::dead_letters(&world.orders_dead_letter_topic, 3).await;
+    assert!(
+        dead.iter()
+            .all(|(h, _)| h["dlq-reason"].contains("not known to the schema registry")),
+        "{dead:?}"
+    );
+    assert_eq!(receiver.unique(), 0);
+    // The registry knows them now.
+    status.store(0, Ordering::SeqCst);
+    let dlq = Dlq {
+        world: world.clone(),
+        ledger: unique("ledger"),
+        audit: unique("audit"),
+    };
+    let router_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "replay",
+            "--router",
+            "--orders-topic",
+            &world.orders_topic,
+            "--orders-dead-letter-topic",
+            &world.orders_dead_letter_topic,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let before = end_offsets_async(&world.orders_topic).await;
+    let dry = router_args(&["--dry-run"]);
+    let dry = dlq
+        .expect(0, &dry.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(dry.contains("would replay 3 records"), "{dry}");
+    assert_eq!(end_offsets_async(&world.orders_topic).await, before);
+    let replay = router_args(&[]);
+    let out = dlq
+        .expect(0, &replay.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(out.contains("replayed 3 records"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(60), || receiver.unique() == 3).await,
+        "{} of 3 delivered after the replay\n{}",
+        receiver.unique(),
+        dispatcher.log_tail()
+    );
+    let got: BTreeSet<String> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| d.webhook_id.clone())
+        .collect();
+    assert_eq!(got, ids(&events.iter().collect::<Vec<_>>()));
+    // A rerun sends nothing; the audit names the router's topic.
+    let again = dlq
+        .expect(0, &replay.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(again.contains("nothing to replay"), "{again}");
+    assert_eq!(end_offsets_async(&world.orders_topic).await, before + 3);
+    let audit = dlq.expect(0, &["audit"]).await;
+    assert!(
+        audit.contains(&format!(
+            "{} -> {}",
+            world.orders_dead_letter_topic, world.orders_topic
+        )) && audit.contains("status=completed"),
+        "{audit}"
+    );
+    assert_eq!(dispatcher.terminate(), Some(0));
+}
+
+/// A replay that fails part way (here: the third record is larger than the producer
+/// accepts) records what it sent before stopping: ledger entries and a `failed` audit
+/// record, so the rerun sends only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_fails_part_way_records_what_it_sent() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("partial");
+    let secret = Secret::generate();
+    let yaml = format!(
+        "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: http://127.0.0.1:9/hook\n    event_types: [order.created]\n    secrets: [\"{secret}\"]\n"
+    );
+    assert!(world.apply(&yaml).status.success());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("producer");
+    let subscription = format!("{partner}-s");
+    for (i, size) in [100usize, 100, 20_000].iter().enumerate() {
+        let id = format!("evt-{i}");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "webhook-id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "subscription-id",
+                value: Some(subscription.as_str()),
+            })
+            .insert(Header {
+                key: "dlq-partner",
+                value: Some(partner.as_str()),
+            })
+            .insert(Header {
+                key: "dlq-reason",
+                value: Some("status 400 is not retried"),
+            });
+        producer
+            .send(
+                FutureRecord::to(&format!("dlq.{partner}"))
+                    .partition(0)
+                    .key("o-1")
+                    .payload(&"x".repeat(*size))
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("dead letter");
+    }
+    let dlq = Dlq {
+        world: world.clone(),
+        ledger: unique("ledger"),
+        audit: unique("audit"),
+    };
+    let deliveries = format!("deliveries.{partner}");
+    let before = end_offsets_async(&deliveries).await;
+    let mut small = dlq.args(&["replay", "--partner", &partner]);
+    small.extend(["--kafka-option".into(), "message.max.bytes=10000".into()]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(binary("dispatcher"))
+            .args(&small)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("replayed 2 of 3 records") && stderr.contains("0/2"),
+        "names how far it got and the record that failed: {stderr}"
+    );
+    assert_eq!(end_offsets_async(&deliveries).await, before + 2);
+    let listed = dlq.expect(0, &["list", "--partner", &partner]).await;
+    assert_eq!(listed.matches(" replayed ").count(), 2, "{listed}");
+    assert_eq!(listed.matches(" pending ").count(), 1, "{listed}");
+    let audit = dlq.expect(0, &["audit", "--partner", &partner]).await;
+    assert!(
+        audit.contains("status=failed") && audit.contains("count=2"),
+        "{audit}"
+    );
+    // The rerun sends only the one that was not sent.
+    let out = dlq.expect(0, &["replay", "--partner", &partner]).await;
+    assert!(out.contains("replayed 1 records"), "{out}");
+    assert_eq!(end_offsets_async(&deliveries).await, before + 3);
+}
