@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python and TypeScript receiver examples' dependencies (the official standardwebhooks
 # libraries): a virtualenv in consumer-examples/python/.venv and node_modules + dist/ in
-# consumer-examples/typescript. Installs Node.js from Debian when missing. Idempotent:
+# consumer-examples/typescript; and the API fuzzer schemathesis in tests/schemathesis/.venv. Installs Node.js from Debian when missing. Idempotent:
 # quick when already set up.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +14,15 @@ if [[ ! -x "$PY/.venv/bin/python" ]] || ! "$PY/.venv/bin/python" -c "import stan
   python3 -m venv "$PY/.venv"
   "$PY/.venv/bin/pip" install -q --disable-pip-version-check -r "$PY/requirements.txt" >&2
   touch "$PY/.venv/.installed"
+fi
+
+# The API fuzzer schemathesis (tests/tests/api_fuzz.rs), in a virtualenv of its own.
+ST="$ROOT/tests/schemathesis"
+if [[ ! -x "$ST/.venv/bin/schemathesis" ]] || [[ "$ST/requirements.txt" -nt "$ST/.venv/.installed" ]]; then
+  echo "setting up schemathesis (venv)..." >&2
+  python3 -m venv "$ST/.venv"
+  "$ST/.venv/bin/pip" install -q --disable-pip-version-check -r "$ST/requirements.txt" >&2
+  touch "$ST/.venv/.installed"
 fi
 
 if ! command -v npm >/dev/null 2>&1; then

@@ -362,6 +362,16 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return serde_json::from_slice(b"{}")
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()));
     }
+    // `null` is not a value of any field: a field is given or left out (for its
+    // default, or to keep it), as the document says.
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(bytes) {
+        if let Some((name, _)) = fields.iter().find(|(_, v)| v.is_null()) {
+            return Err(ApiError::field(
+                name,
+                "must not be null: leave the field out instead",
+            ));
+        }
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -715,7 +725,7 @@ async fn disconnect(
     State(api): State<ApiState>,
     headers: HeaderMap,
     Path(partner): Path<String>,
-    body: Option<Json<DisconnectRequest>>,
+    bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let caller = api.tokens.caller(&headers)?;
     if caller != Caller::Admin {
@@ -725,8 +735,9 @@ async fn disconnect(
             "only an operator (admin token) disconnects a partner",
         ));
     }
-    let reason = body
-        .and_then(|Json(b)| b.reason)
+    let request: DisconnectRequest = body(&bytes)?;
+    let reason = request
+        .reason
         .unwrap_or_else(|| "disconnected by an operator".into());
     let mark = crate::subscription::Disconnected {
         at: Utc::now(),
@@ -852,9 +863,23 @@ async fn events(
     State(api): State<ApiState>,
     headers: HeaderMap,
     Path(partner): Path<String>,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = api.tokens.caller(&headers)?;
+    // A malformed query is answered like any bad field: JSON, naming it.
+    let Query(query) = query.map_err(|e| {
+        let text = e.body_text();
+        let detail = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        let field = detail.split(':').next().unwrap_or("query").trim();
+        let field = if field == "limit" || field == "after" {
+            field
+        } else {
+            "query"
+        };
+        ApiError::field(field, detail.to_string())
+    })?;
     if !caller.sees(&partner) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

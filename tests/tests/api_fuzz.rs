@@ -1,0 +1,58 @@
+//! The property-based fuzzer schemathesis against a real `dispatcher api` with
+//! docs/openapi.yaml: no 5xx but the documented 503, and no answer (status, content
+//! type, body) the document does not describe, for a partner's and an admin's token.
+//! Its stateful phase follows the document's links from a created subscription to the
+//! operations that need one. Set up by scripts/setup-examples.sh (test.sh runs it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use e2e::{partner_token, unique, DispatchWorld, ADMIN_TOKEN};
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn fuzz(url: &str, token: &str, examples: &str) {
+    let dir = root().join("tests/schemathesis");
+    let program = dir.join(".venv/bin/schemathesis");
+    assert!(
+        program.exists(),
+        "schemathesis not set up: run scripts/setup-examples.sh"
+    );
+    let seed = std::env::var("E2E_FUZZ_SEED").unwrap_or_else(|_| "20261202".into());
+    let out = Command::new(program)
+        .current_dir(&dir)
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("PYTHONPATH", &dir)
+        .args(["run", "../../docs/openapi.yaml", "--url", url])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            examples,
+            "--seed",
+            &seed,
+        ])
+        .args(["--no-color"])
+        .output()
+        .expect("run schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems (E2E_FUZZ_SEED={seed} reproduces):\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Stateful"), "{text}");
+}
+
+#[test]
+fn schemathesis_finds_no_5xx_and_no_answer_the_document_does_not_describe() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let world = rt.block_on(DispatchWorld::new("127.0.0.1"));
+    let partner = unique("fuzz");
+    let api = world.start_api(&e2e::api_tokens(&[&partner]), &[]);
+    fuzz(&api.url, &partner_token(&partner), "25");
+    fuzz(&api.url, ADMIN_TOKEN, "10");
+}
