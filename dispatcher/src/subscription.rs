@@ -135,7 +135,7 @@ fn default_request_timeout_ms() -> u64 {
 /// and no real policy needs more.
 pub const MIN_RATE_PER_SEC: f64 = 0.01;
 pub const MAX_RATE_PER_SEC: f64 = 10_000.0;
-pub const MAX_ATTEMPTS: u32 = 1_000;
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
 pub const MAX_ELAPSED_SECS: u64 = 7 * 86_400;
 pub const MAX_BACKOFF_MS: u64 = 86_400_000;
 
