@@ -705,6 +705,21 @@ async fn partners_are_confined_to_their_namespace_quota_and_a_share_of_the_event
         }
         b
     };
+    // Numbers that would overflow flow control or parking are refused, field named.
+    for (extra, field) in [
+        (json!({"rate_limit_per_sec": 1e-30}), "rate_limit_per_sec"),
+        (
+            json!({"retry": {"max_backoff_ms": 9_000_000_000_000_000u64, "max_elapsed_secs": 9_000_000_000_000_000u64}}),
+            "retry.max_elapsed_secs",
+        ),
+    ] {
+        let mut body = hook(None);
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, e) = create(ta.clone(), body).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (422, Some(field)), "{e}");
+    }
     let mine = format!("{pa}.orders");
     let (s, a) = create(ta.clone(), hook(Some(mine.clone()))).await;
     assert_eq!(s, 201, "{a}");
