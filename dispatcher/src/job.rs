@@ -205,6 +205,21 @@ struct Failure {
     excerpt: Option<String>,
 }
 
+impl Failure {
+    /// Dead-lettered before this attempt was sent (no answer to keep).
+    fn unsent(reason: String, attempts: u32, first: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            reason,
+            attempts,
+            first: (attempts > 0).then_some(first),
+            last: None,
+            last_status: None,
+            last_error: None,
+            excerpt: None,
+        }
+    }
+}
+
 /// Counts a lane's jobs that are started but have neither sent their first request nor
 /// begun to wait for a paused subscription. The lane starts more only while few are
 /// ([`Starting::count`]), so its backlog waits in its own queue rather than as hundreds of
@@ -360,15 +375,7 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
                 return Ended::Finished;
             }
             Hold::Invalid(reason) => {
-                let failure = Failure {
-                    reason,
-                    attempts,
-                    first: (attempts > 0).then_some(first),
-                    last: None,
-                    last_status: None,
-                    last_error: None,
-                    excerpt: None,
-                };
+                let failure = Failure::unsent(reason, attempts, first);
                 return done(dead_letter(job, ctx, failure).await);
             }
             Hold::Shutdown => return Ended::Unfinished,
@@ -380,15 +387,7 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
         }
         let subscription = &target.subscription;
         if subscription.disabled {
-            let failure = Failure {
-                reason: "subscription disabled".into(),
-                attempts,
-                first: (attempts > 0).then_some(first),
-                last: None,
-                last_status: None,
-                last_error: None,
-                excerpt: None,
-            };
+            let failure = Failure::unsent("subscription disabled".into(), attempts, first);
             return done(dead_letter(job, ctx, failure).await);
         }
         let permit = tokio::select! {

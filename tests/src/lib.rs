@@ -794,3 +794,36 @@ pub async fn flaky_registry(
     });
     url
 }
+
+/// Writes one record with `headers` to `topic` (to `partition`, or by key) on
+/// `brokers` and waits for the acknowledgement.
+pub async fn produce_with_headers(
+    brokers: &str,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .expect("produce");
+}

@@ -555,8 +555,6 @@ async fn the_routers_dead_letters_are_replayed_to_the_orders_topic() {
 /// record, so the rerun sends only the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_fails_part_way_records_what_it_sent() {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     let world = DispatchWorld::new("127.0.0.1").await;
     let partner = unique("partial");
     let secret = Secret::generate();
@@ -564,41 +562,23 @@ async fn a_replay_that_fails_part_way_records_what_it_sent() {
         "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: http://127.0.0.1:9/hook\n    event_types: [order.created]\n    secrets: [\"{secret}\"]\n"
     );
     assert!(world.apply(&yaml).status.success());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("producer");
     let subscription = format!("{partner}-s");
     for (i, size) in [100usize, 100, 20_000].iter().enumerate() {
         let id = format!("evt-{i}");
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "webhook-id",
-                value: Some(id.as_str()),
-            })
-            .insert(Header {
-                key: "subscription-id",
-                value: Some(subscription.as_str()),
-            })
-            .insert(Header {
-                key: "dlq-partner",
-                value: Some(partner.as_str()),
-            })
-            .insert(Header {
-                key: "dlq-reason",
-                value: Some("status 400 is not retried"),
-            });
-        producer
-            .send(
-                FutureRecord::to(&format!("dlq.{partner}"))
-                    .partition(0)
-                    .key("o-1")
-                    .payload(&"x".repeat(*size))
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("dead letter");
+        e2e::produce_with_headers(
+            &brokers(),
+            &format!("dlq.{partner}"),
+            Some(0),
+            "o-1",
+            "x".repeat(*size).as_bytes(),
+            &[
+                ("webhook-id", &id),
+                ("subscription-id", &subscription),
+                ("dlq-partner", &partner),
+                ("dlq-reason", "status 400 is not retried"),
+            ],
+        )
+        .await;
     }
     let dlq = Dlq {
         world: world.clone(),

@@ -4,31 +4,7 @@
 use std::time::Duration;
 
 use consumer_examples::receiver::Script;
-use e2e::{dead_letters, DispatchWorld};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
-
-async fn produce(brokers: &str, topic: &str, key: &str, body: &str, headers: &[(&str, &str)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("producer");
-    let mut h = OwnedHeaders::new();
-    for (k, v) in headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(body).headers(h),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("produce");
-}
+use e2e::{dead_letters, produce_with_headers, DispatchWorld};
 
 /// A subscription that became invalid (the operator narrowed the allowlist) and a
 /// delivery record that names no subscription: both dead-lettered with why, never
@@ -43,20 +19,22 @@ async fn records_of_an_invalid_subscription_or_none_are_dead_lettered_with_the_r
     let subscription = format!("{partner}-s");
     for (i, order) in ["o-1", "o-2"].iter().enumerate() {
         let id = format!("evt-{i}");
-        produce(
+        produce_with_headers(
             &world.brokers,
             &deliveries,
+            None,
             order,
-            "{\"type\":\"order.created\"}",
+            b"{\"type\":\"order.created\"}",
             &[("webhook-id", &id), ("subscription-id", &subscription)],
         )
         .await;
     }
-    produce(
+    produce_with_headers(
         &world.brokers,
         &deliveries,
+        None,
         "o-3",
-        "{\"type\":\"order.created\"}",
+        b"{\"type\":\"order.created\"}",
         &[("webhook-id", "evt-2")],
     )
     .await;
