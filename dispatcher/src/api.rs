@@ -583,6 +583,8 @@ async fn create(
         previous_secrets_until: None,
         disconnected: None,
     };
+    s.validate_new_id()
+        .map_err(|e| ApiError::field(e.field, e.message))?;
     api.check(&s).await?;
     // The partner's topics exist before anything is routed to them.
     api.kafka
@@ -800,17 +802,47 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = api.tokens.caller(&headers)?;
-    let s = api.visible(&caller, &id)?;
-    api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
-        .await?;
-    table::publish(
+    match api.visible(&caller, &id) {
+        Ok(s) => {
+            api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
+                .await?
+        }
+        // A subscription invalid here (not in force) can be deleted too: by an admin,
+        // or by its partner when the record names one.
+        Err(not_found) => {
+            let invalid = api.table.invalid(&id).ok_or(not_found)?;
+            let partner = invalid.subscription.as_ref().map(|s| s.partner_id.clone());
+            if caller != Caller::Admin && !partner.as_ref().is_some_and(|p| caller.sees(p)) {
+                return Err(ApiError::not_found(&id));
+            }
+            let details = serde_json::json!({ "invalid": invalid.reason });
+            api.audit
+                .record_id(&caller.name(), "delete", &id, partner.as_deref(), details)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+    }
+    let deleted = table::publish(
         &api.kafka,
         &api.subscriptions_topic,
         &[],
         std::slice::from_ref(&id),
     )
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::internal);
+    if let Err(e) = deleted {
+        let _ = api
+            .audit
+            .record_id(
+                &caller.name(),
+                "delete-failed",
+                &id,
+                None,
+                serde_json::json!({}),
+            )
+            .await;
+        return Err(e);
+    }
     api.table.remove(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -44,19 +44,33 @@ impl AuditTrail {
         s: &Subscription,
         details: serde_json::Value,
     ) -> anyhow::Result<()> {
+        self.record_id(actor, action, &s.id, Some(&s.partner_id), details)
+            .await
+    }
+
+    /// [`AuditTrail::record`] for a subscription known by its id only (an invalid
+    /// record being deleted).
+    pub async fn record_id(
+        &self,
+        actor: &str,
+        action: &str,
+        id: &str,
+        partner: Option<&str>,
+        details: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let record = serde_json::json!({
             "at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             "actor": actor,
             "action": action,
-            "subscription": s.id,
-            "partner": s.partner_id,
+            "subscription": id,
+            "partner": partner,
             "details": details,
         });
-        tracing::info!(%actor, action, subscription = %s.id, %details, "subscription audit");
+        tracing::info!(%actor, action, subscription = %id, %details, "subscription audit");
         let payload = record.to_string();
         self.producer
             .send(
-                FutureRecord::to(&self.topic).key(&s.id).payload(&payload),
+                FutureRecord::to(&self.topic).key(id).payload(&payload),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
@@ -101,6 +115,14 @@ pub fn changes(before: &Subscription, after: &Subscription) -> Option<serde_json
     }
     if before.paused != after.paused {
         d.insert("paused".into(), after.paused.into());
+    }
+    if before.max_in_flight != after.max_in_flight
+        || before.request_timeout_ms != after.request_timeout_ms
+        || before.retry != after.retry
+        || before.rate_limit_per_sec != after.rate_limit_per_sec
+        || before.previous_secrets_until != after.previous_secrets_until
+    {
+        d.insert("settings_changed".into(), true.into());
     }
     if before.disconnected != after.disconnected {
         d.insert(

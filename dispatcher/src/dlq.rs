@@ -757,7 +757,7 @@ async fn handle(
         })?;
         for r in &sent {
             let key = r.ledger_key(&source);
-            producer
+            let recorded = producer
                 .send(
                     FutureRecord::to(&topics.ledger_topic)
                         .key(&key)
@@ -766,12 +766,17 @@ async fn handle(
                 )
                 .await
                 .map_err(|(e, _)| e)
-                .with_context(|| format!("writing the ledger entry of {key}"))?;
+                .with_context(|| format!("writing the ledger entry of {key}"));
+            if let Err(e) = recorded {
+                // Sent but not recorded: a rerun sends these again (same webhook-id).
+                failed.get_or_insert(e);
+                break;
+            }
             let span = offsets.entry(r.partition).or_insert((r.offset, r.offset));
             span.0 = span.0.min(r.offset);
             span.1 = span.1.max(r.offset);
+            done += 1;
         }
-        done += sent.len();
         progress.set_position(done as u64);
         if interrupted || failed.is_some() {
             break 'chunks;

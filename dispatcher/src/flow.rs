@@ -150,6 +150,19 @@ impl PartnerFlow {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets every permit handed out: called before a lane starts, since the jobs of
+    /// a lane that ended (a panic aborts them) never gave theirs back, and a restarted
+    /// lane would otherwise find its partner's limit used up for good.
+    pub fn forget_permits(&self) {
+        let mut s = self.lock();
+        s.in_flight = 0;
+        if s.circuit == (Circuit::HalfOpen { probing: true }) {
+            s.circuit = Circuit::HalfOpen { probing: false };
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
     /// Changes the cap (a subscription's `max_in_flight`) and the rate limit.
     pub fn configure(&self, max: usize, rate: Option<f64>) {
         let mut s = self.lock();
@@ -461,6 +474,20 @@ mod tests {
         let wait = f.try_acquire(now).expect_err("empty");
         assert!(wait.is_some_and(|w| w <= Duration::from_millis(200)));
         assert!(f.try_acquire(now + Duration::from_millis(250)).is_ok());
+    }
+
+    #[test]
+    fn permits_of_an_ended_lane_are_forgotten_before_the_next_one_starts() {
+        let f = flow(1);
+        let now = Instant::now();
+        // A lane whose job held the only permit panicked: the permit is never released.
+        let _never_released = f.try_acquire(now).expect("permit");
+        assert!(f.try_acquire(now).is_err(), "the limit is used up");
+        f.forget_permits();
+        assert!(
+            f.try_acquire(now).is_ok(),
+            "the restarted lane can send again"
+        );
     }
 
     #[test]

@@ -73,7 +73,13 @@ impl WebhookClient {
             HeaderValue::from_static("orderhooks-dispatcher/0.1"),
         );
         let builder = match egress_proxy {
-            None => reqwest::Client::builder().no_proxy(),
+            // Straight to partners: every host name goes through the guarded resolver.
+            None => reqwest::Client::builder()
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&allowlist)))),
+            // Through the proxy: the only name we resolve is the proxy's own (often a
+            // private address, which the guard would refuse); the proxy resolves the
+            // partners' names and enforces the address rules for them.
             Some(url) => reqwest::Client::builder().proxy(
                 reqwest::Proxy::all(url)
                     .map_err(|e| anyhow::anyhow!("--egress-proxy `{url}`: {e}"))?,
@@ -81,7 +87,6 @@ impl WebhookClient {
         };
         let client = builder
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&allowlist))))
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)

@@ -107,6 +107,10 @@ impl KafkaSettings {
         partitions: i32,
         configs: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        if names.is_empty() {
+            // librdkafka refuses an empty CreateTopics (`apply --prune` of an empty file).
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> = self.base().create()?;
         let topics: Vec<NewTopic<'_>> = names
             .iter()

@@ -434,7 +434,21 @@ async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<(
             )
             .await?;
     }
-    let remove: Vec<String> = remove.iter().map(|s| s.id.clone()).collect();
+    let mut remove: Vec<String> = remove.iter().map(|s| s.id.clone()).collect();
+    if prune {
+        // Subscriptions invalid here (not in force) go too, unless the file has them.
+        for (id, invalid) in current.all_invalid() {
+            if subscriptions.iter().any(|s| s.id == id) {
+                continue;
+            }
+            let partner = invalid.subscription.as_ref().map(|s| s.partner_id.as_str());
+            let details = serde_json::json!({ "invalid": invalid.reason });
+            audit
+                .record_id(&actor, "apply-delete", &id, partner, details)
+                .await?;
+            remove.push(id);
+        }
+    }
     table::publish(&kafka, &common.subscriptions_topic, &subscriptions, &remove).await?;
     println!(
         "applied {} subscriptions for {} partners, deleted {}",
@@ -468,46 +482,65 @@ async fn list(common: &Common) -> anyhow::Result<()> {
             s.internal
         );
     }
+    let mut invalid = table.all_invalid();
+    invalid.sort_by(|a, b| a.0.cmp(&b.0));
+    for (id, i) in invalid {
+        // Not in force here: its records are dead-lettered with this reason.
+        let partner = i
+            .subscription
+            .as_ref()
+            .map_or("?", |s| s.partner_id.as_str());
+        println!("{id} partner={partner} INVALID reason={}", i.reason);
+    }
     Ok(())
 }
 
-/// Writes a dispatcher-made change of one subscription (410 disable, automatic
-/// disconnect) onto its latest version, in the background.
+/// A change of one subscription the dispatcher makes itself.
+type Change = Box<dyn FnOnce(&mut Subscription) -> bool + Send>;
+
+/// Writes the dispatcher's own changes of subscriptions (410 disable, automatic
+/// disconnect) onto their latest versions, one after another in one task: two changes
+/// of the same subscription never read the same version and overwrite each other.
 #[derive(Clone)]
-struct Updater {
-    kafka: KafkaSettings,
-    topic: String,
-    table: SubscriptionTable,
-    audit: dispatcher::audit::AuditTrail,
-}
+struct Updater(tokio::sync::mpsc::UnboundedSender<(String, &'static str, Change)>);
 
 impl Updater {
+    fn start(
+        kafka: KafkaSettings,
+        topic: String,
+        table: SubscriptionTable,
+        audit: dispatcher::audit::AuditTrail,
+    ) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, &'static str, Change)>();
+        tokio::spawn(async move {
+            while let Some((id, what, change)) = rx.recv().await {
+                // Audited before it is written: the change, on the latest version.
+                let audited = |before: &Subscription, after: &Subscription| {
+                    let details = dispatcher::audit::changes(before, after).unwrap_or_default();
+                    let (audit, after) = (audit.clone(), after.clone());
+                    async move { audit.record("dispatcher", what, &after, details).await }
+                };
+                match table::update_latest(&kafka, &topic, &table, &id, change, audited).await {
+                    Ok(true) => tracing::info!(subscription = %id, what, "subscription updated"),
+                    Ok(false) => {
+                        tracing::info!(subscription = %id, what, "not applied: the subscription changed or is gone since")
+                    }
+                    Err(error) => {
+                        tracing::error!(subscription = %id, what, %error, "cannot write the subscription")
+                    }
+                }
+            }
+        });
+        Self(tx)
+    }
+
     fn update(
         &self,
         id: String,
         what: &'static str,
         change: impl FnOnce(&mut Subscription) -> bool + Send + 'static,
     ) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            // Audited before it is written: the change, on the latest version.
-            let audited = |before: &Subscription, after: &Subscription| {
-                let details = dispatcher::audit::changes(before, after).unwrap_or_default();
-                let (audit, after) = (this.audit.clone(), after.clone());
-                async move { audit.record("dispatcher", what, &after, details).await }
-            };
-            match table::update_latest(&this.kafka, &this.topic, &this.table, &id, change, audited)
-                .await
-            {
-                Ok(true) => tracing::info!(subscription = %id, what, "subscription updated"),
-                Ok(false) => {
-                    tracing::info!(subscription = %id, what, "not applied: the subscription changed or is gone since")
-                }
-                Err(error) => {
-                    tracing::error!(subscription = %id, what, %error, "cannot write the subscription")
-                }
-            }
-        });
+        let _ = self.0.send((id, what, Box::new(change)));
     }
 }
 
@@ -539,12 +572,12 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
 
     // Both writers change the subscription as it is when they write, never the copy
     // their decision was made on (`table::update_latest`).
-    let updater = Updater {
-        kafka: kafka.clone(),
-        topic: common.subscriptions_topic.clone(),
-        table: table.clone(),
-        audit: common.audit_trail().await?,
-    };
+    let updater = Updater::start(
+        kafka.clone(),
+        common.subscriptions_topic.clone(),
+        table.clone(),
+        common.audit_trail().await?,
+    );
     let gone = updater.clone();
     let on_gone = GoneHook(Arc::new(move |answered| {
         gone.update(answered.id.clone(), "disable after 410 Gone", move |s| {

@@ -158,7 +158,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Partner ids become topic names: lowercase letters, digits, `-` and `_`.
-fn valid_partner_id(id: &str) -> bool {
+pub fn valid_partner_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 100
         && id
@@ -178,11 +178,8 @@ impl Subscription {
     /// Checks every field; URL hosts given as IP literals must pass the SSRF rules
     /// (names are checked again at every request, after resolution).
     pub fn validate(&self, allowlist: &Allowlist) -> Result<(), InvalidSubscription> {
-        if !valid_id(&self.id) {
-            return Err(self.invalid(
-                "id",
-                "must be 1-128 of A-Z, a-z, 0-9, `.`, `_` and `-`, starting with a letter or digit",
-            ));
+        if self.id.trim().is_empty() {
+            return Err(self.invalid("id", "must not be empty"));
         }
         if !valid_partner_id(&self.partner_id) {
             return Err(self.invalid(
@@ -294,6 +291,20 @@ impl Subscription {
         Ok(())
     }
 
+    /// The id rule for new subscriptions (API and `subscriptions apply`): 1-128 of
+    /// `A-Za-z0-9._-`. Not applied to records already in the topic, so an upgrade never
+    /// turns an existing subscription invalid for its id alone.
+    pub fn validate_new_id(&self) -> Result<(), InvalidSubscription> {
+        if valid_id(&self.id) {
+            Ok(())
+        } else {
+            Err(self.invalid(
+                "id",
+                "must be 1-128 of A-Z, a-z, 0-9, `.`, `_` and `-`, starting with a letter or digit",
+            ))
+        }
+    }
+
     /// How many of the signing keys sign at `now`: all of them, or only the newest once a
     /// rotation's overlap window has passed.
     pub fn active_keys(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
@@ -352,7 +363,9 @@ impl SubscriptionFile {
         let file: SubscriptionFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         let mut seen = BTreeSet::new();
         for s in &file.subscriptions {
-            s.validate(allowlist).map_err(|e| e.to_string())?;
+            s.validate(allowlist)
+                .and_then(|()| s.validate_new_id())
+                .map_err(|e| e.to_string())?;
             if !seen.insert(s.id.as_str()) {
                 return Err(format!("subscription `{}`: id: appears twice", s.id));
             }
@@ -419,9 +432,16 @@ mod tests {
         assert_eq!(error(|s| s.secrets = vec!["plain".into()]).field, "secrets");
         assert_eq!(error(|s| s.secrets.clear()).field, "secrets");
         assert_eq!(error(|s| s.max_in_flight = 0).field, "max_in_flight");
+        assert_eq!(error(|s| s.id = " ".into()).field, "id");
         for bad in ["", " a", "a b", "a/b", "-a", &"x".repeat(129), "é"] {
-            assert_eq!(error(|s| s.id = bad.to_string()).field, "id", "{bad:?}");
+            let mut s = sub();
+            s.id = bad.to_string();
+            assert_eq!(s.validate_new_id().expect_err(bad).field, "id", "{bad:?}");
         }
+        // An existing odd id read from the topic stays valid.
+        let mut old = sub();
+        old.id = "acme/orders".into();
+        assert!(old.validate(&Allowlist::default()).is_ok());
         assert_eq!(
             error(|s| s.retry.max_attempts = 0).field,
             "retry.max_attempts"

@@ -99,6 +99,16 @@ impl SubscriptionTable {
             .cloned()
     }
 
+    /// Every invalid subscription by id (for listing and deleting them).
+    pub fn all_invalid(&self) -> Vec<(String, Invalid)> {
+        self.invalid
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Partners that have an invalid subscription (their lanes dead-letter its records).
     pub fn invalid_partners(&self) -> Vec<String> {
         self.invalid
@@ -181,7 +191,14 @@ impl SubscriptionTable {
             .map_err(|e| format!("subscription `{id}`: {e}"))
             .and_then(|s| {
                 if let Err(e) = s.validate(allowlist) {
-                    as_parsed = (s.id == id).then(|| Arc::new(s));
+                    // Routed to (and dead-lettered) only when its partner id names a
+                    // topic and it reaches no one else's orders: a bad partner id or
+                    // an internal flag on a record we cannot trust must not become a
+                    // target (a write to an impossible topic would stall the router).
+                    as_parsed = (s.id == id
+                        && crate::subscription::valid_partner_id(&s.partner_id)
+                        && !s.internal)
+                        .then(|| Arc::new(s));
                     return Err(e.to_string());
                 }
                 Ok(s)
@@ -310,6 +327,9 @@ where
     }
     audit(&latest, &updated).await?;
     publish(settings, topic, std::slice::from_ref(&updated), &[]).await?;
+    // In force here at once, so the next change reads this one (the follower applies
+    // the same record again when it arrives).
+    table.upsert(updated);
     Ok(true)
 }
 
@@ -400,6 +420,37 @@ mod tests {
         );
         assert!(table.target("s1").is_some());
         assert!(table.invalid("s1").is_none());
+        // Not routed: a partner id that names no topic, or an internal flag.
+        let mut bad =
+            serde_json::from_slice::<serde_json::Value>(&record("s3", "http://127.0.0.1:9/h"))
+                .expect("json");
+        bad["partner_id"] = "Bad Name".into();
+        table.apply_record(
+            Some(b"s3"),
+            Some(&serde_json::to_vec(&bad).expect("json")),
+            &narrow,
+        );
+        bad["partner_id"] = "p".into();
+        bad["internal"] = true.into();
+        table.apply_record(
+            Some(b"s4"),
+            Some(
+                &serde_json::to_vec(&{
+                    let mut b = bad.clone();
+                    b["id"] = "s4".into();
+                    b
+                })
+                .expect("json"),
+            ),
+            &narrow,
+        );
+        assert!(table
+            .invalid("s3")
+            .is_some_and(|i| i.subscription.is_none()));
+        assert!(table
+            .invalid("s4")
+            .is_some_and(|i| i.subscription.is_none()));
+        assert_eq!(table.all_invalid().len(), 2);
         // A record that does not parse is named too; a tombstone forgets it.
         table.apply_record(Some(b"s2"), Some(b"{not json"), &wide);
         assert!(table

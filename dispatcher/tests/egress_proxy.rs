@@ -115,6 +115,20 @@ async fn proxy_variables_do_not_bypass_the_ssrf_guard_and_an_explicit_proxy_is_u
         other => panic!("a private literal must be refused, got {other:?}"),
     }
     assert_eq!(through_proxy.load(Ordering::SeqCst), 1);
+    // A proxy given by name (here `localhost`, a loopback name the guard would refuse
+    // for a partner) is reached: its own name is not judged as a webhook target.
+    let named_proxy = proxy.replace("127.0.0.1", "localhost");
+    let by_name = WebhookClient::with_egress_proxy(
+        Arc::new(Allowlist::default()),
+        Duration::from_secs(2),
+        Some(&named_proxy),
+    )
+    .expect("client");
+    match send(&by_name, "http://hooks.partner.example/orders").await {
+        Attempt::Status { status: 200, .. } => {}
+        other => panic!("sent through the proxy named {named_proxy}, got {other:?}"),
+    }
+    assert_eq!(through_proxy.load(Ordering::SeqCst), 2);
     assert!(WebhookClient::with_egress_proxy(
         Arc::new(Allowlist::default()),
         Duration::from_secs(2),

@@ -66,6 +66,32 @@ async fn records_of_an_invalid_subscription_or_none_are_dead_lettered_with_the_r
         )
     );
     assert_eq!(receiver.requests(), 0, "nothing sent to the invalid URL");
+    // Operators see it, and can prune it.
+    let listed = listing(&narrowed);
+    assert!(
+        listed.contains(&format!("{subscription} partner={partner} INVALID reason=")),
+        "{listed}"
+    );
+    let mut prune = narrowed.common_args();
+    let empty = std::env::temp_dir().join(format!("{}.yaml", e2e::unique("empty")));
+    std::fs::write(&empty, "subscriptions: []\n").expect("write");
+    prune.extend([
+        "subscriptions".into(),
+        "apply".into(),
+        "--prune".into(),
+        empty.display().to_string(),
+    ]);
+    let pruned = e2e::run(
+        "dispatcher",
+        &prune.iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+    );
+    let _ = std::fs::remove_file(&empty);
+    assert!(
+        String::from_utf8_lossy(&pruned.stdout).contains("deleted 1"),
+        "{pruned:?}"
+    );
+    assert!(!listing(&narrowed).contains(&subscription));
     assert!(
         dispatcher
             .metric(&format!(

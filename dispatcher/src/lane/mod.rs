@@ -416,6 +416,8 @@ pub async fn supervise(
             let (who, health) = (partner.clone(), Arc::clone(&ctx.health));
             let handle = tokio::spawn(restart::keep_running(
                 move || {
+                    // A lane that ended left its jobs' permits taken (restart.rs).
+                    ctx.flow.forget_permits();
                     run(
                         name.clone(),
                         lane_settings.clone(),
