@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::audit::AuditTrail;
+use crate::headers;
 use crate::kafka::KafkaSettings;
 use crate::signing::Secret;
 use crate::ssrf::Allowlist;
@@ -1016,8 +1017,14 @@ fn read_page(
         next.insert(r.partition, r.offset + 1);
     }
     let event = |r: &crate::kafka::TopicRecord| PolledEvent {
-        id: r.header("webhook-id").unwrap_or_default().to_string(),
-        subscription_id: r.header("subscription-id").unwrap_or_default().to_string(),
+        id: r
+            .header(headers::WEBHOOK_ID)
+            .unwrap_or_default()
+            .to_string(),
+        subscription_id: r
+            .header(headers::SUBSCRIPTION_ID)
+            .unwrap_or_default()
+            .to_string(),
         event: serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null),
     };
     Ok(Page {

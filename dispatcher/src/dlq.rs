@@ -36,6 +36,7 @@ use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::headers;
 use crate::kafka::KafkaSettings;
 use crate::subscription::{dead_letter_topic, delivery_topic};
 use crate::table::SubscriptionTable;
@@ -255,9 +256,9 @@ impl Filter {
         let lower = |s: &str| s.to_lowercase();
         self.event_type
             .as_ref()
-            .is_none_or(|t| r.header("event-type") == Some(t.as_str()))
+            .is_none_or(|t| r.header(headers::EVENT_TYPE) == Some(t.as_str()))
             && self.reason.as_ref().is_none_or(|want| {
-                r.header("dlq-reason")
+                r.header(headers::DLQ_REASON)
                     .is_some_and(|have| lower(have).contains(&lower(want)))
             })
             && self.status.is_none_or(|s| r.status() == Some(s))
@@ -282,13 +283,14 @@ pub use crate::kafka::TopicRecord as DlqRecord;
 
 impl DlqRecord {
     pub fn status(&self) -> Option<u16> {
-        self.header("dlq-last-status").and_then(|s| s.parse().ok())
+        self.header(headers::DLQ_LAST_STATUS)
+            .and_then(|s| s.parse().ok())
     }
 
     /// The reason without its details: `status 400 is not retried` stays, `refused: ...`
     /// becomes `refused`, `retry policy spent after 5 attempts` stays whole.
     pub fn reason_class(&self) -> String {
-        let reason = self.header("dlq-reason").unwrap_or("(none)");
+        let reason = self.header(headers::DLQ_REASON).unwrap_or("(none)");
         reason.split(':').next().unwrap_or(reason).to_string()
     }
 
@@ -395,11 +397,11 @@ pub async fn run(
                     format!("{}/{}", r.partition, r.offset),
                     r.timestamp.map_or("-".into(), |t| t
                         .to_rfc3339_opts(SecondsFormat::Millis, true)),
-                    r.header("event-type").unwrap_or("-"),
+                    r.header(headers::EVENT_TYPE).unwrap_or("-"),
                     String::from_utf8_lossy(&r.key),
                     r.status().map_or("-".into(), |s| s.to_string()),
                     state,
-                    r.header("dlq-reason").unwrap_or("-"),
+                    r.header(headers::DLQ_REASON).unwrap_or("-"),
                 );
             }
             say!(
@@ -573,7 +575,7 @@ async fn handle(
     if action == Action::Replay && for_partner {
         let mut problems = Vec::new();
         for r in &todo {
-            let owner = r.header("dlq-partner");
+            let owner = r.header(headers::DLQ_PARTNER);
             if owner.is_some_and(|o| o != partner) {
                 problems.push(format!(
                     "{}/{}: dead-lettered for partner `{}`",
@@ -583,7 +585,7 @@ async fn handle(
                 ));
                 continue;
             }
-            let id = r.header("subscription-id").unwrap_or_default();
+            let id = r.header(headers::SUBSCRIPTION_ID).unwrap_or_default();
             match table.get(id) {
                 None => problems.push(format!(
                     "{}/{}: subscription `{id}` no longer exists (resolve the record instead)",
@@ -636,10 +638,10 @@ async fn handle(
                 "  {}/{} {} key={} webhook-id={} reason={}",
                 r.partition,
                 r.offset,
-                r.header("event-type").unwrap_or("-"),
+                r.header(headers::EVENT_TYPE).unwrap_or("-"),
                 String::from_utf8_lossy(&r.key),
-                r.header("webhook-id").unwrap_or("-"),
-                r.header("dlq-reason").unwrap_or("-")
+                r.header(headers::WEBHOOK_ID).unwrap_or("-"),
+                r.header(headers::DLQ_REASON).unwrap_or("-")
             );
         }
         if todo.len() > 10 {
@@ -853,7 +855,10 @@ struct Source {
 fn replay_headers(r: &DlqRecord, source: &str, operation: &str) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     for (k, v) in &r.headers {
-        if !k.starts_with("dlq-") && k != "replayed-from" && k != "replay-operation" {
+        if !k.starts_with(headers::DLQ_PREFIX)
+            && k != headers::REPLAYED_FROM
+            && k != headers::REPLAY_OPERATION
+        {
             headers = headers.insert(Header {
                 key: k,
                 value: Some(v.as_slice()),
@@ -863,11 +868,11 @@ fn replay_headers(r: &DlqRecord, source: &str, operation: &str) -> OwnedHeaders 
     let from = ledger_key(source, r.partition, r.offset);
     headers
         .insert(Header {
-            key: "replayed-from",
+            key: headers::REPLAYED_FROM,
             value: Some(from.as_str()),
         })
         .insert(Header {
-            key: "replay-operation",
+            key: headers::REPLAY_OPERATION,
             value: Some(operation),
         })
 }
@@ -907,7 +912,10 @@ fn print_summary(
     say!("  by reason:     {}", count(&|r| r.reason_class()));
     say!(
         "  by event type: {}",
-        count(&|r| r.header("event-type").unwrap_or("(none)").to_string())
+        count(&|r| r
+            .header(headers::EVENT_TYPE)
+            .unwrap_or("(none)")
+            .to_string())
     );
     say!(
         "  by status:     {}",

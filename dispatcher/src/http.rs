@@ -12,10 +12,10 @@ use crate::outcome::Attempt;
 use crate::signing::{signature_header, Secret};
 use crate::ssrf::{Allowlist, GuardedResolver};
 
-const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static(crate::headers::WEBHOOK_ID);
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACEPARENT: HeaderName = HeaderName::from_static(crate::headers::TRACEPARENT);
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Bytes of a partner's answer kept for the dead-letter record.

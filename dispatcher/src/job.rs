@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::headers;
 use crate::http::{Webhook, WebhookClient};
 use crate::metrics as m;
 use crate::outcome::{backoff, classify, flow_signal, may_retry, Attempt, Decision};
@@ -51,9 +52,9 @@ pub struct Parked {
 }
 
 impl Parked {
-    pub const ATTEMPTS: &'static str = "retry-attempts";
-    pub const FIRST: &'static str = "retry-first-attempt-at";
-    pub const NOT_BEFORE: &'static str = "retry-not-before";
+    pub const ATTEMPTS: &'static str = headers::RETRY_ATTEMPTS;
+    pub const FIRST: &'static str = headers::RETRY_FIRST_ATTEMPT_AT;
+    pub const NOT_BEFORE: &'static str = headers::RETRY_NOT_BEFORE;
 
     /// Reads the headers of a retry-topic record (`text` gives a header's value); a
     /// record without them is due now, as a first attempt.
@@ -578,7 +579,10 @@ async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> Ended {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = &job.headers {
         use rdkafka::message::Headers;
-        for h in original.iter().filter(|h| !h.key.starts_with("retry-")) {
+        for h in original
+            .iter()
+            .filter(|h| !h.key.starts_with(headers::RETRY_PREFIX))
+        {
             headers = headers.insert(Header {
                 key: h.key,
                 value: h.value,
@@ -590,7 +594,7 @@ async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> Ended {
     let mut extra = vec![
         (Parked::ATTEMPTS, parked.attempts.to_string()),
         (Parked::NOT_BEFORE, time(parked.not_before)),
-        ("retry-source-offset", job.offset.to_string()),
+        (headers::RETRY_SOURCE_OFFSET, job.offset.to_string()),
     ];
     if let Some(first) = parked.first {
         extra.push((Parked::FIRST, time(first)));
@@ -658,21 +662,24 @@ async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -> bool {
         t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     };
     let extra: Vec<(&str, Option<String>)> = vec![
-        ("dlq-reason", Some(failure.reason.clone())),
-        ("dlq-partner", Some(ctx.partner.clone())),
-        ("dlq-subscription", Some(job.subscription_id.clone())),
-        ("dlq-source-topic", Some(job.topic.to_string())),
-        ("dlq-source-partition", Some(job.partition.to_string())),
-        ("dlq-source-offset", Some(job.offset.to_string())),
-        ("dlq-attempts", Some(failure.attempts.to_string())),
-        ("dlq-first-attempt-at", time(failure.first)),
-        ("dlq-last-attempt-at", time(failure.last)),
+        (headers::DLQ_REASON, Some(failure.reason.clone())),
+        (headers::DLQ_PARTNER, Some(ctx.partner.clone())),
+        (headers::DLQ_SUBSCRIPTION, Some(job.subscription_id.clone())),
+        (headers::DLQ_SOURCE_TOPIC, Some(job.topic.to_string())),
         (
-            "dlq-last-status",
+            headers::DLQ_SOURCE_PARTITION,
+            Some(job.partition.to_string()),
+        ),
+        (headers::DLQ_SOURCE_OFFSET, Some(job.offset.to_string())),
+        (headers::DLQ_ATTEMPTS, Some(failure.attempts.to_string())),
+        (headers::DLQ_FIRST_ATTEMPT_AT, time(failure.first)),
+        (headers::DLQ_LAST_ATTEMPT_AT, time(failure.last)),
+        (
+            headers::DLQ_LAST_STATUS,
             failure.last_status.map(|s| s.to_string()),
         ),
-        ("dlq-last-error", failure.last_error.clone()),
-        ("dlq-response-excerpt", failure.excerpt.clone()),
+        (headers::DLQ_LAST_ERROR, failure.last_error.clone()),
+        (headers::DLQ_RESPONSE_EXCERPT, failure.excerpt.clone()),
     ];
     for (k, v) in &extra {
         if let Some(v) = v {

@@ -13,6 +13,7 @@ pub mod backpressure;
 pub mod dlq;
 pub mod flow;
 pub mod group;
+pub mod headers;
 pub mod health;
 pub mod http;
 pub mod job;

@@ -24,6 +24,7 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::group::GroupContext;
+use crate::headers;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
 use crate::offsets::OffsetTracker;
@@ -325,36 +326,36 @@ async fn route(
             .map(|s| {
                 let mut headers = OwnedHeaders::new()
                     .insert(Header {
-                        key: "webhook-id",
+                        key: headers::WEBHOOK_ID,
                         value: Some(event_id.as_str()),
                     })
                     .insert(Header {
-                        key: "event-type",
+                        key: headers::EVENT_TYPE,
                         value: Some(event.event_type().name()),
                     })
                     .insert(Header {
-                        key: "subscription-id",
+                        key: headers::SUBSCRIPTION_ID,
                         value: Some(s.id.as_str()),
                     })
                     .insert(Header {
-                        key: "occurred-at",
+                        key: headers::OCCURRED_AT,
                         value: Some(occurred_at.as_str()),
                     })
                     .insert(Header {
-                        key: "source-topic",
+                        key: headers::SOURCE_TOPIC,
                         value: Some(config.orders_topic.as_str()),
                     })
                     .insert(Header {
-                        key: "source-partition",
+                        key: headers::SOURCE_PARTITION,
                         value: Some(partition.as_str()),
                     })
                     .insert(Header {
-                        key: "source-offset",
+                        key: headers::SOURCE_OFFSET,
                         value: Some(offset.as_str()),
                     });
-                if let Some(tp) = header(message, "traceparent") {
+                if let Some(tp) = header(message, headers::TRACEPARENT) {
                     headers = headers.insert(Header {
-                        key: "traceparent",
+                        key: headers::TRACEPARENT,
                         value: Some(tp),
                     });
                 }
@@ -390,23 +391,23 @@ fn router_dead_letter(
     );
     headers = headers
         .insert(Header {
-            key: "dlq-reason",
+            key: headers::DLQ_REASON,
             value: Some(reason.as_str()),
         })
         .insert(Header {
-            key: "dlq-stage",
+            key: headers::DLQ_STAGE,
             value: Some("router"),
         })
         .insert(Header {
-            key: "dlq-source-topic",
+            key: headers::DLQ_SOURCE_TOPIC,
             value: Some(config.orders_topic.as_str()),
         })
         .insert(Header {
-            key: "dlq-source-partition",
+            key: headers::DLQ_SOURCE_PARTITION,
             value: Some(partition.as_str()),
         })
         .insert(Header {
-            key: "dlq-source-offset",
+            key: headers::DLQ_SOURCE_OFFSET,
             value: Some(offset.as_str()),
         });
     Outgoing {

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backpressure::Backpressure;
 use crate::flow::PartnerFlow;
 use crate::group::GroupContext;
+use crate::headers;
 use crate::http::WebhookClient;
 use crate::job::{self, GoneHook, Job, JobContext, LaneMetrics};
 use crate::kafka::KafkaSettings;
@@ -89,9 +90,9 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
         offset: message.offset(),
         key: message.key().unwrap_or_default().to_vec(),
         body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-        webhook_id: text("webhook-id").unwrap_or_default(),
-        subscription_id: text("subscription-id").unwrap_or_default(),
-        traceparent: text("traceparent"),
+        webhook_id: text(headers::WEBHOOK_ID).unwrap_or_default(),
+        subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
+        traceparent: text(headers::TRACEPARENT),
         headers: message.headers().map(|h| h.detach()),
         parked: retry.then(|| job::Parked::from_headers(text)),
         follow: false,
