@@ -82,39 +82,40 @@ impl AuditTrail {
 /// What changed from `before` to `after` among the fields that decide where data goes
 /// and how it is signed, as audit details; `None` when none of them changed.
 pub fn changes(before: &Subscription, after: &Subscription) -> Option<serde_json::Value> {
+    use serde_json::json;
     let mut d = serde_json::Map::new();
-    if before.url != after.url {
-        d.insert(
-            "url".into(),
-            serde_json::json!({"from": before.url, "to": after.url}),
-        );
-    }
-    if before.internal != after.internal {
-        d.insert(
-            "internal".into(),
-            serde_json::json!({"from": before.internal, "to": after.internal}),
-        );
-    }
-    if before.partner_id != after.partner_id {
-        d.insert(
-            "partner_id".into(),
-            serde_json::json!({"from": before.partner_id, "to": after.partner_id}),
-        );
-    }
-    if before.event_types != after.event_types {
-        d.insert(
-            "event_types".into(),
-            serde_json::json!({"from": before.event_types, "to": after.event_types}),
-        );
-    }
+    let mut moved = |name: &str, from: serde_json::Value, to: serde_json::Value| {
+        if from != to {
+            d.insert(name.into(), json!({ "from": from, "to": to }));
+        }
+    };
+    moved("url", json!(before.url), json!(after.url));
+    moved("internal", json!(before.internal), json!(after.internal));
+    moved(
+        "partner_id",
+        json!(before.partner_id),
+        json!(after.partner_id),
+    );
+    moved(
+        "event_types",
+        json!(before.event_types),
+        json!(after.event_types),
+    );
+    // States: the new value only.
+    let mut now = |name: &str, from: serde_json::Value, to: serde_json::Value| {
+        if from != to {
+            d.insert(name.into(), to);
+        }
+    };
+    now("disabled", json!(before.disabled), json!(after.disabled));
+    now("paused", json!(before.paused), json!(after.paused));
+    now(
+        "disconnected",
+        json!(before.disconnected),
+        json!(after.disconnected),
+    );
     if before.secrets != after.secrets {
         d.insert("secrets_changed".into(), true.into());
-    }
-    if before.disabled != after.disabled {
-        d.insert("disabled".into(), after.disabled.into());
-    }
-    if before.paused != after.paused {
-        d.insert("paused".into(), after.paused.into());
     }
     if before.max_in_flight != after.max_in_flight
         || before.request_timeout_ms != after.request_timeout_ms
@@ -123,12 +124,6 @@ pub fn changes(before: &Subscription, after: &Subscription) -> Option<serde_json
         || before.previous_secrets_until != after.previous_secrets_until
     {
         d.insert("settings_changed".into(), true.into());
-    }
-    if before.disconnected != after.disconnected {
-        d.insert(
-            "disconnected".into(),
-            serde_json::to_value(&after.disconnected).unwrap_or_default(),
-        );
     }
     (!d.is_empty()).then_some(serde_json::Value::Object(d))
 }

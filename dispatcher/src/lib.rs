@@ -27,3 +27,4 @@ pub mod signing;
 pub mod ssrf;
 pub mod subscription;
 pub mod table;
+pub mod updater;

@@ -14,7 +14,7 @@ use dispatcher::kafka::KafkaSettings;
 use dispatcher::lane::{self, LaneConfig};
 use dispatcher::router::{self, RouterConfig};
 use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{dead_letter_topic, delivery_topic, Subscription, SubscriptionFile};
+use dispatcher::subscription::{dead_letter_topic, delivery_topic, SubscriptionFile};
 use dispatcher::table::{self, SubscriptionTable};
 use order_schemas::OrderCodec;
 use tokio_util::sync::CancellationToken;
@@ -495,55 +495,6 @@ async fn list(common: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A change of one subscription the dispatcher makes itself.
-type Change = Box<dyn FnOnce(&mut Subscription) -> bool + Send>;
-
-/// Writes the dispatcher's own changes of subscriptions (410 disable, automatic
-/// disconnect) onto their latest versions, one after another in one task: two changes
-/// of the same subscription never read the same version and overwrite each other.
-#[derive(Clone)]
-struct Updater(tokio::sync::mpsc::UnboundedSender<(String, &'static str, Change)>);
-
-impl Updater {
-    fn start(
-        kafka: KafkaSettings,
-        topic: String,
-        table: SubscriptionTable,
-        audit: dispatcher::audit::AuditTrail,
-    ) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, &'static str, Change)>();
-        tokio::spawn(async move {
-            while let Some((id, what, change)) = rx.recv().await {
-                // Audited before it is written: the change, on the latest version.
-                let audited = |before: &Subscription, after: &Subscription| {
-                    let details = dispatcher::audit::changes(before, after).unwrap_or_default();
-                    let (audit, after) = (audit.clone(), after.clone());
-                    async move { audit.record("dispatcher", what, &after, details).await }
-                };
-                match table::update_latest(&kafka, &topic, &table, &id, change, audited).await {
-                    Ok(true) => tracing::info!(subscription = %id, what, "subscription updated"),
-                    Ok(false) => {
-                        tracing::info!(subscription = %id, what, "not applied: the subscription changed or is gone since")
-                    }
-                    Err(error) => {
-                        tracing::error!(subscription = %id, what, %error, "cannot write the subscription")
-                    }
-                }
-            }
-        });
-        Self(tx)
-    }
-
-    fn update(
-        &self,
-        id: String,
-        what: &'static str,
-        change: impl FnOnce(&mut Subscription) -> bool + Send + 'static,
-    ) {
-        let _ = self.0.send((id, what, Box::new(change)));
-    }
-}
-
 async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let kafka = common.kafka();
     let allowlist = Arc::new(common.allowlist()?);
@@ -571,8 +522,8 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
 
     // Both writers change the subscription as it is when they write, never the copy
-    // their decision was made on (`table::update_latest`).
-    let updater = Updater::start(
+    // their decision was made on (`dispatcher::updater`).
+    let updater = dispatcher::updater::Updater::start(
         kafka.clone(),
         common.subscriptions_topic.clone(),
         table.clone(),

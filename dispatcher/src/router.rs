@@ -96,6 +96,17 @@ impl UnknownIds {
     pub fn known(&mut self, id: u32) {
         self.since.remove(&id);
     }
+
+    /// A record decoded: its id is known (framing read again only while some id is
+    /// being waited for, not for every record).
+    pub fn decoded(&mut self, payload: &[u8]) {
+        if self.since.is_empty() {
+            return;
+        }
+        if let Ok((id, _)) = order_schemas::wire::unframe(payload) {
+            self.known(id);
+        }
+    }
 }
 
 /// The webhook body partners receive: `{"type", "timestamp", "data"}`.
@@ -286,9 +297,7 @@ async fn route(
             }
             other => {
                 if other.is_ok() {
-                    if let Ok((id, _)) = order_schemas::wire::unframe(payload) {
-                        unknown.known(id);
-                    }
+                    unknown.decoded(payload);
                 }
                 break other;
             }

@@ -300,39 +300,6 @@ impl SubscriptionTable {
     }
 }
 
-/// Applies `change` to subscription `id` as the table has it *now* and writes the
-/// result, so a change decided on an older copy (a 410 answered to a request sent
-/// before a URL change, a disconnect judged a moment ago) never writes that copy back
-/// over a newer URL, secret or setting. `change` returns false when, against the latest
-/// version, it no longer applies; then nothing is written. Returns whether it wrote.
-/// `audit(before, after)` is awaited before the write; its failure stops it.
-pub async fn update_latest<A, F>(
-    settings: &KafkaSettings,
-    topic: &str,
-    table: &SubscriptionTable,
-    id: &str,
-    change: impl FnOnce(&mut Subscription) -> bool,
-    audit: A,
-) -> anyhow::Result<bool>
-where
-    A: FnOnce(&Subscription, &Subscription) -> F,
-    F: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let Some(latest) = table.get(id) else {
-        return Ok(false);
-    };
-    let mut updated = (*latest).clone();
-    if !change(&mut updated) || updated == *latest {
-        return Ok(false);
-    }
-    audit(&latest, &updated).await?;
-    publish(settings, topic, std::slice::from_ref(&updated), &[]).await?;
-    // In force here at once, so the next change reads this one (the follower applies
-    // the same record again when it arrives).
-    table.upsert(updated);
-    Ok(true)
-}
-
 /// Writes `subscriptions` to the topic (key = id) and waits for the acknowledgements;
 /// `remove` ids get tombstones.
 pub async fn publish(

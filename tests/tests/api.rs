@@ -303,18 +303,7 @@ async fn a_partner_token_sees_and_changes_only_its_own_subscriptions() {
     let (pa, pb) = (unique("pa"), unique("pb"));
     let api = world.start_api(&tokens(&[&pa, &pb]), &[]);
     let (ta, tb) = (partner_token(&pa), partner_token(&pb));
-    let create = |token: String, body: Value| {
-        let api = &api;
-        async move {
-            api.call(
-                reqwest::Method::POST,
-                "/v1/subscriptions",
-                Some(&token),
-                Some(body),
-            )
-            .await
-        }
-    };
+    let create = |token: String, body: Value| api.create_subscription(token, body);
     let (s, a) = create(
         ta.clone(),
         json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.created"]}),
@@ -686,18 +675,7 @@ async fn partners_are_confined_to_their_namespace_quota_and_a_share_of_the_event
         ],
     );
     let (ta, tb) = (partner_token(&pa), partner_token(&pb));
-    let create = |token: String, body: Value| {
-        let api = &api;
-        async move {
-            api.call(
-                reqwest::Method::POST,
-                "/v1/subscriptions",
-                Some(&token),
-                Some(body),
-            )
-            .await
-        }
-    };
+    let create = |token: String, body: Value| api.create_subscription(token, body);
     let hook = |id: Option<String>| {
         let mut b = json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.created"]});
         if let Some(id) = id {

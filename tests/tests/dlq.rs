@@ -462,15 +462,13 @@ async fn bad_input_is_refused_with_a_clear_message_and_nothing_is_sent() {
 /// safety as a partner's (dry run, ledger, audit), and the router delivers them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_routers_dead_letters_are_replayed_to_the_orders_topic() {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    use std::sync::Arc;
     let mut world = DispatchWorld::new("127.0.0.1").await;
     let (partner, receiver) = world
         .partner_with_receiver("routerdlq", Script::default(), "")
         .await;
     // A registry that does not know the ids, long past the router's wait.
-    let status = Arc::new(AtomicU16::new(404));
-    world.registry = e2e::flaky_registry(e2e::registry_url(), Arc::clone(&status)).await;
+    let follower = e2e::FlakyRegistry::start(404).await;
+    world.registry = follower.url.clone();
     world.run_args = vec!["--unknown-schema-wait-ms".into(), "300".into()];
     let dispatcher = world.start();
     let publisher = world.publisher().await;
@@ -488,7 +486,7 @@ async fn the_routers_dead_letters_are_replayed_to_the_orders_topic() {
     );
     assert_eq!(receiver.unique(), 0);
     // The registry knows them now.
-    status.store(0, Ordering::SeqCst);
+    follower.answer(0);
     let dlq = Dlq {
         world: world.clone(),
         ledger: unique("ledger"),

@@ -166,8 +166,8 @@ async fn a_410_from_an_old_url_does_not_undo_a_newer_change() {
         "the event reached the new URL\n{}",
         dispatcher.log_tail()
     );
-    // Give a stale write time to land, then read the topic as a new instance would.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The topic as a new instance reads it (the 410 was handled before the retry that
+    // reached the new URL, so a stale write would already be there).
     let listed = listing(&world);
     let line = listed
         .lines()
@@ -187,8 +187,6 @@ async fn a_410_from_an_old_url_does_not_undo_a_newer_change() {
 #[tokio::test]
 async fn registry_hiccups_are_not_remembered_by_the_codec() {
     use order_schemas::{wire, CodecError, EventType, OrderCodec, OrderEvent};
-    use std::sync::atomic::{AtomicU16, Ordering};
-    use std::sync::Arc;
     let topic = e2e::unique("orders");
     let codec_of = |url: &str| OrderCodec::new(url, &topic, Duration::from_secs(2)).expect("codec");
     let event = OrderEvent::sample(EventType::OrderCreated, "o-1", "p", 2);
@@ -197,26 +195,25 @@ async fn registry_hiccups_are_not_remembered_by_the_codec() {
         .await
         .expect("encode");
     let (id, _) = wire::unframe(&bytes).expect("framed");
-    let status = Arc::new(AtomicU16::new(404));
-    let follower = e2e::flaky_registry(e2e::registry_url(), Arc::clone(&status)).await;
+    let follower = e2e::FlakyRegistry::start(404).await;
 
-    let codec = codec_of(&follower);
+    let codec = codec_of(&follower.url);
     assert_eq!(
         codec.decode(&bytes).await,
         Err(CodecError::UnknownSchemaId(id))
     );
-    status.store(0, Ordering::SeqCst);
+    follower.answer(0);
     assert_eq!(
         codec.decode(&bytes).await.as_ref(),
         Ok(&event),
         "known a moment later"
     );
     for refusal in [401, 403, 408, 429] {
-        let codec = codec_of(&follower);
-        status.store(refusal, Ordering::SeqCst);
+        let codec = codec_of(&follower.url);
+        follower.answer(refusal);
         let err = codec.decode(&bytes).await.expect_err("refused");
         assert!(err.is_retryable(), "{refusal}: {err}");
-        status.store(0, Ordering::SeqCst);
+        follower.answer(0);
         assert_eq!(codec.decode(&bytes).await.as_ref(), Ok(&event), "{refusal}");
     }
 }
@@ -226,15 +223,12 @@ async fn registry_hiccups_are_not_remembered_by_the_codec() {
 /// none lands in the orders dead-letter topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_or_refusing_registry_never_dead_letters_good_events() {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    use std::sync::Arc;
     let mut world = DispatchWorld::new("127.0.0.1").await;
     let (partner, receiver) = world
         .partner_with_receiver("lagging", Script::default(), "")
         .await;
-    let status = Arc::new(AtomicU16::new(404));
-    let follower = e2e::flaky_registry(e2e::registry_url(), Arc::clone(&status)).await;
-    world.registry = follower;
+    let follower = e2e::FlakyRegistry::start(404).await;
+    world.registry = follower.url.clone();
     let dispatcher = world.start();
     let publisher = world.publisher().await;
     let events: Vec<_> = (0..3)
@@ -250,16 +244,23 @@ async fn a_lagging_or_refusing_registry_never_dead_letters_good_events() {
     for e in &events {
         publisher.publish(e).await.expect("publish");
     }
+    // Each answer is given to at least two of the router's asks (it asked again:
+    // nothing was dead-lettered), and nothing is delivered meanwhile.
     for answer in [404, 401, 429] {
-        status.store(answer, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = follower.refused();
+        follower.answer(answer);
+        assert!(
+            e2e::eventually(Duration::from_secs(30), || follower.refused() >= before + 2).await,
+            "the router asks again while the registry says {answer}\n{}",
+            dispatcher.log_tail()
+        );
         assert_eq!(
             receiver.unique(),
             0,
             "nothing decoded while the registry says {answer}"
         );
     }
-    status.store(0, Ordering::SeqCst);
+    follower.answer(0);
     assert!(
         e2e::eventually(Duration::from_secs(60), || receiver.unique()
             == events.len())

@@ -257,33 +257,19 @@ pub async fn run(
             filter,
             run,
             topics,
-        } => {
-            handle(
-                &kafka,
-                Action::Replay,
-                filter,
-                run,
-                topics,
-                subscriptions.await?,
-                interrupt,
-            )
-            .await
         }
-        DlqCommand::Resolve {
+        | DlqCommand::Resolve {
             filter,
             run,
             topics,
         } => {
-            handle(
-                &kafka,
-                Action::Resolve,
-                filter,
-                run,
-                topics,
-                subscriptions.await?,
-                interrupt,
-            )
-            .await
+            let action = if matches!(command, DlqCommand::Replay { .. }) {
+                Action::Replay
+            } else {
+                Action::Resolve
+            };
+            let table = subscriptions.await?;
+            handle(&kafka, action, filter, run, topics, table, interrupt).await
         }
         DlqCommand::Audit { partner, topics } => {
             let audit = kafka.audit(&topics.audit_topic).await?;
