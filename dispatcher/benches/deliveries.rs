@@ -25,7 +25,7 @@ use common::env_or;
 use axum::http::StatusCode;
 use axum::routing::post;
 use dispatcher::lane::{self, LaneConfig};
-use dispatcher::subscription::RetryPolicy;
+use dispatcher::subscriptions::RetryPolicy;
 use futures::stream::{self, StreamExt};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -226,22 +226,24 @@ async fn bare_tasks(url: String, n: usize, concurrency: usize) -> Measured {
 /// Standard Webhooks headers, excerpt read), `concurrency` at a time, no Kafka: what the
 /// lane's client costs over the bare loop.
 async fn webhook_client(url: String, n: usize, concurrency: usize) -> Measured {
-    let client = dispatcher::http::WebhookClient::new(
-        Arc::new(dispatcher::ssrf::Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
+    let client = dispatcher::webhook::client::WebhookClient::new(
+        Arc::new(
+            dispatcher::webhook::ssrf::Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist"),
+        ),
         Duration::from_secs(1),
     )
     .expect("client");
     let url = Ok(reqwest::Url::parse(&url).expect("url"));
-    let secrets = [
-        dispatcher::signing::Secret::parse(&dispatcher::signing::Secret::generate())
-            .expect("secret"),
-    ];
+    let secrets = [dispatcher::webhook::signing::Secret::parse(
+        &dispatcher::webhook::signing::Secret::generate(),
+    )
+    .expect("secret")];
     let body = bytes::Bytes::from_static(BODY.as_bytes());
     timed(n, concurrency, |i| {
         let (client, url, secrets, body) = (client.clone(), &url, &secrets, &body);
         async move {
             let id = format!("evt-{i}");
-            let hook = dispatcher::http::Webhook {
+            let hook = dispatcher::webhook::client::Webhook {
                 url,
                 id: &id,
                 body,
@@ -251,7 +253,7 @@ async fn webhook_client(url: String, n: usize, concurrency: usize) -> Measured {
             };
             matches!(
                 client.send(&hook).await.attempt,
-                dispatcher::outcome::Attempt::Status {
+                dispatcher::webhook::outcome::Attempt::Status {
                     status: 200..=299,
                     ..
                 }
@@ -345,7 +347,7 @@ async fn dispatcher_lane(
         max_buffered: env_or("BENCH_BUFFERED", 1024),
         shutdown_deadline: Duration::from_secs(5),
         partitions: PARTITIONS as i32,
-        flow: dispatcher::flow::FlowConfig::default(),
+        flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
     };
     let before = receiver.count().await;

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
 use dispatcher::lane::{self, LaneConfig};
-use dispatcher::subscription::RetryPolicy;
+use dispatcher::subscriptions::RetryPolicy;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -192,7 +192,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         max_buffered: 1024,
         shutdown_deadline: Duration::from_secs(1),
         partitions: 6,
-        flow: dispatcher::flow::FlowConfig::default(),
+        flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
     };
     let mut lanes = Vec::new();

@@ -16,9 +16,9 @@ mod common;
 
 use common::env_or;
 
-use dispatcher::flow::FlowConfig;
 use dispatcher::lane::{self, LaneConfig};
-use dispatcher::subscription::RetryPolicy;
+use dispatcher::subscriptions::RetryPolicy;
+use dispatcher::webhook::flow::FlowConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

@@ -6,25 +6,26 @@
 //! order, different keys in parallel up to the partner's cap, retried with backoff, and
 //! dead-lettered with the reason when the policy is spent. Offsets are committed only
 //! for the contiguous prefix of finished records (delivered or durably dead-lettered).
+//!
+//! The modules in pipeline order, then the control plane:
 
+/// Control plane: the partner API.
 pub mod api;
-pub mod audit;
-pub mod backpressure;
+/// One delivery: attempts, retry and backoff, parking, the dead letter.
+pub mod delivery;
+/// Control plane: inspect and replay dead-letter topics.
 pub mod dlq;
-pub mod flow;
-pub mod group;
-pub mod headers;
+/// Partner health: automatic disconnect of a partner that keeps failing, `/status`.
 pub mod health;
-pub mod http;
-pub mod job;
+/// Kafka plumbing both stages share: settings, group context, offsets, back-pressure, headers.
 pub mod kafka;
+/// Data plane, stage 2: one lane per partner reads its delivery topic, keeps per-key order.
 pub mod lane;
+/// Prometheus metrics names and the exporter.
 pub mod metrics;
-pub mod offsets;
-pub mod outcome;
+/// Data plane, stage 1: orders topic → match subscriptions → `deliveries.<partner>`.
 pub mod router;
-pub mod signing;
-pub mod ssrf;
-pub mod subscription;
-pub mod table;
-pub mod updater;
+/// Subscriptions: model and validation, the shared table, the audit trail, our own writes.
+pub mod subscriptions;
+/// The partner call: signed client, SSRF guard, outcome rules, per-partner flow control.
+pub mod webhook;

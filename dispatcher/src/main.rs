@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::routing::get;
 use clap::{Args, Parser, Subcommand};
-use dispatcher::http::WebhookClient;
-use dispatcher::job::GoneHook;
+use dispatcher::delivery::GoneHook;
 use dispatcher::kafka::KafkaSettings;
 use dispatcher::lane::{self, LaneConfig};
 use dispatcher::router::{self, RouterConfig};
-use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{dead_letter_topic, delivery_topic, SubscriptionFile};
-use dispatcher::table::{self, SubscriptionTable};
+use dispatcher::subscriptions::table::{self, SubscriptionTable};
+use dispatcher::subscriptions::{dead_letter_topic, delivery_topic, SubscriptionFile};
+use dispatcher::webhook::client::WebhookClient;
+use dispatcher::webhook::ssrf::Allowlist;
 use order_schemas::OrderCodec;
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +96,7 @@ struct Common {
     replication_factor: Option<i32>,
     /// Topic of the audit trail of subscription changes (the API, `subscriptions
     /// apply` and the dispatcher's own 410 disable and automatic disconnect write it).
-    #[arg(long, global = true, env = "SUBSCRIPTION_AUDIT_TOPIC", default_value = dispatcher::audit::DEFAULT_TOPIC)]
+    #[arg(long, global = true, env = "SUBSCRIPTION_AUDIT_TOPIC", default_value = dispatcher::subscriptions::audit::DEFAULT_TOPIC)]
     subscription_audit_topic: String,
 }
 
@@ -260,13 +260,13 @@ impl Common {
     }
 
     /// The audit trail, its topic created when missing.
-    async fn audit_trail(&self) -> anyhow::Result<dispatcher::audit::AuditTrail> {
+    async fn audit_trail(&self) -> anyhow::Result<dispatcher::subscriptions::audit::AuditTrail> {
         let kafka = self.kafka();
         kafka
             .ensure_topics(std::slice::from_ref(&self.subscription_audit_topic), 1, &[])
             .await
             .with_context(|| format!("audit topic `{}`", self.subscription_audit_topic))?;
-        Ok(dispatcher::audit::AuditTrail {
+        Ok(dispatcher::subscriptions::audit::AuditTrail {
             producer: kafka.producer().create()?,
             topic: self.subscription_audit_topic.clone(),
         })
@@ -396,7 +396,7 @@ async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<(
     kafka.ensure_topics(&topics, common.partitions, &[]).await?;
     let current =
         SubscriptionTable::follow(&kafka, &common.subscriptions_topic, Arc::new(allowlist)).await?;
-    let remove: Vec<Arc<dispatcher::subscription::Subscription>> = if prune {
+    let remove: Vec<Arc<dispatcher::subscriptions::Subscription>> = if prune {
         current
             .all()
             .into_iter()
@@ -418,7 +418,10 @@ async fn apply(common: &Common, file: &PathBuf, prune: bool) -> anyhow::Result<(
                 "apply-create",
                 Some(serde_json::json!({ "url": s.url, "internal": s.internal })),
             ),
-            Some(before) => ("apply-update", dispatcher::audit::changes(&before, s)),
+            Some(before) => (
+                "apply-update",
+                dispatcher::subscriptions::audit::changes(&before, s),
+            ),
         };
         if let Some(details) = details {
             audit.record(&actor, action, s, details).await?;
@@ -522,8 +525,8 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
 
     // Both writers change the subscription as it is when they write, never the copy
-    // their decision was made on (`dispatcher::updater`).
-    let updater = dispatcher::updater::Updater::start(
+    // their decision was made on (`dispatcher::subscriptions::updater`).
+    let updater = dispatcher::subscriptions::updater::Updater::start(
         kafka.clone(),
         common.subscriptions_topic.clone(),
         table.clone(),
@@ -631,7 +634,7 @@ async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<()> {
         max_buffered: args.max_buffered,
         shutdown_deadline: deadline,
         partitions: common.partitions,
-        flow: dispatcher::flow::FlowConfig {
+        flow: dispatcher::webhook::flow::FlowConfig {
             failures_to_open: args.breaker_failures.max(1),
             cooldown: Duration::from_millis(args.breaker_cooldown_ms),
             ..Default::default()

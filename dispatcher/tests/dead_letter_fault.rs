@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::http::WebhookClient;
-use dispatcher::job::{GoneHook, JobContext};
+use dispatcher::delivery::{GoneHook, JobContext};
 use dispatcher::kafka::KafkaSettings;
 use dispatcher::lane::{self, LaneConfig};
-use dispatcher::signing::Secret;
-use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{RetryPolicy, Subscription};
-use dispatcher::table::SubscriptionTable;
+use dispatcher::subscriptions::table::SubscriptionTable;
+use dispatcher::subscriptions::{RetryPolicy, Subscription};
+use dispatcher::webhook::client::WebhookClient;
+use dispatcher::webhook::signing::Secret;
+use dispatcher::webhook::ssrf::Allowlist;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -127,14 +127,14 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         producer: settings.producer().create().expect("dlq producer"),
         health: Default::default(),
         park_after: None,
-        flow: dispatcher::flow::PartnerFlow::new(
+        flow: dispatcher::webhook::flow::PartnerFlow::new(
             "p",
             4,
             None,
-            dispatcher::flow::FlowConfig::default(),
+            dispatcher::webhook::flow::FlowConfig::default(),
         ),
         on_gone: GoneHook(Arc::new(|_| {})),
-        metrics: dispatcher::job::LaneMetrics::new(partner),
+        metrics: dispatcher::delivery::LaneMetrics::new(partner),
         shutdown: shutdown.clone(),
     };
     let config = LaneConfig {
@@ -142,7 +142,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         max_buffered: 16,
         shutdown_deadline: Duration::from_secs(2),
         partitions: 1,
-        flow: dispatcher::flow::FlowConfig::default(),
+        flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
     };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));

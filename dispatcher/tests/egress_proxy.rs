@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dispatcher::http::{Webhook, WebhookClient};
-use dispatcher::outcome::Attempt;
-use dispatcher::signing::Secret;
-use dispatcher::ssrf::Allowlist;
+use dispatcher::webhook::client::{Webhook, WebhookClient};
+use dispatcher::webhook::outcome::Attempt;
+use dispatcher::webhook::signing::Secret;
+use dispatcher::webhook::ssrf::Allowlist;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A stand-in for a company proxy on 127.0.0.1: it counts connections and answers 200

@@ -442,7 +442,7 @@ impl DispatchWorld {
         extra: &str,
     ) -> (String, consumer_examples::receiver::Receiver) {
         let partner = unique(prefix);
-        let secret = dispatcher::signing::Secret::generate();
+        let secret = dispatcher::webhook::signing::Secret::generate();
         let receiver = consumer_examples::receiver::Receiver::start(
             "127.0.0.1:0".parse().expect("addr"),
             &secret,

@@ -183,13 +183,13 @@ fn the_example_subscriptions_are_valid_under_the_compose_settings() {
         .map(str::to_string)
         .collect();
     let plain_http = env["DISPATCHER_ALLOW_HTTP"].as_str() == Some("true");
-    let allowlist = dispatcher::ssrf::Allowlist::parse(&allow)
+    let allowlist = dispatcher::webhook::ssrf::Allowlist::parse(&allow)
         .expect("allowlist parses")
         .with_plain_http(plain_http);
     let text = std::fs::read_to_string(root().join("config/subscriptions.example.yaml"))
         .expect("example file");
     let subscriptions =
-        dispatcher::subscription::SubscriptionFile::parse(&text, &allowlist).expect("valid");
+        dispatcher::subscriptions::SubscriptionFile::parse(&text, &allowlist).expect("valid");
     // The example partner's secret is the one the partner service verifies with.
     let secret = doc["services"]["partner"]["environment"]["RECEIVER_SECRET"]
         .as_str()
@@ -364,7 +364,8 @@ fn only_what_a_user_needs_is_published_and_the_allowlist_names_the_partner_alone
         let Some(allow) = service["environment"]["DISPATCHER_SSRF_ALLOWLIST"].as_str() else {
             continue;
         };
-        let list = dispatcher::ssrf::Allowlist::parse(&[allow.to_string()]).expect("parses");
+        let list =
+            dispatcher::webhook::ssrf::Allowlist::parse(&[allow.to_string()]).expect("parses");
         assert!(
             list.contains(partner_ip.parse().expect("ip")),
             "{name}: {allow}"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::signing::Secret;
+use dispatcher::webhook::signing::Secret;
 use e2e::{eventually, unique, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
 use serde_json::{json, Value};

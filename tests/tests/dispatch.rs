@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::signing::Secret;
+use dispatcher::webhook::signing::Secret;
 use e2e::{brokers, eventually, unique, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
 
@@ -319,7 +319,7 @@ async fn each_row_of_the_outcome_table() {
         "same webhook-id across retries"
     );
 
-    let dlq = |name: &str| dispatcher::subscription::dead_letter_topic(&partners[name].0);
+    let dlq = |name: &str| dispatcher::subscriptions::dead_letter_topic(&partners[name].0);
     let (gone, _) = e2e::dead_letters(&dlq("gone"), 1).await.remove(0);
     assert!(gone["dlq-reason"].starts_with("410 Gone"), "{gone:?}");
     let (bad, body) = e2e::dead_letters(&dlq("badrequest"), 1).await.remove(0);
@@ -457,9 +457,10 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
         ))
         .await
         .expect("publish");
-    let (refused, _) = e2e::dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
-        .await
-        .remove(0);
+    let (refused, _) =
+        e2e::dead_letters(&dispatcher::subscriptions::dead_letter_topic(&partner), 1)
+            .await
+            .remove(0);
     assert!(refused["dlq-reason"].contains("SSRF guard"), "{refused:?}");
     assert!(
         refused["dlq-reason"].contains("localhost resolves to")
@@ -499,7 +500,7 @@ async fn ssrf_targets_are_refused_and_bad_signatures_are_refused_by_the_receiver
         .await
         .expect("publish");
     let (unsigned, _) =
-        e2e::dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 1)
+        e2e::dead_letters(&dispatcher::subscriptions::dead_letter_topic(&partner), 1)
             .await
             .remove(0);
     assert_eq!(unsigned["dlq-last-status"], "401");

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::signing::Secret;
+use dispatcher::webhook::signing::Secret;
 use e2e::{eventually, registry_url, unique, BrokerStorage, DispatchWorld, PrivateBroker};
 use order_schemas::{EventType, OrderEvent};
 use producer::{Publisher, PublisherConfig};

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::signing::Secret;
+use dispatcher::webhook::signing::Secret;
 use e2e::{binary, brokers, closed_port, eventually, unique, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dispatcher::signing::{signature_header, Secret};
+use dispatcher::webhook::signing::{signature_header, Secret};
 use e2e::{eventually, unique, DispatchWorld, Running};
 use order_schemas::{EventType, OrderEvent};
 use serde_json::Value;

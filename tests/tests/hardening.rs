@@ -133,7 +133,7 @@ async fn a_410_from_an_old_url_does_not_undo_a_newer_change() {
             "",
         )
         .await;
-    let secret = dispatcher::signing::Secret::generate();
+    let secret = dispatcher::webhook::signing::Secret::generate();
     let new = consumer_examples::receiver::Receiver::start(
         "127.0.0.1:0".parse().expect("addr"),
         &secret,
@@ -293,7 +293,7 @@ async fn a_lagging_or_refusing_registry_never_dead_letters_good_events() {
 async fn every_change_is_audited_whoever_makes_it() {
     let world = DispatchWorld::new("127.0.0.1").await;
     let partner = e2e::unique("audited");
-    let secret = &dispatcher::signing::Secret::generate();
+    let secret = &dispatcher::webhook::signing::Secret::generate();
     let receiver = consumer_examples::receiver::Receiver::start(
         "127.0.0.1:0".parse().expect("addr"),
         secret,

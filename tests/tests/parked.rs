@@ -204,7 +204,7 @@ async fn a_parked_order_ends_in_the_dead_letter_topic_when_its_retry_policy_is_s
     // Each of bad's events: 2 attempts in the lane (the first) or none (the second,
     // following it), then the rest of its 4 in the retry topic, then dead-lettered, in
     // order.
-    let dead = e2e::dead_letters(&dispatcher::subscription::dead_letter_topic(&partner), 2).await;
+    let dead = e2e::dead_letters(&dispatcher::subscriptions::dead_letter_topic(&partner), 2).await;
     let want: Vec<String> = sent
         .iter()
         .filter(|e| e.order_id() == "bad")

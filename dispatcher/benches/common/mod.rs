@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatcher::flow::{FlowConfig, PartnerFlow};
-use dispatcher::http::WebhookClient;
-use dispatcher::job::{GoneHook, JobContext, LaneMetrics};
+use dispatcher::delivery::{GoneHook, JobContext, LaneMetrics};
 use dispatcher::kafka::KafkaSettings;
-use dispatcher::signing::Secret;
-use dispatcher::ssrf::Allowlist;
-use dispatcher::subscription::{RetryPolicy, Subscription};
-use dispatcher::table::SubscriptionTable;
+use dispatcher::subscriptions::table::SubscriptionTable;
+use dispatcher::subscriptions::{RetryPolicy, Subscription};
+use dispatcher::webhook::client::WebhookClient;
+use dispatcher::webhook::flow::{FlowConfig, PartnerFlow};
+use dispatcher::webhook::signing::Secret;
+use dispatcher::webhook::ssrf::Allowlist;
 use tokio_util::sync::CancellationToken;
 
 /// A setting from the environment (`BENCH_*`), or `default`.

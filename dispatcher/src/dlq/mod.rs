@@ -36,10 +36,10 @@ use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::headers;
+use crate::kafka::headers;
 use crate::kafka::KafkaSettings;
-use crate::subscription::{dead_letter_topic, delivery_topic};
-use crate::table::SubscriptionTable;
+use crate::subscriptions::table::SubscriptionTable;
+use crate::subscriptions::{dead_letter_topic, delivery_topic};
 
 /// `println!` that ignores a closed stdout (`dispatcher dlq list | head` must not panic).
 macro_rules! say {

@@ -29,15 +29,15 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::backpressure::Backpressure;
-use crate::flow::PartnerFlow;
-use crate::group::GroupContext;
-use crate::headers;
-use crate::http::WebhookClient;
-use crate::job::{self, GoneHook, Job, JobContext, LaneMetrics};
+use crate::delivery::{self, GoneHook, Job, JobContext, LaneMetrics};
+use crate::kafka::backpressure::Backpressure;
+use crate::kafka::group::GroupContext;
+use crate::kafka::headers;
 use crate::kafka::KafkaSettings;
-use crate::subscription::{dead_letter_topic, delivery_topic};
-use crate::table::SubscriptionTable;
+use crate::subscriptions::table::SubscriptionTable;
+use crate::subscriptions::{dead_letter_topic, delivery_topic};
+use crate::webhook::client::WebhookClient;
+use crate::webhook::flow::PartnerFlow;
 
 mod read_back;
 pub mod restart;
@@ -58,7 +58,7 @@ pub struct LaneConfig {
     /// Partitions of the delivery and dead-letter topics created for a new partner.
     pub partitions: i32,
     /// Circuit breaker and Retry-After bounds of every partner.
-    pub flow: crate::flow::FlowConfig,
+    pub flow: crate::webhook::flow::FlowConfig,
     /// Failed attempts after which a record is parked in the retry topic (`None`:
     /// never; records retry in the lane).
     pub park_after: Option<u32>,
@@ -94,7 +94,7 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
         subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
         traceparent: text(headers::TRACEPARENT),
         headers: message.headers().map(|h| h.detach()),
-        parked: retry.then(|| job::Parked::from_headers(text)),
+        parked: retry.then(|| delivery::Parked::from_headers(text)),
         follow: false,
     }
 }
@@ -111,7 +111,7 @@ pub async fn run(
     ctx: JobContext,
 ) -> anyhow::Result<()> {
     let topic = delivery_topic(&partner);
-    let retry_topic = crate::subscription::retry_topic(&partner);
+    let retry_topic = crate::subscriptions::retry_topic(&partner);
     let group = format!("{}.{partner}", config.group_prefix);
     let consumer: StreamConsumer<GroupContext> = settings
         .consumer(&group)
@@ -162,18 +162,18 @@ pub async fn run(
     let mut retry_backpressure = Backpressure::new(config.max_buffered);
     let topics = [topic.as_str(), retry_topic.as_str()];
     let shared_topics: [Arc<str>; 2] = [topic.as_str().into(), retry_topic.as_str().into()];
-    let starting = job::Starting::default();
+    let starting = delivery::Starting::default();
     'lane: loop {
         rebalances.follow(&mut state, &consumer);
         // Start ready records while fewer started jobs than the partner's concurrency
         // limit (at least MIN_STARTING) are still before their first request: enough
-        // to take up every permit the moment it is free, and no more (job::Starting).
+        // to take up every permit the moment it is free, and no more (delivery::Starting).
         let room = (ctx.flow.limit() as usize).max(MIN_STARTING);
         while starting.count() < room {
             let Some(job) = state.ready.pop_front() else {
                 break;
             };
-            running.push(job::spawn(job, Arc::clone(&ctx), &starting));
+            running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
         }
         let assigned = consumer.context().take_assigned();
         let readable = backpressure.update(
@@ -278,7 +278,7 @@ pub async fn run(
     // Drain what was taken in (started at once), until the deadline; then jobs give up
     // and end.
     for job in std::mem::take(&mut state.ready) {
-        running.push(job::spawn(job, Arc::clone(&ctx), &starting));
+        running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
     }
     let deadline = tokio::time::sleep(config.shutdown_deadline);
     tokio::pin!(deadline);
@@ -291,7 +291,7 @@ pub async fn run(
             }
             Some(done) = running.next() => {
                 if let Some(next) = state.done(done) {
-                    running.push(job::spawn(next, Arc::clone(&ctx), &starting));
+                    running.push(delivery::spawn(next, Arc::clone(&ctx), &starting));
                 }
             }
         }
@@ -313,7 +313,7 @@ async fn retry_topic_like_deliveries(
 ) -> anyhow::Result<()> {
     let (deliveries, retries) = (
         delivery_topic(partner),
-        crate::subscription::retry_topic(partner),
+        crate::subscriptions::retry_topic(partner),
     );
     let s = settings.clone();
     let d = deliveries.clone();

@@ -8,7 +8,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{LaneState, ParkedCounts, ReadBack};
-use crate::group::GroupContext;
+use crate::kafka::group::GroupContext;
 use crate::kafka::KafkaSettings;
 
 /// What a lane needs to follow its group's rebalances ([`LaneState::follow`]).

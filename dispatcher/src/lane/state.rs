@@ -8,9 +8,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::read_back::Rebalances;
-use crate::group::{GroupChange, GroupContext};
-use crate::job::{Done, Job};
-use crate::offsets::OffsetTracker;
+use crate::delivery::{Done, Job};
+use crate::kafka::group::{GroupChange, GroupContext};
+use crate::kafka::offsets::OffsetTracker;
 
 /// A partition of the lane: of the delivery topic, or of the retry topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

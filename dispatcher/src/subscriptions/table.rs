@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
-use crate::ssrf::Allowlist;
-use crate::subscription::Subscription;
+use crate::subscriptions::Subscription;
+use crate::webhook::ssrf::Allowlist;
 
 /// A subscription with what every delivery needs from it worked out once, when it
 /// entered the table: its URL parsed and its signing keys decoded.
@@ -25,7 +25,7 @@ pub struct Target {
     pub subscription: Arc<Subscription>,
     /// The parsed URL, or why it does not parse.
     pub url: Result<reqwest::Url, String>,
-    pub keys: Vec<crate::signing::Secret>,
+    pub keys: Vec<crate::webhook::signing::Secret>,
 }
 
 impl Target {
@@ -196,7 +196,7 @@ impl SubscriptionTable {
                     // an internal flag on a record we cannot trust must not become a
                     // target (a write to an impossible topic would stall the router).
                     as_parsed = (s.id == id
-                        && crate::subscription::valid_partner_id(&s.partner_id)
+                        && crate::subscriptions::valid_partner_id(&s.partner_id)
                         && !s.internal)
                         .then(|| Arc::new(s));
                     return Err(e.to_string());
@@ -337,7 +337,7 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::Secret;
+    use crate::webhook::signing::Secret;
 
     fn record(id: &str, url: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({

@@ -19,7 +19,7 @@ pub const SOURCE_OFFSET: &str = "source-offset";
 /// W3C trace context, passed through from the orders record.
 pub const TRACEPARENT: &str = "traceparent";
 
-// Written when a record is parked in `retries.<partner>` (job.rs).
+// Written when a record is parked in `retries.<partner>` (delivery/).
 /// Every retry header starts with this (they are dropped when a record is parked again).
 pub const RETRY_PREFIX: &str = "retry-";
 pub const RETRY_ATTEMPTS: &str = "retry-attempts";
@@ -27,7 +27,7 @@ pub const RETRY_FIRST_ATTEMPT_AT: &str = "retry-first-attempt-at";
 pub const RETRY_NOT_BEFORE: &str = "retry-not-before";
 pub const RETRY_SOURCE_OFFSET: &str = "retry-source-offset";
 
-// Written on dead-letter records (job.rs for partners, router.rs for `orders.dlq`).
+// Written on dead-letter records (delivery/ for partners, router/ for `orders.dlq`).
 /// Every dead-letter header starts with this (they are dropped by a replay).
 pub const DLQ_PREFIX: &str = "dlq-";
 /// Why the record was dead-lettered.

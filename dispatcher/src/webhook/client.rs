@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
-use crate::outcome::Attempt;
-use crate::signing::{signature_header, Secret};
-use crate::ssrf::{Allowlist, GuardedResolver};
+use crate::webhook::outcome::Attempt;
+use crate::webhook::signing::{signature_header, Secret};
+use crate::webhook::ssrf::{Allowlist, GuardedResolver};
 
-const WEBHOOK_ID: HeaderName = HeaderName::from_static(crate::headers::WEBHOOK_ID);
+const WEBHOOK_ID: HeaderName = HeaderName::from_static(crate::kafka::headers::WEBHOOK_ID);
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-const TRACEPARENT: HeaderName = HeaderName::from_static(crate::headers::TRACEPARENT);
+const TRACEPARENT: HeaderName = HeaderName::from_static(crate::kafka::headers::TRACEPARENT);
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Bytes of a partner's answer kept for the dead-letter record.

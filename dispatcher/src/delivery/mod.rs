@@ -12,12 +12,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::headers;
-use crate::http::{Webhook, WebhookClient};
+use crate::kafka::headers;
 use crate::metrics as m;
-use crate::outcome::{backoff, classify, flow_signal, may_retry, Attempt, Decision};
-use crate::subscription::{dead_letter_topic, Subscription};
-use crate::table::SubscriptionTable;
+use crate::subscriptions::table::SubscriptionTable;
+use crate::subscriptions::{dead_letter_topic, Subscription};
+use crate::webhook::client::{Webhook, WebhookClient};
+use crate::webhook::outcome::{backoff, classify, flow_signal, may_retry, Attempt, Decision};
 
 /// A record of a partner's delivery topic, as the lane needs it.
 #[derive(Debug, Clone)]
@@ -82,7 +82,7 @@ pub struct JobContext {
     pub table: SubscriptionTable,
     pub producer: FutureProducer,
     /// Requests in flight to this partner, Retry-After holds, rate limit, circuit.
-    pub flow: Arc<crate::flow::PartnerFlow>,
+    pub flow: Arc<crate::webhook::flow::PartnerFlow>,
     /// What a 410 Gone does with the disabled subscription (write it to the topic).
     pub on_gone: GoneHook,
     pub metrics: LaneMetrics,
@@ -402,7 +402,8 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
             .as_ref()
             .is_none_or(|t| !Arc::ptr_eq(&t.subscription, &target.subscription))
         {
-            ctx.flow.release(permit, crate::flow::Signal::Neutral);
+            ctx.flow
+                .release(permit, crate::webhook::flow::Signal::Neutral);
             continue;
         }
         attempts += 1;
@@ -499,7 +500,7 @@ async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Ended {
                 // parking would only copy its backlog: records wait in the lane.
                 if job.parked.is_none()
                     && ctx.park_after.is_some_and(|n| attempts >= n)
-                    && ctx.flow.circuit() == crate::flow::Circuit::Closed
+                    && ctx.flow.circuit() == crate::webhook::flow::Circuit::Closed
                 {
                     let parked = Parked {
                         attempts,
@@ -529,7 +530,7 @@ fn later(delay: Duration) -> chrono::DateTime<chrono::Utc> {
 
 enum Hold {
     Ready {
-        target: Arc<crate::table::Target>,
+        target: Arc<crate::subscriptions::table::Target>,
         /// Whether the record waited for a pause or disconnect to end.
         held: bool,
     },
@@ -605,7 +606,7 @@ async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> Ended {
             value: Some(v.as_str()),
         });
     }
-    let topic = crate::subscription::retry_topic(&ctx.partner);
+    let topic = crate::subscriptions::retry_topic(&ctx.partner);
     let Some(at) =
         write_until_acknowledged(job, ctx, &topic, Some(job.partition), headers, || {}).await
     else {

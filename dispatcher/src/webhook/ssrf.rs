@@ -4,7 +4,7 @@
 //! are judged by the IPv4 address inside; 6to4, Teredo, local-use NAT64 and SIIT
 //! addresses, which tunnel to an IPv4 address, are refused), unless the address is in an explicit
 //! allowlist. The check runs on the resolved addresses, so a public name that resolves
-//! to 127.0.0.1 is refused too; redirects are never followed (see `http.rs`).
+//! to 127.0.0.1 is refused too; redirects are never followed (see `webhook/client.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use chrono::{SecondsFormat, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::subscription::Subscription;
+use crate::subscriptions::Subscription;
 
 /// The default audit topic.
 pub const DEFAULT_TOPIC: &str = "subscription-audit";
@@ -131,7 +131,7 @@ pub fn changes(before: &Subscription, after: &Subscription) -> Option<serde_json
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::Secret;
+    use crate::webhook::signing::Secret;
 
     fn sub() -> Subscription {
         serde_json::from_value(serde_json::json!({

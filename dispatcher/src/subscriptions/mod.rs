@@ -5,14 +5,18 @@
 //! Validation runs when a file is applied and again when a dispatcher reads the topic:
 //! every error names the subscription and the field.
 
+pub mod audit;
+pub mod table;
+pub mod updater;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use order_schemas::EventType;
 use serde::{Deserialize, Serialize};
 
-use crate::signing::Secret;
-use crate::ssrf::Allowlist;
+use crate::webhook::signing::Secret;
+use crate::webhook::ssrf::Allowlist;
 
 /// How a failing delivery is retried before it is dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::TopicPartitionList;
 
-use crate::group::GroupContext;
+use crate::kafka::group::GroupContext;
 
 /// Back-pressure of a consumer loop that holds at most `max` unfinished records.
 ///

@@ -227,7 +227,7 @@ impl PartnerFlow {
             s.tokens = (s.tokens + elapsed * rate).min(rate.max(1.0));
             s.refilled = s.refilled.max(now);
             if s.tokens < 1.0 {
-                // Rates are validated (subscription.rs); a wait past an hour is still
+                // Rates are validated (subscriptions/mod.rs); a wait past an hour is still
                 // looked at again after an hour rather than overflowing.
                 let wait = Duration::try_from_secs_f64((1.0 - s.tokens) / rate)
                     .unwrap_or(Duration::MAX)

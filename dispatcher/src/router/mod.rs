@@ -23,13 +23,13 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::group::GroupContext;
-use crate::headers;
+use crate::kafka::group::GroupContext;
+use crate::kafka::headers;
+use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
-use crate::offsets::OffsetTracker;
-use crate::subscription::delivery_topic;
-use crate::table::SubscriptionTable;
+use crate::subscriptions::delivery_topic;
+use crate::subscriptions::table::SubscriptionTable;
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -208,7 +208,7 @@ pub async fn run(
     let topic = config.orders_topic.clone();
     let mut stream = consumer.stream();
     tracing::info!(topic = %topic, group = %config.group, "router started");
-    let mut backpressure = crate::backpressure::Backpressure::new(config.max_in_flight);
+    let mut backpressure = crate::kafka::backpressure::Backpressure::new(config.max_in_flight);
     let mut unknown = UnknownIds::default();
     loop {
         let assigned = consumer.context().take_assigned();
@@ -225,7 +225,7 @@ pub async fn run(
             }
             message = stream.next(), if readable => {
                 for change in consumer.context().take_changes() {
-                    if let crate::group::GroupChange::Revoked(_, partition) = change {
+                    if let crate::kafka::group::GroupChange::Revoked(_, partition) = change {
                         tracker.forget(partition);
                     }
                 }

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::flow::{Circuit, PartnerFlow};
 use crate::metrics as m;
-use crate::subscription::{Disconnected, Subscription};
-use crate::table::SubscriptionTable;
+use crate::subscriptions::table::SubscriptionTable;
+use crate::subscriptions::{Disconnected, Subscription};
+use crate::webhook::flow::{Circuit, PartnerFlow};
 
 /// A partner's state, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -5,10 +5,10 @@
 //! they are written one after another, so two changes of one subscription never read
 //! the same version and overwrite each other.
 
-use crate::audit::AuditTrail;
 use crate::kafka::KafkaSettings;
-use crate::subscription::Subscription;
-use crate::table::{publish, SubscriptionTable};
+use crate::subscriptions::audit::AuditTrail;
+use crate::subscriptions::table::{publish, SubscriptionTable};
+use crate::subscriptions::Subscription;
 
 /// Applies `change` to subscription `id` as the table has it *now* and writes the
 /// result, so a change decided on an older copy (a 410 answered to a request sent
@@ -33,7 +33,7 @@ async fn update_latest(
     if !change(&mut updated) || updated == *latest {
         return Ok(false);
     }
-    let details = crate::audit::changes(&latest, &updated).unwrap_or_default();
+    let details = crate::subscriptions::audit::changes(&latest, &updated).unwrap_or_default();
     audit.record("dispatcher", what, &updated, details).await?;
     publish(settings, topic, std::slice::from_ref(&updated), &[]).await?;
     // In force here at once, so the next change reads this one (the follower applies

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::subscription::RetryPolicy;
+use crate::subscriptions::RetryPolicy;
 
 /// The result of one attempt, as far as the decision needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +59,8 @@ pub fn classify(attempt: &Attempt) -> Decision {
 
 /// What an attempt tells flow control about the partner's health (separate from what
 /// happens to the record, which [`classify`] decides).
-pub fn flow_signal(attempt: &Attempt, latency: Duration) -> crate::flow::Signal {
-    use crate::flow::Signal;
+pub fn flow_signal(attempt: &Attempt, latency: Duration) -> crate::webhook::flow::Signal {
+    use crate::webhook::flow::Signal;
     match attempt {
         Attempt::Status {
             status: 408 | 429 | 502..=504,

@@ -27,13 +27,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditTrail;
-use crate::headers;
+use crate::kafka::headers;
 use crate::kafka::KafkaSettings;
-use crate::signing::Secret;
-use crate::ssrf::Allowlist;
-use crate::subscription::{dead_letter_topic, delivery_topic, RetryPolicy, Subscription};
-use crate::table::{self, SubscriptionTable};
+use crate::subscriptions::audit::AuditTrail;
+use crate::subscriptions::table::{self, SubscriptionTable};
+use crate::subscriptions::{dead_letter_topic, delivery_topic, RetryPolicy, Subscription};
+use crate::webhook::signing::Secret;
+use crate::webhook::ssrf::Allowlist;
 
 /// Who may call the API: tokens as SHA-256 digests (a file may hold `sha256:<hex>` or the
 /// token itself).
@@ -287,7 +287,7 @@ struct View {
     state: &'static str,
     /// When, why and by whom the partner was disconnected.
     #[serde(skip_serializing_if = "Option::is_none")]
-    disconnected: Option<crate::subscription::Disconnected>,
+    disconnected: Option<crate::subscriptions::Disconnected>,
     /// Secrets signing now (more than one during a rotation's overlap).
     signing_secrets: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -644,7 +644,7 @@ async fn update(
     let details = if s.url != current.url {
         serde_json::json!({ "from": current.url, "to": s.url })
     } else {
-        crate::audit::changes(&current, &s).unwrap_or_default()
+        crate::subscriptions::audit::changes(&current, &s).unwrap_or_default()
     };
     let s = api.audited_save(&caller, action, s, details).await?;
     Ok(Json(View::from(&s)).into_response())
@@ -742,7 +742,7 @@ async fn disconnect(
     let reason = request
         .reason
         .unwrap_or_else(|| "disconnected by an operator".into());
-    let mark = crate::subscription::Disconnected {
+    let mark = crate::subscriptions::Disconnected {
         at: Utc::now(),
         reason,
         by: caller.name(),
@@ -765,7 +765,7 @@ async fn set_connected(
     api: ApiState,
     caller: Caller,
     partner: String,
-    mark: Option<crate::subscription::Disconnected>,
+    mark: Option<crate::subscriptions::Disconnected>,
 ) -> Result<Response, ApiError> {
     let mine: Vec<Arc<Subscription>> = api
         .table
