@@ -32,6 +32,8 @@ pub const RETRY_SOURCE_OFFSET: &str = "retry-source-offset";
 pub const DLQ_PREFIX: &str = "dlq-";
 /// Why the record was dead-lettered.
 pub const DLQ_REASON: &str = "dlq-reason";
+/// The reason as a stable code (`status`, `retries_spent`, ...: `DeadLetterReason::code`).
+pub const DLQ_REASON_CODE: &str = "dlq-reason-code";
 /// `router` on the router's dead letters.
 pub const DLQ_STAGE: &str = "dlq-stage";
 pub const DLQ_PARTNER: &str = "dlq-partner";

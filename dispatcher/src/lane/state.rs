@@ -8,7 +8,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::read_back::Rebalances;
-use crate::delivery::{Done, Job};
+use crate::delivery::{Done, Job, JobEnd};
 use crate::kafka::group::{GroupChange, GroupContext};
 use crate::kafka::offsets::OffsetTracker;
 
@@ -260,18 +260,17 @@ impl LaneState {
             partition,
             offset,
             key,
-            finished,
-            parked,
+            end,
         } = done;
         let tp = Tp { retry, partition };
         let slot = (tp, key);
         self.busy.remove(&slot);
-        if !finished {
+        if end == JobEnd::Interrupted {
             // Later records of this key must not overtake it: leave them to a restart.
             self.waiting.remove(&slot);
             return None;
         }
-        if let Some(at) = parked {
+        if let JobEnd::Parked { at } = end {
             // While its parked keys are read back, the read-back may or may not have seen
             // this write: decided by its offset when the answer comes.
             match self.rebuilding.get_mut(&partition) {
@@ -404,8 +403,7 @@ mod tests {
             partition: 1,
             offset: 0,
             key: key.as_bytes().to_vec(),
-            finished: true,
-            parked: Some(at),
+            end: JobEnd::Parked { at },
         };
         assert!(state.done(parked_at(4, "seen")).is_none());
         assert!(state.done(parked_at(5, "unseen")).is_none());

@@ -1,0 +1,127 @@
+//! Parking: a record whose key keeps failing while the partner takes others moves to
+//! `retries.<partner>` with its progress, so the lane's offset moves on; its key's later
+//! records follow it there, in order.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+
+use super::{Job, JobContext, JobEnd};
+use crate::kafka::headers;
+
+/// A parked record's progress, carried in `retry-*` headers of the retry topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    /// Attempts made so far (0 for a record that followed its key).
+    pub attempts: u32,
+    pub first: Option<chrono::DateTime<chrono::Utc>>,
+    /// No attempt before this time.
+    pub not_before: chrono::DateTime<chrono::Utc>,
+}
+
+impl Parked {
+    pub const ATTEMPTS: &'static str = headers::RETRY_ATTEMPTS;
+    pub const FIRST: &'static str = headers::RETRY_FIRST_ATTEMPT_AT;
+    pub const NOT_BEFORE: &'static str = headers::RETRY_NOT_BEFORE;
+
+    /// Reads the headers of a retry-topic record (`text` gives a header's value); a
+    /// record without them is due now, as a first attempt.
+    pub fn from_headers(text: impl Fn(&str) -> Option<String>) -> Self {
+        let time = |name: &str| {
+            text(name)
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(&v).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        Self {
+            attempts: text(Self::ATTEMPTS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            first: time(Self::FIRST),
+            not_before: time(Self::NOT_BEFORE).unwrap_or_else(chrono::Utc::now),
+        }
+    }
+}
+
+/// Writes the record to the partner's retry topic, in the partition of the same number
+/// (the lane that owns one owns the other), with its progress in `retry-*` headers;
+/// waits for the acknowledgement, retrying until it is written or shutdown.
+pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = &job.headers {
+        use rdkafka::message::Headers;
+        for h in original
+            .iter()
+            .filter(|h| !h.key.starts_with(headers::RETRY_PREFIX))
+        {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut extra = vec![
+        (Parked::ATTEMPTS, parked.attempts.to_string()),
+        (Parked::NOT_BEFORE, time(parked.not_before)),
+        (headers::RETRY_SOURCE_OFFSET, job.offset.to_string()),
+    ];
+    if let Some(first) = parked.first {
+        extra.push((Parked::FIRST, time(first)));
+    }
+    for (k, v) in &extra {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_str()),
+        });
+    }
+    let topic = crate::subscriptions::retry_topic(&ctx.partner);
+    let Some(at) =
+        write_until_acknowledged(job, ctx, &topic, Some(job.partition), headers, || {}).await
+    else {
+        return JobEnd::Interrupted;
+    };
+    ctx.metrics.parked.increment(1);
+    tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
+    JobEnd::Parked { at }
+}
+
+/// Writes the job's key and body with `headers` to `topic` (to `partition`, or by key)
+/// and waits for the acknowledgement, retrying every 500 ms (calling `on_error`) until
+/// it is written (its offset there) or shutdown (`None`): until then the record is not
+/// durable there and its offset must not move.
+pub(super) async fn write_until_acknowledged(
+    job: &Job,
+    ctx: &JobContext,
+    topic: &str,
+    partition: Option<i32>,
+    headers: OwnedHeaders,
+    on_error: impl Fn(),
+) -> Option<i64> {
+    loop {
+        let mut record = FutureRecord::to(topic)
+            .key(&job.key)
+            .payload(&job.body[..])
+            .headers(headers.clone());
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        let sent = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return None,
+            r = ctx.producer.send(record, Timeout::After(Duration::from_secs(30))) => r,
+        };
+        match sent {
+            Ok(delivery) => return Some(delivery.offset),
+            Err((error, _)) => {
+                tracing::warn!(partner = %ctx.partner, %topic, %error, "write failed, retrying");
+                on_error();
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
