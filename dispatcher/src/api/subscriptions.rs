@@ -1,0 +1,390 @@
+//! The subscription resource: list, get, create, update, rotate the secret, pause and
+//! resume, delete. Every change is checked like `subscriptions apply` checks it, audited
+//! before it is written, and written to the subscriptions topic.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Caller;
+use super::error::{body, ApiError};
+use super::ApiState;
+use crate::subscriptions::table;
+use crate::subscriptions::{dead_letter_topic, delivery_topic, RetryPolicy, Subscription};
+use crate::webhook::signing::Secret;
+
+/// A subscription as the API shows it: secrets never, after creation and rotation.
+#[derive(Debug, Serialize)]
+pub(super) struct View {
+    id: String,
+    partner_id: String,
+    url: String,
+    event_types: BTreeSet<String>,
+    internal: bool,
+    max_in_flight: usize,
+    request_timeout_ms: u64,
+    retry: RetryPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_per_sec: Option<f64>,
+    /// `active`, `paused`, `disconnected`, or `disabled` (after a 410 Gone).
+    state: &'static str,
+    /// When, why and by whom the partner was disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnected: Option<crate::subscriptions::Disconnected>,
+    /// Secrets signing now (more than one during a rotation's overlap).
+    signing_secrets: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_secrets_until: Option<String>,
+}
+
+impl From<&Subscription> for View {
+    fn from(s: &Subscription) -> Self {
+        Self {
+            id: s.id.clone(),
+            partner_id: s.partner_id.clone(),
+            url: s.url.clone(),
+            event_types: s.event_types.clone(),
+            internal: s.internal,
+            max_in_flight: s.max_in_flight,
+            request_timeout_ms: s.request_timeout_ms,
+            retry: s.retry.clone(),
+            rate_limit_per_sec: s.rate_limit_per_sec,
+            state: if s.disabled {
+                "disabled"
+            } else if s.disconnected.is_some() {
+                "disconnected"
+            } else if s.paused {
+                "paused"
+            } else {
+                "active"
+            },
+            disconnected: s.disconnected.clone(),
+            signing_secrets: s.active_keys(Utc::now()),
+            previous_secrets_until: s
+                .previous_secrets_until
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    id: Option<String>,
+    partner_id: Option<String>,
+    url: String,
+    event_types: BTreeSet<String>,
+    #[serde(default)]
+    internal: bool,
+    max_in_flight: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
+    rate_limit_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    url: Option<String>,
+    event_types: Option<BTreeSet<String>>,
+    max_in_flight: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
+    rate_limit_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the previous secrets keep signing next to the new one. Default 24 h.
+    overlap_secs: Option<u64>,
+}
+
+pub(super) async fn list(
+    State(api): State<ApiState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let mut all: Vec<View> = api
+        .table
+        .all()
+        .iter()
+        .filter(|s| caller.sees(&s.partner_id))
+        .map(|s| View::from(s.as_ref()))
+        .collect();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(serde_json::json!({ "subscriptions": all })).into_response())
+}
+
+pub(super) async fn read(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = api.visible(&caller, &id)?;
+    Ok(Json(View::from(s.as_ref())).into_response())
+}
+
+pub(super) async fn create(
+    State(api): State<ApiState>,
+    caller: Caller,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: CreateRequest = body(&bytes)?;
+    let partner_id = match (&caller, request.partner_id) {
+        (Caller::Partner(p), None) => p.clone(),
+        (Caller::Partner(p), Some(asked)) if &asked == p => asked,
+        (Caller::Partner(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a partner token creates subscriptions of its own partner only",
+            ))
+        }
+        (Caller::Admin, Some(p)) => p,
+        (Caller::Admin, None) => return Err(ApiError::field("partner_id", "required")),
+    };
+    if request.internal && caller != Caller::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin token creates internal subscriptions",
+        ));
+    }
+    // A partner names its subscriptions inside its own namespace (`<partner>.<name>`),
+    // so an answer about an id never tells it anything about another partner's.
+    let namespace = format!("{partner_id}.");
+    let id = match request.id {
+        Some(id) if caller != Caller::Admin && !id.starts_with(&namespace) => {
+            return Err(ApiError::field(
+                "id",
+                format!("must start with `{namespace}` (your partner id and a dot)"),
+            ))
+        }
+        Some(id) => id,
+        None => format!(
+            "{namespace}{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+    };
+    if api.table.get(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("subscription `{id}` exists"),
+        ));
+    }
+    let owned = api
+        .table
+        .all()
+        .iter()
+        .filter(|s| s.partner_id == partner_id)
+        .count();
+    if owned >= api.max_subscriptions_per_partner {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!(
+                "partner `{partner_id}` has {owned} subscriptions, the most allowed ({}); delete one first",
+                api.max_subscriptions_per_partner
+            ),
+        ));
+    }
+    let secret = Secret::generate();
+    let s = Subscription {
+        id,
+        partner_id,
+        url: request.url,
+        event_types: request.event_types,
+        secrets: vec![secret.clone()],
+        internal: request.internal,
+        max_in_flight: request.max_in_flight.unwrap_or(16),
+        request_timeout_ms: request.request_timeout_ms.unwrap_or(10_000),
+        retry: request.retry.unwrap_or_default(),
+        rate_limit_per_sec: request.rate_limit_per_sec,
+        disabled: false,
+        paused: false,
+        previous_secrets_until: None,
+        disconnected: None,
+    };
+    s.validate_new_id()
+        .map_err(|e| ApiError::field(e.field, e.message))?;
+    api.check(&s).await?;
+    // The partner's topics exist before anything is routed to them.
+    api.kafka
+        .ensure_topics(
+            &[
+                delivery_topic(&s.partner_id),
+                dead_letter_topic(&s.partner_id),
+            ],
+            api.partitions,
+            &[],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    let details = serde_json::json!({ "url": s.url, "internal": s.internal });
+    let s = api.audited_save(&caller, "create", s, details).await?;
+    let mut view = serde_json::to_value(View::from(&s)).map_err(ApiError::internal)?;
+    // Shown once: the partner verifies signatures with it.
+    view["secret"] = secret.into();
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub(super) async fn update(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let current = api.visible(&caller, &id)?;
+    let request: UpdateRequest = body(&bytes)?;
+    let mut s = (*current).clone();
+    if let Some(url) = request.url {
+        s.url = url;
+    }
+    if let Some(t) = request.event_types {
+        s.event_types = t;
+    }
+    if let Some(n) = request.max_in_flight {
+        s.max_in_flight = n;
+    }
+    if let Some(ms) = request.request_timeout_ms {
+        s.request_timeout_ms = ms;
+    }
+    if let Some(r) = request.retry {
+        s.retry = r;
+    }
+    if let Some(rate) = request.rate_limit_per_sec {
+        s.rate_limit_per_sec = Some(rate);
+    }
+    api.check(&s).await?;
+    let action = if s.url != current.url {
+        "change-url"
+    } else {
+        "update"
+    };
+    let details = if s.url != current.url {
+        serde_json::json!({ "from": current.url, "to": s.url })
+    } else {
+        crate::subscriptions::audit::changes(&current, &s).unwrap_or_default()
+    };
+    let s = api.audited_save(&caller, action, s, details).await?;
+    Ok(Json(View::from(&s)).into_response())
+}
+
+pub(super) async fn rotate(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let current = api.visible(&caller, &id)?;
+    let request: RotateRequest = body(&bytes)?;
+    let overlap = request.overlap_secs.unwrap_or(86_400);
+    if overlap > 30 * 86_400 {
+        return Err(ApiError::field("overlap_secs", "at most 30 days (2592000)"));
+    }
+    let mut s = (*current).clone();
+    let now = Utc::now();
+    // Secrets past an earlier overlap window are dropped; the new one signs first.
+    let keep = s.active_keys(now);
+    s.secrets.truncate(keep);
+    let secret = Secret::generate();
+    s.secrets.insert(0, secret.clone());
+    s.secrets.truncate(5);
+    let until = now + chrono::Duration::seconds(overlap as i64);
+    s.previous_secrets_until = Some(until);
+    let details = serde_json::json!({ "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true) });
+    api.audited_save(&caller, "rotate-secret", s, details)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "secret": secret,
+        "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }))
+    .into_response())
+}
+
+async fn set_paused(
+    api: ApiState,
+    caller: Caller,
+    id: String,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    let mut s = (*api.visible(&caller, &id)?).clone();
+    s.paused = paused;
+    let action = if paused { "pause" } else { "resume" };
+    let s = api
+        .audited_save(&caller, action, s, serde_json::json!({}))
+        .await?;
+    Ok(Json(View::from(&s)).into_response())
+}
+
+pub(super) async fn pause(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(api, caller, id, true).await
+}
+
+pub(super) async fn resume(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(api, caller, id, false).await
+}
+
+pub(super) async fn remove(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match api.visible(&caller, &id) {
+        Ok(s) => {
+            api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
+                .await?
+        }
+        // A subscription invalid here (not in force) can be deleted too: by an admin,
+        // or by its partner when the record names one.
+        Err(not_found) => {
+            let invalid = api.table.invalid(&id).ok_or(not_found)?;
+            let partner = invalid.subscription.as_ref().map(|s| s.partner_id.clone());
+            if caller != Caller::Admin && !partner.as_ref().is_some_and(|p| caller.sees(p)) {
+                return Err(ApiError::not_found(&id));
+            }
+            let details = serde_json::json!({ "invalid": invalid.reason });
+            api.audit
+                .record_id(&caller.name(), "delete", &id, partner.as_deref(), details)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+    }
+    let deleted = table::publish(
+        &api.kafka,
+        &api.subscriptions_topic,
+        &[],
+        std::slice::from_ref(&id),
+    )
+    .await
+    .map_err(ApiError::internal);
+    if let Err(e) = deleted {
+        let _ = api
+            .audit
+            .record_id(
+                &caller.name(),
+                "delete-failed",
+                &id,
+                None,
+                serde_json::json!({}),
+            )
+            .await;
+        return Err(e);
+    }
+    api.table.remove(&id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
