@@ -11,6 +11,8 @@
 
 /// Control plane: the partner API.
 pub mod api;
+/// The wiring of `dispatcher run`: one `App` that starts and stops every stage.
+pub mod app;
 /// One delivery: attempts, retry and backoff, parking, the dead letter.
 pub mod delivery;
 /// Control plane: inspect and replay dead-letter topics.

@@ -6,14 +6,98 @@ pub(super) fn ledger_key(topic: &str, partition: i32, offset: i64) -> String {
     format!("{topic}/{partition}/{offset}")
 }
 
+/// A replay or a resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The records are written again to where they came from.
+    Replay,
+    /// The records are marked handled without being sent.
+    Resolve,
+}
+
+impl Action {
+    /// What the ledger says of a record it handled.
+    pub fn done(self) -> Handled {
+        match self {
+            Action::Replay => Handled::Replayed,
+            Action::Resolve => Handled::Resolved,
+        }
+    }
+}
+
+/// How a record was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handled {
+    Replayed,
+    Resolved,
+}
+
+/// How a replay or resolve stands in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditStatus {
+    /// Written before the first record is handled.
+    Started,
+    Completed,
+    /// Ctrl-C: a rerun resumes.
+    Interrupted,
+    /// A write failed part way; `error` says which.
+    Failed,
+}
+
+macro_rules! lowercase_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // The serde name: one word, as stored.
+                let text = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                f.write_str(text.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+lowercase_display!(Action, Handled, AuditStatus);
+
+/// A moment as the ledger and audit records store it: RFC 3339, UTC, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(Utc::now())
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| Self(t.with_timezone(&Utc)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// What the ledger says about a handled record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LedgerEntry {
-    /// `replayed` or `resolved`.
-    pub action: String,
+    pub action: Handled,
     /// The replay or resolve that handled it (its audit record's id).
     pub operation: String,
-    pub at: String,
+    pub at: Timestamp,
     pub operator: String,
 }
 
@@ -21,11 +105,10 @@ pub struct LedgerEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditRecord {
     pub id: String,
-    /// `replay` or `resolve`.
-    pub action: String,
+    pub action: Action,
     pub operator: String,
-    pub started_at: String,
-    pub finished_at: String,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
     pub partner: String,
     pub source_topic: String,
     /// Where replayed records went (none for a resolve).
@@ -36,9 +119,8 @@ pub struct AuditRecord {
     pub matched: usize,
     pub skipped: usize,
     pub count: usize,
-    /// `started` (written before the first record is handled), then `completed`,
-    /// `interrupted` or `failed`.
-    pub status: String,
+    /// `started` (written before the first record is handled), then how it ended.
+    pub status: AuditStatus,
     /// Why a `failed` run stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

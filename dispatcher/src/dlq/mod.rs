@@ -58,7 +58,7 @@ mod topics;
 
 pub use filter::{DlqRecord, Filter};
 use ledger::*;
-pub use ledger::{AuditRecord, LedgerEntry};
+pub use ledger::{Action, AuditRecord, AuditStatus, Handled, LedgerEntry, Timestamp};
 use output::*;
 use replay::*;
 use topics::*;
@@ -67,6 +67,27 @@ use topics::*;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
+
+/// Why a `dlq` command failed; the exit code follows from it.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// Refused before anything was sent (bad filter, unknown partner, nothing matches).
+    #[error(transparent)]
+    Refused(#[from] Invalid),
+    /// The broker or a write failed (what was sent before is recorded).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl DlqError {
+    /// 2 refused, 1 failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DlqError::Refused(_) => 2,
+            DlqError::Failed(_) => 1,
+        }
+    }
+}
 
 /// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]
@@ -171,7 +192,7 @@ pub async fn run(
     settings: &KafkaSettings,
     subscriptions: impl std::future::Future<Output = anyhow::Result<SubscriptionTable>>,
     interrupt: CancellationToken,
-) -> anyhow::Result<Outcome> {
+) -> Result<Outcome, DlqError> {
     let now = Utc::now();
     if let DlqCommand::List { filter, .. }
     | DlqCommand::Replay { filter, .. }
@@ -213,7 +234,7 @@ pub async fn run(
             for r in matched.iter().take(*limit) {
                 let state = ledger
                     .get(&r.ledger_key(&topic))
-                    .map_or("pending".to_string(), |e| e.action.clone());
+                    .map_or("pending".to_string(), |e| e.action.to_string());
                 say!(
                     "{:<17} {:<25} {:<21} {:<19} {:<7} {:<10} {}",
                     format!("{}/{}", r.partition, r.offset),
@@ -316,13 +337,9 @@ pub enum Outcome {
     Interrupted,
 }
 
-fn nothing_matches(topic: &str, total: usize) -> anyhow::Error {
+fn nothing_matches(topic: &str, total: usize) -> DlqError {
     Invalid(format!(
         "no record of {topic} matches the filter ({total} records in the topic); nothing sent"
     ))
     .into()
-}
-
-pub(super) fn now_text() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }

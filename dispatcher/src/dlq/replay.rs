@@ -3,27 +3,6 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Action {
-    Replay,
-    Resolve,
-}
-
-impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Action::Replay => "replay",
-            Action::Resolve => "resolve",
-        }
-    }
-    fn done(self) -> &'static str {
-        match self {
-            Action::Replay => "replayed",
-            Action::Resolve => "resolved",
-        }
-    }
-}
-
 pub(super) async fn handle(
     kafka: &Topics,
     action: Action,
@@ -32,7 +11,7 @@ pub(super) async fn handle(
     topics: &TopicArgs,
     table: SubscriptionTable,
     interrupt: CancellationToken,
-) -> anyhow::Result<Outcome> {
+) -> Result<Outcome, DlqError> {
     if !(run.rate > 0.0 && run.rate.is_finite()) {
         return Err(Invalid(format!("--rate {}: must be above 0", run.rate)).into());
     }
@@ -102,7 +81,7 @@ pub(super) async fn handle(
             .into());
         }
     }
-    let verb = action.name();
+    let verb = action.to_string();
     if todo.is_empty() {
         say!(
             "nothing to {verb}: all {} matching records of {source} were already replayed or resolved (`dlq list` shows their state; --again repeats them)",
@@ -152,14 +131,18 @@ pub(super) async fn handle(
         .ensure_topics(std::slice::from_ref(&topics.audit_topic), 1, &[])
         .await
         .context("audit topic")?;
-    let producer: FutureProducer = kafka.settings.producer().create()?;
+    let producer: FutureProducer = kafka
+        .settings
+        .producer()
+        .create()
+        .context("creating the producer")?;
     let operator = run
         .operator
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into());
     let id = uuid::Uuid::new_v4().to_string();
-    let started_at = now_text();
+    let started_at = Timestamp::now();
     let progress = indicatif::ProgressBar::new(todo.len() as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
@@ -173,15 +156,15 @@ pub(super) async fn handle(
     let mut done = 0usize;
     let mut interrupted = false;
     let mut failed: Option<anyhow::Error> = None;
-    let audit = |status: &str,
+    let audit = |status: AuditStatus,
                  done: usize,
                  offsets: &BTreeMap<i32, (i64, i64)>,
                  error: Option<String>| AuditRecord {
         id: id.clone(),
-        action: verb.into(),
+        action,
         operator: operator.clone(),
-        started_at: started_at.clone(),
-        finished_at: now_text(),
+        started_at,
+        finished_at: Timestamp::now(),
         partner: partner.clone(),
         source_topic: source.clone(),
         destination_topic: (action == Action::Replay).then(|| destination.clone()),
@@ -190,7 +173,7 @@ pub(super) async fn handle(
         matched: matched.len(),
         skipped: skipped.len(),
         count: done,
-        status: status.into(),
+        status,
         error,
         offsets: offsets.clone(),
     };
@@ -198,7 +181,7 @@ pub(super) async fn handle(
     write_audit(
         &producer,
         &topics.audit_topic,
-        &audit("started", 0, &offsets, None),
+        &audit(AuditStatus::Started, 0, &offsets, None),
     )
     .await?;
     'chunks: for batch in todo.chunks(chunk) {
@@ -240,11 +223,12 @@ pub(super) async fn handle(
             sent.push(*r);
         }
         let entry = serde_json::to_vec(&LedgerEntry {
-            action: action.done().into(),
+            action: action.done(),
             operation: id.clone(),
-            at: now_text(),
+            at: Timestamp::now(),
             operator: operator.clone(),
-        })?;
+        })
+        .context("encoding the ledger entry")?;
         for r in &sent {
             let key = r.ledger_key(&source);
             let recorded = producer
@@ -274,9 +258,9 @@ pub(super) async fn handle(
     }
     progress.finish_and_clear();
     let status = match (&failed, interrupted) {
-        (Some(_), _) => "failed",
-        (None, true) => "interrupted",
-        (None, false) => "completed",
+        (Some(_), _) => AuditStatus::Failed,
+        (None, true) => AuditStatus::Interrupted,
+        (None, false) => AuditStatus::Completed,
     };
     let error = failed.as_ref().map(|e| format!("{e:#}"));
     write_audit(
@@ -286,11 +270,11 @@ pub(super) async fn handle(
     )
     .await?;
     if let Some(e) = failed {
-        return Err(e.context(format!(
+        return Err(DlqError::Failed(e.context(format!(
             "{} {done} of {} records{target} before the failure (recorded: a rerun resumes, operation {id})",
             action.done(),
             todo.len()
-        )));
+        ))));
     }
     if interrupted {
         say!(

@@ -1,0 +1,318 @@
+//! The wiring of `dispatcher run`: one [`App`] starts the router, the lanes' supervisor,
+//! the health monitor, the dispatcher's own subscription writer and the `/metrics`,
+//! `/status` server, and stops them in order. The binary parses flags into a
+//! [`RunConfig`] and calls it; tests can start it in-process the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Json;
+use order_schemas::OrderCodec;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::GoneHook;
+use crate::health::{HealthConfig, StatusBoard, Writer};
+use crate::kafka::KafkaSettings;
+use crate::lane::LaneConfig;
+use crate::router::RouterConfig;
+use crate::subscriptions::audit::AuditTrail;
+use crate::subscriptions::table::SubscriptionTable;
+use crate::subscriptions::updater::Updater;
+use crate::webhook::client::WebhookClient;
+use crate::webhook::ssrf::Allowlist;
+
+/// What every command shares: the cluster, the subscriptions topic and its audit trail,
+/// the SSRF rules, and how the dispatcher's topics are made.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub kafka: KafkaSettings,
+    pub subscriptions_topic: String,
+    pub audit_topic: String,
+    pub allowlist: Arc<Allowlist>,
+    /// Partitions of the topics the dispatcher creates.
+    pub partitions: i32,
+}
+
+impl Shared {
+    /// The compacted subscriptions topic, created when missing.
+    pub async fn ensure_subscriptions_topic(&self) -> anyhow::Result<()> {
+        self.kafka
+            .ensure_topics(
+                std::slice::from_ref(&self.subscriptions_topic),
+                1,
+                &[("cleanup.policy", "compact")],
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "subscriptions topic `{}` on {}",
+                    self.subscriptions_topic, self.kafka.brokers
+                )
+            })
+    }
+
+    /// The audit trail, its topic created when missing.
+    pub async fn audit_trail(&self) -> anyhow::Result<AuditTrail> {
+        self.kafka
+            .ensure_topics(std::slice::from_ref(&self.audit_topic), 1, &[])
+            .await
+            .with_context(|| format!("audit topic `{}`", self.audit_topic))?;
+        Ok(AuditTrail {
+            producer: self.kafka.producer().create()?,
+            topic: self.audit_topic.clone(),
+        })
+    }
+
+    /// The subscription table, caught up with the topic.
+    pub async fn table(&self) -> anyhow::Result<SubscriptionTable> {
+        SubscriptionTable::follow(
+            &self.kafka,
+            &self.subscriptions_topic,
+            Arc::clone(&self.allowlist),
+        )
+        .await
+    }
+}
+
+/// Everything `dispatcher run` needs, typed (the flags' meanings are in the binary's
+/// `--help`).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub shared: Shared,
+    pub registry: String,
+    pub orders_topic: String,
+    pub orders_dead_letter_topic: String,
+    /// Address of `/metrics`, `/status` and `/healthz` (port 0: any free port).
+    pub listen: SocketAddr,
+    pub router_group: String,
+    pub lane_group_prefix: String,
+    pub unknown_schema_wait: Duration,
+    pub max_buffered: usize,
+    pub shutdown_deadline: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    /// Failed attempts after which a record is parked; `None` never parks.
+    pub park_after: Option<u32>,
+    /// `None` never disconnects a failing partner.
+    pub disconnect_after: Option<Duration>,
+    pub degraded_age: Duration,
+    pub failing_age: Duration,
+    pub egress_proxy: Option<String>,
+    pub health_interval: Duration,
+}
+
+/// A running dispatcher.
+#[derive(Debug)]
+pub struct App {
+    /// Where `/metrics`, `/status` and `/healthz` are served.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    router: JoinHandle<anyhow::Result<()>>,
+    lanes: JoinHandle<anyhow::Result<()>>,
+    monitor: JoinHandle<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl App {
+    /// Creates what is missing (subscriptions, audit and router dead-letter topics),
+    /// waits for the subscription table to catch up, then starts every stage.
+    pub async fn start(config: RunConfig) -> anyhow::Result<Self> {
+        let shared = &config.shared;
+        let kafka = shared.kafka.clone();
+        shared.ensure_subscriptions_topic().await?;
+        kafka
+            .ensure_topics(
+                std::slice::from_ref(&config.orders_dead_letter_topic),
+                shared.partitions,
+                &[],
+            )
+            .await
+            .context("router dead-letter topic")?;
+        let table = shared.table().await?;
+        let codec = OrderCodec::new(
+            &config.registry,
+            &config.orders_topic,
+            Duration::from_secs(10),
+        )?;
+        let client = WebhookClient::with_egress_proxy(
+            Arc::clone(&shared.allowlist),
+            Duration::from_secs(5),
+            config.egress_proxy.as_deref(),
+        )?;
+        if let Some(proxy) = &config.egress_proxy {
+            tracing::warn!(%proxy, "webhooks go through the egress proxy: it must enforce the SSRF rules for host names");
+        }
+        let shutdown = CancellationToken::new();
+
+        // Both writers change the subscription as it is when they write, never the copy
+        // their decision was made on (`subscriptions::updater`).
+        let updater = Updater::start(
+            kafka.clone(),
+            shared.subscriptions_topic.clone(),
+            table.clone(),
+            shared.audit_trail().await?,
+        );
+        let on_gone = gone_hook(updater.clone());
+        let board = StatusBoard::default();
+        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let health = HealthConfig {
+            degraded_age: config.degraded_age,
+            failing_age: config.failing_age.max(config.degraded_age),
+            disconnect_after: config.disconnect_after,
+            ..Default::default()
+        };
+        let monitor = tokio::spawn(crate::health::monitor(
+            Arc::clone(&watched),
+            table.clone(),
+            health,
+            Arc::clone(&board),
+            disconnect_writer(updater),
+            config.health_interval.max(Duration::from_millis(100)),
+            shutdown.clone(),
+        ));
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("--listen {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let server_stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, observability(board))
+                .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                .await
+        });
+
+        let router_config = RouterConfig {
+            orders_topic: config.orders_topic.clone(),
+            group: config.router_group.clone(),
+            dead_letter_topic: config.orders_dead_letter_topic.clone(),
+            max_in_flight: 1000,
+            shutdown_deadline: config.shutdown_deadline,
+            unknown_schema_wait: config.unknown_schema_wait,
+        };
+        let lane_config = LaneConfig {
+            group_prefix: config.lane_group_prefix.clone(),
+            max_buffered: config.max_buffered,
+            shutdown_deadline: config.shutdown_deadline,
+            partitions: shared.partitions,
+            flow: crate::webhook::flow::FlowConfig {
+                failures_to_open: config.breaker_failures.max(1),
+                cooldown: config.breaker_cooldown,
+                ..Default::default()
+            },
+            park_after: config.park_after,
+        };
+        let router = tokio::spawn(crate::router::run(
+            kafka.clone(),
+            router_config,
+            table.clone(),
+            codec,
+            shutdown.clone(),
+        ));
+        let lanes = tokio::spawn(crate::lane::supervise(
+            kafka,
+            lane_config,
+            table,
+            client,
+            on_gone,
+            watched,
+            shutdown.clone(),
+        ));
+        tracing::info!("dispatcher running");
+        Ok(Self {
+            addr,
+            shutdown,
+            router,
+            lanes,
+            monitor,
+            server,
+        })
+    }
+
+    /// Stops reading, finishes the requests in flight (up to the shutdown deadline),
+    /// commits what finished, then stops the monitor and the server.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: finishing requests in flight, then committing");
+        self.shutdown.cancel();
+        let router = self.router.await;
+        let lanes = self.lanes.await;
+        let _ = self.monitor.await;
+        let _ = self.server.await;
+        router??;
+        lanes??;
+        Ok(())
+    }
+}
+
+/// What a 410 Gone does: disables the subscription it came from, unless its URL has
+/// changed since (a 410 from a URL no longer in use says nothing about the new one).
+fn gone_hook(updater: Updater) -> GoneHook {
+    GoneHook(Arc::new(move |answered| {
+        updater.update(answered.id.clone(), "disable after 410 Gone", move |s| {
+            let applies = s.url == answered.url && !s.disabled;
+            s.disabled = true;
+            applies
+        });
+    }))
+}
+
+/// What the health monitor's automatic disconnect writes.
+fn disconnect_writer(updater: Updater) -> Writer {
+    Arc::new(move |changed| {
+        for judged in changed {
+            let mark = judged.disconnected.clone();
+            updater.update(judged.id.clone(), "automatic disconnect", move |s| {
+                let applies = s.disconnected.is_none();
+                s.disconnected = mark;
+                applies
+            });
+        }
+    })
+}
+
+/// `/metrics`, `/status`, `/status/{partner}` (404 for a partner not served here) and
+/// `/healthz`.
+fn observability(board: StatusBoard) -> axum::Router {
+    let metrics = crate::metrics::handle();
+    let (all_board, one_board) = (Arc::clone(&board), board);
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    metrics.run_upkeep();
+                    metrics.render()
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let board = Arc::clone(&all_board);
+                async move { Json(crate::health::status_json(&board, None)) }
+            }),
+        )
+        .route(
+            "/status/{partner}",
+            get(move |Path(partner): Path<String>| {
+                let board = Arc::clone(&one_board);
+                async move {
+                    let json = crate::health::status_json(&board, Some(&partner));
+                    let code = if json["partners"].as_object().is_some_and(|m| m.is_empty()) {
+                        StatusCode::NOT_FOUND
+                    } else {
+                        StatusCode::OK
+                    };
+                    (code, Json(json))
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}

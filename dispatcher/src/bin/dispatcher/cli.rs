@@ -1,0 +1,288 @@
+//! The command line: flags (each with its environment variable) and their conversion to
+//! the library's typed settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use dispatcher::app::{RunConfig, Shared};
+use dispatcher::kafka::KafkaSettings;
+use dispatcher::webhook::ssrf::Allowlist;
+use orderhooks_runtime::parse_key_value as parse_option;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Order events to signed, at-least-once partner webhooks"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// The compacted topic of subscriptions.
+    #[arg(
+        long,
+        global = true,
+        env = "SUBSCRIPTIONS_TOPIC",
+        default_value = "subscriptions"
+    )]
+    pub subscriptions_topic: String,
+    /// Non-public addresses webhooks may reach (IPs or CIDRs, comma-separated); empty
+    /// means public addresses only.
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_SSRF_ALLOWLIST",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+    /// Accept plain http:// webhook URLs to host names (development networks only).
+    #[arg(long, global = true, env = "DISPATCHER_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// Consumer group session timeout in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub session_timeout_ms: u64,
+    /// librdkafka max.poll.interval.ms, which is also how long a rebalance waits for a
+    /// member that does not rejoin, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_MAX_POLL_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    pub max_poll_interval_ms: u64,
+    /// Extra librdkafka setting for every client, `key=value`; repeatable.
+    #[arg(long = "kafka-option", global = true, value_parser = parse_option)]
+    pub kafka_options: Vec<(String, String)>,
+    /// Partitions of topics the dispatcher creates (per-partner delivery and dead-letter
+    /// topics, the router's dead-letter topic).
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_TOPIC_PARTITIONS",
+        default_value_t = 6
+    )]
+    pub partitions: i32,
+    /// Replication factor of the topics the dispatcher creates; unset uses the broker's
+    /// `default.replication.factor` (production: 3, with `min.insync.replicas=2`).
+    #[arg(long, global = true, env = "DISPATCHER_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: Option<i32>,
+    /// Topic of the audit trail of subscription changes (the API, `subscriptions
+    /// apply` and the dispatcher's own 410 disable and automatic disconnect write it).
+    #[arg(long, global = true, env = "SUBSCRIPTION_AUDIT_TOPIC", default_value = dispatcher::subscriptions::audit::DEFAULT_TOPIC)]
+    pub subscription_audit_topic: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Route orders and deliver webhooks until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Manage the subscriptions topic.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+    /// Serve the partner-facing API: subscriptions and recovery by polling.
+    Api(ApiArgs),
+    /// Inspect, replay and resolve the partners' dead-letter topics (`dlq.<partner>`).
+    #[command(subcommand)]
+    Dlq(dispatcher::dlq::DlqCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Schema Registry base URL.
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry: String,
+    /// The orders topic.
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
+    pub orders_topic: String,
+    /// Where undecodable orders records go.
+    #[arg(long, env = "ORDERS_DEAD_LETTER_TOPIC", default_value = "orders.dlq")]
+    pub orders_dead_letter_topic: String,
+    /// Address of /metrics and /healthz; the bound address is printed.
+    #[arg(long, env = "DISPATCHER_LISTEN", default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// How long routing waits for a schema id the registry does not know (asking again)
+    /// before its records go to the orders dead-letter topic, in milliseconds: a
+    /// registry follower may lag a registration by a moment.
+    #[arg(
+        long,
+        env = "DISPATCHER_UNKNOWN_SCHEMA_WAIT_MS",
+        default_value_t = 20_000
+    )]
+    pub unknown_schema_wait_ms: u64,
+    /// Consumer group of the router.
+    #[arg(
+        long,
+        env = "DISPATCHER_ROUTER_GROUP",
+        default_value = "orderhooks-router"
+    )]
+    pub router_group: String,
+    /// Group id prefix of the delivery lanes (`<prefix>.<partner>`).
+    #[arg(
+        long,
+        env = "DISPATCHER_LANE_GROUP_PREFIX",
+        default_value = "orderhooks-delivery"
+    )]
+    pub lane_group_prefix: String,
+    /// Records taken from Kafka and unfinished per partner, at most.
+    #[arg(long, env = "DISPATCHER_MAX_BUFFERED", default_value_t = 1024)]
+    pub max_buffered: usize,
+    /// How long shutdown waits for requests in flight, in milliseconds.
+    #[arg(
+        long,
+        env = "DISPATCHER_SHUTDOWN_DEADLINE_MS",
+        default_value_t = 10_000
+    )]
+    pub shutdown_deadline_ms: u64,
+    /// Failures in a row (5xx, timeout, connection error) that open a partner's circuit.
+    #[arg(long, env = "DISPATCHER_BREAKER_FAILURES", default_value_t = 10)]
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before one probe, in milliseconds (doubles on each
+    /// failed probe, up to 2 minutes).
+    #[arg(long, env = "DISPATCHER_BREAKER_COOLDOWN_MS", default_value_t = 5_000)]
+    pub breaker_cooldown_ms: u64,
+    /// Failed attempts after which a record leaves the lane for the partner's retry
+    /// topic (`retries.<partner>`) and its key is parked there, so one failing order
+    /// holds neither the partner's offset nor its other orders; 0 keeps every retry in
+    /// the lane.
+    #[arg(long, env = "DISPATCHER_PARK_AFTER_ATTEMPTS", default_value_t = 3)]
+    pub park_after_attempts: u32,
+    /// A partner failing this long is disconnected: delivery stops and its events wait
+    /// in Kafka until it is reconnected (API `POST /v1/partners/{p}/reconnect`), in
+    /// milliseconds; 0 never disconnects. Default 24 hours.
+    #[arg(
+        long,
+        env = "DISPATCHER_DISCONNECT_AFTER_MS",
+        default_value_t = 86_400_000
+    )]
+    pub disconnect_after_ms: u64,
+    /// A partner whose oldest undelivered record is older than this is degraded, in
+    /// seconds (failing past `--failing-age-secs`).
+    #[arg(long, env = "DISPATCHER_DEGRADED_AGE_SECS", default_value_t = 60)]
+    pub degraded_age_secs: u64,
+    /// A partner whose oldest undelivered record is older than this is failing, in seconds.
+    #[arg(long, env = "DISPATCHER_FAILING_AGE_SECS", default_value_t = 900)]
+    pub failing_age_secs: u64,
+    /// Send every webhook through this HTTP(S) proxy (`http://proxy.internal:3128`).
+    /// Without it webhooks go straight to partners and the environment's proxy
+    /// variables are ignored for them (the registry and broker clients keep theirs). A
+    /// proxy resolves partner host names itself, so it must then refuse private,
+    /// loopback and link-local addresses: the SSRF guard can only check IP literals.
+    #[arg(long, env = "DISPATCHER_EGRESS_PROXY")]
+    pub egress_proxy: Option<String>,
+    /// How often partners' health is judged, in milliseconds.
+    #[arg(long, env = "DISPATCHER_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
+    pub health_interval_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to listen on; the bound address is printed.
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// YAML file of tokens: `admin: [..]` and `partners: {partner-id: [..]}`; a token is
+    /// given as itself (16 characters at least) or as `sha256:<hex of its digest>`.
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub tokens_file: PathBuf,
+    /// Refuse webhook URLs that are not https.
+    #[arg(long, env = "API_REQUIRE_HTTPS")]
+    pub require_https: bool,
+    /// Subscriptions one partner may have; creating more answers 403 `quota_exceeded`.
+    #[arg(long, env = "API_MAX_SUBSCRIPTIONS_PER_PARTNER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_subscriptions_per_partner: u32,
+    /// `GET /v1/partners/{p}/events` pages read at once; past that 429 with Retry-After.
+    #[arg(long, env = "API_EVENTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub events_concurrency: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// Validate a YAML/JSON file of subscriptions and write it to the topic, creating
+    /// each partner's delivery and dead-letter topics.
+    Apply {
+        file: PathBuf,
+        /// Also delete subscriptions that are in the topic but not in the file.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Print the subscriptions in the topic (secrets redacted).
+    List,
+}
+
+impl Common {
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.brokers.clone(),
+            session_timeout: Duration::from_millis(self.session_timeout_ms),
+            max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
+            options: self.kafka_options.clone(),
+            replication: self.replication_factor,
+        }
+    }
+
+    pub fn allowlist(&self) -> anyhow::Result<Allowlist> {
+        Allowlist::parse(&self.allow)
+            .map(|a| a.with_plain_http(self.allow_http))
+            .map_err(|e| anyhow::anyhow!("--allow / DISPATCHER_SSRF_ALLOWLIST: {e}"))
+    }
+
+    pub fn shared(&self) -> anyhow::Result<Shared> {
+        Ok(Shared {
+            kafka: self.kafka(),
+            subscriptions_topic: self.subscriptions_topic.clone(),
+            audit_topic: self.subscription_audit_topic.clone(),
+            allowlist: Arc::new(self.allowlist()?),
+            partitions: self.partitions,
+        })
+    }
+}
+
+impl RunArgs {
+    pub fn config(&self, shared: Shared) -> RunConfig {
+        RunConfig {
+            shared,
+            registry: self.registry.clone(),
+            orders_topic: self.orders_topic.clone(),
+            orders_dead_letter_topic: self.orders_dead_letter_topic.clone(),
+            listen: self.listen,
+            router_group: self.router_group.clone(),
+            lane_group_prefix: self.lane_group_prefix.clone(),
+            unknown_schema_wait: Duration::from_millis(self.unknown_schema_wait_ms),
+            max_buffered: self.max_buffered,
+            shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            park_after: (self.park_after_attempts > 0).then_some(self.park_after_attempts),
+            disconnect_after: (self.disconnect_after_ms > 0)
+                .then(|| Duration::from_millis(self.disconnect_after_ms)),
+            degraded_age: Duration::from_secs(self.degraded_age_secs),
+            failing_age: Duration::from_secs(self.failing_age_secs),
+            egress_proxy: self.egress_proxy.clone(),
+            health_interval: Duration::from_millis(self.health_interval_ms),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `dispatcher`: parses the command line and runs the command: `run` (the router and
+//! the delivery lanes, wired by `dispatcher::app::App`), `api`, `subscriptions`, `dlq`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use dispatcher::app::{App, Shared};
+use tokio_util::sync::CancellationToken;
+
+mod cli;
+mod subscriptions;
+
+use cli::{ApiArgs, Cli, Command, SubscriptionsCommand};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    orderhooks_runtime::init_tracing();
+    let cli = Cli::parse();
+    let shared = match cli.common.shared() {
+        Ok(shared) => shared,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let outcome = match &cli.command {
+        Command::Run(args) => run(args.config(shared)).await,
+        Command::Subscriptions(SubscriptionsCommand::Apply { file, prune }) => {
+            subscriptions::apply(&shared, file, *prune).await
+        }
+        Command::Subscriptions(SubscriptionsCommand::List) => subscriptions::list(&shared).await,
+        Command::Dlq(command) => return dlq(shared, command).await,
+        Command::Api(args) => api(shared, args).await,
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: dispatcher::app::RunConfig) -> anyhow::Result<()> {
+    let app = App::start(config).await?;
+    println!("listening on http://{}", app.addr);
+    orderhooks_runtime::shutdown_signal().await;
+    app.stop().await
+}
+
+/// Exit codes: 0 done, 1 failed (broker unreachable, write failed), 2 refused (bad
+/// filter, unknown partner, nothing matches), 130 interrupted by Ctrl-C (rerun resumes).
+async fn dlq(shared: Shared, command: &dispatcher::dlq::DlqCommand) -> std::process::ExitCode {
+    use dispatcher::dlq::Outcome;
+    let interrupt = CancellationToken::new();
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        orderhooks_runtime::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let subscriptions = shared.table();
+    match dispatcher::dlq::run(command, &shared.kafka, subscriptions, interrupt).await {
+        Ok(Outcome::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => std::process::ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.tokens_file)
+        .with_context(|| format!("--tokens-file {}", args.tokens_file.display()))?;
+    let tokens = dispatcher::api::Tokens::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--tokens-file {}: {e}", args.tokens_file.display()))?;
+    shared.ensure_subscriptions_topic().await?;
+    let audit = shared.audit_trail().await?;
+    let table = shared.table().await?;
+    let state = dispatcher::api::ApiState {
+        kafka: shared.kafka,
+        subscriptions_topic: shared.subscriptions_topic,
+        audit,
+        max_subscriptions_per_partner: args.max_subscriptions_per_partner as usize,
+        events_permits: Arc::new(tokio::sync::Semaphore::new(
+            args.events_concurrency as usize,
+        )),
+        partitions: shared.partitions,
+        table,
+        allowlist: shared.allowlist,
+        require_https: args.require_https,
+        tokens: Arc::new(tokens),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, dispatcher::api::router(state))
+        .with_graceful_shutdown(orderhooks_runtime::shutdown_signal())
+        .await?;
+    Ok(())
+}

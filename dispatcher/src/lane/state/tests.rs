@@ -1,0 +1,148 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::kafka::KafkaSettings;
+use crate::lane::read_back::ReadBacks;
+
+const DELIVERIES: &str = "deliveries.p";
+const RETRIES: &str = "retries.p";
+
+fn lane() -> Rebalances {
+    let (answers, _) = tokio::sync::mpsc::unbounded_channel();
+    Rebalances {
+        partner: "p".into(),
+        topic: DELIVERIES.into(),
+        retry_topic: RETRIES.into(),
+        read_backs: Some(ReadBacks {
+            settings: KafkaSettings {
+                brokers: "127.0.0.1:9".into(),
+                session_timeout: Duration::from_secs(6),
+                max_poll_interval: Duration::from_secs(300),
+                options: Vec::new(),
+                replication: None,
+            },
+            group: "g".into(),
+            retry_topic: RETRIES.into(),
+            answers,
+            stop: CancellationToken::new(),
+        }),
+    }
+}
+
+fn record(partition: i32, offset: i64, key: &str) -> Job {
+    Job {
+        topic: Arc::from(DELIVERIES),
+        partition,
+        offset,
+        key: key.as_bytes().to_vec(),
+        body: Bytes::new(),
+        webhook_id: format!("{key}-{offset}"),
+        subscription_id: "s".into(),
+        traceparent: None,
+        headers: None,
+        parked: None,
+        follow: false,
+    }
+}
+
+fn assigned(partition: i32) -> GroupChange {
+    GroupChange::Assigned(DELIVERIES.into(), partition)
+}
+
+fn revoked(partition: i32) -> GroupChange {
+    GroupChange::Revoked(DELIVERIES.into(), partition)
+}
+
+#[test]
+fn a_record_of_a_reassigned_partition_follows_its_parked_key() {
+    // The new owner of partition 1 reads back that `bad` has 3 records in the retry
+    // topic: the delivery topic's `bad` taken meanwhile must follow them there, the
+    // other key goes out at once.
+    let lane = lane();
+    let mut state = LaneState::default();
+    let started = state.follow(&lane, vec![assigned(1)]);
+    let [(1, generation)] = started[..] else {
+        panic!("one read-back of partition 1: {started:?}")
+    };
+    assert!(state.take(record(1, 7, "bad")).is_none(), "held");
+    assert!(state.take(record(1, 8, "ok")).is_none(), "held");
+    let ready = state.finish_rebuild((1, generation, (0, 3), [(b"bad".to_vec(), 3)].into()));
+    let follows: Vec<(String, bool)> = ready
+        .iter()
+        .map(|j| (j.webhook_id.clone(), j.follow))
+        .collect();
+    assert_eq!(
+        follows,
+        vec![("bad-7".to_string(), true), ("ok-8".to_string(), false)]
+    );
+}
+
+#[test]
+fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
+    // A job that began before partition 1 was revoked and assigned back parks its
+    // record while the new read-back runs: at offset 4, which the read-back (0..5)
+    // saw, and at offset 5, which it did not.
+    let lane = lane();
+    let mut state = LaneState::default();
+    let [(1, generation)] = state.follow(&lane, vec![assigned(1)])[..] else {
+        panic!("one read-back")
+    };
+    let parked_at = |at: i64, key: &str| Done {
+        retry: false,
+        partition: 1,
+        offset: 0,
+        key: key.as_bytes().to_vec(),
+        end: JobEnd::Parked { at },
+    };
+    assert!(state.done(parked_at(4, "seen")).is_none());
+    assert!(state.done(parked_at(5, "unseen")).is_none());
+    state.finish_rebuild((1, generation, (0, 5), [(b"seen".to_vec(), 1)].into()));
+    assert_eq!(
+        state.parked.get(&(1, b"seen".to_vec())),
+        Some(&1),
+        "not twice"
+    );
+    assert_eq!(state.parked.get(&(1, b"unseen".to_vec())), Some(&1));
+    // Without a read-back going on, a write counts at once.
+    assert!(state.done(parked_at(6, "seen")).is_none());
+    assert_eq!(state.parked.get(&(1, b"seen".to_vec())), Some(&2));
+}
+
+#[test]
+fn a_revoke_and_assignment_in_one_batch_are_followed_in_their_order() {
+    let lane = lane();
+    let mut state = LaneState::default();
+    // Taken before the rebalance, then revoked: left to the new owner.
+    assert!(state.take(record(1, 3, "a")).is_some());
+    // Revoked, then assigned back (an eager rebalance): the partition is ours and
+    // its records wait for its parked keys.
+    let started = state.follow(&lane, vec![revoked(1), assigned(1)]);
+    assert_eq!(started.len(), 1);
+    assert_eq!(
+        state.tracker.total_pending(),
+        0,
+        "the revoked record is forgotten"
+    );
+    assert!(
+        state.take(record(1, 3, "a")).is_none(),
+        "held for the read-back"
+    );
+    // Assigned, then revoked: nothing is held for it any more.
+    let mut state = LaneState::default();
+    state.follow(&lane, vec![assigned(2), revoked(2)]);
+    assert!(state.rebuilding.is_empty());
+    assert!(state.take(record(2, 0, "b")).is_some());
+}
+
+#[test]
+fn a_lane_that_does_not_park_reads_nothing_back() {
+    let mut lane = lane();
+    lane.read_backs = None;
+    let mut state = LaneState::default();
+    assert!(state.follow(&lane, vec![assigned(0)]).is_empty());
+    assert!(state.take(record(0, 0, "a")).is_some());
+}
