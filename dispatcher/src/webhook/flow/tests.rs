@@ -16,6 +16,13 @@ fn flow(max: usize) -> Arc<PartnerFlow> {
     )
 }
 
+/// An overload answer with a Retry-After of `secs`.
+fn retry_after(secs: u64) -> Signal {
+    Signal::Overloaded {
+        retry_after: Some(Duration::from_secs(secs)),
+    }
+}
+
 const FAST: Signal = Signal::Answered {
     latency: Duration::from_millis(1),
 };
@@ -81,12 +88,7 @@ fn retry_after_holds_the_whole_partner() {
     let f = flow(16);
     let now = Instant::now();
     let p = f.try_acquire(now).expect("permit");
-    f.release(
-        p,
-        Signal::Overloaded {
-            retry_after: Some(Duration::from_secs(2)),
-        },
-    );
+    f.release(p, retry_after(2));
     let wait = f.try_acquire(Instant::now()).expect_err("held");
     assert!(
         wait.is_some_and(|w| w > Duration::from_millis(1900)),
@@ -175,12 +177,7 @@ async fn a_retry_after_holds_every_request_for_exactly_that_long_within_the_cap(
     let f = flow(16);
     let cancel = CancellationToken::new();
     let p = f.acquire(&cancel).await.expect("permit");
-    f.release(
-        p,
-        Signal::Overloaded {
-            retry_after: Some(Duration::from_secs(30)),
-        },
-    );
+    f.release(p, retry_after(30));
     let start = Instant::now();
     let p = f.acquire(&cancel).await.expect("a permit after the hold");
     let waited = start.elapsed();
@@ -189,12 +186,7 @@ async fn a_retry_after_holds_every_request_for_exactly_that_long_within_the_cap(
         "held {waited:?}"
     );
     // A Retry-After past the cap (60 s) holds for the cap only.
-    f.release(
-        p,
-        Signal::Overloaded {
-            retry_after: Some(Duration::from_secs(3_600)),
-        },
-    );
+    f.release(p, retry_after(3_600));
     let start = Instant::now();
     let _p = f
         .acquire(&cancel)
@@ -242,12 +234,7 @@ async fn a_waiting_request_is_let_go_by_cancellation_without_a_permit() {
     let f = flow(16);
     let cancel = CancellationToken::new();
     let p = f.acquire(&cancel).await.expect("permit");
-    f.release(
-        p,
-        Signal::Overloaded {
-            retry_after: Some(Duration::from_secs(30)),
-        },
-    );
+    f.release(p, retry_after(30));
     let stop = cancel.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
