@@ -349,6 +349,7 @@ async fn dispatcher_lane(
         partitions: PARTITIONS as i32,
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
+        groups: Default::default(),
     };
     let before = receiver.count().await;
     let flow = std::sync::Arc::clone(&ctx.flow);

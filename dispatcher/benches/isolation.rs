@@ -194,6 +194,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         partitions: 6,
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
+        groups: Default::default(),
     };
     let mut lanes = Vec::new();
     let mut stops = Vec::new();

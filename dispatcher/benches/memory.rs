@@ -136,6 +136,7 @@ fn main() {
             partitions: 6,
             flow: FlowConfig::default(),
             park_after: None,
+            groups: Default::default(),
         };
         let before = rss_mb();
         println!("partner down; lane RSS over time (MB):");

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::GoneHook;
 use crate::health::{HealthConfig, StatusBoard, Writer};
+use crate::kafka::group::GroupBoard;
 use crate::kafka::KafkaSettings;
 use crate::lane::LaneConfig;
 use crate::router::RouterConfig;
@@ -160,6 +161,7 @@ impl App {
         );
         let on_gone = gone_hook(updater.clone());
         let board = StatusBoard::default();
+        let groups = GroupBoard::default();
         let watched = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let health = HealthConfig {
             degraded_age: config.degraded_age,
@@ -182,8 +184,9 @@ impl App {
             .with_context(|| format!("--listen {}", config.listen))?;
         let addr = listener.local_addr()?;
         let server_stop = shutdown.clone();
+        let routes = observability(board, groups.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, observability(board))
+            axum::serve(listener, routes)
                 .with_graceful_shutdown(async move { server_stop.cancelled().await })
                 .await
         });
@@ -195,6 +198,7 @@ impl App {
             max_in_flight: 1000,
             shutdown_deadline: config.shutdown_deadline,
             unknown_schema_wait: config.unknown_schema_wait,
+            groups: groups.clone(),
         };
         let lane_config = LaneConfig {
             group_prefix: config.lane_group_prefix.clone(),
@@ -207,6 +211,7 @@ impl App {
                 ..Default::default()
             },
             park_after: config.park_after,
+            groups,
         };
         let router = tokio::spawn(crate::router::run(
             kafka.clone(),
@@ -276,9 +281,9 @@ fn disconnect_writer(updater: Updater) -> Writer {
     })
 }
 
-/// `/metrics`, `/status`, `/status/{partner}` (404 for a partner not served here) and
-/// `/healthz`.
-fn observability(board: StatusBoard) -> axum::Router {
+/// `/metrics`, `/status` (partners, and the consumer group members of this process),
+/// `/status/{partner}` (404 for a partner not served here) and `/healthz`.
+fn observability(board: StatusBoard, groups: GroupBoard) -> axum::Router {
     let metrics = crate::metrics::handle();
     let (all_board, one_board) = (Arc::clone(&board), board);
     axum::Router::new()
@@ -296,7 +301,12 @@ fn observability(board: StatusBoard) -> axum::Router {
             "/status",
             get(move || {
                 let board = Arc::clone(&all_board);
-                async move { Json(crate::health::status_json(&board, None)) }
+                let groups = groups.clone();
+                async move {
+                    let mut json = crate::health::status_json(&board, None);
+                    json["groups"] = groups.status_json();
+                    Json(json)
+                }
             }),
         )
         .route(

@@ -144,6 +144,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         partitions: 1,
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
+        groups: Default::default(),
     };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
 

@@ -252,7 +252,7 @@ async fn kill_9_during_a_run(
     assert_eq!(dispatcher.terminate(), Some(0));
 }
 
-/// No rebalance logged for this long: nisshi has finished the last one (it completes
+/// No rebalance (per `/status`) for this long: nisshi has finished the last one (it completes
 /// about 3 s, half the session timeout, after the last change).
 const QUIET: Duration = Duration::from_secs(4);
 

@@ -1,8 +1,11 @@
 //! A consumer group member's context, shared by the router and the lanes: it logs
 //! rebalances and notes what they changed for the consumer's loop (rebalance callbacks
 //! run inside poll, where the loop cannot act), and publishes the consumer lag of its
-//! topic from librdkafka's statistics.
+//! topic from librdkafka's statistics. Every member of the process also shows its
+//! partitions and last rebalance on a [`GroupBoard`] (`/status`, `groups`).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -22,6 +25,105 @@ pub struct GroupContext {
     assigned: std::sync::atomic::AtomicBool,
     /// A lane's partner health, told the lag too.
     health: Option<Arc<crate::health::PartnerHealth>>,
+    /// Where this member shows its state, with its entry's generation.
+    board: Option<(GroupBoard, u64)>,
+}
+
+/// The consumer group members of this process, by name, as `/status` shows them (so
+/// operators and tests see assignments without reading logs).
+#[derive(Debug, Clone, Default)]
+pub struct GroupBoard(Arc<Mutex<BTreeMap<String, Member>>>);
+
+/// One member's state.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Which context owns the entry (a restarted lane's new one replaces it).
+    generation: u64,
+    /// Rebalance events seen (assignments and revocations).
+    rebalances: u64,
+    last_assigned: bool,
+    last_at: chrono::DateTime<chrono::Utc>,
+    partitions: BTreeSet<(String, i32)>,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl GroupBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Member>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `{"<member>": {"partitions": ["topic/0", ..], "last_rebalance": "assigned" |
+    /// "revoked" | "none", "last_rebalance_at", "rebalances"}}`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let members = self.lock();
+        let shown = members.iter().map(|(name, m)| {
+            let partitions: Vec<String> = m
+                .partitions
+                .iter()
+                .map(|(t, p)| format!("{t}/{p}"))
+                .collect();
+            let last = match (m.rebalances, m.last_assigned) {
+                (0, _) => "none",
+                (_, true) => "assigned",
+                (_, false) => "revoked",
+            };
+            let state = serde_json::json!({
+                "partitions": partitions,
+                "last_rebalance": last,
+                "last_rebalance_at": m.last_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "rebalances": m.rebalances,
+            });
+            (name.clone(), state)
+        });
+        serde_json::Value::Object(shown.collect())
+    }
+
+    fn join(&self, name: &str) -> u64 {
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let member = Member {
+            generation,
+            rebalances: 0,
+            last_assigned: false,
+            last_at: chrono::Utc::now(),
+            partitions: BTreeSet::new(),
+        };
+        self.lock().insert(name.to_string(), member);
+        generation
+    }
+
+    fn rebalanced(
+        &self,
+        name: &str,
+        generation: u64,
+        partitions: &[(String, i32)],
+        assigned: bool,
+    ) {
+        let mut members = self.lock();
+        let Some(m) = members.get_mut(name).filter(|m| m.generation == generation) else {
+            return;
+        };
+        m.rebalances += 1;
+        m.last_assigned = assigned;
+        m.last_at = chrono::Utc::now();
+        for tp in partitions {
+            if assigned {
+                m.partitions.insert(tp.clone());
+            } else {
+                m.partitions.remove(tp);
+            }
+        }
+    }
+
+    fn leave(&self, name: &str, generation: u64) {
+        let mut members = self.lock();
+        if members
+            .get(name)
+            .is_some_and(|m| m.generation == generation)
+        {
+            members.remove(name);
+        }
+    }
 }
 
 /// A partition (topic, partition) that a rebalance took away or gave.
@@ -39,7 +141,15 @@ impl GroupContext {
             changes: Mutex::default(),
             assigned: Default::default(),
             health: None,
+            board: None,
         }
+    }
+
+    /// Shows this member on `board` until it is dropped.
+    pub fn on_board(mut self, board: &GroupBoard) -> Self {
+        let generation = board.join(&self.name);
+        self.board = Some((board.clone(), generation));
+        self
     }
 
     /// Also reports the lag to a partner's health.
@@ -63,11 +173,12 @@ impl GroupContext {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn note(
-        &self,
-        list: &TopicPartitionList,
-        change: fn(String, i32) -> GroupChange,
-    ) -> Vec<(String, i32)> {
+    fn note(&self, list: &TopicPartitionList, assigned: bool) -> Vec<(String, i32)> {
+        let change = if assigned {
+            GroupChange::Assigned
+        } else {
+            GroupChange::Revoked
+        };
         let partitions: Vec<(String, i32)> = list
             .elements()
             .iter()
@@ -77,7 +188,18 @@ impl GroupContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(partitions.iter().cloned().map(|(t, p)| change(t, p)));
+        if let Some((board, generation)) = &self.board {
+            board.rebalanced(&self.name, *generation, &partitions, assigned);
+        }
         partitions
+    }
+}
+
+impl Drop for GroupContext {
+    fn drop(&mut self) {
+        if let Some((board, generation)) = &self.board {
+            board.leave(&self.name, *generation);
+        }
     }
 }
 
@@ -127,7 +249,7 @@ fn partition_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let partitions = self.note(list, GroupChange::Revoked);
+            let partitions = self.note(list, false);
             tracing::info!(consumer = %self.name, ?partitions, "partitions revoked");
         }
     }
@@ -135,7 +257,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let partitions = self.note(list, GroupChange::Assigned);
+                let partitions = self.note(list, true);
                 tracing::info!(consumer = %self.name, ?partitions, "partitions assigned");
                 self.assigned
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -182,8 +304,8 @@ mod tests {
         let ctx = GroupContext::new("lane p", DELIVERIES);
         let mut list = TopicPartitionList::new();
         list.add_partition(DELIVERIES, 1);
-        ctx.note(&list, GroupChange::Revoked);
-        ctx.note(&list, GroupChange::Assigned);
+        ctx.note(&list, false);
+        ctx.note(&list, true);
         assert_eq!(
             ctx.take_changes(),
             vec![
@@ -192,5 +314,38 @@ mod tests {
             ]
         );
         assert!(ctx.take_changes().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn the_board_shows_each_members_partitions_and_last_rebalance() {
+        let board = GroupBoard::default();
+        let old = GroupContext::new("lane p", DELIVERIES).on_board(&board);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(DELIVERIES, 0);
+        list.add_partition(DELIVERIES, 1);
+        old.note(&list, true);
+        let json = board.status_json();
+        assert_eq!(json["lane p"]["last_rebalance"], "assigned");
+        assert_eq!(
+            json["lane p"]["partitions"],
+            serde_json::json!([format!("{DELIVERIES}/0"), format!("{DELIVERIES}/1")])
+        );
+        let mut one = TopicPartitionList::new();
+        one.add_partition(DELIVERIES, 1);
+        old.note(&one, false);
+        let json = board.status_json();
+        assert_eq!(json["lane p"]["last_rebalance"], "revoked");
+        assert_eq!(json["lane p"]["rebalances"], 2);
+        assert_eq!(
+            json["lane p"]["partitions"],
+            serde_json::json!([format!("{DELIVERIES}/0")])
+        );
+        // A restarted lane's member replaces the entry; the old one leaving does not
+        // remove it.
+        let new = GroupContext::new("lane p", DELIVERIES).on_board(&board);
+        drop(old);
+        assert_eq!(board.status_json()["lane p"]["last_rebalance"], "none");
+        drop(new);
+        assert_eq!(board.status_json(), serde_json::json!({}));
     }
 }

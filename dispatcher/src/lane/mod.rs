@@ -60,6 +60,8 @@ pub struct LaneConfig {
     /// Failed attempts after which a record is parked in the retry topic (`None`:
     /// never; records retry in the lane).
     pub park_after: Option<u32>,
+    /// Where each lane's group member shows its state (`/status`).
+    pub groups: crate::kafka::group::GroupBoard,
 }
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).
@@ -118,7 +120,8 @@ pub async fn run(
         .set("partition.assignment.strategy", "range")
         .create_with_context(
             GroupContext::new(&format!("lane {partner}"), &topic)
-                .with_health(Arc::clone(&ctx.health)),
+                .with_health(Arc::clone(&ctx.health))
+                .on_board(&config.groups),
         )?;
     let parking = ctx.park_after.is_some();
     if parking {

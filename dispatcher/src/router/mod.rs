@@ -50,6 +50,8 @@ pub struct RouterConfig {
     /// How long a schema id the registry does not know is asked again (routing waits)
     /// before its records are dead-lettered. Default 20 s.
     pub unknown_schema_wait: Duration,
+    /// Where the router's group member shows its state (`/status`).
+    pub groups: crate::kafka::group::GroupBoard,
 }
 
 /// The webhook body partners receive: `{"type", "timestamp", "data"}`.
@@ -143,7 +145,9 @@ pub async fn run(
     let consumer: StreamConsumer<GroupContext> = settings
         .consumer(&config.group)
         .set("statistics.interval.ms", "5000")
-        .create_with_context(GroupContext::new("router", &config.orders_topic))?;
+        .create_with_context(
+            GroupContext::new("router", &config.orders_topic).on_board(&config.groups),
+        )?;
     consumer.subscribe(&[&config.orders_topic])?;
     let producer: FutureProducer = settings.producer().create()?;
     let mut tracker = OffsetTracker::default();

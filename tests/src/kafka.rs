@@ -1,0 +1,148 @@
+//! Topics and records: fresh topics, consumers tuned for the test broker, reading exactly N records, dead letters, producing with headers.
+
+use super::*;
+
+/// Creates `name` with `partitions` partitions on `brokers` and waits until it is usable.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .expect("metadata");
+        let ready = metadata.topics().iter().any(|t| {
+            t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic {name} not ready after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a fresh topic on the test broker and returns its name.
+pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
+    let name = unique(prefix);
+    create_topic_on(&brokers(), &name, partitions).await;
+    name
+}
+
+/// A consumer of `topic` from the beginning, in a group of its own.
+pub fn consumer(topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("e2e"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // The test broker's first join waits about half of this (DESIGN.md §5).
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Reads `count` records of a dead-letter topic as (headers, body), within 60 s.
+pub async fn dead_letters(
+    topic: &str,
+    count: usize,
+) -> Vec<(std::collections::HashMap<String, String>, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    read_exactly(topic, count, Duration::from_secs(60))
+        .await
+        .iter()
+        .map(|m| {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (headers, m.payload().unwrap_or_default().to_vec())
+        })
+        .collect()
+}
+
+/// Reads `count` records of `topic`, failing after `timeout` with what it got so far;
+/// then waits a little longer to catch records that should not be there.
+pub async fn read_exactly(topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer = consumer(topic);
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = consumer.stream();
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => out.push(m.detach()),
+            Ok(Some(Err(e))) => panic!("consuming {topic}: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!(
+                "read {} of {count} records of {topic} in {timeout:?}",
+                out.len()
+            ),
+        }
+    }
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+        let extra = extra.expect("consume");
+        panic!(
+            "more than {count} records in {topic}: extra at offset {}",
+            extra.offset()
+        );
+    }
+    out
+}
+
+/// Writes one record with `headers` to `topic` (to `partition`, or by key) on
+/// `brokers` and waits for the acknowledgement.
+pub async fn produce_with_headers(
+    brokers: &str,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .expect("produce");
+}
