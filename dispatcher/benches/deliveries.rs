@@ -13,6 +13,10 @@
 //! BENCH_ROUNDS (3), BENCH_BUFFERED (the lane's max_buffered, 1024 as `dispatcher run`), BENCH_ONLY=wrk,bare,client,lane (some parts alone, for profiling).
 //! Each part's best round also prints this process's CPU time and context switches per
 //! request over its timed window (from /proc; the receiver runs in its own process).
+//!
+//! (Over 400 lines on purpose: the four measured parts sit side by side so each is set
+//! up like the others and the ratios compare like with like; the lane's set-up is shared
+//! with the other benchmarks in `common/`.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

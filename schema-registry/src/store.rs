@@ -4,6 +4,9 @@
 //! and renamed over `state.json` before it becomes visible, so a crash leaves either the
 //! old or the new state on disk, never a torn one, and an id once answered is never
 //! handed out again.
+//!
+//! (Over 400 lines on purpose: the state, its invariants and the atomic file write that
+//! keeps them across a crash read best together; the tests are at the end.)
 
 use std::collections::BTreeMap;
 use std::fs;

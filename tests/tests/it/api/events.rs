@@ -1,0 +1,178 @@
+//! Recovery by polling the events stream.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_recovers_missed_events_by_polling_in_order() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("poll");
+    let api = world.start_api(&tokens(&[&partner, "other"]), &[]);
+    let token = partner_token(&partner);
+    // The partner's endpoint is down: nothing is acknowledged.
+    let down = closed_port();
+    let (s, created) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(&token),
+            Some(json!({
+                "url": format!("http://{down}/hook"),
+                "event_types": ["order.created", "order.status_changed"],
+                "retry": {"max_attempts": 2, "initial_backoff_ms": 100, "max_backoff_ms": 200}
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let dispatcher = world.start();
+    let p = world.publisher().await;
+    let mut sent = Vec::new();
+    for i in 0..11 {
+        let kind = if i < 4 {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let e = OrderEvent::sample(kind, &format!("order-{}", i % 4), &partner, 1);
+        p.publish(&e).await.expect("publish");
+        sent.push(e);
+    }
+    // Wait until the stream holds all 11 (the router writes them while we look), so the
+    // pages below are read from a stream that no longer changes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, page) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/partners/{partner}/events?limit=100"),
+                Some(&token),
+                None,
+            )
+            .await;
+        let n = page["data"].as_array().map_or(0, Vec::len);
+        if s == 200 && n == sent.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream has {n} of {} ({s})\n{}",
+            sent.len(),
+            dispatcher.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Page through with limit 3.
+    let mut cursor: Option<String> = None;
+    let mut pages: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut got: Vec<Value> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < sent.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "polled {} of {}\n{}",
+            got.len(),
+            sent.len(),
+            dispatcher.log_tail()
+        );
+        let path = match &cursor {
+            Some(c) => format!("/v1/partners/{partner}/events?limit=3&after={c}"),
+            None => format!("/v1/partners/{partner}/events?limit=3"),
+        };
+        let (s, page) = api
+            .call(reqwest::Method::GET, &path, Some(&token), None)
+            .await;
+        if s == 503 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(s, 200, "{page}");
+        let data = page["data"].as_array().expect("data").clone();
+        assert!(!data.is_empty() && data.len() <= 3, "{page}");
+        got.extend(data.iter().cloned());
+        pages.push((path, data));
+        cursor = Some(page["next"].as_str().expect("next").to_string());
+    }
+    assert!(pages.len() >= 4, "paged by 3");
+    // The same cursor gives the same page (the endpoint is down: nothing more is written
+    // to the stream).
+    for (path, data) in &pages {
+        let mut again = Value::Null;
+        for _ in 0..20 {
+            let (s, body) = api
+                .call(reqwest::Method::GET, path, Some(&token), None)
+                .await;
+            if s == 200 {
+                again = body;
+                break;
+            }
+            assert_eq!(s, 503, "{body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            &again["data"],
+            &Value::Array(data.clone()),
+            "stable cursor {path}"
+        );
+    }
+    let polled: Vec<String> = got
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_string())
+        .collect();
+    let expected: BTreeSet<String> = ids(&sent);
+    assert_eq!(polled.len(), sent.len(), "no event twice: {polled:?}");
+    assert_eq!(polled.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    // Per order, the stream keeps publish order.
+    let mut per_order: HashMap<String, Vec<String>> = HashMap::new();
+    for e in &got {
+        per_order
+            .entry(
+                e["event"]["data"]["order_id"]
+                    .as_str()
+                    .expect("order")
+                    .to_string(),
+            )
+            .or_default()
+            .push(e["id"].as_str().expect("id").to_string());
+    }
+    for (order, list) in per_order {
+        let want: Vec<String> = sent
+            .iter()
+            .filter(|e| e.order_id() == order)
+            .map(|e| e.event_id().to_string())
+            .collect();
+        assert_eq!(list, want, "{order}");
+    }
+    assert_eq!(got[0]["event"]["type"], "order.created");
+    // Nothing new: an empty page, and the cursor stays usable.
+    let (s, tail) = api
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/partners/{partner}/events?after={}",
+                cursor.expect("cursor")
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((s, tail["data"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(tail["done"], true);
+    let (s, e) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/partners/{partner}/events?after=garbage!"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((s, e["error"]["field"].as_str()), (422, Some("after")));
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/partners/{partner}/events"),
+            Some(&partner_token("other")),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "another partner's token");
+    assert_eq!(dispatcher.terminate(), Some(0));
+}

@@ -1,0 +1,223 @@
+//! Partner tokens: their own subscriptions only, their namespace, quota and share of the events reader.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_token_sees_and_changes_only_its_own_subscriptions() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let (pa, pb) = (unique("pa"), unique("pb"));
+    let api = world.start_api(&tokens(&[&pa, &pb]), &[]);
+    let (ta, tb) = (partner_token(&pa), partner_token(&pb));
+    let create = |token: String, body: Value| api.create_subscription(token, body);
+    let (s, a) = create(
+        ta.clone(),
+        json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.created"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let (s, b) = create(
+        tb.clone(),
+        json!({"url": "http://127.0.0.1:9/b", "event_types": ["order.created"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let b_id = b["id"].as_str().expect("id");
+
+    let (s, list) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", Some(&ta), None)
+        .await;
+    assert_eq!(s, 200);
+    let partners: BTreeSet<&str> = list["subscriptions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["partner_id"].as_str())
+        .collect();
+    assert_eq!(partners, BTreeSet::from([pa.as_str()]), "{list}");
+
+    let path = format!("/v1/subscriptions/{b_id}");
+    for (method, body) in [
+        (reqwest::Method::GET, None),
+        (
+            reqwest::Method::PATCH,
+            Some(json!({"url": "http://127.0.0.1:9/evil"})),
+        ),
+        (reqwest::Method::DELETE, None),
+    ] {
+        let (s, e) = api.call(method.clone(), &path, Some(&ta), body).await;
+        assert_eq!(s, 404, "{method} another partner's subscription: {e}");
+    }
+    for action in ["pause", "rotate-secret"] {
+        let (s, _) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("{path}/{action}"),
+                Some(&ta),
+                None,
+            )
+            .await;
+        assert_eq!(s, 404, "{action}");
+    }
+    let (s, e) = create(
+        ta.clone(),
+        json!({"partner_id": pb, "url": "http://127.0.0.1:9/x", "event_types": ["order.created"]}),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (s, e) = create(
+        ta.clone(),
+        json!({"url": "http://127.0.0.1:9/x", "event_types": ["order.created"], "internal": true}),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    // b's subscription is untouched, and the admin sees both.
+    let (s, still) = api.call(reqwest::Method::GET, &path, Some(&tb), None).await;
+    assert_eq!(
+        (s, still["url"].as_str()),
+        (200, Some("http://127.0.0.1:9/b"))
+    );
+    let (s, all) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", Some(ADMIN), None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(all["subscriptions"].as_array().expect("list").len() >= 2);
+    let (s, e) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", None, None)
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/subscriptions",
+            Some("not-a-token-at-all-xxxx"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/partners/{pb}/events"),
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "another partner's events");
+}
+
+/// A partner names subscriptions only inside its own namespace (an id of another
+/// partner's is refused without saying whether it exists), has a quota of
+/// subscriptions, and `/events` answers 429 with Retry-After when saturated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_are_confined_to_their_namespace_quota_and_a_share_of_the_events_reader() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let (pa, pb) = (unique("qa"), unique("qb"));
+    let api = world.start_api(
+        &tokens(&[&pa, &pb]),
+        &[
+            "--max-subscriptions-per-partner",
+            "2",
+            "--events-concurrency",
+            "1",
+        ],
+    );
+    let (ta, tb) = (partner_token(&pa), partner_token(&pb));
+    let create = |token: String, body: Value| api.create_subscription(token, body);
+    let hook = |id: Option<String>| {
+        let mut b = json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.created"]});
+        if let Some(id) = id {
+            b["id"] = id.into();
+        }
+        b
+    };
+    // Numbers that would overflow flow control or parking are refused, field named.
+    for (extra, field) in [
+        (json!({"rate_limit_per_sec": 1e-30}), "rate_limit_per_sec"),
+        (
+            json!({"retry": {"max_backoff_ms": 9_000_000_000_000_000u64, "max_elapsed_secs": 9_000_000_000_000_000u64}}),
+            "retry.max_elapsed_secs",
+        ),
+    ] {
+        let mut body = hook(None);
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, e) = create(ta.clone(), body).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (422, Some(field)), "{e}");
+    }
+    let mine = format!("{pa}.orders");
+    let (s, a) = create(ta.clone(), hook(Some(mine.clone()))).await;
+    assert_eq!(s, 201, "{a}");
+    // Partner B asking for A's id learns nothing about it: the same answer as for
+    // any id outside its namespace.
+    for asked in [mine.clone(), format!("{pa}.unused"), "plain".to_string()] {
+        let (s, e) = create(tb.clone(), hook(Some(asked.clone()))).await;
+        assert_eq!(
+            (s, e["error"]["field"].as_str()),
+            (422, Some("id")),
+            "{asked}: {e}"
+        );
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("{pb}.")),
+            "{e}"
+        );
+    }
+    // Inside its own namespace a taken id is a conflict.
+    let (s, e) = create(ta.clone(), hook(Some(mine.clone()))).await;
+    assert_eq!(s, 409, "{e}");
+    // Generated ids are in the namespace too; the quota counts them.
+    let (s, second) = create(ta.clone(), hook(None)).await;
+    assert_eq!(s, 201, "{second}");
+    assert!(
+        second["id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{pa}.")),
+        "{second}"
+    );
+    let (s, e) = create(ta.clone(), hook(None)).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap_or("").contains("(2)"),
+        "{e}"
+    );
+    let (s, _) = create(tb.clone(), hook(None)).await;
+    assert_eq!(s, 201, "the quota is per partner");
+
+    // One events page at a time: a burst gets 429 with Retry-After, never a 5xx.
+    let client = reqwest::Client::new();
+    let calls = (0..16).map(|_| {
+        client
+            .get(format!("{}/v1/partners/{pa}/events", api.url))
+            .bearer_auth(&ta)
+            .send()
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut statuses = Vec::new();
+    for a in answers {
+        let a = a.expect("answer");
+        if a.status().as_u16() == 429 {
+            assert_eq!(
+                a.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+        }
+        statuses.push(a.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+}

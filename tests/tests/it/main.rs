@@ -1,0 +1,23 @@
+//! The end-to-end tests as one binary (one link, shared helpers from the `e2e` crate),
+//! one module per area. They run against the broker and registry `scripts/test.sh`
+//! starts; `scripts/test.sh --test it dlq::` runs one area.
+//!
+//! The crash tests (`tests/tests/dispatch_crash.rs`) stay a binary of their own: they
+//! kill dispatchers under load on private brokers and must not share the machine's two
+//! cores with other tests.
+
+mod api;
+mod api_fuzz;
+mod cli;
+mod compose;
+mod contract;
+mod dispatch;
+mod dlq;
+mod examples;
+mod flow;
+mod hardening;
+mod health;
+mod ingest;
+mod parked;
+mod publish_cli;
+mod publish_library;
