@@ -120,10 +120,34 @@ pub struct App {
     server: JoinHandle<std::io::Result<()>>,
 }
 
+impl RunConfig {
+    /// Refuses settings that cannot work, naming the field (nothing is clamped).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.breaker_failures >= 1, "breaker_failures: at least 1");
+        anyhow::ensure!(self.max_buffered >= 1, "max_buffered: at least 1");
+        anyhow::ensure!(
+            self.failing_age >= self.degraded_age,
+            "failing_age ({:?}) must be at least degraded_age ({:?})",
+            self.failing_age,
+            self.degraded_age
+        );
+        anyhow::ensure!(
+            self.health_interval >= Duration::from_millis(100),
+            "health_interval: at least 100 ms"
+        );
+        anyhow::ensure!(
+            self.park_after != Some(0),
+            "park_after: at least 1 (or None)"
+        );
+        Ok(())
+    }
+}
+
 impl App {
     /// Creates what is missing (subscriptions, audit and router dead-letter topics),
     /// waits for the subscription table to catch up, then starts every stage.
     pub async fn start(config: RunConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         let shared = &config.shared;
         let kafka = shared.kafka.clone();
         shared.ensure_subscriptions_topic().await?;
@@ -165,7 +189,7 @@ impl App {
         let watched = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let health = HealthConfig {
             degraded_age: config.degraded_age,
-            failing_age: config.failing_age.max(config.degraded_age),
+            failing_age: config.failing_age,
             disconnect_after: config.disconnect_after,
             ..Default::default()
         };
@@ -175,7 +199,7 @@ impl App {
             health,
             Arc::clone(&board),
             disconnect_writer(updater),
-            config.health_interval.max(Duration::from_millis(100)),
+            config.health_interval,
             shutdown.clone(),
         ));
 
@@ -206,7 +230,7 @@ impl App {
             shutdown_deadline: config.shutdown_deadline,
             partitions: shared.partitions,
             flow: crate::webhook::flow::FlowConfig {
-                failures_to_open: config.breaker_failures.max(1),
+                failures_to_open: config.breaker_failures,
                 cooldown: config.breaker_cooldown,
                 ..Default::default()
             },

@@ -59,7 +59,8 @@ pub struct Common {
         long,
         global = true,
         env = "DISPATCHER_SESSION_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=3_600_000)
     )]
     pub session_timeout_ms: u64,
     /// librdkafka max.poll.interval.ms, which is also how long a rebalance waits for a
@@ -68,7 +69,8 @@ pub struct Common {
         long,
         global = true,
         env = "DISPATCHER_MAX_POLL_INTERVAL_MS",
-        default_value_t = 300_000
+        default_value_t = 300_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=86_400_000)
     )]
     pub max_poll_interval_ms: u64,
     /// Extra librdkafka setting for every client, `key=value`; repeatable.
@@ -80,7 +82,8 @@ pub struct Common {
         long,
         global = true,
         env = "DISPATCHER_TOPIC_PARTITIONS",
-        default_value_t = 6
+        default_value_t = 6,
+        value_parser = clap::value_parser!(i32).range(1..=10_000)
     )]
     pub partitions: i32,
     /// Replication factor of the topics the dispatcher creates; unset uses the broker's
@@ -131,7 +134,8 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "DISPATCHER_UNKNOWN_SCHEMA_WAIT_MS",
-        default_value_t = 20_000
+        default_value_t = 20_000,
+        value_parser = clap::value_parser!(u64).range(0..=3_600_000)
     )]
     pub unknown_schema_wait_ms: u64,
     /// Consumer group of the router.
@@ -149,27 +153,28 @@ pub struct RunArgs {
     )]
     pub lane_group_prefix: String,
     /// Records taken from Kafka and unfinished per partner, at most.
-    #[arg(long, env = "DISPATCHER_MAX_BUFFERED", default_value_t = 1024)]
-    pub max_buffered: usize,
+    #[arg(long, env = "DISPATCHER_MAX_BUFFERED", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_buffered: u32,
     /// How long shutdown waits for requests in flight, in milliseconds.
     #[arg(
         long,
         env = "DISPATCHER_SHUTDOWN_DEADLINE_MS",
-        default_value_t = 10_000
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(0..=3_600_000)
     )]
     pub shutdown_deadline_ms: u64,
     /// Failures in a row (5xx, timeout, connection error) that open a partner's circuit.
-    #[arg(long, env = "DISPATCHER_BREAKER_FAILURES", default_value_t = 10)]
+    #[arg(long, env = "DISPATCHER_BREAKER_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub breaker_failures: u32,
     /// How long an open circuit waits before one probe, in milliseconds (doubles on each
     /// failed probe, up to 2 minutes).
-    #[arg(long, env = "DISPATCHER_BREAKER_COOLDOWN_MS", default_value_t = 5_000)]
+    #[arg(long, env = "DISPATCHER_BREAKER_COOLDOWN_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub breaker_cooldown_ms: u64,
     /// Failed attempts after which a record leaves the lane for the partner's retry
     /// topic (`retries.<partner>`) and its key is parked there, so one failing order
     /// holds neither the partner's offset nor its other orders; 0 keeps every retry in
     /// the lane.
-    #[arg(long, env = "DISPATCHER_PARK_AFTER_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "DISPATCHER_PARK_AFTER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub park_after_attempts: u32,
     /// A partner failing this long is disconnected: delivery stops and its events wait
     /// in Kafka until it is reconnected (API `POST /v1/partners/{p}/reconnect`), in
@@ -177,15 +182,16 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "DISPATCHER_DISCONNECT_AFTER_MS",
-        default_value_t = 86_400_000
+        default_value_t = 86_400_000,
+        value_parser = clap::value_parser!(u64).range(0..=31_536_000_000)
     )]
     pub disconnect_after_ms: u64,
     /// A partner whose oldest undelivered record is older than this is degraded, in
     /// seconds (failing past `--failing-age-secs`).
-    #[arg(long, env = "DISPATCHER_DEGRADED_AGE_SECS", default_value_t = 60)]
+    #[arg(long, env = "DISPATCHER_DEGRADED_AGE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub degraded_age_secs: u64,
     /// A partner whose oldest undelivered record is older than this is failing, in seconds.
-    #[arg(long, env = "DISPATCHER_FAILING_AGE_SECS", default_value_t = 900)]
+    #[arg(long, env = "DISPATCHER_FAILING_AGE_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub failing_age_secs: u64,
     /// Send every webhook through this HTTP(S) proxy (`http://proxy.internal:3128`).
     /// Without it webhooks go straight to partners and the environment's proxy
@@ -195,7 +201,7 @@ pub struct RunArgs {
     #[arg(long, env = "DISPATCHER_EGRESS_PROXY")]
     pub egress_proxy: Option<String>,
     /// How often partners' health is judged, in milliseconds.
-    #[arg(long, env = "DISPATCHER_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
+    #[arg(long, env = "DISPATCHER_HEALTH_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub health_interval_ms: u64,
 }
 
@@ -262,8 +268,15 @@ impl Common {
 }
 
 impl RunArgs {
-    pub fn config(&self, shared: Shared) -> RunConfig {
-        RunConfig {
+    /// The typed settings; flags that must agree are checked here (ranges by clap).
+    pub fn config(&self, shared: Shared) -> anyhow::Result<RunConfig> {
+        anyhow::ensure!(
+            self.failing_age_secs >= self.degraded_age_secs,
+            "--failing-age-secs ({}) must be at least --degraded-age-secs ({})",
+            self.failing_age_secs,
+            self.degraded_age_secs
+        );
+        Ok(RunConfig {
             shared,
             registry: self.registry.clone(),
             orders_topic: self.orders_topic.clone(),
@@ -272,7 +285,7 @@ impl RunArgs {
             router_group: self.router_group.clone(),
             lane_group_prefix: self.lane_group_prefix.clone(),
             unknown_schema_wait: Duration::from_millis(self.unknown_schema_wait_ms),
-            max_buffered: self.max_buffered,
+            max_buffered: self.max_buffered as usize,
             shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
             breaker_failures: self.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
@@ -283,6 +296,6 @@ impl RunArgs {
             failing_age: Duration::from_secs(self.failing_age_secs),
             egress_proxy: self.egress_proxy.clone(),
             health_interval: Duration::from_millis(self.health_interval_ms),
-        }
+        })
     }
 }

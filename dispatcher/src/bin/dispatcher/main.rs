@@ -25,7 +25,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let outcome = match &cli.command {
-        Command::Run(args) => run(args.config(shared)).await,
+        Command::Run(args) => match args.config(shared) {
+            Ok(config) => run(config).await,
+            Err(e) => Err(e),
+        },
         Command::Subscriptions(SubscriptionsCommand::Apply { file, prune }) => {
             subscriptions::apply(&shared, file, *prune).await
         }
