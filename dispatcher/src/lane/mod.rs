@@ -210,7 +210,7 @@ pub async fn run(
                 state.store_offsets(&consumer, topics);
             }
             Some(answer) = rebuilt.recv() => {
-                tracing::debug!(partner = %partner, partition = answer.0, range = ?answer.2, parked = answer.3.len(), "parked keys read back");
+                tracing::debug!(partner = %partner, partition = answer.partition, from = answer.from, to = answer.to, parked = answer.counts.len(), "parked keys read back");
                 let ready = state.finish_rebuild(answer);
                 state.ready.extend(ready);
             }

@@ -60,8 +60,14 @@ impl ReadBacks {
                     .map_err(anyhow::Error::from)
                     .and_then(|read| read);
                 match read {
-                    Ok((range, counts)) => {
-                        let _ = answers.send((partition, generation, range, counts));
+                    Ok(((from, to), counts)) => {
+                        let _ = answers.send(ReadBack {
+                            partition,
+                            generation,
+                            from,
+                            to,
+                            counts,
+                        });
                         return;
                     }
                     Err(error) => {

@@ -65,10 +65,19 @@ pub(super) struct Rebuild {
     pub(super) written: Vec<(i64, Vec<u8>)>,
 }
 
-/// A read-back's answer: partition, generation, the range of the retry partition read
-/// (from the group's committed offset to the end it saw), and the count per key of its
-/// records in that range.
-pub(super) type ReadBack = (i32, u64, (i64, i64), ParkedCounts);
+/// A read-back's answer.
+#[derive(Debug)]
+pub(super) struct ReadBack {
+    pub(super) partition: i32,
+    /// Which read-back of the partition answered (a newer one supersedes it).
+    pub(super) generation: u64,
+    /// The range of the retry partition read: from the group's committed offset to the
+    /// end it saw.
+    pub(super) from: i64,
+    pub(super) to: i64,
+    /// The count per key of its records in that range.
+    pub(super) counts: ParkedCounts,
+}
 
 /// Records per key in a retry partition.
 pub(super) type ParkedCounts = HashMap<Vec<u8>, i64>;
@@ -138,10 +147,14 @@ impl LaneState {
 
     /// The parked keys of `partition` were read back: `counts` per key of the records in
     /// the retry partition from `from` to `to`. Returns the held records that can start.
-    pub(super) fn finish_rebuild(
-        &mut self,
-        (partition, generation, (from, to), mut counts): ReadBack,
-    ) -> Vec<Job> {
+    pub(super) fn finish_rebuild(&mut self, answer: ReadBack) -> Vec<Job> {
+        let ReadBack {
+            partition,
+            generation,
+            from,
+            to,
+            mut counts,
+        } = answer;
         if self
             .rebuilding
             .get(&partition)

@@ -70,7 +70,13 @@ fn a_record_of_a_reassigned_partition_follows_its_parked_key() {
     };
     assert!(state.take(record(1, 7, "bad")).is_none(), "held");
     assert!(state.take(record(1, 8, "ok")).is_none(), "held");
-    let ready = state.finish_rebuild((1, generation, (0, 3), [(b"bad".to_vec(), 3)].into()));
+    let ready = state.finish_rebuild(ReadBack {
+        partition: 1,
+        generation,
+        from: 0,
+        to: 3,
+        counts: [(b"bad".to_vec(), 3)].into(),
+    });
     let follows: Vec<(String, bool)> = ready
         .iter()
         .map(|j| (j.webhook_id.clone(), j.follow))
@@ -100,7 +106,13 @@ fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
     };
     assert!(state.done(parked_at(4, "seen")).is_none());
     assert!(state.done(parked_at(5, "unseen")).is_none());
-    state.finish_rebuild((1, generation, (0, 5), [(b"seen".to_vec(), 1)].into()));
+    state.finish_rebuild(ReadBack {
+        partition: 1,
+        generation,
+        from: 0,
+        to: 5,
+        counts: [(b"seen".to_vec(), 1)].into(),
+    });
     assert_eq!(
         state.parked.get(&(1, b"seen".to_vec())),
         Some(&1),
