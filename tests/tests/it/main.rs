@@ -8,6 +8,7 @@
 
 mod api;
 mod api_fuzz;
+mod app;
 mod cli;
 mod compose;
 mod contract;

@@ -1,0 +1,95 @@
+//! `dispatcher::app::App` started in-process, the way the binary starts it: it delivers,
+//! serves `/status` with its consumer groups, and stops cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consumer_examples::receiver::Script;
+use dispatcher::app::{App, RunConfig, Shared};
+use dispatcher::kafka::KafkaSettings;
+use dispatcher::webhook::ssrf::Allowlist;
+use e2e::{assert_per_order, eventually, DispatchWorld};
+use order_schemas::{EventType, OrderEvent};
+
+fn config(world: &DispatchWorld) -> RunConfig {
+    RunConfig {
+        shared: Shared {
+            kafka: KafkaSettings {
+                brokers: world.brokers.clone(),
+                session_timeout: Duration::from_secs(6),
+                max_poll_interval: Duration::from_secs(300),
+                // As `DispatchWorld::common_args` (nisshi serves big fetches slowly).
+                options: vec![("max.partition.fetch.bytes".into(), "65536".into())],
+                replication: None,
+            },
+            subscriptions_topic: world.subscriptions_topic.clone(),
+            audit_topic: world.audit_topic.clone(),
+            allowlist: Arc::new(Allowlist::parse(&["127.0.0.1".to_string()]).expect("allow")),
+            partitions: 3,
+        },
+        registry: world.registry.clone(),
+        orders_topic: world.orders_topic.clone(),
+        orders_dead_letter_topic: world.orders_dead_letter_topic.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        router_group: world.router_group.clone(),
+        lane_group_prefix: world.lane_group_prefix.clone(),
+        unknown_schema_wait: Duration::from_secs(20),
+        max_buffered: 1024,
+        shutdown_deadline: Duration::from_secs(5),
+        breaker_failures: 10,
+        breaker_cooldown: Duration::from_secs(5),
+        park_after: Some(3),
+        disconnect_after: None,
+        degraded_age: Duration::from_secs(60),
+        failing_age: Duration::from_secs(900),
+        egress_proxy: None,
+        health_interval: Duration::from_secs(1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let (partner, receiver) = world
+        .partner_with_receiver("inproc", Script::default(), "")
+        .await;
+
+    // Settings that cannot work are refused before anything starts.
+    let mut bad = config(&world);
+    bad.failing_age = Duration::from_secs(1);
+    let refused = App::start(bad)
+        .await
+        .expect_err("failing age below degraded age");
+    assert!(refused.to_string().contains("failing_age"), "{refused}");
+
+    let app = App::start(config(&world)).await.expect("started");
+    let publisher = world.publisher().await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let kind = if i < 4 {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let e = OrderEvent::sample(kind, &format!("order-{}", i % 4), &partner, 1);
+        publisher.publish(&e).await.expect("publish");
+        sent.push(e);
+    }
+    let all = eventually(Duration::from_secs(60), || receiver.unique() >= sent.len()).await;
+    assert!(all, "received {} of {}", receiver.unique(), sent.len());
+    assert_per_order(&receiver, &sent);
+
+    let status: serde_json::Value = reqwest::get(format!("http://{}/status", app.addr))
+        .await
+        .expect("/status")
+        .json()
+        .await
+        .expect("json");
+    for member in ["router".to_string(), format!("lane {partner}")] {
+        assert_eq!(
+            status["groups"][&member]["last_rebalance"], "assigned",
+            "{member}: {status}"
+        );
+    }
+    app.stop().await.expect("stopped cleanly");
+}
