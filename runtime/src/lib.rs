@@ -43,25 +43,40 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}` is not key=value"))
 }
 
+/// Buckets of every histogram whose caller named none (seconds, 1 ms to 30 s): without
+/// them a histogram renders as a summary, with no `_bucket` series to aggregate.
+const DEFAULT_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0,
+];
+
 /// The process-wide Prometheus recorder, installed on first use with `buckets` for the
-/// named histograms. When another recorder is already installed (an embedding program's),
-/// an unattached one is returned: it renders nothing rather than failing.
+/// named histograms and [`DEFAULT_BUCKETS`] for the others. A later call's buckets cannot
+/// change the installed recorder: its histograms get the defaults, and a warning names
+/// them (one process embedding two of our components, e.g. tests). When another
+/// recorder is already installed (an embedding program's), an unattached one is
+/// returned: it renders nothing rather than failing.
 pub fn prometheus(buckets: &[(&str, &[f64])]) -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = buckets
-                .iter()
-                .fold(PrometheusBuilder::new(), |b, (name, edges)| {
-                    b.set_buckets_for_metric(Matcher::Full((*name).to_string()), edges)
-                        .unwrap_or_else(|_| PrometheusBuilder::new())
-                });
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
-        })
-        .clone()
+    static HANDLE: OnceLock<(PrometheusHandle, Vec<String>)> = OnceLock::new();
+    let (handle, configured) = HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&DEFAULT_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let builder = buckets.iter().fold(builder, |b, (name, edges)| {
+            b.set_buckets_for_metric(Matcher::Full((*name).to_string()), edges)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        });
+        let handle = match builder.install_recorder() {
+            Ok(handle) => handle,
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        };
+        (handle, buckets.iter().map(|(n, _)| n.to_string()).collect())
+    });
+    for (name, _) in buckets {
+        if !configured.iter().any(|c| c == name) {
+            tracing::warn!(metric = %name, "the Prometheus recorder was installed before this metric's buckets were known: it uses the default buckets");
+        }
+    }
+    handle.clone()
 }
 
 #[cfg(test)]
@@ -80,5 +95,21 @@ mod tests {
             Err("`nonsense` is not key=value".into())
         );
         assert!(parse_key_value("=x").is_err());
+    }
+
+    #[test]
+    fn every_histogram_renders_buckets_whoever_installed_the_recorder() {
+        let first = prometheus(&[("first_seconds", &[0.1, 1.0])]);
+        // A second component of the same process, with buckets of its own.
+        let second = prometheus(&[("second_seconds", &[0.5])]);
+        metrics::histogram!("first_seconds").record(0.2);
+        metrics::histogram!("second_seconds").record(0.2);
+        let text = second.render();
+        assert!(text.contains("first_seconds_bucket{le=\"1\"} 1"), "{text}");
+        assert!(
+            text.contains("second_seconds_bucket{le=\"0.25\"} 1"),
+            "{text}"
+        );
+        assert_eq!(first.render(), text, "one recorder");
     }
 }
