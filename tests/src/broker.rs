@@ -10,74 +10,114 @@ use super::*;
 pub struct PrivateBroker {
     process: Running,
     dir: PathBuf,
+    storage: BrokerStorage,
     pub brokers: String,
 }
 
 /// Where a [`PrivateBroker`] keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerStorage {
-    /// SQLite in the broker's directory: durable across a broker restart.
+    /// SQLite in the broker's directory, with the indexes `scripts/nisshi-indexes.py`
+    /// adds (as `scripts/stack.sh` runs it): durable across a broker restart.
     Sqlite,
+    /// SQLite as nisshi makes it, without our indexes (the stack before; benchmarks).
+    SqliteWithoutIndexes,
     /// nisshi's in-process object store (`memory://`): lost when the broker stops, which
     /// only tests that never restart the broker may use.
     Memory,
 }
 
 impl PrivateBroker {
-    /// A broker with SQLite storage.
+    /// A broker with SQLite storage, as `scripts/stack.sh` starts it.
     pub fn start() -> Self {
         Self::with_storage(BrokerStorage::Sqlite)
     }
 
     pub fn with_storage(storage: BrokerStorage) -> Self {
-        let nisshi = std::env::var("NISSHI_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("CARGO_HOME").unwrap_or_else(|_| {
-                    format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
-                }))
-                .join("bin/nisshi")
-            });
-        assert!(
-            nisshi.exists(),
-            "{} missing: scripts/install-nisshi.sh",
-            nisshi.display()
-        );
         let dir = tempfile_dir().join(unique("broker"));
         std::fs::create_dir_all(&dir).expect("broker dir");
         let addr = closed_port();
-        let url = format!("tcp://{addr}");
-        // nisshi resolves the sqlite path against its working directory: run it there.
-        let child = Command::new(nisshi)
-            .current_dir(&dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                match storage {
-                    BrokerStorage::Sqlite => "sqlite://nisshi.db",
-                    BrokerStorage::Memory => "memory://nisshi/",
-                },
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("nisshi.log")).expect("log"))
-            .spawn()
-            .expect("start nisshi");
-        let process = Running(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "nisshi did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let process = spawn_nisshi(&dir, &addr, storage);
         Self {
             process,
             dir,
+            storage,
             brokers: addr,
         }
     }
+
+    /// The broker's process id (its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    /// SIGKILL, then a new broker process on the same port and data: what was
+    /// acknowledged before must still be there.
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        self.process = spawn_nisshi(&self.dir, &self.brokers, self.storage);
+    }
+}
+
+/// Starts nisshi in `dir` on `addr` and waits until it listens (and, for
+/// [`BrokerStorage::Sqlite`], until our indexes are in place).
+fn spawn_nisshi(dir: &std::path::Path, addr: &str, storage: BrokerStorage) -> Running {
+    let nisshi = std::env::var("NISSHI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+                format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
+            }))
+            .join("bin/nisshi")
+        });
+    assert!(
+        nisshi.exists(),
+        "{} missing: scripts/install-nisshi.sh",
+        nisshi.display()
+    );
+    let url = format!("tcp://{addr}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("nisshi.log"))
+        .expect("log");
+    // nisshi resolves the sqlite path against its working directory: run it there.
+    let child = Command::new(nisshi)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            match storage {
+                BrokerStorage::Sqlite | BrokerStorage::SqliteWithoutIndexes => "sqlite://nisshi.db",
+                BrokerStorage::Memory => "memory://nisshi/",
+            },
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start nisshi");
+    let process = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nisshi did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if storage == BrokerStorage::Sqlite {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nisshi-indexes.py");
+        let indexed = Command::new("python3")
+            .arg(script)
+            .arg(dir.join("nisshi.db"))
+            .status()
+            .expect("python3");
+        assert!(indexed.success(), "scripts/nisshi-indexes.py failed");
+    }
+    process
 }
 
 impl Drop for PrivateBroker {

@@ -1,0 +1,286 @@
+//! A working day's backlog through the local broker, as a new user would try it: 100,000
+//! events for 3 partners (2,000 orders) are published first, then 2 `dispatcher run`
+//! instances start with their default settings, and a plain receiver per partner
+//! answers at once. Prints, per broker set-up: seconds until every event was delivered,
+//! events/s, the broker's CPU, and whether the delivery topics' high watermarks match
+//! what was delivered (nisshi's in-memory storage was seen one short).
+//!
+//!   scripts/bench-backlog.sh            (starts the registry, runs this, stops it)
+//!
+//! Each candidate runs on a broker of its own, started as `scripts/stack.sh` starts it
+//! (`e2e::PrivateBroker`). BENCH_CANDIDATES (comma-separated, default
+//! `sqlite,memory,sqlite-plain`): `sqlite` is the default stack (durable, with the
+//! indexes of `scripts/nisshi-indexes.py`), `sqlite-plain` the SQLite schema as nisshi
+//! makes it (the stack before), `memory` nisshi's in-memory store (not durable).
+//! BENCH_EVENTS (100000), BENCH_ORDERS (2000), BENCH_TIMEOUT_SECS (300).
+
+use std::collections::VecDeque;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use consumer_examples::receiver::{Receiver, Script};
+use dispatcher::webhook::signing::Secret;
+use e2e::{binary, create_topic_on, registry_url, unique, BrokerStorage, PrivateBroker, Running};
+use order_schemas::{EventType, OrderEvent};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+const PARTNERS: usize = 3;
+const INSTANCES: usize = 2;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds (user + system) `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Sum of the high watermarks of `topic`'s partitions.
+fn high_watermarks(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    partitions
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
+}
+
+struct Outcome {
+    published_per_sec: f64,
+    delivered: usize,
+    seconds: f64,
+    broker_cpu: f64,
+    watermarks_match: bool,
+}
+
+async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Duration) -> Outcome {
+    let broker = PrivateBroker::with_storage(storage);
+    let brokers = broker.brokers.clone();
+    let orders_topic = unique("orders");
+    create_topic_on(&brokers, &orders_topic, 6).await;
+    let subscriptions_topic = unique("subscriptions");
+    let audit_topic = unique("audit");
+    let common = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--brokers",
+            &brokers,
+            "--subscriptions-topic",
+            &subscriptions_topic,
+            "--subscription-audit-topic",
+            &audit_topic,
+            "--allow",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // Partners: a receiver each, one subscription each.
+    let mut receivers = Vec::new();
+    let mut yaml = String::from("subscriptions:\n");
+    for i in 0..PARTNERS {
+        let partner = unique(&format!("p{i}"));
+        let secret = Secret::generate();
+        let receiver = Receiver::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            &secret,
+            Script::default(),
+        )
+        .await
+        .expect("receiver");
+        yaml.push_str(&format!(
+            "  - id: {partner}.s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n",
+            receiver.url()
+        ));
+        receivers.push((partner, receiver));
+    }
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("bench-subs")));
+    std::fs::write(&file, yaml).expect("subscriptions file");
+    let path = file.display().to_string();
+    let args = common(&["subscriptions", "apply", &path]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let applied = e2e::run("dispatcher", &refs, "");
+    assert!(applied.status.success(), "{applied:?}");
+    let _ = std::fs::remove_file(&file);
+
+    // The backlog: every event acknowledged before any dispatcher starts.
+    let publisher = producer::Publisher::connect(&producer::PublisherConfig::new(
+        &brokers,
+        &orders_topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher");
+    let started = Instant::now();
+    let mut pending = VecDeque::new();
+    for i in 0..events {
+        let order = i % orders;
+        let (partner, _) = &receivers[order % PARTNERS];
+        let kind = if i < orders {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let event = OrderEvent::sample(kind, &format!("o-{order}"), partner, 1);
+        pending.push_back(publisher.enqueue(&event, None).await.expect("enqueue"));
+        if pending.len() >= 5_000 {
+            if let Some(p) = pending.pop_front() {
+                p.wait().await.expect("published");
+            }
+        }
+    }
+    for p in pending {
+        p.wait().await.expect("published");
+    }
+    let published_per_sec = events as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "  published {events} in {:.1} s ({published_per_sec:.0}/s)",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Two instances, default settings.
+    let cpu_before = cpu_seconds(broker.pid());
+    let started = Instant::now();
+    let mut instances = Vec::new();
+    for n in 0..INSTANCES {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("bench-dispatcher")));
+        let args = common(&[
+            "run",
+            "--registry",
+            &registry_url(),
+            "--orders-topic",
+            &orders_topic,
+            "--orders-dead-letter-topic",
+            &format!("{orders_topic}.dlq"),
+            "--listen",
+            "127.0.0.1:0",
+            "--router-group",
+            &format!("{orders_topic}-router"),
+            "--lane-group-prefix",
+            &format!("{orders_topic}-delivery"),
+        ]);
+        let child = Command::new(binary("dispatcher"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("dispatcher");
+        eprintln!("  instance {n}: log {}", log.display());
+        instances.push(Running(child));
+    }
+    let delivered = || receivers.iter().map(|(_, r)| r.unique()).sum::<usize>();
+    let mut last_report = Instant::now();
+    while delivered() < events && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if last_report.elapsed() >= Duration::from_secs(15) {
+            last_report = Instant::now();
+            eprintln!(
+                "  {:.0} s: {} of {events} delivered",
+                started.elapsed().as_secs_f64(),
+                delivered()
+            );
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let broker_cpu = (cpu_seconds(broker.pid()) - cpu_before) / seconds;
+    let delivered = delivered();
+    let watermarks_match = receivers.iter().all(|(partner, r)| {
+        let high = high_watermarks(&brokers, &format!("deliveries.{partner}"));
+        let ok = high == r.unique() as i64;
+        if !ok {
+            eprintln!(
+                "  deliveries.{partner}: high watermarks {high}, delivered {}",
+                r.unique()
+            );
+        }
+        ok
+    });
+    for mut instance in instances {
+        let _ = Command::new("kill")
+            .args(["-TERM", &instance.0.id().to_string()])
+            .status();
+        let _ = instance.0.wait();
+    }
+    Outcome {
+        published_per_sec,
+        delivered,
+        seconds,
+        broker_cpu,
+        watermarks_match,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let events = env_or("BENCH_EVENTS", 100_000);
+    let orders = env_or("BENCH_ORDERS", 2_000);
+    let timeout = Duration::from_secs(env_or("BENCH_TIMEOUT_SECS", 300) as u64);
+    let candidates =
+        std::env::var("BENCH_CANDIDATES").unwrap_or_else(|_| "sqlite,memory,sqlite-plain".into());
+    println!(
+        "backlog: {events} events, {PARTNERS} partners, {orders} orders, {INSTANCES} dispatcher instances (default settings), timeout {} s",
+        timeout.as_secs()
+    );
+    println!("| broker storage | published/s | delivered | seconds | events/s | broker CPU | watermarks match |");
+    println!("|---|---|---|---|---|---|---|");
+    for name in candidates.split(',').map(str::trim) {
+        let storage = match name {
+            "sqlite" => BrokerStorage::Sqlite,
+            "sqlite-plain" => BrokerStorage::SqliteWithoutIndexes,
+            "memory" => BrokerStorage::Memory,
+            other => panic!("BENCH_CANDIDATES: unknown `{other}` (sqlite, sqlite-plain, memory)"),
+        };
+        eprintln!("{name}:");
+        let o = run(storage, events, orders, timeout).await;
+        let finished = if o.delivered == events {
+            format!("{:.1}", o.seconds)
+        } else {
+            format!("did not finish ({:.0})", o.seconds)
+        };
+        println!(
+            "| {name} | {:.0} | {} of {events} | {finished} | {:.0} | {:.0} % | {} |",
+            o.published_per_sec,
+            o.delivered,
+            o.delivered as f64 / o.seconds,
+            o.broker_cpu * 100.0,
+            if o.watermarks_match { "yes" } else { "NO" }
+        );
+    }
+}
