@@ -12,7 +12,9 @@
 //! `sqlite,memory,sqlite-plain`): `sqlite` is the default stack (durable, with the
 //! indexes of `scripts/nisshi-indexes.py`), `sqlite-plain` the SQLite schema as nisshi
 //! makes it (the stack before), `memory` nisshi's in-memory store (not durable).
-//! BENCH_EVENTS (100000), BENCH_ORDERS (2000), BENCH_TIMEOUT_SECS (300).
+//! BENCH_EVENTS (100000), BENCH_ORDERS (2000), BENCH_TIMEOUT_SECS (300),
+//! BENCH_KAFKA_OPTIONS (comma-separated librdkafka `key=value` settings given to the
+//! dispatchers with `--kafka-option`, to measure client settings).
 
 use std::collections::VecDeque;
 use std::process::{Command, Stdio};
@@ -180,21 +182,36 @@ async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Dura
     let mut instances = Vec::new();
     for n in 0..INSTANCES {
         let log = std::env::temp_dir().join(format!("{}.log", unique("bench-dispatcher")));
-        let args = common(&[
-            "run",
-            "--registry",
-            &registry_url(),
-            "--orders-topic",
-            &orders_topic,
-            "--orders-dead-letter-topic",
-            &format!("{orders_topic}.dlq"),
-            "--listen",
-            "127.0.0.1:0",
-            "--router-group",
-            &format!("{orders_topic}-router"),
-            "--lane-group-prefix",
-            &format!("{orders_topic}-delivery"),
-        ]);
+        let mut extra: Vec<String> = Vec::new();
+        for kv in std::env::var("BENCH_KAFKA_OPTIONS").unwrap_or_default().split(',') {
+            if !kv.trim().is_empty() {
+                extra.extend(["--kafka-option".to_string(), kv.trim().to_string()]);
+            }
+        }
+        let dlq = format!("{orders_topic}.dlq");
+        let router_group = format!("{orders_topic}-router");
+        let lane_prefix = format!("{orders_topic}-delivery");
+        let registry = registry_url();
+        extra.extend(
+            [
+                "run",
+                "--registry",
+                registry.as_str(),
+                "--orders-topic",
+                orders_topic.as_str(),
+                "--orders-dead-letter-topic",
+                dlq.as_str(),
+                "--listen",
+                "127.0.0.1:0",
+                "--router-group",
+                router_group.as_str(),
+                "--lane-group-prefix",
+                lane_prefix.as_str(),
+            ]
+            .map(String::from),
+        );
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let args = common(&extra);
         let child = Command::new(binary("dispatcher"))
             .args(&args)
             .env("RUST_LOG", "warn")
