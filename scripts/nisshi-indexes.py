@@ -4,8 +4,9 @@ its tables: without them every fetched record's headers are found by scanning th
 `header` table, which stalls a broker holding tens of thousands of records
 (docs/ARCHITECTURE.md, local broker). Idempotent; safe while the broker runs (WAL).
 
-    scripts/nisshi-indexes.py PATH/TO/nisshi.db [--wait SECONDS]
+    scripts/nisshi-indexes.py [--wait SECONDS] PATH/TO/nisshi.db
 """
+import argparse
 import sqlite3
 import sys
 import time
@@ -19,29 +20,33 @@ INDEXES = [
 
 
 def main() -> int:
-    if len(sys.argv) < 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    path = sys.argv[1]
-    wait = float(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--wait" else 60.0
-    deadline = time.time() + wait
+    parser = argparse.ArgumentParser(description="Adds the indexes nisshi's SQLite schema lacks.")
+    parser.add_argument("database", help="nisshi's SQLite file (it must exist: nisshi made it)")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for nisshi's tables")
+    args = parser.parse_args()
+    deadline = time.time() + args.wait
     while True:
+        db = None
         try:
-            db = sqlite3.connect(path, timeout=30)
+            # mode=rw: never create a stray empty database at a wrong path.
+            db = sqlite3.connect(f"file:{args.database}?mode=rw", uri=True, timeout=30)
             tables = {r[0] for r in db.execute("select name from sqlite_master where type = 'table'")}
             if {"header", "watermark"} <= tables:
                 break
-            db.close()
         except sqlite3.Error:
             pass
+        if db is not None:
+            db.close()
         if time.time() > deadline:
-            print(f"nisshi-indexes: {path} has no nisshi tables after {wait:.0f} s", file=sys.stderr)
+            print(f"nisshi-indexes: no nisshi tables in {args.database} after {args.wait:.0f} s", file=sys.stderr)
             return 1
         time.sleep(0.2)
-    for statement in INDEXES:
-        db.execute(statement)
-    db.commit()
-    db.close()
+    try:
+        for statement in INDEXES:
+            db.execute(statement)
+        db.commit()
+    finally:
+        db.close()
     return 0
 
 

@@ -74,7 +74,7 @@ up() {
   wait_for_port "$KAFKA_PORT" 60 "nisshi (log: $STACK_DIR/nisshi.log)"
   # nisshi's SQLite schema has no index for a record's headers: every fetched record
   # would scan the whole header table (docs/ARCHITECTURE.md, local broker).
-  python3 "$ROOT/scripts/nisshi-indexes.py" "$STACK_DIR/kafka/nisshi.db"
+  python3 "$ROOT/scripts/nisshi-indexes.py" "$STACK_DIR/kafka/nisshi.db" || { down; exit 1; }
   wait_for_port "$REGISTRY_PORT" 30 "schema-registry (log: $STACK_DIR/registry.log)"
   cat >"$STACK_DIR/env" <<ENV
 export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT

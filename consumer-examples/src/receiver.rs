@@ -58,6 +58,8 @@ pub struct Delivery {
     pub body: serde_json::Value,
     /// True when this webhook-id was seen before (a duplicate the partner ignores).
     pub duplicate: bool,
+    /// When the request arrived (wall clock, to compare with Kafka record timestamps).
+    pub received_at: std::time::SystemTime,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +198,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let received_at = std::time::SystemTime::now();
     let (script, n, over) = {
         let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.requests += 1;
@@ -267,6 +270,7 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
         traceparent: header(&headers, "traceparent"),
         body: json,
         duplicate,
+        received_at,
     });
     StatusCode::NO_CONTENT.into_response()
 }

@@ -118,6 +118,9 @@ pub struct App {
     lanes: JoinHandle<anyhow::Result<()>>,
     monitor: JoinHandle<()>,
     server: JoinHandle<std::io::Result<()>>,
+    /// An `App` dropped without [`App::stop`] (an error path, a test) stops its tasks
+    /// rather than leaving them running; nothing is drained then.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl RunConfig {
@@ -173,6 +176,11 @@ impl App {
         if let Some(proxy) = &config.egress_proxy {
             tracing::warn!(%proxy, "webhooks go through the egress proxy: it must enforce the SSRF rules for host names");
         }
+        // Bound before any task starts, so a refused address leaves nothing running.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("--listen {}", config.listen))?;
+        let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
 
         // Both writers change the subscription as it is when they write, never the copy
@@ -203,10 +211,6 @@ impl App {
             shutdown.clone(),
         ));
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("--listen {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let server_stop = shutdown.clone();
         let routes = observability(board, groups.clone());
         let server = tokio::spawn(async move {
@@ -256,6 +260,7 @@ impl App {
         tracing::info!("dispatcher running");
         Ok(Self {
             addr,
+            _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             router,
             lanes,
@@ -275,6 +280,7 @@ impl App {
         let _ = self.server.await;
         router??;
         lanes??;
+        tracing::info!("dispatcher stopped");
         Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //! events for 3 partners (2,000 orders) are published first, then 2 `dispatcher run`
 //! instances start with their default settings, and a plain receiver per partner
 //! answers at once. Prints, per broker set-up: seconds until every event was delivered,
-//! events/s, the broker's CPU, and whether the delivery topics' high watermarks match
-//! what was delivered (nisshi's in-memory storage was seen one short).
+//! events/s, the broker's CPU, and whether the delivery topics' high watermarks cover
+//! what was delivered (nisshi's in-memory storage was seen reporting fewer records than
+//! a consumer reads; more is allowed: a router may write a record twice).
 //!
 //!   scripts/bench-backlog.sh            (starts the registry, runs this, stops it)
 //!
@@ -183,7 +184,10 @@ async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Dura
     for n in 0..INSTANCES {
         let log = std::env::temp_dir().join(format!("{}.log", unique("bench-dispatcher")));
         let mut extra: Vec<String> = Vec::new();
-        for kv in std::env::var("BENCH_KAFKA_OPTIONS").unwrap_or_default().split(',') {
+        for kv in std::env::var("BENCH_KAFKA_OPTIONS")
+            .unwrap_or_default()
+            .split(',')
+        {
             if !kv.trim().is_empty() {
                 extra.extend(["--kafka-option".to_string(), kv.trim().to_string()]);
             }
@@ -240,7 +244,9 @@ async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Dura
     let delivered = delivered();
     let watermarks_match = receivers.iter().all(|(partner, r)| {
         let high = high_watermarks(&brokers, &format!("deliveries.{partner}"));
-        let ok = high == r.unique() as i64;
+        // Below what was read is a broker error; above is allowed (a record routed
+        // twice after a rebalance).
+        let ok = high >= r.unique() as i64;
         if !ok {
             eprintln!(
                 "  deliveries.{partner}: high watermarks {high}, delivered {}",
@@ -275,7 +281,7 @@ async fn main() {
         "backlog: {events} events, {PARTNERS} partners, {orders} orders, {INSTANCES} dispatcher instances (default settings), timeout {} s",
         timeout.as_secs()
     );
-    println!("| broker storage | published/s | delivered | seconds | events/s | broker CPU | watermarks match |");
+    println!("| broker storage | published/s | delivered | seconds | events/s | broker CPU | watermarks ≥ delivered |");
     println!("|---|---|---|---|---|---|---|");
     for name in candidates.split(',').map(str::trim) {
         let storage = match name {

@@ -1,5 +1,8 @@
 //! The dispatcher stopped under load: SIGTERM (graceful) and kill -9 (not), restarted
 //! each time. Loss must be zero; after SIGTERM duplicates must be zero too.
+//!
+//! (Over 400 lines on purpose: a binary of its own, outside `it/`, because these tests
+//! must not share the two cores with others; its scenarios share one set of helpers.)
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -213,7 +216,10 @@ async fn a_broker_killed_mid_run_loses_no_acknowledged_event() {
     let mut acknowledged = Vec::new();
     let mut pending = Vec::new();
     for e in first {
-        pending.push((e.clone(), publisher.enqueue(e, None).await.expect("enqueue")));
+        pending.push((
+            e.clone(),
+            publisher.enqueue(e, None).await.expect("enqueue"),
+        ));
     }
     for (e, p) in pending.drain(..) {
         p.wait().await.expect("published before the kill");
@@ -254,7 +260,10 @@ async fn a_broker_killed_mid_run_loses_no_acknowledged_event() {
         acknowledged.len()
     );
     assert!(all && lost == 0, "lost {lost}\n{}", dispatcher.log_tail());
-    assert!(acknowledged.len() > first.len(), "published after the restart too");
+    assert!(
+        acknowledged.len() > first.len(),
+        "published after the restart too"
+    );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
 

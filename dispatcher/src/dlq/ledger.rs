@@ -32,6 +32,10 @@ impl Action {
 pub enum Handled {
     Replayed,
     Resolved,
+    /// A value this version does not know (written by a newer one, or by hand): the
+    /// record still counts as handled, so it is not sent again.
+    #[serde(other)]
+    Other,
 }
 
 /// How a replay or resolve stands in the audit trail.
@@ -45,6 +49,9 @@ pub enum AuditStatus {
     Interrupted,
     /// A write failed part way; `error` says which.
     Failed,
+    /// A value this version does not know: the record is still listed.
+    #[serde(other)]
+    Other,
 }
 
 macro_rules! lowercase_display {

@@ -125,3 +125,20 @@ fn replayed_records_keep_their_headers_but_not_the_dead_letter_ones() {
         ]
     );
 }
+
+#[test]
+fn ledger_entries_written_before_the_typed_records_or_by_a_newer_version_still_read() {
+    // As the string-typed ledger wrote them.
+    let old = r#"{"action":"replayed","operation":"op-1","at":"2026-12-01T10:00:00.123Z","operator":"sre"}"#;
+    let entry: LedgerEntry = serde_json::from_str(old).expect("old entry");
+    assert_eq!(entry.action, Handled::Replayed);
+    assert_eq!(
+        serde_json::to_string(&entry).expect("json"),
+        old,
+        "same JSON back"
+    );
+    // An action this version does not know still counts as handled (never re-sent).
+    let newer = old.replace("replayed", "archived");
+    let entry: LedgerEntry = serde_json::from_str(&newer).expect("newer entry");
+    assert_eq!(entry.action, Handled::Other);
+}

@@ -71,7 +71,8 @@ impl GroupBoard {
             let state = serde_json::json!({
                 "partitions": partitions,
                 "last_rebalance": last,
-                "last_rebalance_at": m.last_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "last_rebalance_at": (m.rebalances > 0)
+                    .then(|| m.last_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                 "rebalances": m.rebalances,
             });
             (name.clone(), state)

@@ -27,7 +27,11 @@ async fn main() -> std::process::ExitCode {
     let outcome = match &cli.command {
         Command::Run(args) => match args.config(shared) {
             Ok(config) => run(config).await,
-            Err(e) => Err(e),
+            // A usage error, like the ones clap reports: exit code 2.
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
         },
         Command::Subscriptions(SubscriptionsCommand::Apply { file, prune }) => {
             subscriptions::apply(&shared, file, *prune).await

@@ -1,0 +1,365 @@
+//! Time to webhook (issue #16): how long after an internal service publishes an order
+//! event its partners receive the webhook, split per hop, next to the broker's own floor
+//! measured in the same run.
+//!
+//!   scripts/bench-latency.sh            (starts the registry, runs this, stops it)
+//!
+//! For each rate of BENCH_RATES (events/s, default `100,1000`): a broker of its own
+//! started as `scripts/stack.sh` starts it, 10 partners each with a receiver answering at
+//! once, one `dispatcher run` with default settings; events are published at the rate for
+//! BENCH_SECS (15) seconds, round robin over the partners, once every group is assigned
+//! (read from `/status`). Per event, from timestamps the pipeline already carries:
+//!
+//! - publish → routed: the orders record's timestamp (the producer's create time) to the
+//!   `deliveries.<partner>` record's (the router's create time): the first Kafka hop,
+//!   the router's fetch wait, decode, match and produce;
+//! - routed → partner: that timestamp to the receiver's arrival: the second Kafka hop,
+//!   the lane, signing and the HTTP round trip;
+//! - total.
+//!
+//! The floor: on the same broker, a bare producer and consumer made from the
+//! dispatcher's own client settings (`KafkaSettings`) send records at the same rate; its
+//! latency is record timestamp to the consumer's receipt. The two hops plus the HTTP
+//! round trip should cost about twice the floor. Figures print; nothing is asserted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use consumer_examples::receiver::{Receiver, Script};
+use dispatcher::kafka::{read_ranges, KafkaSettings, TopicRecord};
+use dispatcher::webhook::signing::Secret;
+use e2e::{binary, create_topic_on, registry_url, unique, PrivateBroker, Running};
+use futures::StreamExt;
+use order_schemas::{EventType, OrderEvent};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+const PARTNERS: usize = 10;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn settings(brokers: &str) -> KafkaSettings {
+    KafkaSettings {
+        brokers: brokers.to_string(),
+        session_timeout: Duration::from_secs(10),
+        max_poll_interval: Duration::from_secs(300),
+        options: Vec::new(),
+        replication: None,
+    }
+}
+
+/// Milliseconds since the epoch.
+fn millis(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn record_millis(r: &TopicRecord) -> Option<f64> {
+    r.timestamp.map(|t| t.timestamp_millis() as f64)
+}
+
+/// p50, p90, p99, max of `ms`, as text.
+fn summary(mut ms: Vec<f64>) -> String {
+    if ms.is_empty() {
+        return "no samples".into();
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{:>6.0} {:>6.0} {:>6.0} {:>6.0}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        ms[ms.len() - 1]
+    )
+}
+
+fn p50(mut ms: Vec<f64>) -> f64 {
+    ms.sort_by(f64::total_cmp);
+    ms.get(ms.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Every record of `topic`, read with a group-less reader.
+async fn read_all(brokers: &str, topic: &str) -> Vec<TopicRecord> {
+    let (settings, topic) = (settings(brokers), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = settings.reader().create().expect("reader");
+        let partitions = settings.partition_count(&topic).expect("partitions");
+        let mut ranges = BTreeMap::new();
+        for p in 0..partitions as i32 {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            ranges.insert(p, (low, high));
+        }
+        read_ranges(&consumer, &topic, &ranges, Duration::from_secs(60)).expect("read")
+    })
+    .await
+    .expect("reader task")
+}
+
+/// Latencies (ms) of a bare producer → consumer round trip at `rate` for `secs`.
+async fn floor(brokers: &str, rate: usize, secs: usize) -> Vec<f64> {
+    let topic = unique("floor");
+    create_topic_on(brokers, &topic, 6).await;
+    let kafka = settings(brokers);
+    let consumer: StreamConsumer = kafka.consumer(&unique("floor")).create().expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let producer: FutureProducer = kafka.producer().create().expect("producer");
+    // Wait for the assignment before measuring.
+    let warm = FutureRecord::to(&topic).key("warm").payload("warm");
+    let _ = producer.send(warm, Duration::from_secs(10)).await;
+    let mut stream = consumer.stream();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.next()).await;
+    let count = rate * secs;
+    let sending = {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for i in 0..count {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64))
+                    .await;
+                let key = format!("k{}", i % 1000);
+                let record = FutureRecord::to(&topic).key(&key).payload("x");
+                let _ = producer.send_result(record);
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(secs as u64 + 60);
+    while latencies.len() < count && Instant::now() < deadline {
+        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        else {
+            continue;
+        };
+        if m.key() == Some(b"warm".as_slice()) {
+            continue;
+        }
+        if let Some(ts) = m.timestamp().to_millis() {
+            latencies.push(millis(SystemTime::now()) - ts as f64);
+        }
+    }
+    let _ = sending.await;
+    latencies
+}
+
+struct Hops {
+    routed: Vec<f64>,
+    delivered: Vec<f64>,
+    total: Vec<f64>,
+    missing: usize,
+}
+
+async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
+    let brokers = broker.brokers.clone();
+    let orders_topic = unique("orders");
+    create_topic_on(&brokers, &orders_topic, 6).await;
+    let subscriptions_topic = unique("subscriptions");
+    let audit_topic = unique("audit");
+    let common = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--brokers",
+            brokers.as_str(),
+            "--subscriptions-topic",
+            subscriptions_topic.as_str(),
+            "--subscription-audit-topic",
+            audit_topic.as_str(),
+            "--allow",
+            "127.0.0.1",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let mut receivers = Vec::new();
+    let mut yaml = String::from("subscriptions:\n");
+    for i in 0..PARTNERS {
+        let partner = unique(&format!("l{i}"));
+        let secret = Secret::generate();
+        let receiver = Receiver::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            &secret,
+            Script::default(),
+        )
+        .await
+        .expect("receiver");
+        yaml.push_str(&format!(
+            "  - id: {partner}.s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n",
+            receiver.url()
+        ));
+        receivers.push((partner, receiver));
+    }
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("bench-subs")));
+    std::fs::write(&file, yaml).expect("subscriptions file");
+    let path = file.display().to_string();
+    let args = common(&["subscriptions", "apply", path.as_str()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let applied = e2e::run("dispatcher", &refs, "");
+    assert!(applied.status.success(), "{applied:?}");
+    let _ = std::fs::remove_file(&file);
+
+    let registry = registry_url();
+    let dlq = format!("{orders_topic}.dlq");
+    let router_group = format!("{orders_topic}-router");
+    let lane_prefix = format!("{orders_topic}-delivery");
+    let args = common(&[
+        "run",
+        "--registry",
+        registry.as_str(),
+        "--orders-topic",
+        orders_topic.as_str(),
+        "--orders-dead-letter-topic",
+        dlq.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--router-group",
+        router_group.as_str(),
+        "--lane-group-prefix",
+        lane_prefix.as_str(),
+    ]);
+    let log = std::env::temp_dir().join(format!("{}.log", unique("bench-latency")));
+    let mut child = std::process::Command::new(binary("dispatcher"))
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("dispatcher");
+    let addr = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        line.trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_default()
+            .to_string()
+    };
+    let dispatcher = Running(child);
+    // Every group assigned (the router and the ten lanes) before the clock starts.
+    let status = format!("{addr}/status");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let ready = match reqwest::get(&status).await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok().is_some_and(|s| {
+                s["groups"].as_object().is_some_and(|g| {
+                    g.len() > PARTNERS && g.values().all(|m| m["last_rebalance"] == "assigned")
+                })
+            }),
+            Err(_) => false,
+        };
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let publisher = producer::Publisher::connect(&producer::PublisherConfig::new(
+        &brokers,
+        &orders_topic,
+        &registry,
+    ))
+    .await
+    .expect("publisher");
+    let count = rate * secs;
+    let start = tokio::time::Instant::now();
+    let mut pending = Vec::with_capacity(count);
+    for i in 0..count {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64)).await;
+        let (partner, _) = &receivers[i % PARTNERS];
+        let order = i % 2_000;
+        let kind = if i < 2_000 {
+            EventType::OrderCreated
+        } else {
+            EventType::OrderStatusChanged
+        };
+        let event = OrderEvent::sample(kind, &format!("o-{order}"), partner, 1);
+        pending.push(publisher.enqueue(&event, None).await.expect("enqueue"));
+    }
+    for p in pending {
+        p.wait().await.expect("published");
+    }
+    let delivered = || receivers.iter().map(|(_, r)| r.unique()).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while delivered() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(dispatcher);
+
+    let published: HashMap<String, f64> = read_all(&brokers, &orders_topic)
+        .await
+        .iter()
+        .filter_map(|r| Some((r.header("event-id")?.to_string(), record_millis(r)?)))
+        .collect();
+    let mut hops = Hops {
+        routed: Vec::new(),
+        delivered: Vec::new(),
+        total: Vec::new(),
+        missing: count.saturating_sub(delivered()),
+    };
+    for (partner, receiver) in &receivers {
+        let routed: HashMap<String, f64> = read_all(&brokers, &format!("deliveries.{partner}"))
+            .await
+            .iter()
+            .filter_map(|r| Some((r.header("webhook-id")?.to_string(), record_millis(r)?)))
+            .collect();
+        for d in receiver.deliveries().iter().filter(|d| !d.duplicate) {
+            let (Some(p), Some(r)) = (published.get(&d.webhook_id), routed.get(&d.webhook_id))
+            else {
+                continue;
+            };
+            let arrived = millis(d.received_at);
+            hops.routed.push(r - p);
+            hops.delivered.push(arrived - r);
+            hops.total.push(arrived - p);
+        }
+    }
+    hops
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let secs = env_or("BENCH_SECS", 15);
+    let rates: Vec<usize> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    println!(
+        "time to webhook: {PARTNERS} partners, 1 dispatcher (default settings), {secs} s per rate; milliseconds"
+    );
+    println!("| rate/s | hop | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    for rate in rates {
+        let broker = PrivateBroker::start();
+        let floor = floor(&broker.brokers, rate, secs).await;
+        let hops = pipeline(&broker, rate, secs).await;
+        let row = |name: &str, ms: &Vec<f64>| {
+            let cells = summary(ms.clone());
+            let cells: Vec<&str> = cells.split_whitespace().collect();
+            println!("| {rate} | {name} | {} |", cells.join(" | "));
+        };
+        row("broker floor (producer → consumer)", &floor);
+        row("publish → routed", &hops.routed);
+        row("routed → partner", &hops.delivered);
+        row("total (publish → partner)", &hops.total);
+        println!(
+            "| {rate} | total p50 / (2 × floor p50) | {:.2} | | | |",
+            p50(hops.total.clone()) / (2.0 * p50(floor.clone()))
+        );
+        if hops.missing > 0 {
+            println!(
+                "| {rate} | not delivered within 120 s | {} | | | |",
+                hops.missing
+            );
+        }
+    }
+}
