@@ -21,6 +21,8 @@
 //! dispatcher's own client settings (`KafkaSettings`) send records at the same rate; its
 //! latency is record timestamp to the consumer's receipt. The two hops plus the HTTP
 //! round trip should cost about twice the floor. Figures print; nothing is asserted.
+//! BENCH_KAFKA_OPTIONS (comma-separated librdkafka `key=value`) are given to the
+//! dispatcher (`--kafka-option`) and to the floor's clients alike.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -44,12 +46,22 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// BENCH_KAFKA_OPTIONS as (key, value) pairs.
+fn kafka_options() -> Vec<(String, String)> {
+    std::env::var("BENCH_KAFKA_OPTIONS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn settings(brokers: &str) -> KafkaSettings {
     KafkaSettings {
         brokers: brokers.to_string(),
         session_timeout: Duration::from_secs(10),
         max_poll_interval: Duration::from_secs(300),
-        options: Vec::new(),
+        options: kafka_options(),
         replication: None,
     }
 }
@@ -224,6 +236,11 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
         "--lane-group-prefix",
         lane_prefix.as_str(),
     ]);
+    let mut args = args;
+    for (k, v) in kafka_options() {
+        args.insert(0, format!("{k}={v}"));
+        args.insert(0, "--kafka-option".into());
+    }
     let log = std::env::temp_dir().join(format!("{}.log", unique("bench-latency")));
     let mut child = std::process::Command::new(binary("dispatcher"))
         .args(&args)
