@@ -18,25 +18,16 @@
 //! dispatchers with `--kafka-option`, to measure client settings).
 
 use std::collections::VecDeque;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use consumer_examples::receiver::{Receiver, Script};
-use dispatcher::webhook::signing::Secret;
-use e2e::{binary, create_topic_on, registry_url, unique, BrokerStorage, PrivateBroker, Running};
+use e2e::{env_or, BenchWorld, BrokerStorage, PrivateBroker, Running};
 use order_schemas::{EventType, OrderEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 const PARTNERS: usize = 3;
 const INSTANCES: usize = 2;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// CPU seconds (user + system) `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -92,64 +83,11 @@ struct Outcome {
 async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Duration) -> Outcome {
     let broker = PrivateBroker::with_storage(storage);
     let brokers = broker.brokers.clone();
-    let orders_topic = unique("orders");
-    create_topic_on(&brokers, &orders_topic, 6).await;
-    let subscriptions_topic = unique("subscriptions");
-    let audit_topic = unique("audit");
-    let common = |extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "--brokers",
-            &brokers,
-            "--subscriptions-topic",
-            &subscriptions_topic,
-            "--subscription-audit-topic",
-            &audit_topic,
-            "--allow",
-            "127.0.0.1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
-
-    // Partners: a receiver each, one subscription each.
-    let mut receivers = Vec::new();
-    let mut yaml = String::from("subscriptions:\n");
-    for i in 0..PARTNERS {
-        let partner = unique(&format!("p{i}"));
-        let secret = Secret::generate();
-        let receiver = Receiver::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            &secret,
-            Script::default(),
-        )
-        .await
-        .expect("receiver");
-        yaml.push_str(&format!(
-            "  - id: {partner}.s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n",
-            receiver.url()
-        ));
-        receivers.push((partner, receiver));
-    }
-    let file = std::env::temp_dir().join(format!("{}.yaml", unique("bench-subs")));
-    std::fs::write(&file, yaml).expect("subscriptions file");
-    let path = file.display().to_string();
-    let args = common(&["subscriptions", "apply", &path]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let applied = e2e::run("dispatcher", &refs, "");
-    assert!(applied.status.success(), "{applied:?}");
-    let _ = std::fs::remove_file(&file);
+    let world = BenchWorld::on(&brokers).await;
+    let receivers = world.partners("p", PARTNERS).await;
 
     // The backlog: every event acknowledged before any dispatcher starts.
-    let publisher = producer::Publisher::connect(&producer::PublisherConfig::new(
-        &brokers,
-        &orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let started = Instant::now();
     let mut pending = VecDeque::new();
     for i in 0..events {
@@ -180,52 +118,7 @@ async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Dura
     // Two instances, default settings.
     let cpu_before = cpu_seconds(broker.pid());
     let started = Instant::now();
-    let mut instances = Vec::new();
-    for n in 0..INSTANCES {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("bench-dispatcher")));
-        let mut extra: Vec<String> = Vec::new();
-        for kv in std::env::var("BENCH_KAFKA_OPTIONS")
-            .unwrap_or_default()
-            .split(',')
-        {
-            if !kv.trim().is_empty() {
-                extra.extend(["--kafka-option".to_string(), kv.trim().to_string()]);
-            }
-        }
-        let dlq = format!("{orders_topic}.dlq");
-        let router_group = format!("{orders_topic}-router");
-        let lane_prefix = format!("{orders_topic}-delivery");
-        let registry = registry_url();
-        extra.extend(
-            [
-                "run",
-                "--registry",
-                registry.as_str(),
-                "--orders-topic",
-                orders_topic.as_str(),
-                "--orders-dead-letter-topic",
-                dlq.as_str(),
-                "--listen",
-                "127.0.0.1:0",
-                "--router-group",
-                router_group.as_str(),
-                "--lane-group-prefix",
-                lane_prefix.as_str(),
-            ]
-            .map(String::from),
-        );
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let args = common(&extra);
-        let child = Command::new(binary("dispatcher"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("dispatcher");
-        eprintln!("  instance {n}: log {}", log.display());
-        instances.push(Running(child));
-    }
+    let instances: Vec<Running> = (0..INSTANCES).map(|_| world.start_dispatcher().0).collect();
     let delivered = || receivers.iter().map(|(_, r)| r.unique()).sum::<usize>();
     let mut last_report = Instant::now();
     while delivered() < events && started.elapsed() < timeout {

@@ -27,10 +27,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
-use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::kafka::{read_ranges, KafkaSettings, TopicRecord};
-use dispatcher::webhook::signing::Secret;
-use e2e::{binary, create_topic_on, registry_url, unique, PrivateBroker, Running};
+use e2e::{bench_kafka_options, create_topic_on, env_or, unique, BenchWorld, PrivateBroker};
 use futures::StreamExt;
 use order_schemas::{EventType, OrderEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -39,29 +37,12 @@ use rdkafka::Message;
 
 const PARTNERS: usize = 10;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// BENCH_KAFKA_OPTIONS as (key, value) pairs.
-fn kafka_options() -> Vec<(String, String)> {
-    std::env::var("BENCH_KAFKA_OPTIONS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| kv.trim().split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn settings(brokers: &str) -> KafkaSettings {
     KafkaSettings {
         brokers: brokers.to_string(),
         session_timeout: Duration::from_secs(10),
         max_poll_interval: Duration::from_secs(300),
-        options: kafka_options(),
+        options: bench_kafka_options(),
         replication: None,
     }
 }
@@ -170,97 +151,9 @@ struct Hops {
 
 async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
     let brokers = broker.brokers.clone();
-    let orders_topic = unique("orders");
-    create_topic_on(&brokers, &orders_topic, 6).await;
-    let subscriptions_topic = unique("subscriptions");
-    let audit_topic = unique("audit");
-    let common = |extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "--brokers",
-            brokers.as_str(),
-            "--subscriptions-topic",
-            subscriptions_topic.as_str(),
-            "--subscription-audit-topic",
-            audit_topic.as_str(),
-            "--allow",
-            "127.0.0.1",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
-    let mut receivers = Vec::new();
-    let mut yaml = String::from("subscriptions:\n");
-    for i in 0..PARTNERS {
-        let partner = unique(&format!("l{i}"));
-        let secret = Secret::generate();
-        let receiver = Receiver::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            &secret,
-            Script::default(),
-        )
-        .await
-        .expect("receiver");
-        yaml.push_str(&format!(
-            "  - id: {partner}.s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n",
-            receiver.url()
-        ));
-        receivers.push((partner, receiver));
-    }
-    let file = std::env::temp_dir().join(format!("{}.yaml", unique("bench-subs")));
-    std::fs::write(&file, yaml).expect("subscriptions file");
-    let path = file.display().to_string();
-    let args = common(&["subscriptions", "apply", path.as_str()]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let applied = e2e::run("dispatcher", &refs, "");
-    assert!(applied.status.success(), "{applied:?}");
-    let _ = std::fs::remove_file(&file);
-
-    let registry = registry_url();
-    let dlq = format!("{orders_topic}.dlq");
-    let router_group = format!("{orders_topic}-router");
-    let lane_prefix = format!("{orders_topic}-delivery");
-    let args = common(&[
-        "run",
-        "--registry",
-        registry.as_str(),
-        "--orders-topic",
-        orders_topic.as_str(),
-        "--orders-dead-letter-topic",
-        dlq.as_str(),
-        "--listen",
-        "127.0.0.1:0",
-        "--router-group",
-        router_group.as_str(),
-        "--lane-group-prefix",
-        lane_prefix.as_str(),
-    ]);
-    let mut args = args;
-    for (k, v) in kafka_options() {
-        args.insert(0, format!("{k}={v}"));
-        args.insert(0, "--kafka-option".into());
-    }
-    let log = std::env::temp_dir().join(format!("{}.log", unique("bench-latency")));
-    let mut child = std::process::Command::new(binary("dispatcher"))
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("dispatcher");
-    let addr = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        line.trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_default()
-            .to_string()
-    };
-    let dispatcher = Running(child);
+    let world = BenchWorld::on(&brokers).await;
+    let receivers = world.partners("l", PARTNERS).await;
+    let (dispatcher, addr) = world.start_dispatcher();
     // Every group assigned (the router and the ten lanes) before the clock starts.
     let status = format!("{addr}/status");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -279,13 +172,7 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let publisher = producer::Publisher::connect(&producer::PublisherConfig::new(
-        &brokers,
-        &orders_topic,
-        &registry,
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     let count = rate * secs;
     let start = tokio::time::Instant::now();
     let mut pending = Vec::with_capacity(count);
@@ -311,7 +198,7 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
     }
     drop(dispatcher);
 
-    let published: HashMap<String, f64> = read_all(&brokers, &orders_topic)
+    let published: HashMap<String, f64> = read_all(&brokers, &world.orders_topic)
         .await
         .iter()
         .filter_map(|r| Some((r.header("event-id")?.to_string(), record_millis(r)?)))

@@ -17,6 +17,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 
 mod api;
+mod bench;
 mod broker;
 mod dispatch;
 mod env;
@@ -25,6 +26,7 @@ mod process;
 mod registry;
 
 pub use api::*;
+pub use bench::*;
 pub use broker::*;
 pub use dispatch::*;
 pub use env::*;
