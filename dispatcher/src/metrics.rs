@@ -55,11 +55,20 @@ pub const SUBSCRIPTION_CHANGES: &str = "dispatcher_subscription_changes_total";
 /// Subscription records refused when read from the topic.
 pub const INVALID_SUBSCRIPTIONS: &str = "dispatcher_invalid_subscriptions_total";
 
+/// Seconds from an event's `occurred_at` to its partner's 2xx, per partner (retries
+/// included: the latency the partner feels).
+pub const TIME_TO_WEBHOOK: &str = "dispatcher_time_to_webhook_seconds";
+const TIME_TO_WEBHOOK_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
 const LATENCY_BUCKETS: [f64; 12] = [
     0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
-    orderhooks_runtime::prometheus(&[(ATTEMPT_SECONDS, &LATENCY_BUCKETS)])
+    orderhooks_runtime::prometheus(&[
+        (ATTEMPT_SECONDS, &LATENCY_BUCKETS),
+        (TIME_TO_WEBHOOK, &TIME_TO_WEBHOOK_BUCKETS),
+    ])
 }

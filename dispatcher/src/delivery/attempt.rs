@@ -125,6 +125,13 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
         match classify(&report.attempt) {
             Decision::Delivered => {
                 lm.delivered.increment(1);
+                if let Some(at) = job.occurred_at_ms {
+                    let ms = chrono::Utc::now()
+                        .timestamp_millis()
+                        .saturating_sub(at)
+                        .max(0);
+                    lm.time_to_webhook.record(ms as f64 / 1000.0);
+                }
                 return JobEnd::Finished;
             }
             Decision::Gone

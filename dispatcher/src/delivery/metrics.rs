@@ -10,6 +10,8 @@ pub struct LaneMetrics {
     pub(super) dropped: metrics::Counter,
     pub(super) in_flight: metrics::Gauge,
     pub(super) attempt_seconds: metrics::Histogram,
+    /// From the event's `occurred_at` to the 2xx.
+    pub(super) time_to_webhook: metrics::Histogram,
     pub(super) retries: metrics::Counter,
     attempts: [metrics::Counter; 6],
     pub buffered: metrics::Gauge,
@@ -30,6 +32,7 @@ impl LaneMetrics {
             dropped: metrics::counter!(m::DELIVERIES, "partner" => p.clone(), "outcome" => "dropped"),
             in_flight: metrics::gauge!(m::IN_FLIGHT, "partner" => p.clone()),
             attempt_seconds: metrics::histogram!(m::ATTEMPT_SECONDS, "partner" => p.clone()),
+            time_to_webhook: metrics::histogram!(m::TIME_TO_WEBHOOK, "partner" => p.clone()),
             retries: metrics::counter!(m::RETRIES, "partner" => p.clone()),
             attempts: ["2xx", "4xx", "5xx", "other", "transport", "refused"].map(attempt),
             buffered: metrics::gauge!(m::BUFFERED, "partner" => p.clone()),

@@ -45,6 +45,9 @@ pub struct Job {
     pub webhook_id: String,
     pub subscription_id: String,
     pub traceparent: Option<String>,
+    /// When the event occurred (milliseconds since the epoch, the `occurred-at` header):
+    /// the start of its time to webhook.
+    pub occurred_at_ms: Option<i64>,
     /// The record's headers, kept for the dead-letter record.
     pub headers: Option<OwnedHeaders>,
     /// Set for a record of the partner's retry topic: how far it got before it was

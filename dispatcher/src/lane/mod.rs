@@ -93,6 +93,7 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
         webhook_id: text(headers::WEBHOOK_ID).unwrap_or_default(),
         subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
         traceparent: text(headers::TRACEPARENT),
+        occurred_at_ms: text(headers::OCCURRED_AT).and_then(|t| t.parse().ok()),
         headers: message.headers().map(|h| h.detach()),
         parked: retry.then(|| delivery::Parked::from_headers(text)),
         follow: false,

@@ -1,5 +1,6 @@
 //! `dispatcher::app::App` started in-process, the way the binary starts it: it delivers,
-//! serves `/status` with its consumer groups, and stops cleanly.
+//! serves `/status` with its consumer groups and `/metrics` with the time to webhook,
+//! and stops cleanly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,5 +92,18 @@ async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops
             "{member}: {status}"
         );
     }
+    // Time to webhook, per partner, for SREs: every delivered event counted once.
+    let metrics = reqwest::get(format!("http://{}/metrics", app.addr))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("text");
+    let count = format!("dispatcher_time_to_webhook_seconds_count{{partner=\"{partner}\"}} ");
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(count.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(counted, Some(sent.len() as f64), "{metrics}");
     app.stop().await.expect("stopped cleanly");
 }

@@ -43,6 +43,7 @@ fn record(partition: i32, offset: i64, key: &str) -> Job {
         webhook_id: format!("{key}-{offset}"),
         subscription_id: "s".into(),
         traceparent: None,
+        occurred_at_ms: None,
         headers: None,
         parked: None,
         follow: false,
