@@ -131,12 +131,6 @@ impl BenchWorld {
 
     /// A publisher of this world's orders topic.
     pub async fn publisher(&self) -> producer::Publisher {
-        producer::Publisher::connect(&producer::PublisherConfig::new(
-            &self.brokers,
-            &self.orders_topic,
-            &registry_url(),
-        ))
-        .await
-        .expect("publisher")
+        publisher_on(&self.brokers, &self.orders_topic).await
     }
 }

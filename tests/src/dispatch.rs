@@ -56,13 +56,7 @@ impl DispatchWorld {
 
     /// A publisher of this world's orders topic (the test registry).
     pub async fn publisher(&self) -> producer::Publisher {
-        producer::Publisher::connect(&producer::PublisherConfig::new(
-            &self.brokers,
-            &self.orders_topic,
-            &registry_url(),
-        ))
-        .await
-        .expect("publisher")
+        publisher_on(&self.brokers, &self.orders_topic).await
     }
 
     /// The flags every `dispatcher` command of this world takes (brokers, topics, allowlist).

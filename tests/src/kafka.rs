@@ -146,3 +146,14 @@ pub async fn produce_with_headers(
         .await
         .expect("produce");
 }
+
+/// A publisher of `topic` on `brokers`, encoding through the suite's registry.
+pub async fn publisher_on(brokers: &str, topic: &str) -> producer::Publisher {
+    producer::Publisher::connect(&producer::PublisherConfig::new(
+        brokers,
+        topic,
+        &registry_url(),
+    ))
+    .await
+    .expect("publisher")
+}

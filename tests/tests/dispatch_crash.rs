@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use consumer_examples::receiver::{Receiver, Script};
 use dispatcher::webhook::signing::Secret;
-use e2e::{eventually, registry_url, unique, BrokerStorage, DispatchWorld, PrivateBroker};
+use e2e::{eventually, unique, BrokerStorage, DispatchWorld, PrivateBroker};
 use order_schemas::{EventType, OrderEvent};
-use producer::{Publisher, PublisherConfig};
 
 /// The crash tests each run dispatchers under load; run together they slow the test
 /// broker until group rebalances stall (docs/ARCHITECTURE.md), so they take turns.
@@ -71,9 +70,7 @@ fn events(partners: &[Partner], count: usize, orders: usize) -> Vec<OrderEvent> 
 
 /// Publishes `events`, at most `per_second` of them per second (0: all at once).
 async fn publish_all(brokers: String, topic: String, events: Vec<OrderEvent>, per_second: usize) {
-    let publisher = Publisher::connect(&PublisherConfig::new(&brokers, &topic, &registry_url()))
-        .await
-        .expect("publisher");
+    let publisher = e2e::publisher_on(&brokers, &topic).await;
     let mut pending = Vec::new();
     let start = tokio::time::Instant::now();
     for (i, e) in events.iter().enumerate() {
@@ -203,13 +200,7 @@ async fn a_broker_killed_mid_run_loses_no_acknowledged_event() {
     let partners = partners(&world, 2, Script::default()).await;
     let events = events(&partners, 3_000, 300);
     let dispatcher = world.start();
-    let publisher = Publisher::connect(&PublisherConfig::new(
-        &world.brokers,
-        &world.orders_topic,
-        &registry_url(),
-    ))
-    .await
-    .expect("publisher");
+    let publisher = world.publisher().await;
     // Paced so that records are in flight, acknowledged and being delivered when the
     // broker dies.
     let (first, rest) = events.split_at(1_000);

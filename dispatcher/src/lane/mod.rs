@@ -78,12 +78,12 @@ const MIN_STARTING: usize = 16;
 /// `topics`: the lane's delivery and retry topic.
 fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
     let retry = message.topic() == &*topics[1];
-    let text = |name: &str| {
+    let raw = |name: &str| {
         message
             .headers()
             .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
     };
+    let text = |name: &str| raw(name).map(|v| String::from_utf8_lossy(v).into_owned());
     Job {
         topic: Arc::clone(&topics[usize::from(retry)]),
         partition: message.partition(),
@@ -93,7 +93,8 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
         webhook_id: text(headers::WEBHOOK_ID).unwrap_or_default(),
         subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
         traceparent: text(headers::TRACEPARENT),
-        occurred_at_ms: text(headers::OCCURRED_AT).and_then(|t| t.parse().ok()),
+        occurred_at_ms: raw(headers::OCCURRED_AT)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
         headers: message.headers().map(|h| h.detach()),
         parked: retry.then(|| delivery::Parked::from_headers(text)),
         follow: false,
