@@ -192,6 +192,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         max_buffered: 1024,
         shutdown_deadline: Duration::from_secs(1),
         partitions: 6,
+        global: Default::default(),
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
         groups: Default::default(),

@@ -134,6 +134,7 @@ fn main() {
             max_buffered: 1024,
             shutdown_deadline: Duration::from_secs(2),
             partitions: 6,
+            global: Default::default(),
             flow: FlowConfig::default(),
             park_after: None,
             groups: Default::default(),

@@ -36,8 +36,10 @@ pub struct Shared {
     pub subscriptions_topic: String,
     pub audit_topic: String,
     pub allowlist: Arc<Allowlist>,
-    /// Partitions of the topics the dispatcher creates.
+    /// Partitions of the topics the dispatcher creates (the router's dead-letter topic).
     pub partitions: i32,
+    /// Partitions of each partner's topics (deliveries, retries, dead letters).
+    pub partner_partitions: i32,
 }
 
 impl Shared {
@@ -95,6 +97,8 @@ pub struct RunConfig {
     pub lane_group_prefix: String,
     pub unknown_schema_wait: Duration,
     pub max_buffered: usize,
+    /// Records taken in and unfinished by all lanes together (the global cap).
+    pub max_buffered_total: usize,
     pub shutdown_deadline: Duration,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
@@ -232,7 +236,8 @@ impl App {
             group_prefix: config.lane_group_prefix.clone(),
             max_buffered: config.max_buffered,
             shutdown_deadline: config.shutdown_deadline,
-            partitions: shared.partitions,
+            global: crate::lane::GlobalCap::new(config.max_buffered_total),
+            partitions: shared.partner_partitions,
             flow: crate::webhook::flow::FlowConfig {
                 failures_to_open: config.breaker_failures,
                 cooldown: config.breaker_cooldown,

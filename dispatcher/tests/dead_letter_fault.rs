@@ -135,6 +135,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         ),
         on_gone: GoneHook(Arc::new(|_| {})),
         metrics: dispatcher::delivery::LaneMetrics::new(partner),
+        dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(dlq.into())),
         shutdown: shutdown.clone(),
     };
     let config = LaneConfig {
@@ -142,6 +143,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         max_buffered: 16,
         shutdown_deadline: Duration::from_secs(2),
         partitions: 1,
+        global: Default::default(),
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
         groups: Default::default(),

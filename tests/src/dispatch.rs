@@ -70,6 +70,8 @@ impl DispatchWorld {
             "6000".into(),
             "--partitions".into(),
             "3".into(),
+            "--partner-partitions".into(),
+            "3".into(),
             "--subscription-audit-topic".into(),
             self.audit_topic.clone(),
             // nisshi answers a fetch of a large backlog very slowly (a restarted router

@@ -43,6 +43,31 @@ pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
     name
 }
 
+/// Waits until `topic` exists, failing at `deadline`.
+pub async fn wait_for_topic(topic: &str, deadline: tokio::time::Instant) {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("metadata client");
+    loop {
+        let exists = client
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            });
+        if exists {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "topic {topic} was never made"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A consumer of `topic` from the beginning, in a group of its own.
 pub fn consumer(topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -88,10 +113,16 @@ pub async fn dead_letters(
 
 /// Reads `count` records of `topic`, failing after `timeout` with what it got so far;
 /// then waits a little longer to catch records that should not be there.
+///
+/// A topic that does not exist yet is waited for (a partner's dead-letter topic is made
+/// on its first dead letter).
 pub async fn read_exactly(topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if count > 0 {
+        wait_for_topic(topic, deadline).await;
+    }
     let consumer = consumer(topic);
     let mut out = Vec::with_capacity(count);
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = consumer.stream();
     while out.len() < count {
         match tokio::time::timeout_at(deadline, stream.next()).await {

@@ -79,6 +79,7 @@ pub fn lane(
         metrics: LaneMetrics::new(partner),
         health: Default::default(),
         park_after: None,
+        dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!("dlq.{partner}"))),
         shutdown: shutdown.clone(),
     };
     Lane {

@@ -231,6 +231,7 @@ pub(crate) async fn dispatcher_lane(
         max_buffered: env_or("BENCH_BUFFERED", 1024),
         shutdown_deadline: Duration::from_secs(5),
         partitions: PARTITIONS as i32,
+        global: Default::default(),
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
         groups: Default::default(),

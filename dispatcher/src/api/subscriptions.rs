@@ -15,7 +15,7 @@ use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
 use crate::subscriptions::table;
-use crate::subscriptions::{dead_letter_topic, delivery_topic, RetryPolicy, Subscription};
+use crate::subscriptions::{delivery_topic, RetryPolicy, Subscription};
 use crate::webhook::signing::Secret;
 
 /// A subscription as the API shows it: secrets never, after creation and rotation.
@@ -217,10 +217,9 @@ pub(super) async fn create(
     // The partner's topics exist before anything is routed to them.
     api.kafka
         .ensure_topics(
-            &[
-                delivery_topic(&s.partner_id),
-                dead_letter_topic(&s.partner_id),
-            ],
+            // (The lanes make its retry topic; its dead-letter topic is made on its first
+            // dead letter.)
+            &[delivery_topic(&s.partner_id)],
             api.partitions,
             &[],
         )

@@ -8,7 +8,6 @@ use super::park::write_until_acknowledged;
 use super::{Job, JobContext};
 use crate::kafka::headers;
 use crate::metrics as m;
-use crate::subscriptions::dead_letter_topic;
 
 /// Why a record is dead-lettered. Written twice on the record: as text for people
 /// (`dlq-reason`, e.g. `status 400 is not retried`) and as a stable code for tools and
@@ -138,12 +137,16 @@ pub(super) async fn dead_letter(job: &Job, ctx: &JobContext, failure: Failure) -
             });
         }
     }
-    let topic = dead_letter_topic(&ctx.partner);
+    // Made by whichever instance needs it first.
+    if !ctx.dead_letter_topic.ensure(&ctx.shutdown).await {
+        return false;
+    }
+    let topic = ctx.dead_letter_topic.name();
     let failed = || {
         metrics::counter!(m::DEAD_LETTER_WRITE_FAILURES, "partner" => ctx.partner.clone())
             .increment(1)
     };
-    if write_until_acknowledged(job, ctx, &topic, None, headers, failed)
+    if write_until_acknowledged(job, ctx, topic, None, headers, failed)
         .await
         .is_none()
     {

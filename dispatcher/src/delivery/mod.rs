@@ -75,6 +75,8 @@ pub struct JobContext {
     /// Failed attempts after which a record moves to the retry topic and its key is
     /// parked; `None`: records retry in the lane until the policy ends.
     pub park_after: Option<u32>,
+    /// The partner's dead-letter topic, made on its first dead letter.
+    pub dead_letter_topic: Arc<crate::kafka::TopicOnDemand>,
     pub shutdown: CancellationToken,
 }
 

@@ -17,16 +17,23 @@ use rdkafka::{ClientContext, TopicPartitionList};
 #[derive(Debug, Default)]
 pub struct GroupContext {
     pub name: String,
-    topic: String,
+    /// The topics whose consumer lag is published, each with the partner health told it
+    /// too (the shared lanes consumer has one per partner, [`GroupContext::watch_lag`]).
+    lag_of: Mutex<std::collections::HashMap<String, Option<Arc<crate::health::PartnerHealth>>>>,
     /// Partitions revoked and assigned since the last [`GroupContext::take_changes`], in
     /// the order the rebalances happened.
     changes: Mutex<Vec<GroupChange>>,
     /// Set when partitions were assigned (a paused lane must pause them too).
     assigned: std::sync::atomic::AtomicBool,
-    /// A lane's partner health, told the lag too.
-    health: Option<Arc<crate::health::PartnerHealth>>,
+    /// Woken when a rebalance changed something (the loop follows it even when no
+    /// record arrives).
+    changed: Arc<tokio::sync::Notify>,
     /// Where this member shows its state, with its entry's generation.
     board: Option<(GroupBoard, u64)>,
+    /// Commit the stored offsets before partitions are revoked (the lanes' shared
+    /// consumer: a cooperative rebalance revokes only some partitions, and what was
+    /// finished in them must not be redone by their next owner).
+    commit_on_revoke: bool,
 }
 
 /// The consumer group members of this process, by name, as `/status` shows them (so
@@ -138,11 +145,12 @@ impl GroupContext {
     pub fn new(name: &str, topic: &str) -> Self {
         Self {
             name: name.to_string(),
-            topic: topic.to_string(),
+            lag_of: Mutex::new([(topic.to_string(), None)].into_iter().collect()),
             changes: Mutex::default(),
             assigned: Default::default(),
-            health: None,
+            changed: Default::default(),
             board: None,
+            commit_on_revoke: false,
         }
     }
 
@@ -153,10 +161,32 @@ impl GroupContext {
         self
     }
 
-    /// Also reports the lag to a partner's health.
-    pub fn with_health(mut self, health: Arc<crate::health::PartnerHealth>) -> Self {
-        self.health = Some(health);
+    /// Commits the stored offsets before partitions are revoked.
+    pub fn commit_on_revoke(mut self) -> Self {
+        self.commit_on_revoke = true;
         self
+    }
+
+    /// Publishes the consumer lag of `topic` too, and tells it to a partner's health.
+    pub fn watch_lag(&self, topic: &str, health: Option<Arc<crate::health::PartnerHealth>>) {
+        self.lag_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string(), health);
+    }
+
+    /// Stops publishing the consumer lag of `topic`.
+    pub fn unwatch_lag(&self, topic: &str) {
+        self.lag_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
+    /// Resolves once a rebalance changed something since the last [`Self::take_changes`]
+    /// may have missed it (a permit is kept when nobody waits).
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
     }
 
     /// Whether partitions were assigned since the last call.
@@ -192,6 +222,7 @@ impl GroupContext {
         if let Some((board, generation)) = &self.board {
             board.rebalanced(&self.name, *generation, &partitions, assigned);
         }
+        self.changed.notify_one();
         partitions
     }
 }
@@ -206,23 +237,26 @@ impl Drop for GroupContext {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let known: Vec<i64> = topic
-            .partitions
-            .values()
-            .filter_map(partition_lag)
-            .collect();
-        if known.is_empty() {
-            return;
+        let watched = self.lag_of.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, topic) in &statistics.topics {
+            let Some(health) = watched.get(name) else {
+                continue;
+            };
+            let known: Vec<i64> = topic
+                .partitions
+                .values()
+                .filter_map(partition_lag)
+                .collect();
+            if known.is_empty() {
+                continue;
+            }
+            let lag: i64 = known.iter().sum();
+            if let Some(h) = health {
+                h.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+            }
+            metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => name.clone())
+                .set(lag as f64);
         }
-        let lag: i64 = known.iter().sum();
-        if let Some(h) = &self.health {
-            h.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
-        }
-        metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => self.topic.clone())
-            .set(lag as f64);
     }
 }
 
@@ -248,8 +282,14 @@ fn partition_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            if self.commit_on_revoke {
+                use rdkafka::consumer::{CommitMode, Consumer};
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(consumer = %self.name, %error, "commit before revoke");
+                }
+            }
             let partitions = self.note(list, false);
             tracing::info!(consumer = %self.name, ?partitions, "partitions revoked");
         }

@@ -6,6 +6,9 @@ pub mod backpressure;
 pub mod group;
 pub mod headers;
 pub mod offsets;
+mod on_demand;
 mod settings;
+
+pub use on_demand::TopicOnDemand;
 
 pub use settings::{read_ranges, KafkaSettings, TopicRecord};

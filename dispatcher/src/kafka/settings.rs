@@ -144,6 +144,22 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// The partition count of every topic of the cluster, in one metadata request.
+    /// Blocking.
+    pub fn all_partition_counts(&self) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = self.reader().create()?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| !t.partitions().is_empty())
+            .map(|t| (t.name().to_string(), t.partitions().len()))
+            .collect())
+    }
+}
+
 /// One record as read by [`read_ranges`].
 #[derive(Debug, Clone)]
 pub struct TopicRecord {

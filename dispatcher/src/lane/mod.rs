@@ -1,59 +1,67 @@
-//! Stage 2, a partner's delivery lane: one consumer (in a group of its own per partner,
-//! so partners rebalance and lag independently) over `deliveries.<partner>`.
+//! Stage 2, a partner's delivery lane: the partner's records, handed over by the
+//! instance's shared [`intake`] (two Kafka consumers for every partner together).
 //!
 //! - records with the same key are delivered strictly one after another, in offset order;
 //! - records with different keys go out in parallel, up to the partner's in-flight cap;
-//! - at most `max_buffered` records are taken from Kafka and unfinished at once: past
-//!   that the lane pauses its partitions (and keeps polling, so it stays in its group)
-//!   and the backlog stays in Kafka;
+//! - at most about `max_buffered` records are taken from Kafka and unfinished at once
+//!   (and all lanes together stay near the instance's global cap): past that the lane
+//!   pauses its own partitions on the shared consumer, the other partners' keep flowing,
+//!   and the backlog stays in Kafka ([`throttle`]);
 //! - offsets are stored only for the contiguous prefix of finished records, in one call
 //!   per 50 ms rather than one per record (a revoke in between redoes at most those
-//!   50 ms of work; shutdown stores them before its commit);
+//!   50 ms of work; shutdown stores them before the intake's final commit);
 //! - on revoke the revoked partitions' queued work is dropped (its new owner redoes it);
-//! - on shutdown the lane stops reading and drains what it already took in (so a
+//! - on shutdown the lane stops taking records and drains what it already took in (so a
 //!   restart redelivers nothing that was delivered); at the deadline, jobs waiting for a
-//!   retry give up, requests in flight end, and the lane commits;
+//!   retry give up, requests in flight end, and the lane stores its offsets;
 //! - a job that did not finish drops the records queued behind it for the same key: they
 //!   are redone after it, in order, by whoever reads the partition next.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::collections::BTreeSet;
+
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{self, Job, JobContext};
-use crate::kafka::backpressure::Backpressure;
-use crate::kafka::group::GroupContext;
-use crate::kafka::headers;
+use crate::delivery::{self, JobContext};
+use crate::kafka::group::GroupChange;
 use crate::kafka::KafkaSettings;
 use crate::subscriptions::delivery_topic;
 
+pub mod intake;
 mod read_back;
 pub mod restart;
 mod state;
 mod supervisor;
+mod throttle;
+pub mod upgrade;
 
+pub use intake::{Input, Intake, LaneLink};
 pub use supervisor::supervise;
+pub use throttle::GlobalCap;
 
 use read_back::{ReadBacks, Rebalances};
 use state::{LaneState, ReadBack};
+use throttle::Throttle;
 
 /// Settings of every lane.
 #[derive(Debug, Clone)]
 pub struct LaneConfig {
-    /// Group id prefix; a partner's lane uses `<prefix>.<partner>`.
+    /// The lanes' consumer group (`<prefix>`; before #14 each partner had a group of
+    /// its own, `<prefix>.<partner>`, whose offsets [`upgrade`] adopts).
     pub group_prefix: String,
     /// Records taken in and unfinished per partner, at most. Default 1,024.
     pub max_buffered: usize,
     /// How long shutdown waits for requests in flight. Default 10 s.
     pub shutdown_deadline: Duration,
-    /// Partitions of the delivery and dead-letter topics created for a new partner.
+    /// Records taken in and unfinished by every lane of the instance together, about
+    /// at most (each lane with some pauses once they reach it).
+    pub global: GlobalCap,
+    /// Partitions of the delivery, retry and dead-letter topics created for a new
+    /// partner.
     pub partitions: i32,
     /// Circuit breaker and Retry-After bounds of every partner.
     pub flow: crate::webhook::flow::FlowConfig,
@@ -75,63 +83,49 @@ const BATCH: usize = 64;
 /// partner's concurrency limit is higher).
 const MIN_STARTING: usize = 16;
 
-/// `topics`: the lane's delivery and retry topic.
-fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2]) -> Job {
-    let retry = message.topic() == &*topics[1];
-    let raw = |name: &str| {
-        message
-            .headers()
-            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-    };
-    let text = |name: &str| raw(name).map(|v| String::from_utf8_lossy(v).into_owned());
-    Job {
-        topic: Arc::clone(&topics[usize::from(retry)]),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().unwrap_or_default().to_vec(),
-        body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-        webhook_id: text(headers::WEBHOOK_ID).unwrap_or_default(),
-        subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
-        traceparent: text(headers::TRACEPARENT),
-        occurred_at_ms: raw(headers::OCCURRED_AT)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
-        headers: message.headers().map(|h| h.detach()),
-        parked: retry.then(|| delivery::Parked::from_headers(text)),
-        follow: false,
-    }
-}
-
-/// Runs one partner's lane until `shutdown`.
-///
-/// The lane consumes the partner's delivery topic and its retry topic in one group with
-/// the range assignor: both topics have the same partition count, so a member owns
-/// partition `p` of both, and the parked keys of `p` are its own business.
+/// Runs one partner's lane alone until `shutdown`, with an intake of its own in group
+/// `<group_prefix>` (benchmarks and tests of one lane; `dispatcher run` shares one
+/// intake between its lanes, [`supervise`]).
 pub async fn run(
     partner: String,
     settings: KafkaSettings,
     config: LaneConfig,
     ctx: JobContext,
 ) -> anyhow::Result<()> {
+    let (intake, task) = Intake::start(
+        &settings,
+        &config.group_prefix,
+        &config.groups,
+        ctx.shutdown.clone(),
+    )?;
+    let link = intake.join(&partner, ctx.park_after.is_some(), Some(Arc::clone(&ctx.health)));
+    let result = run_linked(partner, link, settings, config, ctx).await;
+    let _ = task.await;
+    intake.close();
+    result
+}
+
+/// Runs one partner's lane until `shutdown`, on what the intake hands it (`link`).
+///
+/// The intake reads retry partition `p` exactly while delivery partition `p` is ours, so
+/// the parked keys of `p` are this lane's business.
+pub async fn run_linked(
+    partner: String,
+    link: LaneLink,
+    settings: KafkaSettings,
+    config: LaneConfig,
+    ctx: JobContext,
+) -> anyhow::Result<()> {
+    let LaneLink {
+        mut inbox,
+        deliveries,
+        retries,
+        retry_group,
+    } = link;
     let topic = delivery_topic(&partner);
     let retry_topic = crate::subscriptions::retry_topic(&partner);
-    let group = format!("{}.{partner}", config.group_prefix);
-    let consumer: StreamConsumer<GroupContext> = settings
-        .consumer(&group)
-        // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
-        .set("statistics.interval.ms", "5000")
-        .set("partition.assignment.strategy", "range")
-        .create_with_context(
-            GroupContext::new(&format!("lane {partner}"), &topic)
-                .with_health(Arc::clone(&ctx.health))
-                .on_board(&config.groups),
-        )?;
     let parking = ctx.park_after.is_some();
-    if parking {
-        consumer.subscribe(&[&topic, &retry_topic])?;
-    } else {
-        consumer.subscribe(&[&topic])?;
-    }
-    // `shutdown` stops fetching; `abort` (at the drain deadline) makes jobs give up.
+    // `shutdown` stops taking records; `abort` (at the drain deadline) makes jobs give up.
     let shutdown = ctx.shutdown.clone();
     let abort = CancellationToken::new();
     let ctx = Arc::new(JobContext {
@@ -146,7 +140,7 @@ pub async fn run(
         retry_topic: retry_topic.clone(),
         read_backs: parking.then(|| ReadBacks {
             settings: settings.clone(),
-            group: group.clone(),
+            group: retry_group,
             retry_topic: retry_topic.clone(),
             answers: rebuilt_tx,
             stop: shutdown.clone(),
@@ -156,18 +150,16 @@ pub async fn run(
     let mut store = tokio::time::interval(STORE_EVERY);
     store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running = FuturesUnordered::new();
-    let mut stream = consumer.stream();
     tracing::info!(partner = %partner, topic = %topic, parking, "delivery lane started");
     let lm = ctx.metrics.clone();
-    // Each topic has its own buffer: parked records waiting on a failing key never stop
+    // Each topic has its own pause: parked records waiting on a failing key never stop
     // the delivery topic.
-    let mut backpressure = Backpressure::new(config.max_buffered);
-    let mut retry_backpressure = Backpressure::new(config.max_buffered);
+    let mut throttle = Throttle::new(config.max_buffered, config.global.clone());
+    let mut assigned: [BTreeSet<i32>; 2] = Default::default();
+    let consumers = [&*deliveries, &*retries];
     let topics = [topic.as_str(), retry_topic.as_str()];
-    let shared_topics: [Arc<str>; 2] = [topic.as_str().into(), retry_topic.as_str().into()];
     let starting = delivery::Starting::default();
     'lane: loop {
-        rebalances.follow(&mut state, &consumer);
         // Start ready records while fewer started jobs than the partner's concurrency
         // limit (at least MIN_STARTING) are still before their first request: enough
         // to take up every permit the moment it is free, and no more (delivery::Starting).
@@ -178,21 +170,13 @@ pub async fn run(
             };
             running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
         }
-        let assigned = consumer.context().take_assigned();
-        let readable = backpressure.update(
-            &consumer,
-            state.pending(false),
-            assigned,
-            Some(&topic),
-            Some(&lm.paused),
-        ) & (!parking
-            || retry_backpressure.update(
-                &consumer,
-                state.pending(true),
-                assigned,
-                Some(&retry_topic),
-                None,
-            ));
+        throttle.update(
+            consumers,
+            topics,
+            &assigned,
+            [state.pending(false), state.pending(true)],
+            &lm.paused,
+        );
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -207,9 +191,9 @@ pub async fn run(
                 lm.parked_keys.set(state.parked.len() as f64);
                 ctx.health.oldest_age_ms.store(oldest.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            _ = store.tick() => {
-                rebalances.follow(&mut state, &consumer);
-                state.store_offsets(&consumer, topics);
+            // (Idle lanes have nothing to store: no timer wakes them 20 times a second.)
+            _ = store.tick(), if !state.to_store.is_empty() => {
+                state.store_offsets(consumers, topics);
             }
             Some(answer) = rebuilt.recv() => {
                 tracing::debug!(partner = %partner, partition = answer.partition, from = answer.from, to = answer.to, parked = answer.counts.len(), "parked keys read back");
@@ -238,46 +222,42 @@ pub async fn run(
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
-            // Also polled while paused: rebalances are served and the consumer stays in
-            // its group however long the partner takes.
-            message = stream.next(), if readable => {
-                // The poll that returned this record may come right after one that
-                // served a rebalance (in this same select!): what it revoked and
-                // assigned is followed before the record is taken in. A rebalance served
-                // by a later poll of this batch ends the batch (the poll is Pending).
-                rebalances.follow(&mut state, &consumer);
-                // This record and those already fetched behind it, in one turn, while
-                // there is room in the buffer (both topics' buffers).
-                let mut message = Some(message);
+            // Records and partition changes, in the order the intake saw them.
+            input = inbox.recv() => {
+                let mut input = Some(input);
                 let mut handled = 0;
-                while let Some(m) = message.take() {
-                    let Some(m) = m else { break 'lane };
-                    match m {
-                        Ok(m) => {
-                            let job = job_from(&m, &shared_topics);
-                            drop(m);
+                while let Some(i) = input.take() {
+                    match i {
+                        None => break 'lane,
+                        Some(Input::Record(job)) => {
                             if let Some(start) = state.take(job) {
                                 state.ready.push_back(start);
                             }
                         }
-                        Err(error) => {
-                            tracing::warn!(partner = %partner, %error, "consuming deliveries");
+                        Some(Input::Change { retry, partition, assigned: gained }) => {
+                            let t = topics[usize::from(retry)].to_string();
+                            let change = if gained {
+                                assigned[usize::from(retry)].insert(partition);
+                                throttle.assigned(consumers[usize::from(retry)], &t, retry, partition);
+                                GroupChange::Assigned(t, partition)
+                            } else {
+                                assigned[usize::from(retry)].remove(&partition);
+                                GroupChange::Revoked(t, partition)
+                            };
+                            rebalances.follow(&mut state, vec![change]);
                         }
                     }
                     handled += 1;
-                    if handled > BATCH
-                        || state.pending(false) >= config.max_buffered
-                        || state.pending(true) >= config.max_buffered
-                    {
+                    if handled > BATCH {
                         break;
                     }
-                    message = stream.next().now_or_never();
+                    input = inbox.recv().now_or_never();
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
         }
     }
-    drop(stream);
+    drop(inbox);
     // Drain what was taken in (started at once), until the deadline; then jobs give up
     // and end.
     for job in std::mem::take(&mut state.ready) {
@@ -299,11 +279,8 @@ pub async fn run(
             }
         }
     }
-    rebalances.follow(&mut state, &consumer);
-    state.store_offsets(&consumer, topics);
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(partner = %partner, %error, "final lane commit");
-    }
+    state.store_offsets(consumers, topics);
+    throttle.release();
     tracing::info!(partner = %partner, "delivery lane stopped");
     Ok(())
 }

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{LaneState, ParkedCounts, ReadBack};
-use crate::kafka::group::GroupContext;
+use crate::kafka::group::GroupChange;
 use crate::kafka::KafkaSettings;
 
 /// What a lane needs to follow its group's rebalances ([`LaneState::follow`]).
@@ -30,10 +30,10 @@ pub(super) struct ReadBacks {
 }
 
 impl Rebalances {
-    /// Follows the rebalances of `consumer` since the last call ([`LaneState::follow`])
-    /// and starts the read-backs they call for.
-    pub(super) fn follow(&self, state: &mut LaneState, consumer: &StreamConsumer<GroupContext>) {
-        let started = state.follow(self, consumer.context().take_changes());
+    /// Follows partition changes ([`LaneState::follow`]) and starts the read-backs they
+    /// call for.
+    pub(super) fn follow(&self, state: &mut LaneState, changes: Vec<GroupChange>) {
+        let started = state.follow(self, changes);
         if let Some(read_backs) = &self.read_backs {
             for (partition, generation) in started {
                 read_backs.start(partition, generation);
@@ -84,7 +84,8 @@ impl ReadBacks {
 }
 
 /// Reads back the parked keys of delivery partition `partition`: the records of the
-/// same partition of the retry topic from the group's committed offset on. Returns
+/// same partition of the retry topic from the committed offset of `group` (the retry
+/// offsets group) on. Returns
 /// (the range read, count per key). Blocking.
 pub(super) fn read_parked(
     settings: &KafkaSettings,

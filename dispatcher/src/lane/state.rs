@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::read_back::Rebalances;
 use crate::delivery::{Done, Job, JobEnd};
-use crate::kafka::group::{GroupChange, GroupContext};
+use super::intake::LaneConsumer;
+use crate::kafka::group::GroupChange;
 use crate::kafka::offsets::OffsetTracker;
 
 /// A partition of the lane: of the delivery topic, or of the retry topic.
@@ -242,27 +243,28 @@ impl LaneState {
         }
     }
 
-    /// Hands the finished prefixes to the consumer (committed by auto-commit, revoke or
-    /// the final commit).
-    pub(super) fn store_offsets(
-        &mut self,
-        consumer: &StreamConsumer<GroupContext>,
-        topics: [&str; 2],
-    ) {
+    /// Hands the finished prefixes to the consumers (of the delivery topic, of the retry
+    /// topic), committed in the background, before a revoke, or by the final commit.
+    pub(super) fn store_offsets(&mut self, consumers: [&LaneConsumer; 2], topics: [&str; 2]) {
         if self.to_store.is_empty() {
             return;
         }
-        let mut list = TopicPartitionList::with_capacity(self.to_store.len());
+        let mut lists = [TopicPartitionList::new(), TopicPartitionList::new()];
         for (tp, next) in std::mem::take(&mut self.to_store) {
-            let topic = topics[usize::from(tp.retry)];
+            let k = usize::from(tp.retry);
             // Stored as the next offset to read, as a commit expects.
-            if let Err(error) = list.add_partition_offset(topic, tp.partition, Offset::Offset(next))
+            if let Err(error) = lists[k].add_partition_offset(topics[k], tp.partition, Offset::Offset(next))
             {
                 tracing::warn!(%error, "offset list");
             }
         }
-        if let Err(error) = consumer.store_offsets(&list) {
-            tracing::debug!(%error, "storing offsets (partition no longer assigned?)");
+        for (consumer, list) in consumers.into_iter().zip(lists) {
+            if list.count() == 0 {
+                continue;
+            }
+            if let Err(error) = consumer.store_offsets(&list) {
+                tracing::debug!(%error, "storing offsets (partition no longer assigned?)");
+            }
         }
     }
 

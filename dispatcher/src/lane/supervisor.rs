@@ -1,5 +1,8 @@
 //! The lanes' supervisor: one lane per partner that has a subscription, started when the
-//! partner appears (its topics made first), restarted when it ends before shutdown.
+//! partner appears (its topics made first), restarted when it ends before shutdown. All
+//! lanes share one [`Intake`]; partners that appear together (every partner at start-up)
+//! get their topics in one request and join the intake together, so start-up does not
+//! set partners up one after another.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,38 +11,51 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use super::{restart, run, LaneConfig};
+use super::{restart, run_linked, Intake, LaneConfig};
 use crate::delivery::{GoneHook, JobContext, LaneMetrics};
 use crate::kafka::KafkaSettings;
 use crate::subscriptions::table::SubscriptionTable;
-use crate::subscriptions::{dead_letter_topic, delivery_topic};
+use crate::subscriptions::{dead_letter_topic, delivery_topic, retry_topic};
 use crate::webhook::client::WebhookClient;
 use crate::webhook::flow::PartnerFlow;
 
-/// Creates the partner's retry topic with as many partitions as its delivery topic, and
-/// checks that they have: a lane owns partition `p` of both (range assignment).
-async fn retry_topic_like_deliveries(
+/// Creates the new partners' topics in one request (delivery topics, and retry topics
+/// when parking; a dead-letter topic is made on the partner's first dead letter), then checks that each retry topic has as many
+/// partitions as its delivery topic (the intake reads retry partition `p` with delivery
+/// partition `p`). Returns the partners that may park (the others deliver without).
+async fn make_topics(
     settings: &KafkaSettings,
-    partner: &str,
-) -> anyhow::Result<()> {
-    let (deliveries, retries) = (
-        delivery_topic(partner),
-        crate::subscriptions::retry_topic(partner),
-    );
+    partners: &[String],
+    partitions: i32,
+    parking: bool,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut names = Vec::new();
+    for p in partners {
+        names.push(delivery_topic(p));
+        if parking {
+            names.push(retry_topic(p));
+        }
+    }
+    settings.ensure_topics(&names, partitions, &[]).await?;
+    if !parking {
+        return Ok(Default::default());
+    }
     let s = settings.clone();
-    let d = deliveries.clone();
-    let n = tokio::task::spawn_blocking(move || s.partition_count(&d)).await??;
-    settings
-        .ensure_topics(std::slice::from_ref(&retries), n as i32, &[])
-        .await?;
-    let s = settings.clone();
-    let r = retries.clone();
-    let m = tokio::task::spawn_blocking(move || s.partition_count(&r)).await??;
-    anyhow::ensure!(
-        m == n,
-        "`{retries}` has {m} partitions and `{deliveries}` {n}: they must be equal"
-    );
-    Ok(())
+    let counts = tokio::task::spawn_blocking(move || s.all_partition_counts()).await??;
+    let mut may_park = std::collections::HashSet::new();
+    for p in partners {
+        let (d, r) = (delivery_topic(p), retry_topic(p));
+        match (counts.get(&d), counts.get(&r)) {
+            (Some(n), Some(m)) if n == m => {
+                may_park.insert(p.clone());
+            }
+            (n, m) => tracing::error!(
+                partner = %p,
+                "parking keys is off for this partner: `{r}` has {m:?} partitions and `{d}` {n:?}; they must be equal"
+            ),
+        }
+    }
+    Ok(may_park)
 }
 
 /// Starts a lane for every partner that has a subscription, now and whenever one
@@ -56,6 +72,13 @@ pub async fn supervise(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = settings.producer().create()?;
+    let (intake, intake_task) = Intake::start(
+        &settings,
+        &config.group_prefix,
+        &config.groups,
+        shutdown.clone(),
+    )?;
+    let mut adopted = false;
     let mut lanes: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut flows: HashMap<String, Arc<PartnerFlow>> = HashMap::new();
     let mut changes = table.watch();
@@ -76,29 +99,40 @@ pub async fn supervise(
                 (a, b) => a.or(b),
             };
         }
-        for (partner, (cap, rate)) in partners {
-            if let Some(flow) = flows.get(&partner) {
-                flow.configure(cap, rate);
-                continue;
+        partners.retain(|partner, (cap, rate)| match flows.get(partner) {
+            Some(flow) => {
+                flow.configure(*cap, *rate);
+                false
             }
-            let topics = [delivery_topic(&partner), dead_letter_topic(&partner)];
-            if let Err(error) = settings
-                .ensure_topics(&topics, config.partitions, &[])
-                .await
-            {
-                tracing::warn!(partner = %partner, %error, "cannot create the partner's topics yet");
-                continue;
+            None => true,
+        });
+        let mut new: Vec<String> = partners.keys().cloned().collect();
+        new.sort();
+        let may_park = match make_topics(&settings, &new, config.partitions, config.park_after.is_some()).await {
+            Ok(may_park) => may_park,
+            Err(error) => {
+                tracing::warn!(partners = new.len(), %error, "cannot create the new partners' topics yet");
+                new.clear();
+                Default::default()
             }
-            let park_after = match config.park_after {
-                Some(n) => match retry_topic_like_deliveries(&settings, &partner).await {
-                    Ok(()) => Some(n),
-                    Err(error) => {
-                        tracing::error!(partner = %partner, %error, "parking keys is off for this partner");
-                        None
+        };
+        if !new.is_empty() && !adopted {
+            // Once, before this instance first joins the lanes' group: offsets committed
+            // by the per-partner groups of earlier versions (lane::upgrade).
+            let (s, prefix, all) = (settings.clone(), config.group_prefix.clone(), new.clone());
+            match tokio::task::spawn_blocking(move || super::upgrade::adopt_legacy_offsets(&s, &prefix, &all)).await? {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(partitions = n, "adopted the offsets of the per-partner groups of an earlier version");
                     }
-                },
-                None => None,
-            };
+                }
+                Err(error) => tracing::warn!(%error, "adopting the offsets of earlier per-partner groups"),
+            }
+            adopted = true;
+        }
+        for partner in new {
+            let (cap, rate) = partners[&partner];
+            let park_after = config.park_after.filter(|_| may_park.contains(&partner));
             let flow = PartnerFlow::new(&partner, cap, rate, config.flow.clone());
             flows.insert(partner.clone(), Arc::clone(&flow));
             let health = Arc::new(crate::health::PartnerHealth::default());
@@ -119,10 +153,15 @@ pub async fn supervise(
                 metrics: LaneMetrics::new(&partner),
                 health,
                 park_after,
+                dead_letter_topic: Arc::new(crate::kafka::TopicOnDemand::new(
+                    dead_letter_topic(&partner),
+                    settings.clone(),
+                    config.partitions,
+                )),
                 shutdown: shutdown.clone(),
             };
-            let (name, lane_settings, lane_config) =
-                (partner.clone(), settings.clone(), config.clone());
+            let (name, lane_settings, lane_config, lane_intake) =
+                (partner.clone(), settings.clone(), config.clone(), intake.clone());
             let restarts =
                 metrics::counter!(crate::metrics::LANE_RESTARTS, "partner" => partner.clone());
             let (who, health) = (partner.clone(), Arc::clone(&ctx.health));
@@ -130,8 +169,14 @@ pub async fn supervise(
                 move || {
                     // A lane that ended left its jobs' permits taken (restart.rs).
                     ctx.flow.forget_permits();
-                    run(
+                    let link = lane_intake.join(
+                        &name,
+                        ctx.park_after.is_some(),
+                        Some(Arc::clone(&ctx.health)),
+                    );
+                    run_linked(
                         name.clone(),
+                        link,
                         lane_settings.clone(),
                         lane_config.clone(),
                         ctx.clone(),
@@ -157,5 +202,8 @@ pub async fn supervise(
             tracing::error!(partner = %partner, %error, "lane supervisor failed");
         }
     }
+    // Every lane has stored its offsets: one commit for all of them.
+    let _ = intake_task.await;
+    intake.close();
     Ok(())
 }

@@ -27,6 +27,7 @@ fn config(world: &DispatchWorld) -> RunConfig {
             audit_topic: world.audit_topic.clone(),
             allowlist: Arc::new(Allowlist::parse(&["127.0.0.1".to_string()]).expect("allow")),
             partitions: 3,
+            partner_partitions: 3,
         },
         registry: world.registry.clone(),
         orders_topic: world.orders_topic.clone(),
@@ -36,6 +37,7 @@ fn config(world: &DispatchWorld) -> RunConfig {
         lane_group_prefix: world.lane_group_prefix.clone(),
         unknown_schema_wait: Duration::from_secs(20),
         max_buffered: 1024,
+        max_buffered_total: 65_536,
         shutdown_deadline: Duration::from_secs(5),
         breaker_failures: 10,
         breaker_cooldown: Duration::from_secs(5),
@@ -86,9 +88,9 @@ async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops
         .json()
         .await
         .expect("json");
-    for member in ["router".to_string(), format!("lane {partner}")] {
+    for member in ["router", "lanes"] {
         assert_eq!(
-            status["groups"][&member]["last_rebalance"], "assigned",
+            status["groups"][member]["last_rebalance"], "assigned",
             "{member}: {status}"
         );
     }

@@ -86,6 +86,18 @@ pub struct Common {
         value_parser = clap::value_parser!(i32).range(1..=10_000)
     )]
     pub partitions: i32,
+    /// Partitions of each partner's topics (`deliveries.<partner>`, `retries.<partner>`,
+    /// `dlq.<partner>`). Records of different keys in one partition are already
+    /// delivered in parallel; partitions are what spread one partner over instances, and
+    /// each costs the cluster (docs/ARCHITECTURE.md, "Thousands of partners").
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_PARTNER_TOPIC_PARTITIONS",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(i32).range(1..=1_000)
+    )]
+    pub partner_partitions: i32,
     /// Replication factor of the topics the dispatcher creates; unset uses the broker's
     /// `default.replication.factor` (production: 3, with `min.insync.replicas=2`).
     #[arg(long, global = true, env = "DISPATCHER_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
@@ -155,6 +167,11 @@ pub struct RunArgs {
     /// Records taken from Kafka and unfinished per partner, at most.
     #[arg(long, env = "DISPATCHER_MAX_BUFFERED", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_buffered: u32,
+    /// Records taken from Kafka and unfinished by all partners together, about at most:
+    /// once reached, every partner holding some pauses (memory stays bounded with a
+    /// thousand partners whose buffers are full).
+    #[arg(long, env = "DISPATCHER_MAX_BUFFERED_TOTAL", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub max_buffered_total: u32,
     /// How long shutdown waits for requests in flight, in milliseconds.
     #[arg(
         long,
@@ -263,6 +280,7 @@ impl Common {
             audit_topic: self.subscription_audit_topic.clone(),
             allowlist: Arc::new(self.allowlist()?),
             partitions: self.partitions,
+            partner_partitions: self.partner_partitions,
         })
     }
 }
@@ -286,6 +304,7 @@ impl RunArgs {
             lane_group_prefix: self.lane_group_prefix.clone(),
             unknown_schema_wait: Duration::from_millis(self.unknown_schema_wait_ms),
             max_buffered: self.max_buffered as usize,
+            max_buffered_total: self.max_buffered_total as usize,
             shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
             breaker_failures: self.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),

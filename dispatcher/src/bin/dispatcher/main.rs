@@ -93,7 +93,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         events_permits: Arc::new(tokio::sync::Semaphore::new(
             args.events_concurrency as usize,
         )),
-        partitions: shared.partitions,
+        partitions: shared.partner_partitions,
         table,
         allowlist: shared.allowlist,
         require_https: args.require_https,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use dispatcher::app::Shared;
 use dispatcher::subscriptions::table;
-use dispatcher::subscriptions::{audit, dead_letter_topic, delivery_topic};
+use dispatcher::subscriptions::{audit, delivery_topic};
 use dispatcher::subscriptions::{Subscription, SubscriptionFile};
 
 pub async fn apply(shared: &Shared, file: &Path, prune: bool) -> anyhow::Result<()> {
@@ -20,9 +20,9 @@ pub async fn apply(shared: &Shared, file: &Path, prune: bool) -> anyhow::Result<
     partners.dedup();
     let topics: Vec<String> = partners
         .iter()
-        .flat_map(|p| [delivery_topic(p), dead_letter_topic(p)])
+        .map(|p| delivery_topic(p))
         .collect();
-    kafka.ensure_topics(&topics, shared.partitions, &[]).await?;
+    kafka.ensure_topics(&topics, shared.partner_partitions, &[]).await?;
     let current = shared.table().await?;
     let remove: Vec<Arc<Subscription>> = if prune {
         current

@@ -1,0 +1,416 @@
+//! The lanes' intake: two Kafka consumers per instance, whatever the number of partners.
+//!
+//! - **deliveries**: one member of the lanes' group (`<prefix>`) over every partner's
+//!   delivery topic, with the cooperative-sticky assignor: a new partner's partitions are
+//!   assigned without taking any partition from the others, and an instance joining or
+//!   leaving moves only the partitions that change hands.
+//! - **retries**: a group-less reader (`assign`) of the retry topics. It reads retry
+//!   partition `p` of a partner exactly while delivery partition `p` is ours, so the
+//!   member that parks a key also reads its parked records back, whatever the assignor
+//!   does. Its offsets are committed to `<prefix>.retry.offsets`, a group nobody joins.
+//!
+//! One task reads both and hands each record, and each partition gained or lost, to its
+//! partner's lane in the order they happened. Lanes store offsets and pause or resume
+//! their own partitions on the shared consumers; the last commit is [`Intake::close`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::{self, Job};
+use crate::kafka::group::{GroupBoard, GroupChange, GroupContext};
+use crate::kafka::{headers, KafkaSettings};
+use crate::subscriptions::{delivery_topic, retry_topic};
+
+/// A consumer shared by every lane of the instance.
+pub type LaneConsumer = StreamConsumer<GroupContext>;
+
+/// The group that holds the retry topics' offsets: nobody joins it (the retry reader
+/// commits as a group-less consumer), and no partner's legacy group `<prefix>.<partner>`
+/// can have its name (partner ids have no `.`).
+pub fn retry_offsets_group(prefix: &str) -> String {
+    format!("{prefix}.retry.offsets")
+}
+
+/// What the intake hands a lane, in the order it happened.
+#[derive(Debug)]
+pub enum Input {
+    Record(Job),
+    /// A partition of the delivery topic (`retry: false`) or of the retry topic became
+    /// ours (`assigned`) or stopped being ours.
+    Change {
+        retry: bool,
+        partition: i32,
+        assigned: bool,
+    },
+}
+
+/// What a lane gets from the intake: its inputs, and the consumers its offsets are
+/// stored on and its partitions paused on.
+pub struct LaneLink {
+    pub inbox: UnboundedReceiver<Input>,
+    pub deliveries: Arc<LaneConsumer>,
+    pub retries: Arc<LaneConsumer>,
+    /// The retry-offsets group (where a read-back starts).
+    pub retry_group: String,
+}
+
+enum Command {
+    Join {
+        partner: String,
+        parking: bool,
+        health: Option<Arc<crate::health::PartnerHealth>>,
+        inbox: UnboundedSender<Input>,
+    },
+}
+
+/// The handle of the intake task.
+#[derive(Clone)]
+pub struct Intake {
+    commands: UnboundedSender<Command>,
+    deliveries: Arc<LaneConsumer>,
+    retries: Arc<LaneConsumer>,
+    retry_group: String,
+}
+
+impl std::fmt::Debug for LaneLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneLink").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("retry_group", &self.retry_group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partner as the intake routes it.
+struct Route {
+    inbox: UnboundedSender<Input>,
+    parking: bool,
+    /// The delivery and retry topic, shared by the partner's jobs.
+    topics: [Arc<str>; 2],
+    /// Delivery partitions that are ours (retry partitions follow them).
+    assigned: BTreeSet<i32>,
+}
+
+impl Intake {
+    /// Creates the two consumers (the group member joins once the first partner does)
+    /// and starts the task that reads them until `shutdown`.
+    pub fn start(
+        settings: &KafkaSettings,
+        group: &str,
+        board: &GroupBoard,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let deliveries: LaneConsumer = settings
+            .consumer(group)
+            // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
+            .set("statistics.interval.ms", "5000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(
+                GroupContext::new("lanes", "")
+                    .commit_on_revoke()
+                    .on_board(board),
+            )?;
+        let retry_group = retry_offsets_group(group);
+        let retries: LaneConsumer = settings
+            .consumer(&retry_group)
+            .create_with_context(GroupContext::new("lanes (retry topics)", ""))?;
+        let (commands, receiver) = unbounded_channel();
+        let intake = Self {
+            commands,
+            deliveries: Arc::new(deliveries),
+            retries: Arc::new(retries),
+            retry_group,
+        };
+        let task = tokio::spawn(read(intake.clone(), receiver, shutdown));
+        Ok((intake, task))
+    }
+
+    /// Routes `partner`'s delivery topic (and its retry topic when `parking`) to a new
+    /// lane from now on. A partner that joins again (its lane restarted) reads its
+    /// partitions again from their committed offsets.
+    pub fn join(
+        &self,
+        partner: &str,
+        parking: bool,
+        health: Option<Arc<crate::health::PartnerHealth>>,
+    ) -> LaneLink {
+        let (tx, inbox) = unbounded_channel();
+        let _ = self.commands.send(Command::Join {
+            partner: partner.to_string(),
+            parking,
+            health,
+            inbox: tx,
+        });
+        LaneLink {
+            inbox,
+            deliveries: Arc::clone(&self.deliveries),
+            retries: Arc::clone(&self.retries),
+            retry_group: self.retry_group.clone(),
+        }
+    }
+
+    /// Commits every offset the lanes stored (call once they have stopped); the
+    /// consumers leave the group when the last handle is dropped.
+    pub fn close(self) {
+        for consumer in [&self.deliveries, &self.retries] {
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(%error, "final lanes commit");
+            }
+        }
+        self.deliveries.unsubscribe();
+    }
+}
+
+/// The intake task: reads both consumers until `shutdown`, hands records and partition
+/// changes to the lanes, and follows partners joining.
+async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown: CancellationToken) {
+    let Intake {
+        deliveries,
+        retries,
+        ..
+    } = intake;
+    let changed = deliveries.context().changed();
+    let mut routes: HashMap<Arc<str>, Route> = HashMap::new();
+    // Topic → (partner, whether it is the retry topic).
+    let mut by_topic: HashMap<Arc<str>, (Arc<str>, bool)> = HashMap::new();
+    let mut delivery_stream = deliveries.stream();
+    let mut retry_stream = retries.stream();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(command) = commands.recv() => {
+                // Every join waiting, then one subscription for all of them (a start
+                // with a thousand partners subscribes once, not a thousand times).
+                let mut command = Some(command);
+                let mut topics_changed = false;
+                while let Some(Command::Join { partner, parking, health, inbox }) = command.take() {
+                    topics_changed |= join(&deliveries, &retries, &mut routes, &mut by_topic, partner, parking, health, inbox);
+                    command = commands.try_recv().ok();
+                }
+                if topics_changed {
+                    let mut topics: Vec<&str> = routes.values().map(|r| &*r.topics[0]).collect();
+                    topics.sort_unstable();
+                    if let Err(error) = deliveries.subscribe(&topics) {
+                        tracing::error!(%error, "subscribing to the delivery topics");
+                    } else {
+                        tracing::info!(partners = topics.len(), "lanes subscribed");
+                    }
+                }
+            }
+            _ = changed.notified() => follow(&deliveries, &retries, &mut routes, &by_topic),
+            message = delivery_stream.next() => {
+                // The poll that returned it may have served a rebalance first.
+                follow(&deliveries, &retries, &mut routes, &by_topic);
+                match message {
+                    Some(Ok(m)) => route(&m, &routes, &by_topic, false),
+                    Some(Err(error)) => tracing::warn!(%error, "consuming deliveries"),
+                    None => break,
+                }
+            }
+            message = retry_stream.next() => match message {
+                Some(Ok(m)) => route(&m, &routes, &by_topic, true),
+                Some(Err(error)) => tracing::warn!(%error, "consuming retry topics"),
+                None => break,
+            },
+        }
+    }
+    tracing::debug!("lanes intake stopped");
+}
+
+/// Hands a record to its partner's lane (a retry record only while its delivery
+/// partition is ours: one read before the revoke took effect is left to the new owner).
+fn route(
+    message: &BorrowedMessage<'_>,
+    routes: &HashMap<Arc<str>, Route>,
+    by_topic: &HashMap<Arc<str>, (Arc<str>, bool)>,
+    retry: bool,
+) {
+    let Some((partner, _)) = by_topic.get(message.topic()) else {
+        tracing::warn!(topic = message.topic(), "a record of a topic no lane reads");
+        return;
+    };
+    let Some(r) = routes.get(partner) else { return };
+    if retry && !r.assigned.contains(&message.partition()) {
+        return;
+    }
+    let _ = r.inbox.send(Input::Record(job_from(message, &r.topics, retry)));
+}
+
+/// Follows what the deliveries group's rebalances changed: tells each lane, and makes
+/// the retry reader read retry partition `p` exactly while delivery partition `p` is ours.
+fn follow(
+    deliveries: &LaneConsumer,
+    retries: &LaneConsumer,
+    routes: &mut HashMap<Arc<str>, Route>,
+    by_topic: &HashMap<Arc<str>, (Arc<str>, bool)>,
+) {
+    let changes = deliveries.context().take_changes();
+    if changes.is_empty() {
+        return;
+    }
+    let (mut gained, mut lost) = (TopicPartitionList::new(), TopicPartitionList::new());
+    for change in changes {
+        let (topic, partition, assigned) = match change {
+            GroupChange::Assigned(t, p) => (t, p, true),
+            GroupChange::Revoked(t, p) => (t, p, false),
+        };
+        let Some((partner, _)) = by_topic.get(topic.as_str()) else {
+            continue;
+        };
+        let Some(r) = routes.get_mut(partner) else { continue };
+        if assigned {
+            r.assigned.insert(partition);
+        } else {
+            r.assigned.remove(&partition);
+        }
+        let _ = r.inbox.send(Input::Change {
+            retry: false,
+            partition,
+            assigned,
+        });
+        if r.parking {
+            let list = if assigned { &mut gained } else { &mut lost };
+            let _ = list.add_partition_offset(&r.topics[1], partition, Offset::Stored);
+            let _ = r.inbox.send(Input::Change {
+                retry: true,
+                partition,
+                assigned,
+            });
+        }
+    }
+    if lost.count() > 0 {
+        // What the lanes stored for them, then stop reading them.
+        if let Err(error) = retries.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!(%error, "committing retry offsets on revoke");
+        }
+        if let Err(error) = retries.incremental_unassign(&lost) {
+            tracing::error!(%error, "retry reader: unassign");
+        }
+    }
+    if gained.count() > 0 {
+        if let Err(error) = retries.incremental_assign(&gained) {
+            tracing::error!(%error, "retry reader: assign");
+        }
+    }
+}
+
+/// A partner joins (or joins again after its lane restarted). Returns whether the
+/// subscription must change.
+#[allow(clippy::too_many_arguments)]
+fn join(
+    deliveries: &LaneConsumer,
+    retries: &LaneConsumer,
+    routes: &mut HashMap<Arc<str>, Route>,
+    by_topic: &mut HashMap<Arc<str>, (Arc<str>, bool)>,
+    partner: String,
+    parking: bool,
+    health: Option<Arc<crate::health::PartnerHealth>>,
+    inbox: UnboundedSender<Input>,
+) -> bool {
+    let partner: Arc<str> = partner.into();
+    let topics: [Arc<str>; 2] = [
+        delivery_topic(&partner).into(),
+        retry_topic(&partner).into(),
+    ];
+    deliveries.context().watch_lag(&topics[0], health);
+    by_topic.insert(Arc::clone(&topics[0]), (Arc::clone(&partner), false));
+    by_topic.insert(Arc::clone(&topics[1]), (Arc::clone(&partner), true));
+    let Some(old) = routes.get_mut(&partner) else {
+        routes.insert(
+            partner,
+            Route {
+                inbox,
+                parking,
+                topics,
+                assigned: BTreeSet::new(),
+            },
+        );
+        return true;
+    };
+    // A restarted lane: what its predecessor held is read again from the committed
+    // offsets, and it is told which partitions are its.
+    old.inbox = inbox;
+    for (retry, consumer) in [(false, deliveries), (true, retries)] {
+        if retry && !old.parking {
+            continue;
+        }
+        rewind(consumer, &old.topics[usize::from(retry)], &old.assigned);
+        for &partition in &old.assigned {
+            let _ = old.inbox.send(Input::Change {
+                retry,
+                partition,
+                assigned: true,
+            });
+        }
+    }
+    false
+}
+
+/// Moves the consumer's position in `partitions` of `topic` back to their committed
+/// offsets. Blocking (a lane restart is rare).
+fn rewind(consumer: &LaneConsumer, topic: &str, partitions: &BTreeSet<i32>) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        list.add_partition(topic, p);
+    }
+    let rewound = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .and_then(|mut committed| {
+            let never: Vec<i32> = committed
+                .elements_for_topic(topic)
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| e.partition())
+                .collect();
+            for p in never {
+                // Never committed: from the start, as a new member would.
+                let _ = committed.set_partition_offset(topic, p, Offset::Beginning);
+            }
+            consumer.seek_partitions(committed, Duration::from_secs(10))
+        });
+    if let Err(error) = rewound {
+        tracing::error!(%topic, %error, "rewinding a restarted lane's partitions");
+    }
+}
+
+/// `topics`: the partner's delivery and retry topic.
+fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2], retry: bool) -> Job {
+    let raw = |name: &str| {
+        message
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+    };
+    let text = |name: &str| raw(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    Job {
+        topic: Arc::clone(&topics[usize::from(retry)]),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().unwrap_or_default().to_vec(),
+        body: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        webhook_id: text(headers::WEBHOOK_ID).unwrap_or_default(),
+        subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
+        traceparent: text(headers::TRACEPARENT),
+        occurred_at_ms: raw(headers::OCCURRED_AT)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+        headers: message.headers().map(|h| h.detach()),
+        parked: retry.then(|| delivery::Parked::from_headers(text)),
+        follow: false,
+    }
+}
