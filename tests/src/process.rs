@@ -49,7 +49,11 @@ impl Drop for Running {
 /// `listening on http://ADDR` line; returns the process and `http://ADDR`.
 pub(crate) fn spawn_listening(args: &[String], log: &std::path::Path) -> (Running, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(binary("dispatcher"))
+    // BENCH_DISPATCHER_BIN: another build (an earlier version, measured the same way).
+    let program = std::env::var("BENCH_DISPATCHER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| binary("dispatcher"));
+    let mut child = Command::new(program)
         .args(args)
         // E2E_DISPATCHER_LOG (a RUST_LOG filter) to see more of a failing test's dispatcher.
         .env(

@@ -44,24 +44,25 @@ impl Topics {
         self.partitions.contains_key(topic)
     }
 
-    /// Partners that have a dead-letter topic.
+    /// Partners that have a delivery topic (a dead-letter topic is made on a partner's
+    /// first dead letter: a partner without one has none).
     pub(super) fn partners(&self) -> Vec<String> {
         self.partitions
             .keys()
-            .filter_map(|t| t.strip_prefix("dlq."))
+            .filter_map(|t| t.strip_prefix("deliveries."))
             .map(str::to_string)
             .collect()
     }
 
-    /// `partner` when it has a dead-letter topic; else an error naming the known ones.
+    /// `partner` when it has a delivery topic; else an error naming the known ones.
     pub(super) fn partner(&self, partner: &str) -> Result<String, Invalid> {
-        if self.exists(&dead_letter_topic(partner)) {
+        if self.exists(&delivery_topic(partner)) {
             return Ok(partner.to_string());
         }
         let known = self.partners();
         Err(Invalid(format!(
-            "unknown partner `{partner}`: there is no dead-letter topic `{}` (partners with one: {}); nothing sent",
-            dead_letter_topic(partner),
+            "unknown partner `{partner}`: there is no delivery topic `{}` (known partners: {}); nothing sent",
+            delivery_topic(partner),
             if known.is_empty() {
                 "none".to_string()
             } else {

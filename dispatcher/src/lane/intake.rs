@@ -10,10 +10,14 @@
 //!   does. Its offsets are committed to `<prefix>.retry.offsets`, a group nobody joins.
 //!
 //! One task reads both and hands each record, and each partition gained or lost, to its
-//! partner's lane in the order they happened. Lanes store offsets and pause or resume
-//! their own partitions on the shared consumers; the last commit is [`Intake::close`].
+//! partner's lane. Changes and records travel on two channels, so a full lane can stop
+//! taking records and still follow its partitions: each assignment of a partition has an
+//! epoch, carried by its change and its records, and a lane drops a record of an epoch
+//! that is over (its partition was revoked since). Lanes store offsets and pause or
+//! resume their own partitions on the shared consumers; the last commit is
+//! [`Intake::close`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,27 +43,32 @@ pub fn retry_offsets_group(prefix: &str) -> String {
     format!("{prefix}.retry.offsets")
 }
 
-/// What the intake hands a lane, in the order it happened.
+/// A partition of the delivery topic (`retry: false`) or of the retry topic became the
+/// lane's (`assigned`, from `epoch` on) or stopped being its.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub retry: bool,
+    pub partition: i32,
+    pub assigned: bool,
+    pub epoch: u64,
+}
+
+/// A record, with the epoch of its partition's assignment it was read in.
 #[derive(Debug)]
-pub enum Input {
-    Record(Job),
-    /// A partition of the delivery topic (`retry: false`) or of the retry topic became
-    /// ours (`assigned`) or stopped being ours.
-    Change {
-        retry: bool,
-        partition: i32,
-        assigned: bool,
-    },
+pub struct Record {
+    pub job: Job,
+    pub epoch: u64,
 }
 
 /// What a lane gets from the intake: its inputs, and the consumers its offsets are
 /// stored on and its partitions paused on.
 pub struct LaneLink {
-    pub inbox: UnboundedReceiver<Input>,
+    pub changes: UnboundedReceiver<Change>,
+    pub records: UnboundedReceiver<Record>,
     pub deliveries: Arc<LaneConsumer>,
     pub retries: Arc<LaneConsumer>,
-    /// The retry-offsets group (where a read-back starts).
-    pub retry_group: String,
+    /// Where the lane's read-backs of parked keys are done.
+    pub read_backs: super::read_back::ReadBackPool,
 }
 
 enum Command {
@@ -67,8 +76,14 @@ enum Command {
         partner: String,
         parking: bool,
         health: Option<Arc<crate::health::PartnerHealth>>,
-        inbox: UnboundedSender<Input>,
+        inbox: Inbox,
     },
+}
+
+/// Where the intake sends a lane's changes and records.
+struct Inbox {
+    changes: UnboundedSender<Change>,
+    records: UnboundedSender<Record>,
 }
 
 /// The handle of the intake task.
@@ -78,6 +93,7 @@ pub struct Intake {
     deliveries: Arc<LaneConsumer>,
     retries: Arc<LaneConsumer>,
     retry_group: String,
+    read_backs: super::read_back::ReadBackPool,
 }
 
 impl std::fmt::Debug for LaneLink {
@@ -96,12 +112,24 @@ impl std::fmt::Debug for Intake {
 
 /// A partner as the intake routes it.
 struct Route {
-    inbox: UnboundedSender<Input>,
+    inbox: Inbox,
     parking: bool,
     /// The delivery and retry topic, shared by the partner's jobs.
     topics: [Arc<str>; 2],
-    /// Delivery partitions that are ours (retry partitions follow them).
-    assigned: BTreeSet<i32>,
+    /// Delivery partitions that are ours (retry partitions follow them), with the epoch
+    /// of their assignment.
+    assigned: BTreeMap<i32, u64>,
+}
+
+impl Route {
+    fn change(&self, retry: bool, partition: i32, assigned: bool, epoch: u64) {
+        let _ = self.inbox.changes.send(Change {
+            retry,
+            partition,
+            assigned,
+            epoch,
+        });
+    }
 }
 
 impl Intake {
@@ -128,11 +156,17 @@ impl Intake {
             .consumer(&retry_group)
             .create_with_context(GroupContext::new("lanes (retry topics)", ""))?;
         let (commands, receiver) = unbounded_channel();
+        let read_backs = super::read_back::ReadBackPool::start(
+            settings.clone(),
+            retry_group.clone(),
+            shutdown.clone(),
+        );
         let intake = Self {
             commands,
             deliveries: Arc::new(deliveries),
             retries: Arc::new(retries),
             retry_group,
+            read_backs,
         };
         let task = tokio::spawn(read(intake.clone(), receiver, shutdown));
         Ok((intake, task))
@@ -147,18 +181,23 @@ impl Intake {
         parking: bool,
         health: Option<Arc<crate::health::PartnerHealth>>,
     ) -> LaneLink {
-        let (tx, inbox) = unbounded_channel();
+        let (changes_tx, changes) = unbounded_channel();
+        let (records_tx, records) = unbounded_channel();
         let _ = self.commands.send(Command::Join {
             partner: partner.to_string(),
             parking,
             health,
-            inbox: tx,
+            inbox: Inbox {
+                changes: changes_tx,
+                records: records_tx,
+            },
         });
         LaneLink {
-            inbox,
+            changes,
+            records,
             deliveries: Arc::clone(&self.deliveries),
             retries: Arc::clone(&self.retries),
-            retry_group: self.retry_group.clone(),
+            read_backs: self.read_backs.clone(),
         }
     }
 
@@ -186,6 +225,7 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
     let mut routes: HashMap<Arc<str>, Route> = HashMap::new();
     // Topic → (partner, whether it is the retry topic).
     let mut by_topic: HashMap<Arc<str>, (Arc<str>, bool)> = HashMap::new();
+    let mut epochs = 0u64;
     let mut delivery_stream = deliveries.stream();
     let mut retry_stream = retries.stream();
     loop {
@@ -211,10 +251,10 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
                     }
                 }
             }
-            _ = changed.notified() => follow(&deliveries, &retries, &mut routes, &by_topic),
+            _ = changed.notified() => follow(&deliveries, &retries, &mut routes, &by_topic, &mut epochs),
             message = delivery_stream.next() => {
                 // The poll that returned it may have served a rebalance first.
-                follow(&deliveries, &retries, &mut routes, &by_topic);
+                follow(&deliveries, &retries, &mut routes, &by_topic, &mut epochs);
                 match message {
                     Some(Ok(m)) => route(&m, &routes, &by_topic, false),
                     Some(Err(error)) => tracing::warn!(%error, "consuming deliveries"),
@@ -244,10 +284,11 @@ fn route(
         return;
     };
     let Some(r) = routes.get(partner) else { return };
-    if retry && !r.assigned.contains(&message.partition()) {
+    let Some(&epoch) = r.assigned.get(&message.partition()) else {
         return;
-    }
-    let _ = r.inbox.send(Input::Record(job_from(message, &r.topics, retry)));
+    };
+    let job = job_from(message, &r.topics, retry);
+    let _ = r.inbox.records.send(Record { job, epoch });
 }
 
 /// Follows what the deliveries group's rebalances changed: tells each lane, and makes
@@ -257,6 +298,7 @@ fn follow(
     retries: &LaneConsumer,
     routes: &mut HashMap<Arc<str>, Route>,
     by_topic: &HashMap<Arc<str>, (Arc<str>, bool)>,
+    epochs: &mut u64,
 ) {
     let changes = deliveries.context().take_changes();
     if changes.is_empty() {
@@ -272,24 +314,18 @@ fn follow(
             continue;
         };
         let Some(r) = routes.get_mut(partner) else { continue };
-        if assigned {
-            r.assigned.insert(partition);
+        let epoch = if assigned {
+            *epochs += 1;
+            r.assigned.insert(partition, *epochs);
+            *epochs
         } else {
-            r.assigned.remove(&partition);
-        }
-        let _ = r.inbox.send(Input::Change {
-            retry: false,
-            partition,
-            assigned,
-        });
+            r.assigned.remove(&partition).unwrap_or_default()
+        };
+        r.change(false, partition, assigned, epoch);
         if r.parking {
             let list = if assigned { &mut gained } else { &mut lost };
             let _ = list.add_partition_offset(&r.topics[1], partition, Offset::Stored);
-            let _ = r.inbox.send(Input::Change {
-                retry: true,
-                partition,
-                assigned,
-            });
+            r.change(true, partition, assigned, epoch);
         }
     }
     if lost.count() > 0 {
@@ -319,7 +355,7 @@ fn join(
     partner: String,
     parking: bool,
     health: Option<Arc<crate::health::PartnerHealth>>,
-    inbox: UnboundedSender<Input>,
+    inbox: Inbox,
 ) -> bool {
     let partner: Arc<str> = partner.into();
     let topics: [Arc<str>; 2] = [
@@ -336,7 +372,7 @@ fn join(
                 inbox,
                 parking,
                 topics,
-                assigned: BTreeSet::new(),
+                assigned: BTreeMap::new(),
             },
         );
         return true;
@@ -348,13 +384,9 @@ fn join(
         if retry && !old.parking {
             continue;
         }
-        rewind(consumer, &old.topics[usize::from(retry)], &old.assigned);
-        for &partition in &old.assigned {
-            let _ = old.inbox.send(Input::Change {
-                retry,
-                partition,
-                assigned: true,
-            });
+        rewind(consumer, &old.topics[usize::from(retry)], old.assigned.keys());
+        for (&partition, &epoch) in &old.assigned {
+            old.change(retry, partition, true, epoch);
         }
     }
     false
@@ -362,13 +394,13 @@ fn join(
 
 /// Moves the consumer's position in `partitions` of `topic` back to their committed
 /// offsets. Blocking (a lane restart is rare).
-fn rewind(consumer: &LaneConsumer, topic: &str, partitions: &BTreeSet<i32>) {
-    if partitions.is_empty() {
-        return;
-    }
+fn rewind<'a>(consumer: &LaneConsumer, topic: &str, partitions: impl Iterator<Item = &'a i32>) {
     let mut list = TopicPartitionList::new();
     for &p in partitions {
         list.add_partition(topic, p);
+    }
+    if list.count() == 0 {
+        return;
     }
     let rewound = consumer
         .committed_offsets(list, Duration::from_secs(10))

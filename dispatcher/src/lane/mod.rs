@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
@@ -39,7 +39,7 @@ mod supervisor;
 mod throttle;
 pub mod upgrade;
 
-pub use intake::{Input, Intake, LaneLink};
+pub use intake::{Change, Intake, LaneLink, Record};
 pub use supervisor::supervise;
 pub use throttle::GlobalCap;
 
@@ -83,9 +83,43 @@ const BATCH: usize = 64;
 /// partner's concurrency limit is higher).
 const MIN_STARTING: usize = 16;
 
+/// Follows one partition change of the intake: the lane's partitions and their epochs,
+/// a new partition paused when its topic is, and the lane's state ([`Rebalances`]).
+#[allow(clippy::too_many_arguments)]
+fn follow_change(
+    change: Change,
+    assigned: &mut [BTreeSet<i32>; 2],
+    epochs: &mut HashMap<(bool, i32), u64>,
+    throttle: &Throttle,
+    consumers: [&intake::LaneConsumer; 2],
+    topics: [&str; 2],
+    rebalances: &Rebalances,
+    state: &mut LaneState,
+) {
+    let Change {
+        retry,
+        partition,
+        assigned: gained,
+        epoch,
+    } = change;
+    let k = usize::from(retry);
+    let topic = topics[k].to_string();
+    let change = if gained {
+        assigned[k].insert(partition);
+        epochs.insert((retry, partition), epoch);
+        throttle.assigned(consumers[k], &topic, retry, partition);
+        GroupChange::Assigned(topic, partition)
+    } else {
+        assigned[k].remove(&partition);
+        epochs.remove(&(retry, partition));
+        GroupChange::Revoked(topic, partition)
+    };
+    rebalances.follow(state, vec![change]);
+}
+
 /// Runs one partner's lane alone until `shutdown`, with an intake of its own in group
-/// `<group_prefix>` (benchmarks and tests of one lane; `dispatcher run` shares one
-/// intake between its lanes, [`supervise`]).
+/// `<group_prefix>.<partner>` (benchmarks and tests of one lane; `dispatcher run`
+/// shares one intake between its lanes, [`supervise`]).
 pub async fn run(
     partner: String,
     settings: KafkaSettings,
@@ -94,12 +128,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (intake, task) = Intake::start(
         &settings,
-        &config.group_prefix,
+        &format!("{}.{partner}", config.group_prefix),
         &config.groups,
         ctx.shutdown.clone(),
     )?;
     let link = intake.join(&partner, ctx.park_after.is_some(), Some(Arc::clone(&ctx.health)));
-    let result = run_linked(partner, link, settings, config, ctx).await;
+    let result = run_linked(partner, link, config, ctx).await;
     let _ = task.await;
     intake.close();
     result
@@ -112,15 +146,15 @@ pub async fn run(
 pub async fn run_linked(
     partner: String,
     link: LaneLink,
-    settings: KafkaSettings,
     config: LaneConfig,
     ctx: JobContext,
 ) -> anyhow::Result<()> {
     let LaneLink {
-        mut inbox,
+        mut changes,
+        mut records,
         deliveries,
         retries,
-        retry_group,
+        read_backs,
     } = link;
     let topic = delivery_topic(&partner);
     let retry_topic = crate::subscriptions::retry_topic(&partner);
@@ -139,11 +173,9 @@ pub async fn run_linked(
         topic: topic.clone(),
         retry_topic: retry_topic.clone(),
         read_backs: parking.then(|| ReadBacks {
-            settings: settings.clone(),
-            group: retry_group,
+            pool: read_backs,
             retry_topic: retry_topic.clone(),
             answers: rebuilt_tx,
-            stop: shutdown.clone(),
         }),
     };
     let mut sample = tokio::time::interval(Duration::from_secs(1));
@@ -156,6 +188,13 @@ pub async fn run_linked(
     // the delivery topic.
     let mut throttle = Throttle::new(config.max_buffered, config.global.clone());
     let mut assigned: [BTreeSet<i32>; 2] = Default::default();
+    // The epoch of each partition's current assignment: a record of an earlier one (its
+    // partition was revoked since) is dropped.
+    let mut epochs: HashMap<(bool, i32), u64> = HashMap::new();
+    // Whether the lane takes records: not from `max_buffered` unfinished (of either
+    // topic) until a quarter of them finished; they wait in the channel meanwhile (no
+    // more than what was fetched before the pause).
+    let mut taking = true;
     let consumers = [&*deliveries, &*retries];
     let topics = [topic.as_str(), retry_topic.as_str()];
     let starting = delivery::Starting::default();
@@ -170,13 +209,14 @@ pub async fn run_linked(
             };
             running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
         }
-        throttle.update(
-            consumers,
-            topics,
-            &assigned,
-            [state.pending(false), state.pending(true)],
-            &lm.paused,
-        );
+        let pending = [state.pending(false), state.pending(true)];
+        throttle.update(consumers, topics, &assigned, pending, &lm.paused);
+        let most = pending[0].max(pending[1]);
+        if most >= config.max_buffered {
+            taking = false;
+        } else if most <= config.max_buffered - (config.max_buffered / 4).max(1) {
+            taking = true;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -222,42 +262,41 @@ pub async fn run_linked(
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
-            // Records and partition changes, in the order the intake saw them.
-            input = inbox.recv() => {
-                let mut input = Some(input);
+            Some(change) = changes.recv() => {
+                follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
+            }
+            // Records, in the order the intake read them, while there is room.
+            record = records.recv(), if taking => {
+                let mut record = Some(record);
                 let mut handled = 0;
-                while let Some(i) = input.take() {
-                    match i {
-                        None => break 'lane,
-                        Some(Input::Record(job)) => {
-                            if let Some(start) = state.take(job) {
-                                state.ready.push_back(start);
-                            }
+                while let Some(r) = record.take() {
+                    let Some(Record { job, epoch }) = r else { break 'lane };
+                    let key = (job.parked.is_some(), job.partition);
+                    if epochs.get(&key).is_some_and(|e| *e < epoch) || !epochs.contains_key(&key) {
+                        // Its assignment's change is on its way: it was sent first.
+                        while let Ok(change) = changes.try_recv() {
+                            follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
                         }
-                        Some(Input::Change { retry, partition, assigned: gained }) => {
-                            let t = topics[usize::from(retry)].to_string();
-                            let change = if gained {
-                                assigned[usize::from(retry)].insert(partition);
-                                throttle.assigned(consumers[usize::from(retry)], &t, retry, partition);
-                                GroupChange::Assigned(t, partition)
-                            } else {
-                                assigned[usize::from(retry)].remove(&partition);
-                                GroupChange::Revoked(t, partition)
-                            };
-                            rebalances.follow(&mut state, vec![change]);
+                    }
+                    if epochs.get(&key) == Some(&epoch) {
+                        if let Some(start) = state.take(job) {
+                            state.ready.push_back(start);
                         }
                     }
                     handled += 1;
-                    if handled > BATCH {
+                    if handled > BATCH
+                        || state.pending(false) >= config.max_buffered
+                        || state.pending(true) >= config.max_buffered
+                    {
                         break;
                     }
-                    input = inbox.recv().now_or_never();
+                    record = records.recv().now_or_never();
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
         }
     }
-    drop(inbox);
+    drop((changes, records));
     // Drain what was taken in (started at once), until the deadline; then jobs give up
     // and end.
     for job in std::mem::take(&mut state.ready) {

@@ -160,8 +160,8 @@ pub async fn supervise(
                 )),
                 shutdown: shutdown.clone(),
             };
-            let (name, lane_settings, lane_config, lane_intake) =
-                (partner.clone(), settings.clone(), config.clone(), intake.clone());
+            let (name, lane_config, lane_intake) =
+                (partner.clone(), config.clone(), intake.clone());
             let restarts =
                 metrics::counter!(crate::metrics::LANE_RESTARTS, "partner" => partner.clone());
             let (who, health) = (partner.clone(), Arc::clone(&ctx.health));
@@ -177,7 +177,6 @@ pub async fn supervise(
                     run_linked(
                         name.clone(),
                         link,
-                        lane_settings.clone(),
                         lane_config.clone(),
                         ctx.clone(),
                     )

@@ -1,12 +1,9 @@
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::kafka::KafkaSettings;
-use crate::lane::read_back::ReadBacks;
+use crate::lane::read_back::{ReadBackPool, ReadBacks};
 
 const DELIVERIES: &str = "deliveries.p";
 const RETRIES: &str = "retries.p";
@@ -18,17 +15,9 @@ fn lane() -> Rebalances {
         topic: DELIVERIES.into(),
         retry_topic: RETRIES.into(),
         read_backs: Some(ReadBacks {
-            settings: KafkaSettings {
-                brokers: "127.0.0.1:9".into(),
-                session_timeout: Duration::from_secs(6),
-                max_poll_interval: Duration::from_secs(300),
-                options: Vec::new(),
-                replication: None,
-            },
-            group: "g".into(),
+            pool: ReadBackPool::unstarted(),
             retry_topic: RETRIES.into(),
             answers,
-            stop: CancellationToken::new(),
         }),
     }
 }

@@ -69,7 +69,8 @@ impl Dlq {
     }
 }
 
-/// Sum of the end offsets of `topic` (how many records were ever written to it).
+/// Sum of the end offsets of `topic` (how many records were ever written to it; 0 while
+/// it does not exist: a dead-letter topic is made on the first dead letter).
 fn end_offsets(topic: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -79,11 +80,9 @@ fn end_offsets(topic: &str) -> i64 {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .expect("metadata");
-    let t = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .unwrap_or_else(|| panic!("no topic {topic}"));
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return 0;
+    };
     t.partitions()
         .iter()
         .map(|p| {
