@@ -1,20 +1,20 @@
 //! Thousands of partners on one dispatcher (#14), as a new user would try it: N partners
 //! each with a receiver answering 204 at once and one subscription, BENCH_EVENTS events
-//! published (each goes to every partner), then one `dispatcher run` with default
-//! settings. Prints, per N:
+//! published per partner (an order event goes to its own partner's subscriptions), then
+//! one `dispatcher run` with default settings. Prints, per N:
 //!
 //! - seconds from `dispatcher run` until every partner received every event;
 //! - the dispatcher's threads and RSS then;
 //! - idle CPU of the dispatcher and of the broker over 10 s (nothing published);
-//! - while events flow at BENCH_GAP_RATE per second (to every partner), one new partner
-//!   is added: seconds until it gets its first event, and the longest gap between two
-//!   deliveries to any of the other partners, beside the same figure over the same time
-//!   just before (the gap the rate itself makes).
+//! - while events flow to 10 of the partners, BENCH_GAP_RATE per second each, one new
+//!   partner is added: seconds until it gets its first event, and the longest gap
+//!   between two deliveries to any of those 10, beside the same figure over the same
+//!   time just before (the gap the rate itself makes).
 //!
 //!   scripts/bench-partners.sh           (starts the registry, runs this, stops it)
 //!
 //! BENCH_PARTNERS (comma-separated, default `100,1000`), BENCH_EVENTS (10),
-//! BENCH_GAP_RATE (2), BENCH_TIMEOUT_SECS (600), BENCH_STORAGE (`sqlite`, the default
+//! BENCH_GAP_RATE (5), BENCH_TIMEOUT_SECS (600), BENCH_STORAGE (`sqlite`, the default
 //! stack, or `memory`), BENCH_DISPATCHER_BIN (another `dispatcher` binary, to measure an
 //! earlier version in the same way), BENCH_KAFKA_OPTIONS.
 
@@ -94,13 +94,17 @@ async fn run(
     );
     let publisher = world.publisher().await;
     let mut pending = Vec::new();
-    for i in 0..events {
-        let event = OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), "any", 1);
-        pending.push(publisher.enqueue(&event, None).await.expect("enqueue"));
+    for (partner, _) in &partners {
+        for i in 0..events {
+            let event =
+                OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), partner, 1);
+            pending.push(publisher.enqueue(&event, None).await.expect("enqueue"));
+        }
     }
     for p in pending {
         p.wait().await.expect("published");
     }
+    eprintln!("  {} events published", events * n);
 
     let started = Instant::now();
     let (dispatcher, _) = world.start_dispatcher();
@@ -132,19 +136,27 @@ async fn run(
     let idle_cpu = (cpu_seconds(pid) - d0) / secs;
     let broker_idle_cpu = (cpu_seconds(broker.pid()) - b0) / secs;
 
-    // A steady flow to every partner; one partner added in the middle.
+    // A steady flow to 10 partners; one partner added in the middle.
+    let watched: Vec<String> = partners.iter().take(10).map(|(p, _)| p.clone()).collect();
     let flow = {
         let publisher = world.publisher().await;
+        let watched = watched.clone();
         tokio::spawn(async move {
             let mut i = 0;
             let start = Instant::now();
             loop {
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
-                let event =
-                    OrderEvent::sample(EventType::OrderCreated, &format!("g-{i}"), "any", 1);
-                let pending = publisher.enqueue(&event, None).await.expect("enqueue");
-                tokio::spawn(async move { pending.wait().await });
+                for partner in &watched {
+                    let event = OrderEvent::sample(
+                        EventType::OrderCreated,
+                        &format!("g-{i}"),
+                        partner,
+                        1,
+                    );
+                    let pending = publisher.enqueue(&event, None).await.expect("enqueue");
+                    tokio::spawn(async move { pending.wait().await });
+                }
                 i += 1;
             }
         })
@@ -153,16 +165,28 @@ async fn run(
     tokio::time::sleep(window).await;
     let added_at = Instant::now();
     let new = world.partners("new", 1).await;
-    let (_, new_receiver) = &new[0];
+    let (new_partner, new_receiver) = &new[0];
+    // Its events, once a second, until it has one.
+    let publisher = world.publisher().await;
+    let mut next = Instant::now();
     while new_receiver.unique() == 0 && added_at.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if Instant::now() >= next {
+            let event = OrderEvent::sample(EventType::OrderCreated, "n", new_partner, 1);
+            publisher.publish(&event).await.expect("publish");
+            next += Duration::from_secs(1);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let new_partner_secs =
         (new_receiver.unique() > 0).then(|| added_at.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ended = Instant::now();
     flow.abort();
-    let arrivals: Vec<Vec<Instant>> = partners.iter().map(|(_, r)| r.arrivals()).collect();
+    let arrivals: Vec<Vec<Instant>> = partners
+        .iter()
+        .filter(|(p, _)| watched.contains(p))
+        .map(|(_, r)| r.arrivals())
+        .collect();
     let gap = longest_gap(&arrivals, added_at, ended);
     let gap_before = longest_gap(&arrivals, added_at - (ended - added_at), added_at);
     let _ = Command::new("kill")
@@ -185,7 +209,7 @@ async fn run(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let events = env_or("BENCH_EVENTS", 10);
-    let rate = env_or("BENCH_GAP_RATE", 2) as f64;
+    let rate = env_or("BENCH_GAP_RATE", 5) as f64;
     let timeout = Duration::from_secs(env_or("BENCH_TIMEOUT_SECS", 600) as u64);
     let counts = std::env::var("BENCH_PARTNERS").unwrap_or_else(|_| "100,1000".into());
     let storage = match std::env::var("BENCH_STORAGE").as_deref() {
@@ -195,7 +219,7 @@ async fn main() {
     };
     let binary = std::env::var("BENCH_DISPATCHER_BIN").unwrap_or_else(|_| "this build".into());
     println!(
-        "partners: {events} events to every partner, one `dispatcher run` ({binary}), broker storage {storage:?}, flow while adding a partner {rate}/s"
+        "partners: {events} events to every partner, one `dispatcher run` ({binary}), broker storage {storage:?}, flow while adding a partner {rate}/s to each of 10 partners"
     );
     println!("| partners | every partner served | threads | RSS | idle CPU dispatcher | idle CPU broker | new partner's first event | longest gap, others (before) |");
     println!("|---|---|---|---|---|---|---|---|");

@@ -210,7 +210,7 @@ pub async fn run_linked(
             running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
         }
         let pending = [state.pending(false), state.pending(true)];
-        throttle.update(consumers, topics, &assigned, pending, &lm.paused);
+        throttle.update(consumers, topics, &assigned, pending, records.len(), &lm.paused);
         let most = pending[0].max(pending[1]);
         if most >= config.max_buffered {
             taking = false;

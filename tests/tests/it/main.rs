@@ -22,3 +22,4 @@ mod ingest;
 mod parked;
 mod publish_cli;
 mod publish_library;
+mod upgrade;
