@@ -1,11 +1,13 @@
-//! Partner isolation: partner B's throughput and p99 delivery latency alone, and while
-//! partner A is down, answers in 2 s, or returns 503 to everything (targets: B keeps
-//! >= 0.9 of its solo throughput, p99 within 2x of its solo figure).
+//! Partner isolation: partner B's throughput and p99 delivery latency alone, and among
+//! BENCH_PARTNERS (100) partners of which BENCH_BAD (10) are down, answer in 2 s, or
+//! return 503 to everything (targets: B keeps >= 0.9 of its solo throughput, p99 within
+//! 2x of its solo figure). The others are subscribed and idle.
 //!
 //!   cargo bench -p dispatcher --bench isolation      # BENCH_MODES=down,slow,503
 //!
-//! Both partners' lanes run in this process over librdkafka's mock cluster, sharing the
-//! runtime, as in `dispatcher run`; each scenario runs in a process of its own. A has a backlog of 20,000
+//! Every lane runs in this process over librdkafka's mock cluster, sharing the runtime
+//! and one intake (two Kafka consumers), as in `dispatcher run`; each scenario runs in a
+//! process of its own. Each bad partner has a backlog of BENCH_BAD_BACKLOG (2,000)
 //! records throughout. For each scenario:
 //! - throughput: B drains a backlog of BENCH_RECORDS (80,000; about 2 s of work, so start-up noise weighs less) records;
 //! - latency: B's records are produced at BENCH_RATE (1,000/s) for BENCH_SECS (8 s),
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
-use dispatcher::lane::{self, LaneConfig};
+use dispatcher::lane::{self, Intake, LaneConfig};
 use dispatcher::subscriptions::RetryPolicy;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -136,11 +138,26 @@ fn p99(mut v: Vec<u128>) -> f64 {
     v[(v.len() * 99 / 100).min(v.len() - 1)] as f64 / 1000.0
 }
 
-/// B's throughput (records/s) and p99 delivery latency (ms) with A in `mode`.
+/// B's throughput (records/s) and p99 delivery latency (ms) with the bad partners in
+/// `mode` (none with `Mode::Alone`).
 async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
+    let (crowd, bad) = match mode {
+        Mode::Alone => (0, 0),
+        _ => {
+            let partners = env_or("BENCH_PARTNERS", 100);
+            let bad = env_or("BENCH_BAD", 10).min(partners.saturating_sub(1));
+            (partners - 1 - bad, bad)
+        }
+    };
+    let backlog = env_or("BENCH_BAD_BACKLOG", 2_000);
     let cluster = MockCluster::new(1).expect("mock");
-    for t in ["deliveries.a", "dlq.a", "deliveries.b", "dlq.b"] {
-        cluster.create_topic(t, 6, 1).expect("topic");
+    cluster.create_topic("deliveries.b", 6, 1).expect("topic");
+    let bad_names: Vec<String> = (0..bad).map(|i| format!("a{i}")).collect();
+    let crowd_names: Vec<String> = (0..crowd).map(|i| format!("h{i}")).collect();
+    for p in bad_names.iter().chain(&crowd_names) {
+        cluster
+            .create_topic(&format!("deliveries.{p}"), 2, 1)
+            .expect("topic");
     }
     let brokers = cluster.bootstrap_servers();
     let producer: FutureProducer = ClientConfig::new()
@@ -148,13 +165,13 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         .set("linger.ms", "1")
         .create()
         .expect("producer");
-    // A's backlog, for the whole run.
-    if mode != Mode::Alone {
-        let pending = (0..20_000)
-            .map(|i| enqueue(&producer, "deliveries.a", "a", i))
-            .collect();
-        settle(pending).await;
+    // The bad partners' backlogs, for the whole run.
+    let mut pending = Vec::new();
+    for p in &bad_names {
+        let topic = format!("deliveries.{p}");
+        pending.extend((0..backlog).map(|i| enqueue(&producer, &topic, p, i)));
     }
+    settle(pending).await;
     let url_a = match mode {
         Mode::Down | Mode::Alone => {
             let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -179,6 +196,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
             .await
         }
     };
+    let url_idle = receiver(StatusCode::NO_CONTENT, Duration::ZERO, Seen::default()).await;
     let seen = Seen::default();
     let url_b = receiver(StatusCode::NO_CONTENT, Duration::ZERO, seen.clone()).await;
     let retry = RetryPolicy {
@@ -197,28 +215,36 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         park_after: None,
         groups: Default::default(),
     };
-    let mut lanes = Vec::new();
-    let mut stops = Vec::new();
-    if mode != Mode::Alone {
-        let mut a = common::lane("a", brokers.clone(), url_a, 64, retry.clone());
-        a.settings.options.push(fast_fetch());
-        stops.push(a.shutdown.clone());
-        lanes.push(tokio::spawn(lane::run(
-            "a".into(),
-            a.settings,
-            config.clone(),
-            a.ctx,
-        )));
-    }
-    let mut b = common::lane("b", brokers.clone(), url_b, 64, retry);
+    // One intake and one producer for every lane, as `dispatcher run` has.
+    let mut b = common::lane("b", brokers.clone(), url_b, 64, retry.clone());
     b.settings.options.push(fast_fetch());
-    stops.push(b.shutdown.clone());
-    lanes.push(tokio::spawn(lane::run(
-        "b".into(),
-        b.settings,
-        config.clone(),
-        b.ctx,
-    )));
+    let shutdown = b.shutdown.clone();
+    let (intake, intake_task) =
+        Intake::start(&b.settings, "isolation", &config.groups, shutdown.clone()).expect("intake");
+    let mut lanes = Vec::new();
+    let mut start_lane = |name: &str, mut l: common::Lane| {
+        l.ctx.producer = b.ctx.producer.clone();
+        l.ctx.shutdown = shutdown.clone();
+        let link = intake.join(name, false, None);
+        lanes.push(tokio::spawn(lane::run_linked(
+            name.into(),
+            link,
+            config.clone(),
+            l.ctx,
+        )));
+    };
+    for p in &bad_names {
+        start_lane(p, common::lane(p, brokers.clone(), url_a.clone(), 64, retry.clone()));
+    }
+    for p in &crowd_names {
+        start_lane(p, common::lane(p, brokers.clone(), url_idle.clone(), 64, retry.clone()));
+    }
+    let b_ctx = common::Lane {
+        settings: b.settings.clone(),
+        ctx: b.ctx.clone(),
+        shutdown: shutdown.clone(),
+    };
+    start_lane("b", b_ctx);
     let count = || seen.latencies_us.lock().map_or(0, |l| l.len());
 
     // Latency at a fixed rate first (the lanes join their groups meanwhile: the first
@@ -264,12 +290,12 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let throughput = (count() - before.min(count())) as f64 / start.elapsed().as_secs_f64();
-    for s in stops {
-        s.cancel();
-    }
+    shutdown.cancel();
     for l in lanes {
         let _ = l.await;
     }
+    let _ = intake_task.await;
+    intake.close();
     (throughput, latency)
 }
 
@@ -310,7 +336,11 @@ fn main() {
         println!("RESULT {tp} {p}");
         return;
     }
-    println!("partner B next to partner A (B: backlog {n}; latency at {rate}/s for {secs} s)");
+    println!(
+        "partner B among {} partners, {} of them bad (B: backlog {n}; latency at {rate}/s for {secs} s)",
+        env_or("BENCH_PARTNERS", 100),
+        env_or("BENCH_BAD", 10)
+    );
     let (solo_tp, solo_p99) = run_child("alone");
     println!(
         "  {:<28} {solo_tp:>8.0} records/s  p99 {solo_p99:>7.1} ms",
@@ -319,9 +349,9 @@ fn main() {
     // BENCH_MODES=down,slow,503 picks scenarios (default: all).
     let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "down,slow,503".into());
     for (key, name) in [
-        ("down", "A down (connection refused)"),
-        ("slow", "A answering in 2 s"),
-        ("503", "A answering 503"),
+        ("down", "bad ones down (refused)"),
+        ("slow", "bad ones answering in 2 s"),
+        ("503", "bad ones answering 503"),
     ] {
         if !modes.split(',').any(|m| m == key) {
             continue;

@@ -246,11 +246,17 @@ impl App {
             park_after: config.park_after,
             groups,
         };
+        // One producer for the router's records and the lanes' parked and dead-letter
+        // records: each librdkafka producer costs threads, and rdkafka's polling thread
+        // spins through the last millisecond of each 100 ms poll (about 1 % of a core
+        // idle, per producer).
+        let producer: rdkafka::producer::FutureProducer = kafka.producer().create()?;
         let router = tokio::spawn(crate::router::run(
             kafka.clone(),
             router_config,
             table.clone(),
             codec,
+            producer.clone(),
             shutdown.clone(),
         ));
         let lanes = tokio::spawn(crate::lane::supervise(
@@ -258,6 +264,7 @@ impl App {
             lane_config,
             table,
             client,
+            producer,
             on_gone,
             watched,
             shutdown.clone(),

@@ -36,6 +36,10 @@ use crate::subscriptions::{delivery_topic, retry_topic};
 /// A consumer shared by every lane of the instance.
 pub type LaneConsumer = StreamConsumer<GroupContext>;
 
+/// How long the intake waits after a partner joins before it subscribes, for the others
+/// joining with it.
+const SUBSCRIBE_AFTER: Duration = Duration::from_millis(100);
+
 /// The group that holds the retry topics' offsets: nobody joins it (the retry reader
 /// commits as a group-less consumer), and no partner's legacy group `<prefix>.<partner>`
 /// can have its name (partner ids have no `.`).
@@ -226,6 +230,10 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
     // Topic → (partner, whether it is the retry topic).
     let mut by_topic: HashMap<Arc<str>, (Arc<str>, bool)> = HashMap::new();
     let mut epochs = 0u64;
+    // When the subscription is to change: a moment after the first join of a burst, so
+    // that partners appearing together (all of them at start-up, as the lanes start)
+    // cost one rebalance, not one each.
+    let mut resubscribe: Option<tokio::time::Instant> = None;
     let mut delivery_stream = deliveries.stream();
     let mut retry_stream = retries.stream();
     loop {
@@ -233,22 +241,22 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
             biased;
             _ = shutdown.cancelled() => break,
             Some(command) = commands.recv() => {
-                // Every join waiting, then one subscription for all of them (a start
-                // with a thousand partners subscribes once, not a thousand times).
                 let mut command = Some(command);
-                let mut topics_changed = false;
                 while let Some(Command::Join { partner, parking, health, inbox }) = command.take() {
-                    topics_changed |= join(&deliveries, &retries, &mut routes, &mut by_topic, partner, parking, health, inbox);
+                    if join(&deliveries, &retries, &mut routes, &mut by_topic, partner, parking, health, inbox) {
+                        resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);
+                    }
                     command = commands.try_recv().ok();
                 }
-                if topics_changed {
-                    let mut topics: Vec<&str> = routes.values().map(|r| &*r.topics[0]).collect();
-                    topics.sort_unstable();
-                    if let Err(error) = deliveries.subscribe(&topics) {
-                        tracing::error!(%error, "subscribing to the delivery topics");
-                    } else {
-                        tracing::info!(partners = topics.len(), "lanes subscribed");
-                    }
+            }
+            _ = tokio::time::sleep_until(resubscribe.unwrap_or_else(tokio::time::Instant::now)), if resubscribe.is_some() => {
+                resubscribe = None;
+                let mut topics: Vec<&str> = routes.values().map(|r| &*r.topics[0]).collect();
+                topics.sort_unstable();
+                if let Err(error) = deliveries.subscribe(&topics) {
+                    tracing::error!(%error, "subscribing to the delivery topics");
+                } else {
+                    tracing::info!(partners = topics.len(), "lanes subscribed");
                 }
             }
             _ = changed.notified() => follow(&deliveries, &retries, &mut routes, &by_topic, &mut epochs),

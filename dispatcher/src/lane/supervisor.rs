@@ -67,11 +67,11 @@ pub async fn supervise(
     config: LaneConfig,
     table: SubscriptionTable,
     client: WebhookClient,
+    producer: FutureProducer,
     on_gone: GoneHook,
     watched: Arc<Mutex<HashMap<String, crate::health::Watched>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = settings.producer().create()?;
     let (intake, intake_task) = Intake::start(
         &settings,
         &config.group_prefix,

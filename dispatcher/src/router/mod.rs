@@ -140,6 +140,7 @@ pub async fn run(
     config: RouterConfig,
     table: SubscriptionTable,
     codec: OrderCodec,
+    producer: FutureProducer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer<GroupContext> = settings
@@ -149,7 +150,6 @@ pub async fn run(
             GroupContext::new("router", &config.orders_topic).on_board(&config.groups),
         )?;
     consumer.subscribe(&[&config.orders_topic])?;
-    let producer: FutureProducer = settings.producer().create()?;
     let mut tracker = OffsetTracker::default();
     let mut pending = FuturesUnordered::new();
     let topic = config.orders_topic.clone();

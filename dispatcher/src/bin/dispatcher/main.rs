@@ -15,6 +15,7 @@ use cli::{ApiArgs, Cli, Command, SubscriptionsCommand};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    orderhooks_runtime::no_transparent_huge_pages();
     orderhooks_runtime::init_tracing();
     let cli = Cli::parse();
     let shared = match cli.common.shared() {
