@@ -187,13 +187,22 @@ impl App {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
 
+        // One producer for the router's records, the lanes' parked and dead-letter
+        // records and the audit trail: each librdkafka producer costs threads, and
+        // rdkafka's polling thread spins through the last millisecond of each 100 ms
+        // poll (about 1 % of a core idle, per producer).
+        let producer: rdkafka::producer::FutureProducer = kafka.producer().create()?;
+        let audit = AuditTrail {
+            producer: producer.clone(),
+            ..shared.audit_trail().await?
+        };
         // Both writers change the subscription as it is when they write, never the copy
         // their decision was made on (`subscriptions::updater`).
         let updater = Updater::start(
             kafka.clone(),
             shared.subscriptions_topic.clone(),
             table.clone(),
-            shared.audit_trail().await?,
+            audit,
         );
         let on_gone = gone_hook(updater.clone());
         let board = StatusBoard::default();
@@ -246,11 +255,6 @@ impl App {
             park_after: config.park_after,
             groups,
         };
-        // One producer for the router's records and the lanes' parked and dead-letter
-        // records: each librdkafka producer costs threads, and rdkafka's polling thread
-        // spins through the last millisecond of each 100 ms poll (about 1 % of a core
-        // idle, per producer).
-        let producer: rdkafka::producer::FutureProducer = kafka.producer().create()?;
         let router = tokio::spawn(crate::router::run(
             kafka.clone(),
             router_config,

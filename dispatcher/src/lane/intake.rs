@@ -150,6 +150,10 @@ impl Intake {
             // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
             .set("statistics.interval.ms", "5000")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // Metadata of every partner's topics: refreshed each minute, not each 10 s
+            // (a new subscription asks at once; with a thousand partners each refresh is
+            // a thousand topics, for this client and the retry reader).
+            .set("topic.metadata.refresh.interval.ms", "60000")
             .create_with_context(
                 GroupContext::new("lanes", "")
                     .commit_on_revoke()
@@ -158,6 +162,12 @@ impl Intake {
         let retry_group = retry_offsets_group(group);
         let retries: LaneConsumer = settings
             .consumer(&retry_group)
+            .set("topic.metadata.refresh.interval.ms", "60000")
+            // Retry records wait for their backoff anyway; an empty fetch of every
+            // partner's retry partitions costs the broker (nisshi queries each partition
+            // again and again while it waits), so this reader asks less often. Apache
+            // Kafka answers a waiting fetch as soon as a record arrives.
+            .set("fetch.wait.max.ms", "2000")
             .create_with_context(GroupContext::new("lanes (retry topics)", ""))?;
         let (commands, receiver) = unbounded_channel();
         let read_backs = super::read_back::ReadBackPool::start(
