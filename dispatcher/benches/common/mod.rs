@@ -80,6 +80,7 @@ pub fn lane(
         health: Default::default(),
         park_after: None,
         dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!("dlq.{partner}"))),
+        retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!("retries.{partner}"))),
         shutdown: shutdown.clone(),
     };
     Lane {

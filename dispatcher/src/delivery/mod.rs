@@ -77,6 +77,9 @@ pub struct JobContext {
     pub park_after: Option<u32>,
     /// The partner's dead-letter topic, made on its first dead letter.
     pub dead_letter_topic: Arc<crate::kafka::TopicOnDemand>,
+    /// The partner's retry topic, made on its first parked record (with as many
+    /// partitions as its delivery topic).
+    pub retry_topic: Arc<crate::kafka::TopicOnDemand>,
     pub shutdown: CancellationToken,
 }
 

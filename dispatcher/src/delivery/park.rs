@@ -77,9 +77,13 @@ pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd
             value: Some(v.as_str()),
         });
     }
-    let topic = crate::subscriptions::retry_topic(&ctx.partner);
+    // Made by whichever instance parks first.
+    if !ctx.retry_topic.ensure(&ctx.shutdown).await {
+        return JobEnd::Interrupted;
+    }
+    let topic = ctx.retry_topic.name();
     let Some(at) =
-        write_until_acknowledged(job, ctx, &topic, Some(job.partition), headers, || {}).await
+        write_until_acknowledged(job, ctx, topic, Some(job.partition), headers, || {}).await
     else {
         return JobEnd::Interrupted;
     };

@@ -5,9 +5,12 @@
 //!   assigned without taking any partition from the others, and an instance joining or
 //!   leaving moves only the partitions that change hands.
 //! - **retries**: a group-less reader (`assign`) of the retry topics. It reads retry
-//!   partition `p` of a partner exactly while delivery partition `p` is ours, so the
-//!   member that parks a key also reads its parked records back, whatever the assignor
-//!   does. Its offsets are committed to `<prefix>.retry.offsets`, a group nobody joins.
+//!   partition `p` of a partner only while delivery partition `p` is ours, so the member
+//!   that parks a key also reads its parked records back, whatever the assignor does;
+//!   and only once the lane asks ([`LaneLink::read_retries`]: its read-back found
+//!   parked records there, or it parked one), so partners that never park cost no
+//!   fetches. Its offsets are committed to `<prefix>.retry.offsets`, a group nobody
+//!   joins.
 //!
 //! One task reads both and hands each record, and each partition gained or lost, to its
 //! partner's lane. Changes and records travel on two channels, so a full lane can stop
@@ -17,7 +20,7 @@
 //! resume their own partitions on the shared consumers; the last commit is
 //! [`Intake::close`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,9 +76,34 @@ pub struct LaneLink {
     pub retries: Arc<LaneConsumer>,
     /// Where the lane's read-backs of parked keys are done.
     pub read_backs: super::read_back::ReadBackPool,
+    /// Where the lane asks for its retry partitions to be read.
+    pub read_retries: ReadRetries,
 }
 
+/// A lane's way to ask the intake to read one of its retry partitions.
+#[derive(Debug, Clone)]
+pub struct ReadRetries {
+    commands: UnboundedSender<Command>,
+    partner: String,
+}
+
+impl ReadRetries {
+    /// Reads retry partition `partition` from its committed offset on while delivery
+    /// partition `partition` is the lane's (from now on, or already).
+    pub fn start(&self, partition: i32) {
+        let _ = self.commands.send(Command::ReadRetry {
+            partner: self.partner.clone(),
+            partition,
+        });
+    }
+}
+
+#[derive(Debug)]
 enum Command {
+    ReadRetry {
+        partner: String,
+        partition: i32,
+    },
     Join {
         partner: String,
         parking: bool,
@@ -85,6 +113,7 @@ enum Command {
 }
 
 /// Where the intake sends a lane's changes and records.
+#[derive(Debug)]
 struct Inbox {
     changes: UnboundedSender<Change>,
     records: UnboundedSender<Record>,
@@ -120,9 +149,10 @@ struct Route {
     parking: bool,
     /// The delivery and retry topic, shared by the partner's jobs.
     topics: [Arc<str>; 2],
-    /// Delivery partitions that are ours (retry partitions follow them), with the epoch
-    /// of their assignment.
+    /// Delivery partitions that are ours, with the epoch of their assignment.
     assigned: BTreeMap<i32, u64>,
+    /// Retry partitions being read (of delivery partitions that are ours).
+    reading: BTreeSet<i32>,
 }
 
 impl Route {
@@ -212,6 +242,10 @@ impl Intake {
             deliveries: Arc::clone(&self.deliveries),
             retries: Arc::clone(&self.retries),
             read_backs: self.read_backs.clone(),
+            read_retries: ReadRetries {
+                commands: self.commands.clone(),
+                partner: partner.to_string(),
+            },
         }
     }
 
@@ -252,11 +286,29 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
             _ = shutdown.cancelled() => break,
             Some(command) = commands.recv() => {
                 let mut command = Some(command);
-                while let Some(Command::Join { partner, parking, health, inbox }) = command.take() {
-                    if join(&deliveries, &retries, &mut routes, &mut by_topic, partner, parking, health, inbox) {
-                        resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);
+                let mut read = TopicPartitionList::new();
+                while let Some(c) = command.take() {
+                    match c {
+                        Command::Join { partner, parking, health, inbox } => {
+                            if join(&deliveries, &retries, &mut routes, &mut by_topic, partner, parking, health, inbox) {
+                                resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);
+                            }
+                        }
+                        Command::ReadRetry { partner, partition } => {
+                            let Some(r) = routes.get_mut(partner.as_str()) else { continue };
+                            let Some(&epoch) = r.assigned.get(&partition) else { continue };
+                            if r.parking && r.reading.insert(partition) {
+                                let _ = read.add_partition_offset(&r.topics[1], partition, Offset::Stored);
+                                r.change(true, partition, true, epoch);
+                            }
+                        }
                     }
                     command = commands.try_recv().ok();
+                }
+                if read.count() > 0 {
+                    if let Err(error) = retries.incremental_assign(&read) {
+                        tracing::error!(%error, "retry reader: assign");
+                    }
                 }
             }
             _ = tokio::time::sleep_until(resubscribe.unwrap_or_else(tokio::time::Instant::now)), if resubscribe.is_some() => {
@@ -305,12 +357,15 @@ fn route(
     let Some(&epoch) = r.assigned.get(&message.partition()) else {
         return;
     };
+    if retry && !r.reading.contains(&message.partition()) {
+        return;
+    }
     let job = job_from(message, &r.topics, retry);
     let _ = r.inbox.records.send(Record { job, epoch });
 }
 
-/// Follows what the deliveries group's rebalances changed: tells each lane, and makes
-/// the retry reader read retry partition `p` exactly while delivery partition `p` is ours.
+/// Follows what the deliveries group's rebalances changed: tells each lane, and stops
+/// reading retry partition `p` when delivery partition `p` is revoked.
 fn follow(
     deliveries: &LaneConsumer,
     retries: &LaneConsumer,
@@ -322,7 +377,7 @@ fn follow(
     if changes.is_empty() {
         return;
     }
-    let (mut gained, mut lost) = (TopicPartitionList::new(), TopicPartitionList::new());
+    let mut lost = TopicPartitionList::new();
     for change in changes {
         let (topic, partition, assigned) = match change {
             GroupChange::Assigned(t, p) => (t, p, true),
@@ -340,10 +395,9 @@ fn follow(
             r.assigned.remove(&partition).unwrap_or_default()
         };
         r.change(false, partition, assigned, epoch);
-        if r.parking {
-            let list = if assigned { &mut gained } else { &mut lost };
-            let _ = list.add_partition_offset(&r.topics[1], partition, Offset::Stored);
-            r.change(true, partition, assigned, epoch);
+        if !assigned && r.reading.remove(&partition) {
+            let _ = lost.add_partition(&r.topics[1], partition);
+            r.change(true, partition, false, epoch);
         }
     }
     if lost.count() > 0 {
@@ -353,11 +407,6 @@ fn follow(
         }
         if let Err(error) = retries.incremental_unassign(&lost) {
             tracing::error!(%error, "retry reader: unassign");
-        }
-    }
-    if gained.count() > 0 {
-        if let Err(error) = retries.incremental_assign(&gained) {
-            tracing::error!(%error, "retry reader: assign");
         }
     }
 }
@@ -391,6 +440,7 @@ fn join(
                 parking,
                 topics,
                 assigned: BTreeMap::new(),
+                reading: BTreeSet::new(),
             },
         );
         return true;
@@ -398,13 +448,12 @@ fn join(
     // A restarted lane: what its predecessor held is read again from the committed
     // offsets, and it is told which partitions are its.
     old.inbox = inbox;
-    for (retry, consumer) in [(false, deliveries), (true, retries)] {
-        if retry && !old.parking {
-            continue;
-        }
-        rewind(consumer, &old.topics[usize::from(retry)], old.assigned.keys());
-        for (&partition, &epoch) in &old.assigned {
-            old.change(retry, partition, true, epoch);
+    rewind(deliveries, &old.topics[0], old.assigned.keys());
+    rewind(retries, &old.topics[1], old.reading.iter());
+    for (&partition, &epoch) in &old.assigned {
+        old.change(false, partition, true, epoch);
+        if old.reading.contains(&partition) {
+            old.change(true, partition, true, epoch);
         }
     }
     false

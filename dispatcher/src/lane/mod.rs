@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
@@ -155,6 +155,7 @@ pub async fn run_linked(
         deliveries,
         retries,
         read_backs,
+        read_retries,
     } = link;
     let topic = delivery_topic(&partner);
     let retry_topic = crate::subscriptions::retry_topic(&partner);
@@ -195,6 +196,10 @@ pub async fn run_linked(
     // topic) until a quarter of them finished; they wait in the channel meanwhile (no
     // more than what was fetched before the pause).
     let mut taking = true;
+    // Retry partitions the intake was asked to read (of delivery partitions that are
+    // the lane's): those where a read-back found parked records, or where the lane
+    // parked one.
+    let mut reading: HashSet<i32> = HashSet::new();
     let consumers = [&*deliveries, &*retries];
     let topics = [topic.as_str(), retry_topic.as_str()];
     let starting = delivery::Starting::default();
@@ -237,6 +242,9 @@ pub async fn run_linked(
             }
             Some(answer) = rebuilt.recv() => {
                 tracing::debug!(partner = %partner, partition = answer.partition, from = answer.from, to = answer.to, parked = answer.counts.len(), "parked keys read back");
+                if answer.to > answer.from && assigned[0].contains(&answer.partition) && reading.insert(answer.partition) {
+                    read_retries.start(answer.partition);
+                }
                 let ready = state.finish_rebuild(answer);
                 state.ready.extend(ready);
             }
@@ -251,6 +259,12 @@ pub async fn run_linked(
                 let mut done = Some(done);
                 let mut handled = 0;
                 while let Some(d) = done.take() {
+                    if matches!(d.end, delivery::JobEnd::Parked { .. })
+                        && assigned[0].contains(&d.partition)
+                        && reading.insert(d.partition)
+                    {
+                        read_retries.start(d.partition);
+                    }
                     if let Some(next) = state.done(d) {
                         state.ready.push_back(next);
                     }
@@ -263,6 +277,9 @@ pub async fn run_linked(
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
             Some(change) = changes.recv() => {
+                if !change.retry && !change.assigned {
+                    reading.remove(&change.partition);
+                }
                 follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
             }
             // Records, in the order the intake read them, while there is room.
@@ -275,6 +292,9 @@ pub async fn run_linked(
                     if epochs.get(&key).is_some_and(|e| *e < epoch) || !epochs.contains_key(&key) {
                         // Its assignment's change is on its way: it was sent first.
                         while let Ok(change) = changes.try_recv() {
+                            if !change.retry && !change.assigned {
+                                reading.remove(&change.partition);
+                            }
                             follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
                         }
                     }

@@ -153,9 +153,25 @@ pub(super) fn read_parked(
     let mut config = settings.reader();
     config.set("group.id", group);
     let consumer: BaseConsumer = config.create()?;
+    let mut found = std::collections::HashMap::new();
+    // A retry topic is made on the partner's first parked record: where there is none
+    // (or not that partition yet), nothing is parked.
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
+    let exists: std::collections::HashSet<(&str, i32)> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(move |p| (t.name(), p.id())))
+        .collect();
     let mut list = TopicPartitionList::new();
     for (topic, partition) in wanted {
-        list.add_partition(topic, *partition);
+        if exists.contains(&(topic.as_str(), *partition)) {
+            list.add_partition(topic, *partition);
+        } else {
+            found.insert((topic.clone(), *partition), ((0, 0), ParkedCounts::new()));
+        }
+    }
+    if list.count() == 0 {
+        return Ok(found);
     }
     let committed = consumer.committed_offsets(list.clone(), Duration::from_secs(30))?;
     // Both ends of every partition in one request each (timestamp -2: earliest, -1:
@@ -172,10 +188,12 @@ pub(super) fn read_parked(
             _ => None,
         }
     };
-    let mut found = std::collections::HashMap::new();
     let mut to_read: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, (i64, i64)>> =
         Default::default();
     for (topic, partition) in wanted {
+        if found.contains_key(&(topic.clone(), *partition)) {
+            continue;
+        }
         let (low, high) = (
             offset_in(&lows, topic, *partition).unwrap_or(0),
             offset_in(&highs, topic, *partition)

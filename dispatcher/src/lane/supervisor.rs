@@ -19,35 +19,34 @@ use crate::subscriptions::{dead_letter_topic, delivery_topic, retry_topic};
 use crate::webhook::client::WebhookClient;
 use crate::webhook::flow::PartnerFlow;
 
-/// Creates the new partners' topics in one request (delivery topics, and retry topics
-/// when parking; a dead-letter topic is made on the partner's first dead letter), then checks that each retry topic has as many
-/// partitions as its delivery topic (the intake reads retry partition `p` with delivery
-/// partition `p`). Returns the partners that may park (the others deliver without).
+/// Creates the new partners' delivery topics in one request (a retry topic is made on
+/// the partner's first parked record, a dead-letter topic on its first dead letter),
+/// then reads every topic's partition count in one metadata request. Returns, per
+/// partner that may park, its delivery topic's partition count: the retry topic must
+/// have as many (the instance that owns delivery partition `p` reads retry partition
+/// `p`); a partner whose existing retry topic differs does not park.
 async fn make_topics(
     settings: &KafkaSettings,
     partners: &[String],
     partitions: i32,
     parking: bool,
-) -> anyhow::Result<std::collections::HashSet<String>> {
-    let mut names = Vec::new();
-    for p in partners {
-        names.push(delivery_topic(p));
-        if parking {
-            names.push(retry_topic(p));
-        }
-    }
+) -> anyhow::Result<HashMap<String, i32>> {
+    let names: Vec<String> = partners.iter().map(|p| delivery_topic(p)).collect();
     settings.ensure_topics(&names, partitions, &[]).await?;
     if !parking {
         return Ok(Default::default());
     }
     let s = settings.clone();
     let counts = tokio::task::spawn_blocking(move || s.all_partition_counts()).await??;
-    let mut may_park = std::collections::HashSet::new();
+    let mut may_park = HashMap::new();
     for p in partners {
         let (d, r) = (delivery_topic(p), retry_topic(p));
         match (counts.get(&d), counts.get(&r)) {
+            (Some(n), None) => {
+                may_park.insert(p.clone(), *n as i32);
+            }
             (Some(n), Some(m)) if n == m => {
-                may_park.insert(p.clone());
+                may_park.insert(p.clone(), *n as i32);
             }
             (n, m) => tracing::error!(
                 partner = %p,
@@ -132,7 +131,8 @@ pub async fn supervise(
         }
         for partner in new {
             let (cap, rate) = partners[&partner];
-            let park_after = config.park_after.filter(|_| may_park.contains(&partner));
+            let park_after = config.park_after.filter(|_| may_park.contains_key(&partner));
+            let retry_partitions = may_park.get(&partner).copied().unwrap_or(config.partitions);
             let flow = PartnerFlow::new(&partner, cap, rate, config.flow.clone());
             flows.insert(partner.clone(), Arc::clone(&flow));
             let health = Arc::new(crate::health::PartnerHealth::default());
@@ -157,6 +157,11 @@ pub async fn supervise(
                     dead_letter_topic(&partner),
                     settings.clone(),
                     config.partitions,
+                )),
+                retry_topic: Arc::new(crate::kafka::TopicOnDemand::new(
+                    retry_topic(&partner),
+                    settings.clone(),
+                    retry_partitions,
                 )),
                 shutdown: shutdown.clone(),
             };

@@ -1,29 +1,24 @@
 //! A lane's back-pressure on the shared consumers. A lane holding `max` unfinished
-//! records stops taking more (they wait in its channel from the intake); its partitions
-//! of that topic are paused once it has stayed full for [`PAUSE_AFTER`], or at once when
-//! `max` more records wait in the channel, or when every lane together holds the
-//! instance's global cap and this one holds some. They are resumed at half. The other
-//! partners' partitions keep flowing: nothing stops the shared stream.
+//! records stops taking more (they wait in its channel from the intake). Its partitions
+//! of a topic are paused when it holds twice `max` (taken in and waiting in the
+//! channel), or when every lane together holds the instance's global cap and this one
+//! holds some; they are resumed once it holds `max` again, so `max` records are still
+//! there to work on while fetching starts again (a lane that drained its channel before
+//! resuming sat idle for a fetch each time; pausing on every full moment cost a fast
+//! lane 60 % of its throughput, issue 4). The other partners' partitions keep flowing:
+//! nothing stops the shared stream.
 //!
 //! Pausing drops what librdkafka prefetched for those partitions and fetching resumes at
-//! the next record the lane has not seen, so nothing is skipped. It is not done on every
-//! full moment: a fast lane is full for moments all the time, and refetching after each
-//! pause cost such a lane 60 % of its throughput (issue 4). So a lane holds at most about
-//! twice `max` records (taken in, and waiting in its channel).
+//! the next record the intake has not read, so nothing is skipped.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
 use super::intake::LaneConsumer;
-
-/// How long a lane stays full before its partitions are paused (unless its channel
-/// fills first).
-pub const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Records held by every lane of the instance, against a global cap.
 #[derive(Debug, Clone)]
@@ -66,8 +61,6 @@ impl Default for GlobalCap {
 pub(super) struct Throttle {
     max: usize,
     paused: [bool; 2],
-    /// Since when each topic has been full (reset when it is not).
-    full_since: [Option<Instant>; 2],
     global: GlobalCap,
     /// What this lane last counted in the global cap.
     counted: usize,
@@ -78,7 +71,6 @@ impl Throttle {
         Self {
             max: max.max(1),
             paused: [false; 2],
-            full_since: [None; 2],
             global,
             counted: 0,
         }
@@ -110,18 +102,11 @@ impl Throttle {
             self.counted = total;
         }
         for k in 0..2 {
-            let full = pending[k] >= self.max;
-            let since = if full {
-                *self.full_since[k].get_or_insert_with(Instant::now)
-            } else {
-                self.full_since[k] = None;
-                Instant::now()
-            };
+            let held = pending[k] + queued;
             let pause = if self.paused[k] {
-                !(pending[k] <= self.max / 2 && self.global.eased())
+                !(held <= self.max && self.global.eased())
             } else {
-                (full && (since.elapsed() >= PAUSE_AFTER || queued >= self.max))
-                    || (pending[k] > 0 && self.global.over())
+                held >= 2 * self.max || (pending[k] > 0 && self.global.over())
             };
             if pause != self.paused[k] {
                 set_paused(consumers[k], topics[k], &assigned[k], pause);

@@ -107,5 +107,25 @@ async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops
         .find_map(|l| l.strip_prefix(count.as_str()))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert_eq!(counted, Some(sent.len() as f64), "{metrics}");
+    // A partner that never parked nor dead-lettered has no retry or dead-letter topic
+    // (#14: they are made on first use), only its delivery topic.
+    let topics = topic_names(&world.brokers);
+    assert!(topics.contains(&format!("deliveries.{partner}")), "{topics:?}");
+    for unused in [format!("retries.{partner}"), format!("dlq.{partner}")] {
+        assert!(!topics.contains(&unused), "{unused} was made before it was needed");
+    }
     app.stop().await.expect("stopped cleanly");
+}
+
+/// Every topic of the cluster.
+fn topic_names(brokers: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("client");
+    let metadata = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics().iter().map(|t| t.name().to_string()).collect()
 }
