@@ -21,32 +21,13 @@ use std::collections::VecDeque;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{env_or, BenchWorld, BrokerStorage, PrivateBroker, Running};
+use e2e::{cpu_seconds, env_or, BenchWorld, BrokerStorage, PrivateBroker, Running};
 use order_schemas::{EventType, OrderEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 const PARTNERS: usize = 3;
 const INSTANCES: usize = 2;
-
-/// CPU seconds (user + system) `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// Sum of the high watermarks of `topic`'s partitions.
 fn high_watermarks(brokers: &str, topic: &str) -> i64 {

@@ -21,25 +21,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{env_or, BenchWorld, BrokerStorage, PrivateBroker};
+use e2e::{cpu_seconds, env_or, BenchWorld, BrokerStorage, PrivateBroker};
 use order_schemas::{EventType, OrderEvent};
-
-/// CPU seconds (user + system) `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// A field of /proc/PID/status (`Threads`, `VmRSS` in kB).
 fn status_field(pid: u32, name: &str) -> u64 {
