@@ -88,12 +88,14 @@ pub struct ReadRetries {
 }
 
 impl ReadRetries {
-    /// Reads retry partition `partition` from its committed offset on while delivery
-    /// partition `partition` is the lane's (from now on, or already).
-    pub fn start(&self, partition: i32) {
+    /// Reads retry partition `partition` from offset `from` (where the lane's read-back
+    /// of its parked keys started; the committed offset when `None`) while delivery
+    /// partition `partition` is the lane's.
+    pub fn start(&self, partition: i32, from: Option<i64>) {
         let _ = self.commands.send(Command::ReadRetry {
             partner: self.partner.clone(),
             partition,
+            from,
         });
     }
 }
@@ -103,6 +105,7 @@ enum Command {
     ReadRetry {
         partner: String,
         partition: i32,
+        from: Option<i64>,
     },
     Join {
         partner: String,
@@ -294,11 +297,15 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
                                 resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);
                             }
                         }
-                        Command::ReadRetry { partner, partition } => {
+                        Command::ReadRetry { partner, partition, from } => {
                             let Some(r) = routes.get_mut(partner.as_str()) else { continue };
                             let Some(&epoch) = r.assigned.get(&partition) else { continue };
                             if r.parking && r.reading.insert(partition) {
-                                let _ = read.add_partition_offset(&r.topics[1], partition, Offset::Stored);
+                                // From where the read-back counted the parked keys, so
+                                // the reader and the counts agree even if the committed
+                                // offset moved since.
+                                let at = from.map_or(Offset::Stored, Offset::Offset);
+                                let _ = read.add_partition_offset(&r.topics[1], partition, at);
                                 r.change(true, partition, true, epoch);
                             }
                         }
@@ -322,6 +329,18 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
                 }
             }
             _ = changed.notified() => follow(&deliveries, &retries, &mut routes, &by_topic, &mut epochs),
+            // Retry records first: they are few, and a backlog of deliveries must not
+            // keep parked records waiting.
+            message = retry_stream.next() => {
+                // A revoke noted since is followed first (it stops the partition's
+                // retry records).
+                follow(&deliveries, &retries, &mut routes, &by_topic, &mut epochs);
+                match message {
+                    Some(Ok(m)) => route(&m, &routes, &by_topic, true),
+                    Some(Err(error)) => tracing::warn!(%error, "consuming retry topics"),
+                    None => break,
+                }
+            }
             message = delivery_stream.next() => {
                 // The poll that returned it may have served a rebalance first.
                 follow(&deliveries, &retries, &mut routes, &by_topic, &mut epochs);
@@ -331,11 +350,6 @@ async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown
                     None => break,
                 }
             }
-            message = retry_stream.next() => match message {
-                Some(Ok(m)) => route(&m, &routes, &by_topic, true),
-                Some(Err(error)) => tracing::warn!(%error, "consuming retry topics"),
-                None => break,
-            },
         }
     }
     tracing::debug!("lanes intake stopped");
@@ -402,7 +416,8 @@ fn follow(
     }
     if lost.count() > 0 {
         // What the lanes stored for them, then stop reading them.
-        if let Err(error) = retries.commit_consumer_state(CommitMode::Async) {
+        // Synchronously: the partitions' next owner reads the committed offsets back.
+        if let Err(error) = retries.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "committing retry offsets on revoke");
         }
         if let Err(error) = retries.incremental_unassign(&lost) {
@@ -448,11 +463,13 @@ fn join(
     // A restarted lane: what its predecessor held is read again from the committed
     // offsets, and it is told which partitions are its.
     old.inbox = inbox;
-    rewind(deliveries, &old.topics[0], old.assigned.keys());
-    rewind(retries, &old.topics[1], old.reading.iter());
+    let delivery = rewind(deliveries, &old.topics[0], old.assigned.keys());
+    let retry = rewind(retries, &old.topics[1], old.reading.iter());
     for (&partition, &epoch) in &old.assigned {
-        old.change(false, partition, true, epoch);
-        if old.reading.contains(&partition) {
+        if delivery.contains(&partition) {
+            old.change(false, partition, true, epoch);
+        }
+        if retry.contains(&partition) && delivery.contains(&partition) {
             old.change(true, partition, true, epoch);
         }
     }
@@ -461,13 +478,20 @@ fn join(
 
 /// Moves the consumer's position in `partitions` of `topic` back to their committed
 /// offsets. Blocking (a lane restart is rare).
-fn rewind<'a>(consumer: &LaneConsumer, topic: &str, partitions: impl Iterator<Item = &'a i32>) {
+/// Returns the partitions rewound: a partition that could not be is not handed to the
+/// new lane, so nothing of it is taken in and its committed offset stays where it is
+/// (it waits for its next assignment, here or elsewhere) rather than being skipped.
+fn rewind<'a>(
+    consumer: &LaneConsumer,
+    topic: &str,
+    partitions: impl Iterator<Item = &'a i32>,
+) -> BTreeSet<i32> {
     let mut list = TopicPartitionList::new();
     for &p in partitions {
         list.add_partition(topic, p);
     }
     if list.count() == 0 {
-        return;
+        return BTreeSet::new();
     }
     let rewound = consumer
         .committed_offsets(list, Duration::from_secs(10))
@@ -484,8 +508,23 @@ fn rewind<'a>(consumer: &LaneConsumer, topic: &str, partitions: impl Iterator<It
             }
             consumer.seek_partitions(committed, Duration::from_secs(10))
         });
-    if let Err(error) = rewound {
-        tracing::error!(%topic, %error, "rewinding a restarted lane's partitions");
+    match rewound {
+        Ok(list) => list
+            .elements()
+            .iter()
+            .filter(|e| {
+                let ok = e.error().is_ok();
+                if !ok {
+                    tracing::error!(%topic, partition = e.partition(), "a restarted lane's partition could not be rewound; it waits for its next assignment");
+                }
+                ok
+            })
+            .map(|e| e.partition())
+            .collect(),
+        Err(error) => {
+            tracing::error!(%topic, %error, "rewinding a restarted lane's partitions; they wait for their next assignment");
+            BTreeSet::new()
+        }
     }
 }
 

@@ -200,6 +200,9 @@ pub async fn run_linked(
     // the lane's): those where a read-back found parked records, or where the lane
     // parked one.
     let mut reading: HashSet<i32> = HashSet::new();
+    // Per delivery partition: where its read-back of parked keys started in the retry
+    // partition (the retry reader starts there).
+    let mut retry_from: HashMap<i32, i64> = HashMap::new();
     let consumers = [&*deliveries, &*retries];
     let topics = [topic.as_str(), retry_topic.as_str()];
     let starting = delivery::Starting::default();
@@ -242,8 +245,15 @@ pub async fn run_linked(
             }
             Some(answer) = rebuilt.recv() => {
                 tracing::debug!(partner = %partner, partition = answer.partition, from = answer.from, to = answer.to, parked = answer.counts.len(), "parked keys read back");
-                if answer.to > answer.from && assigned[0].contains(&answer.partition) && reading.insert(answer.partition) {
-                    read_retries.start(answer.partition);
+                let current = state
+                    .rebuilding
+                    .get(&answer.partition)
+                    .is_some_and(|r| r.generation == answer.generation);
+                if current {
+                    retry_from.insert(answer.partition, answer.from);
+                    if answer.to > answer.from && reading.insert(answer.partition) {
+                        read_retries.start(answer.partition, Some(answer.from));
+                    }
                 }
                 let ready = state.finish_rebuild(answer);
                 state.ready.extend(ready);
@@ -263,7 +273,7 @@ pub async fn run_linked(
                         && assigned[0].contains(&d.partition)
                         && reading.insert(d.partition)
                     {
-                        read_retries.start(d.partition);
+                        read_retries.start(d.partition, retry_from.get(&d.partition).copied());
                     }
                     if let Some(next) = state.done(d) {
                         state.ready.push_back(next);
@@ -279,6 +289,7 @@ pub async fn run_linked(
             Some(change) = changes.recv() => {
                 if !change.retry && !change.assigned {
                     reading.remove(&change.partition);
+                    retry_from.remove(&change.partition);
                 }
                 follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
             }
@@ -294,6 +305,7 @@ pub async fn run_linked(
                         while let Ok(change) = changes.try_recv() {
                             if !change.retry && !change.assigned {
                                 reading.remove(&change.partition);
+                                retry_from.remove(&change.partition);
                             }
                             follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
                         }

@@ -102,9 +102,13 @@ impl ReadBackPool {
                     .map_err(anyhow::Error::from)
                     .and_then(|read| read);
                 match read {
-                    Ok(mut found) => {
+                    Ok(found) => {
                         for r in batch.drain(..) {
-                            let Some(((from, to), counts)) = found.remove(&(r.topic, r.partition))
+                            // (Two requests for one partition, from before and after a
+                            // revoke or a lane restart, both get the answer: the lane keeps
+                            // the one of its current generation.)
+                            let Some(((from, to), counts)) =
+                                found.get(&(r.topic, r.partition)).cloned()
                             else {
                                 continue;
                             };

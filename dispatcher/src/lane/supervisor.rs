@@ -117,17 +117,22 @@ pub async fn supervise(
         };
         if !new.is_empty() && !adopted {
             // Once, before this instance first joins the lanes' group: offsets committed
-            // by the per-partner groups of earlier versions (lane::upgrade).
+            // by the per-partner groups of earlier versions (lane::upgrade). Until it
+            // succeeds no lane starts: a group joined without them would start every
+            // partner from its topic's beginning.
             let (s, prefix, all) = (settings.clone(), config.group_prefix.clone(), new.clone());
             match tokio::task::spawn_blocking(move || super::upgrade::adopt_legacy_offsets(&s, &prefix, &all)).await? {
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(partitions = n, "adopted the offsets of the per-partner groups of an earlier version");
                     }
+                    adopted = true;
                 }
-                Err(error) => tracing::warn!(%error, "adopting the offsets of earlier per-partner groups"),
+                Err(error) => {
+                    tracing::warn!(%error, "adopting the offsets of earlier per-partner groups; trying again");
+                    new.clear();
+                }
             }
-            adopted = true;
         }
         for partner in new {
             let (cap, rate) = partners[&partner];

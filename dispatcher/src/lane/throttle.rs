@@ -92,22 +92,9 @@ impl Throttle {
         queued: usize,
         gauge: &metrics::Gauge,
     ) {
-        let total = pending[0] + pending[1];
-        if total != self.counted {
-            if total > self.counted {
-                self.global.held.fetch_add(total - self.counted, Ordering::Relaxed);
-            } else {
-                self.global.held.fetch_sub(self.counted - total, Ordering::Relaxed);
-            }
-            self.counted = total;
-        }
+        self.count(pending[0] + pending[1]);
         for k in 0..2 {
-            let held = pending[k] + queued;
-            let pause = if self.paused[k] {
-                !(held <= self.max && self.global.eased())
-            } else {
-                held >= 2 * self.max || (pending[k] > 0 && self.global.over())
-            };
+            let pause = self.should_pause(k, pending[k], queued);
             if pause != self.paused[k] {
                 set_paused(consumers[k], topics[k], &assigned[k], pause);
                 self.paused[k] = pause;
@@ -118,17 +105,48 @@ impl Throttle {
         }
     }
 
-    /// A partition became the lane's: paused too when its topic is.
-    pub(super) fn assigned(&self, consumer: &LaneConsumer, topic: &str, retry: bool, partition: i32) {
-        if self.paused(retry) {
-            set_paused(consumer, topic, &BTreeSet::from([partition]), true);
+    /// Counts the lane's unfinished records in the global cap.
+    fn count(&mut self, total: usize) {
+        if total > self.counted {
+            self.global.held.fetch_add(total - self.counted, Ordering::Relaxed);
+        } else {
+            self.global.held.fetch_sub(self.counted - total, Ordering::Relaxed);
         }
+        self.counted = total;
+    }
+
+    /// Whether topic `k`'s partitions should be paused now: at twice `max` held (taken
+    /// in and queued) or, holding some, when all lanes hold the global cap; once paused,
+    /// until `max` held and the global count is down to three quarters.
+    fn should_pause(&self, k: usize, pending: usize, queued: usize) -> bool {
+        let held = pending + queued;
+        if self.paused[k] {
+            !(held <= self.max && self.global.eased())
+        } else {
+            held >= 2 * self.max || (pending > 0 && self.global.over())
+        }
+    }
+
+    /// A partition became the lane's: paused or resumed as its topic is. Either way,
+    /// because librdkafka keeps a pause the application set across a revoke and a new
+    /// assignment: a partition paused by this lane (or by one before it) and assigned
+    /// again would otherwise never be fetched.
+    pub(super) fn assigned(&self, consumer: &LaneConsumer, topic: &str, retry: bool, partition: i32) {
+        set_paused(consumer, topic, &BTreeSet::from([partition]), self.paused(retry));
     }
 
     /// The lane ends: it holds nothing any more.
     pub(super) fn release(&mut self) {
         self.global.held.fetch_sub(self.counted, Ordering::Relaxed);
         self.counted = 0;
+    }
+}
+
+impl Drop for Throttle {
+    /// A lane that panicked gives its count back too (else the global total would stay
+    /// over the cap and pause every lane for good).
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -148,5 +166,51 @@ fn set_paused(consumer: &LaneConsumer, topic: &str, partitions: &BTreeSet<i32>, 
     match result {
         Ok(()) => tracing::debug!(%topic, pause, "fetching paused or resumed"),
         Err(error) => tracing::warn!(%topic, %error, "pause/resume"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records `pending` (delivery topic) and `queued` for `t`, and applies its decision
+    /// as `update` would (without a consumer).
+    fn turn(t: &mut Throttle, pending: usize, queued: usize) -> bool {
+        t.count(pending);
+        let pause = t.should_pause(0, pending, queued);
+        t.paused[0] = pause;
+        pause
+    }
+
+    #[test]
+    fn a_lane_pauses_at_twice_its_max_held_and_resumes_with_max_still_in_hand() {
+        let mut t = Throttle::new(100, GlobalCap::default());
+        assert!(!turn(&mut t, 100, 50), "full but little queued: keeps fetching");
+        assert!(turn(&mut t, 100, 100), "twice max held: paused");
+        assert!(turn(&mut t, 100, 1), "still above max");
+        assert!(!turn(&mut t, 100, 0), "max held: resumed while it has max to work on");
+    }
+
+    #[test]
+    fn the_global_cap_pauses_every_lane_holding_some_and_resumes_them_below_three_quarters() {
+        let global = GlobalCap::new(1_000);
+        let mut lanes: Vec<Throttle> = (0..3).map(|_| Throttle::new(1_024, global.clone())).collect();
+        // Each far below its own cap, together at the global one.
+        assert!(!turn(&mut lanes[0], 400, 0));
+        assert!(!turn(&mut lanes[1], 400, 0));
+        assert!(turn(&mut lanes[2], 200, 0), "the lane that reached the cap pauses");
+        assert_eq!(global.held(), 1_000);
+        assert!(turn(&mut lanes[0], 400, 0), "so does every lane holding some");
+        assert!(!turn(&mut Throttle::new(1_024, global.clone()), 0, 0), "a lane holding none does not");
+        // Down to 800 (above three quarters): still paused.
+        assert!(turn(&mut lanes[0], 200, 0));
+        assert_eq!(global.held(), 800);
+        // Down to 700: every lane resumes.
+        assert!(!turn(&mut lanes[1], 300, 0));
+        assert!(!turn(&mut lanes[0], 200, 0));
+        assert!(!turn(&mut lanes[2], 200, 0));
+        // A lane that ends gives its count back.
+        lanes[1].release();
+        assert_eq!(global.held(), 400);
     }
 }
