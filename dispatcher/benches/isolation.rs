@@ -234,10 +234,16 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         )));
     };
     for p in &bad_names {
-        start_lane(p, common::lane(p, brokers.clone(), url_a.clone(), 64, retry.clone()));
+        start_lane(
+            p,
+            common::lane(p, brokers.clone(), url_a.clone(), 64, retry.clone()),
+        );
     }
     for p in &crowd_names {
-        start_lane(p, common::lane(p, brokers.clone(), url_idle.clone(), 64, retry.clone()));
+        start_lane(
+            p,
+            common::lane(p, brokers.clone(), url_idle.clone(), 64, retry.clone()),
+        );
     }
     let b_ctx = common::Lane {
         settings: b.settings.clone(),

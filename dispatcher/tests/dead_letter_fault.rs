@@ -136,7 +136,9 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         on_gone: GoneHook(Arc::new(|_| {})),
         metrics: dispatcher::delivery::LaneMetrics::new(partner),
         dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(dlq.into())),
-        retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing("retries.p".into())),
+        retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(
+            "retries.p".into(),
+        )),
         shutdown: shutdown.clone(),
     };
     let config = LaneConfig {

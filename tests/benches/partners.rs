@@ -79,8 +79,7 @@ async fn run(
     let mut pending = Vec::new();
     for (partner, _) in &partners {
         for i in 0..events {
-            let event =
-                OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), partner, 1);
+            let event = OrderEvent::sample(EventType::OrderCreated, &format!("o-{i}"), partner, 1);
             pending.push(publisher.enqueue(&event, None).await.expect("enqueue"));
         }
     }
@@ -92,7 +91,12 @@ async fn run(
     let started = Instant::now();
     let (dispatcher, _) = world.start_dispatcher();
     let pid = dispatcher.0.id();
-    let served = || partners.iter().filter(|(_, r)| r.unique() >= events).count();
+    let served = || {
+        partners
+            .iter()
+            .filter(|(_, r)| r.unique() >= events)
+            .count()
+    };
     let mut last_report = Instant::now();
     while served() < n && started.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -132,12 +136,8 @@ async fn run(
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
                 for partner in &watched {
-                    let event = OrderEvent::sample(
-                        EventType::OrderCreated,
-                        &format!("g-{i}"),
-                        partner,
-                        1,
-                    );
+                    let event =
+                        OrderEvent::sample(EventType::OrderCreated, &format!("g-{i}"), partner, 1);
                     let pending = publisher.enqueue(&event, None).await.expect("enqueue");
                     tokio::spawn(async move { pending.wait().await });
                 }
@@ -163,8 +163,7 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let new_partner_secs =
-        (new_receiver.unique() > 0).then(|| added_at.elapsed().as_secs_f64());
+    let new_partner_secs = (new_receiver.unique() > 0).then(|| added_at.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ended = Instant::now();
     flow.abort();
@@ -209,7 +208,10 @@ async fn main() {
     );
     println!("| partners | every partner served | threads | RSS | idle CPU dispatcher | idle CPU broker | new partner's first event | longest gap, others (before) |");
     println!("|---|---|---|---|---|---|---|---|");
-    for n in counts.split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
+    for n in counts
+        .split(',')
+        .filter_map(|c| c.trim().parse::<usize>().ok())
+    {
         eprintln!("{n} partners:");
         let o = run(storage, n, events, rate, timeout).await;
         let secs = |s: Option<f64>| s.map_or("did not finish".to_string(), |s| format!("{s:.1} s"));

@@ -79,8 +79,12 @@ pub fn lane(
         metrics: LaneMetrics::new(partner),
         health: Default::default(),
         park_after: None,
-        dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!("dlq.{partner}"))),
-        retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!("retries.{partner}"))),
+        dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!(
+            "dlq.{partner}"
+        ))),
+        retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!(
+            "retries.{partner}"
+        ))),
         shutdown: shutdown.clone(),
     };
     Lane {

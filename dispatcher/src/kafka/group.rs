@@ -254,8 +254,7 @@ impl ClientContext for GroupContext {
             if let Some(h) = health {
                 h.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
             }
-            metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => name.clone())
-                .set(lag as f64);
+            metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => name.clone()).set(lag as f64);
         }
     }
 }

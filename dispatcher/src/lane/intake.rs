@@ -266,7 +266,11 @@ impl Intake {
 
 /// The intake task: reads both consumers until `shutdown`, hands records and partition
 /// changes to the lanes, and follows partners joining.
-async fn read(intake: Intake, mut commands: UnboundedReceiver<Command>, shutdown: CancellationToken) {
+async fn read(
+    intake: Intake,
+    mut commands: UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+) {
     let Intake {
         deliveries,
         retries,
@@ -400,7 +404,9 @@ fn follow(
         let Some((partner, _)) = by_topic.get(topic.as_str()) else {
             continue;
         };
-        let Some(r) = routes.get_mut(partner) else { continue };
+        let Some(r) = routes.get_mut(partner) else {
+            continue;
+        };
         let epoch = if assigned {
             *epochs += 1;
             r.assigned.insert(partition, *epochs);

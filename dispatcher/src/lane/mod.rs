@@ -132,7 +132,11 @@ pub async fn run(
         &config.groups,
         ctx.shutdown.clone(),
     )?;
-    let link = intake.join(&partner, ctx.park_after.is_some(), Some(Arc::clone(&ctx.health)));
+    let link = intake.join(
+        &partner,
+        ctx.park_after.is_some(),
+        Some(Arc::clone(&ctx.health)),
+    );
     let result = run_linked(partner, link, config, ctx).await;
     let _ = task.await;
     intake.close();
@@ -218,7 +222,14 @@ pub async fn run_linked(
             running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
         }
         let pending = [state.pending(false), state.pending(true)];
-        throttle.update(consumers, topics, &assigned, pending, records.len(), &lm.paused);
+        throttle.update(
+            consumers,
+            topics,
+            &assigned,
+            pending,
+            records.len(),
+            &lm.paused,
+        );
         let most = pending[0].max(pending[1]);
         if most >= config.max_buffered {
             taking = false;

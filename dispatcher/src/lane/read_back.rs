@@ -94,8 +94,10 @@ impl ReadBackPool {
                     let Ok(r) = receiver.try_recv() else { break };
                     batch.push(r);
                 }
-                let wanted: Vec<(String, i32)> =
-                    batch.iter().map(|r| (r.topic.clone(), r.partition)).collect();
+                let wanted: Vec<(String, i32)> = batch
+                    .iter()
+                    .map(|r| (r.topic.clone(), r.partition))
+                    .collect();
                 let (s, g) = (settings.clone(), group.clone());
                 let read = tokio::task::spawn_blocking(move || read_parked(&s, &g, &wanted))
                     .await
@@ -186,14 +188,17 @@ pub(super) fn read_parked(
         Ok(consumer.offsets_for_times(l, Duration::from_secs(30))?)
     };
     let (lows, highs) = (ends(Offset::Beginning)?, ends(Offset::End)?);
-    let offset_in = |l: &TopicPartitionList, topic: &str, partition: i32| {
-        match l.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        }
+    let offset_in = |l: &TopicPartitionList, topic: &str, partition: i32| match l
+        .find_partition(topic, partition)
+        .map(|e| e.offset())
+    {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
     };
-    let mut to_read: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, (i64, i64)>> =
-        Default::default();
+    let mut to_read: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<i32, (i64, i64)>,
+    > = Default::default();
     for (topic, partition) in wanted {
         if found.contains_key(&(topic.clone(), *partition)) {
             continue;

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::intake::LaneConsumer;
 use super::read_back::Rebalances;
 use crate::delivery::{Done, Job, JobEnd};
-use super::intake::LaneConsumer;
 use crate::kafka::group::GroupChange;
 use crate::kafka::offsets::OffsetTracker;
 
@@ -253,7 +253,8 @@ impl LaneState {
         for (tp, next) in std::mem::take(&mut self.to_store) {
             let k = usize::from(tp.retry);
             // Stored as the next offset to read, as a commit expects.
-            if let Err(error) = lists[k].add_partition_offset(topics[k], tp.partition, Offset::Offset(next))
+            if let Err(error) =
+                lists[k].add_partition_offset(topics[k], tp.partition, Offset::Offset(next))
             {
                 tracing::warn!(%error, "offset list");
             }

@@ -107,7 +107,14 @@ pub async fn supervise(
         });
         let mut new: Vec<String> = partners.keys().cloned().collect();
         new.sort();
-        let may_park = match make_topics(&settings, &new, config.partitions, config.park_after.is_some()).await {
+        let may_park = match make_topics(
+            &settings,
+            &new,
+            config.partitions,
+            config.park_after.is_some(),
+        )
+        .await
+        {
             Ok(may_park) => may_park,
             Err(error) => {
                 tracing::warn!(partners = new.len(), %error, "cannot create the new partners' topics yet");
@@ -121,10 +128,17 @@ pub async fn supervise(
             // succeeds no lane starts: a group joined without them would start every
             // partner from its topic's beginning.
             let (s, prefix, all) = (settings.clone(), config.group_prefix.clone(), new.clone());
-            match tokio::task::spawn_blocking(move || super::upgrade::adopt_legacy_offsets(&s, &prefix, &all)).await? {
+            match tokio::task::spawn_blocking(move || {
+                super::upgrade::adopt_legacy_offsets(&s, &prefix, &all)
+            })
+            .await?
+            {
                 Ok(n) => {
                     if n > 0 {
-                        tracing::info!(partitions = n, "adopted the offsets of the per-partner groups of an earlier version");
+                        tracing::info!(
+                            partitions = n,
+                            "adopted the offsets of the per-partner groups of an earlier version"
+                        );
                     }
                     adopted = true;
                 }
@@ -136,7 +150,9 @@ pub async fn supervise(
         }
         for partner in new {
             let (cap, rate) = partners[&partner];
-            let park_after = config.park_after.filter(|_| may_park.contains_key(&partner));
+            let park_after = config
+                .park_after
+                .filter(|_| may_park.contains_key(&partner));
             let retry_partitions = may_park.get(&partner).copied().unwrap_or(config.partitions);
             let flow = PartnerFlow::new(&partner, cap, rate, config.flow.clone());
             flows.insert(partner.clone(), Arc::clone(&flow));
@@ -184,12 +200,7 @@ pub async fn supervise(
                         ctx.park_after.is_some(),
                         Some(Arc::clone(&ctx.health)),
                     );
-                    run_linked(
-                        name.clone(),
-                        link,
-                        lane_config.clone(),
-                        ctx.clone(),
-                    )
+                    run_linked(name.clone(), link, lane_config.clone(), ctx.clone())
                 },
                 move |why| {
                     tracing::error!(partner = %who, %why, "delivery lane ended; restarting it");

@@ -108,9 +108,13 @@ impl Throttle {
     /// Counts the lane's unfinished records in the global cap.
     fn count(&mut self, total: usize) {
         if total > self.counted {
-            self.global.held.fetch_add(total - self.counted, Ordering::Relaxed);
+            self.global
+                .held
+                .fetch_add(total - self.counted, Ordering::Relaxed);
         } else {
-            self.global.held.fetch_sub(self.counted - total, Ordering::Relaxed);
+            self.global
+                .held
+                .fetch_sub(self.counted - total, Ordering::Relaxed);
         }
         self.counted = total;
     }
@@ -131,8 +135,19 @@ impl Throttle {
     /// because librdkafka keeps a pause the application set across a revoke and a new
     /// assignment: a partition paused by this lane (or by one before it) and assigned
     /// again would otherwise never be fetched.
-    pub(super) fn assigned(&self, consumer: &LaneConsumer, topic: &str, retry: bool, partition: i32) {
-        set_paused(consumer, topic, &BTreeSet::from([partition]), self.paused(retry));
+    pub(super) fn assigned(
+        &self,
+        consumer: &LaneConsumer,
+        topic: &str,
+        retry: bool,
+        partition: i32,
+    ) {
+        set_paused(
+            consumer,
+            topic,
+            &BTreeSet::from([partition]),
+            self.paused(retry),
+        );
     }
 
     /// The lane ends: it holds nothing any more.
@@ -185,23 +200,40 @@ mod tests {
     #[test]
     fn a_lane_pauses_at_twice_its_max_held_and_resumes_with_max_still_in_hand() {
         let mut t = Throttle::new(100, GlobalCap::default());
-        assert!(!turn(&mut t, 100, 50), "full but little queued: keeps fetching");
+        assert!(
+            !turn(&mut t, 100, 50),
+            "full but little queued: keeps fetching"
+        );
         assert!(turn(&mut t, 100, 100), "twice max held: paused");
         assert!(turn(&mut t, 100, 1), "still above max");
-        assert!(!turn(&mut t, 100, 0), "max held: resumed while it has max to work on");
+        assert!(
+            !turn(&mut t, 100, 0),
+            "max held: resumed while it has max to work on"
+        );
     }
 
     #[test]
     fn the_global_cap_pauses_every_lane_holding_some_and_resumes_them_below_three_quarters() {
         let global = GlobalCap::new(1_000);
-        let mut lanes: Vec<Throttle> = (0..3).map(|_| Throttle::new(1_024, global.clone())).collect();
+        let mut lanes: Vec<Throttle> = (0..3)
+            .map(|_| Throttle::new(1_024, global.clone()))
+            .collect();
         // Each far below its own cap, together at the global one.
         assert!(!turn(&mut lanes[0], 400, 0));
         assert!(!turn(&mut lanes[1], 400, 0));
-        assert!(turn(&mut lanes[2], 200, 0), "the lane that reached the cap pauses");
+        assert!(
+            turn(&mut lanes[2], 200, 0),
+            "the lane that reached the cap pauses"
+        );
         assert_eq!(global.held(), 1_000);
-        assert!(turn(&mut lanes[0], 400, 0), "so does every lane holding some");
-        assert!(!turn(&mut Throttle::new(1_024, global.clone()), 0, 0), "a lane holding none does not");
+        assert!(
+            turn(&mut lanes[0], 400, 0),
+            "so does every lane holding some"
+        );
+        assert!(
+            !turn(&mut Throttle::new(1_024, global.clone()), 0, 0),
+            "a lane holding none does not"
+        );
         // Down to 800 (above three quarters): still paused.
         assert!(turn(&mut lanes[0], 200, 0));
         assert_eq!(global.held(), 800);

@@ -110,9 +110,15 @@ async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops
     // A partner that never parked nor dead-lettered has no retry or dead-letter topic
     // (#14: they are made on first use), only its delivery topic.
     let topics = topic_names(&world.brokers);
-    assert!(topics.contains(&format!("deliveries.{partner}")), "{topics:?}");
+    assert!(
+        topics.contains(&format!("deliveries.{partner}")),
+        "{topics:?}"
+    );
     for unused in [format!("retries.{partner}"), format!("dlq.{partner}")] {
-        assert!(!topics.contains(&unused), "{unused} was made before it was needed");
+        assert!(
+            !topics.contains(&unused),
+            "{unused} was made before it was needed"
+        );
     }
     app.stop().await.expect("stopped cleanly");
 }
@@ -127,5 +133,9 @@ fn topic_names(brokers: &str) -> Vec<String> {
     let metadata = client
         .fetch_metadata(None, Duration::from_secs(10))
         .expect("metadata");
-    metadata.topics().iter().map(|t| t.name().to_string()).collect()
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect()
 }

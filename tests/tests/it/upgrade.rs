@@ -66,7 +66,12 @@ async fn an_upgrade_from_per_partner_groups_resends_nothing_the_old_groups_commi
     publish(0, 12, &mut sent).await;
     let old = world.start();
     let first = eventually(Duration::from_secs(60), || receiver.unique() == 12).await;
-    assert!(first, "{} of 12 delivered\n{}", receiver.unique(), old.log_tail());
+    assert!(
+        first,
+        "{} of 12 delivered\n{}",
+        receiver.unique(),
+        old.log_tail()
+    );
     assert_eq!(old.terminate(), Some(0));
     // What it committed, as the per-partner group of an earlier version would hold it
     // under a prefix whose new groups are empty.
@@ -80,7 +85,10 @@ async fn an_upgrade_from_per_partner_groups_resends_nothing_the_old_groups_commi
             _ => 0,
         })
         .sum();
-    assert_eq!(done, 12, "the first run committed its 12 records: {offsets:?}");
+    assert_eq!(
+        done, 12,
+        "the first run committed its 12 records: {offsets:?}"
+    );
     world.lane_group_prefix = unique("upgraded");
     commit_as(&format!("{}.{partner}", world.lane_group_prefix), &offsets);
 
@@ -88,7 +96,12 @@ async fn an_upgrade_from_per_partner_groups_resends_nothing_the_old_groups_commi
     publish(12, 20, &mut sent).await;
     let new = world.start();
     let all = eventually(Duration::from_secs(60), || receiver.unique() == 20).await;
-    assert!(all, "{} of 20 delivered\n{}", receiver.unique(), new.log_tail());
+    assert!(
+        all,
+        "{} of 20 delivered\n{}",
+        receiver.unique(),
+        new.log_tail()
+    );
     // Nothing more comes later.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resent = receiver.deliveries().iter().filter(|d| d.duplicate).count();

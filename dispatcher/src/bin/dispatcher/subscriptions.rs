@@ -18,11 +18,10 @@ pub async fn apply(shared: &Shared, file: &Path, prune: bool) -> anyhow::Result<
     let mut partners: Vec<String> = subscriptions.iter().map(|s| s.partner_id.clone()).collect();
     partners.sort();
     partners.dedup();
-    let topics: Vec<String> = partners
-        .iter()
-        .map(|p| delivery_topic(p))
-        .collect();
-    kafka.ensure_topics(&topics, shared.partner_partitions, &[]).await?;
+    let topics: Vec<String> = partners.iter().map(|p| delivery_topic(p)).collect();
+    kafka
+        .ensure_topics(&topics, shared.partner_partitions, &[])
+        .await?;
     let current = shared.table().await?;
     let remove: Vec<Arc<Subscription>> = if prune {
         current
