@@ -1,0 +1,287 @@
+//! The intake's routing table: which lane each topic's records go to, which partitions
+//! each lane has (with the epoch of each assignment), and which retry partitions are
+//! read; following rebalances, partners joining, and a restarted lane's rewind.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::{Change, Inbox, LaneConsumer, Record};
+use crate::delivery::{self, Job};
+use crate::kafka::group::GroupChange;
+use crate::kafka::headers;
+use crate::subscriptions::{delivery_topic, retry_topic};
+
+/// A partner joining: what [`Routes::join`] needs.
+#[derive(Debug)]
+pub(super) struct Join {
+    pub(super) partner: String,
+    pub(super) parking: bool,
+    pub(super) health: Option<Arc<crate::health::PartnerHealth>>,
+    pub(super) inbox: Inbox,
+}
+
+/// The intake's routing table.
+#[derive(Default)]
+pub(super) struct Routes {
+    partners: HashMap<Arc<str>, Route>,
+    /// Topic → (partner, whether it is the retry topic).
+    by_topic: HashMap<Arc<str>, (Arc<str>, bool)>,
+    /// The last assignment epoch handed out.
+    epochs: u64,
+}
+
+/// A partner as the intake routes it.
+struct Route {
+    inbox: Inbox,
+    parking: bool,
+    /// The delivery and retry topic, shared by the partner's jobs.
+    topics: [Arc<str>; 2],
+    /// Delivery partitions that are ours, with the epoch of their assignment.
+    assigned: BTreeMap<i32, u64>,
+    /// Retry partitions being read (of delivery partitions that are ours).
+    reading: BTreeSet<i32>,
+}
+
+impl Route {
+    fn change(&self, retry: bool, partition: i32, assigned: bool, epoch: u64) {
+        let _ = self.inbox.changes.send(Change {
+            retry,
+            partition,
+            assigned,
+            epoch,
+        });
+    }
+}
+
+impl Routes {
+    /// Hands a record to its partner's lane (a retry record only while its delivery
+    /// partition is ours: one read before the revoke took effect is left to the new
+    /// owner).
+    pub(super) fn route(&self, message: &BorrowedMessage<'_>, retry: bool) {
+        let Some((partner, _)) = self.by_topic.get(message.topic()) else {
+            tracing::warn!(topic = message.topic(), "a record of a topic no lane reads");
+            return;
+        };
+        let Some(r) = self.partners.get(partner) else {
+            return;
+        };
+        let Some(&epoch) = r.assigned.get(&message.partition()) else {
+            return;
+        };
+        if retry && !r.reading.contains(&message.partition()) {
+            return;
+        }
+        let job = job_from(message, &r.topics, retry);
+        let _ = r.inbox.records.send(Record { job, epoch });
+    }
+
+    /// Follows what the deliveries group's rebalances changed: tells each lane, and stops
+    /// reading retry partition `p` when delivery partition `p` is revoked.
+    pub(super) fn follow(&mut self, deliveries: &LaneConsumer, retries: &LaneConsumer) {
+        let changes = deliveries.context().take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        let mut lost = TopicPartitionList::new();
+        for change in changes {
+            let (topic, partition, assigned) = match change {
+                GroupChange::Assigned(t, p) => (t, p, true),
+                GroupChange::Revoked(t, p) => (t, p, false),
+            };
+            let Some((partner, _)) = self.by_topic.get(topic.as_str()) else {
+                continue;
+            };
+            let Some(r) = self.partners.get_mut(partner) else {
+                continue;
+            };
+            let epoch = if assigned {
+                self.epochs += 1;
+                r.assigned.insert(partition, self.epochs);
+                self.epochs
+            } else {
+                r.assigned.remove(&partition).unwrap_or_default()
+            };
+            r.change(false, partition, assigned, epoch);
+            if !assigned && r.reading.remove(&partition) {
+                let _ = lost.add_partition(&r.topics[1], partition);
+                r.change(true, partition, false, epoch);
+            }
+        }
+        if lost.count() > 0 {
+            // What the lanes stored for them, then stop reading them.
+            // Synchronously: the partitions' next owner reads the committed offsets back.
+            if let Err(error) = retries.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(%error, "committing retry offsets on revoke");
+            }
+            if let Err(error) = retries.incremental_unassign(&lost) {
+                tracing::error!(%error, "retry reader: unassign");
+            }
+        }
+    }
+
+    /// A partner joins (or joins again after its lane restarted). Returns whether the
+    /// subscription must change.
+    pub(super) fn join(
+        &mut self,
+        deliveries: &LaneConsumer,
+        retries: &LaneConsumer,
+        join: Join,
+    ) -> bool {
+        let Join {
+            partner,
+            parking,
+            health,
+            inbox,
+        } = join;
+        let partner: Arc<str> = partner.into();
+        let topics: [Arc<str>; 2] = [
+            delivery_topic(&partner).into(),
+            retry_topic(&partner).into(),
+        ];
+        deliveries.context().watch_lag(&topics[0], health);
+        self.by_topic
+            .insert(Arc::clone(&topics[0]), (Arc::clone(&partner), false));
+        self.by_topic
+            .insert(Arc::clone(&topics[1]), (Arc::clone(&partner), true));
+        let Some(old) = self.partners.get_mut(&partner) else {
+            self.partners.insert(
+                partner,
+                Route {
+                    inbox,
+                    parking,
+                    topics,
+                    assigned: BTreeMap::new(),
+                    reading: BTreeSet::new(),
+                },
+            );
+            return true;
+        };
+        // A restarted lane: what its predecessor held is read again from the committed
+        // offsets, and it is told which partitions are its.
+        old.inbox = inbox;
+        let delivery = rewind(deliveries, &old.topics[0], old.assigned.keys());
+        let retry = rewind(retries, &old.topics[1], old.reading.iter());
+        for (&partition, &epoch) in &old.assigned {
+            if delivery.contains(&partition) {
+                old.change(false, partition, true, epoch);
+            }
+            if retry.contains(&partition) && delivery.contains(&partition) {
+                old.change(true, partition, true, epoch);
+            }
+        }
+        false
+    }
+
+    /// The lane of `partner` asks for retry partition `partition` to be read from `from`
+    /// (the committed offset when `None`); added to `read` when it is not read yet.
+    pub(super) fn read_retry(
+        &mut self,
+        partner: &str,
+        partition: i32,
+        from: Option<i64>,
+        read: &mut TopicPartitionList,
+    ) {
+        let Some(r) = self.partners.get_mut(partner) else {
+            return;
+        };
+        let Some(&epoch) = r.assigned.get(&partition) else {
+            return;
+        };
+        if r.parking && r.reading.insert(partition) {
+            // From where the read-back counted the parked keys, so the reader and the
+            // counts agree even if the committed offset moved since.
+            let at = from.map_or(Offset::Stored, Offset::Offset);
+            let _ = read.add_partition_offset(&r.topics[1], partition, at);
+            r.change(true, partition, true, epoch);
+        }
+    }
+
+    /// Every partner's delivery topic, sorted (the subscription).
+    pub(super) fn delivery_topics(&self) -> Vec<&str> {
+        let mut topics: Vec<&str> = self.partners.values().map(|r| &*r.topics[0]).collect();
+        topics.sort_unstable();
+        topics
+    }
+}
+
+/// Moves the consumer's position in `partitions` of `topic` back to their committed
+/// offsets. Blocking (a lane restart is rare).
+/// Returns the partitions rewound: a partition that could not be is not handed to the
+/// new lane, so nothing of it is taken in and its committed offset stays where it is
+/// (it waits for its next assignment, here or elsewhere) rather than being skipped.
+fn rewind<'a>(
+    consumer: &LaneConsumer,
+    topic: &str,
+    partitions: impl Iterator<Item = &'a i32>,
+) -> BTreeSet<i32> {
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        list.add_partition(topic, p);
+    }
+    if list.count() == 0 {
+        return BTreeSet::new();
+    }
+    let rewound = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .and_then(|mut committed| {
+            let never: Vec<i32> = committed
+                .elements_for_topic(topic)
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| e.partition())
+                .collect();
+            for p in never {
+                // Never committed: from the start, as a new member would.
+                let _ = committed.set_partition_offset(topic, p, Offset::Beginning);
+            }
+            consumer.seek_partitions(committed, Duration::from_secs(10))
+        });
+    match rewound {
+        Ok(list) => list
+            .elements()
+            .iter()
+            .filter(|e| {
+                let ok = e.error().is_ok();
+                if !ok {
+                    tracing::error!(%topic, partition = e.partition(), "a restarted lane's partition could not be rewound; it waits for its next assignment");
+                }
+                ok
+            })
+            .map(|e| e.partition())
+            .collect(),
+        Err(error) => {
+            tracing::error!(%topic, %error, "rewinding a restarted lane's partitions; they wait for their next assignment");
+            BTreeSet::new()
+        }
+    }
+}
+
+/// `topics`: the partner's delivery and retry topic.
+fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2], retry: bool) -> Job {
+    let raw = |name: &str| {
+        message
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+    };
+    let text = |name: &str| raw(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    Job {
+        topic: Arc::clone(&topics[usize::from(retry)]),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().unwrap_or_default().to_vec(),
+        body: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        webhook_id: text(headers::WEBHOOK_ID).unwrap_or_default(),
+        subscription_id: text(headers::SUBSCRIPTION_ID).unwrap_or_default(),
+        traceparent: text(headers::TRACEPARENT),
+        occurred_at_ms: raw(headers::OCCURRED_AT)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+        headers: message.headers().map(|h| h.detach()),
+        parked: retry.then(|| delivery::Parked::from_headers(text)),
+        follow: false,
+    }
+}
