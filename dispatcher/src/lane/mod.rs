@@ -83,38 +83,76 @@ const BATCH: usize = 64;
 /// partner's concurrency limit is higher).
 const MIN_STARTING: usize = 16;
 
-/// Follows one partition change of the intake: the lane's partitions and their epochs,
-/// a new partition paused when its topic is, and the lane's state ([`Rebalances`]).
-#[allow(clippy::too_many_arguments)]
-fn follow_change(
-    change: Change,
-    assigned: &mut [BTreeSet<i32>; 2],
-    epochs: &mut HashMap<(bool, i32), u64>,
-    throttle: &Throttle,
-    consumers: [&intake::LaneConsumer; 2],
-    topics: [&str; 2],
-    rebalances: &Rebalances,
-    state: &mut LaneState,
-) {
-    let Change {
-        retry,
-        partition,
-        assigned: gained,
-        epoch,
-    } = change;
-    let k = usize::from(retry);
-    let topic = topics[k].to_string();
-    let change = if gained {
-        assigned[k].insert(partition);
-        epochs.insert((retry, partition), epoch);
-        throttle.assigned(consumers[k], &topic, retry, partition);
-        GroupChange::Assigned(topic, partition)
-    } else {
-        assigned[k].remove(&partition);
-        epochs.remove(&(retry, partition));
-        GroupChange::Revoked(topic, partition)
-    };
-    rebalances.follow(state, vec![change]);
+/// The lane's partitions as the intake told it: which are its (per topic), the epoch
+/// of each assignment (a record of an earlier one, its partition revoked since, is
+/// dropped), and the retry partitions it asked the intake to read, with where each
+/// delivery partition's read-back of parked keys started (the retry reader starts
+/// there).
+#[derive(Default)]
+struct Owned {
+    assigned: [BTreeSet<i32>; 2],
+    epochs: HashMap<(bool, i32), u64>,
+    reading: HashSet<i32>,
+    retry_from: HashMap<i32, i64>,
+}
+
+impl Owned {
+    /// Follows one partition change of the intake: the lane's partitions and their
+    /// epochs, a new partition paused or resumed as its topic is, and the lane's state
+    /// ([`Rebalances`]).
+    fn follow(
+        &mut self,
+        change: Change,
+        throttle: &Throttle,
+        consumers: [&intake::LaneConsumer; 2],
+        topics: [&str; 2],
+        rebalances: &Rebalances,
+        state: &mut LaneState,
+    ) {
+        let Change {
+            retry,
+            partition,
+            assigned: gained,
+            epoch,
+        } = change;
+        let k = usize::from(retry);
+        let topic = topics[k].to_string();
+        let change = if gained {
+            self.assigned[k].insert(partition);
+            self.epochs.insert((retry, partition), epoch);
+            throttle.assigned(consumers[k], &topic, retry, partition);
+            GroupChange::Assigned(topic, partition)
+        } else {
+            self.assigned[k].remove(&partition);
+            self.epochs.remove(&(retry, partition));
+            if !retry {
+                self.reading.remove(&partition);
+                self.retry_from.remove(&partition);
+            }
+            GroupChange::Revoked(topic, partition)
+        };
+        rebalances.follow(state, vec![change]);
+    }
+
+    /// The epoch of the current assignment of a partition (`None`: not the lane's).
+    fn epoch(&self, retry: bool, partition: i32) -> Option<u64> {
+        self.epochs.get(&(retry, partition)).copied()
+    }
+
+    /// The current read-back of delivery partition `partition` started at `from` of its
+    /// retry partition and found records there (`holds`): whether to ask the intake to
+    /// read it.
+    fn read_back(&mut self, partition: i32, from: i64, holds: bool) -> bool {
+        self.retry_from.insert(partition, from);
+        holds && self.reading.insert(partition)
+    }
+
+    /// The lane parked a record of delivery partition `partition`: where to ask the
+    /// intake to read its retry partition from, if it is not read yet.
+    fn parked(&mut self, partition: i32) -> Option<Option<i64>> {
+        (self.assigned[0].contains(&partition) && self.reading.insert(partition))
+            .then(|| self.retry_from.get(&partition).copied())
+    }
 }
 
 /// Runs one partner's lane alone until `shutdown`, with an intake of its own in group
@@ -192,21 +230,11 @@ pub async fn run_linked(
     // Each topic has its own pause: parked records waiting on a failing key never stop
     // the delivery topic.
     let mut throttle = Throttle::new(config.max_buffered, config.global.clone());
-    let mut assigned: [BTreeSet<i32>; 2] = Default::default();
-    // The epoch of each partition's current assignment: a record of an earlier one (its
-    // partition was revoked since) is dropped.
-    let mut epochs: HashMap<(bool, i32), u64> = HashMap::new();
+    let mut owned = Owned::default();
     // Whether the lane takes records: not from `max_buffered` unfinished (of either
     // topic) until a quarter of them finished; they wait in the channel meanwhile (no
     // more than what was fetched before the pause).
     let mut taking = true;
-    // Retry partitions the intake was asked to read (of delivery partitions that are
-    // the lane's): those where a read-back found parked records, or where the lane
-    // parked one.
-    let mut reading: HashSet<i32> = HashSet::new();
-    // Per delivery partition: where its read-back of parked keys started in the retry
-    // partition (the retry reader starts there).
-    let mut retry_from: HashMap<i32, i64> = HashMap::new();
     let consumers = [&*deliveries, &*retries];
     let topics = [topic.as_str(), retry_topic.as_str()];
     let starting = delivery::Starting::default();
@@ -225,7 +253,7 @@ pub async fn run_linked(
         throttle.update(
             consumers,
             topics,
-            &assigned,
+            &owned.assigned,
             pending,
             records.len(),
             &lm.paused,
@@ -260,11 +288,8 @@ pub async fn run_linked(
                     .rebuilding
                     .get(&answer.partition)
                     .is_some_and(|r| r.generation == answer.generation);
-                if current {
-                    retry_from.insert(answer.partition, answer.from);
-                    if answer.to > answer.from && reading.insert(answer.partition) {
-                        read_retries.start(answer.partition, Some(answer.from));
-                    }
+                if current && owned.read_back(answer.partition, answer.from, answer.to > answer.from) {
+                    read_retries.start(answer.partition, Some(answer.from));
                 }
                 let ready = state.finish_rebuild(answer);
                 state.ready.extend(ready);
@@ -280,11 +305,10 @@ pub async fn run_linked(
                 let mut done = Some(done);
                 let mut handled = 0;
                 while let Some(d) = done.take() {
-                    if matches!(d.end, delivery::JobEnd::Parked { .. })
-                        && assigned[0].contains(&d.partition)
-                        && reading.insert(d.partition)
-                    {
-                        read_retries.start(d.partition, retry_from.get(&d.partition).copied());
+                    if matches!(d.end, delivery::JobEnd::Parked { .. }) {
+                        if let Some(from) = owned.parked(d.partition) {
+                            read_retries.start(d.partition, from);
+                        }
                     }
                     if let Some(next) = state.done(d) {
                         state.ready.push_back(next);
@@ -298,11 +322,7 @@ pub async fn run_linked(
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
             Some(change) = changes.recv() => {
-                if !change.retry && !change.assigned {
-                    reading.remove(&change.partition);
-                    retry_from.remove(&change.partition);
-                }
-                follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
+                owned.follow(change, &throttle, consumers, topics, &rebalances, &mut state);
             }
             // Records, in the order the intake read them, while there is room.
             record = records.recv(), if taking => {
@@ -310,18 +330,14 @@ pub async fn run_linked(
                 let mut handled = 0;
                 while let Some(r) = record.take() {
                     let Some(Record { job, epoch }) = r else { break 'lane };
-                    let key = (job.parked.is_some(), job.partition);
-                    if epochs.get(&key).is_some_and(|e| *e < epoch) || !epochs.contains_key(&key) {
+                    let (retry, partition) = (job.parked.is_some(), job.partition);
+                    if owned.epoch(retry, partition).is_none_or(|e| e < epoch) {
                         // Its assignment's change is on its way: it was sent first.
                         while let Ok(change) = changes.try_recv() {
-                            if !change.retry && !change.assigned {
-                                reading.remove(&change.partition);
-                                retry_from.remove(&change.partition);
-                            }
-                            follow_change(change, &mut assigned, &mut epochs, &throttle, consumers, topics, &rebalances, &mut state);
+                            owned.follow(change, &throttle, consumers, topics, &rebalances, &mut state);
                         }
                     }
-                    if epochs.get(&key) == Some(&epoch) {
+                    if owned.epoch(retry, partition) == Some(epoch) {
                         if let Some(start) = state.take(job) {
                             state.ready.push_back(start);
                         }
@@ -361,8 +377,8 @@ pub async fn run_linked(
             }
         }
     }
+    // (Dropping `throttle` gives its count in the global cap back.)
     state.store_offsets(consumers, topics);
-    throttle.release();
     tracing::info!(partner = %partner, "delivery lane stopped");
     Ok(())
 }
