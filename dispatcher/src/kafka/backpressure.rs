@@ -1,4 +1,5 @@
-//! Back-pressure of a consumer loop (a partner's lane, the router): at most `max`
+//! Back-pressure of a consumer loop that owns its consumer (the router; the lanes share
+//! theirs and pause only their own partitions, `lane/throttle.rs`): at most `max`
 //! unfinished records are taken in; past that the loop stops reading, then pauses its
 //! partitions and keeps polling, so it stays in its group and the backlog waits in Kafka.
 

@@ -23,6 +23,8 @@ pub struct GroupContext {
     /// Partitions revoked and assigned since the last [`GroupContext::take_changes`], in
     /// the order the rebalances happened.
     changes: Mutex<Vec<GroupChange>>,
+    /// Set after `changes` grew (read by [`GroupContext::take_changes`]).
+    noted: std::sync::atomic::AtomicBool,
     /// Set when partitions were assigned (a paused lane must pause them too).
     assigned: std::sync::atomic::AtomicBool,
     /// Woken when a rebalance changed something (the loop follows it even when no
@@ -145,9 +147,17 @@ impl GroupContext {
     pub fn new(name: &str, topic: &str) -> Self {
         Self {
             name: name.to_string(),
-            lag_of: Mutex::new([(topic.to_string(), None)].into_iter().collect()),
+            // (The lanes' shared consumer names no topic here: it watches one per
+            // partner, `watch_lag`.)
+            lag_of: Mutex::new(
+                (!topic.is_empty())
+                    .then(|| (topic.to_string(), None))
+                    .into_iter()
+                    .collect(),
+            ),
             changes: Mutex::default(),
             assigned: Default::default(),
+            noted: Default::default(),
             changed: Default::default(),
             board: None,
             commit_on_revoke: false,
@@ -201,6 +211,11 @@ impl GroupContext {
     /// rebalance, and the next poll, still inside the same `select!`, can already return
     /// a record of a partition it assigned.
     pub fn take_changes(&self) -> Vec<GroupChange> {
+        // Called before each record the intake hands on: an atomic, not the lock, when
+        // nothing changed (`note` sets it after adding its changes).
+        if !self.noted.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -222,6 +237,7 @@ impl GroupContext {
         if let Some((board, generation)) = &self.board {
             board.rebalanced(&self.name, *generation, &partitions, assigned);
         }
+        self.noted.store(true, Ordering::Release);
         self.changed.notify_one();
         partitions
     }

@@ -142,9 +142,7 @@ impl KafkaSettings {
             .map(|t| t.partitions().len())
             .ok_or_else(|| anyhow::anyhow!("topic `{topic}` has no partitions"))
     }
-}
 
-impl KafkaSettings {
     /// The partition count of every topic of the cluster, in one metadata request.
     /// Blocking.
     pub fn all_partition_counts(&self) -> anyhow::Result<std::collections::HashMap<String, usize>> {
