@@ -23,9 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
-use dispatcher::lane::{self, Intake, LaneConfig};
+use dispatcher::lane::{self, Intake};
 use dispatcher::subscriptions::RetryPolicy;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -96,15 +95,7 @@ fn enqueue(
 ) -> rdkafka::producer::DeliveryFuture {
     let (id, key) = (format!("{partner}-{i}"), format!("order-{}", i % 2000));
     let sub = format!("{partner}-s");
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "webhook-id",
-            value: Some(id.as_str()),
-        })
-        .insert(Header {
-            key: "subscription-id",
-            value: Some(sub.as_str()),
-        });
+    let headers = common::delivery_headers(id.as_str(), sub.as_str());
     let payload = body(now_us());
     producer
         .send_result(
@@ -205,16 +196,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         initial_backoff_ms: 100,
         max_backoff_ms: 2_000,
     };
-    let config = LaneConfig {
-        group_prefix: "isolation".into(),
-        max_buffered: 1024,
-        shutdown_deadline: Duration::from_secs(1),
-        partitions: 6,
-        global: Default::default(),
-        flow: dispatcher::webhook::flow::FlowConfig::default(),
-        park_after: None,
-        groups: Default::default(),
-    };
+    let config = common::lane_config("isolation", 1024, Duration::from_secs(1), 6);
     // One intake and one producer for every lane, as `dispatcher run` has.
     let mut b = common::lane("b", brokers.clone(), url_b, 64, retry.clone());
     b.settings.options.push(fast_fetch());

@@ -16,10 +16,8 @@ mod common;
 
 use common::env_or;
 
-use dispatcher::lane::{self, LaneConfig};
+use dispatcher::lane;
 use dispatcher::subscriptions::RetryPolicy;
-use dispatcher::webhook::flow::FlowConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -44,15 +42,7 @@ fn broker_main() {
         .expect("producer");
     for i in 0..n {
         let (id, key) = (format!("evt-{i}"), format!("order-{}", i % 50_000));
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "webhook-id",
-                value: Some(id.as_str()),
-            })
-            .insert(Header {
-                key: "subscription-id",
-                value: Some("down-s"),
-            });
+        let headers = common::delivery_headers(id.as_str(), "down-s");
         let mut record = BaseRecord::to("deliveries.down")
             .key(&key)
             .payload(BODY)
@@ -129,16 +119,7 @@ fn main() {
                 max_backoff_ms: 5_000,
             },
         );
-        let config = LaneConfig {
-            group_prefix: "memory".into(),
-            max_buffered: 1024,
-            shutdown_deadline: Duration::from_secs(2),
-            partitions: 6,
-            global: Default::default(),
-            flow: FlowConfig::default(),
-            park_after: None,
-            groups: Default::default(),
-        };
+        let config = common::lane_config("memory", 1024, Duration::from_secs(2), 6);
         let before = rss_mb();
         println!("partner down; lane RSS over time (MB):");
         println!("  before the lane: {before:.1}");

@@ -93,3 +93,36 @@ pub fn lane(
         shutdown,
     }
 }
+
+/// The headers the router gives a delivery record: its webhook id and subscription.
+pub fn delivery_headers(webhook_id: &str, subscription_id: &str) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::Header;
+    rdkafka::message::OwnedHeaders::new()
+        .insert(Header {
+            key: dispatcher::kafka::headers::WEBHOOK_ID,
+            value: Some(webhook_id),
+        })
+        .insert(Header {
+            key: dispatcher::kafka::headers::SUBSCRIPTION_ID,
+            value: Some(subscription_id),
+        })
+}
+
+/// A lane's settings as `dispatcher run` has them (no parking), in group `prefix`.
+pub fn lane_config(
+    prefix: &str,
+    max_buffered: usize,
+    shutdown_deadline: Duration,
+    partitions: i32,
+) -> dispatcher::lane::LaneConfig {
+    dispatcher::lane::LaneConfig {
+        group_prefix: prefix.into(),
+        max_buffered,
+        shutdown_deadline,
+        partitions,
+        global: Default::default(),
+        flow: FlowConfig::default(),
+        park_after: None,
+        groups: Default::default(),
+    }
+}

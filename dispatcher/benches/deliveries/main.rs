@@ -33,10 +33,9 @@ use common::env_or;
 
 use axum::http::StatusCode;
 use axum::routing::post;
-use dispatcher::lane::{self, LaneConfig};
+use dispatcher::lane;
 use dispatcher::subscriptions::RetryPolicy;
 use futures::stream::{self, StreamExt};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;

@@ -178,15 +178,7 @@ pub(crate) async fn filled_cluster(
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let (id, key) = (format!("evt-{i}"), format!("order-{}", i % 5000));
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "webhook-id",
-                value: Some(id.as_str()),
-            })
-            .insert(Header {
-                key: "subscription-id",
-                value: Some("bench-s"),
-            });
+        let headers = common::delivery_headers(id.as_str(), "bench-s");
         pending.push(
             producer
                 .send_result(
@@ -226,16 +218,12 @@ pub(crate) async fn dispatcher_lane(
         concurrency,
         RetryPolicy::default(),
     );
-    let config = LaneConfig {
-        group_prefix: format!("bench-{round}"),
-        max_buffered: env_or("BENCH_BUFFERED", 1024),
-        shutdown_deadline: Duration::from_secs(5),
-        partitions: PARTITIONS as i32,
-        global: Default::default(),
-        flow: dispatcher::webhook::flow::FlowConfig::default(),
-        park_after: None,
-        groups: Default::default(),
-    };
+    let config = common::lane_config(
+        &format!("bench-{round}"),
+        env_or("BENCH_BUFFERED", 1024),
+        Duration::from_secs(5),
+        PARTITIONS as i32,
+    );
     let before = receiver.count().await;
     let flow = std::sync::Arc::clone(&ctx.flow);
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));
