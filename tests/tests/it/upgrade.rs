@@ -25,6 +25,18 @@ fn committed(group: &str, topic: &str, partitions: i32) -> TopicPartitionList {
         .expect("committed offsets")
 }
 
+/// The sum of the offsets `group` committed in `topic`'s partitions `0..partitions`.
+fn committed_sum(group: &str, topic: &str, partitions: i32) -> i64 {
+    committed(group, topic, partitions)
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Commits `offsets` for `group` as a consumer outside the group (what an earlier
 /// version's lane group left behind).
 fn commit_as(group: &str, offsets: &TopicPartitionList) {
@@ -77,14 +89,7 @@ async fn an_upgrade_from_per_partner_groups_resends_nothing_the_old_groups_commi
     // under a prefix whose new groups are empty.
     let topic = format!("deliveries.{partner}");
     let offsets = committed(&world.lane_group_prefix, &topic, 3);
-    let done: i64 = offsets
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum();
+    let done = committed_sum(&world.lane_group_prefix, &topic, 3);
     assert_eq!(
         done, 12,
         "the first run committed its 12 records: {offsets:?}"
@@ -102,8 +107,18 @@ async fn an_upgrade_from_per_partner_groups_resends_nothing_the_old_groups_commi
         receiver.unique(),
         new.log_tail()
     );
-    // Nothing more comes later.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Everything is finished once the new group has committed all 20 records: any
+    // record sent again would have come before that.
+    let group = world.lane_group_prefix.clone();
+    let committed_all = eventually(Duration::from_secs(30), || {
+        committed_sum(&group, &topic, 3) == 20
+    })
+    .await;
+    assert!(
+        committed_all,
+        "the new group committed all 20\n{}",
+        new.log_tail()
+    );
     let resent = receiver.deliveries().iter().filter(|d| d.duplicate).count();
     assert_eq!(
         resent,
