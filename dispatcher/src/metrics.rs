@@ -61,6 +61,18 @@ pub const TIME_TO_WEBHOOK: &str = "dispatcher_time_to_webhook_seconds";
 const TIME_TO_WEBHOOK_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
+/// Seconds a record spends in one hop of the pipeline, per instance (`hop`, three
+/// values): `orders_to_router`, from the orders record's timestamp (the publisher's
+/// create time) to the router reading it; `deliveries_to_lane`, from the delivery
+/// record's timestamp (the router's write) to the lanes' intake reading it;
+/// `lane_to_request`, from the intake reading it to its first request leaving (the
+/// lane's queue, per-key order, flow control, signing). The Kafka hops against the
+/// dispatcher's own share of the time to webhook. Record timestamps come from the
+/// writer's clock: across hosts, clock skew is in the first two.
+pub const HOP_SECONDS: &str = "dispatcher_hop_seconds";
+const HOP_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 const LATENCY_BUCKETS: [f64; 12] = [
     0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -70,5 +82,23 @@ pub fn handle() -> PrometheusHandle {
     orderhooks_runtime::prometheus(&[
         (ATTEMPT_SECONDS, &LATENCY_BUCKETS),
         (TIME_TO_WEBHOOK, &TIME_TO_WEBHOOK_BUCKETS),
+        (HOP_SECONDS, &HOP_BUCKETS),
     ])
+}
+
+/// The histogram of one hop of [`HOP_SECONDS`] (resolve it once, not per record).
+pub fn hop(name: &'static str) -> metrics::Histogram {
+    metrics::histogram!(HOP_SECONDS, "hop" => name)
+}
+
+/// Records in `hop` the age of a record read from Kafka: its timestamp to now (nothing
+/// when it has none).
+pub fn record_age(hop: &metrics::Histogram, timestamp: rdkafka::Timestamp) {
+    if let Some(ms) = timestamp.to_millis() {
+        let age = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(ms)
+            .max(0);
+        hop.record(age as f64 / 1000.0);
+    }
 }

@@ -17,10 +17,17 @@
 //!   the lane, signing and the HTTP round trip;
 //! - total.
 //!
+//! Each hop is then split with the dispatcher's own `dispatcher_hop_seconds` histogram
+//! (read from `/metrics` at the end; quantiles interpolated within its buckets, the mean
+//! exact): publish → router read, routed → lane read (the second Kafka hop), lane read →
+//! request sent (the lane's queue, flow control, signing). What remains of routed →
+//! partner is the HTTP round trip.
+//!
 //! The floor: on the same broker, a bare producer and consumer made from the
 //! dispatcher's own client settings (`KafkaSettings`) send records at the same rate; its
 //! latency is record timestamp to the consumer's receipt. The two hops plus the HTTP
 //! round trip should cost about twice the floor. Figures print; nothing is asserted.
+//! BENCH_DUMP=DIR writes each delivery's timestamps to DIR/latency-RATE.csv.
 //! BENCH_KAFKA_OPTIONS (comma-separated librdkafka `key=value`) are given to the
 //! dispatcher (`--kafka-option`) and to the floor's clients alike.
 
@@ -142,7 +149,51 @@ async fn floor(brokers: &str, rate: usize, secs: usize) -> Vec<f64> {
     latencies
 }
 
+/// The dispatcher's own `dispatcher_hop_seconds{hop}` histogram in `/metrics` text:
+/// p50, p90 and p99 interpolated within its buckets and the exact mean, in ms.
+fn hop_from_metrics(text: &str, hop: &str) -> Option<[f64; 4]> {
+    let label = format!("hop=\"{hop}\"");
+    let mut buckets = Vec::new();
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines().filter(|l| l.contains(&label)) {
+        let (name, value) = line.rsplit_once(' ')?;
+        let value: f64 = value.parse().ok()?;
+        if name.starts_with("dispatcher_hop_seconds_bucket") {
+            let le = name.split("le=\"").nth(1)?.split('"').next()?;
+            buckets.push((le.parse::<f64>().unwrap_or(f64::INFINITY), value));
+        } else if name.starts_with("dispatcher_hop_seconds_sum") {
+            sum = value;
+        } else if name.starts_with("dispatcher_hop_seconds_count") {
+            count = value;
+        }
+    }
+    if count == 0.0 {
+        return None;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let at = |q: f64| {
+        let rank = q * count;
+        let (mut low, mut below) = (0.0, 0.0);
+        for &(le, n) in &buckets {
+            if n >= rank {
+                if le.is_infinite() {
+                    return low * 1000.0;
+                }
+                let share = if n > below { (rank - below) / (n - below) } else { 0.0 };
+                return (low + (le - low) * share) * 1000.0;
+            }
+            (low, below) = (le, n);
+        }
+        low * 1000.0
+    };
+    Some([at(0.5), at(0.9), at(0.99), sum / count * 1000.0])
+}
+
 struct Hops {
+    /// The dispatcher's `/metrics` at the end of the run.
+    metrics: String,
+    /// (publish, routed, arrived) milliseconds since the epoch, per delivery.
+    samples: Vec<(f64, f64, f64)>,
     routed: Vec<f64>,
     delivered: Vec<f64>,
     total: Vec<f64>,
@@ -154,14 +205,19 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
     let world = BenchWorld::on(&brokers).await;
     let receivers = world.partners("l", PARTNERS).await;
     let (dispatcher, addr) = world.start_dispatcher();
-    // Every group assigned (the router and the ten lanes) before the clock starts.
+    // The router and the lanes assigned (every partner's delivery partitions) before
+    // the clock starts.
     let status = format!("{addr}/status");
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let ready = match reqwest::get(&status).await {
             Ok(r) => r.json::<serde_json::Value>().await.ok().is_some_and(|s| {
                 s["groups"].as_object().is_some_and(|g| {
-                    g.len() > PARTNERS && g.values().all(|m| m["last_rebalance"] == "assigned")
+                    g.contains_key("router")
+                        && g.get("lanes")
+                            .and_then(|l| l["partitions"].as_array())
+                            .is_some_and(|p| p.len() >= PARTNERS)
+                        && g.values().all(|m| m["last_rebalance"] == "assigned")
                 })
             }),
             Err(_) => false,
@@ -196,6 +252,11 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
     while delivered() < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The dispatcher's own view of each hop, before it stops.
+    let metrics = match reqwest::get(format!("{addr}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     drop(dispatcher);
 
     let published: HashMap<String, f64> = read_all(&brokers, &world.orders_topic)
@@ -204,6 +265,8 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
         .filter_map(|r| Some((r.header("event-id")?.to_string(), record_millis(r)?)))
         .collect();
     let mut hops = Hops {
+        metrics,
+        samples: Vec::new(),
         routed: Vec::new(),
         delivered: Vec::new(),
         total: Vec::new(),
@@ -224,6 +287,7 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
             hops.routed.push(r - p);
             hops.delivered.push(arrived - r);
             hops.total.push(arrived - p);
+            hops.samples.push((*p, *r, arrived));
         }
     }
     hops
@@ -254,11 +318,31 @@ async fn main() {
         row("broker floor (producer → consumer)", &floor);
         row("publish → routed", &hops.routed);
         row("routed → partner", &hops.delivered);
+        for (hop, name) in [
+            ("orders_to_router", "  of which: publish → router read"),
+            ("deliveries_to_lane", "  of which: routed → lane read"),
+            ("lane_to_request", "  of which: lane read → request sent"),
+        ] {
+            if let Some([p50, p90, p99, mean]) = hop_from_metrics(&hops.metrics, hop) {
+                println!(
+                    "| {rate} | {name} (dispatcher_hop_seconds; mean {mean:.1}) | {p50:.0} | {p90:.0} | {p99:.0} | |"
+                );
+            }
+        }
         row("total (publish → partner)", &hops.total);
         println!(
             "| {rate} | total p50 / (2 × floor p50) | {:.2} | | | |",
             p50(hops.total.clone()) / (2.0 * p50(floor.clone()))
         );
+        if let Ok(dir) = std::env::var("BENCH_DUMP") {
+            let path = format!("{dir}/latency-{rate}.csv");
+            let mut text = String::from("published_ms,routed_ms,arrived_ms\n");
+            for (p, r, a) in &hops.samples {
+                text.push_str(&format!("{p:.0},{r:.0},{a:.1}\n"));
+            }
+            std::fs::write(&path, text).expect("write BENCH_DUMP");
+            println!("samples written to {path}");
+        }
         if hops.missing > 0 {
             println!(
                 "| {rate} | not delivered within 120 s | {} | | | |",

@@ -87,6 +87,11 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             continue;
         }
         attempts += 1;
+        if attempts == 1 && job.parked.is_none() {
+            if let Some(read_at) = job.read_at {
+                lm.lane_to_request.record(read_at.elapsed().as_secs_f64());
+            }
+        }
         lm.in_flight.increment(1.0);
         let hook = Webhook {
             url: &target.url,

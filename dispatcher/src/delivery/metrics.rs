@@ -12,6 +12,8 @@ pub struct LaneMetrics {
     pub(super) attempt_seconds: metrics::Histogram,
     /// From the event's `occurred_at` to the 2xx.
     pub(super) time_to_webhook: metrics::Histogram,
+    /// From the intake reading a delivery record to its first request (per instance).
+    pub(super) lane_to_request: metrics::Histogram,
     pub(super) retries: metrics::Counter,
     attempts: [metrics::Counter; 6],
     pub buffered: metrics::Gauge,
@@ -33,6 +35,7 @@ impl LaneMetrics {
             in_flight: metrics::gauge!(m::IN_FLIGHT, "partner" => p.clone()),
             attempt_seconds: metrics::histogram!(m::ATTEMPT_SECONDS, "partner" => p.clone()),
             time_to_webhook: metrics::histogram!(m::TIME_TO_WEBHOOK, "partner" => p.clone()),
+            lane_to_request: m::hop("lane_to_request"),
             retries: metrics::counter!(m::RETRIES, "partner" => p.clone()),
             attempts: ["2xx", "4xx", "5xx", "other", "transport", "refused"].map(attempt),
             buffered: metrics::gauge!(m::BUFFERED, "partner" => p.clone()),

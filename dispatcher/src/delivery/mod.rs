@@ -48,6 +48,8 @@ pub struct Job {
     /// When the event occurred (milliseconds since the epoch, the `occurred-at` header):
     /// the start of its time to webhook.
     pub occurred_at_ms: Option<i64>,
+    /// When the intake read the record (the start of its `lane_to_request` hop).
+    pub read_at: Option<std::time::Instant>,
     /// The record's headers, kept for the dead-letter record.
     pub headers: Option<OwnedHeaders>,
     /// Set for a record of the partner's retry topic: how far it got before it was

@@ -157,6 +157,7 @@ pub async fn run(
     tracing::info!(topic = %topic, group = %config.group, "router started");
     let mut backpressure = crate::kafka::backpressure::Backpressure::new(config.max_in_flight);
     let mut unknown = UnknownIds::default();
+    let hop = crate::metrics::hop("orders_to_router");
     loop {
         let assigned = consumer.context().take_assigned();
         let readable = backpressure.update(&consumer, pending.len(), assigned, None, None);
@@ -184,6 +185,7 @@ pub async fn run(
                         continue;
                     }
                 };
+                crate::metrics::record_age(&hop, message.timestamp());
                 let (partition, offset) = (message.partition(), message.offset());
                 tracker.begin(partition, offset);
                 let Some(records) = route(&message, &codec, &table, &config, &mut unknown, &shutdown).await else { break };

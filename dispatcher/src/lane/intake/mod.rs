@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -255,6 +256,7 @@ async fn read(
     // that partners appearing together (all of them at start-up, as the lanes start)
     // cost one rebalance, not one each.
     let mut resubscribe: Option<tokio::time::Instant> = None;
+    let hop = crate::metrics::hop("deliveries_to_lane");
     let mut delivery_stream = deliveries.stream();
     let mut retry_stream = retries.stream();
     loop {
@@ -309,7 +311,10 @@ async fn read(
                 // The poll that returned it may have served a rebalance first.
                 routes.follow(&deliveries, &retries);
                 match message {
-                    Some(Ok(m)) => routes.route(&m, false),
+                    Some(Ok(m)) => {
+                        crate::metrics::record_age(&hop, m.timestamp());
+                        routes.route(&m, false);
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "consuming deliveries"),
                     None => break,
                 }

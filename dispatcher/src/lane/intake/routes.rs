@@ -280,6 +280,7 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2], retry: bool) 
         traceparent: text(headers::TRACEPARENT),
         occurred_at_ms: raw(headers::OCCURRED_AT)
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+        read_at: Some(std::time::Instant::now()),
         headers: message.headers().map(|h| h.detach()),
         parked: retry.then(|| delivery::Parked::from_headers(text)),
         follow: false,

@@ -33,6 +33,7 @@ fn record(partition: i32, offset: i64, key: &str) -> Job {
         subscription_id: "s".into(),
         traceparent: None,
         occurred_at_ms: None,
+        read_at: None,
         headers: None,
         parked: None,
         follow: false,
