@@ -24,14 +24,18 @@
 //! partner is the HTTP round trip.
 //!
 //! The floor: on the same broker, a bare producer and consumer made from the
-//! dispatcher's own client settings (`KafkaSettings`) send records at the same rate; its
+//! dispatcher's own client settings (`KafkaSettings`, the consumer's as the lanes' with any
+//! `lanes:` options) send records at the same rate; its
 //! latency is record timestamp to the consumer's receipt. The two hops plus the HTTP
 //! round trip should cost about twice the floor. Figures print; nothing is asserted.
-//! BENCH_DUMP=DIR writes each delivery's timestamps to DIR/latency-RATE.csv.
+//! BENCH_SHADOW=1 adds a bare consumer beside the lanes (the broker's own second hop
+//! under the same load). BENCH_DUMP=DIR writes each delivery's timestamps to DIR/latency-RATE.csv.
 //! BENCH_KAFKA_OPTIONS (comma-separated librdkafka `key=value`) are given to the
 //! dispatcher (`--kafka-option`) and to the floor's clients alike.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dispatcher::kafka::{read_ranges, KafkaSettings, TopicRecord};
@@ -80,9 +84,11 @@ fn summary(mut ms: Vec<f64>) -> String {
     )
 }
 
-fn p50(mut ms: Vec<f64>) -> f64 {
+fn quantile(mut ms: Vec<f64>, q: f64) -> f64 {
     ms.sort_by(f64::total_cmp);
-    ms.get(ms.len() / 2).copied().unwrap_or(f64::NAN)
+    ms.get(((ms.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// Every record of `topic`, read with a group-less reader.
@@ -109,7 +115,12 @@ async fn floor(brokers: &str, rate: usize, secs: usize) -> Vec<f64> {
     let topic = unique("floor");
     create_topic_on(brokers, &topic, 6).await;
     let kafka = settings(brokers);
-    let consumer: StreamConsumer = kafka.consumer(&unique("floor")).create().expect("consumer");
+    // The lanes' consumer settings (`lanes:` options included): the floor is one hop as
+    // the pipeline's second hop reads it.
+    let consumer: StreamConsumer = kafka
+        .staged("lanes", kafka.consumer(&unique("floor")))
+        .create()
+        .expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let producer: FutureProducer = kafka.producer().create().expect("producer");
     // Wait for the assignment before measuring.
@@ -179,7 +190,11 @@ fn hop_from_metrics(text: &str, hop: &str) -> Option<[f64; 4]> {
                 if le.is_infinite() {
                     return low * 1000.0;
                 }
-                let share = if n > below { (rank - below) / (n - below) } else { 0.0 };
+                let share = if n > below {
+                    (rank - below) / (n - below)
+                } else {
+                    0.0
+                };
                 return (low + (le - low) * share) * 1000.0;
             }
             (low, below) = (le, n);
@@ -189,7 +204,46 @@ fn hop_from_metrics(text: &str, hop: &str) -> Option<[f64; 4]> {
     Some([at(0.5), at(0.9), at(0.99), sum / count * 1000.0])
 }
 
+/// BENCH_SHADOW=1: a bare consumer beside the lanes, with the lanes' client settings,
+/// reading every partner's delivery topic from its end (group-less) while the pipeline
+/// runs: the broker's own latency for the second hop under the same load (it adds a
+/// fetch of those partitions to the broker's work). Its latencies (record timestamp →
+/// receipt) come back once `stop` is set.
+fn shadow(
+    brokers: &str,
+    topics: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    let kafka = settings(brokers);
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka
+            .staged("lanes", kafka.reader())
+            .create()
+            .expect("shadow consumer");
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for topic in &topics {
+            for p in 0..kafka.partition_count(topic).expect("partitions") as i32 {
+                assignment
+                    .add_partition_offset(topic, p, rdkafka::Offset::End)
+                    .expect("offset");
+            }
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut latencies = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if let Some(ts) = m.timestamp().to_millis() {
+                    latencies.push(millis(SystemTime::now()) - ts as f64);
+                }
+            }
+        }
+        latencies
+    })
+}
+
 struct Hops {
+    /// The bare consumer's latencies beside the lanes (BENCH_SHADOW=1).
+    shadow: Vec<f64>,
     /// The dispatcher's `/metrics` at the end of the run.
     metrics: String,
     /// (publish, routed, arrived) milliseconds since the epoch, per delivery.
@@ -228,6 +282,18 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let shadowing = (std::env::var("BENCH_SHADOW").as_deref() == Ok("1")).then(|| {
+        let topics = receivers
+            .iter()
+            .map(|(p, _)| format!("deliveries.{p}"))
+            .collect();
+        shadow(&brokers, topics, stop.clone())
+    });
+    if shadowing.is_some() {
+        // Its assignment at the end of each topic, before the first event.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let publisher = world.publisher().await;
     let count = rate * secs;
     let start = tokio::time::Instant::now();
@@ -252,6 +318,11 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
     while delivered() < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    stop.store(true, Ordering::Relaxed);
+    let shadow = match shadowing {
+        Some(task) => task.await.expect("shadow task"),
+        None => Vec::new(),
+    };
     // The dispatcher's own view of each hop, before it stops.
     let metrics = match reqwest::get(format!("{addr}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -265,6 +336,7 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
         .filter_map(|r| Some((r.header("event-id")?.to_string(), record_millis(r)?)))
         .collect();
     let mut hops = Hops {
+        shadow,
         metrics,
         samples: Vec::new(),
         routed: Vec::new(),
@@ -318,6 +390,12 @@ async fn main() {
         row("broker floor (producer → consumer)", &floor);
         row("publish → routed", &hops.routed);
         row("routed → partner", &hops.delivered);
+        if !hops.shadow.is_empty() {
+            row(
+                "  bare consumer beside the lanes (routed → read)",
+                &hops.shadow,
+            );
+        }
         for (hop, name) in [
             ("orders_to_router", "  of which: publish → router read"),
             ("deliveries_to_lane", "  of which: routed → lane read"),
@@ -331,8 +409,9 @@ async fn main() {
         }
         row("total (publish → partner)", &hops.total);
         println!(
-            "| {rate} | total p50 / (2 × floor p50) | {:.2} | | | |",
-            p50(hops.total.clone()) / (2.0 * p50(floor.clone()))
+            "| {rate} | total p50 / (2 × floor p50); p99 / (2 × floor p99) | {:.2} | | {:.2} | |",
+            quantile(hops.total.clone(), 0.5) / (2.0 * quantile(floor.clone(), 0.5)),
+            quantile(hops.total.clone(), 0.99) / (2.0 * quantile(floor.clone(), 0.99)),
         );
         if let Ok(dir) = std::env::var("BENCH_DUMP") {
             let path = format!("{dir}/latency-{rate}.csv");

@@ -16,7 +16,9 @@ pub struct KafkaSettings {
     /// librdkafka `max.poll.interval.ms`: also the time a rebalance waits for members
     /// to rejoin. Default 300 s.
     pub max_poll_interval: Duration,
-    /// Extra librdkafka settings for every client.
+    /// Extra librdkafka settings for every client (`key`), or for one stage's consumer
+    /// (`router:key`, `lanes:key`; [`KafkaSettings::STAGES`]), over the stage's own
+    /// defaults.
     pub options: Vec<(String, String)>,
     /// Replication factor of the topics the dispatcher creates; `None` leaves it to
     /// the broker (`default.replication.factor`), never a fixed 1 that would keep a
@@ -25,12 +27,29 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// Stages whose consumer takes options of its own (`STAGE:key=value`).
+    pub const STAGES: [&'static str; 2] = ["router", "lanes"];
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("allow.auto.create.topics", "false");
-        for (k, v) in &self.options {
+        for (k, v) in self.options.iter().filter(|(k, _)| !k.contains(':')) {
             c.set(k, v);
+        }
+        c
+    }
+
+    /// `c` (a stage's client, with the stage's own defaults set) with the options given
+    /// for every client and then those given for `stage`, so what an operator set wins
+    /// over the code's per-stage defaults.
+    pub fn staged(&self, stage: &str, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.options {
+            match k.split_once(':') {
+                None => c.set(k, v),
+                Some((s, key)) if s == stage => c.set(key, v),
+                Some(_) => &mut c,
+            };
         }
         c
     }
@@ -260,6 +279,39 @@ mod tests {
             options: Vec::new(),
             replication,
         }
+    }
+
+    #[test]
+    fn a_stage_takes_its_own_options_over_its_defaults_and_every_client_the_common_ones() {
+        let options = [
+            ("fetch.wait.max.ms", "300"),
+            ("lanes:fetch.wait.max.ms", "100"),
+            ("router:fetch.min.bytes", "10"),
+        ];
+        let kafka = KafkaSettings {
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..settings(None)
+        };
+        // No client is given a stage's key (librdkafka would refuse it).
+        let reader = kafka.reader();
+        assert_eq!(reader.get("fetch.wait.max.ms"), Some("300"));
+        assert_eq!(reader.get("lanes:fetch.wait.max.ms"), None);
+        let with_default = || {
+            let mut c = kafka.consumer("g");
+            c.set("fetch.wait.max.ms", "2000")
+                .set("fetch.min.bytes", "1");
+            c
+        };
+        let lanes = kafka.staged("lanes", with_default());
+        assert_eq!(lanes.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(lanes.get("fetch.min.bytes"), Some("1"));
+        // The common option wins over the stage's code default too.
+        let router = kafka.staged("router", with_default());
+        assert_eq!(router.get("fetch.wait.max.ms"), Some("300"));
+        assert_eq!(router.get("fetch.min.bytes"), Some("10"));
     }
 
     #[test]

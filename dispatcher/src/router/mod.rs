@@ -143,10 +143,10 @@ pub async fn run(
     producer: FutureProducer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<GroupContext> = settings
-        .consumer(&config.group)
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(
+    let mut client = settings.consumer(&config.group);
+    client.set("statistics.interval.ms", "5000");
+    let consumer: StreamConsumer<GroupContext> =
+        settings.staged("router", client).create_with_context(
             GroupContext::new("router", &config.orders_topic).on_board(&config.groups),
         )?;
     consumer.subscribe(&[&config.orders_topic])?;

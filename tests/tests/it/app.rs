@@ -107,6 +107,19 @@ async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops
         .find_map(|l| l.strip_prefix(count.as_str()))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert_eq!(counted, Some(sent.len() as f64), "{metrics}");
+    // Where that time goes, per hop (per instance, no partner label; other tests' apps
+    // share this process's recorder, so at least ours).
+    for hop in ["orders_to_router", "deliveries_to_lane", "lane_to_request"] {
+        let count = format!("dispatcher_hop_seconds_count{{hop=\"{hop}\"}} ");
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(count.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(
+            counted.is_some_and(|c| c >= sent.len() as f64),
+            "{hop}: {counted:?}\n{metrics}"
+        );
+    }
     // A partner that never parked nor dead-lettered has no retry or dead-letter topic
     // (#14: they are made on first use), only its delivery topic.
     let topics = topic_names(&world.brokers);

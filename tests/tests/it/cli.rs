@@ -28,4 +28,9 @@ fn settings_that_cannot_work_are_refused_with_the_flag_named() {
         &["--degraded-age-secs", "600", "--failing-age-secs", "60"],
         &["--failing-age-secs", "--degraded-age-secs"],
     );
+    // A stage's option names a stage that exists (a typo would otherwise be ignored).
+    refused(
+        &["--kafka-option", "lane:fetch.wait.max.ms=100"],
+        &["lane:fetch.wait.max.ms", "no stage `lane`", "lanes:"],
+    );
 }

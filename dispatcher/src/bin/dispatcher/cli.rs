@@ -73,8 +73,10 @@ pub struct Common {
         value_parser = clap::value_parser!(u64).range(1_000..=86_400_000)
     )]
     pub max_poll_interval_ms: u64,
-    /// Extra librdkafka setting for every client, `key=value`; repeatable.
-    #[arg(long = "kafka-option", global = true, value_parser = parse_option)]
+    /// Extra librdkafka setting, `key=value` for every client, or `router:key=value` /
+    /// `lanes:key=value` for the router's or the lanes' consumer only (over its defaults,
+    /// e.g. `lanes:fetch.wait.max.ms=100`); repeatable.
+    #[arg(long = "kafka-option", global = true, value_parser = parse_kafka_option)]
     pub kafka_options: Vec<(String, String)>,
     /// Partitions of topics the dispatcher creates (per-partner delivery and dead-letter
     /// topics, the router's dead-letter topic).
@@ -254,6 +256,17 @@ pub enum SubscriptionsCommand {
     },
     /// Print the subscriptions in the topic (secrets redacted).
     List,
+}
+
+/// `key=value`, or `STAGE:key=value` with a stage of [`KafkaSettings::STAGES`].
+fn parse_kafka_option(text: &str) -> Result<(String, String), String> {
+    let (key, value) = parse_option(text)?;
+    match key.split_once(':') {
+        Some((stage, _)) if !KafkaSettings::STAGES.contains(&stage) => Err(format!(
+            "`{key}`: no stage `{stage}` (`router:` or `lanes:`, or no prefix for every client)"
+        )),
+        _ => Ok((key, value)),
+    }
 }
 
 impl Common {

@@ -152,20 +152,20 @@ impl Intake {
         board: &GroupBoard,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        let deliveries: LaneConsumer = settings
-            .consumer(group)
-            // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
+        let mut client = settings.consumer(group);
+        // Statistics every 5 s carry each partition's consumer lag (GroupContext::stats).
+        client
             .set("statistics.interval.ms", "5000")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Metadata of every partner's topics: refreshed each minute, not each 10 s
             // (a new subscription asks at once; with a thousand partners each refresh is
             // a thousand topics, for this client and the retry reader).
-            .set("topic.metadata.refresh.interval.ms", "60000")
-            .create_with_context(
-                GroupContext::new("lanes", "")
-                    .commit_on_revoke()
-                    .on_board(board),
-            )?;
+            .set("topic.metadata.refresh.interval.ms", "60000");
+        let deliveries: LaneConsumer = settings.staged("lanes", client).create_with_context(
+            GroupContext::new("lanes", "")
+                .commit_on_revoke()
+                .on_board(board),
+        )?;
         let retry_group = retry_offsets_group(group);
         let retries: LaneConsumer = settings
             .consumer(&retry_group)
