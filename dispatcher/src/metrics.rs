@@ -65,10 +65,12 @@ const TIME_TO_WEBHOOK_BUCKETS: [f64; 14] = [
 /// values): `orders_to_router`, from the orders record's timestamp (the publisher's
 /// create time) to the router reading it; `deliveries_to_lane`, from the delivery
 /// record's timestamp (the router's write) to the lanes' intake reading it;
-/// `lane_to_request`, from the intake reading it to its first request leaving (the
-/// lane's queue, per-key order, flow control, signing). The Kafka hops against the
-/// dispatcher's own share of the time to webhook. Record timestamps come from the
-/// writer's clock: across hosts, clock skew is in the first two.
+/// `lane_to_request`, from the intake reading it to its first request being made (the
+/// lane's queue, a key's earlier records, a flow-control permit: waits the partner's
+/// pace can cause too; once per record, not for parked ones nor after a paused
+/// subscription held it). The Kafka hops against the dispatcher's share of the time to
+/// webhook. Record timestamps come from the writer's clock: across hosts, clock skew is
+/// in the first two.
 pub const HOP_SECONDS: &str = "dispatcher_hop_seconds";
 const HOP_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -267,10 +267,18 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
         let ready = match reqwest::get(&status).await {
             Ok(r) => r.json::<serde_json::Value>().await.ok().is_some_and(|s| {
                 s["groups"].as_object().is_some_and(|g| {
+                    let lanes = g.get("lanes").and_then(|l| l["partitions"].as_array());
+                    // Every partner's delivery topic (`topic/partition`), not some.
+                    let every = lanes.is_some_and(|parts| {
+                        receivers.iter().all(|(p, _)| {
+                            let topic = format!("deliveries.{p}/");
+                            parts
+                                .iter()
+                                .any(|x| x.as_str().is_some_and(|s| s.starts_with(&topic)))
+                        })
+                    });
                     g.contains_key("router")
-                        && g.get("lanes")
-                            .and_then(|l| l["partitions"].as_array())
-                            .is_some_and(|p| p.len() >= PARTNERS)
+                        && every
                         && g.values().all(|m| m["last_rebalance"] == "assigned")
                 })
             }),

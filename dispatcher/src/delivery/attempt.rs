@@ -45,6 +45,10 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             JobEnd::Interrupted
         }
     };
+    // The `lane_to_request` hop: from the intake's read to the first request, once, for
+    // a record of the delivery topic (a parked one waited on purpose), and not when a
+    // paused subscription held it (the pause is not the lane's time).
+    let mut untimed = job.read_at.filter(|_| job.parked.is_none());
     loop {
         // Before every attempt: the subscription as it is now (a URL or secret change
         // applies to the next attempt). A paused or disconnected one holds the record
@@ -63,6 +67,7 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             Hold::Shutdown => return JobEnd::Interrupted,
         };
         if held {
+            untimed = None;
             started = Instant::now();
             first = chrono::Utc::now();
             attempts = 0;
@@ -87,10 +92,8 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             continue;
         }
         attempts += 1;
-        if attempts == 1 && job.parked.is_none() {
-            if let Some(read_at) = job.read_at {
-                lm.lane_to_request.record(read_at.elapsed().as_secs_f64());
-            }
+        if let Some(read_at) = untimed.take() {
+            lm.lane_to_request.record(read_at.elapsed().as_secs_f64());
         }
         lm.in_flight.increment(1.0);
         let hook = Webhook {

@@ -16,9 +16,9 @@ pub struct KafkaSettings {
     /// librdkafka `max.poll.interval.ms`: also the time a rebalance waits for members
     /// to rejoin. Default 300 s.
     pub max_poll_interval: Duration,
-    /// Extra librdkafka settings for every client (`key`), or for one stage's consumer
-    /// (`router:key`, `lanes:key`; [`KafkaSettings::STAGES`]), over the stage's own
-    /// defaults.
+    /// Extra librdkafka settings for every client (`key`, under what the code sets), or
+    /// for one stage's consumer (`router:key`, `lanes:key`; [`KafkaSettings::STAGES`]),
+    /// over the stage's own defaults.
     pub options: Vec<(String, String)>,
     /// Replication factor of the topics the dispatcher creates; `None` leaves it to
     /// the broker (`default.replication.factor`), never a fixed 1 that would keep a
@@ -29,6 +29,34 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     /// Stages whose consumer takes options of its own (`STAGE:key=value`).
     pub const STAGES: [&'static str; 2] = ["router", "lanes"];
+
+    /// Settings a stage's option may not change: its group, and how offsets are stored,
+    /// committed and reset (at-least-once rests on them).
+    const KEPT: [&'static str; 4] = [
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+    ];
+
+    /// Whether `key` (of `key=value`) may be given: a stage's prefix names a stage of
+    /// [`Self::STAGES`] and leaves the settings at-least-once rests on alone.
+    pub fn check_option(key: &str) -> Result<(), String> {
+        let Some((stage, name)) = key.split_once(':') else {
+            return Ok(());
+        };
+        if !Self::STAGES.contains(&stage) {
+            return Err(format!(
+                "`{key}`: no stage `{stage}` (`router:` or `lanes:`, or no prefix for every client)"
+            ));
+        }
+        if Self::KEPT.contains(&name) {
+            return Err(format!(
+                "`{key}`: `{name}` is the dispatcher's to set (delivery guarantees rest on it)"
+            ));
+        }
+        Ok(())
+    }
 
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
@@ -41,15 +69,13 @@ impl KafkaSettings {
     }
 
     /// `c` (a stage's client, with the stage's own defaults set) with the options given
-    /// for every client and then those given for `stage`, so what an operator set wins
-    /// over the code's per-stage defaults.
+    /// for `stage`, which win over those defaults. (Options for every client are already
+    /// in `c`, under the code's settings, as for every other client.)
     pub fn staged(&self, stage: &str, mut c: ClientConfig) -> ClientConfig {
         for (k, v) in &self.options {
-            match k.split_once(':') {
-                None => c.set(k, v),
-                Some((s, key)) if s == stage => c.set(key, v),
-                Some(_) => &mut c,
-            };
+            if let Some(key) = k.strip_prefix(stage).and_then(|k| k.strip_prefix(':')) {
+                c.set(key, v);
+            }
         }
         c
     }
@@ -283,10 +309,12 @@ mod tests {
 
     #[test]
     fn a_stage_takes_its_own_options_over_its_defaults_and_every_client_the_common_ones() {
+        // A stage's option wins whatever the order of the flags.
         let options = [
-            ("fetch.wait.max.ms", "300"),
             ("lanes:fetch.wait.max.ms", "100"),
+            ("fetch.wait.max.ms", "300"),
             ("router:fetch.min.bytes", "10"),
+            ("auto.offset.reset", "latest"),
         ];
         let kafka = KafkaSettings {
             options: options
@@ -299,19 +327,20 @@ mod tests {
         let reader = kafka.reader();
         assert_eq!(reader.get("fetch.wait.max.ms"), Some("300"));
         assert_eq!(reader.get("lanes:fetch.wait.max.ms"), None);
-        let with_default = || {
-            let mut c = kafka.consumer("g");
-            c.set("fetch.wait.max.ms", "2000")
-                .set("fetch.min.bytes", "1");
-            c
-        };
-        let lanes = kafka.staged("lanes", with_default());
+        let lanes = kafka.staged("lanes", kafka.consumer("g"));
         assert_eq!(lanes.get("fetch.wait.max.ms"), Some("100"));
-        assert_eq!(lanes.get("fetch.min.bytes"), Some("1"));
-        // The common option wins over the stage's code default too.
-        let router = kafka.staged("router", with_default());
+        let router = kafka.staged("router", kafka.consumer("g"));
         assert_eq!(router.get("fetch.wait.max.ms"), Some("300"));
         assert_eq!(router.get("fetch.min.bytes"), Some("10"));
+        // An option for every client stays under what the code sets (at-least-once).
+        assert_eq!(router.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(router.get("enable.auto.offset.store"), Some("false"));
+        // and a stage's option may not change those.
+        assert!(KafkaSettings::check_option("lanes:fetch.wait.max.ms").is_ok());
+        let kept = KafkaSettings::check_option("lanes:enable.auto.offset.store").unwrap_err();
+        assert!(kept.contains("enable.auto.offset.store"), "{kept}");
+        let typo = KafkaSettings::check_option("lane:fetch.wait.max.ms").unwrap_err();
+        assert!(typo.contains("no stage `lane`"), "{typo}");
     }
 
     #[test]

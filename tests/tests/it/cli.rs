@@ -33,4 +33,8 @@ fn settings_that_cannot_work_are_refused_with_the_flag_named() {
         &["--kafka-option", "lane:fetch.wait.max.ms=100"],
         &["lane:fetch.wait.max.ms", "no stage `lane`", "lanes:"],
     );
+    refused(
+        &["--kafka-option", "lanes:enable.auto.offset.store=true"],
+        &["lanes:enable.auto.offset.store", "the dispatcher's to set"],
+    );
 }

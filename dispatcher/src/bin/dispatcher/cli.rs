@@ -258,15 +258,11 @@ pub enum SubscriptionsCommand {
     List,
 }
 
-/// `key=value`, or `STAGE:key=value` with a stage of [`KafkaSettings::STAGES`].
+/// `key=value`, or `STAGE:key=value` ([`KafkaSettings::check_option`]).
 fn parse_kafka_option(text: &str) -> Result<(String, String), String> {
     let (key, value) = parse_option(text)?;
-    match key.split_once(':') {
-        Some((stage, _)) if !KafkaSettings::STAGES.contains(&stage) => Err(format!(
-            "`{key}`: no stage `{stage}` (`router:` or `lanes:`, or no prefix for every client)"
-        )),
-        _ => Ok((key, value)),
-    }
+    KafkaSettings::check_option(&key)?;
+    Ok((key, value))
 }
 
 impl Common {

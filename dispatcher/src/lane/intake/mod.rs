@@ -302,7 +302,9 @@ async fn read(
                 // retry records).
                 routes.follow(&deliveries, &retries);
                 match message {
-                    Some(Ok(m)) => routes.route(&m, true),
+                    Some(Ok(m)) => {
+                        routes.route(&m, true);
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "consuming retry topics"),
                     None => break,
                 }
@@ -312,8 +314,9 @@ async fn read(
                 routes.follow(&deliveries, &retries);
                 match message {
                     Some(Ok(m)) => {
-                        crate::metrics::record_age(&hop, m.timestamp());
-                        routes.route(&m, false);
+                        if routes.route(&m, false) {
+                            crate::metrics::record_age(&hop, m.timestamp());
+                        }
                     }
                     Some(Err(error)) => tracing::warn!(%error, "consuming deliveries"),
                     None => break,

@@ -62,22 +62,24 @@ impl Routes {
     /// Hands a record to its partner's lane (a retry record only while its delivery
     /// partition is ours: one read before the revoke took effect is left to the new
     /// owner).
-    pub(super) fn route(&self, message: &BorrowedMessage<'_>, retry: bool) {
+    /// Hands a record to its lane; whether it did (not for a partition that is no longer
+    /// ours, or a topic no lane reads).
+    pub(super) fn route(&self, message: &BorrowedMessage<'_>, retry: bool) -> bool {
         let Some((partner, _)) = self.by_topic.get(message.topic()) else {
             tracing::warn!(topic = message.topic(), "a record of a topic no lane reads");
-            return;
+            return false;
         };
         let Some(r) = self.partners.get(partner) else {
-            return;
+            return false;
         };
         let Some(&epoch) = r.assigned.get(&message.partition()) else {
-            return;
+            return false;
         };
         if retry && !r.reading.contains(&message.partition()) {
-            return;
+            return false;
         }
         let job = job_from(message, &r.topics, retry);
-        let _ = r.inbox.records.send(Record { job, epoch });
+        r.inbox.records.send(Record { job, epoch }).is_ok()
     }
 
     /// Follows what the deliveries group's rebalances changed: tells each lane, and stops
