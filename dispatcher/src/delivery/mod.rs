@@ -25,6 +25,8 @@ mod dead_letter;
 mod gate;
 mod metrics;
 mod park;
+#[cfg(test)]
+mod tests;
 
 pub use dead_letter::DeadLetterReason;
 pub use gate::Starting;

@@ -337,9 +337,11 @@ mod tests {
         assert_eq!(router.get("enable.auto.offset.store"), Some("false"));
         // and a stage's option may not change those.
         assert!(KafkaSettings::check_option("lanes:fetch.wait.max.ms").is_ok());
-        let kept = KafkaSettings::check_option("lanes:enable.auto.offset.store").unwrap_err();
+        let kept = KafkaSettings::check_option("lanes:enable.auto.offset.store")
+            .expect_err("a kept setting");
         assert!(kept.contains("enable.auto.offset.store"), "{kept}");
-        let typo = KafkaSettings::check_option("lane:fetch.wait.max.ms").unwrap_err();
+        let typo =
+            KafkaSettings::check_option("lane:fetch.wait.max.ms").expect_err("no such stage");
         assert!(typo.contains("no stage `lane`"), "{typo}");
     }
 
