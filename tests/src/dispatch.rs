@@ -228,6 +228,15 @@ pub fn assert_per_order(
     }
 }
 
+/// The value of the first line of Prometheus text `metrics` starting with `line_prefix`
+/// (name and labels, then a space).
+pub fn metric_value(metrics: &str, line_prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 impl DispatcherProcess {
     /// Its consumer group members as `/status` shows them: rebalances seen so far, and
     /// whether every member's last one was an assignment (none is between a revoke and
@@ -256,11 +265,7 @@ impl DispatcherProcess {
     /// The value of the first metric line starting with `line_prefix` (name and labels,
     /// then a space).
     pub async fn metric(&self, line_prefix: &str) -> Option<f64> {
-        self.metrics_text()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .and_then(|v| v.trim().parse().ok())
+        metric_value(&self.metrics_text().await, line_prefix)
     }
 
     /// Sends SIGTERM and waits for the exit code.

@@ -118,7 +118,12 @@ async fn the_lane_hop_is_timed_once_per_record_and_not_after_a_paused_subscripti
     // not the lane's time, so no sample.
     table.upsert(subscription(receiver.url(), &secret, true));
     let held = tokio::spawn(spawn(job("w2"), Arc::clone(&ctx), &starting));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Held: a job waiting for its subscription gives up its place among the starting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while starting.count() > 0 {
+        assert!(Instant::now() < deadline, "the job was never held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     table.upsert(subscription(receiver.url(), &secret, false));
     let done = held.await.expect("job");
     assert!(matches!(done.end, JobEnd::Finished), "{done:?}");

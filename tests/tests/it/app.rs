@@ -9,7 +9,7 @@ use consumer_examples::receiver::Script;
 use dispatcher::app::{App, RunConfig, Shared};
 use dispatcher::kafka::KafkaSettings;
 use dispatcher::webhook::ssrf::Allowlist;
-use e2e::{assert_per_order, eventually, DispatchWorld};
+use e2e::{assert_per_order, eventually, metric_value, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
 
 fn config(world: &DispatchWorld) -> RunConfig {
@@ -105,10 +105,7 @@ async fn the_app_started_in_process_delivers_in_order_shows_its_groups_and_stops
         .await
         .expect("text");
     let count = format!("dispatcher_time_to_webhook_seconds_count{{partner=\"{partner}\"}} ");
-    let counted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(count.as_str()))
-        .and_then(|v| v.trim().parse::<f64>().ok());
+    let counted = metric_value(&metrics, &count);
     assert_eq!(counted, Some(sent.len() as f64), "{metrics}");
     // Where that time goes, per hop: each of our records once (at least: another
     // test's app may have added some meanwhile).
@@ -144,12 +141,7 @@ fn hop_counts(metrics: &str) -> Vec<(&'static str, f64)> {
         .into_iter()
         .map(|hop| {
             let count = format!("dispatcher_hop_seconds_count{{hop=\"{hop}\"}} ");
-            let n = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(count.as_str()))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or_default();
-            (hop, n)
+            (hop, metric_value(metrics, &count).unwrap_or_default())
         })
         .collect()
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use consumer_examples::receiver::{Receiver, Script};
-use e2e::{eventually, DispatchWorld, DispatcherProcess};
+use e2e::{eventually, DispatchWorld};
 use order_schemas::{EventType, OrderEvent};
 
 struct Setup {
@@ -41,13 +41,6 @@ async fn publish(world: &DispatchWorld, partner: &str, orders: usize) -> Vec<Ord
     sent
 }
 
-async fn metric(d: &DispatcherProcess, prefix: &str) -> Option<f64> {
-    let text = reqwest::get(&d.metrics_url).await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_opens_probes_and_closes_and_nothing_is_lost() {
     let s = setup(
@@ -65,7 +58,7 @@ async fn the_circuit_opens_probes_and_closes_and_nothing_is_lost() {
     let opened = {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if metric(&dispatcher, &state).await == Some(2.0) {
+            if dispatcher.metric(&state).await == Some(2.0) {
                 break true;
             }
             if Instant::now() > deadline {
@@ -97,12 +90,12 @@ async fn the_circuit_opens_probes_and_closes_and_nothing_is_lost() {
         sent.len(),
         dispatcher.log_tail()
     );
-    assert_eq!(metric(&dispatcher, &state).await, Some(0.0), "closed again");
+    assert_eq!(dispatcher.metric(&state).await, Some(0.0), "closed again");
     let opened_total = format!(
         "dispatcher_circuit_opened_total{{partner=\"{}\"}} ",
         s.partner
     );
-    assert!(metric(&dispatcher, &opened_total).await >= Some(1.0));
+    assert!(dispatcher.metric(&opened_total).await >= Some(1.0));
     assert_eq!(dispatcher.terminate(), Some(0));
 }
 
@@ -165,12 +158,13 @@ async fn the_concurrency_limit_adapts_to_an_overloaded_partner() {
     );
     let overloaded = s.receiver.overloaded();
     let requests = s.receiver.requests();
-    let limit = metric(
-        &dispatcher,
-        &format!("dispatcher_concurrency_limit{{partner=\"{}\"}} ", s.partner),
-    )
-    .await
-    .expect("limit gauge");
+    let limit = dispatcher
+        .metric(&format!(
+            "dispatcher_concurrency_limit{{partner=\"{}\"}} ",
+            s.partner
+        ))
+        .await
+        .expect("limit gauge");
     println!(
         "capacity 4: {requests} requests, {overloaded} over capacity, max concurrent {}, final limit {limit}",
         s.receiver.max_concurrent()

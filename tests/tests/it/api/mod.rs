@@ -21,10 +21,7 @@ async fn metric(dispatcher_metrics: &str, line_prefix: &str) -> f64 {
         .text()
         .await
         .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    e2e::metric_value(&text, line_prefix).unwrap_or(0.0)
 }
 
 /// Waits until the running dispatcher has read `n` more subscription changes than
