@@ -33,6 +33,10 @@ pub const CONCURRENCY_LIMIT: &str = "dispatcher_concurrency_limit";
 pub const CIRCUIT_STATE: &str = "dispatcher_circuit_state";
 /// Times the partner's circuit opened, by `partner`.
 pub const CIRCUIT_OPENED: &str = "dispatcher_circuit_opened_total";
+/// Server errors judged the key's own, not the partner's (the key failed before and
+/// the partner accepted other requests since): they neither throttle the partner nor
+/// count towards its circuit; by `partner`.
+pub const KEY_FAILURES: &str = "dispatcher_key_failures_total";
 /// Subscriptions disabled after a 410 Gone, by `partner`.
 pub const DISABLED: &str = "dispatcher_subscriptions_disabled_total";
 /// The partner's state: 1 for the current one of healthy, degraded, failing,

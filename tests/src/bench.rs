@@ -92,6 +92,24 @@ impl BenchWorld {
         prefix: &str,
         n: usize,
     ) -> Vec<(String, consumer_examples::receiver::Receiver)> {
+        self.partners_with(
+            prefix,
+            n,
+            &consumer_examples::receiver::Script::default(),
+            "",
+        )
+        .await
+    }
+
+    /// As [`Self::partners`], with receivers answering as `script` says and `extra`
+    /// (YAML lines indented by four spaces, e.g. a retry policy) in each subscription.
+    pub async fn partners_with(
+        &self,
+        prefix: &str,
+        n: usize,
+        script: &consumer_examples::receiver::Script,
+        extra: &str,
+    ) -> Vec<(String, consumer_examples::receiver::Receiver)> {
         let mut partners = Vec::new();
         let mut yaml = String::from("subscriptions:\n");
         for i in 0..n {
@@ -100,12 +118,12 @@ impl BenchWorld {
             let receiver = consumer_examples::receiver::Receiver::start(
                 "127.0.0.1:0".parse().expect("addr"),
                 &secret,
-                consumer_examples::receiver::Script::default(),
+                script.clone(),
             )
             .await
             .expect("receiver");
             yaml.push_str(&format!(
-                "  - id: {partner}.s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n",
+                "  - id: {partner}.s\n    partner_id: {partner}\n    url: {}\n    event_types: [order.created, order.status_changed]\n    secrets: [\"{secret}\"]\n{extra}",
                 receiver.url()
             ));
             partners.push((partner, receiver));

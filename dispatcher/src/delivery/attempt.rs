@@ -11,7 +11,7 @@ use super::park::{park, Parked};
 use super::{Job, JobContext, JobEnd};
 use crate::metrics as m;
 use crate::webhook::client::Webhook;
-use crate::webhook::flow::{Circuit, Signal};
+use crate::webhook::flow::{Blame, Circuit, Signal};
 use crate::webhook::outcome::{backoff, classify, flow_signal, may_retry, Attempt, Decision};
 
 pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> JobEnd {
@@ -20,6 +20,10 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
     let mut started = Instant::now();
     let mut first = chrono::Utc::now();
     let mut attempts = 0u32;
+    // When the record's key last failed (see flow::Signal::ServerError): a record of the
+    // retry topic is there because its key failed; one of the delivery topic learns it
+    // at its first failure.
+    let mut key_failed_at = job.parked.as_ref().map(|_| ctx.flow.accepted());
     if let Some(parked) = &job.parked {
         // Go on where the lane stopped: the same attempt count and retry budget.
         attempts = parked.attempts;
@@ -105,8 +109,10 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             timeout: subscription.request_timeout(),
         };
         let report = ctx.client.send(&hook).await;
-        ctx.flow
-            .release(permit, flow_signal(&report.attempt, report.elapsed));
+        let blame = ctx.flow.release(
+            permit,
+            flow_signal(&report.attempt, report.elapsed, key_failed_at),
+        );
         lm.in_flight.decrement(1.0);
         lm.attempt(&report.attempt).increment(1);
         ctx.health.attempt(matches!(
@@ -170,6 +176,7 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                 return done(dead_letter(job, ctx, failure(reason)).await);
             }
             Decision::Retry { at_least } => {
+                key_failed_at = Some(ctx.flow.accepted());
                 let delay = backoff(
                     &subscription.retry,
                     attempts,
@@ -187,12 +194,16 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                     );
                 }
                 lm.retries.increment(1);
-                // The lane's budget is spent while the partner takes other records (its
-                // circuit is closed): the record waits in the retry topic, its key is
-                // parked, and the lane's offset moves on. When the whole partner fails,
-                // parking would only copy its backlog: records wait in the lane.
+                // The lane's budget is spent, or the failure is the key's own (it failed
+                // before and the partner accepted others since), while the partner takes
+                // other records (its circuit is closed): the record waits in the retry
+                // topic, its key is parked, and the lane's offset moves on. When the
+                // whole partner fails, parking would only copy its backlog: records wait
+                // in the lane.
                 if job.parked.is_none()
-                    && ctx.park_after.is_some_and(|n| attempts >= n)
+                    && ctx
+                        .park_after
+                        .is_some_and(|n| attempts >= n || blame == Blame::Key)
                     && ctx.flow.circuit() == Circuit::Closed
                 {
                     let parked = Parked {

@@ -60,6 +60,9 @@ pub struct Job {
     /// A record of the delivery topic whose key is parked: it goes to the retry topic
     /// behind the key's earlier records, without an attempt (set when it starts).
     pub follow: bool,
+    /// With `follow`: the key's later records the lane held when it started, written
+    /// behind it in the same go (one acknowledgement wait for all, not one each).
+    pub followers: Vec<Job>,
 }
 
 /// What a job needs from its lane.
@@ -127,6 +130,8 @@ pub struct Done {
     pub offset: i64,
     pub key: Vec<u8>,
     pub end: JobEnd,
+    /// How the job's `followers` ended (offset, end), in order.
+    pub followed: Vec<(i64, JobEnd)>,
 }
 
 /// Runs `job` to its end as a task of its own, so that a lane's requests are driven by
@@ -146,6 +151,7 @@ pub fn spawn(
         offset: job.offset,
         key: job.key.clone(),
         end: JobEnd::Interrupted,
+        followed: Vec::new(),
     };
     let ticket = starting.ticket();
     let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run(job, ctx, ticket)));
@@ -160,16 +166,17 @@ pub fn spawn(
 }
 
 /// Runs `job` to its end.
-async fn run(job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
+async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
+    let mut followed = Vec::new();
     let end = if job.follow {
-        // Its key is parked: behind the key's earlier records, with no attempt.
-        let parked = Parked {
-            attempts: 0,
-            first: None,
-            not_before: chrono::Utc::now(),
-        };
+        // Its key is parked: behind the key's earlier records, with no attempt, and
+        // the key's records queued behind it with it.
         ticket.give_up();
-        park::park(&job, &ctx, &parked).await
+        let followers = std::mem::take(&mut job.followers);
+        let mut ends = park::follow(&job, &followers, &ctx).await.into_iter();
+        let end = ends.next().unwrap_or(JobEnd::Interrupted);
+        followed = followers.iter().map(|f| f.offset).zip(ends).collect();
+        end
     } else {
         attempt::deliver(&job, &ctx, &mut ticket).await
     };
@@ -179,5 +186,6 @@ async fn run(job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         offset: job.offset,
         key: job.key,
         end,
+        followed,
     }
 }

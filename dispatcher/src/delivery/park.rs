@@ -44,10 +44,9 @@ impl Parked {
     }
 }
 
-/// Writes the record to the partner's retry topic, in the partition of the same number
-/// (the lane that owns one owns the other), with its progress in `retry-*` headers;
-/// waits for the acknowledgement, retrying until it is written or shutdown.
-pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd {
+/// The record's headers in the retry topic: its own (without earlier `retry-*` ones) and
+/// its progress.
+fn retry_headers(job: &Job, parked: &Parked) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = &job.headers {
         use rdkafka::message::Headers;
@@ -77,11 +76,19 @@ pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd
             value: Some(v.as_str()),
         });
     }
+    headers
+}
+
+/// Writes the record to the partner's retry topic, in the partition of the same number
+/// (the lane that owns one owns the other), with its progress in `retry-*` headers;
+/// waits for the acknowledgement, retrying until it is written or shutdown.
+pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd {
     // Made by whichever instance parks first.
     if !ctx.retry_topic.ensure(&ctx.shutdown).await {
         return JobEnd::Interrupted;
     }
     let topic = ctx.retry_topic.name();
+    let headers = retry_headers(job, parked);
     let Some(at) =
         write_until_acknowledged(job, ctx, topic, Some(job.partition), headers, || {}).await
     else {
@@ -90,6 +97,68 @@ pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd
     ctx.metrics.parked.increment(1);
     tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
     JobEnd::Parked { at }
+}
+
+/// Records of a parked key, `job` then `followers` (the key's later records, in
+/// order), written behind the key's earlier records without an attempt. They are
+/// enqueued in order and their acknowledgements awaited together: the idempotent
+/// producer keeps them in that order in the partition, and a key's backlog costs one
+/// acknowledgement wait instead of one per record (a broker's produce latency per
+/// record was what bounded a poisoned partner's lane). Returns each record's end, in
+/// order.
+///
+/// A record the producer cannot take now (its queue is full) or that fails (the
+/// producer retries until written, so only a fatal error does) is written, with those
+/// after it, one by one once the earlier ones are acknowledged (a failed one's later
+/// records may then be in the topic twice, never before it).
+pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Vec<JobEnd> {
+    let records: Vec<&Job> = std::iter::once(job).chain(followers).collect();
+    let mut ends = vec![JobEnd::Interrupted; records.len()];
+    if !ctx.retry_topic.ensure(&ctx.shutdown).await {
+        return ends;
+    }
+    let topic = ctx.retry_topic.name();
+    let parked = Parked {
+        attempts: 0,
+        first: None,
+        not_before: chrono::Utc::now(),
+    };
+    let mut acks = Vec::with_capacity(records.len());
+    for r in &records {
+        let record = FutureRecord::to(topic)
+            .key(&r.key)
+            .payload(&r.body[..])
+            .partition(r.partition)
+            .headers(retry_headers(r, &parked));
+        match ctx.producer.send_result(record) {
+            Ok(ack) => acks.push(ack),
+            Err(_) => break,
+        }
+    }
+    let mut written = 0;
+    for ack in acks {
+        let at = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return ends,
+            a = ack => match a {
+                Ok(Ok(delivery)) => delivery.offset,
+                _ => break,
+            },
+        };
+        ends[written] = JobEnd::Parked { at };
+        written += 1;
+    }
+    for (i, r) in records.iter().enumerate().skip(written) {
+        let headers = retry_headers(r, &parked);
+        let Some(at) =
+            write_until_acknowledged(r, ctx, topic, Some(r.partition), headers, || {}).await
+        else {
+            return ends;
+        };
+        ends[i] = JobEnd::Parked { at };
+    }
+    ctx.metrics.parked.increment(records.len() as u64);
+    tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, records = records.len(), "followed its key into the retry topic");
+    ends
 }
 
 /// Writes the job's key and body with `headers` to `topic` (to `partition`, or by key)

@@ -54,6 +54,7 @@ fn job(webhook_id: &str) -> Job {
         headers: None,
         parked: None,
         follow: false,
+        followers: Vec::new(),
     }
 }
 

@@ -231,9 +231,9 @@ pub async fn run_linked(
     // the delivery topic.
     let mut throttle = Throttle::new(config.max_buffered, config.global.clone());
     let mut owned = Owned::default();
-    // Whether the lane takes records: not from `max_buffered` unfinished (of either
-    // topic) until a quarter of them finished; they wait in the channel meanwhile (no
-    // more than what was fetched before the pause).
+    // Whether the lane takes records: not from `max_buffered` unfinished records of the
+    // delivery topic until a quarter of them finished; they wait in the channel
+    // meanwhile (no more than what was fetched before the pause).
     let mut taking = true;
     let consumers = [&*deliveries, &*retries];
     let topics = [topic.as_str(), retry_topic.as_str()];
@@ -258,10 +258,12 @@ pub async fn run_linked(
             records.len(),
             &lm.paused,
         );
-        let most = pending[0].max(pending[1]);
-        if most >= config.max_buffered {
+        // Only the delivery topic's records stop the lane taking: a full retry side
+        // (parked orders waiting for their backoff) must not hold the partner's other
+        // orders, and is bounded by its own pause (twice `max_buffered` held).
+        if pending[0] >= config.max_buffered {
             taking = false;
-        } else if most <= config.max_buffered - (config.max_buffered / 4).max(1) {
+        } else if pending[0] <= config.max_buffered - (config.max_buffered / 4).max(1) {
             taking = true;
         }
         tokio::select! {
@@ -343,10 +345,7 @@ pub async fn run_linked(
                         }
                     }
                     handled += 1;
-                    if handled > BATCH
-                        || state.pending(false) >= config.max_buffered
-                        || state.pending(true) >= config.max_buffered
-                    {
+                    if handled > BATCH || state.pending(false) >= config.max_buffered {
                         break;
                     }
                     record = records.recv().now_or_never();

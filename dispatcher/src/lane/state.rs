@@ -109,14 +109,23 @@ impl LaneState {
         }
     }
 
-    /// Decided when a record starts: a delivery record of a parked key follows it.
-    pub(super) fn prepare(&self, mut job: Job) -> Job {
+    /// Decided when a record starts: a delivery record of a parked key follows it, and
+    /// takes the key's records queued behind it along (they would follow it one by one).
+    pub(super) fn prepare(&mut self, mut job: Job) -> Job {
         // (No parked key at all is the usual case: no lookup, no key copy.)
         if job.parked.is_none() && !self.parked.is_empty() {
             job.follow = self
                 .parked
                 .get(&(job.partition, job.key.clone()))
                 .is_some_and(|n| *n > 0);
+            if job.follow {
+                let slot = (Tp::of(&job), job.key.clone());
+                job.followers = self
+                    .waiting
+                    .remove(&slot)
+                    .map(Vec::from)
+                    .unwrap_or_default();
+            }
         }
         job
     }
@@ -277,8 +286,18 @@ impl LaneState {
             offset,
             key,
             end,
+            followed,
         } = done;
         let tp = Tp { retry, partition };
+        // Records that followed the job into the retry topic in the same go. One that
+        // did not (shutdown) stops the key as the job's own interruption would.
+        let mut interrupted = end == JobEnd::Interrupted;
+        for (offset, end) in followed {
+            interrupted |= end == JobEnd::Interrupted;
+            if end != JobEnd::Interrupted {
+                self.finish(tp, offset, &key, end);
+            }
+        }
         let slot = (tp, key);
         self.busy.remove(&slot);
         if end == JobEnd::Interrupted {
@@ -286,21 +305,11 @@ impl LaneState {
             self.waiting.remove(&slot);
             return None;
         }
-        if let JobEnd::Parked { at } = end {
-            // While its parked keys are read back, the read-back may or may not have seen
-            // this write: decided by its offset when the answer comes.
-            match self.rebuilding.get_mut(&partition) {
-                Some(rebuild) => rebuild.written.push((at, slot.1.clone())),
-                None => self.parked_add(partition, slot.1.clone(), 1),
-            }
-        } else if retry {
-            match self.rebuilding.get_mut(&partition) {
-                Some(rebuild) => rebuild.finished.push((offset, slot.1.clone())),
-                None => self.parked_add(partition, slot.1.clone(), -1),
-            }
-        }
-        if let Some(next) = self.tracker.finish(tp, offset) {
-            self.to_store.insert(tp, next);
+        self.finish(tp, offset, &slot.1, end);
+        if interrupted {
+            // The job itself ended, a record that followed it did not.
+            self.waiting.remove(&slot);
+            return None;
         }
         let next = self.waiting.get_mut(&slot).and_then(VecDeque::pop_front);
         match &next {
@@ -312,6 +321,27 @@ impl LaneState {
             }
         }
         next.map(|job| self.prepare(job))
+    }
+
+    /// A finished record of `tp` (delivered, dead-lettered, dropped, or parked at
+    /// `end`'s offset): its offset may be stored, and the parked counts follow.
+    fn finish(&mut self, tp: Tp, offset: i64, key: &[u8], end: JobEnd) {
+        if let JobEnd::Parked { at } = end {
+            // While its parked keys are read back, the read-back may or may not have seen
+            // this write: decided by its offset when the answer comes.
+            match self.rebuilding.get_mut(&tp.partition) {
+                Some(rebuild) => rebuild.written.push((at, key.to_vec())),
+                None => self.parked_add(tp.partition, key.to_vec(), 1),
+            }
+        } else if tp.retry {
+            match self.rebuilding.get_mut(&tp.partition) {
+                Some(rebuild) => rebuild.finished.push((offset, key.to_vec())),
+                None => self.parked_add(tp.partition, key.to_vec(), -1),
+            }
+        }
+        if let Some(next) = self.tracker.finish(tp, offset) {
+            self.to_store.insert(tp, next);
+        }
     }
 
     pub(super) fn pending(&self, retry: bool) -> usize {

@@ -58,8 +58,13 @@ pub fn classify(attempt: &Attempt) -> Decision {
 }
 
 /// What an attempt tells flow control about the partner's health (separate from what
-/// happens to the record, which [`classify`] decides).
-pub fn flow_signal(attempt: &Attempt, latency: Duration) -> crate::webhook::flow::Signal {
+/// happens to the record, which [`classify`] decides). `key_failed_at`: the mark of the
+/// key's last failure, if it failed before (a server error may then be the key's own).
+pub fn flow_signal(
+    attempt: &Attempt,
+    latency: Duration,
+    key_failed_at: Option<crate::webhook::flow::Accepted>,
+) -> crate::webhook::flow::Signal {
     use crate::webhook::flow::Signal;
     match attempt {
         Attempt::Status {
@@ -70,7 +75,7 @@ pub fn flow_signal(attempt: &Attempt, latency: Duration) -> crate::webhook::flow
         },
         Attempt::Status {
             status: 500..=599, ..
-        } => Signal::Failed,
+        } => Signal::ServerError { key_failed_at },
         Attempt::Status { .. } => Signal::Answered { latency },
         Attempt::Transport(_) => Signal::Failed,
         Attempt::Refused(_) => Signal::Neutral,

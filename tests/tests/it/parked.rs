@@ -228,3 +228,96 @@ async fn a_parked_order_ends_in_the_dead_letter_topic_when_its_retry_policy_is_s
     wait_metric(&dispatcher, &keys, 0.0, "unparked once dead-lettered").await;
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// Issue #22, item 0: a handler that crashes on a few orders. Their failures are the
+/// keys' own (the partner accepts its other orders meanwhile): they never open the
+/// partner's circuit nor throttle it, the poison orders are parked and dead-lettered by
+/// policy, each in its order, and every other order arrives, in order. (Before: the
+/// poison orders' retries opened the circuit, which held the partner's other orders
+/// too, and the circuit reopened on each probe that met a poison order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_orders_the_partner_always_refuses_neither_open_its_circuit_nor_hold_its_others() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let poison: Vec<String> = (0..5).map(|i| format!("poison-{i}")).collect();
+    let (partner, receiver) = world
+        .partner_with_receiver(
+            "poison",
+            Script {
+                fail_orders: poison.clone(),
+                fail_status: Some(500),
+                ..Default::default()
+            },
+            "    retry: { max_attempts: 4, max_elapsed_secs: 600, initial_backoff_ms: 100, max_backoff_ms: 200 }\n",
+        )
+        .await;
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let good: Vec<String> = (0..100).map(|i| format!("good-{i}")).collect();
+    let mut sent = Vec::new();
+    for round in 0..4 {
+        // Each round: the good orders, with the poison ones among them.
+        let mut orders: Vec<&str> = good.iter().map(String::as_str).collect();
+        for (i, p) in poison.iter().enumerate() {
+            orders.insert(i * 20, p.as_str());
+        }
+        sent.extend(publish(&publisher, &partner, &orders, round).await);
+    }
+    let is_poison = |e: &OrderEvent| poison.iter().any(|p| p == e.order_id());
+    let accepted: Vec<OrderEvent> = sent.iter().filter(|e| !is_poison(e)).cloned().collect();
+    let want_dead: Vec<OrderEvent> = sent.iter().filter(|e| is_poison(e)).cloned().collect();
+    // Every poison event ends in the dead-letter topic once its policy is spent (3
+    // attempts in the lane for the first of each order, then the retry topic).
+    let dead = e2e::dead_letters(
+        &dispatcher::subscriptions::dead_letter_topic(&partner),
+        want_dead.len(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals_per_order(&receiver)
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < accepted.len()
+    {
+        assert!(Instant::now() < deadline, "{}", dispatcher.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_per_order(&receiver, &accepted);
+    for order in &poison {
+        let got: Vec<String> = dead
+            .iter()
+            .map(|(h, _)| h["webhook-id"].clone())
+            .filter(|id| e2e::sent_ids_of(&want_dead, order).contains(id))
+            .collect();
+        assert_eq!(
+            got,
+            e2e::sent_ids_of(&want_dead, order),
+            "{order}: dead-lettered in order"
+        );
+    }
+    for (h, _) in &dead {
+        assert_eq!(
+            h["dlq-reason"], "retry policy spent after 4 attempts",
+            "{h:?}"
+        );
+    }
+    let parked = format!("dispatcher_parked_records_total{{partner=\"{partner}\"}} ");
+    assert_eq!(
+        dispatcher.metric(&parked).await,
+        Some(want_dead.len() as f64),
+        "each poison event parked once (the first of each order after 3 attempts, the rest following it)"
+    );
+    let opened = format!("dispatcher_circuit_opened_total{{partner=\"{partner}\"}} ");
+    assert_eq!(
+        dispatcher.metric(&opened).await,
+        Some(0.0),
+        "the poison orders' failures are theirs, not the partner's\n{}",
+        dispatcher.log_tail()
+    );
+    let own = format!("dispatcher_key_failures_total{{partner=\"{partner}\"}} ");
+    assert!(
+        dispatcher.metric(&own).await > Some(0.0),
+        "counted as the keys' own"
+    );
+    assert_eq!(dispatcher.terminate(), Some(0));
+}

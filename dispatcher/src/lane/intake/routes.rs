@@ -286,5 +286,6 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2], retry: bool) 
         headers: message.headers().map(|h| h.detach()),
         parked: retry.then(|| delivery::Parked::from_headers(text)),
         follow: false,
+        followers: Vec::new(),
     }
 }

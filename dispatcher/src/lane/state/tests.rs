@@ -37,6 +37,7 @@ fn record(partition: i32, offset: i64, key: &str) -> Job {
         headers: None,
         parked: None,
         follow: false,
+        followers: Vec::new(),
     }
 }
 
@@ -94,6 +95,7 @@ fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
         offset: 0,
         key: key.as_bytes().to_vec(),
         end: JobEnd::Parked { at },
+        followed: Vec::new(),
     };
     assert!(state.done(parked_at(4, "seen")).is_none());
     assert!(state.done(parked_at(5, "unseen")).is_none());

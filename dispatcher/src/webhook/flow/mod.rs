@@ -12,10 +12,26 @@
 //! - **Retry-After / 429 hold the whole partner**, not just the one request: nothing is
 //!   sent to it before the time it asked for (bounded by `max_hold`).
 //! - **Optional rate limit**: a token bucket (requests per second, burst of one second).
-//! - **Circuit breaker**: after `failures_to_open` failures in a row (5xx, timeout,
-//!   connection error) the circuit opens: no request for a cooldown (doubling on each
+//! - **Whose failure** (a partner-wide failure is throttled, a key-local one parked):
+//!   timeouts, connection errors, 408, 429 and 502-504 are always the partner's
+//!   (overloaded or down). A server error (500, 501, 505-599) may be either: a partner
+//!   whose database is down answers 500 to every order, a handler that crashes on one
+//!   order answers 500 to that order only. It is the **key's own** when the record's key
+//!   failed before and the partner accepted another request since ([`Accepted`]): it
+//!   neither cuts the limit nor counts towards the circuit, and the lane parks the key
+//!   at once ([`Blame::Key`]). Otherwise it is the partner's, with two differences from
+//!   an overload: a key counts once per run of failures (its retries are spaced by its
+//!   own backoff), and it does not open the circuit while the partner accepted a
+//!   request less than a cooldown ago (`cooldown`, 5 s): a lane whose buffer a few
+//!   failing orders fill meanwhile has only those orders left to try, which looks like
+//!   a partner failing everywhere; they park within that time and the others flow
+//!   again. A partner failing everywhere accepts nothing, so its circuit opens at most
+//!   a cooldown later than on overloads, its limit halved meanwhile.
+//! - **Circuit breaker**: after `failures_to_open` of the partner's failures in a row
+//!   the circuit opens: no request for a cooldown (doubling on each
 //!   reopen, up to `max_cooldown`), then one probe; a success closes it, a failure
-//!   opens it again. Jobs waiting for the circuit keep their place (per-key order) and
+//!   opens it again (a probe that met a key's own failure tested nothing: another
+//!   goes). Jobs waiting for the circuit keep their place (per-key order) and
 //!   spend no attempt; the lane's buffer fills and its partitions pause, so the backlog
 //!   waits in Kafka.
 
@@ -59,10 +75,31 @@ pub enum Signal {
     Answered { latency: Duration },
     /// The partner is overloaded: timeout, 429, 502, 503, 504; with its Retry-After.
     Overloaded { retry_after: Option<Duration> },
-    /// Failed: other 5xx, connection error.
+    /// Failed without an answer (connection error, reset): the partner's.
     Failed,
+    /// A server error (500, 501, 505-599). `key_failed_at`: when the record's key last
+    /// failed (a mark of [`PartnerFlow::accepted`]), if it did: the error is the key's
+    /// when the partner accepted a request since, else the partner's.
+    ServerError { key_failed_at: Option<Accepted> },
     /// Nothing learnt (the request was refused before it left, e.g. by the SSRF guard).
     Neutral,
+}
+
+/// How many requests the partner had accepted (2xx, or a 4xx about the record) at some
+/// moment: a job keeps the mark of its key's last failure, and a later failure of the
+/// key after the partner accepted anything else is the key's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Accepted(u64);
+
+/// Whose failure an attempt was, as flow control judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// Not a failure, or nothing learnt.
+    Nobody,
+    /// The partner's: it may be down or overloaded.
+    Partner,
+    /// The record's key's own: the partner takes its other orders (park the key).
+    Key,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +127,9 @@ struct State {
     not_before: Option<Instant>,
     circuit: Circuit,
     failures: u32,
+    /// Requests the partner accepted so far, and when it last did.
+    accepted: u64,
+    last_accepted: Option<Instant>,
     cooldown: Duration,
     rate: Option<f64>,
     tokens: f64,
@@ -104,6 +144,7 @@ pub struct PartnerFlow {
     limit_gauge: metrics::Gauge,
     circuit_gauge: metrics::Gauge,
     opened: metrics::Counter,
+    key_failures: metrics::Counter,
 }
 
 impl std::fmt::Debug for PartnerFlow {
@@ -134,6 +175,8 @@ impl PartnerFlow {
                 not_before: None,
                 circuit: Circuit::Closed,
                 failures: 0,
+                accepted: 0,
+                last_accepted: None,
                 cooldown: config.cooldown,
                 rate,
                 tokens: rate.unwrap_or(0.0),
@@ -142,7 +185,8 @@ impl PartnerFlow {
             changed: Notify::new(),
             limit_gauge: metrics::gauge!(m::CONCURRENCY_LIMIT, "partner" => p.clone()),
             circuit_gauge: metrics::gauge!(m::CIRCUIT_STATE, "partner" => p.clone()),
-            opened: metrics::counter!(m::CIRCUIT_OPENED, "partner" => p),
+            opened: metrics::counter!(m::CIRCUIT_OPENED, "partner" => p.clone()),
+            key_failures: metrics::counter!(m::KEY_FAILURES, "partner" => p),
             config,
         };
         flow.limit_gauge.set(1.0);
@@ -186,6 +230,11 @@ impl PartnerFlow {
 
     pub fn limit(&self) -> f64 {
         self.lock().limit
+    }
+
+    /// The mark to keep when a key fails (see [`Signal::ServerError`]).
+    pub fn accepted(&self) -> Accepted {
+        Accepted(self.lock().accepted)
     }
 
     /// Waits until a request may go; `None` when `cancel` fires first.
@@ -253,11 +302,12 @@ impl PartnerFlow {
         Ok(Permit { probe })
     }
 
-    /// Gives a permit back with what the attempt showed.
-    pub fn release(&self, permit: Permit, signal: Signal) {
+    /// Gives a permit back with what the attempt showed; says whose failure it was.
+    pub fn release(&self, permit: Permit, signal: Signal) -> Blame {
         let now = Instant::now();
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
+        let mut blame = Blame::Nobody;
         match signal {
             Signal::Answered { latency } => {
                 let secs = latency.as_secs_f64();
@@ -277,6 +327,8 @@ impl PartnerFlow {
                     s.limit = (s.limit + step).min(s.max as f64);
                 }
                 s.failures = 0;
+                s.accepted += 1;
+                s.last_accepted = Some(now);
                 if s.circuit != Circuit::Closed {
                     tracing::info!("partner answered: circuit closed");
                     s.circuit = Circuit::Closed;
@@ -291,12 +343,40 @@ impl PartnerFlow {
                     let until = now + wait.min(self.config.max_hold);
                     s.not_before = Some(s.not_before.map_or(until, |t| t.max(until)));
                 }
-                self.failure(&mut s, now, permit.probe);
+                self.failure(&mut s, now, permit.probe, true, true);
+                blame = Blame::Partner;
             }
             Signal::Failed => {
                 s.slow_start = false;
                 s.limit = (s.limit * 0.5).max(1.0);
-                self.failure(&mut s, now, permit.probe);
+                self.failure(&mut s, now, permit.probe, true, true);
+                blame = Blame::Partner;
+            }
+            Signal::ServerError {
+                key_failed_at: Some(Accepted(mark)),
+            } if s.accepted > mark => {
+                // The key's own failure: it failed before and the partner has accepted
+                // other requests since. Nothing about the partner's capacity or health;
+                // a probe that met it tested nothing, so another may go.
+                self.key_failures.increment(1);
+                if permit.probe {
+                    s.circuit = Circuit::HalfOpen { probing: false };
+                }
+                blame = Blame::Key;
+            }
+            Signal::ServerError { key_failed_at } => {
+                // The partner's, as far as we can tell. A key that failed before (and
+                // nothing was accepted since) was counted already: once per run.
+                let first = key_failed_at.is_none();
+                if first {
+                    s.slow_start = false;
+                    s.limit = (s.limit * 0.5).max(1.0);
+                }
+                let vouched = s
+                    .last_accepted
+                    .is_some_and(|t| now.saturating_duration_since(t) < self.config.cooldown);
+                self.failure(&mut s, now, permit.probe, first, !vouched);
+                blame = Blame::Partner;
             }
             Signal::Neutral => {
                 if permit.probe {
@@ -309,12 +389,21 @@ impl PartnerFlow {
         drop(s);
         // One slot freed: one waiter tries (and wakes the next if there is more room).
         self.changed.notify_one();
+        blame
     }
 
-    fn failure(&self, s: &mut State, now: Instant, probe: bool) {
-        s.failures += 1;
+    /// A failure of the partner's; `counted` towards the failures in a row, which open the
+    /// circuit when `may_open` (a failed probe reopens it either way).
+    fn failure(&self, s: &mut State, now: Instant, probe: bool, counted: bool, may_open: bool) {
+        if counted {
+            s.failures += 1;
+        }
         let reopen = matches!(s.circuit, Circuit::HalfOpen { .. }) && probe;
-        if reopen || (s.circuit == Circuit::Closed && s.failures >= self.config.failures_to_open) {
+        if reopen
+            || (may_open
+                && s.circuit == Circuit::Closed
+                && s.failures >= self.config.failures_to_open)
+        {
             if reopen {
                 s.cooldown = (s.cooldown * 2).min(self.config.max_cooldown);
             }

@@ -125,6 +125,154 @@ fn the_circuit_opens_probes_and_closes() {
     assert_eq!(f.circuit(), Circuit::Closed);
 }
 
+/// A server error of a key that failed before (`mark`: the partner's count then).
+fn key_error(mark: Accepted) -> Signal {
+    Signal::ServerError {
+        key_failed_at: Some(mark),
+    }
+}
+
+const FIRST_ERROR: Signal = Signal::ServerError {
+    key_failed_at: None,
+};
+
+#[test]
+fn a_key_that_keeps_failing_while_others_are_accepted_neither_throttles_nor_opens_the_circuit() {
+    // Opens after 3 of the partner's failures in a row.
+    let f = flow(64);
+    let now = Instant::now();
+    for _ in 0..40 {
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, FAST);
+    }
+    let grown = f.limit();
+    // Four poison orders fail once each (nothing tells them from a partner failing yet):
+    // the partner's, interleaved with accepted requests of other orders.
+    let mut marks = Vec::new();
+    for _ in 0..4 {
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, FIRST_ERROR);
+        marks.push(f.accepted());
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, FAST);
+    }
+    assert_eq!(f.circuit(), Circuit::Closed);
+    let after_first = f.limit();
+    assert!(after_first < grown, "first failures are the partner's");
+    // Then they fail again and again, each time after the partner accepted others: the
+    // keys' own failures.
+    for _ in 0..50 {
+        for mark in &mut marks {
+            let p = f.try_acquire(now).expect("never held by the circuit");
+            assert_eq!(f.release(p, key_error(*mark)), Blame::Key);
+            *mark = f.accepted();
+            let p = f.try_acquire(now).expect("permit");
+            f.release(p, FAST);
+        }
+    }
+    assert_eq!(
+        f.circuit(),
+        Circuit::Closed,
+        "200 key failures, circuit closed"
+    );
+    assert!(
+        f.limit() > after_first,
+        "the limit grew on the accepted requests: {} -> {}",
+        after_first,
+        f.limit()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partner_that_was_fine_and_answers_500_everywhere_opens_a_cooldown_after_its_last_acceptance(
+) {
+    // Opens after failures of 3 keys in a row; cooldown 100 ms.
+    let f = flow(64);
+    let now = Instant::now();
+    for _ in 0..10 {
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, FAST);
+    }
+    let grown = f.limit();
+    // One key fails, then again and again with nothing accepted in between (the
+    // partner may be down, or only that key may be tried): the partner's, but the key
+    // counts once, for the limit and the circuit.
+    let p = f.try_acquire(now).expect("permit");
+    assert_eq!(f.release(p, FIRST_ERROR), Blame::Partner);
+    let mark = f.accepted();
+    for _ in 0..5 {
+        let p = f.try_acquire(now).expect("permit");
+        assert_eq!(f.release(p, key_error(mark)), Blame::Partner);
+    }
+    assert_eq!(f.limit(), (grown / 2.0).max(1.0), "halved once");
+    // Two more keys fail: three keys in a row. The partner accepted requests a moment
+    // ago (its lane may hold only orders it refuses): not yet.
+    for _ in 0..2 {
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, FIRST_ERROR);
+    }
+    assert_eq!(
+        f.circuit(),
+        Circuit::Closed,
+        "within a cooldown of an acceptance"
+    );
+    // A cooldown after its last acceptance, the next failure opens it.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let p = f.try_acquire(Instant::now()).expect("permit");
+    f.release(p, key_error(mark));
+    assert!(
+        matches!(f.circuit(), Circuit::Open { .. }),
+        "three keys failing, nothing accepted for a cooldown: {:?}",
+        f.circuit()
+    );
+    // A probe of a key that failed before, nothing accepted since: still the partner's.
+    tokio::time::advance(Duration::from_millis(150)).await;
+    let probe = f.try_acquire(Instant::now()).expect("probe");
+    f.release(probe, key_error(mark));
+    assert!(
+        matches!(f.circuit(), Circuit::Open { .. }),
+        "a failed probe reopens it"
+    );
+}
+
+#[test]
+fn overloads_open_the_circuit_at_once_even_right_after_acceptances() {
+    let f = flow(64);
+    let now = Instant::now();
+    let p = f.try_acquire(now).expect("permit");
+    f.release(p, FAST);
+    for _ in 0..3 {
+        let p = f.try_acquire(now).expect("permit");
+        assert_eq!(
+            f.release(p, Signal::Overloaded { retry_after: None }),
+            Blame::Partner
+        );
+    }
+    assert!(matches!(f.circuit(), Circuit::Open { .. }));
+}
+
+#[test]
+fn a_probe_that_meets_a_keys_own_failure_lets_another_probe_go() {
+    let f = flow(16);
+    let now = Instant::now();
+    let p = f.try_acquire(now).expect("permit");
+    f.release(p, FAST);
+    let mark = Accepted(0);
+    for _ in 0..3 {
+        let p = f.try_acquire(now).expect("permit");
+        f.release(p, Signal::Failed);
+    }
+    let later = Instant::now() + Duration::from_millis(150);
+    let probe = f.try_acquire(later).expect("probe");
+    // A poison order's retry was the probe: it says nothing about the partner.
+    f.release(probe, key_error(mark));
+    let again = f
+        .try_acquire(later)
+        .expect("another probe, no new cooldown");
+    f.release(again, FAST);
+    assert_eq!(f.circuit(), Circuit::Closed);
+}
+
 #[test]
 fn a_rate_limit_spaces_requests() {
     let f = PartnerFlow::new("t", 100, Some(5.0), FlowConfig::default());
