@@ -321,3 +321,66 @@ async fn a_few_orders_the_partner_always_refuses_neither_open_its_circuit_nor_ho
     );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// Issue #22, item 0: parked orders waiting for their backoff fill the lane's retry side
+/// (here `--max-buffered 8`: 2 orders with 10 events each, retried every 2-4 s). That
+/// side has its own bound (its partitions pause); it must not stop the lane taking the
+/// partner's other orders from the delivery topic. (Before: the lane stopped taking
+/// records of either topic once either held `max_buffered`, so every other order waited
+/// for the parked ones' retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_orders_filling_the_retry_side_do_not_hold_the_partners_others() {
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    world.run_args = ["--max-buffered", "8", "--park-after-attempts", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let poison = ["bad-1", "bad-2"];
+    let (partner, receiver) = world
+        .partner_with_receiver(
+            "retryfull",
+            Script {
+                fail_orders: poison.iter().map(|s| s.to_string()).collect(),
+                fail_status: Some(500),
+                ..Default::default()
+            },
+            "    retry: { max_attempts: 1000, max_elapsed_secs: 600, initial_backoff_ms: 2000, max_backoff_ms: 4000 }\n",
+        )
+        .await;
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let mut sent = Vec::new();
+    for round in 0..10 {
+        sent.extend(publish(&publisher, &partner, &poison, round).await);
+    }
+    let parked = format!("dispatcher_parked_records_total{{partner=\"{partner}\"}} ");
+    wait_metric(&dispatcher, &parked, 20.0, "every bad event parked").await;
+    // The retry side now holds 20 records (more than 8), waiting for their backoff.
+    let good: Vec<String> = (0..40).map(|i| format!("good-{i}")).collect();
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let mut accepted = Vec::new();
+    for round in 0..2 {
+        accepted.extend(publish(&publisher, &partner, &good, round).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals_per_order(&receiver)
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < accepted.len()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} other orders' events arrived while the parked ones wait\n{}",
+            arrivals_per_order(&receiver)
+                .values()
+                .map(Vec::len)
+                .sum::<usize>(),
+            accepted.len(),
+            dispatcher.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_per_order(&receiver, &accepted);
+    assert_eq!(dispatcher.terminate(), Some(0));
+}

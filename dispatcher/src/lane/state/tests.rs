@@ -151,3 +151,58 @@ fn a_lane_that_does_not_park_reads_nothing_back() {
     assert!(state.follow(&lane, vec![assigned(0)]).is_empty());
     assert!(state.take(record(0, 0, "a")).is_some());
 }
+
+#[test]
+fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
+    let mut state = LaneState::default();
+    state.parked_add(0, b"k".to_vec(), 1);
+    let first = state.take(record(0, 1, "k")).expect("the key is free");
+    assert!(first.follow && first.followers.is_empty());
+    assert!(state.take(record(0, 2, "k")).is_none(), "queued behind it");
+    assert!(state.take(record(0, 3, "k")).is_none());
+    let done = |offset: i64, at: i64, followed: Vec<(i64, JobEnd)>| Done {
+        retry: false,
+        partition: 0,
+        offset,
+        key: b"k".to_vec(),
+        end: JobEnd::Parked { at },
+        followed,
+    };
+    let next = state
+        .done(done(1, 10, vec![]))
+        .expect("the key's next record");
+    assert!(next.follow);
+    assert_eq!(
+        next.followers.iter().map(|j| j.offset).collect::<Vec<_>>(),
+        [3],
+        "the records queued behind it go with it"
+    );
+    assert!(state.waiting.is_empty());
+    assert!(
+        state.take(record(0, 4, "k")).is_none(),
+        "the key is busy meanwhile"
+    );
+    let after = state
+        .done(done(2, 11, vec![(3, JobEnd::Parked { at: 12 })]))
+        .expect("record 4, queued meanwhile");
+    assert_eq!(after.offset, 4);
+    assert_eq!(
+        state.parked.get(&(0, b"k".to_vec())),
+        Some(&4),
+        "1 + 3 written"
+    );
+    assert_eq!(
+        state.to_store.get(&Tp {
+            retry: false,
+            partition: 0
+        }),
+        Some(&4),
+        "offsets 1 to 3 finished"
+    );
+    // A follower that shutdown interrupted stops the key: nothing overtakes it.
+    assert!(state.take(record(0, 5, "k")).is_none());
+    let mut interrupted = done(4, 13, vec![]);
+    interrupted.followed = vec![(5, JobEnd::Interrupted)];
+    assert!(state.done(interrupted).is_none());
+    assert!(state.waiting.is_empty());
+}
