@@ -51,7 +51,7 @@ fn metric_sum(metrics: &str, prefix: &str) -> f64 {
         .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 struct Outcome {

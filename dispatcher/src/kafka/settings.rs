@@ -30,12 +30,19 @@ impl KafkaSettings {
     /// Stages whose consumer takes options of its own (`STAGE:key=value`).
     pub const STAGES: [&'static str; 2] = ["router", "lanes"];
 
-    /// Settings a stage's option may not change: its group, and how offsets are stored,
-    /// committed and reset (at-least-once rests on them).
-    const KEPT: [&'static str; 4] = [
+    /// Settings a stage's option may not change: its group and its membership in it
+    /// (a static `group.instance.id` keeps a dead instance's partitions unread for a
+    /// session timeout, and two instances with one id fence each other), the assignor
+    /// (the lanes' retry reader follows cooperative-sticky's incremental changes), and
+    /// how offsets are stored, committed (how much a revoke or crash redoes) and reset
+    /// (at-least-once rests on them).
+    const KEPT: [&'static str; 7] = [
         "group.id",
+        "group.instance.id",
+        "partition.assignment.strategy",
         "enable.auto.commit",
         "enable.auto.offset.store",
+        "auto.commit.interval.ms",
         "auto.offset.reset",
     ];
 
@@ -337,6 +344,15 @@ mod tests {
         assert_eq!(router.get("enable.auto.offset.store"), Some("false"));
         // and a stage's option may not change those.
         assert!(KafkaSettings::check_option("lanes:fetch.wait.max.ms").is_ok());
+        // #22 item 9: membership, assignor and commit interval are fenced too.
+        for kept in [
+            "lanes:auto.commit.interval.ms",
+            "lanes:partition.assignment.strategy",
+            "router:group.instance.id",
+        ] {
+            let refused = KafkaSettings::check_option(kept).expect_err(kept);
+            assert!(refused.contains("the dispatcher's to set"), "{refused}");
+        }
         let kept = KafkaSettings::check_option("lanes:enable.auto.offset.store")
             .expect_err("a kept setting");
         assert!(kept.contains("enable.auto.offset.store"), "{kept}");

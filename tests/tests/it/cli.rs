@@ -37,4 +37,8 @@ fn settings_that_cannot_work_are_refused_with_the_flag_named() {
         &["--kafka-option", "lanes:enable.auto.offset.store=true"],
         &["lanes:enable.auto.offset.store", "the dispatcher's to set"],
     );
+    refused(
+        &["--kafka-option", "lanes:partition.assignment.strategy=range"],
+        &["lanes:partition.assignment.strategy", "the dispatcher's to set"],
+    );
 }
