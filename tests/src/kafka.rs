@@ -155,6 +155,20 @@ pub async fn produce_with_headers(
     payload: &[u8],
     headers: &[(&str, &str)],
 ) {
+    produce_at(brokers, topic, partition, key, payload, headers, None).await
+}
+
+/// As [`produce_with_headers`], with the record's timestamp (milliseconds since the
+/// epoch) set, as a writer with its own clock would.
+pub async fn produce_at(
+    brokers: &str,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+    timestamp_ms: Option<i64>,
+) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -171,6 +185,9 @@ pub async fn produce_with_headers(
     let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
     if let Some(p) = partition {
         record = record.partition(p);
+    }
+    if let Some(t) = timestamp_ms {
+        record = record.timestamp(t);
     }
     producer
         .send(record, Duration::from_secs(30))

@@ -128,9 +128,10 @@ struct Page {
     done: bool,
 }
 
-/// Reads up to `limit` records after `cursor` from every partition, orders them by
-/// (timestamp, partition, offset), keeps the first `limit`, and moves the cursor past
-/// exactly those: the same cursor always gives the same page.
+/// Reads up to `limit` records after `cursor` from every partition, merges them by
+/// timestamp ([`merge`]: each partition's in offset order), keeps the first `limit`, and
+/// moves the cursor past exactly those: the same cursor always gives the same page, and
+/// it never passes a record it did not return.
 fn read_page(
     kafka: &KafkaSettings,
     topic: &str,
@@ -173,17 +174,16 @@ fn read_page(
         more |= to < high;
         ranges.insert(p, (from, to));
     }
-    let mut found = crate::kafka::read_ranges(&consumer, topic, &ranges, Duration::from_secs(10))
+    let read = crate::kafka::read_ranges(&consumer, topic, &ranges, Duration::from_secs(10))
         .map_err(ApiError::internal)?;
-    found.sort_by_key(|r| {
+    more |= read.len() > limit;
+    let found = merge(read, limit, |r| {
         (
             r.timestamp.map_or(0, |t| t.timestamp_millis()),
             r.partition,
             r.offset,
         )
     });
-    more |= found.len() > limit;
-    found.truncate(limit);
     for r in &found {
         next.insert(r.partition, r.offset + 1);
     }
@@ -205,9 +205,52 @@ fn read_page(
     })
 }
 
+/// The first `limit` of `records` (each partition's in offset order, as read), merged
+/// across partitions by `key` (timestamp, partition, offset): at each step the head of
+/// the partition whose head has the smallest key. Each partition contributes a
+/// contiguous run from its first record, so a cursor moved past the last one taken of
+/// each partition skips nothing, whatever the timestamps (not monotonic within a
+/// partition when writers' clocks differ); and a partition keeps its order (per order,
+/// the order events were produced).
+fn merge<T>(records: Vec<T>, limit: usize, key: impl Fn(&T) -> (i64, i32, i64)) -> Vec<T> {
+    let mut queues: BTreeMap<i32, std::collections::VecDeque<T>> = BTreeMap::new();
+    for r in records {
+        queues.entry(key(&r).1).or_default().push_back(r);
+    }
+    let mut page = Vec::new();
+    while page.len() < limit {
+        let Some(p) = queues
+            .iter()
+            .filter_map(|(p, q)| Some((key(q.front()?), *p)))
+            .min()
+            .map(|(_, p)| p)
+        else {
+            break;
+        };
+        if let Some(r) = queues.get_mut(&p).and_then(|q| q.pop_front()) {
+            page.push(r);
+        }
+    }
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_takes_each_partition_in_offset_order_whatever_the_timestamps() {
+        // (timestamp, partition, offset); partition 0's second record is the oldest.
+        let records = vec![(5, 0, 0), (0, 0, 1), (6, 0, 2), (2, 1, 0), (3, 1, 1)];
+        let page = merge(records.clone(), 3, |r| *r);
+        assert_eq!(page, [(2, 1, 0), (3, 1, 1), (5, 0, 0)]);
+        let all = merge(records, 10, |r| *r);
+        assert_eq!(
+            all,
+            [(2, 1, 0), (3, 1, 1), (5, 0, 0), (0, 0, 1), (6, 0, 2)],
+            "everything, each partition in offset order"
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

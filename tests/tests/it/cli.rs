@@ -38,7 +38,13 @@ fn settings_that_cannot_work_are_refused_with_the_flag_named() {
         &["lanes:enable.auto.offset.store", "the dispatcher's to set"],
     );
     refused(
-        &["--kafka-option", "lanes:partition.assignment.strategy=range"],
-        &["lanes:partition.assignment.strategy", "the dispatcher's to set"],
+        &[
+            "--kafka-option",
+            "lanes:partition.assignment.strategy=range",
+        ],
+        &[
+            "lanes:partition.assignment.strategy",
+            "the dispatcher's to set",
+        ],
     );
 }
