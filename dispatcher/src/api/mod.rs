@@ -105,6 +105,22 @@ impl ApiState {
             .ok_or_else(|| ApiError::not_found(id))
     }
 
+    /// A subscription the caller may change: one it sees, and, when it is internal (it
+    /// receives every partner's events), only through an admin token, whatever partner
+    /// it is filed under (a token of that partner could otherwise point every
+    /// partner's orders at its own URL).
+    fn changeable(&self, caller: &Caller, id: &str) -> Result<Arc<Subscription>, ApiError> {
+        let s = self.visible(caller, id)?;
+        if s.internal && *caller != Caller::Admin {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "only an admin token changes internal subscriptions",
+            ));
+        }
+        Ok(s)
+    }
+
     /// Everything `subscriptions apply` checks, plus the resolved addresses and the
     /// https-only rule.
     async fn check(&self, s: &Subscription) -> Result<(), ApiError> {

@@ -239,7 +239,7 @@ pub(super) async fn update(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let current = api.visible(&caller, &id)?;
+    let current = api.changeable(&caller, &id)?;
     let request: UpdateRequest = body(&bytes)?;
     let mut s = (*current).clone();
     if let Some(url) = request.url {
@@ -281,7 +281,7 @@ pub(super) async fn rotate(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let current = api.visible(&caller, &id)?;
+    let current = api.changeable(&caller, &id)?;
     let request: RotateRequest = body(&bytes)?;
     let overlap = request.overlap_secs.unwrap_or(86_400);
     if overlap > 30 * 86_400 {
@@ -313,7 +313,7 @@ async fn set_paused(
     id: String,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    let mut s = (*api.visible(&caller, &id)?).clone();
+    let mut s = (*api.changeable(&caller, &id)?).clone();
     s.paused = paused;
     let action = if paused { "pause" } else { "resume" };
     let s = api
@@ -343,15 +343,17 @@ pub(super) async fn remove(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match api.visible(&caller, &id) {
+    // (An internal subscription a partner token sees is not invalid here either: its
+    // refusal is passed on below.)
+    match api.changeable(&caller, &id) {
         Ok(s) => {
             api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
                 .await?
         }
         // A subscription invalid here (not in force) can be deleted too: by an admin,
         // or by its partner when the record names one.
-        Err(not_found) => {
-            let invalid = api.table.invalid(&id).ok_or(not_found)?;
+        Err(refused) => {
+            let invalid = api.table.invalid(&id).ok_or(refused)?;
             let partner = invalid.subscription.as_ref().map(|s| s.partner_id.clone());
             if caller != Caller::Admin && !partner.as_ref().is_some_and(|p| caller.sees(p)) {
                 return Err(ApiError::not_found(&id));

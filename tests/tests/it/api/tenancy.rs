@@ -221,3 +221,58 @@ async fn partners_are_confined_to_their_namespace_quota_and_a_share_of_the_event
         "{statuses:?}"
     );
 }
+
+/// Issue #22, item 8: an internal subscription receives every partner's events. Filed
+/// under a partner id that has a token, that token must not change it (point it
+/// elsewhere, pause, rotate, delete): only an admin token does. (Before: `update` and
+/// the others checked only that the caller sees the partner.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_token_cannot_change_an_internal_subscription_filed_under_it() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let pa = unique("ia");
+    let api = world.start_api(&tokens(&[&pa]), &[]);
+    let ta = partner_token(&pa);
+    let (s, internal) = api
+        .create_subscription(
+            ADMIN.to_string(),
+            json!({"partner_id": pa, "url": "http://127.0.0.1:9/audit", "event_types": ["order.created"], "internal": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{internal}");
+    let path = format!("/v1/subscriptions/{}", internal["id"].as_str().expect("id"));
+    let refused = [
+        (
+            reqwest::Method::PATCH,
+            path.clone(),
+            Some(json!({"url": "http://127.0.0.1:9/evil"})),
+        ),
+        (reqwest::Method::POST, format!("{path}/pause"), None),
+        (reqwest::Method::POST, format!("{path}/rotate-secret"), None),
+        (reqwest::Method::DELETE, path.clone(), None),
+    ];
+    for (method, p, body) in refused {
+        let (s, e) = api.call(method.clone(), &p, Some(&ta), body).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {p} with the partner's token: {e}"
+        );
+    }
+    let (s, still) = api
+        .call(reqwest::Method::GET, &path, Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        (s, still["url"].as_str(), still["state"].as_str()),
+        (200, Some("http://127.0.0.1:9/audit"), Some("active")),
+        "untouched: {still}"
+    );
+    let (s, e) = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(ADMIN),
+            Some(json!({"url": "http://127.0.0.1:9/audit2"})),
+        )
+        .await;
+    assert_eq!(s, 200, "the admin changes it: {e}");
+}
