@@ -56,6 +56,57 @@ pub struct ApiState {
     /// `/events` pages read at once (each reads Kafka with a client of its own); past
     /// that the answer is 429 with Retry-After.
     pub events_permits: Arc<tokio::sync::Semaphore>,
+    /// Subscriptions being created on this instance, per partner (see [`Creating`]).
+    pub creating: Creating,
+}
+
+/// Subscriptions being created on this instance, per partner: counted against the quota
+/// with those in the table, so creates racing each other cannot pass it together (a
+/// create awaits DNS, the topic, the audit and the save after its check).
+#[derive(Debug, Default, Clone)]
+pub struct Creating(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One create's place in [`Creating`], given back when dropped (by then a create that
+/// succeeded is in the table).
+#[derive(Debug)]
+struct Reserved {
+    creating: Creating,
+    partner: String,
+}
+
+impl Creating {
+    /// A place for one more subscription of `partner` when those it has (`owned()`,
+    /// counted under the lock) and those being created are fewer than `max`; else the
+    /// count that reached it.
+    fn reserve(
+        &self,
+        partner: &str,
+        owned: impl FnOnce() -> usize,
+        max: usize,
+    ) -> Result<Reserved, usize> {
+        let mut creating = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = owned() + creating.get(partner).copied().unwrap_or(0);
+        if now >= max {
+            return Err(now);
+        }
+        *creating.entry(partner.to_string()).or_default() += 1;
+        Ok(Reserved {
+            creating: self.clone(),
+            partner: partner.to_string(),
+        })
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let mut creating = self.creating.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = creating.get_mut(&self.partner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                creating.remove(&self.partner);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiState {

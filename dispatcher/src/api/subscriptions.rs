@@ -178,22 +178,27 @@ pub(super) async fn create(
             format!("subscription `{id}` exists"),
         ));
     }
-    let owned = api
-        .table
-        .all()
-        .iter()
-        .filter(|s| s.partner_id == partner_id)
-        .count();
-    if owned >= api.max_subscriptions_per_partner {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "quota_exceeded",
-            format!(
-                "partner `{partner_id}` has {owned} subscriptions, the most allowed ({}); delete one first",
-                api.max_subscriptions_per_partner
-            ),
-        ));
-    }
+    let owned = || {
+        api.table
+            .all()
+            .iter()
+            .filter(|s| s.partner_id == partner_id)
+            .count()
+    };
+    // Held until the create ends: other creates of the partner count this one.
+    let _place = api
+        .creating
+        .reserve(&partner_id, owned, api.max_subscriptions_per_partner)
+        .map_err(|owned| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "quota_exceeded",
+                format!(
+                    "partner `{partner_id}` has {owned} subscriptions (with those being created), the most allowed ({}); delete one first",
+                    api.max_subscriptions_per_partner
+                ),
+            )
+        })?;
     let secret = Secret::generate();
     let s = Subscription {
         id,

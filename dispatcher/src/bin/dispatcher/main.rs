@@ -99,6 +99,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         allowlist: shared.allowlist,
         require_https: args.require_https,
         tokens: Arc::new(tokens),
+        creating: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -276,3 +276,37 @@ async fn a_partner_token_cannot_change_an_internal_subscription_filed_under_it()
         .await;
     assert_eq!(s, 200, "the admin changes it: {e}");
 }
+
+/// Issue #22, item 3: the quota holds when creates race each other. Ten creates of one
+/// partner fired at once against a quota of 3: exactly 3 are made, 7 refused with
+/// `quota_exceeded`. (Before: the count was taken before each create's awaits (DNS,
+/// topic, audit, save), so creates in flight together all passed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_holds_when_many_creates_race() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let pa = unique("race");
+    let api = world.start_api(&tokens(&[&pa]), &["--max-subscriptions-per-partner", "3"]);
+    let ta = partner_token(&pa);
+    let creates = (0..10).map(|i| {
+        api.create_subscription(
+            ta.clone(),
+            json!({"url": format!("http://127.0.0.1:9/{i}"), "event_types": ["order.created"]}),
+        )
+    });
+    let answers = futures::future::join_all(creates).await;
+    let made = answers.iter().filter(|(s, _)| *s == 201).count();
+    let refused = answers
+        .iter()
+        .filter(|(s, e)| *s == 403 && e["error"]["code"] == "quota_exceeded")
+        .count();
+    assert_eq!((made, refused), (3, 7), "{answers:?}");
+    let (s, list) = api
+        .call(reqwest::Method::GET, "/v1/subscriptions", Some(&ta), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        list["subscriptions"].as_array().map(Vec::len),
+        Some(3),
+        "{list}"
+    );
+}
