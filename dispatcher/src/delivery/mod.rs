@@ -63,6 +63,10 @@ pub struct Job {
     /// With `follow`: the key's later records the lane held when it started, written
     /// behind it in the same go (one acknowledgement wait for all, not one each).
     pub followers: Vec<Job>,
+    /// The assignment of its partition it was read in (the intake's epoch; 0: not read
+    /// through an intake's assignment, e.g. in tests). Its end no longer counts once
+    /// that assignment is over (the partition was revoked meanwhile).
+    pub epoch: u64,
 }
 
 /// What a job needs from its lane.
@@ -132,6 +136,8 @@ pub struct Done {
     pub end: JobEnd,
     /// How the job's `followers` ended (offset, end), in order.
     pub followed: Vec<(i64, JobEnd)>,
+    /// The job's [`Job::epoch`].
+    pub epoch: u64,
 }
 
 /// Runs `job` to its end as a task of its own, so that a lane's requests are driven by
@@ -152,6 +158,7 @@ pub fn spawn(
         key: job.key.clone(),
         end: JobEnd::Interrupted,
         followed: Vec::new(),
+        epoch: job.epoch,
     };
     let ticket = starting.ticket();
     let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run(job, ctx, ticket)));
@@ -187,5 +194,6 @@ async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         key: job.key,
         end,
         followed,
+        epoch: job.epoch,
     }
 }

@@ -55,6 +55,7 @@ fn job(webhook_id: &str) -> Job {
         parked: None,
         follow: false,
         followers: Vec::new(),
+        epoch: 0,
     }
 }
 

@@ -83,15 +83,13 @@ const BATCH: usize = 64;
 /// partner's concurrency limit is higher).
 const MIN_STARTING: usize = 16;
 
-/// The lane's partitions as the intake told it: which are its (per topic), the epoch
-/// of each assignment (a record of an earlier one, its partition revoked since, is
-/// dropped), and the retry partitions it asked the intake to read, with where each
-/// delivery partition's read-back of parked keys started (the retry reader starts
-/// there).
+/// The lane's partitions as the intake told it: which are its (per topic; the epoch of
+/// each assignment is in [`LaneState::epochs`]), and the retry partitions it asked the
+/// intake to read, with where each delivery partition's read-back of parked keys
+/// started (the retry reader starts there).
 #[derive(Default)]
 struct Owned {
     assigned: [BTreeSet<i32>; 2],
-    epochs: HashMap<(bool, i32), u64>,
     reading: HashSet<i32>,
     retry_from: HashMap<i32, i64>,
 }
@@ -117,14 +115,15 @@ impl Owned {
         } = change;
         let k = usize::from(retry);
         let topic = topics[k].to_string();
+        let tp = state::Tp { retry, partition };
         let change = if gained {
             self.assigned[k].insert(partition);
-            self.epochs.insert((retry, partition), epoch);
+            state.epochs.insert(tp, epoch);
             throttle.assigned(consumers[k], &topic, retry, partition);
             GroupChange::Assigned(topic, partition)
         } else {
             self.assigned[k].remove(&partition);
-            self.epochs.remove(&(retry, partition));
+            state.epochs.remove(&tp);
             if !retry {
                 self.reading.remove(&partition);
                 self.retry_from.remove(&partition);
@@ -132,11 +131,6 @@ impl Owned {
             GroupChange::Revoked(topic, partition)
         };
         rebalances.follow(state, vec![change]);
-    }
-
-    /// The epoch of the current assignment of a partition (`None`: not the lane's).
-    fn epoch(&self, retry: bool, partition: i32) -> Option<u64> {
-        self.epochs.get(&(retry, partition)).copied()
     }
 
     /// The current read-back of delivery partition `partition` started at `from` of its
@@ -333,13 +327,13 @@ pub async fn run_linked(
                 while let Some(r) = record.take() {
                     let Some(Record { job, epoch }) = r else { break 'lane };
                     let (retry, partition) = (job.parked.is_some(), job.partition);
-                    if owned.epoch(retry, partition).is_none_or(|e| e < epoch) {
+                    if state.epoch(retry, partition).is_none_or(|e| e < epoch) {
                         // Its assignment's change is on its way: it was sent first.
                         while let Ok(change) = changes.try_recv() {
                             owned.follow(change, &throttle, consumers, topics, &rebalances, &mut state);
                         }
                     }
-                    if owned.epoch(retry, partition) == Some(epoch) {
+                    if state.epoch(retry, partition) == Some(epoch) {
                         if let Some(start) = state.take(job) {
                             state.ready.push_back(start);
                         }

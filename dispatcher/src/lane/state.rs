@@ -52,6 +52,10 @@ pub(super) struct LaneState {
     /// Numbers the read-backs, so that the answer of one started before a revoke is not
     /// taken for the one after the next assignment.
     pub(super) generation: u64,
+    /// The epoch of each partition's current assignment (the intake's). A job of an
+    /// assignment that is over (revoked since, maybe assigned again) still ends; its
+    /// end must not touch the offsets or parked counts of the partition's new life.
+    pub(super) epochs: HashMap<Tp, u64>,
 }
 
 /// A delivery partition's records held while its parked keys are read back, the retry
@@ -107,6 +111,11 @@ impl LaneState {
             self.busy.insert(slot);
             Some(self.prepare(job))
         }
+    }
+
+    /// The epoch of the current assignment of a partition (`None`: not the lane's).
+    pub(super) fn epoch(&self, retry: bool, partition: i32) -> Option<u64> {
+        self.epochs.get(&Tp { retry, partition }).copied()
     }
 
     /// Decided when a record starts: a delivery record of a parked key follows it, and
@@ -287,15 +296,24 @@ impl LaneState {
             key,
             end,
             followed,
+            epoch,
         } = done;
         let tp = Tp { retry, partition };
+        // A job of an assignment that is over: its records are the partition's next
+        // owner's (their offsets were not stored, so they are read again, and a
+        // read-back counts what is in the retry topic), so its end moves no offset and
+        // no parked count, but for a write the next assignment's read-back may not
+        // have seen (`finish`). Before #22, a retry record ending after its partition
+        // was revoked took one off the key's count of the partition's next life, and
+        // the key read as unparked with a record still in the retry topic.
+        let over = epoch != 0 && self.epochs.get(&tp) != Some(&epoch);
         // Records that followed the job into the retry topic in the same go. One that
         // did not (shutdown) stops the key as the job's own interruption would.
         let mut interrupted = end == JobEnd::Interrupted;
         for (offset, end) in followed {
             interrupted |= end == JobEnd::Interrupted;
             if end != JobEnd::Interrupted {
-                self.finish(tp, offset, &key, end);
+                self.finish(tp, offset, &key, end, over);
             }
         }
         let slot = (tp, key);
@@ -305,7 +323,7 @@ impl LaneState {
             self.waiting.remove(&slot);
             return None;
         }
-        self.finish(tp, offset, &slot.1, end);
+        self.finish(tp, offset, &slot.1, end, over);
         if interrupted {
             // The job itself ended, a record that followed it did not.
             self.waiting.remove(&slot);
@@ -324,8 +342,18 @@ impl LaneState {
     }
 
     /// A finished record of `tp` (delivered, dead-lettered, dropped, or parked at
-    /// `end`'s offset): its offset may be stored, and the parked counts follow.
-    fn finish(&mut self, tp: Tp, offset: i64, key: &[u8], end: JobEnd) {
+    /// `end`'s offset): its offset may be stored, and the parked counts follow. `over`:
+    /// of an assignment that is over (see `done`): only a write to the retry topic
+    /// during the new assignment's read-back is noted (it decides by the offset).
+    fn finish(&mut self, tp: Tp, offset: i64, key: &[u8], end: JobEnd, over: bool) {
+        if over {
+            if let (JobEnd::Parked { at }, Some(rebuild)) =
+                (end, self.rebuilding.get_mut(&tp.partition))
+            {
+                rebuild.written.push((at, key.to_vec()));
+            }
+            return;
+        }
         if let JobEnd::Parked { at } = end {
             // While its parked keys are read back, the read-back may or may not have seen
             // this write: decided by its offset when the answer comes.

@@ -78,7 +78,8 @@ impl Routes {
         if retry && !r.reading.contains(&message.partition()) {
             return false;
         }
-        let job = job_from(message, &r.topics, retry);
+        let mut job = job_from(message, &r.topics, retry);
+        job.epoch = epoch;
         r.inbox.records.send(Record { job, epoch }).is_ok()
     }
 
@@ -287,5 +288,6 @@ fn job_from(message: &BorrowedMessage<'_>, topics: &[Arc<str>; 2], retry: bool) 
         parked: retry.then(|| delivery::Parked::from_headers(text)),
         follow: false,
         followers: Vec::new(),
+        epoch: 0,
     }
 }

@@ -38,6 +38,7 @@ fn record(partition: i32, offset: i64, key: &str) -> Job {
         parked: None,
         follow: false,
         followers: Vec::new(),
+        epoch: 0,
     }
 }
 
@@ -96,6 +97,7 @@ fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
         key: key.as_bytes().to_vec(),
         end: JobEnd::Parked { at },
         followed: Vec::new(),
+        epoch: 0,
     };
     assert!(state.done(parked_at(4, "seen")).is_none());
     assert!(state.done(parked_at(5, "unseen")).is_none());
@@ -167,6 +169,7 @@ fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
         key: b"k".to_vec(),
         end: JobEnd::Parked { at },
         followed,
+        epoch: 0,
     };
     let next = state
         .done(done(1, 10, vec![]))
@@ -205,4 +208,65 @@ fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
     interrupted.followed = vec![(5, JobEnd::Interrupted)];
     assert!(state.done(interrupted).is_none());
     assert!(state.waiting.is_empty());
+}
+
+#[test]
+fn a_retry_record_ending_after_its_partition_was_revoked_leaves_its_key_parked_when_it_comes_back()
+{
+    // Issue #22, item 5. Delivery and retry partition 1 are the lane's (epoch 1); key
+    // k has one record in the retry topic, which is being retried.
+    let lane = lane();
+    let mut state = LaneState::default();
+    let own = |state: &mut LaneState, epoch: u64| {
+        for retry in [false, true] {
+            state.epochs.insert(
+                Tp {
+                    retry,
+                    partition: 1,
+                },
+                epoch,
+            );
+        }
+    };
+    own(&mut state, 1);
+    state.parked_add(1, b"k".to_vec(), 1);
+    let mut retry = record(1, 0, "k");
+    retry.parked = Some(crate::delivery::Parked::from_headers(|_| None));
+    retry.epoch = 1;
+    let started = state.take(retry).expect("starts");
+    // Revoked (rolling deploy); the job goes on and is delivered after the revoke.
+    state.follow(&lane, vec![revoked(1)]);
+    state.epochs.clear();
+    let end = Done {
+        retry: true,
+        partition: 1,
+        offset: started.offset,
+        key: b"k".to_vec(),
+        end: JobEnd::Finished,
+        followed: Vec::new(),
+        epoch: 1,
+    };
+    assert!(state.done(end).is_none());
+    // Assigned back (epoch 2): its offset was not stored, so the read-back finds the
+    // record again: the key is parked, once.
+    own(&mut state, 2);
+    let [(1, generation)] = state.follow(&lane, vec![assigned(1)])[..] else {
+        panic!("one read-back")
+    };
+    state.finish_rebuild(ReadBack {
+        partition: 1,
+        generation,
+        from: 0,
+        to: 1,
+        counts: [(b"k".to_vec(), 1)].into(),
+    });
+    assert_eq!(
+        state.parked.get(&(1, b"k".to_vec())),
+        Some(&1),
+        "k is still parked: its record in the retry topic is read again"
+    );
+    assert!(
+        state.to_store.is_empty(),
+        "nothing of the old assignment stored"
+    );
 }
