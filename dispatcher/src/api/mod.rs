@@ -30,12 +30,14 @@ use crate::webhook::ssrf::Allowlist;
 mod auth;
 mod error;
 mod events;
+mod limits;
 mod partners;
 mod subscriptions;
 
 pub use auth::Tokens;
 pub use error::ApiError;
 pub use events::Cursor;
+pub use limits::WriteLimit;
 
 use auth::Caller;
 
@@ -58,6 +60,11 @@ pub struct ApiState {
     pub events_permits: Arc<tokio::sync::Semaphore>,
     /// Subscriptions being created on this instance, per partner (see [`Creating`]).
     pub creating: Creating,
+    /// How often a partner token may change things ([`WriteLimit`]).
+    pub writes: WriteLimit,
+    /// Writes the subscriptions topic: one producer for every request (a producer
+    /// per request cost a client, its threads and a connection each time).
+    pub writer: rdkafka::producer::FutureProducer,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -156,6 +163,24 @@ impl ApiState {
             .ok_or_else(|| ApiError::not_found(id))
     }
 
+    /// One change by `caller`, within its partner's write limit (admin tokens have
+    /// none): else 429 with Retry-After.
+    fn allow_write(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Caller::Partner(partner) = caller else {
+            return Ok(());
+        };
+        self.writes
+            .take(partner, std::time::Instant::now())
+            .map_err(|wait| {
+                ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    "too many changes of this partner's subscriptions; try again shortly",
+                )
+                .retry_after(wait.as_secs().saturating_add(1))
+            })
+    }
+
     /// A subscription the caller may change: one it sees, and, when it is internal (it
     /// receives every partner's events), only through an admin token, whatever partner
     /// it is filed under (a token of that partner could otherwise point every
@@ -211,8 +236,8 @@ impl ApiState {
     /// Writes the subscription to the topic (and the local table, so the caller reads
     /// its own write at once).
     async fn save(&self, s: Subscription) -> Result<Subscription, ApiError> {
-        table::publish(
-            &self.kafka,
+        table::publish_with(
+            &self.writer,
             &self.subscriptions_topic,
             std::slice::from_ref(&s),
             &[],

@@ -59,6 +59,7 @@ async fn set_connected(
     partner: String,
     mark: Option<crate::subscriptions::Disconnected>,
 ) -> Result<Response, ApiError> {
+    api.allow_write(&caller)?;
     let mine: Vec<Arc<Subscription>> = api
         .table
         .all()

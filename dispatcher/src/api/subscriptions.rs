@@ -134,6 +134,7 @@ pub(super) async fn create(
     caller: Caller,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    api.allow_write(&caller)?;
     let request: CreateRequest = body(&bytes)?;
     let partner_id = match (&caller, request.partner_id) {
         (Caller::Partner(p), None) => p.clone(),
@@ -245,6 +246,7 @@ pub(super) async fn update(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
+    api.allow_write(&caller)?;
     let request: UpdateRequest = body(&bytes)?;
     let mut s = (*current).clone();
     if let Some(url) = request.url {
@@ -287,6 +289,7 @@ pub(super) async fn rotate(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
+    api.allow_write(&caller)?;
     let request: RotateRequest = body(&bytes)?;
     let overlap = request.overlap_secs.unwrap_or(86_400);
     if overlap > 30 * 86_400 {
@@ -319,6 +322,7 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Response, ApiError> {
     let mut s = (*api.changeable(&caller, &id)?).clone();
+    api.allow_write(&caller)?;
     s.paused = paused;
     let action = if paused { "pause" } else { "resume" };
     let s = api
@@ -348,6 +352,7 @@ pub(super) async fn remove(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    api.allow_write(&caller)?;
     // (An internal subscription a partner token sees is not invalid here either: its
     // refusal is passed on below.)
     match api.changeable(&caller, &id) {
@@ -370,8 +375,8 @@ pub(super) async fn remove(
                 .map_err(ApiError::internal)?;
         }
     }
-    let deleted = table::publish(
-        &api.kafka,
+    let deleted = table::publish_with(
+        &api.writer,
         &api.subscriptions_topic,
         &[],
         std::slice::from_ref(&id),

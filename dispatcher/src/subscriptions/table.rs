@@ -312,6 +312,16 @@ pub async fn publish(
         .producer()
         .set("message.timeout.ms", "30000")
         .create()?;
+    publish_with(&producer, topic, subscriptions, remove).await
+}
+
+/// As [`publish`], with a producer the caller keeps (the API's, shared by its requests).
+pub async fn publish_with(
+    producer: &FutureProducer,
+    topic: &str,
+    subscriptions: &[Subscription],
+    remove: &[String],
+) -> anyhow::Result<()> {
     for s in subscriptions {
         let value = serde_json::to_vec(s)?;
         producer

@@ -242,6 +242,15 @@ pub struct ApiArgs {
     /// `GET /v1/partners/{p}/events` pages read at once; past that 429 with Retry-After.
     #[arg(long, env = "API_EVENTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub events_concurrency: u32,
+    /// Changes a partner token may make per second (create, change, pause, rotate,
+    /// delete, reconnect), in bursts of `--partner-write-burst`; past that 429 with
+    /// Retry-After. Each change wakes every dispatcher instance's held jobs. Admin
+    /// tokens are not limited.
+    #[arg(long, env = "API_PARTNER_WRITES_PER_SEC", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub partner_writes_per_sec: u32,
+    /// The burst of `--partner-writes-per-sec`.
+    #[arg(long, env = "API_PARTNER_WRITE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub partner_write_burst: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -86,6 +86,12 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
     shared.ensure_subscriptions_topic().await?;
     let audit = shared.audit_trail().await?;
     let table = shared.table().await?;
+    let writer = shared
+        .kafka
+        .producer()
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("the subscriptions topic's producer")?;
     let state = dispatcher::api::ApiState {
         kafka: shared.kafka,
         subscriptions_topic: shared.subscriptions_topic,
@@ -100,6 +106,11 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         require_https: args.require_https,
         tokens: Arc::new(tokens),
         creating: Default::default(),
+        writes: dispatcher::api::WriteLimit::new(
+            f64::from(args.partner_writes_per_sec),
+            args.partner_write_burst,
+        ),
+        writer,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -310,3 +310,69 @@ async fn the_quota_holds_when_many_creates_race() {
         "{list}"
     );
 }
+
+/// Issue #22, item 6: a partner token's changes are rate limited (each wakes every
+/// dispatcher instance's held jobs): past the burst, 429 with Retry-After, and the
+/// change is not made; another partner and the admin are not held by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_tokens_changes_are_rate_limited_with_retry_after() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let (pa, pb) = (unique("wa"), unique("wb"));
+    let api = world.start_api(
+        &tokens(&[&pa, &pb]),
+        &[
+            "--partner-writes-per-sec",
+            "1",
+            "--partner-write-burst",
+            "3",
+        ],
+    );
+    let (ta, tb) = (partner_token(&pa), partner_token(&pb));
+    let hook = json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.created"]});
+    let (s, a) = api.create_subscription(ta.clone(), hook.clone()).await;
+    assert_eq!(s, 201, "{a}");
+    let path = format!("/v1/subscriptions/{}", a["id"].as_str().expect("id"));
+    let patch = |n: u32| json!({"max_in_flight": n});
+    // The create took one of the burst of 3: changes go until the burst is spent.
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let n = accepted.len() as u32 + 1;
+        assert!(n <= 10, "never limited: {accepted:?}");
+        let answer = client
+            .patch(format!("{}{path}", api.url))
+            .bearer_auth(&ta)
+            .json(&patch(n))
+            .send()
+            .await
+            .expect("patch");
+        if answer.status() == 429 {
+            break answer;
+        }
+        assert_eq!(answer.status(), 200);
+        accepted.push(n);
+    };
+    assert!(accepted.len() >= 2, "the burst: {accepted:?}");
+    let after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&after), "Retry-After: {after}");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    let (s, now) = api.call(reqwest::Method::GET, &path, Some(&ta), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        now["max_in_flight"].as_u64(),
+        accepted.last().map(|n| u64::from(*n)),
+        "the refused change is not made: {now}"
+    );
+    // Partner B and the admin are not held by A's limit.
+    let (s, b) = api.create_subscription(tb.clone(), hook.clone()).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, e) = api
+        .call(reqwest::Method::PATCH, &path, Some(ADMIN), Some(patch(7)))
+        .await;
+    assert_eq!(s, 200, "{e}");
+}
