@@ -237,3 +237,57 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// Issue #22, item 7: the API decides a change on the latest version of a subscription.
+/// The dispatcher writes whole subscription records too (a 410 disables one, a partner
+/// failing for a day is disconnected); a PATCH arriving right after must not write back
+/// the API's copy from before, undoing that change unaudited. (Before: the API's table
+/// lagged the topic by up to a fetch wait, and the PATCH re-enabled the subscription.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_right_after_the_dispatcher_disabled_a_subscription_does_not_undo_it() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("lost");
+    let api = world.start_api(&tokens(&[&partner]), &[]);
+    let token = partner_token(&partner);
+    let (s, created) = api
+        .create_subscription(
+            token.clone(),
+            json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.created"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    // The record as written (secrets included), then disabled as the dispatcher's 410
+    // path writes it.
+    let written = e2e::read_exactly(&world.subscriptions_topic, 1, Duration::from_secs(30)).await;
+    let mut record: Value = serde_json::from_slice(
+        rdkafka::Message::payload(&written[0]).expect("a subscription record"),
+    )
+    .expect("json");
+    assert_eq!(record["id"], json!(id));
+    record["disabled"] = json!(true);
+    e2e::produce_with_headers(
+        &world.brokers,
+        &world.subscriptions_topic,
+        None,
+        &id,
+        record.to_string().as_bytes(),
+        &[],
+    )
+    .await;
+    let path = format!("/v1/subscriptions/{id}");
+    let (s, patched) = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"max_in_flight": 4})),
+        )
+        .await;
+    assert_eq!(s, 200, "{patched}");
+    assert_eq!(
+        (patched["state"].as_str(), patched["max_in_flight"].as_u64()),
+        (Some("disabled"), Some(4)),
+        "the PATCH changed what it meant to and kept the disable: {patched}"
+    );
+}
