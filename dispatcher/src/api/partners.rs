@@ -66,6 +66,8 @@ async fn set_connected(
         .all()
         .into_iter()
         .filter(|s| s.partner_id == partner && caller.sees(&s.partner_id))
+        // An internal subscription is the admin's to change (`ApiState::changeable`).
+        .filter(|s| !s.internal || caller == Caller::Admin)
         .collect();
     if mine.is_empty() {
         return Err(ApiError::new(

@@ -109,10 +109,9 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             timeout: subscription.request_timeout(),
         };
         let report = ctx.client.send(&hook).await;
-        let blame = ctx.flow.release(
-            permit,
-            flow_signal(&report.attempt, report.elapsed, key_failed_at),
-        );
+        let signal = flow_signal(&report.attempt, report.elapsed, key_failed_at);
+        let server_error = matches!(signal, Signal::ServerError { .. });
+        let blame = ctx.flow.release(permit, signal);
         lm.in_flight.decrement(1.0);
         lm.attempt(&report.attempt).increment(1);
         ctx.health.attempt(matches!(
@@ -176,7 +175,10 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                 return done(dead_letter(job, ctx, failure(reason)).await);
             }
             Decision::Retry { at_least } => {
-                key_failed_at = Some(ctx.flow.accepted());
+                // Only a server error marks the key (a timeout or 503 is the partner's).
+                if server_error {
+                    key_failed_at = Some(ctx.flow.accepted());
+                }
                 let delay = backoff(
                     &subscription.retry,
                     attempts,

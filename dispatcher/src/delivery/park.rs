@@ -107,10 +107,12 @@ pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd
 /// record was what bounded a poisoned partner's lane). Returns each record's end, in
 /// order.
 ///
-/// A record the producer cannot take now (its queue is full) or that fails (the
-/// producer retries until written, so only a fatal error does) is written, with those
-/// after it, one by one once the earlier ones are acknowledged (a failed one's later
-/// records may then be in the topic twice, never before it).
+/// A record the producer cannot take now (its queue is full) is written, with those
+/// after it, one by one once the earlier ones are acknowledged. One that fails (the
+/// producer retries until written, so only on a fatal producer error) is written again
+/// with those after it; the later ones already handed to the producer may then land
+/// before it (duplicates, and that key's order not kept, as with any write after a
+/// fatal error).
 pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Vec<JobEnd> {
     let records: Vec<&Job> = std::iter::once(job).chain(followers).collect();
     let mut ends = vec![JobEnd::Interrupted; records.len()];
@@ -138,7 +140,10 @@ pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Ve
     let mut written = 0;
     for ack in acks {
         let at = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return ends,
+            _ = ctx.shutdown.cancelled() => {
+                ctx.metrics.parked.increment(written as u64);
+                return ends;
+            }
             a = ack => match a {
                 Ok(Ok(delivery)) => delivery.offset,
                 _ => break,
@@ -152,11 +157,12 @@ pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Ve
         let Some(at) =
             write_until_acknowledged(r, ctx, topic, Some(r.partition), headers, || {}).await
         else {
+            ctx.metrics.parked.increment(i as u64);
             return ends;
         };
         ends[i] = JobEnd::Parked { at };
     }
-    ctx.metrics.parked.increment(records.len() as u64);
+    ctx.metrics.parked.increment(ends.len() as u64);
     tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, records = records.len(), "followed its key into the retry topic");
     ends
 }

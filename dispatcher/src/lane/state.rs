@@ -56,6 +56,9 @@ pub(super) struct LaneState {
     /// assignment that is over (revoked since, maybe assigned again) still ends; its
     /// end must not touch the offsets or parked counts of the partition's new life.
     pub(super) epochs: HashMap<Tp, u64>,
+    /// Per delivery partition of the current assignment: where its read-back of parked
+    /// keys ended (a write to the retry topic from there on was not counted by it).
+    pub(super) read_back_to: HashMap<i32, i64>,
 }
 
 /// A delivery partition's records held while its parked keys are read back, the retry
@@ -206,6 +209,7 @@ impl LaneState {
                 self.parked_add(partition, key, n);
             }
         }
+        self.read_back_to.insert(partition, to);
         held.into_iter().filter_map(|job| self.admit(job)).collect()
     }
 
@@ -257,6 +261,7 @@ impl LaneState {
         });
         if !tp.retry {
             self.rebuilding.remove(&tp.partition);
+            self.read_back_to.remove(&tp.partition);
             self.parked.retain(|(p, _), _| *p != tp.partition);
         }
     }
@@ -343,14 +348,24 @@ impl LaneState {
 
     /// A finished record of `tp` (delivered, dead-lettered, dropped, or parked at
     /// `end`'s offset): its offset may be stored, and the parked counts follow. `over`:
-    /// of an assignment that is over (see `done`): only a write to the retry topic
-    /// during the new assignment's read-back is noted (it decides by the offset).
+    /// of an assignment that is over (see `done`): only a write to the retry topic that
+    /// the partition's new read-back did not count is (during it, decided by the offset
+    /// when it answers; after it, past the range it read).
     fn finish(&mut self, tp: Tp, offset: i64, key: &[u8], end: JobEnd, over: bool) {
         if over {
-            if let (JobEnd::Parked { at }, Some(rebuild)) =
-                (end, self.rebuilding.get_mut(&tp.partition))
-            {
-                rebuild.written.push((at, key.to_vec()));
+            if let JobEnd::Parked { at } = end {
+                match self.rebuilding.get_mut(&tp.partition) {
+                    Some(rebuild) => rebuild.written.push((at, key.to_vec())),
+                    // Ours again and read back already: counted if past what was read.
+                    None if self
+                        .read_back_to
+                        .get(&tp.partition)
+                        .is_some_and(|to| at >= *to) =>
+                    {
+                        self.parked_add(tp.partition, key.to_vec(), 1)
+                    }
+                    None => {}
+                }
             }
             return;
         }

@@ -270,3 +270,62 @@ fn a_retry_record_ending_after_its_partition_was_revoked_leaves_its_key_parked_w
         "nothing of the old assignment stored"
     );
 }
+
+#[test]
+fn a_park_by_a_job_of_an_assignment_that_is_over_counts_when_the_new_read_back_missed_it() {
+    // A delivery job of epoch 1 retries for a while; its partition is revoked and
+    // assigned back (epoch 2), read back (the retry partition then ended at 5), and
+    // only then does the old job park its record, at offset 5 of the retry partition.
+    let lane = lane();
+    let mut state = LaneState::default();
+    state.epochs.insert(
+        Tp {
+            retry: false,
+            partition: 1,
+        },
+        1,
+    );
+    let mut old = record(1, 0, "k");
+    old.epoch = 1;
+    let started = state.take(old).expect("starts");
+    state.follow(&lane, vec![revoked(1)]);
+    state.epochs.insert(
+        Tp {
+            retry: false,
+            partition: 1,
+        },
+        2,
+    );
+    let [(1, generation)] = state.follow(&lane, vec![assigned(1)])[..] else {
+        panic!("one read-back")
+    };
+    state.finish_rebuild(ReadBack {
+        partition: 1,
+        generation,
+        from: 0,
+        to: 5,
+        counts: ParkedCounts::new(),
+    });
+    let parked = |at: i64| Done {
+        retry: false,
+        partition: 1,
+        offset: started.offset,
+        key: b"k".to_vec(),
+        end: JobEnd::Parked { at },
+        followed: Vec::new(),
+        epoch: 1,
+    };
+    state.done(parked(5));
+    assert_eq!(
+        state.parked.get(&(1, b"k".to_vec())),
+        Some(&1),
+        "past the read-back's range: k is parked, its next records follow it"
+    );
+    // One the read-back did see is not counted twice.
+    state.done(parked(4));
+    assert_eq!(state.parked.get(&(1, b"k".to_vec())), Some(&1));
+    assert!(
+        state.to_store.is_empty(),
+        "no offset of the old assignment stored"
+    );
+}

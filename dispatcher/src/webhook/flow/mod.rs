@@ -19,14 +19,14 @@
 //!   order answers 500 to that order only. It is the **key's own** when the record's key
 //!   failed before and the partner accepted another request since ([`Accepted`]): it
 //!   neither cuts the limit nor counts towards the circuit, and the lane parks the key
-//!   at once ([`Blame::Key`]). Otherwise it is the partner's, with two differences from
-//!   an overload: a key counts once per run of failures (its retries are spaced by its
-//!   own backoff), and it does not open the circuit while the partner accepted a
-//!   request less than a cooldown ago (`cooldown`, 5 s): a lane whose buffer a few
-//!   failing orders fill meanwhile has only those orders left to try, which looks like
-//!   a partner failing everywhere; they park within that time and the others flow
-//!   again. A partner failing everywhere accepts nothing, so its circuit opens at most
-//!   a cooldown later than on overloads, its limit halved meanwhile.
+//!   at once ([`Blame::Key`]). Otherwise it is the partner's, but while the partner
+//!   accepted a request less than a cooldown ago (`cooldown`, 5 s) it does not open the
+//!   circuit, and a key counts once (its retries are spaced by its own backoff): a lane
+//!   whose buffer a few failing orders fill has only those orders left to try, which
+//!   looks like a partner failing everywhere; they park within that time and the
+//!   others flow again. A partner failing everywhere accepts nothing, so past that
+//!   cooldown every failure counts as an overload's does, and its circuit opens at
+//!   most a cooldown later than on overloads, its limit halved meanwhile.
 //! - **Circuit breaker**: after `failures_to_open` of the partner's failures in a row
 //!   the circuit opens: no request for a cooldown (doubling on each
 //!   reopen, up to `max_cooldown`), then one probe; a success closes it, a failure
@@ -359,27 +359,29 @@ impl PartnerFlow {
                 // other requests since. Nothing about the partner's capacity or health;
                 // a probe that met it tested nothing, so another may go.
                 self.key_failures.increment(1);
-                if permit.probe {
+                if permit.probe && s.circuit == (Circuit::HalfOpen { probing: true }) {
                     s.circuit = Circuit::HalfOpen { probing: false };
                 }
                 blame = Blame::Key;
             }
             Signal::ServerError { key_failed_at } => {
-                // The partner's, as far as we can tell. A key that failed before (and
-                // nothing was accepted since) was counted already: once per run.
-                let first = key_failed_at.is_none();
-                if first {
-                    s.slow_start = false;
-                    s.limit = (s.limit * 0.5).max(1.0);
-                }
+                // The partner's, as far as we can tell. Within a cooldown of the
+                // partner's last accepted request, a key that failed before (nothing
+                // accepted since) was counted already: once per run, and the circuit
+                // does not open yet. Past that, every failure counts, as an overload's.
                 let vouched = s
                     .last_accepted
                     .is_some_and(|t| now.saturating_duration_since(t) < self.config.cooldown);
-                self.failure(&mut s, now, permit.probe, first, !vouched);
+                let counted = key_failed_at.is_none() || !vouched;
+                if counted {
+                    s.slow_start = false;
+                    s.limit = (s.limit * 0.5).max(1.0);
+                }
+                self.failure(&mut s, now, permit.probe, counted, !vouched);
                 blame = Blame::Partner;
             }
             Signal::Neutral => {
-                if permit.probe {
+                if permit.probe && s.circuit == (Circuit::HalfOpen { probing: true }) {
                     // The probe did not test anything: let another one go.
                     s.circuit = Circuit::HalfOpen { probing: false };
                 }

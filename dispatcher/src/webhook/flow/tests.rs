@@ -392,3 +392,26 @@ async fn a_waiting_request_is_let_go_by_cancellation_without_a_permit() {
     assert!(f.acquire(&cancel).await.is_none(), "cancelled, no permit");
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_few_keys_failing_alone_open_the_circuit_once_nothing_was_accepted_for_a_cooldown() {
+    // A partner down with one order in flight: past a cooldown without an accepted
+    // request, each of its failures counts, as an overload's would.
+    let f = flow(16);
+    let p = f.acquire(&CancellationToken::new()).await.expect("permit");
+    f.release(p, FAST);
+    let p = f.acquire(&CancellationToken::new()).await.expect("permit");
+    f.release(p, FIRST_ERROR);
+    let mark = f.accepted();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        assert_eq!(f.circuit(), Circuit::Closed);
+        let p = f.acquire(&CancellationToken::new()).await.expect("permit");
+        assert_eq!(f.release(p, key_error(mark)), Blame::Partner);
+    }
+    assert!(
+        matches!(f.circuit(), Circuit::Open { .. }),
+        "one key, three failures, nothing accepted for a cooldown: {:?}",
+        f.circuit()
+    );
+}
