@@ -181,21 +181,11 @@ impl ApiState {
             })
     }
 
-    /// Waits until the table holds every change written so far (a change is decided on
-    /// the latest version: `SubscriptionTable::catch_up`); 503 when it cannot.
-    async fn latest(&self) -> Result<(), ApiError> {
-        self.table
-            .catch_up(Duration::from_secs(5))
-            .await
-            .map_err(ApiError::internal)
-    }
-
-    /// A subscription the caller may change, as it is now ([`Self::latest`]): one it
-    /// sees, and, when it is internal (it receives every partner's events), only
-    /// through an admin token, whatever partner it is filed under (a token of that
-    /// partner could otherwise point every partner's orders at its own URL).
-    async fn changeable(&self, caller: &Caller, id: &str) -> Result<Arc<Subscription>, ApiError> {
-        self.latest().await?;
+    /// A subscription the caller may change: one it sees, and, when it is internal (it
+    /// receives every partner's events), only through an admin token, whatever partner
+    /// it is filed under (a token of that partner could otherwise point every
+    /// partner's orders at its own URL).
+    fn changeable(&self, caller: &Caller, id: &str) -> Result<Arc<Subscription>, ApiError> {
         let s = self.visible(caller, id)?;
         if s.internal && *caller != Caller::Admin {
             return Err(ApiError::new(

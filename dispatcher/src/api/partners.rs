@@ -60,7 +60,6 @@ async fn set_connected(
     mark: Option<crate::subscriptions::Disconnected>,
 ) -> Result<Response, ApiError> {
     api.allow_write(&caller)?;
-    api.latest().await?;
     let mine: Vec<Arc<Subscription>> = api
         .table
         .all()

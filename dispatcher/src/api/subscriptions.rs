@@ -245,7 +245,7 @@ pub(super) async fn update(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let current = api.changeable(&caller, &id).await?;
+    let current = api.changeable(&caller, &id)?;
     api.allow_write(&caller)?;
     let request: UpdateRequest = body(&bytes)?;
     let mut s = (*current).clone();
@@ -288,7 +288,7 @@ pub(super) async fn rotate(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let current = api.changeable(&caller, &id).await?;
+    let current = api.changeable(&caller, &id)?;
     api.allow_write(&caller)?;
     let request: RotateRequest = body(&bytes)?;
     let overlap = request.overlap_secs.unwrap_or(86_400);
@@ -321,7 +321,7 @@ async fn set_paused(
     id: String,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    let mut s = (*api.changeable(&caller, &id).await?).clone();
+    let mut s = (*api.changeable(&caller, &id)?).clone();
     api.allow_write(&caller)?;
     s.paused = paused;
     let action = if paused { "pause" } else { "resume" };
@@ -355,7 +355,7 @@ pub(super) async fn remove(
     api.allow_write(&caller)?;
     // (An internal subscription a partner token sees is not invalid here either: its
     // refusal is passed on below.)
-    match api.changeable(&caller, &id).await {
+    match api.changeable(&caller, &id) {
         Ok(s) => {
             api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
                 .await?

@@ -49,22 +49,11 @@ pub struct Invalid {
 }
 
 /// Subscriptions by id, and a counter that moves on every change.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SubscriptionTable {
     inner: Arc<RwLock<HashMap<String, Arc<Target>>>>,
     invalid: Arc<RwLock<HashMap<String, Invalid>>>,
     changes: watch::Sender<u64>,
-    /// The next offset to read per partition of the topic followed (see
-    /// [`Self::catch_up`]), and the consumer following it (`None`: a table not loaded
-    /// from a topic).
-    read_up_to: watch::Sender<HashMap<i32, i64>>,
-    follower: Option<(Arc<StreamConsumer>, String)>,
-}
-
-impl std::fmt::Debug for SubscriptionTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubscriptionTable").finish_non_exhaustive()
-    }
 }
 
 impl Default for SubscriptionTable {
@@ -73,8 +62,6 @@ impl Default for SubscriptionTable {
             inner: Arc::default(),
             invalid: Arc::default(),
             changes: watch::channel(0).0,
-            read_up_to: watch::channel(HashMap::new()).0,
-            follower: None,
         }
     }
 }
@@ -161,60 +148,6 @@ impl SubscriptionTable {
     /// A receiver that sees every change.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
-    }
-
-    /// Waits (at most `timeout`) until the table has applied every record the topic it
-    /// follows holds now, so that a writer deciding from it (the API) decides on the
-    /// latest version of a subscription rather than on a copy a moment old: a change
-    /// the dispatcher just wrote (a 410 disable, an automatic disconnect) is not undone
-    /// by a write of the fields it did not mean to change.
-    pub async fn catch_up(&self, timeout: Duration) -> anyhow::Result<()> {
-        let Some((consumer, topic)) = self.follower.clone() else {
-            return Ok(());
-        };
-        let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
-            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic)
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut ends = Vec::new();
-            for p in partitions {
-                let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))?;
-                if high > low {
-                    ends.push((p, high));
-                }
-            }
-            Ok(ends)
-        })
-        .await??;
-        let mut read = self.read_up_to.subscribe();
-        let all_read = async {
-            loop {
-                if ends
-                    .iter()
-                    .all(|(p, end)| read.borrow_and_update().get(p).is_some_and(|at| at >= end))
-                {
-                    return Ok(());
-                }
-                if read.changed().await.is_err() {
-                    return Err(anyhow::anyhow!("the subscriptions table stopped following"));
-                }
-            }
-        };
-        tokio::time::timeout(timeout, all_read).await.map_err(|_| {
-            anyhow::anyhow!("the subscriptions table did not catch up within {timeout:?}")
-        })?
-    }
-
-    /// Notes that the record at `offset` of `partition` was applied.
-    fn read(&self, partition: i32, offset: i64) {
-        self.read_up_to.send_modify(|at| {
-            let next = at.entry(partition).or_default();
-            *next = (*next).max(offset + 1);
-        });
     }
 
     pub fn upsert(&self, s: Subscription) {
@@ -306,15 +239,14 @@ impl SubscriptionTable {
         topic: &str,
         allowlist: Arc<Allowlist>,
     ) -> anyhow::Result<Self> {
-        let mut table = Self::default();
+        let table = Self::default();
         let group = format!(
             "orderhooks-subscriptions-reader-{}",
             uuid::Uuid::new_v4().simple()
         );
         let mut config = settings.consumer(&group);
         config.set("enable.auto.commit", "false");
-        let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
-        table.follower = Some((Arc::clone(&consumer), topic.to_string()));
+        let consumer: StreamConsumer = config.create()?;
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -342,7 +274,6 @@ impl SubscriptionTable {
                 })?
                 .ok_or_else(|| anyhow::anyhow!("subscriptions stream ended"))??;
             table.apply_record(message.key(), message.payload(), &allowlist);
-            table.read(message.partition(), message.offset());
             if ends
                 .get(&message.partition())
                 .is_some_and(|end| message.offset() + 1 >= *end)
@@ -360,10 +291,7 @@ impl SubscriptionTable {
             let mut stream = consumer.stream();
             while let Some(message) = stream.next().await {
                 match message {
-                    Ok(m) => {
-                        follower.apply_record(m.key(), m.payload(), &allowlist);
-                        follower.read(m.partition(), m.offset());
-                    }
+                    Ok(m) => follower.apply_record(m.key(), m.payload(), &allowlist),
                     Err(error) => tracing::warn!(%error, "reading subscriptions"),
                 }
             }
