@@ -83,29 +83,32 @@ fn retry_headers(job: &Job, parked: &Parked) -> OwnedHeaders {
 /// (the lane that owns one owns the other), with its progress in `retry-*` headers;
 /// waits for the acknowledgement, retrying until it is written or shutdown.
 pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd {
-    // Made by whichever instance parks first.
-    if !ctx.retry_topic.ensure(&ctx.shutdown).await {
-        return JobEnd::Interrupted;
-    }
-    let topic = ctx.retry_topic.name();
-    let headers = retry_headers(job, parked);
-    let Some(at) =
-        write_until_acknowledged(job, ctx, topic, Some(job.partition), headers, || {}).await
-    else {
-        return JobEnd::Interrupted;
-    };
-    ctx.metrics.parked.increment(1);
+    let end = write_all(&[job], parked, ctx).await[0];
     tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, attempts = parked.attempts, "parked in the retry topic");
-    JobEnd::Parked { at }
+    end
 }
 
 /// Records of a parked key, `job` then `followers` (the key's later records, in
-/// order), written behind the key's earlier records without an attempt. They are
-/// enqueued in order and their acknowledgements awaited together: the idempotent
-/// producer keeps them in that order in the partition, and a key's backlog costs one
-/// acknowledgement wait instead of one per record (a broker's produce latency per
-/// record was what bounded a poisoned partner's lane). Returns each record's end, in
-/// order.
+/// order), written behind the key's earlier records without an attempt, in one go
+/// ([`write_all`]). Returns each record's end, in order.
+pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Vec<JobEnd> {
+    let records: Vec<&Job> = std::iter::once(job).chain(followers).collect();
+    let parked = Parked {
+        attempts: 0,
+        first: None,
+        not_before: chrono::Utc::now(),
+    };
+    let ends = write_all(&records, &parked, ctx).await;
+    tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, records = records.len(), "followed its key into the retry topic");
+    ends
+}
+
+/// Writes `records` (of one key, in order) to the retry topic with `parked` progress.
+/// They are enqueued in order and their acknowledgements awaited together: the
+/// idempotent producer keeps them in that order in the partition, and a key's backlog
+/// costs one acknowledgement wait instead of one per record (a broker's produce latency
+/// per record was what bounded a poisoned partner's lane). Returns each record's end,
+/// in order (`Interrupted` from the first one shutdown left unwritten).
 ///
 /// A record the producer cannot take now (its queue is full) is written, with those
 /// after it, one by one once the earlier ones are acknowledged. One that fails (the
@@ -113,25 +116,20 @@ pub(super) async fn park(job: &Job, ctx: &JobContext, parked: &Parked) -> JobEnd
 /// with those after it; the later ones already handed to the producer may then land
 /// before it (duplicates, and that key's order not kept, as with any write after a
 /// fatal error).
-pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Vec<JobEnd> {
-    let records: Vec<&Job> = std::iter::once(job).chain(followers).collect();
+async fn write_all(records: &[&Job], parked: &Parked, ctx: &JobContext) -> Vec<JobEnd> {
     let mut ends = vec![JobEnd::Interrupted; records.len()];
+    // Made by whichever instance parks first.
     if !ctx.retry_topic.ensure(&ctx.shutdown).await {
         return ends;
     }
     let topic = ctx.retry_topic.name();
-    let parked = Parked {
-        attempts: 0,
-        first: None,
-        not_before: chrono::Utc::now(),
-    };
     let mut acks = Vec::with_capacity(records.len());
-    for r in &records {
+    for r in records {
         let record = FutureRecord::to(topic)
             .key(&r.key)
             .payload(&r.body[..])
             .partition(r.partition)
-            .headers(retry_headers(r, &parked));
+            .headers(retry_headers(r, parked));
         match ctx.producer.send_result(record) {
             Ok(ack) => acks.push(ack),
             Err(_) => break,
@@ -140,10 +138,7 @@ pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Ve
     let mut written = 0;
     for ack in acks {
         let at = tokio::select! {
-            _ = ctx.shutdown.cancelled() => {
-                ctx.metrics.parked.increment(written as u64);
-                return ends;
-            }
+            _ = ctx.shutdown.cancelled() => break,
             a = ack => match a {
                 Ok(Ok(delivery)) => delivery.offset,
                 _ => break,
@@ -152,18 +147,20 @@ pub(super) async fn follow(job: &Job, followers: &[Job], ctx: &JobContext) -> Ve
         ends[written] = JobEnd::Parked { at };
         written += 1;
     }
-    for (i, r) in records.iter().enumerate().skip(written) {
-        let headers = retry_headers(r, &parked);
+    for (r, end) in records.iter().zip(ends.iter_mut()).skip(written) {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        let headers = retry_headers(r, parked);
         let Some(at) =
             write_until_acknowledged(r, ctx, topic, Some(r.partition), headers, || {}).await
         else {
-            ctx.metrics.parked.increment(i as u64);
-            return ends;
+            break;
         };
-        ends[i] = JobEnd::Parked { at };
+        *end = JobEnd::Parked { at };
+        written += 1;
     }
-    ctx.metrics.parked.increment(ends.len() as u64);
-    tracing::debug!(partner = %ctx.partner, webhook_id = %job.webhook_id, records = records.len(), "followed its key into the retry topic");
+    ctx.metrics.parked.increment(written as u64);
     ends
 }
 

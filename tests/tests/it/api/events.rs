@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// The path of a page of `partner`'s events after `cursor` (from the start if `None`).
+fn events_page(partner: &str, limit: usize, cursor: Option<&str>) -> String {
+    match cursor {
+        Some(c) => format!("/v1/partners/{partner}/events?limit={limit}&after={c}"),
+        None => format!("/v1/partners/{partner}/events?limit={limit}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_recovers_missed_events_by_polling_in_order() {
     let world = DispatchWorld::new("127.0.0.1").await;
@@ -73,10 +81,7 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
             sent.len(),
             dispatcher.log_tail()
         );
-        let path = match &cursor {
-            Some(c) => format!("/v1/partners/{partner}/events?limit=3&after={c}"),
-            None => format!("/v1/partners/{partner}/events?limit=3"),
-        };
+        let path = events_page(&partner, 3, cursor.as_deref());
         let (s, page) = api
             .call(reqwest::Method::GET, &path, Some(&token), None)
             .await;
@@ -233,10 +238,7 @@ async fn polling_never_skips_an_event_whose_timestamp_is_out_of_order() {
     let mut cursor: Option<String> = None;
     let mut got: Vec<String> = Vec::new();
     for _ in 0..20 {
-        let path = match &cursor {
-            Some(c) => format!("/v1/partners/{partner}/events?limit=2&after={c}"),
-            None => format!("/v1/partners/{partner}/events?limit=2"),
-        };
+        let path = events_page(&partner, 2, cursor.as_deref());
         let (s, page) = api
             .call(reqwest::Method::GET, &path, Some(&token), None)
             .await;
