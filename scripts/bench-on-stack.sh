@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs one local-broker benchmark of tests/benches/ (`backlog`, `latency`, `partners` or `poison`): starts the
+# Runs one local-broker benchmark of tests/benches/ (`backlog`, `latency`, `partners`, `poison` or `readback`): starts the
 # stack's registry on free ports, builds the dispatcher in BENCH_PROFILE (dev, or
 # release for optimised dispatchers), runs `cargo bench -p e2e --bench NAME`, and stops
 # what it started. Each benchmark starts brokers of its own.
 set -euo pipefail
-NAME="${1:?usage: scripts/bench-on-stack.sh backlog|latency|partners|poison}"
+NAME="${1:?usage: scripts/bench-on-stack.sh backlog|latency|partners|poison|readback}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export STACK_DIR; STACK_DIR="$(mktemp -d /tmp/orderhooks-bench.XXXXXX)"

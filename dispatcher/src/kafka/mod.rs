@@ -11,4 +11,4 @@ mod settings;
 
 pub use on_demand::TopicOnDemand;
 
-pub use settings::{read_ranges, KafkaSettings, TopicRecord};
+pub use settings::{read_ranges, visit_ranges, KafkaSettings, Patience, TopicRecord};

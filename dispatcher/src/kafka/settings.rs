@@ -240,42 +240,26 @@ pub fn read_ranges(
     ranges: &std::collections::BTreeMap<i32, (i64, i64)>,
     timeout: Duration,
 ) -> anyhow::Result<Vec<TopicRecord>> {
-    use anyhow::Context;
-    use rdkafka::consumer::Consumer;
     use rdkafka::message::Headers;
     use rdkafka::Message;
-    let mut end: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-    let mut list = rdkafka::TopicPartitionList::new();
-    for (&p, &(from, to)) in ranges {
-        if from < to {
-            end.insert(p, to);
-            list.add_partition_offset(topic, p, rdkafka::Offset::Offset(from))?;
-        }
-    }
+    let ranges = ranges
+        .iter()
+        .map(|(&p, &range)| ((topic.to_string(), p), range))
+        .collect();
+    let patience = Patience {
+        idle: timeout,
+        deadline: Some(std::time::Instant::now() + timeout),
+        stop: None,
+    };
     let mut records = Vec::new();
-    if end.is_empty() {
-        return Ok(records);
-    }
-    consumer.assign(&list)?;
-    let deadline = std::time::Instant::now() + timeout;
-    while !end.is_empty() {
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "reading {topic} timed out after {}s ({} partitions unfinished)",
-                timeout.as_secs(),
-                end.len()
-            );
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = message.with_context(|| format!("reading {topic}"))?;
-        let (p, o) = (m.partition(), m.offset());
-        let Some(&to) = end.get(&p) else { continue };
-        if o < to {
+    visit_ranges(
+        consumer,
+        &ranges,
+        patience,
+        |m| {
             records.push(TopicRecord {
-                partition: p,
-                offset: o,
+                partition: m.partition(),
+                offset: m.offset(),
                 timestamp: m
                     .timestamp()
                     .to_millis()
@@ -291,13 +275,94 @@ pub fn read_ranges(
                     })
                     .unwrap_or_default(),
             });
-        }
-        if o + 1 >= to {
-            end.remove(&p);
-        }
-    }
+        },
+        |_, _| {},
+    )?;
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
+}
+
+/// How long [`visit_ranges`] waits: at most `idle` for the next record, until
+/// `deadline` in all, and not past `stop`.
+#[derive(Debug, Clone)]
+pub struct Patience {
+    pub idle: Duration,
+    pub deadline: Option<std::time::Instant>,
+    pub stop: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// Reads offsets `from..to` of each listed (topic, partition) at once with a group-less
+/// consumer (`assign`, nothing committed), handing each record to `record` as it comes
+/// (nothing is kept: memory does not grow with the ranges' size) and calling `done` for
+/// a partition as soon as its range is read, while others go on. An error when no
+/// record comes for `patience.idle`, when its deadline passes, or when the consumer
+/// fails; the records handed over until then stay handed over (a caller may resume
+/// after the last one it saw). Blocking: call from `spawn_blocking`.
+pub fn visit_ranges(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    ranges: &std::collections::BTreeMap<(String, i32), (i64, i64)>,
+    patience: Patience,
+    mut record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    mut done: impl FnMut(&str, i32),
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::Message;
+    let mut end: std::collections::HashMap<(String, i32), i64> = Default::default();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for ((topic, p), &(from, to)) in ranges {
+        if from < to {
+            end.insert((topic.clone(), *p), to);
+            list.add_partition_offset(topic, *p, rdkafka::Offset::Offset(from))?;
+        } else {
+            done(topic, *p);
+        }
+    }
+    if end.is_empty() {
+        return Ok(());
+    }
+    // The topics of the partitions not finished yet, for errors.
+    let topics = |end: &std::collections::HashMap<(String, i32), i64>| {
+        let mut t: Vec<&str> = end.keys().map(|(t, _)| t.as_str()).collect();
+        t.sort_unstable();
+        t.dedup();
+        t.join(", ")
+    };
+    consumer.assign(&list)?;
+    let mut last = std::time::Instant::now();
+    while !end.is_empty() {
+        if patience.stop.as_ref().is_some_and(|s| s.is_cancelled()) {
+            anyhow::bail!("reading {}: stopped", topics(&end));
+        }
+        let now = std::time::Instant::now();
+        if patience.deadline.is_some_and(|d| now > d) || now - last > patience.idle {
+            anyhow::bail!(
+                "reading {} timed out: {} ({} partitions unfinished)",
+                topics(&end),
+                if now - last > patience.idle {
+                    format!("no record for {}s", patience.idle.as_secs())
+                } else {
+                    "past the deadline".to_string()
+                },
+                end.len()
+            );
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.with_context(|| format!("reading {}", topics(&end)))?;
+        last = std::time::Instant::now();
+        let tp = (m.topic().to_string(), m.partition());
+        let Some(&to) = end.get(&tp) else { continue };
+        if m.offset() < to {
+            record(&m);
+        }
+        if m.offset() + 1 >= to {
+            end.remove(&tp);
+            done(&tp.0, tp.1);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,13 +56,15 @@ impl ReadBacks {
 /// Read-backs of every lane of an instance, done together: the partitions assigned at
 /// once (all of them at start-up) cost one committed-offsets request, one request for
 /// the ends of the retry partitions, and reads only of the partitions that hold parked
-/// records, rather than a consumer each.
+/// records, rather than a consumer each. A few batches run at once, so that a partner's
+/// large backlog, read at its own pace, does not hold the answers of partitions asked
+/// for after it.
 #[derive(Debug, Clone)]
 pub struct ReadBackPool {
     requests: tokio::sync::mpsc::UnboundedSender<Request>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Request {
     topic: String,
     partition: i32,
@@ -72,65 +74,45 @@ struct Request {
 
 /// Most partitions read back in one batch.
 const BATCH: usize = 10_000;
+/// Batches read at once (a consumer each).
+const CONCURRENT: usize = 4;
+/// A read that gets no record for this long fails, and goes on where it stopped a
+/// second later. (No limit on the whole: a backlog of any size is read to its end.)
+const IDLE: Duration = Duration::from_secs(30);
 
 impl ReadBackPool {
     /// Read-backs from the committed offsets of `group` (the retry offsets group), until
-    /// `stop`; a batch that fails is tried again a second later.
+    /// `stop`.
     pub fn start(settings: KafkaSettings, group: String, stop: CancellationToken) -> Self {
         let (requests, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Request>();
         tokio::spawn(async move {
-            let mut batch: Vec<Request> = Vec::new();
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
             loop {
-                if batch.is_empty() {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = receiver.recv() => match r {
-                            Some(r) => batch.push(r),
-                            None => return,
-                        },
-                    }
-                }
+                let first = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = receiver.recv() => match r {
+                        Some(r) => r,
+                        None => return,
+                    },
+                };
+                // What arrives while every slot is busy joins the next batch.
+                let slot = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    slot = std::sync::Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                };
+                let mut batch = vec![first];
                 while batch.len() < BATCH {
                     let Ok(r) = receiver.try_recv() else { break };
                     batch.push(r);
                 }
-                let wanted: Vec<(String, i32)> = batch
-                    .iter()
-                    .map(|r| (r.topic.clone(), r.partition))
-                    .collect();
-                let (s, g) = (settings.clone(), group.clone());
-                let read = tokio::task::spawn_blocking(move || read_parked(&s, &g, &wanted))
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|read| read);
-                match read {
-                    Ok(found) => {
-                        for r in batch.drain(..) {
-                            // (Two requests for one partition, from before and after a
-                            // revoke or a lane restart, both get the answer: the lane keeps
-                            // the one of its current generation.)
-                            let Some(((from, to), counts)) =
-                                found.get(&(r.topic, r.partition)).cloned()
-                            else {
-                                continue;
-                            };
-                            let _ = r.answers.send(ReadBack {
-                                partition: r.partition,
-                                generation: r.generation,
-                                from,
-                                to,
-                                counts,
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(partitions = batch.len(), %error, "reading parked keys back; retrying");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
+                let (settings, group, stop) = (settings.clone(), group.clone(), stop.clone());
+                tokio::spawn(async move {
+                    read_back(settings, group, batch, stop).await;
+                    drop(slot);
+                });
             }
         });
         Self { requests }
@@ -145,49 +127,158 @@ impl ReadBackPool {
     }
 }
 
-/// What a read-back found in one retry partition: the range read and the count per key.
-type Found = ((i64, i64), ParkedCounts);
+/// The read-back of one retry partition, for the requests waiting for it.
+struct Reading {
+    requests: Vec<Request>,
+    /// From the group's committed offset to the end, as the first attempt found them.
+    range: Option<(i64, i64)>,
+    /// The next offset to read (an attempt that failed goes on from there).
+    next: i64,
+    /// The count per key of the records read so far.
+    counts: ParkedCounts,
+}
 
-/// Reads back the parked keys of delivery partitions: for each (retry topic, partition)
-/// the records of that retry partition from the committed offset of `group` (the retry
-/// offsets group) to its end. Blocking.
-pub(super) fn read_parked(
+/// Readings by (retry topic, partition).
+type Readings = std::collections::HashMap<(String, i32), Reading>;
+
+impl Reading {
+    fn of(requests: Vec<Request>) -> Self {
+        Self {
+            requests,
+            range: None,
+            next: 0,
+            counts: ParkedCounts::new(),
+        }
+    }
+
+    /// Answers every request. (Two requests for one partition, from before and after a
+    /// revoke or a lane restart, both get the answer: the lane keeps the one of its
+    /// current generation.)
+    fn answer(self) {
+        let (from, to) = self.range.unwrap_or((0, 0));
+        for r in self.requests {
+            let _ = r.answers.send(ReadBack {
+                partition: r.partition,
+                generation: r.generation,
+                from,
+                to,
+                counts: self.counts.clone(),
+            });
+        }
+    }
+}
+
+/// Reads back a batch of requests, each partition answered as soon as it is read; an
+/// attempt that fails is followed a second later by one that goes on where it stopped.
+async fn read_back(
+    settings: KafkaSettings,
+    group: String,
+    batch: Vec<Request>,
+    stop: CancellationToken,
+) {
+    let mut readings = Readings::new();
+    for r in batch {
+        readings
+            .entry((r.topic.clone(), r.partition))
+            .or_insert_with(|| Reading::of(Vec::new()))
+            .requests
+            .push(r);
+    }
+    while !readings.is_empty() && !stop.is_cancelled() {
+        let (s, g, halt) = (settings.clone(), group.clone(), stop.clone());
+        // Kept aside in case the attempt panics (then read again from the start).
+        let requests: Vec<Request> = readings
+            .values()
+            .flat_map(|r| r.requests.iter().cloned())
+            .collect();
+        let attempt = tokio::task::spawn_blocking(move || {
+            let result = read_parked(&s, &g, &mut readings, &halt);
+            (readings, result)
+        })
+        .await;
+        let error = match attempt {
+            Ok((left, Ok(()))) => {
+                readings = left;
+                continue;
+            }
+            Ok((left, Err(error))) => {
+                readings = left;
+                error
+            }
+            Err(panic) => {
+                readings = Readings::new();
+                for r in requests {
+                    readings
+                        .entry((r.topic.clone(), r.partition))
+                        .or_insert_with(|| Reading::of(Vec::new()))
+                        .requests
+                        .push(r);
+                }
+                anyhow::anyhow!("the read-back failed: {panic}")
+            }
+        };
+        tracing::warn!(partitions = readings.len(), %error, "reading parked keys back; going on in a second");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Reads back the parked keys of retry partitions: for each (retry topic, partition) of
+/// `readings` the records of that retry partition from the committed offset of `group`
+/// (the retry offsets group) to its end, counting records per key (memory grows with
+/// the keys, not the records). Each partition is answered and removed from `readings`
+/// as soon as it is read; on an error, what is left goes on from where it stopped.
+/// Blocking.
+fn read_parked(
     settings: &KafkaSettings,
     group: &str,
-    wanted: &[(String, i32)],
-) -> anyhow::Result<std::collections::HashMap<(String, i32), Found>> {
+    readings: &mut Readings,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut config = settings.reader();
-    config.set("group.id", group);
+    config
+        .set("group.id", group)
+        // What the consumer fetches ahead of the count: bounded, whatever the backlog.
+        .set("queued.max.messages.kbytes", "16384");
     let consumer: BaseConsumer = config.create()?;
-    let mut found = std::collections::HashMap::new();
     // A retry topic is made on the partner's first parked record: where there is none
-    // (or not that partition yet), nothing is parked.
+    // (or not that partition yet, or no more: the partner is gone), nothing is parked.
     let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
     let exists: std::collections::HashSet<(&str, i32)> = metadata
         .topics()
         .iter()
         .flat_map(|t| t.partitions().iter().map(move |p| (t.name(), p.id())))
         .collect();
-    let mut list = TopicPartitionList::new();
-    for (topic, partition) in wanted {
-        if exists.contains(&(topic.as_str(), *partition)) {
-            list.add_partition(topic, *partition);
-        } else {
-            found.insert((topic.clone(), *partition), ((0, 0), ParkedCounts::new()));
+    let gone: Vec<(String, i32)> = readings
+        .keys()
+        .filter(|(t, p)| !exists.contains(&(t.as_str(), *p)))
+        .cloned()
+        .collect();
+    for tp in gone {
+        if let Some(reading) = readings.remove(&tp) {
+            reading.answer();
         }
     }
-    if list.count() == 0 {
-        return Ok(found);
+    if readings.is_empty() {
+        return Ok(());
     }
-    let committed = consumer.committed_offsets(list.clone(), Duration::from_secs(30))?;
-    // Both ends of every partition in one request each (timestamp -2: earliest, -1:
-    // latest).
-    let ends = |at: Offset| -> anyhow::Result<TopicPartitionList> {
+    let list_of = |unstarted: bool| {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), r) in readings.iter() {
+            if !unstarted || r.range.is_none() {
+                list.add_partition(topic, *partition);
+            }
+        }
+        list
+    };
+    // Both ends of partitions in one request each (timestamp -2: earliest, -1: latest).
+    let ends = |list: &TopicPartitionList, at: Offset| -> anyhow::Result<TopicPartitionList> {
         let mut l = list.clone();
         l.set_all_offsets(at)?;
         Ok(consumer.offsets_for_times(l, Duration::from_secs(30))?)
     };
-    let (lows, highs) = (ends(Offset::Beginning)?, ends(Offset::End)?);
     let offset_in = |l: &TopicPartitionList, topic: &str, partition: i32| match l
         .find_partition(topic, partition)
         .map(|e| e.offset())
@@ -195,39 +286,60 @@ pub(super) fn read_parked(
         Some(Offset::Offset(o)) => Some(o),
         _ => None,
     };
-    let mut to_read: std::collections::BTreeMap<
-        String,
-        std::collections::BTreeMap<i32, (i64, i64)>,
-    > = Default::default();
-    for (topic, partition) in wanted {
-        if found.contains_key(&(topic.clone(), *partition)) {
-            continue;
-        }
-        let (low, high) = (
-            offset_in(&lows, topic, *partition).unwrap_or(0),
-            offset_in(&highs, topic, *partition)
-                .ok_or_else(|| anyhow::anyhow!("no end offset for {topic}/{partition}"))?,
-        );
-        let from = offset_in(&committed, topic, *partition).map_or(low, |o| o.max(low));
-        found.insert(
-            (topic.clone(), *partition),
-            ((from, high.max(from)), ParkedCounts::new()),
-        );
-        if from < high {
-            to_read
-                .entry(topic.clone())
-                .or_default()
-                .insert(*partition, (from, high));
+    // Records deleted by retention since (or before) are not parked any more: reading
+    // goes on from the earliest there is.
+    let lows = ends(&list_of(false), Offset::Beginning)?;
+    let unstarted = list_of(true);
+    if unstarted.count() > 0 {
+        let committed = consumer.committed_offsets(unstarted.clone(), Duration::from_secs(30))?;
+        let highs = ends(&unstarted, Offset::End)?;
+        for ((topic, partition), r) in readings.iter_mut().filter(|(_, r)| r.range.is_none()) {
+            let low = offset_in(&lows, topic, *partition).unwrap_or(0);
+            let high = offset_in(&highs, topic, *partition)
+                .ok_or_else(|| anyhow::anyhow!("no end offset for {topic}/{partition}"))?;
+            let from = offset_in(&committed, topic, *partition).map_or(low, |o| o.max(low));
+            r.range = Some((from, high.max(from)));
+            r.next = from;
         }
     }
-    for (topic, ranges) in to_read {
-        let records =
-            crate::kafka::read_ranges(&consumer, &topic, &ranges, Duration::from_secs(30))?;
-        for r in records {
-            if let Some((_, counts)) = found.get_mut(&(topic.clone(), r.partition)) {
-                *counts.entry(r.key).or_default() += 1;
+    let mut ranges = std::collections::BTreeMap::new();
+    for ((topic, partition), r) in readings.iter_mut() {
+        let low = offset_in(&lows, topic, *partition).unwrap_or(0);
+        r.next = r.next.max(low);
+        let to = r.range.map_or(0, |(_, to)| to);
+        ranges.insert((topic.clone(), *partition), (r.next, to.max(r.next)));
+    }
+    let readings = std::cell::RefCell::new(readings);
+    crate::kafka::visit_ranges(
+        &consumer,
+        &ranges,
+        crate::kafka::Patience {
+            idle: IDLE,
+            deadline: None,
+            stop: Some(stop.clone()),
+        },
+        |m| {
+            use rdkafka::Message;
+            let mut readings = readings.borrow_mut();
+            let Some(r) = readings.get_mut(&(m.topic().to_string(), m.partition())) else {
+                return;
+            };
+            let key = m.key().unwrap_or_default();
+            match r.counts.get_mut(key) {
+                Some(n) => *n += 1,
+                None => {
+                    r.counts.insert(key.to_vec(), 1);
+                }
             }
-        }
-    }
-    Ok(found)
+            r.next = m.offset() + 1;
+        },
+        |topic, partition| {
+            if let Some(reading) = readings
+                .borrow_mut()
+                .remove(&(topic.to_string(), partition))
+            {
+                reading.answer();
+            }
+        },
+    )
 }

@@ -384,3 +384,103 @@ async fn parked_orders_filling_the_retry_side_do_not_hold_the_partners_others() 
     assert_per_order(&receiver, &accepted);
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// The read-back's reader (#22 item 1): it reads several topics' partitions at once,
+/// answers each as soon as its range is read while the others go on, keeps nothing but
+/// what its caller counts, and when one partition cannot be finished (here its range
+/// runs past what the partition holds) it fails after a pause without records, naming
+/// the topic, having handed over every record it read (so a retry goes on from there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_back_answers_each_partition_as_it_is_read_and_names_the_one_it_cannot_finish() {
+    use dispatcher::kafka::{visit_ranges, KafkaSettings, Patience};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+    let (done_topic, stuck_topic) = (
+        e2e::fresh_topic("readback-done", 2).await,
+        e2e::fresh_topic("readback-stuck", 1).await,
+    );
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", e2e::brokers())
+        .create()
+        .expect("producer");
+    for (topic, partition, n) in [
+        (&done_topic, 0, 30),
+        (&done_topic, 1, 5),
+        (&stuck_topic, 0, 3),
+    ] {
+        for i in 0..n {
+            let key = format!("order-{}", i % 4);
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .partition(partition)
+                        .key(&key)
+                        .payload("{}"),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produced");
+        }
+    }
+    let settings = KafkaSettings {
+        brokers: e2e::brokers(),
+        session_timeout: Duration::from_secs(6),
+        max_poll_interval: Duration::from_secs(60),
+        options: Vec::new(),
+        replication: None,
+    };
+    let ranges: std::collections::BTreeMap<(String, i32), (i64, i64)> = [
+        ((done_topic.clone(), 0), (0, 30)),
+        ((done_topic.clone(), 1), (2, 5)),
+        // Asks for 10 records of a partition that holds 3.
+        ((stuck_topic.clone(), 0), (0, 10)),
+    ]
+    .into();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            settings.reader().create().expect("consumer");
+        let mut seen: std::collections::BTreeMap<(String, i32), Vec<i64>> = Default::default();
+        let mut done = Vec::new();
+        let result = visit_ranges(
+            &consumer,
+            &ranges,
+            Patience {
+                idle: Duration::from_secs(3),
+                deadline: None,
+                stop: None,
+            },
+            |m| {
+                seen.entry((m.topic().to_string(), m.partition()))
+                    .or_default()
+                    .push(m.offset())
+            },
+            |topic, partition| done.push((topic.to_string(), partition)),
+        );
+        (result, seen, done)
+    })
+    .await
+    .expect("read");
+    let (result, seen, mut done) = outcome;
+    done.sort();
+    assert_eq!(
+        done,
+        vec![(done_topic.clone(), 0), (done_topic.clone(), 1)],
+        "the readable partitions are answered; the stuck one is not"
+    );
+    assert_eq!(seen[&(done_topic.clone(), 0)], (0..30).collect::<Vec<_>>());
+    assert_eq!(seen[&(done_topic.clone(), 1)], vec![2, 3, 4]);
+    assert_eq!(
+        seen[&(stuck_topic.clone(), 0)],
+        vec![0, 1, 2],
+        "what it read of the stuck partition is handed over"
+    );
+    let error = result
+        .expect_err("a partition it cannot finish is an error")
+        .to_string();
+    assert!(
+        error.contains(&stuck_topic)
+            && !error.contains(&done_topic)
+            && error.contains("no record for 3s"),
+        "{error}"
+    );
+}
