@@ -1,9 +1,13 @@
 //! Partner isolation: partner B's throughput and p99 delivery latency alone, and among
 //! BENCH_PARTNERS (100) partners of which BENCH_BAD (10) are down, answer in 2 s, or
 //! return 503 to everything (targets: B keeps >= 0.9 of its solo throughput, p99 within
-//! 2x of its solo figure). The others are subscribed and idle.
+//! 2x of its solo figure). The others are subscribed and idle. Scenario `held` (#22
+//! item 2; targets >= 0.9 and p99 <= 1.2x): B among BENCH_HELD (100) partners down for
+//! hours, each with BENCH_HELD_BACKLOG (3,000) parked records in its retry topic that
+//! wait an hour for their backoff (records held by policy, more than the global cap
+//! together).
 //!
-//!   cargo bench -p dispatcher --bench isolation      # BENCH_MODES=down,slow,503
+//!   cargo bench -p dispatcher --bench isolation      # BENCH_MODES=down,slow,503,held
 //!
 //! Every lane runs in this process over librdkafka's mock cluster, sharing the runtime
 //! and one intake (two Kafka consumers), as in `dispatcher run`; each scenario runs in a
@@ -41,6 +45,51 @@ enum Mode {
     Down,
     Slow,
     Failing,
+    /// Partners whose parked records wait for their backoff.
+    Held,
+}
+
+/// `dispatcher run`'s default `--max-buffered-total`.
+const GLOBAL_CAP: usize = 65_536;
+
+/// Writes `n` parked records of `partner` to `retries.<partner>` (over 500 orders), due
+/// in an hour.
+fn park(
+    producer: &FutureProducer,
+    partner: &str,
+    n: usize,
+) -> Vec<rdkafka::producer::DeliveryFuture> {
+    use rdkafka::message::Header;
+    let topic = format!("retries.{partner}");
+    let sub = format!("{partner}-s");
+    let due = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    (0..n)
+        .map(|i| {
+            let (id, key) = (
+                format!("{partner}-parked-{i}"),
+                format!("order-{}", i % 500),
+            );
+            let headers = common::delivery_headers(id.as_str(), sub.as_str())
+                .insert(Header {
+                    key: dispatcher::kafka::headers::RETRY_ATTEMPTS,
+                    value: Some("3"),
+                })
+                .insert(Header {
+                    key: dispatcher::kafka::headers::RETRY_NOT_BEFORE,
+                    value: Some(due.as_str()),
+                });
+            let payload = body(now_us());
+            producer
+                .send_result(
+                    FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload(&payload)
+                        .headers(headers),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued")
+        })
+        .collect()
 }
 
 /// A receiver: answers after `delay` with `status`; records delivery latencies (from
@@ -134,6 +183,7 @@ fn p99(mut v: Vec<u128>) -> f64 {
 async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
     let (crowd, bad) = match mode {
         Mode::Alone => (0, 0),
+        Mode::Held => (0, env_or("BENCH_HELD", 100)),
         _ => {
             let partners = env_or("BENCH_PARTNERS", 100);
             let bad = env_or("BENCH_BAD", 10).min(partners.saturating_sub(1));
@@ -149,6 +199,11 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         cluster
             .create_topic(&format!("deliveries.{p}"), 2, 1)
             .expect("topic");
+        if mode == Mode::Held {
+            cluster
+                .create_topic(&format!("retries.{p}"), 2, 1)
+                .expect("topic");
+        }
     }
     let brokers = cluster.bootstrap_servers();
     let producer: FutureProducer = ClientConfig::new()
@@ -159,12 +214,18 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
     // The bad partners' backlogs, for the whole run.
     let mut pending = Vec::new();
     for p in &bad_names {
+        if mode == Mode::Held {
+            pending.extend(park(&producer, p, env_or("BENCH_HELD_BACKLOG", 3_000)));
+            // (A bounded local queue: settle as it goes.)
+            settle(std::mem::take(&mut pending)).await;
+            continue;
+        }
         let topic = format!("deliveries.{p}");
         pending.extend((0..backlog).map(|i| enqueue(&producer, &topic, p, i)));
     }
     settle(pending).await;
     let url_a = match mode {
-        Mode::Down | Mode::Alone => {
+        Mode::Down | Mode::Alone | Mode::Held => {
             let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let url = format!("http://{}/webhook", closed.local_addr().expect("addr"));
             drop(closed);
@@ -196,7 +257,9 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         initial_backoff_ms: 100,
         max_backoff_ms: 2_000,
     };
-    let config = common::lane_config("isolation", 1024, Duration::from_secs(1), 6);
+    let mut config = common::lane_config("isolation", 1024, Duration::from_secs(1), 6);
+    // As `dispatcher run` has it.
+    config.global = lane::GlobalCap::new(GLOBAL_CAP);
     // One intake and one producer for every lane, as `dispatcher run` has.
     let mut b = common::lane("b", brokers.clone(), url_b, 64, retry.clone());
     b.settings.options.push(fast_fetch());
@@ -207,7 +270,7 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
     let mut start_lane = |name: &str, mut l: common::Lane| {
         l.ctx.producer = b.ctx.producer.clone();
         l.ctx.shutdown = shutdown.clone();
-        let link = intake.join(name, false, None);
+        let link = intake.join(name, l.ctx.park_after.is_some(), None);
         lanes.push(tokio::spawn(lane::run_linked(
             name.into(),
             link,
@@ -216,10 +279,11 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
         )));
     };
     for p in &bad_names {
-        start_lane(
-            p,
-            common::lane(p, brokers.clone(), url_a.clone(), 64, retry.clone()),
-        );
+        let mut l = common::lane(p, brokers.clone(), url_a.clone(), 64, retry.clone());
+        if mode == Mode::Held {
+            l.ctx.park_after = Some(3);
+        }
+        start_lane(p, l);
     }
     for p in &crowd_names {
         start_lane(
@@ -234,6 +298,28 @@ async fn scenario(mode: Mode, n: usize, rate: usize, secs: u64) -> (f64, f64) {
     };
     start_lane("b", b_ctx);
     let count = || seen.latencies_us.lock().map_or(0, |l| l.len());
+    if mode == Mode::Held {
+        // B is measured beside partners that hold their records, not while they start:
+        // until the records all lanes hold stop growing (at the global cap, or all
+        // taken in).
+        let began = Instant::now();
+        while config.global.held() == 0 && began.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (mut last, mut since) = (config.global.held(), Instant::now());
+        while since.elapsed() < Duration::from_secs(3) && began.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if config.global.held() != last {
+                (last, since) = (config.global.held(), Instant::now());
+            }
+        }
+        println!(
+            "  held by the {bad} partners: {} records ({:.0} s to take them in)",
+            last,
+            began.elapsed().as_secs_f64() - 3.0
+        );
+    }
 
     // Latency at a fixed rate first (the lanes join their groups meanwhile: the first
     // record is produced once B answers a warm-up record).
@@ -295,6 +381,9 @@ fn run_child(mode: &str) -> (f64, f64) {
         .output()
         .expect("scenario process");
     let text = String::from_utf8_lossy(&out.stdout);
+    for note in text.lines().filter(|l| l.starts_with("  held")) {
+        println!("{note}");
+    }
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
@@ -317,6 +406,7 @@ fn main() {
             "alone" => Mode::Alone,
             "down" => Mode::Down,
             "slow" => Mode::Slow,
+            "held" => Mode::Held,
             _ => Mode::Failing,
         };
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -335,11 +425,12 @@ fn main() {
         "B alone"
     );
     // BENCH_MODES=down,slow,503 picks scenarios (default: all).
-    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "down,slow,503".into());
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "down,slow,503,held".into());
     for (key, name) in [
         ("down", "bad ones down (refused)"),
         ("slow", "bad ones answering in 2 s"),
         ("503", "bad ones answering 503"),
+        ("held", "100 holding parked records"),
     ] {
         if !modes.split(',').any(|m| m == key) {
             continue;

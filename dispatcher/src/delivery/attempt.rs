@@ -252,6 +252,8 @@ enum Hold {
 /// the subscription table, not by polling it).
 async fn hold(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Hold {
     let mut held = false;
+    // Counted as waiting by policy while held (lane::throttle).
+    let mut _holding = None;
     let mut changes = ctx.table.watch();
     loop {
         // Marked seen before the look, so a change right after it still wakes us.
@@ -273,6 +275,10 @@ async fn hold(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Hold {
             return Hold::Ready { target, held };
         }
         held = true;
+        if job.parked.is_none() && _holding.is_none() {
+            // (A parked record counts as waiting already.)
+            _holding = Some(ctx.health.holding());
+        }
         ticket.give_up();
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Hold::Shutdown,

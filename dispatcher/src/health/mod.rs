@@ -162,6 +162,20 @@ pub struct PartnerHealth {
     /// Times the partner's lane ended unexpectedly and was restarted, and the last why.
     lane_restarts: AtomicU64,
     last_lane_failure: Mutex<Option<(chrono::DateTime<chrono::Utc>, String)>>,
+    /// Records held because their subscription is paused or disconnected (the lane's
+    /// back-pressure counts them as waiting by policy).
+    holding: AtomicU64,
+}
+
+/// A record held by its paused or disconnected subscription, counted in
+/// [`PartnerHealth::holding`] while this lives.
+#[derive(Debug)]
+pub struct Holding(Arc<PartnerHealth>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.holding.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for PartnerHealth {
@@ -173,11 +187,24 @@ impl Default for PartnerHealth {
             oldest_age_ms: AtomicU64::new(0),
             lane_restarts: AtomicU64::new(0),
             last_lane_failure: Mutex::new(None),
+            holding: AtomicU64::new(0),
         }
     }
 }
 
 impl PartnerHealth {
+    /// Counts a record held by its paused or disconnected subscription until the
+    /// returned value is dropped.
+    pub fn holding(self: &Arc<Self>) -> Holding {
+        self.holding.fetch_add(1, Ordering::Relaxed);
+        Holding(Arc::clone(self))
+    }
+
+    /// Records held by their paused or disconnected subscription now.
+    pub fn held_by_subscription(&self) -> usize {
+        self.holding.load(Ordering::Relaxed) as usize
+    }
+
     /// Notes that the partner's lane ended unexpectedly (it is being restarted).
     pub fn lane_ended(&self, why: &str) {
         self.lane_restarts.fetch_add(1, Ordering::Relaxed);

@@ -244,11 +244,15 @@ pub async fn run_linked(
             running.push(delivery::spawn(job, Arc::clone(&ctx), &starting));
         }
         let pending = [state.pending(false), state.pending(true)];
+        // Waiting by policy: records held by a paused or disconnected subscription, and
+        // every parked record (it waits for its backoff, or behind its key's).
+        let waiting = [ctx.health.held_by_subscription(), pending[1]];
         throttle.update(
             consumers,
             topics,
             &owned.assigned,
             pending,
+            waiting,
             records.len(),
             &lm.paused,
         );

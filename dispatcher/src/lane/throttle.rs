@@ -20,10 +20,13 @@ use rdkafka::TopicPartitionList;
 
 use super::intake::LaneConsumer;
 
-/// Records held by every lane of the instance, against a global cap.
+/// Records held by every lane of the instance, against a global cap; of them, those
+/// waiting by policy (parked records before their backoff, records of a paused or
+/// disconnected subscription), which no other lane's pause would make go faster.
 #[derive(Debug, Clone)]
 pub struct GlobalCap {
     held: Arc<AtomicUsize>,
+    waiting: Arc<AtomicUsize>,
     max: usize,
 }
 
@@ -31,6 +34,7 @@ impl GlobalCap {
     pub fn new(max: usize) -> Self {
         Self {
             held: Arc::default(),
+            waiting: Arc::default(),
             max: max.max(1),
         }
     }
@@ -40,13 +44,20 @@ impl GlobalCap {
         self.held.load(Ordering::Relaxed)
     }
 
-    fn over(&self) -> bool {
-        self.held() >= self.max
+    /// Records held by every lane now that can go out (not waiting by policy).
+    pub fn workable(&self) -> usize {
+        self.held()
+            .saturating_sub(self.waiting.load(Ordering::Relaxed))
+    }
+
+    /// At the cap: counting every record held (`all`), or those that can go out.
+    fn over(&self, all: bool) -> bool {
+        (if all { self.held() } else { self.workable() }) >= self.max
     }
 
     /// Low enough again for paused lanes to resume.
-    fn eased(&self) -> bool {
-        self.held() <= self.max - self.max / 4
+    fn eased(&self, all: bool) -> bool {
+        (if all { self.held() } else { self.workable() }) <= self.max - self.max / 4
     }
 }
 
@@ -62,8 +73,8 @@ pub(super) struct Throttle {
     max: usize,
     paused: [bool; 2],
     global: GlobalCap,
-    /// What this lane last counted in the global cap.
-    counted: usize,
+    /// What this lane last counted in the global cap (held, and waiting by policy).
+    counted: [usize; 2],
 }
 
 impl Throttle {
@@ -72,7 +83,7 @@ impl Throttle {
             max: max.max(1),
             paused: [false; 2],
             global,
-            counted: 0,
+            counted: [0; 2],
         }
     }
 
@@ -80,21 +91,25 @@ impl Throttle {
         self.paused[usize::from(retry)]
     }
 
-    /// Call once per loop turn with the unfinished records per topic and the records
-    /// waiting in the lane's channel; pauses or resumes the lane's `assigned` partitions
-    /// of `topics` on `consumers`.
+    /// Call once per loop turn with the unfinished records per topic, how many of them
+    /// wait by policy, and the records waiting in the lane's channel; pauses or resumes
+    /// the lane's `assigned` partitions of `topics` on `consumers`.
     pub(super) fn update(
         &mut self,
         consumers: [&LaneConsumer; 2],
         topics: [&str; 2],
         assigned: &[BTreeSet<i32>; 2],
         pending: [usize; 2],
+        waiting: [usize; 2],
         queued: usize,
         gauge: &metrics::Gauge,
     ) {
-        self.count(pending[0] + pending[1]);
+        self.count(
+            pending[0] + pending[1],
+            waiting[0].min(pending[0]) + waiting[1].min(pending[1]),
+        );
         for k in 0..2 {
-            let pause = self.should_pause(k, pending[k], queued);
+            let pause = self.should_pause(k, pending[k], waiting[k], queued);
             if pause != self.paused[k] {
                 set_paused(consumers[k], topics[k], &assigned[k], pause);
                 self.paused[k] = pause;
@@ -105,29 +120,38 @@ impl Throttle {
         }
     }
 
-    /// Counts the lane's unfinished records in the global cap.
-    fn count(&mut self, total: usize) {
-        if total > self.counted {
-            self.global
-                .held
-                .fetch_add(total - self.counted, Ordering::Relaxed);
-        } else {
-            self.global
-                .held
-                .fetch_sub(self.counted - total, Ordering::Relaxed);
+    /// Counts the lane's unfinished records (`total`, of them `waiting` by policy) in
+    /// the global cap.
+    fn count(&mut self, total: usize, waiting: usize) {
+        for (i, (now, counter)) in [(total, &self.global.held), (waiting, &self.global.waiting)]
+            .into_iter()
+            .enumerate()
+        {
+            let before = self.counted[i];
+            if now > before {
+                counter.fetch_add(now - before, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(before - now, Ordering::Relaxed);
+            }
+            self.counted[i] = now;
         }
-        self.counted = total;
     }
 
     /// Whether topic `k`'s partitions should be paused now: at twice `max` held (taken
     /// in and queued) or, holding some, when all lanes hold the global cap; once paused,
-    /// until `max` held and the global count is down to three quarters.
-    fn should_pause(&self, k: usize, pending: usize, queued: usize) -> bool {
+    /// until `max` held and the global count is down to three quarters. A topic holding
+    /// records that can go out is measured against the records of every lane that can
+    /// go out: records waiting by policy elsewhere (a partner down for hours, its parked
+    /// records waiting for their backoff) would otherwise keep it paused until they are
+    /// due. One holding only records waiting by policy is measured against all, so they
+    /// stay bounded by the cap.
+    fn should_pause(&self, k: usize, pending: usize, waiting: usize, queued: usize) -> bool {
         let held = pending + queued;
+        let all = pending <= waiting;
         if self.paused[k] {
-            !(held <= self.max && self.global.eased())
+            !(held <= self.max && self.global.eased(all))
         } else {
-            held >= 2 * self.max || (pending > 0 && self.global.over())
+            held >= 2 * self.max || (pending > 0 && self.global.over(all))
         }
     }
 
@@ -152,8 +176,7 @@ impl Throttle {
 
     /// The lane ends: it holds nothing any more.
     pub(super) fn release(&mut self) {
-        self.global.held.fetch_sub(self.counted, Ordering::Relaxed);
-        self.counted = 0;
+        self.count(0, 0);
     }
 }
 
@@ -191,10 +214,66 @@ mod tests {
     /// Records `pending` (delivery topic) and `queued` for `t`, and applies its decision
     /// as `update` would (without a consumer).
     fn turn(t: &mut Throttle, pending: usize, queued: usize) -> bool {
-        t.count(pending);
-        let pause = t.should_pause(0, pending, queued);
+        waiting_turn(t, pending, 0, queued)
+    }
+
+    /// As [`turn`], with `waiting` of the `pending` records waiting by policy.
+    fn waiting_turn(t: &mut Throttle, pending: usize, waiting: usize, queued: usize) -> bool {
+        t.count(pending, waiting);
+        let pause = t.should_pause(0, pending, waiting, queued);
         t.paused[0] = pause;
         pause
+    }
+
+    /// #22 item 2: partners down for hours hold their parked records (waiting for their
+    /// backoff) up to the global cap; a healthy lane beside them must not pause for
+    /// them, and they must still stop taking more at the cap.
+    #[test]
+    fn records_waiting_by_policy_pause_only_the_lanes_holding_nothing_else() {
+        let global = GlobalCap::new(1_000);
+        let mut down: Vec<Throttle> = (0..5)
+            .map(|_| Throttle::new(1_024, global.clone()))
+            .collect();
+        for lane in &mut down[..3] {
+            assert!(!waiting_turn(lane, 250, 250, 0));
+        }
+        assert!(
+            waiting_turn(&mut down[3], 250, 250, 0),
+            "a lane holding only waiting records stops at the cap"
+        );
+        assert_eq!((global.held(), global.workable()), (1_000, 0));
+        assert!(
+            waiting_turn(&mut down[4], 10, 10, 0),
+            "and so does every such lane"
+        );
+        let mut healthy = Throttle::new(1_024, global.clone());
+        assert!(
+            !turn(&mut healthy, 500, 0),
+            "a lane with records that can go out does not pause for records that wait"
+        );
+        // Its records go out and come in; it never pauses while the others wait.
+        for pending in [100, 900, 20, 700] {
+            assert!(!turn(&mut healthy, pending, 0));
+        }
+        // A mixed lane is measured by what can go out too.
+        let mut mixed = Throttle::new(1_024, global.clone());
+        assert!(!waiting_turn(&mut mixed, 400, 300, 0));
+        // What can go out reaches the cap: then the healthy lanes pause as before...
+        assert!(turn(&mut healthy, 1_000, 0));
+        // ...and resume once it is down to three quarters, though the waiting stay.
+        assert!(!turn(&mut healthy, 600, 0));
+        assert_eq!(global.workable(), 700);
+        assert!(
+            waiting_turn(&mut down[4], 10, 10, 0),
+            "the waiting-only lane stays paused while all held are over three quarters"
+        );
+        for lane in &mut down {
+            lane.release();
+        }
+        assert!(
+            !waiting_turn(&mut Throttle::new(1_024, global.clone()), 0, 0, 0),
+            "nothing held: never paused"
+        );
     }
 
     #[test]

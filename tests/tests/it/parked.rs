@@ -484,3 +484,119 @@ async fn the_read_back_answers_each_partition_as_it_is_read_and_names_the_one_it
         "{error}"
     );
 }
+
+/// #22 item 2: records waiting by policy fill the instance's global cap (here a partner
+/// down for hours: its parked records wait an hour for their backoff); a healthy
+/// partner beside it must not be paused for them. Before, every lane holding a record
+/// paused at the cap and resumed only at three quarters of it, which records due in an
+/// hour never allow: the healthy partner stopped for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_records_waiting_for_their_backoff_do_not_pause_a_healthy_partner_at_the_global_cap()
+{
+    use dispatcher::kafka::headers;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    world.run_args = ["--max-buffered", "100", "--max-buffered-total", "150"]
+        .map(String::from)
+        .to_vec();
+    let (down, _) = world
+        .partner_with_receiver("down", Script::default(), "")
+        .await;
+    let (healthy, healthy_rx) = world
+        .partner_with_receiver("healthy", Script::default(), "")
+        .await;
+    // The down partner's retry topic: 400 parked records over 40 orders, due in an hour.
+    // (With as many partitions as its delivery topic, as the lanes require.)
+    let retries = format!("retries.{down}");
+    let partitions = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &world.brokers)
+            .create()
+            .expect("metadata client");
+        let m = c
+            .fetch_metadata(Some(&format!("deliveries.{down}")), Duration::from_secs(10))
+            .expect("metadata");
+        m.topics()[0].partitions().len() as i32
+    };
+    assert!(partitions > 0, "the down partner's delivery topic exists");
+    e2e::create_topic_on(&world.brokers, &retries, partitions).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .expect("producer");
+    let (due, subscription) = (
+        (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        format!("{down}-s"),
+    );
+    let mut written = Vec::new();
+    for i in 0..400 {
+        let (id, key) = (format!("parked-{i}"), format!("order-{}", i % 40));
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::WEBHOOK_ID,
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: headers::SUBSCRIPTION_ID,
+                value: Some(subscription.as_str()),
+            })
+            .insert(Header {
+                key: headers::RETRY_ATTEMPTS,
+                value: Some("3"),
+            })
+            .insert(Header {
+                key: headers::RETRY_NOT_BEFORE,
+                value: Some(due.as_str()),
+            });
+        let record = FutureRecord::to(&retries)
+            .partition(i % partitions)
+            .key(&key)
+            .payload("{}")
+            .headers(headers);
+        written.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("queued"),
+        );
+    }
+    for w in written {
+        w.await.expect("delivery").expect("produced");
+    }
+    let d = world.start();
+    // The down partner takes in its parked records, more than the cap.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let buffered = format!("dispatcher_buffered_records{{partner=\"{down}\"}} ");
+    while d.metric(&buffered).await.unwrap_or(0.0) < 150.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the down partner never held its parked records: {:?}\n{}",
+            d.metric(&buffered).await,
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The healthy partner's events, in rounds: later rounds are fetched after any pause.
+    let publisher = world.publisher().await;
+    let orders: Vec<String> = (0..20).map(|i| format!("h-{i}")).collect();
+    let refs: Vec<&str> = orders.iter().map(String::as_str).collect();
+    let mut sent = Vec::new();
+    for round in 0..5 {
+        sent.extend(publish(&publisher, &healthy, &refs, round).await);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while healthy_rx.unique() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the healthy partner got {} of {} events beside the down one's parked records\n{}",
+            healthy_rx.unique(),
+            sent.len(),
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_per_order(&healthy_rx, &sent);
+}
