@@ -351,15 +351,22 @@ pub fn visit_ranges(
             continue;
         };
         let m = message.with_context(|| format!("reading {}", topics(&end)))?;
-        last = std::time::Instant::now();
         let tp = (m.topic().to_string(), m.partition());
+        // (A record of a partition already read, fetched before its pause below, is
+        // no progress.)
         let Some(&to) = end.get(&tp) else { continue };
+        last = std::time::Instant::now();
         if m.offset() < to {
             record(&m);
         }
         if m.offset() + 1 >= to {
             end.remove(&tp);
             done(&tp.0, tp.1);
+            // Stop fetching it: what is written there now is not wanted, and would fill
+            // the prefetch beside the partitions still being read.
+            let mut finished = rdkafka::TopicPartitionList::new();
+            finished.add_partition(&tp.0, tp.1);
+            let _ = consumer.pause(&finished);
         }
     }
     Ok(())

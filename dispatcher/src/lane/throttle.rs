@@ -147,7 +147,10 @@ impl Throttle {
     /// stay bounded by the cap.
     fn should_pause(&self, k: usize, pending: usize, waiting: usize, queued: usize) -> bool {
         let held = pending + queued;
-        let all = pending <= waiting;
+        // (Holding none, a topic is measured by what can go out: a healthy lane that was
+        // paused and drained must resume when that eases, not when others' waiting
+        // records are due.)
+        let all = pending > 0 && pending <= waiting;
         if self.paused[k] {
             !(held <= self.max && self.global.eased(all))
         } else {
@@ -260,7 +263,14 @@ mod tests {
         assert!(!waiting_turn(&mut mixed, 400, 300, 0));
         // What can go out reaches the cap: then the healthy lanes pause as before...
         assert!(turn(&mut healthy, 1_000, 0));
-        // ...and resume once it is down to three quarters, though the waiting stay.
+        // ...and resume once it is down to three quarters, though the waiting stay;
+        // also when the paused lane drained every record meanwhile.
+        assert!(turn(&mut healthy, 900, 0));
+        assert!(
+            !turn(&mut healthy, 0, 0),
+            "a drained lane resumes by what can go out"
+        );
+        assert!(turn(&mut healthy, 1_000, 0));
         assert!(!turn(&mut healthy, 600, 0));
         assert_eq!(global.workable(), 700);
         assert!(

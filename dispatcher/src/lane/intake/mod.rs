@@ -106,6 +106,8 @@ enum Command {
         from: Option<i64>,
     },
     Join(Join),
+    /// A restarted lane's committed offsets, looked up.
+    Rewound(routes::Rewound),
 }
 
 /// Where the intake sends a lane's changes and records.
@@ -117,7 +119,7 @@ struct Inbox {
 
 mod routes;
 
-use routes::{Join, Routes};
+use routes::{Join, Rewind, Routes};
 
 /// The handle of the intake task.
 #[derive(Clone)]
@@ -246,6 +248,7 @@ async fn read(
     shutdown: CancellationToken,
 ) {
     let Intake {
+        commands: to_self,
         deliveries,
         retries,
         ..
@@ -269,10 +272,15 @@ async fn read(
                 while let Some(c) = command.take() {
                     match c {
                         Command::Join(join) => {
-                            if routes.join(&deliveries, &retries, join) {
+                            let (subscribe, rewind) = routes.join(&deliveries, join);
+                            if subscribe {
                                 resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);
                             }
+                            if let Some(rewind) = rewind {
+                                look_up(rewind, &deliveries, &retries, &to_self);
+                            }
                         }
+                        Command::Rewound(rewound) => routes.rewound(&deliveries, &retries, rewound),
                         Command::ReadRetry { partner, partition, from } => {
                             routes.read_retry(&partner, partition, from, &mut read);
                         }
@@ -325,4 +333,20 @@ async fn read(
         }
     }
     tracing::debug!("lanes intake stopped");
+}
+
+/// Looks a restarted lane's committed offsets up on a blocking thread; the answer comes
+/// back as a command, so the intake goes on routing every other partner meanwhile.
+fn look_up(
+    rewind: Rewind,
+    deliveries: &Arc<LaneConsumer>,
+    retries: &Arc<LaneConsumer>,
+    to_self: &UnboundedSender<Command>,
+) {
+    let (deliveries, retries, to_self) =
+        (Arc::clone(deliveries), Arc::clone(retries), to_self.clone());
+    tokio::task::spawn_blocking(move || {
+        let rewound = rewind.look_up(&deliveries, &retries);
+        let _ = to_self.send(Command::Rewound(rewound));
+    });
 }

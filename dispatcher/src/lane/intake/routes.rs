@@ -33,6 +33,36 @@ pub(super) struct Routes {
     by_topic: HashMap<Arc<str>, (Arc<str>, bool)>,
     /// The last assignment epoch handed out.
     epochs: u64,
+    /// The last rewind started.
+    rewinds: u64,
+}
+
+/// A restarted lane's partitions to move back to their committed offsets: looked up
+/// away from the intake task ([`Rewind::look_up`]), then applied by [`Routes::rewound`].
+#[derive(Debug)]
+pub(super) struct Rewind {
+    pub(super) partner: Arc<str>,
+    /// Which rewind of the partner (a later restart supersedes it).
+    pub(super) number: u64,
+    /// Delivery partitions, then retry partitions (with their topics).
+    lists: [TopicPartitionList; 2],
+}
+
+/// The committed offsets a [`Rewind`] found (per consumer: deliveries, retries).
+#[derive(Debug)]
+pub(super) struct Rewound {
+    pub(super) partner: Arc<str>,
+    pub(super) number: u64,
+    found: [Result<TopicPartitionList, String>; 2],
+}
+
+/// A restarted lane's partitions whose records wait (are not routed) until they are
+/// rewound: the intake read on from where the lane before it stopped taking.
+#[derive(Debug, Default)]
+struct Rewinding {
+    number: u64,
+    delivery: BTreeSet<i32>,
+    retry: BTreeSet<i32>,
 }
 
 /// A partner as the intake routes it.
@@ -45,6 +75,8 @@ struct Route {
     assigned: BTreeMap<i32, u64>,
     /// Retry partitions being read (of delivery partitions that are ours).
     reading: BTreeSet<i32>,
+    /// While a restarted lane's partitions are rewound.
+    rewinding: Option<Rewinding>,
 }
 
 impl Route {
@@ -76,6 +108,12 @@ impl Routes {
             return false;
         };
         if retry && !r.reading.contains(&message.partition()) {
+            return false;
+        }
+        if r.rewinding.as_ref().is_some_and(|w| {
+            if retry { &w.retry } else { &w.delivery }.contains(&message.partition())
+        }) {
+            // Read again once the partition is rewound.
             return false;
         }
         let mut job = job_from(message, &r.topics, retry);
@@ -110,6 +148,12 @@ impl Routes {
                 r.assigned.remove(&partition).unwrap_or_default()
             };
             r.change(false, partition, assigned, epoch);
+            if let Some(w) = &mut r.rewinding {
+                // A new assignment starts from the committed offset anyway, and a
+                // revoked partition is its next owner's.
+                w.delivery.remove(&partition);
+                w.retry.remove(&partition);
+            }
             if !assigned && r.reading.remove(&partition) {
                 let _ = lost.add_partition(&r.topics[1], partition);
                 r.change(true, partition, false, epoch);
@@ -128,13 +172,11 @@ impl Routes {
     }
 
     /// A partner joins (or joins again after its lane restarted). Returns whether the
-    /// subscription must change.
-    pub(super) fn join(
-        &mut self,
-        deliveries: &LaneConsumer,
-        retries: &LaneConsumer,
-        join: Join,
-    ) -> bool {
+    /// subscription must change, and for a restarted lane the rewind to look up: what
+    /// its predecessor held is read again from the committed offsets, and it is told
+    /// which partitions are its once they are rewound. (The look-up asks the group
+    /// coordinator; it runs away from the intake task so no other partner waits for it.)
+    pub(super) fn join(&mut self, deliveries: &LaneConsumer, join: Join) -> (bool, Option<Rewind>) {
         let Join {
             partner,
             parking,
@@ -160,24 +202,80 @@ impl Routes {
                     topics,
                     assigned: BTreeMap::new(),
                     reading: BTreeSet::new(),
+                    rewinding: None,
                 },
             );
-            return true;
+            return (true, None);
         };
-        // A restarted lane: what its predecessor held is read again from the committed
-        // offsets, and it is told which partitions are its.
         old.inbox = inbox;
-        let delivery = rewind(deliveries, &old.topics[0], old.assigned.keys());
-        let retry = rewind(retries, &old.topics[1], old.reading.iter());
-        for (&partition, &epoch) in &old.assigned {
+        self.rewinds += 1;
+        let rewinding = Rewinding {
+            number: self.rewinds,
+            delivery: old.assigned.keys().copied().collect(),
+            retry: old.reading.clone(),
+        };
+        let list = |topic: &str, partitions: &BTreeSet<i32>| {
+            let mut list = TopicPartitionList::new();
+            for &p in partitions {
+                list.add_partition(topic, p);
+            }
+            list
+        };
+        let rewind = Rewind {
+            partner: Arc::clone(&partner),
+            number: rewinding.number,
+            lists: [
+                list(&old.topics[0], &rewinding.delivery),
+                list(&old.topics[1], &rewinding.retry),
+            ],
+        };
+        old.rewinding = Some(rewinding);
+        (false, Some(rewind))
+    }
+
+    /// A restarted lane's committed offsets were looked up: moves the consumers'
+    /// positions back to them and hands the partitions to the lane. A partition that
+    /// could not be rewound is not handed to the new lane, so nothing of it is taken in
+    /// and its committed offset stays where it is (it waits for its next assignment,
+    /// here or elsewhere) rather than being skipped.
+    pub(super) fn rewound(
+        &mut self,
+        deliveries: &LaneConsumer,
+        retries: &LaneConsumer,
+        rewound: Rewound,
+    ) {
+        let Some(r) = self.partners.get_mut(&rewound.partner) else {
+            return;
+        };
+        if r.rewinding
+            .as_ref()
+            .is_none_or(|w| w.number != rewound.number)
+        {
+            return; // superseded by a later restart
+        }
+        let Some(w) = r.rewinding.take() else {
+            return;
+        };
+        let [found_delivery, found_retry] = rewound.found;
+        let delivery = seek(deliveries, &r.topics[0], found_delivery, &w.delivery);
+        let retry = seek(retries, &r.topics[1], found_retry, &w.retry);
+        for (&partition, &epoch) in &r.assigned {
             if delivery.contains(&partition) {
-                old.change(false, partition, true, epoch);
+                r.change(false, partition, true, epoch);
             }
             if retry.contains(&partition) && delivery.contains(&partition) {
-                old.change(true, partition, true, epoch);
+                r.change(true, partition, true, epoch);
             }
         }
-        false
+        // Not rewound: records stay unrouted until the partition's next assignment.
+        let left = Rewinding {
+            number: w.number,
+            delivery: w.delivery.difference(&delivery).copied().collect(),
+            retry: w.retry.difference(&retry).copied().collect(),
+        };
+        if !left.delivery.is_empty() || !left.retry.is_empty() {
+            r.rewinding = Some(left);
+        }
     }
 
     /// The lane of `partner` asks for retry partition `partition` to be read from `from`
@@ -212,38 +310,71 @@ impl Routes {
     }
 }
 
-/// Moves the consumer's position in `partitions` of `topic` back to their committed
-/// offsets. Blocking (a lane restart is rare).
-/// Returns the partitions rewound: a partition that could not be is not handed to the
-/// new lane, so nothing of it is taken in and its committed offset stays where it is
-/// (it waits for its next assignment, here or elsewhere) rather than being skipped.
-fn rewind<'a>(
+impl Rewind {
+    /// Looks up the committed offsets of the partitions to rewind, on `deliveries` and
+    /// `retries` (a few tries, a second apart). Blocking.
+    pub(super) fn look_up(self, deliveries: &LaneConsumer, retries: &LaneConsumer) -> Rewound {
+        let Self {
+            partner,
+            number,
+            lists,
+        } = self;
+        let [delivery, retry] = lists;
+        let look = |consumer: &LaneConsumer, list: TopicPartitionList| {
+            if list.count() == 0 {
+                return Ok(list);
+            }
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+                    Ok(found) => return Ok(found),
+                    Err(error) if tries >= 3 => return Err(error.to_string()),
+                    Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                }
+            }
+        };
+        Rewound {
+            partner,
+            number,
+            found: [look(deliveries, delivery), look(retries, retry)],
+        }
+    }
+}
+
+/// Moves the consumer's position in the `wanted` partitions of `topic` back to their
+/// committed offsets (`found`: from the start where none was ever committed, as a new
+/// member would). Returns the partitions rewound.
+fn seek(
     consumer: &LaneConsumer,
     topic: &str,
-    partitions: impl Iterator<Item = &'a i32>,
+    found: Result<TopicPartitionList, String>,
+    wanted: &BTreeSet<i32>,
 ) -> BTreeSet<i32> {
-    let mut list = TopicPartitionList::new();
-    for &p in partitions {
-        list.add_partition(topic, p);
-    }
-    if list.count() == 0 {
+    if wanted.is_empty() {
         return BTreeSet::new();
     }
-    let rewound = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .and_then(|mut committed| {
-            let never: Vec<i32> = committed
-                .elements_for_topic(topic)
-                .iter()
-                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
-                .map(|e| e.partition())
-                .collect();
-            for p in never {
-                // Never committed: from the start, as a new member would.
-                let _ = committed.set_partition_offset(topic, p, Offset::Beginning);
+    let rewound = found.and_then(|committed| {
+        let mut list = TopicPartitionList::new();
+        for e in committed.elements_for_topic(topic) {
+            if !wanted.contains(&e.partition()) {
+                continue; // revoked, or assigned again, since the look-up
             }
-            consumer.seek_partitions(committed, Duration::from_secs(10))
-        });
+            let at = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            list.add_partition_offset(topic, e.partition(), at)
+                .map_err(|e| e.to_string())?;
+        }
+        if list.count() == 0 {
+            return Ok(list);
+        }
+        // (Local: the consumer's fetch position; no broker round trip.)
+        consumer
+            .seek_partitions(list, Duration::from_secs(10))
+            .map_err(|e| e.to_string())
+    });
     match rewound {
         Ok(list) => list
             .elements()
