@@ -99,6 +99,8 @@ pub struct RunConfig {
     pub max_buffered: usize,
     /// Records taken in and unfinished by all lanes together (the global cap).
     pub max_buffered_total: usize,
+    /// How long a partner without subscriptions keeps its lane.
+    pub departed_lane: Duration,
     pub shutdown_deadline: Duration,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
@@ -253,6 +255,7 @@ impl App {
                 ..Default::default()
             },
             park_after: config.park_after,
+            departed_after: config.departed_lane,
             groups,
         };
         let router = tokio::spawn(crate::router::run(

@@ -150,6 +150,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         flow: dispatcher::webhook::flow::FlowConfig::default(),
         park_after: None,
         groups: Default::default(),
+        departed_after: Duration::from_secs(60),
     };
     let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
 

@@ -124,5 +124,6 @@ pub fn lane_config(
         flow: FlowConfig::default(),
         park_after: None,
         groups: Default::default(),
+        departed_after: Duration::from_secs(60),
     }
 }

@@ -318,6 +318,15 @@ pub async fn monitor(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let all = table.all();
+        // A partner whose lane stopped (no subscription any more) leaves `/status`.
+        let names: std::collections::HashSet<&str> =
+            watched.iter().map(|(p, _)| p.as_str()).collect();
+        board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p, _| names.contains(p.as_str()));
+        failing_since.retain(|p, _| names.contains(p.as_str()));
+        drop(names);
         for (partner, w) in watched {
             let subscriptions: Vec<&Arc<Subscription>> =
                 all.iter().filter(|s| s.partner_id == partner).collect();

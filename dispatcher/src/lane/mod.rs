@@ -70,6 +70,8 @@ pub struct LaneConfig {
     pub park_after: Option<u32>,
     /// Where each lane's group member shows its state (`/status`).
     pub groups: crate::kafka::group::GroupBoard,
+    /// How long a partner that lost its last subscription keeps its lane. Default 60 s.
+    pub departed_after: Duration,
 }
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).

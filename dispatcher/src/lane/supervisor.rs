@@ -78,8 +78,12 @@ pub async fn supervise(
         shutdown.clone(),
     )?;
     let mut adopted = false;
-    let mut lanes: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Each lane, and what stops it alone (a child of `shutdown`).
+    let mut lanes: HashMap<String, (tokio::task::JoinHandle<()>, CancellationToken)> =
+        HashMap::new();
     let mut flows: HashMap<String, Arc<PartnerFlow>> = HashMap::new();
+    // Partners with a lane and no subscription any more, since when.
+    let mut departed: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut changes = table.watch();
     loop {
         // Per partner: the largest in-flight cap and the smallest rate limit of its
@@ -97,6 +101,41 @@ pub async fn supervise(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+        }
+        // A partner without subscriptions keeps its lane for `departed_after` (a
+        // subscription replaced by another is no reason to stop), then it stops and
+        // what the instance holds of it is freed.
+        departed.retain(|p, _| lanes.contains_key(p) && !partners.contains_key(p));
+        for p in lanes.keys() {
+            if !partners.contains_key(p) {
+                departed
+                    .entry(p.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+            }
+        }
+        let gone: Vec<String> = departed
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= config.departed_after)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partner in gone {
+            departed.remove(&partner);
+            let Some((handle, stop)) = lanes.remove(&partner) else {
+                continue;
+            };
+            // As at shutdown: requests in flight finish (up to the shutdown deadline)
+            // and finished offsets are stored; then the intake forgets the partner.
+            stop.cancel();
+            if let Err(error) = handle.await {
+                tracing::error!(partner = %partner, %error, "lane supervisor failed");
+            }
+            intake.leave(&partner);
+            flows.remove(&partner);
+            watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&partner);
+            tracing::info!(partner = %partner, "the partner has no subscription any more: its lane stopped");
         }
         partners.retain(|partner, (cap, rate)| match flows.get(partner) {
             Some(flow) => {
@@ -150,6 +189,7 @@ pub async fn supervise(
         }
         for partner in new {
             let (cap, rate) = partners[&partner];
+            let stop = shutdown.child_token();
             let park_after = config
                 .park_after
                 .filter(|_| may_park.contains_key(&partner));
@@ -184,7 +224,7 @@ pub async fn supervise(
                     settings.clone(),
                     retry_partitions,
                 )),
-                shutdown: shutdown.clone(),
+                shutdown: stop.clone(),
             };
             let (name, lane_config, lane_intake) =
                 (partner.clone(), config.clone(), intake.clone());
@@ -207,9 +247,9 @@ pub async fn supervise(
                     restarts.increment(1);
                     health.lane_ended(why);
                 },
-                shutdown.clone(),
+                stop.clone(),
             ));
-            lanes.insert(partner, handle);
+            lanes.insert(partner, (handle, stop));
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -217,7 +257,7 @@ pub async fn supervise(
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-    for (partner, handle) in lanes {
+    for (partner, (handle, _)) in lanes {
         if let Err(error) = handle.await {
             tracing::error!(partner = %partner, %error, "lane supervisor failed");
         }

@@ -38,6 +38,7 @@ fn config(world: &DispatchWorld) -> RunConfig {
         unknown_schema_wait: Duration::from_secs(20),
         max_buffered: 1024,
         max_buffered_total: 65_536,
+        departed_lane: Duration::from_secs(60),
         shutdown_deadline: Duration::from_secs(5),
         breaker_failures: 10,
         breaker_cooldown: Duration::from_secs(5),

@@ -174,6 +174,11 @@ pub struct RunArgs {
     /// thousand partners whose buffers are full).
     #[arg(long, env = "DISPATCHER_MAX_BUFFERED_TOTAL", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub max_buffered_total: u32,
+    /// How long a partner without any subscription keeps its lane, in milliseconds;
+    /// then its lane stops and what the instance holds of it is freed (a subscription
+    /// for it starts a lane again, from its committed offsets).
+    #[arg(long, env = "DISPATCHER_DEPARTED_LANE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub departed_lane_ms: u64,
     /// How long shutdown waits for requests in flight, in milliseconds.
     #[arg(
         long,
@@ -323,6 +328,7 @@ impl RunArgs {
             unknown_schema_wait: Duration::from_millis(self.unknown_schema_wait_ms),
             max_buffered: self.max_buffered as usize,
             max_buffered_total: self.max_buffered_total as usize,
+            departed_lane: Duration::from_millis(self.departed_lane_ms),
             shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
             breaker_failures: self.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),

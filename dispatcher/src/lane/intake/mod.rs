@@ -106,6 +106,8 @@ enum Command {
         from: Option<i64>,
     },
     Join(Join),
+    /// A partner's lane stopped for good (its last subscription is gone).
+    Leave(String),
     /// A restarted lane's committed offsets, looked up.
     Rewound(routes::Rewound),
 }
@@ -228,6 +230,13 @@ impl Intake {
         }
     }
 
+    /// `partner`'s lane has stopped for good: its topics are no longer read nor
+    /// routed, and the intake forgets it (its partitions go back to the group with the
+    /// offsets its lane stored). A later [`Self::join`] starts it again.
+    pub fn leave(&self, partner: &str) {
+        let _ = self.commands.send(Command::Leave(partner.to_string()));
+    }
+
     /// Commits every offset the lanes stored (call once they have stopped); the
     /// consumers leave the group when the last handle is dropped.
     pub fn close(self) {
@@ -281,6 +290,11 @@ async fn read(
                             }
                         }
                         Command::Rewound(rewound) => routes.rewound(&deliveries, &retries, rewound),
+                        Command::Leave(partner) => {
+                            if routes.leave(&deliveries, &retries, &partner) {
+                                resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);
+                            }
+                        }
                         Command::ReadRetry { partner, partition, from } => {
                             routes.read_retry(&partner, partition, from, &mut read);
                         }
@@ -296,7 +310,10 @@ async fn read(
             _ = tokio::time::sleep_until(resubscribe.unwrap_or_else(tokio::time::Instant::now)), if resubscribe.is_some() => {
                 resubscribe = None;
                 let topics = routes.delivery_topics();
-                if let Err(error) = deliveries.subscribe(&topics) {
+                if topics.is_empty() {
+                    // (The last partner left: an empty subscription is refused.)
+                    deliveries.unsubscribe();
+                } else if let Err(error) = deliveries.subscribe(&topics) {
                     tracing::error!(%error, "subscribing to the delivery topics");
                 } else {
                     tracing::info!(partners = topics.len(), "lanes subscribed");

@@ -98,7 +98,9 @@ impl Routes {
     /// ours, or a topic no lane reads).
     pub(super) fn route(&self, message: &BorrowedMessage<'_>, retry: bool) -> bool {
         let Some((partner, _)) = self.by_topic.get(message.topic()) else {
-            tracing::warn!(topic = message.topic(), "a record of a topic no lane reads");
+            // (A partner that left, until the group's next assignment takes its
+            // partitions away: read again from its committed offsets if it comes back.)
+            tracing::debug!(topic = message.topic(), "a record of a topic no lane reads");
             return false;
         };
         let Some(r) = self.partners.get(partner) else {
@@ -300,6 +302,37 @@ impl Routes {
             let _ = read.add_partition_offset(&r.topics[1], partition, at);
             r.change(true, partition, true, epoch);
         }
+    }
+
+    /// A partner left: its topics are no longer routed, its lag no longer watched, its
+    /// retry partitions no longer read (what its lane stored is committed first).
+    /// Returns whether the subscription must change.
+    pub(super) fn leave(
+        &mut self,
+        deliveries: &LaneConsumer,
+        retries: &LaneConsumer,
+        partner: &str,
+    ) -> bool {
+        let Some(r) = self.partners.remove(partner) else {
+            return false;
+        };
+        for topic in &r.topics {
+            self.by_topic.remove(topic);
+        }
+        deliveries.context().unwatch_lag(&r.topics[0]);
+        if !r.reading.is_empty() {
+            let mut lost = TopicPartitionList::new();
+            for &p in &r.reading {
+                lost.add_partition(&r.topics[1], p);
+            }
+            if let Err(error) = retries.commit_consumer_state(CommitMode::Async) {
+                tracing::debug!(%error, "committing retry offsets of a partner that left");
+            }
+            if let Err(error) = retries.incremental_unassign(&lost) {
+                tracing::error!(%error, "retry reader: unassign");
+            }
+        }
+        true
     }
 
     /// Every partner's delivery topic, sorted (the subscription).

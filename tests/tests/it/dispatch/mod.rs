@@ -30,6 +30,7 @@ fn subscription(
 }
 
 mod backpressure;
+mod departed;
 mod guards;
 mod outcomes;
 mod routing;
