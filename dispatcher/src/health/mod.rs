@@ -324,7 +324,18 @@ pub async fn monitor(
         board
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|p, _| names.contains(p.as_str()));
+            .retain(|p, _| {
+                let keep = names.contains(p.as_str());
+                if !keep {
+                    // Its series stay (the exporter cannot drop them): no state, so no
+                    // alert fires on a partner that is gone.
+                    for s in PartnerState::ALL {
+                        metrics::gauge!(m::PARTNER_STATE, "partner" => p.clone(), "state" => s.as_str())
+                            .set(0.0);
+                    }
+                }
+                keep
+            });
         failing_since.retain(|p, _| names.contains(p.as_str()));
         drop(names);
         for (partner, w) in watched {

@@ -118,14 +118,18 @@ pub async fn supervise(
             .filter(|(_, since)| since.elapsed() >= config.departed_after)
             .map(|(p, _)| p.clone())
             .collect();
+        // As at shutdown: requests in flight finish (up to the shutdown deadline) and
+        // finished offsets are stored, all departed lanes at once; then the intake
+        // forgets them (before any later join of the same partner).
+        let mut stopping = Vec::new();
         for partner in gone {
             departed.remove(&partner);
-            let Some((handle, stop)) = lanes.remove(&partner) else {
-                continue;
-            };
-            // As at shutdown: requests in flight finish (up to the shutdown deadline)
-            // and finished offsets are stored; then the intake forgets the partner.
-            stop.cancel();
+            if let Some((handle, stop)) = lanes.remove(&partner) {
+                stop.cancel();
+                stopping.push((partner, handle));
+            }
+        }
+        for (partner, handle) in stopping {
             if let Err(error) = handle.await {
                 tracing::error!(partner = %partner, %error, "lane supervisor failed");
             }

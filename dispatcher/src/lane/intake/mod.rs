@@ -289,7 +289,11 @@ async fn read(
                                 look_up(rewind, &deliveries, &retries, &to_self);
                             }
                         }
-                        Command::Rewound(rewound) => routes.rewound(&deliveries, &retries, rewound),
+                        Command::Rewound(rewound) => {
+                            if let Some(again) = routes.rewound(&deliveries, &retries, rewound) {
+                                look_up(again, &deliveries, &retries, &to_self);
+                            }
+                        }
                         Command::Leave(partner) => {
                             if routes.leave(&deliveries, &retries, &partner) {
                                 resubscribe.get_or_insert_with(|| tokio::time::Instant::now() + SUBSCRIBE_AFTER);

@@ -77,6 +77,10 @@ struct Route {
     reading: BTreeSet<i32>,
     /// While a restarted lane's partitions are rewound.
     rewinding: Option<Rewinding>,
+    /// The partner left (its lane stopped for good): nothing is routed, and the route
+    /// is kept only until the group has taken its partitions back, so a partner that
+    /// comes back before that is rewound like a restarted lane.
+    left: bool,
 }
 
 impl Route {
@@ -106,6 +110,9 @@ impl Routes {
         let Some(r) = self.partners.get(partner) else {
             return false;
         };
+        if r.left {
+            return false;
+        }
         let Some(&epoch) = r.assigned.get(&message.partition()) else {
             return false;
         };
@@ -171,6 +178,7 @@ impl Routes {
                 tracing::error!(%error, "retry reader: unassign");
             }
         }
+        self.drop_left();
     }
 
     /// A partner joins (or joins again after its lane restarted). Returns whether the
@@ -205,10 +213,14 @@ impl Routes {
                     assigned: BTreeMap::new(),
                     reading: BTreeSet::new(),
                     rewinding: None,
+                    left: false,
                 },
             );
             return (true, None);
         };
+        // Back before the group took its partitions away: its topic must be in the
+        // subscription again, and what it still has is rewound as for a restart.
+        let subscribe = std::mem::take(&mut old.left);
         old.inbox = inbox;
         self.rewinds += 1;
         let rewinding = Rewinding {
@@ -216,23 +228,16 @@ impl Routes {
             delivery: old.assigned.keys().copied().collect(),
             retry: old.reading.clone(),
         };
-        let list = |topic: &str, partitions: &BTreeSet<i32>| {
-            let mut list = TopicPartitionList::new();
-            for &p in partitions {
-                list.add_partition(topic, p);
-            }
-            list
-        };
         let rewind = Rewind {
             partner: Arc::clone(&partner),
             number: rewinding.number,
             lists: [
-                list(&old.topics[0], &rewinding.delivery),
-                list(&old.topics[1], &rewinding.retry),
+                partition_list(&old.topics[0], &rewinding.delivery),
+                partition_list(&old.topics[1], &rewinding.retry),
             ],
         };
         old.rewinding = Some(rewinding);
-        (false, Some(rewind))
+        (subscribe, Some(rewind))
     }
 
     /// A restarted lane's committed offsets were looked up: moves the consumers'
@@ -245,39 +250,50 @@ impl Routes {
         deliveries: &LaneConsumer,
         retries: &LaneConsumer,
         rewound: Rewound,
-    ) {
-        let Some(r) = self.partners.get_mut(&rewound.partner) else {
-            return;
-        };
+    ) -> Option<Rewind> {
+        let r = self.partners.get_mut(&rewound.partner)?;
         if r.rewinding
             .as_ref()
             .is_none_or(|w| w.number != rewound.number)
         {
-            return; // superseded by a later restart
+            return None; // superseded by a later restart, or the partner left
         }
-        let Some(w) = r.rewinding.take() else {
-            return;
-        };
+        let w = r.rewinding.take()?;
         let [found_delivery, found_retry] = rewound.found;
         let delivery = seek(deliveries, &r.topics[0], found_delivery, &w.delivery);
         let retry = seek(retries, &r.topics[1], found_retry, &w.retry);
+        // Not rewound (the look-up failed): records stay unrouted, and it is looked up
+        // again. A retry partition is handed over only with or after its delivery
+        // partition (the lane reads its parked keys before its retry records).
+        let pending: BTreeSet<i32> = w.delivery.difference(&delivery).copied().collect();
+        let retry_done: BTreeSet<i32> = retry.difference(&pending).copied().collect();
         for (&partition, &epoch) in &r.assigned {
             if delivery.contains(&partition) {
                 r.change(false, partition, true, epoch);
             }
-            if retry.contains(&partition) && delivery.contains(&partition) {
+            if retry_done.contains(&partition) {
                 r.change(true, partition, true, epoch);
             }
         }
-        // Not rewound: records stay unrouted until the partition's next assignment.
         let left = Rewinding {
             number: w.number,
-            delivery: w.delivery.difference(&delivery).copied().collect(),
-            retry: w.retry.difference(&retry).copied().collect(),
+            retry: w.retry.difference(&retry_done).copied().collect(),
+            delivery: pending,
         };
-        if !left.delivery.is_empty() || !left.retry.is_empty() {
-            r.rewinding = Some(left);
+        if left.delivery.is_empty() && left.retry.is_empty() {
+            return None;
         }
+        tracing::warn!(partner = %rewound.partner, "some of a restarted lane's partitions could not be rewound yet; looking their offsets up again");
+        let again = Rewind {
+            partner: Arc::clone(&rewound.partner),
+            number: left.number,
+            lists: [
+                partition_list(&r.topics[0], &left.delivery),
+                partition_list(&r.topics[1], &left.retry),
+            ],
+        };
+        r.rewinding = Some(left);
+        Some(again)
     }
 
     /// The lane of `partner` asks for retry partition `partition` to be read from `from`
@@ -313,31 +329,53 @@ impl Routes {
         retries: &LaneConsumer,
         partner: &str,
     ) -> bool {
-        let Some(r) = self.partners.remove(partner) else {
+        let Some(r) = self.partners.get_mut(partner) else {
             return false;
         };
-        for topic in &r.topics {
-            self.by_topic.remove(topic);
-        }
+        r.left = true;
+        r.rewinding = None;
         deliveries.context().unwatch_lag(&r.topics[0]);
         if !r.reading.is_empty() {
-            let mut lost = TopicPartitionList::new();
-            for &p in &r.reading {
-                lost.add_partition(&r.topics[1], p);
-            }
-            if let Err(error) = retries.commit_consumer_state(CommitMode::Async) {
+            let lost = partition_list(&r.topics[1], &r.reading);
+            r.reading.clear();
+            // Synchronously: whoever reads these partitions next reads the committed
+            // offsets back.
+            if let Err(error) = retries.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(%error, "committing retry offsets of a partner that left");
             }
             if let Err(error) = retries.incremental_unassign(&lost) {
                 tracing::error!(%error, "retry reader: unassign");
             }
         }
+        self.drop_left();
         true
+    }
+
+    /// Forgets the routes of partners that left once none of their partitions is ours.
+    fn drop_left(&mut self) {
+        let gone: Vec<Arc<str>> = self
+            .partners
+            .iter()
+            .filter(|(_, r)| r.left && r.assigned.is_empty())
+            .map(|(p, _)| Arc::clone(p))
+            .collect();
+        for p in gone {
+            if let Some(r) = self.partners.remove(&p) {
+                for topic in &r.topics {
+                    self.by_topic.remove(topic);
+                }
+            }
+        }
     }
 
     /// Every partner's delivery topic, sorted (the subscription).
     pub(super) fn delivery_topics(&self) -> Vec<&str> {
-        let mut topics: Vec<&str> = self.partners.values().map(|r| &*r.topics[0]).collect();
+        let mut topics: Vec<&str> = self
+            .partners
+            .values()
+            .filter(|r| !r.left)
+            .map(|r| &*r.topics[0])
+            .collect();
         topics.sort_unstable();
         topics
     }
@@ -373,6 +411,15 @@ impl Rewind {
             found: [look(deliveries, delivery), look(retries, retry)],
         }
     }
+}
+
+/// `partitions` of `topic` as a list.
+fn partition_list(topic: &str, partitions: &BTreeSet<i32>) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        list.add_partition(topic, p);
+    }
+    list
 }
 
 /// Moves the consumer's position in the `wanted` partitions of `topic` back to their
