@@ -275,6 +275,7 @@ pub fn read_ranges(
                     })
                     .unwrap_or_default(),
             });
+            true
         },
         |_, _| {},
     )?;
@@ -293,8 +294,9 @@ pub struct Patience {
 
 /// Reads offsets `from..to` of each listed (topic, partition) at once with a group-less
 /// consumer (`assign`, nothing committed), handing each record to `record` as it comes
-/// (nothing is kept: memory does not grow with the ranges' size) and calling `done` for
-/// a partition as soon as its range is read, while others go on. An error when no
+/// (nothing is kept: memory does not grow with the ranges' size; `record` answering
+/// false stops reading that partition, without `done`) and calling `done` for a
+/// partition as soon as its range is read, while others go on. An error when no
 /// record comes for `patience.idle`, when its deadline passes, or when the consumer
 /// fails; the records handed over until then stay handed over (a caller may resume
 /// after the last one it saw). Blocking: call from `spawn_blocking`.
@@ -302,7 +304,7 @@ pub fn visit_ranges(
     consumer: &rdkafka::consumer::BaseConsumer,
     ranges: &std::collections::BTreeMap<(String, i32), (i64, i64)>,
     patience: Patience,
-    mut record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    mut record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
     mut done: impl FnMut(&str, i32),
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -356,12 +358,12 @@ pub fn visit_ranges(
         // no progress.)
         let Some(&to) = end.get(&tp) else { continue };
         last = std::time::Instant::now();
-        if m.offset() < to {
-            record(&m);
-        }
-        if m.offset() + 1 >= to {
+        let wanted = m.offset() >= to || record(&m);
+        if !wanted || m.offset() + 1 >= to {
             end.remove(&tp);
-            done(&tp.0, tp.1);
+            if wanted {
+                done(&tp.0, tp.1);
+            }
             // Stop fetching it: what is written there now is not wanted, and would fill
             // the prefetch beside the partitions still being read.
             let mut finished = rdkafka::TopicPartitionList::new();

@@ -34,7 +34,12 @@ impl Rebalances {
         let started = state.follow(self, changes);
         if let Some(read_backs) = &self.read_backs {
             for (partition, generation) in started {
-                read_backs.start(partition, generation);
+                let cancel = state
+                    .rebuilding
+                    .get(&partition)
+                    .map(|r| r.cancel.clone())
+                    .unwrap_or_default();
+                read_backs.start(partition, generation, cancel);
             }
         }
     }
@@ -42,13 +47,14 @@ impl Rebalances {
 
 impl ReadBacks {
     /// Reads back the parked keys of `partition` (in the instance's [`ReadBackPool`])
-    /// and sends the answer to the lane.
-    pub(super) fn start(&self, partition: i32, generation: u64) {
+    /// and sends the answer to the lane, unless `cancel` comes first.
+    pub(super) fn start(&self, partition: i32, generation: u64, cancel: CancellationToken) {
         let _ = self.pool.requests.send(Request {
             topic: self.retry_topic.clone(),
             partition,
             generation,
             answers: self.answers.clone(),
+            cancel,
         });
     }
 }
@@ -70,6 +76,14 @@ struct Request {
     partition: i32,
     generation: u64,
     answers: tokio::sync::mpsc::UnboundedSender<ReadBack>,
+    /// The lane no longer wants this answer.
+    cancel: CancellationToken,
+}
+
+impl Request {
+    fn wanted(&self) -> bool {
+        !self.cancel.is_cancelled() && !self.answers.is_closed()
+    }
 }
 
 /// Most partitions read back in one batch.
@@ -142,6 +156,11 @@ struct Reading {
 type Readings = std::collections::HashMap<(String, i32), Reading>;
 
 impl Reading {
+    /// Whether anyone still waits for this read-back.
+    fn wanted(&self) -> bool {
+        self.requests.iter().any(Request::wanted)
+    }
+
     fn of(requests: Vec<Request>) -> Self {
         Self {
             requests,
@@ -184,7 +203,12 @@ async fn read_back(
             .requests
             .push(r);
     }
-    while !readings.is_empty() && !stop.is_cancelled() {
+    while !stop.is_cancelled() {
+        // What nobody waits for any more is not read (nor read again).
+        readings.retain(|_, r| r.wanted());
+        if readings.is_empty() {
+            return;
+        }
         let (s, g, halt) = (settings.clone(), group.clone(), stop.clone());
         // Kept aside in case the attempt panics (then read again from the start).
         let requests: Vec<Request> = readings
@@ -321,9 +345,15 @@ fn read_parked(
         |m| {
             use rdkafka::Message;
             let mut readings = readings.borrow_mut();
-            let Some(r) = readings.get_mut(&(m.topic().to_string(), m.partition())) else {
-                return;
+            let tp = (m.topic().to_string(), m.partition());
+            let Some(r) = readings.get_mut(&tp) else {
+                return false;
             };
+            if !r.wanted() {
+                // Superseded or revoked meanwhile: stop reading it.
+                readings.remove(&tp);
+                return false;
+            }
             let key = m.key().unwrap_or_default();
             match r.counts.get_mut(key) {
                 Some(n) => *n += 1,
@@ -332,6 +362,7 @@ fn read_parked(
                 }
             }
             r.next = m.offset() + 1;
+            true
         },
         |topic, partition| {
             if let Some(reading) = readings

@@ -68,6 +68,9 @@ pub(super) struct LaneState {
 #[derive(Default)]
 pub(super) struct Rebuild {
     pub(super) generation: u64,
+    /// Cancelled when this read-back is no longer wanted (superseded, or the partition
+    /// revoked): the pool stops reading for it.
+    pub(super) cancel: tokio_util::sync::CancellationToken,
     pub(super) held: Vec<Job>,
     pub(super) finished: Vec<(i64, Vec<u8>)>,
     pub(super) written: Vec<(i64, Vec<u8>)>,
@@ -163,7 +166,11 @@ impl LaneState {
     /// known. Returns the read-back's generation.
     pub(super) fn start_rebuild(&mut self, partition: i32) -> u64 {
         self.generation += 1;
-        self.rebuilding.entry(partition).or_default().generation = self.generation;
+        let rebuild = self.rebuilding.entry(partition).or_default();
+        rebuild.generation = self.generation;
+        // A read-back still running for this partition is superseded.
+        rebuild.cancel.cancel();
+        rebuild.cancel = tokio_util::sync::CancellationToken::new();
         self.generation
     }
 
@@ -260,7 +267,9 @@ impl LaneState {
             keep
         });
         if !tp.retry {
-            self.rebuilding.remove(&tp.partition);
+            if let Some(rebuild) = self.rebuilding.remove(&tp.partition) {
+                rebuild.cancel.cancel();
+            }
             self.read_back_to.remove(&tp.partition);
             self.parked.retain(|(p, _), _| *p != tp.partition);
         }

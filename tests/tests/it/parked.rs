@@ -452,7 +452,8 @@ async fn the_read_back_answers_each_partition_as_it_is_read_and_names_the_one_it
             |m| {
                 seen.entry((m.topic().to_string(), m.partition()))
                     .or_default()
-                    .push(m.offset())
+                    .push(m.offset());
+                true
             },
             |topic, partition| done.push((topic.to_string(), partition)),
         );

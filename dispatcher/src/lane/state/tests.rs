@@ -329,3 +329,24 @@ fn a_park_by_a_job_of_an_assignment_that_is_over_counts_when_the_new_read_back_m
         "no offset of the old assignment stored"
     );
 }
+
+#[test]
+fn a_read_back_nobody_waits_for_any_more_is_cancelled() {
+    // #22 item 1: a read-back of a huge backlog must not go on (and hold one of the
+    // pool's slots) once its answer is no use: superseded by a newer one, or its
+    // partition revoked.
+    let lane = lane();
+    let mut state = LaneState::default();
+    state.follow(&lane, vec![assigned(1)]);
+    let first = state.rebuilding[&1].cancel.clone();
+    state.follow(&lane, vec![revoked(1), assigned(1)]);
+    let second = state.rebuilding[&1].cancel.clone();
+    assert!(first.is_cancelled(), "superseded by the new assignment's");
+    assert!(!second.is_cancelled());
+    // Assigned again without a revoke in between (a lane restart's rewind): superseded.
+    state.follow(&lane, vec![assigned(1)]);
+    assert!(second.is_cancelled());
+    let third = state.rebuilding[&1].cancel.clone();
+    state.follow(&lane, vec![revoked(1)]);
+    assert!(third.is_cancelled(), "revoked");
+}
