@@ -142,6 +142,7 @@ impl ReadBackPool {
 }
 
 /// The read-back of one retry partition, for the requests waiting for it.
+#[derive(Default)]
 struct Reading {
     requests: Vec<Request>,
     /// From the group's committed offset to the end, as the first attempt found them.
@@ -155,19 +156,23 @@ struct Reading {
 /// Readings by (retry topic, partition).
 type Readings = std::collections::HashMap<(String, i32), Reading>;
 
+/// Readings not started yet, one per partition `requests` ask for.
+fn readings_of(requests: Vec<Request>) -> Readings {
+    let mut readings = Readings::new();
+    for r in requests {
+        readings
+            .entry((r.topic.clone(), r.partition))
+            .or_default()
+            .requests
+            .push(r);
+    }
+    readings
+}
+
 impl Reading {
     /// Whether anyone still waits for this read-back.
     fn wanted(&self) -> bool {
         self.requests.iter().any(Request::wanted)
-    }
-
-    fn of(requests: Vec<Request>) -> Self {
-        Self {
-            requests,
-            range: None,
-            next: 0,
-            counts: ParkedCounts::new(),
-        }
     }
 
     /// Answers every request. (Two requests for one partition, from before and after a
@@ -195,14 +200,7 @@ async fn read_back(
     batch: Vec<Request>,
     stop: CancellationToken,
 ) {
-    let mut readings = Readings::new();
-    for r in batch {
-        readings
-            .entry((r.topic.clone(), r.partition))
-            .or_insert_with(|| Reading::of(Vec::new()))
-            .requests
-            .push(r);
-    }
+    let mut readings = readings_of(batch);
     while !stop.is_cancelled() {
         // What nobody waits for any more is not read (nor read again).
         readings.retain(|_, r| r.wanted());
@@ -230,14 +228,7 @@ async fn read_back(
                 error
             }
             Err(panic) => {
-                readings = Readings::new();
-                for r in requests {
-                    readings
-                        .entry((r.topic.clone(), r.partition))
-                        .or_insert_with(|| Reading::of(Vec::new()))
-                        .requests
-                        .push(r);
-                }
+                readings = readings_of(requests);
                 anyhow::anyhow!("the read-back failed: {panic}")
             }
         };
