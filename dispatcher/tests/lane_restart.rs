@@ -72,6 +72,26 @@ async fn produce(producer: &FutureProducer, partner: &str, seq: u64) {
         .expect("produced");
 }
 
+/// The offset `group` committed for partition 0 of `topic` (-1: none).
+fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition(topic, 0);
+    consumer
+        .committed_offsets(list, Duration::from_secs(5))
+        .ok()
+        .and_then(|l| match l.find_partition(topic, 0)?.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .unwrap_or(-1)
+}
+
 fn seqs(seen: &Seen) -> BTreeSet<u64> {
     seen.lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -139,8 +159,12 @@ async fn a_restarted_lane_waiting_for_a_slow_coordinator_holds_no_other_partner(
     produce(&producer, "b", 0).await;
     wait_for(&seen_a, 20, "a before the restart").await;
     wait_for(&seen_b, 1, "b before the restart").await;
-    // Offsets are committed in the background every 250 ms.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Offsets are committed in the background: until a's 20 are.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&brokers, group, "deliveries.a") < 20 {
+        assert!(Instant::now() < deadline, "a's offsets never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The coordinator slows down; a's lane ends and starts again, as restart.rs does,
     // with records waiting for it.

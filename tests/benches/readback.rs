@@ -19,102 +19,11 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{cpu_seconds, create_topic_on, env_or, BenchWorld, BrokerStorage, PrivateBroker};
+use e2e::{cpu_seconds, env_or, write_parked, BenchWorld, BrokerStorage, PrivateBroker};
 use order_schemas::{EventType, OrderEvent};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// The partition count of a partner's topics in `dispatcher run`'s default settings.
 const PARTNER_PARTITIONS: i32 = 2;
-
-/// Writes `records` parked records over `keys` keys to `retries.<partner>` (round-robin
-/// over keys; a key's records in the partition its number picks), due in a day.
-async fn park(brokers: &str, partner: &str, records: usize, keys: usize, payload: usize) {
-    let topic = format!("retries.{partner}");
-    // (`subscriptions apply` made `deliveries.<partner>`.)
-    create_topic_on(brokers, &topic, PARTNER_PARTITIONS).await;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "50")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .expect("producer");
-    let due = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let first = chrono::Utc::now().to_rfc3339();
-    let body = vec![b'x'; payload];
-    // (BenchWorld names a partner's one subscription `<partner>.s`.)
-    let subscription = format!("{partner}.s");
-    let mut pending = std::collections::VecDeque::new();
-    let started = Instant::now();
-    for i in 0..records {
-        let k = i % keys;
-        let key = format!("parked-{k}");
-        let webhook_id = format!("msg_parked_{i}");
-        // A parked delivery record: the router's headers (the subscription it is for),
-        // then the lane's progress.
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "webhook-id",
-                value: Some(webhook_id.as_str()),
-            })
-            .insert(Header {
-                key: "event-type",
-                value: Some("order.status_changed"),
-            })
-            .insert(Header {
-                key: "subscription-id",
-                value: Some(subscription.as_str()),
-            })
-            .insert(Header {
-                key: "retry-attempts",
-                value: Some("5"),
-            })
-            .insert(Header {
-                key: "retry-first-attempt-at",
-                value: Some(first.as_str()),
-            })
-            .insert(Header {
-                key: "retry-not-before",
-                value: Some(due.as_str()),
-            });
-        let mut record = FutureRecord::to(&topic)
-            .key(&key)
-            .payload(&body)
-            .partition((k % PARTNER_PARTITIONS as usize) as i32)
-            .headers(headers);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push_back(delivery);
-                    break;
-                }
-                Err((_, r)) => {
-                    // The local queue is full: wait for the oldest acknowledgement.
-                    record = r;
-                    let d = pending.pop_front().expect("a record in flight");
-                    d.await.expect("delivery").expect("produced");
-                }
-            }
-        }
-        if pending.len() >= 100_000 {
-            while pending.len() > 50_000 {
-                let d = pending.pop_front().expect("pending");
-                d.await.expect("delivery").expect("produced");
-            }
-        }
-        if i > 0 && i % 200_000 == 0 {
-            eprintln!(
-                "  {i} parked records written ({:.0} s)",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    for d in pending {
-        d.await.expect("delivery").expect("produced");
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
-}
 
 /// Peak resident memory of process `pid` in MiB (VmHWM of `/proc/PID/status`).
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -148,8 +57,22 @@ async fn main() {
     let (big, big_rx) = world.partners("big", 1).await.remove(0);
     let (small_partner, small_rx) = world.partners("small", 1).await.remove(0);
     let written = Instant::now();
-    park(&broker.brokers, &big, records, keys, payload).await;
-    park(&broker.brokers, &small_partner, small, 10, payload).await;
+    // (`subscriptions apply` made `deliveries.<partner>`; BenchWorld names a partner's
+    // subscription `<partner>.s`.)
+    for (p, n, orders) in [(&big, records, keys), (&small_partner, small, 10)] {
+        let subscription = format!("{p}.s");
+        write_parked(
+            &broker.brokers,
+            p,
+            &subscription,
+            PARTNER_PARTITIONS,
+            n,
+            orders,
+            payload,
+            chrono::Duration::days(1),
+        )
+        .await;
+    }
     eprintln!(
         "  parked records written in {:.0} s",
         written.elapsed().as_secs_f64()

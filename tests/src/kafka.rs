@@ -205,3 +205,78 @@ pub async fn publisher_on(brokers: &str, topic: &str) -> producer::Publisher {
     .await
     .expect("publisher")
 }
+
+/// Writes `records` parked records of `partner` (for its subscription `subscription`)
+/// over `orders` orders to `retries.<partner>`, which it creates with `partitions`
+/// partitions (as many as the delivery topic's, as the lanes require): bodies of
+/// `payload_len` bytes, 5 attempts made, due `due_in` from now, an order's records in
+/// the partition its number picks. Returns once all are acknowledged.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_parked(
+    brokers: &str,
+    partner: &str,
+    subscription: &str,
+    partitions: i32,
+    records: usize,
+    orders: usize,
+    payload_len: usize,
+    due_in: chrono::Duration,
+) {
+    use dispatcher::kafka::headers;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let topic = format!("retries.{partner}");
+    create_topic_on(brokers, &topic, partitions).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "50")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("producer");
+    let due = (chrono::Utc::now() + due_in).to_rfc3339();
+    let first = chrono::Utc::now().to_rfc3339();
+    let body = vec![b'x'; payload_len];
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..records {
+        let order = i % orders;
+        let (id, key) = (format!("msg_parked_{i}"), format!("parked-{order}"));
+        let text = [
+            (headers::WEBHOOK_ID, id.as_str()),
+            (headers::EVENT_TYPE, "order.status_changed"),
+            (headers::SUBSCRIPTION_ID, subscription),
+            (headers::RETRY_ATTEMPTS, "5"),
+            (headers::RETRY_FIRST_ATTEMPT_AT, first.as_str()),
+            (headers::RETRY_NOT_BEFORE, due.as_str()),
+        ];
+        let headers = text.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(*value),
+            })
+        });
+        let mut record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&body)
+            .partition((order % partitions as usize) as i32)
+            .headers(headers);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back(delivery);
+                    break;
+                }
+                Err((_, r)) => {
+                    // The local queue is full: wait for the oldest acknowledgement.
+                    record = r;
+                    let d = pending.pop_front().expect("a record in flight");
+                    d.await.expect("delivery").expect("produced");
+                }
+            }
+        }
+    }
+    for d in pending {
+        d.await.expect("delivery").expect("produced");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}

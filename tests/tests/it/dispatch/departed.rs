@@ -18,6 +18,18 @@ async fn listed(d: &e2e::DispatcherProcess) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The partners `/status` lists once `done` holds of them, or after 30 s.
+async fn listed_until(d: &e2e::DispatcherProcess, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let names = listed(d).await;
+        if done(&names) || std::time::Instant::now() >= deadline {
+            return names;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// `subscriptions apply` (with `--prune` when `prune`) of `yaml`.
 fn apply(world: &DispatchWorld, yaml: &str, prune: bool) {
     let file = std::env::temp_dir().join(format!("{}.yaml", unique("departed")));
@@ -84,33 +96,19 @@ async fn a_partner_without_subscriptions_is_forgotten_and_comes_back_with_its_ne
         d.log_tail()
     );
     // (`/status` is refreshed by the health monitor, every few seconds.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let names = listed(&d).await;
-        if names.contains(&leave) && names.contains(&stay) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{names:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let names = listed_until(&d, |n| n.contains(&leave) && n.contains(&stay)).await;
+    assert!(names.contains(&leave) && names.contains(&stay), "{names:?}");
 
     // `leave` loses its only subscription: after the grace its lane stops and the
     // instance forgets it; `stay` goes on meanwhile.
     apply(&world, &format!("subscriptions:\n{stay_sub}"), true);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let names = listed(&d).await;
-        if !names.contains(&leave) {
-            assert!(names.contains(&stay), "{names:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a partner without subscriptions is still held 30 s later: {names:?}\n{}",
-            d.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let names = listed_until(&d, |n| !n.contains(&leave)).await;
+    assert!(
+        !names.contains(&leave),
+        "a partner without subscriptions is still held 30 s later: {names:?}\n{}",
+        d.log_tail()
+    );
+    assert!(names.contains(&stay), "{names:?}");
     publisher
         .publish(&send(&stay, "s-2"))
         .await
