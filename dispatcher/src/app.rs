@@ -201,7 +201,7 @@ impl App {
         // Both writers change the subscription as it is when they write, never the copy
         // their decision was made on (`subscriptions::updater`).
         let updater = Updater::start(
-            kafka.clone(),
+            producer.clone(),
             shared.subscriptions_topic.clone(),
             table.clone(),
             audit,

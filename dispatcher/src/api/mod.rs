@@ -23,7 +23,7 @@ use axum::Router;
 
 use crate::kafka::KafkaSettings;
 use crate::subscriptions::audit::AuditTrail;
-use crate::subscriptions::table::{self, SubscriptionTable};
+use crate::subscriptions::table::SubscriptionTable;
 use crate::subscriptions::Subscription;
 use crate::webhook::ssrf::Allowlist;
 
@@ -234,18 +234,35 @@ impl ApiState {
     }
 
     /// Writes the subscription to the topic (and the local table, so the caller reads
-    /// its own write at once).
-    async fn save(&self, s: Subscription) -> Result<Subscription, ApiError> {
-        table::publish_with(
-            &self.writer,
-            &self.subscriptions_topic,
-            std::slice::from_ref(&s),
-            &[],
-        )
-        .await
-        .map_err(ApiError::internal)?;
-        self.table.upsert(s.clone());
-        Ok(s)
+    /// its own write at once). A change of an existing subscription (`base`: the
+    /// version it was decided on) is written onto its latest version: only the fields
+    /// it changes are set, so a change another writer made meanwhile (the dispatcher's
+    /// 410 disable or automatic disconnect) is kept (`SubscriptionTable::save_merged`).
+    /// 404 when the subscription was deleted meanwhile.
+    async fn save(
+        &self,
+        base: Option<&Subscription>,
+        s: Subscription,
+    ) -> Result<Subscription, ApiError> {
+        let Some(base) = base else {
+            self.table
+                .write(&self.writer, &self.subscriptions_topic, &s.id, Some(&s))
+                .await
+                .map_err(ApiError::internal)?;
+            return Ok(s);
+        };
+        let id = s.id.clone();
+        self.table
+            .save_merged(
+                &self.writer,
+                &self.subscriptions_topic,
+                base,
+                s,
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(&id))
     }
 
     /// Audits a change before it is made: no audit record, no change (503).
@@ -262,16 +279,18 @@ impl ApiState {
             .map_err(ApiError::internal)
     }
 
-    /// Audits `action`, then writes `s`; if the write fails, audits that too.
+    /// Audits `action`, then writes `s` (decided on `base`: [`Self::save`]); if the
+    /// write fails, audits that too.
     async fn audited_save(
         &self,
         caller: &Caller,
         action: &str,
+        base: Option<&Subscription>,
         s: Subscription,
         extra: serde_json::Value,
     ) -> Result<Subscription, ApiError> {
         self.audit(caller, action, &s, extra).await?;
-        match self.save(s.clone()).await {
+        match self.save(base, s.clone()).await {
             Ok(saved) => Ok(saved),
             Err(e) => {
                 let failed = format!("{action}-failed");

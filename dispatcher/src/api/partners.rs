@@ -83,10 +83,12 @@ async fn set_connected(
     let mut views = Vec::new();
     for s in mine {
         let before = s.disconnected.clone();
-        let mut s = (*s).clone();
-        s.disconnected = mark.clone();
+        let mut changed = (*s).clone();
+        changed.disconnected = mark.clone();
         let details = serde_json::json!({ "was": before, "now": mark });
-        let s = api.audited_save(&caller, action, s, details).await?;
+        let s = api
+            .audited_save(&caller, action, Some(&s), changed, details)
+            .await?;
         views.push(View::from(&s));
     }
     Ok(Json(serde_json::json!({ "subscriptions": views })).into_response())

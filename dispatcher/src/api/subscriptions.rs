@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
-use crate::subscriptions::table;
 use crate::subscriptions::{delivery_topic, RetryPolicy, Subscription};
 use crate::webhook::signing::Secret;
 
@@ -232,7 +231,9 @@ pub(super) async fn create(
         .await
         .map_err(ApiError::internal)?;
     let details = serde_json::json!({ "url": s.url, "internal": s.internal });
-    let s = api.audited_save(&caller, "create", s, details).await?;
+    let s = api
+        .audited_save(&caller, "create", None, s, details)
+        .await?;
     let mut view = serde_json::to_value(View::from(&s)).map_err(ApiError::internal)?;
     // Shown once: the partner verifies signatures with it.
     view["secret"] = secret.into();
@@ -278,7 +279,9 @@ pub(super) async fn update(
     } else {
         crate::subscriptions::audit::changes(&current, &s).unwrap_or_default()
     };
-    let s = api.audited_save(&caller, action, s, details).await?;
+    let s = api
+        .audited_save(&caller, action, Some(&current), s, details)
+        .await?;
     Ok(Json(View::from(&s)).into_response())
 }
 
@@ -306,7 +309,7 @@ pub(super) async fn rotate(
     let until = now + chrono::Duration::seconds(overlap as i64);
     s.previous_secrets_until = Some(until);
     let details = serde_json::json!({ "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true) });
-    api.audited_save(&caller, "rotate-secret", s, details)
+    api.audited_save(&caller, "rotate-secret", Some(&current), s, details)
         .await?;
     Ok(Json(serde_json::json!({
         "secret": secret,
@@ -321,12 +324,13 @@ async fn set_paused(
     id: String,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    let mut s = (*api.changeable(&caller, &id)?).clone();
+    let current = api.changeable(&caller, &id)?;
     api.allow_write(&caller)?;
+    let mut s = (*current).clone();
     s.paused = paused;
     let action = if paused { "pause" } else { "resume" };
     let s = api
-        .audited_save(&caller, action, s, serde_json::json!({}))
+        .audited_save(&caller, action, Some(&current), s, serde_json::json!({}))
         .await?;
     Ok(Json(View::from(&s)).into_response())
 }
@@ -375,14 +379,11 @@ pub(super) async fn remove(
                 .map_err(ApiError::internal)?;
         }
     }
-    let deleted = table::publish_with(
-        &api.writer,
-        &api.subscriptions_topic,
-        &[],
-        std::slice::from_ref(&id),
-    )
-    .await
-    .map_err(ApiError::internal);
+    let deleted = api
+        .table
+        .write(&api.writer, &api.subscriptions_topic, &id, None)
+        .await
+        .map_err(ApiError::internal);
     if let Err(e) = deleted {
         let _ = api
             .audit
@@ -396,6 +397,5 @@ pub(super) async fn remove(
             .await;
         return Err(e);
     }
-    api.table.remove(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

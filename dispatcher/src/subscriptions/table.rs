@@ -3,8 +3,8 @@
 //! instances without a restart. Start-up waits until the table has caught up with the
 //! topic, so no event is routed against a half-loaded table.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -48,12 +48,62 @@ pub struct Invalid {
     pub reason: String,
 }
 
+/// Where the table stands against the topic it follows (see [`SubscriptionTable::catch_up`]).
+#[derive(Debug, Default)]
+struct Positions {
+    /// Per subscription id: the partition and offset of the latest record applied (a
+    /// tombstone included). A record older than it is not applied again: an own write
+    /// applied at once is not undone when the follower reads an earlier record late.
+    placed: HashMap<String, (i32, i64)>,
+    /// Per partition: the next offset the follower applies.
+    next: HashMap<i32, i64>,
+    /// Per partition: this process's own writes, applied here already, that the
+    /// follower has not read back yet.
+    own: HashMap<i32, BTreeSet<i64>>,
+}
+
+impl Positions {
+    /// Whether the follower has applied `partition` up to `end`, counting the own
+    /// writes it has not read back yet (they are applied here already).
+    fn applied(&self, partition: i32, end: i64) -> bool {
+        let next = self.next.get(&partition).copied().unwrap_or(0);
+        if next >= end {
+            return true;
+        }
+        let Some(own) = self.own.get(&partition) else {
+            return false;
+        };
+        // (More offsets to read than own writes: something else is among them.)
+        end - next <= own.len() as i64 && (next..end).all(|o| own.contains(&o))
+    }
+}
+
+/// The consumer a table follows its topic with.
+struct Follower {
+    consumer: StreamConsumer,
+    topic: String,
+}
+
 /// Subscriptions by id, and a counter that moves on every change.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SubscriptionTable {
     inner: Arc<RwLock<HashMap<String, Arc<Target>>>>,
     invalid: Arc<RwLock<HashMap<String, Invalid>>>,
     changes: watch::Sender<u64>,
+    positions: Arc<Mutex<Positions>>,
+    /// Moves whenever the follower applies a record.
+    progress: watch::Sender<u64>,
+    follower: Option<Arc<Follower>>,
+    /// Held by one write at a time ([`Self::save_merged`], [`Self::write`]).
+    writing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for SubscriptionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionTable")
+            .field("subscriptions", &self.inner.read().map(|t| t.len()).ok())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SubscriptionTable {
@@ -62,6 +112,10 @@ impl Default for SubscriptionTable {
             inner: Arc::default(),
             invalid: Arc::default(),
             changes: watch::channel(0).0,
+            positions: Arc::default(),
+            progress: watch::channel(0).0,
+            follower: None,
+            writing: Arc::default(),
         }
     }
 }
@@ -233,19 +287,182 @@ impl SubscriptionTable {
         }
     }
 
+    /// Applies a record the follower read, unless a later record of the same
+    /// subscription is applied already (an own write, applied when it was written).
+    fn apply_at(&self, m: &impl Message, allowlist: &Allowlist) {
+        let (partition, offset) = (m.partition(), m.offset());
+        let mut at = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let id = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let newer = id.as_ref().is_some_and(|id| {
+            at.placed
+                .get(id)
+                .is_some_and(|&(p, o)| p == partition && o >= offset)
+        });
+        if !newer {
+            self.apply_record(m.key(), m.payload(), allowlist);
+            if let Some(id) = id {
+                at.placed.insert(id, (partition, offset));
+            }
+        }
+        at.next.insert(partition, offset + 1);
+        if let Some(own) = at.own.get_mut(&partition) {
+            *own = own.split_off(&(offset + 1));
+        }
+        drop(at);
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Waits (at most `timeout`) until the version of subscription `id` in force here
+    /// is the latest the topic holds: the follower has applied its partition up to the
+    /// end it has now, or what it has not applied yet are own writes (applied here when
+    /// written). A writer decides on that version, so it does not write back a copy a
+    /// moment old over another writer's change (the dispatcher's 410 disable and
+    /// automatic disconnect, the API's changes). Returns at once for an id never seen
+    /// or a table that follows no topic. One ListOffsets of one partition; a wait only
+    /// when another process wrote to that partition within the last fetch wait (50 ms).
+    pub async fn catch_up(&self, id: &str, timeout: Duration) -> anyhow::Result<()> {
+        let Some(follower) = self.follower.clone() else {
+            return Ok(());
+        };
+        let Some(partition) = self.partition_of(id) else {
+            return Ok(());
+        };
+        let end = tokio::task::spawn_blocking(move || {
+            follower
+                .consumer
+                .fetch_watermarks(&follower.topic, partition, Duration::from_secs(5))
+        })
+        .await??
+        .1;
+        let mut progress = self.progress.subscribe();
+        let applied = async {
+            loop {
+                progress.borrow_and_update();
+                if self
+                    .positions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .applied(partition, end)
+                {
+                    return Ok(());
+                }
+                if progress.changed().await.is_err() {
+                    anyhow::bail!("the subscriptions table stopped following its topic");
+                }
+            }
+        };
+        tokio::time::timeout(timeout, applied).await.map_err(|_| {
+            anyhow::anyhow!(
+                "the subscriptions table did not read partition {partition} up to {end} within {timeout:?}"
+            )
+        })?
+    }
+
+    fn partition_of(&self, id: &str) -> Option<i32> {
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .placed
+            .get(id)
+            .map(|&(p, _)| p)
+    }
+
+    /// Writes `value` as subscription `id` (`None`: a tombstone) and applies it here at
+    /// once, so the writer reads its own write. Callers hold [`Self::writing`].
+    async fn write_own(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        id: &str,
+        value: Option<&Subscription>,
+    ) -> anyhow::Result<()> {
+        let bytes = value.map(serde_json::to_vec).transpose()?;
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(id);
+        if let Some(bytes) = &bytes {
+            record = record.payload(bytes);
+        }
+        let delivered = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("writing subscription `{id}`: {e}"))?;
+        let (partition, offset) = (delivered.partition, delivered.offset);
+        let mut at = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        // The follower may have read it (or a later record) already.
+        let read = at
+            .placed
+            .get(id)
+            .is_some_and(|&(p, o)| p == partition && o >= offset);
+        if !read {
+            match value {
+                Some(s) => self.upsert(s.clone()),
+                None => self.remove(id),
+            }
+            at.placed.insert(id.to_string(), (partition, offset));
+            if at.next.get(&partition).is_none_or(|&next| next <= offset) {
+                at.own.entry(partition).or_default().insert(offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes subscription `id` as `value`, or deletes it (`None`), whatever its
+    /// version; applied here at once.
+    pub async fn write(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        id: &str,
+        value: Option<&Subscription>,
+    ) -> anyhow::Result<()> {
+        let _one = self.writing.lock().await;
+        self.write_own(producer, topic, id, value).await
+    }
+
+    /// Writes the change from `base` to `ours` onto the latest version of the
+    /// subscription ([`Self::catch_up`], at most `timeout`): when another writer changed
+    /// it since `base` was read, the fields `ours` changes are set on that version and
+    /// the others keep their new values ([`merge`]). Returns what was written, or
+    /// `None` when the subscription is gone.
+    pub async fn save_merged(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        base: &Subscription,
+        ours: Subscription,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Subscription>> {
+        let _one = self.writing.lock().await;
+        self.catch_up(&ours.id, timeout).await?;
+        let Some(latest) = self.get(&ours.id) else {
+            return Ok(None);
+        };
+        let merged = if *latest == *base {
+            ours
+        } else {
+            merge(&latest, base, &ours)?
+        };
+        self.write_own(producer, topic, &merged.id, Some(&merged))
+            .await?;
+        Ok(Some(merged))
+    }
+
     /// Loads `topic` up to its current end, then keeps following it in a task.
     pub async fn follow(
         settings: &KafkaSettings,
         topic: &str,
         allowlist: Arc<Allowlist>,
     ) -> anyhow::Result<Self> {
-        let table = Self::default();
+        let mut table = Self::default();
         let group = format!(
             "orderhooks-subscriptions-reader-{}",
             uuid::Uuid::new_v4().simple()
         );
         let mut config = settings.consumer(&group);
         config.set("enable.auto.commit", "false");
+        // A change written elsewhere reaches this table within 50 ms of the write (at
+        // most 20 small fetches a second): a writer waiting for it (`catch_up`) waits
+        // little, and routing follows a change sooner.
+        config.set("fetch.wait.max.ms", "50");
         let consumer: StreamConsumer = config.create()?;
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let partitions: Vec<i32> = metadata
@@ -265,6 +482,12 @@ impl SubscriptionTable {
             }
         }
         consumer.assign(&assignment)?;
+        let follower = Arc::new(Follower {
+            consumer,
+            topic: topic.to_string(),
+        });
+        table.follower = Some(Arc::clone(&follower));
+        let consumer = &follower.consumer;
         let mut stream = consumer.stream();
         while !ends.is_empty() {
             let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
@@ -273,7 +496,7 @@ impl SubscriptionTable {
                     anyhow::anyhow!("subscriptions topic `{topic}` not read to its end within 30 s")
                 })?
                 .ok_or_else(|| anyhow::anyhow!("subscriptions stream ended"))??;
-            table.apply_record(message.key(), message.payload(), &allowlist);
+            table.apply_at(&message, &allowlist);
             if ends
                 .get(&message.partition())
                 .is_some_and(|end| message.offset() + 1 >= *end)
@@ -286,18 +509,46 @@ impl SubscriptionTable {
             subscriptions = table.all().len(),
             "subscription table loaded"
         );
-        let follower = table.clone();
+        let reader = table.clone();
         tokio::spawn(async move {
-            let mut stream = consumer.stream();
+            let mut stream = follower.consumer.stream();
             while let Some(message) = stream.next().await {
                 match message {
-                    Ok(m) => follower.apply_record(m.key(), m.payload(), &allowlist),
+                    Ok(m) => reader.apply_at(&m, &allowlist),
                     Err(error) => tracing::warn!(%error, "reading subscriptions"),
                 }
             }
         });
         Ok(table)
     }
+}
+
+/// `latest` with the fields that `ours` changes from `base` (each top-level field of the
+/// record is one unit: a URL, the event types, the secrets, the disconnect mark).
+pub fn merge(
+    latest: &Subscription,
+    base: &Subscription,
+    ours: &Subscription,
+) -> anyhow::Result<Subscription> {
+    let fields = |s: &Subscription| -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::to_value(s)? {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => anyhow::bail!("a subscription is not a JSON object"),
+        }
+    };
+    let (base, ours, mut merged) = (fields(base)?, fields(ours)?, fields(latest)?);
+    for name in base.keys().chain(ours.keys()) {
+        match (base.get(name), ours.get(name)) {
+            (b, Some(o)) if b != Some(o) => {
+                merged.insert(name.clone(), o.clone());
+            }
+            (Some(_), None) => {
+                merged.remove(name);
+            }
+            _ => {}
+        }
+    }
+    Ok(serde_json::from_value(serde_json::Value::Object(merged))?)
 }
 
 /// Writes `subscriptions` to the topic (key = id) and waits for the acknowledgements;

@@ -5,20 +5,26 @@
 //! they are written one after another, so two changes of one subscription never read
 //! the same version and overwrite each other.
 
-use crate::kafka::KafkaSettings;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+
 use crate::subscriptions::audit::AuditTrail;
-use crate::subscriptions::table::{publish, SubscriptionTable};
+use crate::subscriptions::table::SubscriptionTable;
 use crate::subscriptions::Subscription;
 
-/// Applies `change` to subscription `id` as the table has it *now* and writes the
+/// Applies `change` to subscription `id` as the topic has it *now* and writes the
 /// result, so a change decided on an older copy (a 410 answered to a request sent
 /// before a URL change, a disconnect judged a moment ago) never writes that copy back
-/// over a newer URL, secret or setting. `change` returns false when, against the latest
+/// over a newer URL, secret or setting: the table first catches up with the
+/// subscription's partition (`SubscriptionTable::catch_up`), and the write sets only
+/// the fields the change sets (`SubscriptionTable::save_merged`, for a change the API
+/// wrote while this one was audited). `change` returns false when, against the latest
 /// version, it no longer applies; then nothing is written. Returns whether it wrote.
 /// The change is audited (by `dispatcher`, as `what`) before it is written; no audit
 /// record, no write.
 async fn update_latest(
-    settings: &KafkaSettings,
+    producer: &FutureProducer,
     topic: &str,
     table: &SubscriptionTable,
     audit: &AuditTrail,
@@ -26,6 +32,7 @@ async fn update_latest(
     what: &str,
     change: impl FnOnce(&mut Subscription) -> bool,
 ) -> anyhow::Result<bool> {
+    table.catch_up(id, Duration::from_secs(30)).await?;
     let Some(latest) = table.get(id) else {
         return Ok(false);
     };
@@ -35,11 +42,10 @@ async fn update_latest(
     }
     let details = crate::subscriptions::audit::changes(&latest, &updated).unwrap_or_default();
     audit.record("dispatcher", what, &updated, details).await?;
-    publish(settings, topic, std::slice::from_ref(&updated), &[]).await?;
-    // In force here at once, so the next change reads this one (the follower applies
-    // the same record again when it arrives).
-    table.upsert(updated);
-    Ok(true)
+    let written = table
+        .save_merged(producer, topic, &latest, updated, Duration::from_secs(30))
+        .await?;
+    Ok(written.is_some())
 }
 
 /// A change of one subscription the dispatcher makes itself.
@@ -59,7 +65,7 @@ impl std::fmt::Debug for Updater {
 
 impl Updater {
     pub fn start(
-        kafka: KafkaSettings,
+        producer: FutureProducer,
         topic: String,
         table: SubscriptionTable,
         audit: AuditTrail,
@@ -67,7 +73,7 @@ impl Updater {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, &'static str, Change)>();
         tokio::spawn(async move {
             while let Some((id, what, change)) = rx.recv().await {
-                match update_latest(&kafka, &topic, &table, &audit, &id, what, change).await {
+                match update_latest(&producer, &topic, &table, &audit, &id, what, change).await {
                     Ok(true) => tracing::info!(subscription = %id, what, "subscription updated"),
                     Ok(false) => {
                         tracing::info!(subscription = %id, what, "not applied: the subscription changed or is gone since")

@@ -90,3 +90,36 @@ fn an_invalid_record_without_a_valid_version_is_kept_as_invalid_and_still_matche
     table.apply_record(Some(b"s2"), None, &wide);
     assert!(table.invalid("s2").is_none());
 }
+
+/// #22 item 7: a change decided on an older version is written onto the latest one,
+/// field by field: what another writer changed meanwhile stays, what this change sets
+/// wins, and a field this change clears is cleared.
+#[test]
+fn a_change_merged_onto_a_newer_version_keeps_the_other_writers_fields() {
+    let parse = |bytes: Vec<u8>| serde_json::from_slice::<Subscription>(&bytes).expect("record");
+    let mut base = parse(record("s1", "http://127.0.0.1:9/old"));
+    base.disconnected = Some(crate::subscriptions::Disconnected {
+        at: chrono::Utc::now(),
+        reason: "manual".into(),
+        by: "admin".into(),
+    });
+    // Another writer disabled it (a 410) after the change was decided.
+    let mut latest = base.clone();
+    latest.disabled = true;
+    // The change: a new URL, and a reconnect (the mark cleared).
+    let mut ours = base.clone();
+    ours.url = "http://127.0.0.1:9/new".into();
+    ours.disconnected = None;
+    let merged = merge(&latest, &base, &ours).expect("merged");
+    assert_eq!(
+        (
+            merged.url.as_str(),
+            merged.disabled,
+            merged.disconnected.is_none()
+        ),
+        ("http://127.0.0.1:9/new", true, true),
+        "{merged:?}"
+    );
+    // Nothing changed meanwhile: the change as decided.
+    assert_eq!(merge(&base, &base, &ours).expect("merged"), ours);
+}

@@ -237,3 +237,78 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
+
+/// Issue #22, item 7: a change never undoes a field it did not mean to change. The
+/// dispatcher writes whole subscription records too (a 410 disables one, a partner
+/// failing for a day is disconnected); a PATCH arriving right after must not write back
+/// the API's copy from before, re-enabling the subscription unaudited. Raced eight
+/// times, each PATCH sent as soon as the broker acknowledged the disable. (Before: the
+/// API's table lagged the topic by up to a fetch wait, and the PATCHes re-enabled
+/// them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_right_after_the_dispatcher_disabled_a_subscription_does_not_undo_it() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const RACES: usize = 8;
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("lost");
+    let api = world.start_api(&tokens(&[&partner]), &[]);
+    let token = partner_token(&partner);
+    for _ in 0..RACES {
+        let (s, created) = api
+            .create_subscription(
+                token.clone(),
+                json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.created"]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{created}");
+    }
+    // The records as written (secrets included), to disable as the dispatcher's 410
+    // path writes them: whole.
+    let written =
+        e2e::read_exactly(&world.subscriptions_topic, RACES, Duration::from_secs(30)).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .expect("producer");
+    let mut kept = Vec::new();
+    for message in &written {
+        let mut record: Value = serde_json::from_slice(
+            rdkafka::Message::payload(message).expect("a subscription record"),
+        )
+        .expect("json");
+        let id = record["id"].as_str().expect("id").to_string();
+        record["disabled"] = json!(true);
+        let value = record.to_string();
+        producer
+            .send(
+                FutureRecord::to(&world.subscriptions_topic)
+                    .key(&id)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("disable written");
+        let (s, patched) = api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/subscriptions/{id}"),
+                Some(&token),
+                Some(json!({"max_in_flight": 4})),
+            )
+            .await;
+        assert_eq!(s, 200, "{patched}");
+        kept.push((
+            id,
+            patched["state"].as_str().map(str::to_string),
+            patched["max_in_flight"].as_u64(),
+        ));
+    }
+    let undone: Vec<_> = kept
+        .iter()
+        .filter(|(_, state, max)| (state.as_deref(), *max) != (Some("disabled"), Some(4)))
+        .collect();
+    assert!(
+        undone.is_empty(),
+        "each PATCH changed what it meant to and kept the disable; these did not: {undone:?}"
+    );
+}
