@@ -23,7 +23,7 @@ use axum::Router;
 
 use crate::kafka::KafkaSettings;
 use crate::subscriptions::audit::AuditTrail;
-use crate::subscriptions::table::SubscriptionTable;
+use crate::subscriptions::table::{self, SubscriptionTable};
 use crate::subscriptions::Subscription;
 use crate::webhook::ssrf::Allowlist;
 
@@ -184,7 +184,8 @@ impl ApiState {
     /// A subscription the caller may change: one it sees, and, when it is internal (it
     /// receives every partner's events), only through an admin token, whatever partner
     /// it is filed under (a token of that partner could otherwise point every
-    /// partner's orders at its own URL).
+    /// partner's orders at its own URL). (The change is written onto the latest
+    /// version: [`Self::save`].)
     fn changeable(&self, caller: &Caller, id: &str) -> Result<Arc<Subscription>, ApiError> {
         let s = self.visible(caller, id)?;
         if s.internal && *caller != Caller::Admin {
@@ -234,35 +235,54 @@ impl ApiState {
     }
 
     /// Writes the subscription to the topic (and the local table, so the caller reads
-    /// its own write at once). A change of an existing subscription (`base`: the
-    /// version it was decided on) is written onto its latest version: only the fields
-    /// it changes are set, so a change another writer made meanwhile (the dispatcher's
-    /// 410 disable or automatic disconnect) is kept (`SubscriptionTable::save_merged`).
-    /// 404 when the subscription was deleted meanwhile.
+    /// its own write at once), under the table's write lock and on the latest version
+    /// (`SubscriptionTable::catch_up`). A change of an existing subscription (`base`:
+    /// the version it was decided on) sets only the fields it changes, so a change
+    /// another writer made meanwhile (the dispatcher's 410 disable or automatic
+    /// disconnect) is kept (`table::merge`); 404 when the subscription was deleted
+    /// meanwhile. A new one (`base` `None`) is refused with 409 when the id exists.
+    /// `base` comes with the fields the request names (`table::merge`).
     async fn save(
         &self,
-        base: Option<&Subscription>,
+        base: Option<(&Subscription, &[&str])>,
         s: Subscription,
     ) -> Result<Subscription, ApiError> {
-        let Some(base) = base else {
-            self.table
-                .write(&self.writer, &self.subscriptions_topic, &s.id, Some(&s))
-                .await
-                .map_err(ApiError::internal)?;
-            return Ok(s);
-        };
-        let id = s.id.clone();
-        self.table
-            .save_merged(
-                &self.writer,
-                &self.subscriptions_topic,
-                base,
-                s,
-                Duration::from_secs(5),
-            )
+        let lock = self
+            .table
+            .write_lock(Duration::from_secs(5))
             .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found(&id))
+            .map_err(ApiError::internal)?;
+        let latest = lock.catch_up(&s.id).await.map_err(ApiError::internal)?;
+        let written = match (base, latest) {
+            (None, None) => s,
+            (None, Some(_)) => return Err(exists(&s.id)),
+            (Some(_), None) => return Err(ApiError::not_found(&s.id)),
+            (Some((base, _)), Some(latest)) if *latest == *base => s,
+            (Some((base, named)), Some(latest)) => {
+                table::merge(&latest, base, &s, named).map_err(ApiError::internal)?
+            }
+        };
+        lock.write(
+            &self.writer,
+            &self.subscriptions_topic,
+            &written.id,
+            Some(&written),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(written)
+    }
+
+    /// Deletes subscription `id` (under the table's write lock).
+    async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self
+            .table
+            .write_lock(Duration::from_secs(5))
+            .await
+            .map_err(ApiError::internal)?;
+        lock.write(&self.writer, &self.subscriptions_topic, id, None)
+            .await
+            .map_err(ApiError::internal)
     }
 
     /// Audits a change before it is made: no audit record, no change (503).
@@ -285,7 +305,7 @@ impl ApiState {
         &self,
         caller: &Caller,
         action: &str,
-        base: Option<&Subscription>,
+        base: Option<(&Subscription, &[&str])>,
         s: Subscription,
         extra: serde_json::Value,
     ) -> Result<Subscription, ApiError> {
@@ -299,4 +319,13 @@ impl ApiState {
             }
         }
     }
+}
+
+/// 409: a subscription with this id exists.
+fn exists(id: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "conflict",
+        format!("subscription `{id}` exists"),
+    )
 }

@@ -87,7 +87,13 @@ async fn set_connected(
         changed.disconnected = mark.clone();
         let details = serde_json::json!({ "was": before, "now": mark });
         let s = api
-            .audited_save(&caller, action, Some(&s), changed, details)
+            .audited_save(
+                &caller,
+                action,
+                Some((&s, &["disconnected"])),
+                changed,
+                details,
+            )
             .await?;
         views.push(View::from(&s));
     }

@@ -97,6 +97,23 @@ struct UpdateRequest {
     rate_limit_per_sec: Option<f64>,
 }
 
+impl UpdateRequest {
+    /// The record's fields the request sets (`table::merge`).
+    fn named(&self) -> Vec<&'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("event_types", self.event_types.is_some()),
+            ("max_in_flight", self.max_in_flight.is_some()),
+            ("request_timeout_ms", self.request_timeout_ms.is_some()),
+            ("retry", self.retry.is_some()),
+            ("rate_limit_per_sec", self.rate_limit_per_sec.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
@@ -172,11 +189,7 @@ pub(super) async fn create(
         ),
     };
     if api.table.get(&id).is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("subscription `{id}` exists"),
-        ));
+        return Err(super::exists(&id));
     }
     let owned = || {
         api.table
@@ -249,6 +262,7 @@ pub(super) async fn update(
     let current = api.changeable(&caller, &id)?;
     api.allow_write(&caller)?;
     let request: UpdateRequest = body(&bytes)?;
+    let named = request.named();
     let mut s = (*current).clone();
     if let Some(url) = request.url {
         s.url = url;
@@ -280,7 +294,7 @@ pub(super) async fn update(
         crate::subscriptions::audit::changes(&current, &s).unwrap_or_default()
     };
     let s = api
-        .audited_save(&caller, action, Some(&current), s, details)
+        .audited_save(&caller, action, Some((&current, &named)), s, details)
         .await?;
     Ok(Json(View::from(&s)).into_response())
 }
@@ -309,8 +323,14 @@ pub(super) async fn rotate(
     let until = now + chrono::Duration::seconds(overlap as i64);
     s.previous_secrets_until = Some(until);
     let details = serde_json::json!({ "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true) });
-    api.audited_save(&caller, "rotate-secret", Some(&current), s, details)
-        .await?;
+    api.audited_save(
+        &caller,
+        "rotate-secret",
+        Some((&current, &["secrets", "previous_secrets_until"])),
+        s,
+        details,
+    )
+    .await?;
     Ok(Json(serde_json::json!({
         "secret": secret,
         "previous_secrets_until": until.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -330,7 +350,13 @@ async fn set_paused(
     s.paused = paused;
     let action = if paused { "pause" } else { "resume" };
     let s = api
-        .audited_save(&caller, action, Some(&current), s, serde_json::json!({}))
+        .audited_save(
+            &caller,
+            action,
+            Some((&current, &["paused"])),
+            s,
+            serde_json::json!({}),
+        )
         .await?;
     Ok(Json(View::from(&s)).into_response())
 }
@@ -379,11 +405,7 @@ pub(super) async fn remove(
                 .map_err(ApiError::internal)?;
         }
     }
-    let deleted = api
-        .table
-        .write(&api.writer, &api.subscriptions_topic, &id, None)
-        .await
-        .map_err(ApiError::internal);
+    let deleted = api.delete(&id).await;
     if let Err(e) = deleted {
         let _ = api
             .audit

@@ -81,7 +81,16 @@ impl Positions {
 /// The consumer a table follows its topic with.
 struct Follower {
     consumer: StreamConsumer,
+    /// Asks the topic's ends: a client of its own (a broker answers one connection's
+    /// requests in order, so a look-up on the follower's connection would wait for
+    /// its fetch).
+    ends: rdkafka::consumer::BaseConsumer,
     topic: String,
+    /// The topic's partitions (a subscription never seen is in the only one, when
+    /// there is only one: the subscriptions topic is made with one).
+    partitions: Vec<i32>,
+    /// Set when the follower's stream ended: nothing will be applied any more.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// Subscriptions by id, and a counter that moves on every change.
@@ -324,18 +333,23 @@ impl SubscriptionTable {
         let Some(follower) = self.follower.clone() else {
             return Ok(());
         };
-        let Some(partition) = self.partition_of(id) else {
+        let Some(partition) = self.partition_of(id).or(match follower.partitions[..] {
+            [only] => Some(only),
+            _ => None,
+        }) else {
             return Ok(());
         };
-        let end = tokio::task::spawn_blocking(move || {
-            follower
-                .consumer
-                .fetch_watermarks(&follower.topic, partition, Duration::from_secs(5))
-        })
-        .await??
-        .1;
         let mut progress = self.progress.subscribe();
-        let applied = async {
+        let caught_up = async {
+            let end = tokio::task::spawn_blocking(move || {
+                follower.ends.fetch_watermarks(
+                    &follower.topic,
+                    partition,
+                    Duration::from_secs(5),
+                )
+            })
+            .await??
+            .1;
             loop {
                 progress.borrow_and_update();
                 if self
@@ -346,14 +360,18 @@ impl SubscriptionTable {
                 {
                     return Ok(());
                 }
-                if progress.changed().await.is_err() {
+                let ended = self
+                    .follower
+                    .as_ref()
+                    .is_some_and(|f| f.ended.load(std::sync::atomic::Ordering::SeqCst));
+                if ended || progress.changed().await.is_err() {
                     anyhow::bail!("the subscriptions table stopped following its topic");
                 }
             }
         };
-        tokio::time::timeout(timeout, applied).await.map_err(|_| {
+        tokio::time::timeout(timeout, caught_up).await.map_err(|_| {
             anyhow::anyhow!(
-                "the subscriptions table did not read partition {partition} up to {end} within {timeout:?}"
+                "the subscriptions table did not read partition {partition} to its end within {timeout:?}"
             )
         })?
     }
@@ -368,7 +386,8 @@ impl SubscriptionTable {
     }
 
     /// Writes `value` as subscription `id` (`None`: a tombstone) and applies it here at
-    /// once, so the writer reads its own write. Callers hold [`Self::writing`].
+    /// once, so the writer reads its own write. Callers hold [`Self::writing`]
+    /// ([`WriteLock::write`]).
     async fn write_own(
         &self,
         producer: &FutureProducer,
@@ -405,45 +424,21 @@ impl SubscriptionTable {
         Ok(())
     }
 
-    /// Writes subscription `id` as `value`, or deletes it (`None`), whatever its
-    /// version; applied here at once.
-    pub async fn write(
-        &self,
-        producer: &FutureProducer,
-        topic: &str,
-        id: &str,
-        value: Option<&Subscription>,
-    ) -> anyhow::Result<()> {
-        let _one = self.writing.lock().await;
-        self.write_own(producer, topic, id, value).await
-    }
-
-    /// Writes the change from `base` to `ours` onto the latest version of the
-    /// subscription ([`Self::catch_up`], at most `timeout`): when another writer changed
-    /// it since `base` was read, the fields `ours` changes are set on that version and
-    /// the others keep their new values ([`merge`]). Returns what was written, or
-    /// `None` when the subscription is gone.
-    pub async fn save_merged(
-        &self,
-        producer: &FutureProducer,
-        topic: &str,
-        base: &Subscription,
-        ours: Subscription,
-        timeout: Duration,
-    ) -> anyhow::Result<Option<Subscription>> {
-        let _one = self.writing.lock().await;
-        self.catch_up(&ours.id, timeout).await?;
-        let Some(latest) = self.get(&ours.id) else {
-            return Ok(None);
-        };
-        let merged = if *latest == *base {
-            ours
-        } else {
-            merge(&latest, base, &ours)?
-        };
-        self.write_own(producer, topic, &merged.id, Some(&merged))
-            .await?;
-        Ok(Some(merged))
+    /// The right to write subscriptions from this process, one writer at a time (at
+    /// most `timeout` to get it): a writer catches up ([`WriteLock::catch_up`]), decides
+    /// on the latest version, and writes ([`WriteLock::write`]) before another writer
+    /// of this process reads.
+    pub async fn write_lock(&self, timeout: Duration) -> anyhow::Result<WriteLock<'_>> {
+        let guard = tokio::time::timeout(timeout, self.writing.lock())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("another subscription write took longer than {timeout:?}")
+            })?;
+        Ok(WriteLock {
+            table: self,
+            _guard: guard,
+            timeout,
+        })
     }
 
     /// Loads `topic` up to its current end, then keeps following it in a task.
@@ -484,7 +479,10 @@ impl SubscriptionTable {
         consumer.assign(&assignment)?;
         let follower = Arc::new(Follower {
             consumer,
+            ends: settings.reader().create()?,
             topic: topic.to_string(),
+            partitions: partitions.clone(),
+            ended: Default::default(),
         });
         table.follower = Some(Arc::clone(&follower));
         let consumer = &follower.consumer;
@@ -518,17 +516,58 @@ impl SubscriptionTable {
                     Err(error) => tracing::warn!(%error, "reading subscriptions"),
                 }
             }
+            tracing::error!("the subscriptions table stopped following its topic");
+            follower
+                .ended
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            reader.progress.send_modify(|n| *n += 1);
         });
         Ok(table)
     }
 }
 
-/// `latest` with the fields that `ours` changes from `base` (each top-level field of the
-/// record is one unit: a URL, the event types, the secrets, the disconnect mark).
+/// One writer of subscriptions at a time in this process ([`SubscriptionTable::write_lock`]).
+pub struct WriteLock<'t> {
+    table: &'t SubscriptionTable,
+    _guard: tokio::sync::MutexGuard<'t, ()>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for WriteLock<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteLock")
+    }
+}
+
+impl WriteLock<'_> {
+    /// [`SubscriptionTable::catch_up`] within the lock's timeout; then the table's
+    /// version of `id` is the latest.
+    pub async fn catch_up(&self, id: &str) -> anyhow::Result<Option<Arc<Subscription>>> {
+        self.table.catch_up(id, self.timeout).await?;
+        Ok(self.table.get(id))
+    }
+
+    /// Writes `value` as subscription `id` (`None`: deletes it), applied here at once.
+    pub async fn write(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        id: &str,
+        value: Option<&Subscription>,
+    ) -> anyhow::Result<()> {
+        self.table.write_own(producer, topic, id, value).await
+    }
+}
+
+/// `latest` with the fields that `ours` changes from `base`, and the fields `named`
+/// (those a request sets, even to the value `base` had: a reconnect decided on a copy
+/// from before an automatic disconnect still reconnects). Each top-level field of the
+/// record is one unit: a URL, the event types, the secrets, the disconnect mark.
 pub fn merge(
     latest: &Subscription,
     base: &Subscription,
     ours: &Subscription,
+    named: &[&str],
 ) -> anyhow::Result<Subscription> {
     let fields = |s: &Subscription| -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
         match serde_json::to_value(s)? {
@@ -537,12 +576,18 @@ pub fn merge(
         }
     };
     let (base, ours, mut merged) = (fields(base)?, fields(ours)?, fields(latest)?);
-    for name in base.keys().chain(ours.keys()) {
-        match (base.get(name), ours.get(name)) {
-            (b, Some(o)) if b != Some(o) => {
-                merged.insert(name.clone(), o.clone());
+    let names = base
+        .keys()
+        .chain(ours.keys())
+        .map(String::as_str)
+        .chain(named.iter().copied());
+    for name in names {
+        let changed = base.get(name) != ours.get(name) || named.contains(&name);
+        match ours.get(name) {
+            Some(o) if changed => {
+                merged.insert(name.to_string(), o.clone());
             }
-            (Some(_), None) => {
+            None if changed => {
                 merged.remove(name);
             }
             _ => {}

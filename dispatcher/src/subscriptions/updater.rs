@@ -16,10 +16,9 @@ use crate::subscriptions::Subscription;
 /// Applies `change` to subscription `id` as the topic has it *now* and writes the
 /// result, so a change decided on an older copy (a 410 answered to a request sent
 /// before a URL change, a disconnect judged a moment ago) never writes that copy back
-/// over a newer URL, secret or setting: the table first catches up with the
-/// subscription's partition (`SubscriptionTable::catch_up`), and the write sets only
-/// the fields the change sets (`SubscriptionTable::save_merged`, for a change the API
-/// wrote while this one was audited). `change` returns false when, against the latest
+/// over a newer URL, secret or setting: under the table's write lock, the table first
+/// catches up with the subscription's partition (`SubscriptionTable::catch_up`), then
+/// `change` runs on that version. `change` returns false when, against the latest
 /// version, it no longer applies; then nothing is written. Returns whether it wrote.
 /// The change is audited (by `dispatcher`, as `what`) before it is written; no audit
 /// record, no write.
@@ -32,8 +31,8 @@ async fn update_latest(
     what: &str,
     change: impl FnOnce(&mut Subscription) -> bool,
 ) -> anyhow::Result<bool> {
-    table.catch_up(id, Duration::from_secs(30)).await?;
-    let Some(latest) = table.get(id) else {
+    let lock = table.write_lock(Duration::from_secs(60)).await?;
+    let Some(latest) = lock.catch_up(id).await? else {
         return Ok(false);
     };
     let mut updated = (*latest).clone();
@@ -42,10 +41,8 @@ async fn update_latest(
     }
     let details = crate::subscriptions::audit::changes(&latest, &updated).unwrap_or_default();
     audit.record("dispatcher", what, &updated, details).await?;
-    let written = table
-        .save_merged(producer, topic, &latest, updated, Duration::from_secs(30))
-        .await?;
-    Ok(written.is_some())
+    lock.write(producer, topic, id, Some(&updated)).await?;
+    Ok(true)
 }
 
 /// A change of one subscription the dispatcher makes itself.

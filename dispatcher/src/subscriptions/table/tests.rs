@@ -110,7 +110,7 @@ fn a_change_merged_onto_a_newer_version_keeps_the_other_writers_fields() {
     let mut ours = base.clone();
     ours.url = "http://127.0.0.1:9/new".into();
     ours.disconnected = None;
-    let merged = merge(&latest, &base, &ours).expect("merged");
+    let merged = merge(&latest, &base, &ours, &[]).expect("merged");
     assert_eq!(
         (
             merged.url.as_str(),
@@ -121,5 +121,25 @@ fn a_change_merged_onto_a_newer_version_keeps_the_other_writers_fields() {
         "{merged:?}"
     );
     // Nothing changed meanwhile: the change as decided.
-    assert_eq!(merge(&base, &base, &ours).expect("merged"), ours);
+    assert_eq!(merge(&base, &base, &ours, &[]).expect("merged"), ours);
+    // A field the change names is set even when the base had that value already: a
+    // reconnect decided on a copy from before an automatic disconnect reconnects.
+    let mut disconnected = latest.clone();
+    disconnected.disconnected = base.disconnected.clone();
+    let mut reconnected_base = base.clone();
+    reconnected_base.disconnected = None;
+    let reconnect = reconnected_base.clone();
+    let merged = merge(
+        &disconnected,
+        &reconnected_base,
+        &reconnect,
+        &["disconnected"],
+    )
+    .expect("merged");
+    assert!(merged.disconnected.is_none(), "{merged:?}");
+    let ignored = merge(&disconnected, &reconnected_base, &reconnect, &[]).expect("merged");
+    assert!(
+        ignored.disconnected.is_some(),
+        "without the name, nothing to set"
+    );
 }
