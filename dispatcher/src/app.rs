@@ -112,6 +112,10 @@ pub struct RunConfig {
     pub failing_age: Duration,
     pub egress_proxy: Option<String>,
     pub health_interval: Duration,
+    /// The delivery log's topic (`None`: no log).
+    pub attempts_topic: Option<String>,
+    /// Bytes of each answer the delivery log keeps (0: none).
+    pub attempts_body_bytes: usize,
 }
 
 /// A running dispatcher.
@@ -168,6 +172,18 @@ impl App {
             )
             .await
             .context("router dead-letter topic")?;
+        if let Some(topic) = &config.attempts_topic {
+            // Kept by time like the deliveries it describes (a week; the API's view
+            // has its own retention).
+            kafka
+                .ensure_topics(
+                    std::slice::from_ref(topic),
+                    shared.partitions,
+                    &[("retention.ms", "604800000")],
+                )
+                .await
+                .with_context(|| format!("delivery log topic `{topic}`"))?;
+        }
         let table = shared.table().await?;
         let codec = OrderCodec::new(
             &config.registry,
@@ -178,7 +194,8 @@ impl App {
             Arc::clone(&shared.allowlist),
             Duration::from_secs(5),
             config.egress_proxy.as_deref(),
-        )?;
+        )?
+        .excerpt_bytes(config.attempts_body_bytes);
         if let Some(proxy) = &config.egress_proxy {
             tracing::warn!(%proxy, "webhooks go through the egress proxy: it must enforce the SSRF rules for host names");
         }
@@ -257,6 +274,13 @@ impl App {
             park_after: config.park_after,
             departed_after: config.departed_lane,
             groups,
+            log: config.attempts_topic.as_deref().map(|topic| {
+                crate::attempts::AttemptLog::new(
+                    producer.clone(),
+                    topic,
+                    config.attempts_body_bytes,
+                )
+            }),
         };
         let router = tokio::spawn(crate::router::run(
             kafka.clone(),

@@ -13,6 +13,8 @@
 pub mod api;
 /// The wiring of `dispatcher run`: one `App` that starts and stops every stage.
 pub mod app;
+/// The delivery log: one record per attempt and per end of a message.
+pub mod attempts;
 /// One delivery: attempts, retry and backoff, parking, the dead letter.
 pub mod delivery;
 /// Control plane: inspect and replay dead-letter topics.

@@ -14,6 +14,8 @@ pub const RETRIES: &str = "dispatcher_retries_total";
 pub const DEAD_LETTERED: &str = "dispatcher_dead_lettered_total";
 /// Dead-letter writes that failed (and are retried; the offset waits), by `partner`.
 pub const DEAD_LETTER_WRITE_FAILURES: &str = "dispatcher_dead_letter_write_failures_total";
+/// Delivery-log writes that failed (and are retried; the job's offset waits).
+pub const ATTEMPT_LOG_ERRORS: &str = "dispatcher_attempt_log_write_failures_total";
 /// Requests in flight, by `partner`.
 pub const IN_FLIGHT: &str = "dispatcher_in_flight";
 /// Records taken from Kafka and not finished, by `partner`.

@@ -1,6 +1,7 @@
-//! Fault injection with librdkafka's mock cluster: while the dead-letter topic refuses
-//! writes, the record is not finished and its offset is never committed; once writes
-//! succeed, the dead letter is written and only then the offset moves.
+//! Fault injection with librdkafka's mock cluster: while the dead-letter topic (or the
+//! delivery log, #23) refuses writes, the record is not finished and its offset is never
+//! committed; once writes succeed, the dead letter (the log record) is written and only
+//! then the offset moves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,31 +40,35 @@ fn committed(brokers: &str, group: &str, topic: &str) -> Offset {
         .unwrap_or(Offset::Invalid)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_dead_letter_write_never_commits_the_offset() {
-    let metrics = dispatcher::metrics::handle();
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let (partner, topic, dlq) = ("p", "deliveries.p", "dlq.p");
-    cluster.create_topic(topic, 1, 1).expect("topic");
-    cluster.create_topic(dlq, 1, 1).expect("dlq topic");
-    let brokers = cluster.bootstrap_servers();
+/// A mock cluster with the partner's delivery, dead-letter and log topics, a receiver
+/// running `script`, the subscription, and one delivery record (`order-1`) written.
+struct Fixture {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+    receiver: Receiver,
+    settings: KafkaSettings,
+    shutdown: CancellationToken,
+}
 
-    // The partner refuses the webhook with 400: it must be dead-lettered.
+const PARTNER: &str = "p";
+const TOPIC: &str = "deliveries.p";
+const DLQ: &str = "dlq.p";
+const LOG: &str = "attempts";
+
+async fn fixture(script: Script) -> (Fixture, SubscriptionTable) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(DLQ, 1, 1).expect("dlq topic");
+    cluster.create_topic(LOG, 1, 1).expect("log topic");
+    let brokers = cluster.bootstrap_servers();
     let secret = Secret::generate();
-    let receiver = Receiver::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        &secret,
-        Script {
-            always_status: Some(400),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("receiver");
+    let receiver = Receiver::start("127.0.0.1:0".parse().expect("addr"), &secret, script)
+        .await
+        .expect("receiver");
     let table = SubscriptionTable::default();
     table.upsert(Subscription {
         id: "s".into(),
-        partner_id: partner.into(),
+        partner_id: PARTNER.into(),
         url: receiver.url(),
         event_types: ["order.created".to_string()].into(),
         secrets: vec![secret],
@@ -77,7 +82,6 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         previous_secrets_until: None,
         disconnected: None,
     });
-
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
@@ -93,7 +97,7 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         });
     producer
         .send(
-            FutureRecord::to(topic)
+            FutureRecord::to(TOPIC)
                 .key("order-1")
                 .payload("{\"type\":\"order.created\"}")
                 .headers(headers),
@@ -101,13 +105,6 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         )
         .await
         .expect("delivery record written");
-
-    // From now on every produce request fails: the dead-letter write cannot succeed.
-    cluster.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500],
-    );
-
     let settings = KafkaSettings {
         brokers: brokers.clone(),
         session_timeout: Duration::from_secs(6),
@@ -115,102 +112,191 @@ async fn a_failing_dead_letter_write_never_commits_the_offset() {
         options: vec![("message.timeout.ms".into(), "2000".into())],
         replication: None,
     };
-    let shutdown = CancellationToken::new();
-    let ctx = JobContext {
-        partner: partner.into(),
-        client: WebhookClient::new(
-            Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
-            Duration::from_secs(2),
-        )
-        .expect("client"),
-        table,
-        producer: settings.producer().create().expect("dlq producer"),
-        health: Default::default(),
-        park_after: None,
-        flow: dispatcher::webhook::flow::PartnerFlow::new(
-            "p",
-            4,
-            None,
-            dispatcher::webhook::flow::FlowConfig::default(),
-        ),
-        on_gone: GoneHook(Arc::new(|_| {})),
-        metrics: dispatcher::delivery::LaneMetrics::new(partner),
-        dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(dlq.into())),
-        retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(
-            "retries.p".into(),
-        )),
-        shutdown: shutdown.clone(),
+    let fixture = Fixture {
+        cluster,
+        brokers,
+        receiver,
+        settings,
+        shutdown: CancellationToken::new(),
     };
-    let config = LaneConfig {
-        group_prefix: "fault".into(),
-        max_buffered: 16,
-        shutdown_deadline: Duration::from_secs(2),
-        partitions: 1,
-        global: Default::default(),
-        flow: dispatcher::webhook::flow::FlowConfig::default(),
-        park_after: None,
-        groups: Default::default(),
-        departed_after: Duration::from_secs(60),
-    };
-    let lane = tokio::spawn(lane::run(partner.into(), settings, config, ctx));
+    (fixture, table)
+}
 
+impl Fixture {
+    /// The partner's lane, running (with the delivery log when `log`).
+    fn lane(
+        &self,
+        table: SubscriptionTable,
+        log: bool,
+    ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let producer: FutureProducer = self.settings.producer().create().expect("producer");
+        let log = log.then(|| dispatcher::attempts::AttemptLog::new(producer.clone(), LOG, 4096));
+        let ctx = JobContext {
+            partner: PARTNER.into(),
+            client: WebhookClient::new(
+                Arc::new(Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist")),
+                Duration::from_secs(2),
+            )
+            .expect("client"),
+            table,
+            producer,
+            health: Default::default(),
+            park_after: None,
+            flow: dispatcher::webhook::flow::PartnerFlow::new(
+                PARTNER,
+                4,
+                None,
+                dispatcher::webhook::flow::FlowConfig::default(),
+            ),
+            on_gone: GoneHook(Arc::new(|_| {})),
+            metrics: dispatcher::delivery::LaneMetrics::new(PARTNER),
+            dead_letter_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(DLQ.into())),
+            retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(
+                "retries.p".into(),
+            )),
+            log: log.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let config = LaneConfig {
+            group_prefix: "fault".into(),
+            max_buffered: 16,
+            shutdown_deadline: Duration::from_secs(2),
+            partitions: 1,
+            global: Default::default(),
+            flow: dispatcher::webhook::flow::FlowConfig::default(),
+            park_after: None,
+            groups: Default::default(),
+            departed_after: Duration::from_secs(60),
+            log,
+        };
+        tokio::spawn(lane::run(
+            PARTNER.into(),
+            self.settings.clone(),
+            config,
+            ctx,
+        ))
+    }
+
+    /// Waits until the counter `metric` (whose labels are `labels`) reaches `at_least`.
+    async fn counted(&self, metric: &str, at_least: u64, what: &str) {
+        let metrics = dispatcher::metrics::handle();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let count = metrics
+                .render()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(metric)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0);
+            if count >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} was not retried ({count} failures)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the lane's committed offset is past the record (30 s at most).
+    async fn committed_past_the_record(&self) -> Offset {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut offset = Offset::Invalid;
+        while tokio::time::Instant::now() < deadline {
+            offset = committed(&self.brokers, "fault.p", TOPIC);
+            if offset == Offset::Offset(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        offset
+    }
+
+    /// Records in partition 0 of `topic`.
+    fn records(&self, topic: &str) -> i64 {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("consumer");
+        let (low, high) = reader
+            .fetch_watermarks(topic, 0, Duration::from_secs(5))
+            .expect("watermarks");
+        high - low
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_dead_letter_write_never_commits_the_offset() {
+    // The partner refuses the webhook with 400: it must be dead-lettered.
+    let (f, table) = fixture(Script {
+        always_status: Some(400),
+        ..Default::default()
+    })
+    .await;
+    // From now on every produce request fails: the dead-letter write cannot succeed.
+    f.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500],
+    );
+    let lane = f.lane(table, false);
     // The partner refuses, and the dead-letter write fails at least three times (each
     // retry is 500 ms apart, so more than one auto-commit interval passes meanwhile).
     let failures = format!(
-        "{}{{partner=\"{partner}\"}}",
+        "{}{{partner=\"{PARTNER}\"}}",
         dispatcher::metrics::DEAD_LETTER_WRITE_FAILURES
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let count = metrics
-            .render()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(failures.as_str())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0);
-        if count >= 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dead-letter write was not retried ({count} failures)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(receiver.requests() >= 1, "the webhook was attempted");
-    let group = "fault.p";
+    f.counted(&failures, 3, "the dead-letter write").await;
+    assert!(f.receiver.requests() >= 1, "the webhook was attempted");
     assert_eq!(
-        committed(&brokers, group, topic),
+        committed(&f.brokers, "fault.p", TOPIC),
         Offset::Invalid,
         "nothing committed while the dead letter is not durable"
     );
-
     // Writes succeed again: the dead letter lands and the offset moves past the record.
-    cluster.clear_request_errors(RDKafkaApiKey::Produce);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut offset = Offset::Invalid;
-    while tokio::time::Instant::now() < deadline {
-        offset = committed(&brokers, group, topic);
-        if offset == Offset::Offset(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    f.cluster.clear_request_errors(RDKafkaApiKey::Produce);
     assert_eq!(
-        offset,
+        f.committed_past_the_record().await,
         Offset::Offset(1),
         "committed once the dead letter was written"
     );
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("consumer");
-    let (low, high) = reader
-        .fetch_watermarks(dlq, 0, Duration::from_secs(5))
-        .expect("watermarks");
-    assert_eq!(high - low, 1, "exactly one dead letter");
-    shutdown.cancel();
+    assert_eq!(f.records(DLQ), 1, "exactly one dead letter");
+    f.shutdown.cancel();
+    lane.await.expect("join").expect("lane");
+}
+
+/// #23: the partner took the webhook, but the delivery log refuses writes: the record
+/// is not finished (its `delivered` record would be lost with a crash) until the log
+/// has it. (Before the job waited for the log: the offset was committed at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_log_write_never_commits_the_offset() {
+    let (f, table) = fixture(Script::default()).await;
+    f.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500],
+    );
+    let lane = f.lane(table, true);
+    f.counted(
+        dispatcher::metrics::ATTEMPT_LOG_ERRORS,
+        3,
+        "the delivery log write",
+    )
+    .await;
+    assert_eq!(f.receiver.unique(), 1, "the webhook was delivered");
+    assert_eq!(
+        committed(&f.brokers, "fault.p", TOPIC),
+        Offset::Invalid,
+        "nothing committed while the log record is not durable"
+    );
+    f.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert_eq!(
+        f.committed_past_the_record().await,
+        Offset::Offset(1),
+        "committed once the log record was written"
+    );
+    assert!(f.records(LOG) >= 1, "the delivered record is in the log");
+    f.shutdown.cancel();
     lane.await.expect("join").expect("lane");
 }

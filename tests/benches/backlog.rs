@@ -12,7 +12,9 @@
 //! (`e2e::PrivateBroker`). BENCH_CANDIDATES (comma-separated, default
 //! `sqlite,memory,sqlite-plain`): `sqlite` is the default stack (durable, with the
 //! indexes of `scripts/nisshi-indexes.py`), `sqlite-plain` the SQLite schema as nisshi
-//! makes it (the stack before), `memory` nisshi's in-memory store (not durable).
+//! makes it (the stack before), `memory` nisshi's in-memory store (not durable). A
+//! `-nolog` suffix (`sqlite-nolog`) runs the dispatchers with the delivery log off
+//! (`--attempts-topic=`), to measure what the log costs.
 //! BENCH_EVENTS (100000), BENCH_ORDERS (2000), BENCH_TIMEOUT_SECS (300),
 //! BENCH_KAFKA_OPTIONS (comma-separated librdkafka `key=value` settings given to the
 //! dispatchers with `--kafka-option`, to measure client settings).
@@ -61,7 +63,13 @@ struct Outcome {
     watermarks_match: bool,
 }
 
-async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Duration) -> Outcome {
+async fn run(
+    storage: BrokerStorage,
+    run_args: &[&str],
+    events: usize,
+    orders: usize,
+    timeout: Duration,
+) -> Outcome {
     let broker = PrivateBroker::with_storage(storage);
     let brokers = broker.brokers.clone();
     let world = BenchWorld::on(&brokers).await;
@@ -99,7 +107,9 @@ async fn run(storage: BrokerStorage, events: usize, orders: usize, timeout: Dura
     // Two instances, default settings.
     let cpu_before = cpu_seconds(broker.pid());
     let started = Instant::now();
-    let instances: Vec<Running> = (0..INSTANCES).map(|_| world.start_dispatcher().0).collect();
+    let instances: Vec<Running> = (0..INSTANCES)
+        .map(|_| world.start_dispatcher_with(run_args).0)
+        .collect();
     let delivered = || receivers.iter().map(|(_, r)| r.unique()).sum::<usize>();
     let mut last_report = Instant::now();
     while delivered() < events && started.elapsed() < timeout {
@@ -158,14 +168,18 @@ async fn main() {
     println!("| broker storage | published/s | delivered | seconds | events/s | broker CPU | watermarks ≥ delivered |");
     println!("|---|---|---|---|---|---|---|");
     for name in candidates.split(',').map(str::trim) {
-        let storage = match name {
+        let (storage_name, run_args): (&str, &[&str]) = match name.strip_suffix("-nolog") {
+            Some(storage) => (storage, &["--attempts-topic="]),
+            None => (name, &[]),
+        };
+        let storage = match storage_name {
             "sqlite" => BrokerStorage::Sqlite,
             "sqlite-plain" => BrokerStorage::SqliteWithoutIndexes,
             "memory" => BrokerStorage::Memory,
-            other => panic!("BENCH_CANDIDATES: unknown `{other}` (sqlite, sqlite-plain, memory)"),
+            other => panic!("BENCH_CANDIDATES: unknown `{other}` (sqlite, sqlite-plain, memory; a -nolog suffix turns the delivery log off)"),
         };
         eprintln!("{name}:");
-        let o = run(storage, events, orders, timeout).await;
+        let o = run(storage, run_args, events, orders, timeout).await;
         let finished = if o.delivered == events {
             format!("{:.1}", o.seconds)
         } else {

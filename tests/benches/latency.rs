@@ -31,7 +31,9 @@
 //! BENCH_SHADOW=1 adds a bare consumer beside the lanes (the broker's own second hop
 //! under the same load). BENCH_DUMP=DIR writes each delivery's timestamps to DIR/latency-RATE.csv.
 //! BENCH_KAFKA_OPTIONS (comma-separated librdkafka `key=value`) are given to the
-//! dispatcher (`--kafka-option`) and to the floor's clients alike.
+//! dispatcher (`--kafka-option`) and to the floor's clients alike. A rate with a
+//! `-nolog` suffix (`1000-nolog`) runs the dispatcher with the delivery log off, to
+//! measure what the log costs (e.g. `BENCH_RATES=1000,1000-nolog,1000,1000-nolog`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -254,11 +256,12 @@ struct Hops {
     missing: usize,
 }
 
-async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
+async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize, log: bool) -> Hops {
     let brokers = broker.brokers.clone();
     let world = BenchWorld::on(&brokers).await;
     let receivers = world.partners("l", PARTNERS).await;
-    let (dispatcher, addr) = world.start_dispatcher();
+    let off: &[&str] = if log { &[] } else { &["--attempts-topic="] };
+    let (dispatcher, addr) = world.start_dispatcher_with(off);
     // The router and the lanes assigned (every partner's delivery partitions) before
     // the clock starts.
     let status = format!("{addr}/status");
@@ -376,20 +379,28 @@ async fn pipeline(broker: &PrivateBroker, rate: usize, secs: usize) -> Hops {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let secs = env_or("BENCH_SECS", 15);
-    let rates: Vec<usize> = std::env::var("BENCH_RATES")
+    let rates: Vec<(usize, bool, String)> = std::env::var("BENCH_RATES")
         .unwrap_or_else(|_| "100,1000".into())
         .split(',')
-        .filter_map(|r| r.trim().parse().ok())
+        .filter_map(|r| {
+            let r = r.trim();
+            let (n, log) = match r.strip_suffix("-nolog") {
+                Some(n) => (n, false),
+                None => (r, true),
+            };
+            Some((n.parse().ok()?, log, r.to_string()))
+        })
         .collect();
     println!(
         "time to webhook: {PARTNERS} partners, 1 dispatcher (default settings), {secs} s per rate; milliseconds"
     );
     println!("| rate/s | hop | p50 | p90 | p99 | max |");
     println!("|---|---|---|---|---|---|");
-    for rate in rates {
+    for (rate, log, label) in rates {
         let broker = PrivateBroker::start();
         let floor = floor(&broker.brokers, rate, secs).await;
-        let hops = pipeline(&broker, rate, secs).await;
+        let hops = pipeline(&broker, rate, secs, log).await;
+        let rate = label;
         let row = |name: &str, ms: &Vec<f64>| {
             let cells = summary(ms.clone());
             let cells: Vec<&str> = cells.split_whitespace().collect();

@@ -142,11 +142,16 @@ impl BenchWorld {
     /// Starts `dispatcher run` with default settings (logging warnings to a file);
     /// returns it and its `http://ADDR`.
     pub fn start_dispatcher(&self) -> (Running, String) {
+        self.start_dispatcher_with(&[])
+    }
+
+    /// As [`Self::start_dispatcher`], with `extra` flags for `dispatcher run`.
+    pub fn start_dispatcher_with(&self, extra: &[&str]) -> (Running, String) {
         let registry = registry_url();
         let dlq = format!("{}.dlq", self.orders_topic);
         let router_group = format!("{}-router", self.orders_topic);
         let lane_prefix = format!("{}-delivery", self.orders_topic);
-        let args = self.args(&[
+        let mut run = vec![
             "run",
             "--registry",
             registry.as_str(),
@@ -160,7 +165,9 @@ impl BenchWorld {
             router_group.as_str(),
             "--lane-group-prefix",
             lane_prefix.as_str(),
-        ]);
+        ];
+        run.extend_from_slice(extra);
+        let args = self.args(&run);
         let log = tempfile_dir().join(format!("{}.log", unique("bench-dispatcher")));
         eprintln!("  dispatcher log: {}", log.display());
         spawn_listening(&args, &log)

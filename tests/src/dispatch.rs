@@ -26,6 +26,8 @@ pub struct DispatchWorld {
     pub run_args: Vec<String>,
     /// The audit trail every `dispatcher` command of this world writes.
     pub audit_topic: String,
+    /// The delivery log `dispatcher run` writes.
+    pub attempts_topic: String,
     /// The registry `dispatcher run` decodes with (the suite's unless a test puts
     /// another in front of it).
     pub registry: String,
@@ -50,6 +52,7 @@ impl DispatchWorld {
             run_args: Vec::new(),
             registry: registry_url(),
             audit_topic: unique("subscription-audit"),
+            attempts_topic: unique("attempts"),
             orders_topic,
         }
     }
@@ -123,6 +126,8 @@ impl DispatchWorld {
             self.lane_group_prefix.clone(),
             "--shutdown-deadline-ms".into(),
             "5000".into(),
+            "--attempts-topic".into(),
+            self.attempts_topic.clone(),
         ]);
         args.extend(self.run_args.iter().cloned());
         let (process, addr) = spawn_listening(&args, &log);

@@ -45,8 +45,13 @@ pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
 
 /// Waits until `topic` exists, failing at `deadline`.
 pub async fn wait_for_topic(topic: &str, deadline: tokio::time::Instant) {
+    wait_for_topic_on(&brokers(), topic, deadline).await
+}
+
+/// Waits until `topic` exists on `brokers`, failing at `deadline`.
+pub async fn wait_for_topic_on(brokers: &str, topic: &str, deadline: tokio::time::Instant) {
     let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("metadata client");
     loop {
@@ -279,4 +284,56 @@ pub async fn write_parked(
         d.await.expect("delivery").expect("produced");
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Every record `topic` on `brokers` holds now (up to each partition's end when
+/// called), within `timeout`: assigned, not in a group.
+pub async fn read_to_end_on(brokers: &str, topic: &str, timeout: Duration) -> Vec<OwnedMessage> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    wait_for_topic_on(brokers, topic, deadline).await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("e2e-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut ends = std::collections::HashMap::new();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(p.id(), high);
+            assignment
+                .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .expect("assignment");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut out = Vec::new();
+    let mut stream = consumer.stream();
+    while !ends.is_empty() {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => {
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
+                    ends.remove(&m.partition());
+                }
+                out.push(m.detach());
+            }
+            Ok(Some(Err(e))) => panic!("consuming {topic}: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!(
+                "read {} records of {topic} in {timeout:?}; partitions left {ends:?}",
+                out.len()
+            ),
+        }
+    }
+    out
 }

@@ -326,6 +326,38 @@ async fn kill_9_during_a_run(
         "kills happened mid-run: {kills:?}"
     );
     assert_eq!(dispatcher.terminate(), Some(0));
+    // The delivery log is at least once like the deliveries: every delivered message
+    // has its `delivered` record, whichever instance delivered it.
+    let log = e2e::read_to_end_on(
+        &broker.brokers,
+        &world.attempts_topic,
+        Duration::from_secs(120),
+    )
+    .await;
+    let logged: HashSet<String> = log
+        .iter()
+        .filter_map(|m| {
+            serde_json::from_slice::<serde_json::Value>(rdkafka::Message::payload(m)?).ok()
+        })
+        .filter(|r| r["outcome"] == "delivered")
+        .filter_map(|r| r["webhook_id"].as_str().map(str::to_string))
+        .collect();
+    let unlogged: Vec<String> = events
+        .iter()
+        .map(|e| e.event_id().to_string())
+        .filter(|id| !logged.contains(id))
+        .collect();
+    println!(
+        "kill -9: {} log records, {} delivered messages without a `delivered` record",
+        log.len(),
+        unlogged.len()
+    );
+    assert!(
+        unlogged.is_empty(),
+        "{} delivered messages have no `delivered` record, e.g. {:?}",
+        unlogged.len(),
+        &unlogged[..unlogged.len().min(5)]
+    );
 }
 
 /// No rebalance (per `/status`) for this long: nisshi has finished the last one (it completes

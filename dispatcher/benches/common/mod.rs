@@ -85,6 +85,7 @@ pub fn lane(
         retry_topic: Arc::new(dispatcher::kafka::TopicOnDemand::existing(format!(
             "retries.{partner}"
         ))),
+        log: None,
         shutdown: shutdown.clone(),
     };
     Lane {
@@ -125,5 +126,6 @@ pub fn lane_config(
         park_after: None,
         groups: Default::default(),
         departed_after: Duration::from_secs(60),
+        log: None,
     }
 }

@@ -63,7 +63,14 @@ fn main() {
     runtime.expect("runtime").block_on(bench());
 }
 
-const PARTS: [&str; 5] = ["wrk", "bare-one-task", "bare-tasks", "client", "lane"];
+const PARTS: [&str; 6] = [
+    "wrk",
+    "bare-one-task",
+    "bare-tasks",
+    "client",
+    "lane",
+    "lane+log",
+];
 
 /// This process's CPU time (all threads; not the receiver's, not wrk's) and context
 /// switches, from /proc: what a part costs per request on the sending side, a figure
@@ -123,7 +130,7 @@ async fn bench() {
     let runs = |part: &str| only.is_empty() || only.split(',').any(|o| part.starts_with(o));
     let receiver = Receiver::start();
     let url = receiver.url();
-    let cluster = if runs("lane") {
+    let cluster = if runs("lane") || runs("lane+log") {
         Some(filled_cluster(n).await)
     } else {
         None
@@ -156,9 +163,10 @@ async fn bench() {
                 "bare-one-task" => on_workers(bare_one_task(url.clone(), n, concurrency)).await,
                 "bare-tasks" => on_workers(bare_tasks(url.clone(), n, concurrency)).await,
                 "client" => on_workers(webhook_client(url.clone(), n, concurrency)).await,
-                _ => {
+                part => {
                     let brokers = cluster.as_ref().expect("cluster").bootstrap_servers();
-                    dispatcher_lane(&receiver, &brokers, round, n, concurrency).await
+                    let log = part == "lane+log";
+                    dispatcher_lane(&receiver, &brokers, round, n, concurrency, log).await
                 }
             };
             all[i].push(rate);
@@ -168,7 +176,7 @@ async fn bench() {
             }
         }
     }
-    let [wrk_rate, bare_one, bare_spawned, client_rate, lane_rate] = best;
+    let [wrk_rate, bare_one, bare_spawned, client_rate, lane_rate, logged_rate] = best;
     let bare_rate = bare_one.max(bare_spawned);
     let rounds_of = |i: usize| {
         all[i]
@@ -196,12 +204,14 @@ async fn bench() {
     );
     println!("  webhook client loop     {client_rate:>9.0} req/s  [{}] (the lane's HTTP step: guarded resolver, signing)", rounds_of(3));
     println!("  dispatcher lane         {lane_rate:>9.0} deliveries/s  [{}] (signed, per-key ordered, offsets stored)", rounds_of(4));
+    println!("  lane + delivery log     {logged_rate:>9.0} deliveries/s  [{}] (a log record per attempt, acknowledged before the offset moves)", rounds_of(5));
     println!("  this process per request over the timed window, best round (the receiver's and wrk's processes not counted):");
     for (i, name) in [
         "bare reqwest, one task",
         "bare reqwest, tasks",
         "webhook client loop",
         "dispatcher lane",
+        "lane + delivery log",
     ]
     .iter()
     .enumerate()
@@ -216,5 +226,9 @@ async fn bench() {
     println!(
         "  dispatcher / bare       {:.2}x (target >= 0.9; the faster bare loop)",
         lane_rate / bare_rate
+    );
+    println!(
+        "  log on / log off        {:.2}x (target >= 0.85)",
+        logged_rate / lane_rate
     );
 }

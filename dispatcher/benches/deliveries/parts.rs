@@ -169,6 +169,13 @@ pub(crate) async fn filled_cluster(
     cluster
         .create_topic("deliveries.bench", PARTITIONS as i32, 1)
         .expect("topic");
+    // The delivery log's topics, one per round (`lane+log`); the mock cluster drops
+    // what is over 5 MB a partition, which only a reader would notice.
+    for round in 0..env_or("BENCH_ROUNDS", 3) {
+        cluster
+            .create_topic(&format!("attempts-{round}"), PARTITIONS as i32, 1)
+            .expect("log topic");
+    }
     cluster.create_topic("dlq.bench", 1, 1).expect("topic");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
@@ -206,10 +213,11 @@ pub(crate) async fn dispatcher_lane(
     round: usize,
     n: usize,
     concurrency: usize,
+    log: bool,
 ) -> Measured {
     let common::Lane {
         settings,
-        ctx,
+        mut ctx,
         shutdown,
     } = common::lane(
         "bench",
@@ -218,12 +226,19 @@ pub(crate) async fn dispatcher_lane(
         concurrency,
         RetryPolicy::default(),
     );
-    let config = common::lane_config(
-        &format!("bench-{round}"),
+    let mut config = common::lane_config(
+        &format!("bench-{round}{}", if log { "-log" } else { "" }),
         env_or("BENCH_BUFFERED", 1024),
         Duration::from_secs(5),
         PARTITIONS as i32,
     );
+    if log {
+        // A log topic per round (made by `filled_cluster`).
+        let topic = format!("attempts-{round}");
+        let writer = dispatcher::attempts::AttemptLog::new(ctx.producer.clone(), &topic, 4096);
+        ctx.log = Some(writer.clone());
+        config.log = Some(writer);
+    }
     let before = receiver.count().await;
     let flow = std::sync::Arc::clone(&ctx.flow);
     let lane = tokio::spawn(lane::run("bench".into(), settings, config, ctx));

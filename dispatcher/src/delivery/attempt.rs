@@ -8,13 +8,20 @@ use std::time::{Duration, Instant};
 use super::dead_letter::{dead_letter, DeadLetterReason, Failure};
 use super::gate::Ticket;
 use super::park::{park, Parked};
+use super::trail::{Attempted, Trail};
 use super::{Job, JobContext, JobEnd};
+use crate::attempts::Outcome;
 use crate::metrics as m;
 use crate::webhook::client::Webhook;
 use crate::webhook::flow::{Blame, Circuit, Signal};
 use crate::webhook::outcome::{backoff, classify, flow_signal, may_retry, Attempt, Decision};
 
-pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> JobEnd {
+pub(super) async fn deliver(
+    job: &Job,
+    ctx: &JobContext,
+    ticket: &mut Ticket,
+    trail: &mut Trail<'_>,
+) -> JobEnd {
     let partner = &ctx.partner;
     let lm = &ctx.metrics;
     let mut started = Instant::now();
@@ -62,11 +69,18 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             Hold::Ready { target, held } => (target, held),
             Hold::Unsubscribed => {
                 lm.dropped.increment(1);
+                let why = "the subscription was deleted".to_string();
+                trail.ended(Outcome::Dropped, Some(("subscription_deleted", why)), None);
                 return JobEnd::Finished;
             }
             Hold::Invalid(reason) => {
+                let logged = (reason.code(), reason.to_string());
                 let failure = Failure::unsent(reason, attempts, first);
-                return done(dead_letter(job, ctx, failure).await);
+                let written = dead_letter(job, ctx, failure).await;
+                if written {
+                    trail.ended(Outcome::DeadLettered, Some(logged), None);
+                }
+                return done(written);
             }
             Hold::Shutdown => return JobEnd::Interrupted,
         };
@@ -78,8 +92,14 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
         }
         let subscription = &target.subscription;
         if subscription.disabled {
-            let failure = Failure::unsent(DeadLetterReason::SubscriptionDisabled, attempts, first);
-            return done(dead_letter(job, ctx, failure).await);
+            let reason = DeadLetterReason::SubscriptionDisabled;
+            let logged = (reason.code(), reason.to_string());
+            let failure = Failure::unsent(reason, attempts, first);
+            let written = dead_letter(job, ctx, failure).await;
+            if written {
+                trail.ended(Outcome::DeadLettered, Some(logged), None);
+            }
+            return done(written);
         }
         let permit = tokio::select! {
             _ = ctx.shutdown.cancelled() => return JobEnd::Interrupted,
@@ -108,7 +128,14 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             traceparent: job.traceparent.as_deref(),
             timeout: subscription.request_timeout(),
         };
+        let attempt_started = chrono::Utc::now();
         let report = ctx.client.send(&hook).await;
+        let attempted = || Attempted {
+            number: attempts,
+            url: &target.url,
+            started_at: attempt_started,
+            report: &report,
+        };
         let signal = flow_signal(&report.attempt, report.elapsed, key_failed_at);
         let server_error = matches!(signal, Signal::ServerError { .. });
         let blame = ctx.flow.release(permit, signal);
@@ -133,7 +160,10 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
             last: Some(chrono::Utc::now()),
             last_status,
             last_error: last_error.clone(),
-            excerpt: report.excerpt.clone(),
+            excerpt: report.excerpt.clone().map(|mut e| {
+                crate::attempts::truncate(&mut e, crate::webhook::client::EXCERPT_BYTES);
+                e
+            }),
         };
         match classify(&report.attempt) {
             Decision::Delivered => {
@@ -145,6 +175,7 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                         .max(0);
                     lm.time_to_webhook.record(ms as f64 / 1000.0);
                 }
+                trail.attempted(attempted(), Outcome::Delivered, None);
                 return JobEnd::Finished;
             }
             Decision::Gone
@@ -156,6 +187,8 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                 // The URL changed while this request was out: the old endpoint is gone,
                 // the new one has not been asked yet.
                 tracing::info!(partner = %partner, subscription = %subscription.id, "410 Gone from a URL no longer in use: retrying at the current URL");
+                let now = Some(chrono::Utc::now());
+                trail.attempted(attempted(), Outcome::RetryScheduled, now);
                 continue;
             }
             Decision::Gone => {
@@ -164,7 +197,11 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                 let mut disabled = (**subscription).clone();
                 disabled.disabled = true;
                 (ctx.on_gone.0)(disabled);
-                return done(dead_letter(job, ctx, failure(DeadLetterReason::Gone)).await);
+                let written = dead_letter(job, ctx, failure(DeadLetterReason::Gone)).await;
+                if written {
+                    trail.attempted(attempted(), Outcome::DeadLettered, None);
+                }
+                return done(written);
             }
             Decision::DeadLetter => {
                 let reason = match (&report.attempt, last_status) {
@@ -172,7 +209,11 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                     (_, Some(s)) => DeadLetterReason::Status(s),
                     _ => DeadLetterReason::NotRetried,
                 };
-                return done(dead_letter(job, ctx, failure(reason)).await);
+                let written = dead_letter(job, ctx, failure(reason)).await;
+                if written {
+                    trail.attempted(attempted(), Outcome::DeadLettered, None);
+                }
+                return done(written);
             }
             Decision::Retry { at_least } => {
                 // Only a server error marks the key (a timeout or 503 is the partner's).
@@ -186,14 +227,12 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                     rand::random::<f64>(),
                 );
                 if !may_retry(&subscription.retry, attempts, started.elapsed(), delay) {
-                    return done(
-                        dead_letter(
-                            job,
-                            ctx,
-                            failure(DeadLetterReason::RetriesSpent { attempts }),
-                        )
-                        .await,
-                    );
+                    let spent = failure(DeadLetterReason::RetriesSpent { attempts });
+                    let written = dead_letter(job, ctx, spent).await;
+                    if written {
+                        trail.attempted(attempted(), Outcome::DeadLettered, None);
+                    }
+                    return done(written);
                 }
                 lm.retries.increment(1);
                 // The lane's budget is spent, or the failure is the key's own (it failed
@@ -213,8 +252,14 @@ pub(super) async fn deliver(job: &Job, ctx: &JobContext, ticket: &mut Ticket) ->
                         first: Some(first),
                         not_before: later(delay),
                     };
-                    return park(job, ctx, &parked).await;
+                    let end = park(job, ctx, &parked).await;
+                    if matches!(end, JobEnd::Parked { .. }) {
+                        let next = Some(parked.not_before);
+                        trail.attempted(attempted(), Outcome::Parked, next);
+                    }
+                    return end;
                 }
+                trail.attempted(attempted(), Outcome::RetryScheduled, Some(later(delay)));
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return JobEnd::Interrupted,
                     _ = tokio::time::sleep(delay) => {}

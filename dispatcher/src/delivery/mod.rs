@@ -16,6 +16,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts;
 use crate::subscriptions::table::SubscriptionTable;
 use crate::subscriptions::Subscription;
 use crate::webhook::client::WebhookClient;
@@ -27,6 +28,7 @@ mod metrics;
 mod park;
 #[cfg(test)]
 mod tests;
+mod trail;
 
 pub use dead_letter::DeadLetterReason;
 pub use gate::Starting;
@@ -91,6 +93,8 @@ pub struct JobContext {
     /// The partner's retry topic, made on its first parked record (with as many
     /// partitions as its delivery topic).
     pub retry_topic: Arc<crate::kafka::TopicOnDemand>,
+    /// The delivery log (`None`: off).
+    pub log: Option<crate::attempts::AttemptLog>,
     pub shutdown: CancellationToken,
 }
 
@@ -172,10 +176,11 @@ pub fn spawn(
     }
 }
 
-/// Runs `job` to its end.
+/// Runs `job` to its end; it is finished (or parked) once its delivery-log records are
+/// acknowledged too.
 async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
     let mut followed = Vec::new();
-    let end = if job.follow {
+    let (mut end, logged) = if job.follow {
         // Its key is parked: behind the key's earlier records, with no attempt, and
         // the key's records queued behind it with it.
         ticket.give_up();
@@ -183,10 +188,37 @@ async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         let mut ends = park::follow(&job, &followers, &ctx).await.into_iter();
         let end = ends.next().unwrap_or(JobEnd::Interrupted);
         followed = followers.iter().map(|f| f.offset).zip(ends).collect();
-        end
+        let mut trails = Vec::new();
+        for (j, e) in std::iter::once((&job, end)).chain(
+            followers
+                .iter()
+                .zip(followed.iter().map(|(_, e): &(i64, JobEnd)| *e)),
+        ) {
+            if matches!(e, JobEnd::Parked { .. }) {
+                let mut trail = trail::Trail::new(j, &ctx);
+                trail.ended(attempts::Outcome::Parked, None, Some(chrono::Utc::now()));
+                trails.push(trail);
+            }
+        }
+        let mut logged = true;
+        for trail in trails {
+            logged &= trail.acknowledged().await;
+        }
+        (end, logged)
     } else {
-        attempt::deliver(&job, &ctx, &mut ticket).await
+        let mut trail = trail::Trail::new(&job, &ctx);
+        let end = attempt::deliver(&job, &ctx, &mut ticket, &mut trail).await;
+        let logged = end == JobEnd::Interrupted || trail.acknowledged().await;
+        (end, logged)
     };
+    if !logged {
+        // Shutdown before the log had every record: redone (and logged) by the next
+        // owner.
+        end = JobEnd::Interrupted;
+        for (_, e) in &mut followed {
+            *e = JobEnd::Interrupted;
+        }
+    }
     Done {
         retry: job.parked.is_some(),
         partition: job.partition,

@@ -106,6 +106,7 @@ async fn the_lane_hop_is_timed_once_per_record_and_not_after_a_paused_subscripti
         park_after: None,
         dead_letter_topic: Arc::new(TopicOnDemand::existing("dlq.p".into())),
         retry_topic: Arc::new(TopicOnDemand::existing("retries.p".into())),
+        log: None,
         shutdown: CancellationToken::new(),
     });
     let starting = Starting::default();

@@ -48,6 +48,10 @@ pub const DLQ_LAST_STATUS: &str = "dlq-last-status";
 pub const DLQ_LAST_ERROR: &str = "dlq-last-error";
 pub const DLQ_RESPONSE_EXCERPT: &str = "dlq-response-excerpt";
 
+// Written by the API on the records it sends again.
+/// Why the record is sent again: `resend` or `recover` (the delivery log's trigger).
+pub const DELIVERY_TRIGGER: &str = "delivery-trigger";
+
 // Written by `dispatcher dlq replay` on the records it sends back.
 /// `<dead-letter topic>/<partition>/<offset>` of the record replayed.
 pub const REPLAYED_FROM: &str = "replayed-from";

@@ -72,6 +72,8 @@ pub struct LaneConfig {
     pub groups: crate::kafka::group::GroupBoard,
     /// How long a partner that lost its last subscription keeps its lane. Default 60 s.
     pub departed_after: Duration,
+    /// The delivery log (`None`: off).
+    pub log: Option<crate::attempts::AttemptLog>,
 }
 
 /// How often finished offsets are handed to the consumer (one call for all partitions).

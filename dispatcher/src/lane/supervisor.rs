@@ -228,6 +228,7 @@ pub async fn supervise(
                     settings.clone(),
                     retry_partitions,
                 )),
+                log: config.log.clone(),
                 shutdown: stop.clone(),
             };
             let (name, lane_config, lane_intake) =

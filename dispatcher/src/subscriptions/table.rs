@@ -342,11 +342,9 @@ impl SubscriptionTable {
         let mut progress = self.progress.subscribe();
         let caught_up = async {
             let end = tokio::task::spawn_blocking(move || {
-                follower.ends.fetch_watermarks(
-                    &follower.topic,
-                    partition,
-                    Duration::from_secs(5),
-                )
+                follower
+                    .ends
+                    .fetch_watermarks(&follower.topic, partition, Duration::from_secs(5))
             })
             .await??
             .1;

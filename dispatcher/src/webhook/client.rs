@@ -38,8 +38,13 @@ pub struct Webhook<'a> {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub attempt: Attempt,
-    /// The start of the answer's body (lossy UTF-8), when there was an answer.
+    /// The start of the answer's body (lossy UTF-8, at most the client's
+    /// [`WebhookClient::excerpt_bytes`]), when there was an answer.
     pub excerpt: Option<String>,
+    /// The answer's `content-type` and `retry-after` as sent (lossy UTF-8, at most
+    /// 256 bytes each).
+    pub content_type: Option<String>,
+    pub retry_after: Option<String>,
     pub elapsed: Duration,
 }
 
@@ -48,6 +53,7 @@ pub struct Report {
 pub struct WebhookClient {
     client: reqwest::Client,
     allowlist: Arc<Allowlist>,
+    excerpt_bytes: usize,
 }
 
 impl WebhookClient {
@@ -93,7 +99,18 @@ impl WebhookClient {
             .tcp_nodelay(true)
             .default_headers(headers)
             .build()?;
-        Ok(Self { client, allowlist })
+        Ok(Self {
+            client,
+            allowlist,
+            excerpt_bytes: EXCERPT_BYTES,
+        })
+    }
+
+    /// Reads at most `bytes` of each answer (the delivery log keeps up to that; the
+    /// dead-letter record keeps [`EXCERPT_BYTES`] of it). At least [`EXCERPT_BYTES`].
+    pub fn excerpt_bytes(mut self, bytes: usize) -> Self {
+        self.excerpt_bytes = bytes.max(EXCERPT_BYTES);
+        self
     }
 
     /// Sends one attempt. Never panics, never returns an error: every failure is a
@@ -103,6 +120,8 @@ impl WebhookClient {
         let refused = |why: String| Report {
             attempt: Attempt::Refused(why),
             excerpt: None,
+            content_type: None,
+            retry_after: None,
             elapsed: started.elapsed(),
         };
         let url = match hook.url {
@@ -148,23 +167,31 @@ impl WebhookClient {
                 return Report {
                     attempt,
                     excerpt: None,
+                    content_type: None,
+                    retry_after: None,
                     elapsed: started.elapsed(),
                 };
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let raw = |name| {
+            response.headers().get(name).map(|v: &HeaderValue| {
+                let mut text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                crate::attempts::truncate(&mut text, 256);
+                text
+            })
+        };
+        let (content_type, retry_after_raw) = (raw(CONTENT_TYPE), raw(RETRY_AFTER));
+        let retry_after = retry_after_raw.as_deref().and_then(parse_retry_after);
         let mut excerpt = Vec::new();
-        // Read at most EXCERPT_BYTES (the request's timeout covers the body too); the
+        // Read at most `excerpt_bytes` (the request's timeout covers the body too); the
         // rest of a large answer is dropped with the connection rather than read.
-        while excerpt.len() < EXCERPT_BYTES {
+        let max = self.excerpt_bytes;
+        while excerpt.len() < max {
             match response.chunk().await {
-                Ok(Some(chunk)) => excerpt
-                    .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
+                Ok(Some(chunk)) => {
+                    excerpt.extend_from_slice(&chunk[..chunk.len().min(max - excerpt.len())])
+                }
                 _ => break,
             }
         }
@@ -174,6 +201,8 @@ impl WebhookClient {
                 retry_after,
             },
             excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+            content_type,
+            retry_after: retry_after_raw,
             elapsed: started.elapsed(),
         }
     }

@@ -48,6 +48,8 @@ fn config(world: &DispatchWorld) -> RunConfig {
         failing_age: Duration::from_secs(900),
         egress_proxy: None,
         health_interval: Duration::from_secs(1),
+        attempts_topic: Some(e2e::unique("attempts")),
+        attempts_body_bytes: 4096,
     }
 }
 

@@ -200,6 +200,14 @@ pub struct RunArgs {
     /// the lane.
     #[arg(long, env = "DISPATCHER_PARK_AFTER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub park_after_attempts: u32,
+    /// The delivery log's topic: one record per webhook attempt and per end of a
+    /// message (delivered, parked, dead-lettered, dropped), read by the API's view.
+    /// Empty turns the log off.
+    #[arg(long, env = "DISPATCHER_ATTEMPTS_TOPIC", default_value = dispatcher::attempts::DEFAULT_TOPIC)]
+    pub attempts_topic: String,
+    /// Bytes of each partner answer the delivery log keeps (lossy UTF-8); 0 keeps none.
+    #[arg(long, env = "DISPATCHER_ATTEMPTS_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub attempts_body_bytes: u64,
     /// A partner failing this long is disconnected: delivery stops and its events wait
     /// in Kafka until it is reconnected (API `POST /v1/partners/{p}/reconnect`), in
     /// milliseconds; 0 never disconnects. Default 24 hours.
@@ -339,6 +347,8 @@ impl RunArgs {
             failing_age: Duration::from_secs(self.failing_age_secs),
             egress_proxy: self.egress_proxy.clone(),
             health_interval: Duration::from_millis(self.health_interval_ms),
+            attempts_topic: (!self.attempts_topic.is_empty()).then(|| self.attempts_topic.clone()),
+            attempts_body_bytes: self.attempts_body_bytes as usize,
         })
     }
 }

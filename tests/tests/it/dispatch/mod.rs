@@ -32,5 +32,6 @@ fn subscription(
 mod backpressure;
 mod departed;
 mod guards;
+mod log;
 mod outcomes;
 mod routing;
