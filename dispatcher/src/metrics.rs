@@ -16,6 +16,11 @@ pub const DEAD_LETTERED: &str = "dispatcher_dead_lettered_total";
 pub const DEAD_LETTER_WRITE_FAILURES: &str = "dispatcher_dead_letter_write_failures_total";
 /// Delivery-log writes that failed (and are retried; the job's offset waits).
 pub const ATTEMPT_LOG_ERRORS: &str = "dispatcher_attempt_log_write_failures_total";
+/// Records and messages the API's delivery-log view holds.
+pub const LOG_VIEW_RECORDS: &str = "dispatcher_log_view_records";
+pub const LOG_VIEW_MESSAGES: &str = "dispatcher_log_view_messages";
+/// Delivery-log records the view could not read (not a record of a version it knows).
+pub const LOG_VIEW_SKIPPED: &str = "dispatcher_log_view_skipped_total";
 /// Requests in flight, by `partner`.
 pub const IN_FLIGHT: &str = "dispatcher_in_flight";
 /// Records taken from Kafka and not finished, by `partner`.

@@ -12,6 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod ingest;
+pub mod view;
+
 use chrono::{DateTime, Utc};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};

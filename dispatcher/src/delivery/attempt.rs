@@ -70,7 +70,7 @@ pub(super) async fn deliver(
             Hold::Unsubscribed => {
                 lm.dropped.increment(1);
                 let why = "the subscription was deleted".to_string();
-                trail.ended(Outcome::Dropped, Some(("subscription_deleted", why)), None);
+                trail.ended(Outcome::Dropped, Some(("subscription_deleted", why)));
                 return JobEnd::Finished;
             }
             Hold::Invalid(reason) => {
@@ -78,7 +78,7 @@ pub(super) async fn deliver(
                 let failure = Failure::unsent(reason, attempts, first);
                 let written = dead_letter(job, ctx, failure).await;
                 if written {
-                    trail.ended(Outcome::DeadLettered, Some(logged), None);
+                    trail.ended(Outcome::DeadLettered, Some(logged));
                 }
                 return done(written);
             }
@@ -97,7 +97,7 @@ pub(super) async fn deliver(
             let failure = Failure::unsent(reason, attempts, first);
             let written = dead_letter(job, ctx, failure).await;
             if written {
-                trail.ended(Outcome::DeadLettered, Some(logged), None);
+                trail.ended(Outcome::DeadLettered, Some(logged));
             }
             return done(written);
         }
@@ -131,7 +131,6 @@ pub(super) async fn deliver(
         let attempt_started = chrono::Utc::now();
         let report = ctx.client.send(&hook).await;
         let attempted = || Attempted {
-            number: attempts,
             url: &target.url,
             started_at: attempt_started,
             report: &report,

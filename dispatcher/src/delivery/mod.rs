@@ -16,7 +16,6 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use crate::attempts;
 use crate::subscriptions::table::SubscriptionTable;
 use crate::subscriptions::Subscription;
 use crate::webhook::client::WebhookClient;
@@ -129,6 +128,27 @@ pub enum JobEnd {
     Interrupted,
 }
 
+/// A finished job's delivery-log records on their way: resolves to whether the log
+/// acknowledged them (`false`: shutdown came first). The job's offset moves only once
+/// it resolves `true`; the key's next record may start before (`lane::state::done`).
+pub struct Logged(std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>);
+
+impl Logged {
+    pub fn new(f: impl std::future::Future<Output = bool> + Send + 'static) -> Self {
+        Self(Box::pin(f))
+    }
+
+    pub async fn acknowledged(self) -> bool {
+        self.0.await
+    }
+}
+
+impl std::fmt::Debug for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Logged")
+    }
+}
+
 /// A job's end, with the record it was about.
 #[derive(Debug)]
 pub struct Done {
@@ -142,6 +162,9 @@ pub struct Done {
     pub followed: Vec<(i64, JobEnd)>,
     /// The job's [`Job::epoch`].
     pub epoch: u64,
+    /// For a job that ended [`JobEnd::Finished`] with delivery-log records: their
+    /// acknowledgement, which its offset waits for.
+    pub logged: Option<Logged>,
 }
 
 /// Runs `job` to its end as a task of its own, so that a lane's requests are driven by
@@ -163,6 +186,7 @@ pub fn spawn(
         end: JobEnd::Interrupted,
         followed: Vec::new(),
         epoch: job.epoch,
+        logged: None,
     };
     let ticket = starting.ticket();
     let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run(job, ctx, ticket)));
@@ -176,11 +200,14 @@ pub fn spawn(
     }
 }
 
-/// Runs `job` to its end; it is finished (or parked) once its delivery-log records are
-/// acknowledged too.
+/// Runs `job` to its end. A job that parked records waits for their delivery-log
+/// records here (the key's parked count follows the park at once); a finished one hands
+/// its log records' acknowledgement to the lane ([`Done::logged`]), so the key's next
+/// record does not wait for the log.
 async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
     let mut followed = Vec::new();
-    let (mut end, logged) = if job.follow {
+    let mut logged = None;
+    let end = if job.follow {
         // Its key is parked: behind the key's earlier records, with no attempt, and
         // the key's records queued behind it with it.
         ticket.give_up();
@@ -188,37 +215,29 @@ async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         let mut ends = park::follow(&job, &followers, &ctx).await.into_iter();
         let end = ends.next().unwrap_or(JobEnd::Interrupted);
         followed = followers.iter().map(|f| f.offset).zip(ends).collect();
-        let mut trails = Vec::new();
-        for (j, e) in std::iter::once((&job, end)).chain(
-            followers
-                .iter()
-                .zip(followed.iter().map(|(_, e): &(i64, JobEnd)| *e)),
-        ) {
-            if matches!(e, JobEnd::Parked { .. }) {
-                let mut trail = trail::Trail::new(j, &ctx);
-                trail.ended(attempts::Outcome::Parked, None, Some(chrono::Utc::now()));
-                trails.push(trail);
-            }
+        let mut trail = trail::Trail::new(&job, &ctx);
+        let parked = std::iter::once((&job, end))
+            .chain(followers.iter().zip(followed.iter().map(|&(_, e)| e)))
+            .filter(|(_, e)| matches!(e, JobEnd::Parked { .. }));
+        for (j, _) in parked {
+            trail.parked_behind_key(j);
         }
-        let mut logged = true;
-        for trail in trails {
-            logged &= trail.acknowledged().await;
-        }
-        (end, logged)
+        // (The parks are durable whatever the log does: a shutdown that comes first
+        // leaves their log records to librdkafka's queue.)
+        trail.acknowledged().await;
+        end
     } else {
         let mut trail = trail::Trail::new(&job, &ctx);
         let end = attempt::deliver(&job, &ctx, &mut ticket, &mut trail).await;
-        let logged = end == JobEnd::Interrupted || trail.acknowledged().await;
-        (end, logged)
-    };
-    if !logged {
-        // Shutdown before the log had every record: redone (and logged) by the next
-        // owner.
-        end = JobEnd::Interrupted;
-        for (_, e) in &mut followed {
-            *e = JobEnd::Interrupted;
+        match end {
+            JobEnd::Parked { .. } => {
+                trail.acknowledged().await;
+            }
+            JobEnd::Finished => logged = trail.into_acknowledgement(),
+            JobEnd::Interrupted => {}
         }
-    }
+        end
+    };
     Done {
         retry: job.parked.is_some(),
         partition: job.partition,
@@ -227,5 +246,6 @@ async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         end,
         followed,
         epoch: job.epoch,
+        logged,
     }
 }

@@ -1,20 +1,17 @@
 //! A job's records in the delivery log (`crate::attempts`): one per attempt and one per
-//! end without an attempt, queued as they happen and acknowledged before the job counts
-//! as finished (a delivered message always has its `delivered` record; a record that
-//! cannot be written holds the job, as a dead letter that cannot be written does).
+//! end without an attempt, queued as they happen. A delivered message always has its
+//! `delivered` record: a finished job's offset moves only once its records are
+//! acknowledged ([`super::Logged`]), and a record that cannot be written holds that
+//! offset, as a dead letter that cannot be written does.
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::Headers;
 
-use super::{Job, JobContext};
+use super::{Job, JobContext, Logged};
 use crate::attempts::{AttemptRecord, Outcome, Pending, Trigger};
 use crate::kafka::headers;
 use crate::webhook::client::Report;
 use crate::webhook::outcome::Attempt;
-
-/// The header that names why a record is sent again (`resend`, `recover`), written by
-/// the API on the records it sends.
-pub const TRIGGER_HEADER: &str = headers::DELIVERY_TRIGGER;
 
 pub(super) struct Trail<'a> {
     job: &'a Job,
@@ -22,14 +19,72 @@ pub(super) struct Trail<'a> {
     pending: Vec<Pending>,
     /// Whether this job made an attempt already (the next one is a `retry`).
     attempted: bool,
+    /// The message's attempts so far: those before it was parked, and this job's. (The
+    /// job's own count starts again after a pause holds it, for the retry budget; the
+    /// log's does not.)
+    attempts: u32,
 }
 
 /// One attempt as the log keeps it.
 pub(super) struct Attempted<'r> {
-    pub(super) number: u32,
     pub(super) url: &'r Result<reqwest::Url, String>,
     pub(super) started_at: DateTime<Utc>,
     pub(super) report: &'r Report,
+}
+
+fn header(job: &Job, name: &str) -> Option<String> {
+    job.headers
+        .as_ref()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The trigger of a job's first attempt: `retry` for a record parked after attempts;
+/// else what sent it, the latest first (a replay of a resent record is a replay), or
+/// `scheduled`.
+fn first_trigger(job: &Job) -> Trigger {
+    if job.parked.as_ref().is_some_and(|p| p.attempts > 0) {
+        return Trigger::Retry;
+    }
+    if header(job, headers::REPLAYED_FROM).is_some() {
+        return Trigger::Replay;
+    }
+    header(job, headers::DELIVERY_TRIGGER)
+        .and_then(|v| Trigger::from_header(&v))
+        .unwrap_or(Trigger::Scheduled)
+}
+
+fn record(
+    job: &Job,
+    ctx: &JobContext,
+    attempt: u32,
+    trigger: Trigger,
+    outcome: Outcome,
+) -> AttemptRecord {
+    AttemptRecord {
+        v: crate::attempts::VERSION,
+        webhook_id: job.webhook_id.clone(),
+        event_id: job.webhook_id.clone(),
+        event_type: header(job, headers::EVENT_TYPE),
+        order_id: String::from_utf8_lossy(&job.key).into_owned(),
+        partner: ctx.partner.clone(),
+        subscription_id: job.subscription_id.clone(),
+        url: None,
+        attempt,
+        trigger,
+        started_at: Utc::now(),
+        duration_ms: 0,
+        status_code: None,
+        error: None,
+        error_detail: None,
+        outcome,
+        next_attempt_at: None,
+        response_content_type: None,
+        response_retry_after: None,
+        response_excerpt: None,
+    }
 }
 
 impl<'a> Trail<'a> {
@@ -39,58 +94,15 @@ impl<'a> Trail<'a> {
             ctx,
             pending: Vec::new(),
             attempted: false,
+            attempts: job.parked.as_ref().map_or(0, |p| p.attempts),
         }
     }
 
-    fn header(&self, name: &str) -> Option<String> {
-        let headers = self.job.headers.as_ref()?;
-        headers
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-
-    /// The trigger of the job's first attempt.
-    fn first_trigger(&self) -> Trigger {
-        if self.job.parked.is_some() {
-            return Trigger::Retry;
-        }
-        if let Some(t) = self
-            .header(TRIGGER_HEADER)
-            .and_then(|v| Trigger::from_header(&v))
-        {
-            return t;
-        }
-        if self.header(headers::REPLAYED_FROM).is_some() {
-            return Trigger::Replay;
-        }
-        Trigger::Scheduled
-    }
-
-    fn record(&self, attempt: u32, trigger: Trigger, outcome: Outcome) -> AttemptRecord {
-        let job = self.job;
-        AttemptRecord {
-            v: crate::attempts::VERSION,
-            webhook_id: job.webhook_id.clone(),
-            event_id: job.webhook_id.clone(),
-            event_type: self.header(headers::EVENT_TYPE),
-            order_id: String::from_utf8_lossy(&job.key).into_owned(),
-            partner: self.ctx.partner.clone(),
-            subscription_id: job.subscription_id.clone(),
-            url: None,
-            attempt,
-            trigger,
-            started_at: Utc::now(),
-            duration_ms: 0,
-            status_code: None,
-            error: None,
-            error_detail: None,
-            outcome,
-            next_attempt_at: None,
-            response_content_type: None,
-            response_retry_after: None,
-            response_excerpt: None,
+    fn trigger(&self) -> Trigger {
+        if self.attempted {
+            Trigger::Retry
+        } else {
+            first_trigger(self.job)
         }
     }
 
@@ -100,7 +112,8 @@ impl<'a> Trail<'a> {
         }
     }
 
-    /// An attempt and what became of the message after it.
+    /// An attempt and what became of the message after it (`error`: for an attempt
+    /// whose answer ended the message, the dead-letter reason's code and text).
     pub(super) fn attempted(
         &mut self,
         a: Attempted<'_>,
@@ -110,17 +123,11 @@ impl<'a> Trail<'a> {
         if self.ctx.log.is_none() {
             return;
         }
-        let trigger = if self.attempted {
-            Trigger::Retry
-        } else {
-            self.first_trigger()
-        };
+        let trigger = self.trigger();
         self.attempted = true;
-        let mut r = self.record(a.number, trigger, outcome);
-        r.url = match a.url {
-            Ok(url) => Some(crate::attempts::redact_url(url)),
-            Err(_) => None,
-        };
+        self.attempts += 1;
+        let mut r = record(self.job, self.ctx, self.attempts, trigger, outcome);
+        r.url = a.url.as_ref().ok().map(crate::attempts::redact_url);
         r.started_at = a.started_at;
         r.duration_ms = a.report.elapsed.as_millis() as u64;
         match &a.report.attempt {
@@ -130,14 +137,12 @@ impl<'a> Trail<'a> {
                 r.error_detail = Some(text.clone());
             }
             Attempt::Refused(text) => {
-                r.error = Some(
-                    if a.url.is_err() {
-                        "bad_url"
-                    } else {
-                        "refused_by_guard"
-                    }
-                    .to_string(),
-                );
+                let class = if a.url.is_err() {
+                    "bad_url"
+                } else {
+                    "refused_by_guard"
+                };
+                r.error = Some(class.to_string());
                 r.error_detail = Some(text.clone());
             }
         }
@@ -148,40 +153,49 @@ impl<'a> Trail<'a> {
         self.queue(r);
     }
 
-    /// An end of the message without an attempt (attempt number 0): parked behind its
-    /// key, dropped with its deleted subscription, dead-lettered unsent (`error`: the
-    /// reason's code and text).
-    pub(super) fn ended(
-        &mut self,
-        outcome: Outcome,
-        error: Option<(&str, String)>,
-        next_attempt_at: Option<DateTime<Utc>>,
-    ) {
+    /// An end of the message without an attempt (attempt number 0): dropped with its
+    /// deleted subscription, dead-lettered unsent (`error`: the reason's code and text).
+    pub(super) fn ended(&mut self, outcome: Outcome, error: Option<(&str, String)>) {
         if self.ctx.log.is_none() {
             return;
         }
-        let trigger = if self.attempted {
-            Trigger::Retry
-        } else {
-            self.first_trigger()
-        };
-        let mut r = self.record(0, trigger, outcome);
+        let mut r = record(self.job, self.ctx, 0, self.trigger(), outcome);
         if let Some((class, detail)) = error {
             r.error = Some(class.to_string());
             r.error_detail = Some(detail);
         }
-        r.next_attempt_at = next_attempt_at;
         self.queue(r);
     }
 
-    /// Waits for every queued record's acknowledgement (`false`: shutdown came first;
-    /// the job is then unfinished).
-    pub(super) async fn acknowledged(self) -> bool {
-        match &self.ctx.log {
-            Some(log) if !self.pending.is_empty() => {
-                log.acknowledged(self.pending, &self.ctx.shutdown).await
-            }
-            _ => true,
+    /// `job` (this trail's, or a record that went with it) moved to the retry topic
+    /// behind its key's earlier records, without an attempt: its next attempt comes
+    /// after theirs, so it has no time of its own.
+    pub(super) fn parked_behind_key(&mut self, job: &Job) {
+        if self.ctx.log.is_none() {
+            return;
         }
+        let r = record(job, self.ctx, 0, first_trigger(job), Outcome::Parked);
+        self.queue(r);
+    }
+
+    /// Waits for every queued record's acknowledgement (`false`: shutdown came first).
+    pub(super) async fn acknowledged(self) -> bool {
+        match self.into_acknowledgement() {
+            Some(logged) => logged.acknowledged().await,
+            None => true,
+        }
+    }
+
+    /// The queued records' acknowledgement, to wait for elsewhere (`None`: nothing
+    /// queued).
+    pub(super) fn into_acknowledgement(self) -> Option<Logged> {
+        let log = self.ctx.log.clone()?;
+        if self.pending.is_empty() {
+            return None;
+        }
+        let (pending, stop) = (self.pending, self.ctx.shutdown.clone());
+        Some(Logged(Box::pin(async move {
+            log.acknowledged(pending, &stop).await
+        })))
     }
 }

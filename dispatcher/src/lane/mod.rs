@@ -223,6 +223,19 @@ pub async fn run_linked(
     let mut store = tokio::time::interval(STORE_EVERY);
     store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running = FuturesUnordered::new();
+    // Finished jobs' offsets waiting for their delivery-log records (`state::Unlogged`).
+    let mut acks = FuturesUnordered::new();
+    let mut unlogged = Vec::new();
+    let wait_for_log = |u: state::Unlogged| async move {
+        let state::Unlogged {
+            logged,
+            tp,
+            offset,
+            key,
+            epoch,
+        } = u;
+        (logged.acknowledged().await, tp, offset, key, epoch)
+    };
     tracing::info!(partner = %partner, topic = %topic, parking, "delivery lane started");
     let lm = ctx.metrics.clone();
     // Each topic has its own pause: parked records waiting on a failing key never stop
@@ -314,14 +327,22 @@ pub async fn run_linked(
                             read_retries.start(d.partition, from);
                         }
                     }
-                    if let Some(next) = state.done(d) {
+                    if let Some(next) = state.done(d, &mut unlogged) {
                         state.ready.push_back(next);
                     }
+                    acks.extend(unlogged.drain(..).map(wait_for_log));
                     handled += 1;
                     if handled > BATCH {
                         break;
                     }
                     done = running.next().now_or_never().flatten();
+                }
+                lm.buffered.set(state.tracker.total_pending() as f64);
+            }
+            Some((logged, tp, offset, key, epoch)) = acks.next(), if !acks.is_empty() => {
+                // (Not logged: shutdown; the offset stays, the next owner redoes it.)
+                if logged {
+                    state.logged(tp, offset, &key, epoch);
                 }
                 lm.buffered.set(state.tracker.total_pending() as f64);
             }
@@ -364,16 +385,22 @@ pub async fn run_linked(
     }
     let deadline = tokio::time::sleep(config.shutdown_deadline);
     tokio::pin!(deadline);
-    while !running.is_empty() {
+    while !running.is_empty() || !acks.is_empty() {
         tokio::select! {
             _ = &mut deadline, if !abort.is_cancelled() => {
                 tracing::warn!(partner = %partner, unfinished = state.tracker.total_pending(), "shutdown deadline: giving up on the rest");
                 abort.cancel();
                 state.waiting.clear();
             }
-            Some(done) = running.next() => {
-                if let Some(next) = state.done(done) {
+            Some(done) = running.next(), if !running.is_empty() => {
+                if let Some(next) = state.done(done, &mut unlogged) {
                     running.push(delivery::spawn(next, Arc::clone(&ctx), &starting));
+                }
+                acks.extend(unlogged.drain(..).map(wait_for_log));
+            }
+            Some((logged, tp, offset, key, epoch)) = acks.next(), if !acks.is_empty() => {
+                if logged {
+                    state.logged(tp, offset, &key, epoch);
                 }
             }
         }

@@ -9,9 +9,18 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::intake::LaneConsumer;
 use super::read_back::Rebalances;
-use crate::delivery::{Done, Job, JobEnd};
+use crate::delivery::{Done, Job, JobEnd, Logged};
 use crate::kafka::group::GroupChange;
 use crate::kafka::offsets::OffsetTracker;
+
+/// A finished job's offset waiting for its delivery-log records ([`LaneState::done`]).
+pub(super) struct Unlogged {
+    pub(super) logged: Logged,
+    pub(super) tp: Tp,
+    pub(super) offset: i64,
+    pub(super) key: Vec<u8>,
+    pub(super) epoch: u64,
+}
 
 /// A partition of the lane: of the delivery topic, or of the retry topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -301,8 +310,11 @@ impl LaneState {
         }
     }
 
-    /// Records a job's end; returns the next record of its key to start, if any.
-    pub(super) fn done(&mut self, done: Done) -> Option<Job> {
+    /// Records a job's end; returns the next record of its key to start, if any. A
+    /// finished job whose delivery-log records are not acknowledged yet (`logged`)
+    /// frees its key at once, but its offset waits: it is put in `unlogged`, for
+    /// [`Self::logged`] when the acknowledgement comes.
+    pub(super) fn done(&mut self, done: Done, unlogged: &mut Vec<Unlogged>) -> Option<Job> {
         let Done {
             retry,
             partition,
@@ -311,6 +323,7 @@ impl LaneState {
             end,
             followed,
             epoch,
+            logged,
         } = done;
         let tp = Tp { retry, partition };
         // A job of an assignment that is over: its records are the partition's next
@@ -337,7 +350,16 @@ impl LaneState {
             self.waiting.remove(&slot);
             return None;
         }
-        self.finish(tp, offset, &slot.1, end, over);
+        match logged {
+            Some(logged) if end == JobEnd::Finished => unlogged.push(Unlogged {
+                logged,
+                tp,
+                offset,
+                key: slot.1.clone(),
+                epoch,
+            }),
+            _ => self.finish(tp, offset, &slot.1, end, over),
+        }
         if interrupted {
             // The job itself ended, a record that followed it did not.
             self.waiting.remove(&slot);
@@ -353,6 +375,13 @@ impl LaneState {
             }
         }
         next.map(|job| self.prepare(job))
+    }
+
+    /// A finished job's delivery-log records were acknowledged: its offset moves (as
+    /// `done` would have moved it).
+    pub(super) fn logged(&mut self, tp: Tp, offset: i64, key: &[u8], epoch: u64) {
+        let over = epoch != 0 && self.epochs.get(&tp) != Some(&epoch);
+        self.finish(tp, offset, key, JobEnd::Finished, over);
     }
 
     /// A finished record of `tp` (delivered, dead-lettered, dropped, or parked at

@@ -158,7 +158,9 @@ impl WebhookClient {
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                let text = error_chain(&e);
+                // (Without the URL: it may hold credentials or a token, and the text
+                // goes to the dead-letter record and the delivery log.)
+                let text = error_chain(&e.without_url());
                 let attempt = if text.contains("refused by the SSRF guard") {
                     Attempt::Refused(text)
                 } else {

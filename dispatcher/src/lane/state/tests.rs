@@ -98,9 +98,10 @@ fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
         end: JobEnd::Parked { at },
         followed: Vec::new(),
         epoch: 0,
+        logged: None,
     };
-    assert!(state.done(parked_at(4, "seen")).is_none());
-    assert!(state.done(parked_at(5, "unseen")).is_none());
+    assert!(state.done_now(parked_at(4, "seen")).is_none());
+    assert!(state.done_now(parked_at(5, "unseen")).is_none());
     state.finish_rebuild(ReadBack {
         partition: 1,
         generation,
@@ -115,7 +116,7 @@ fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
     );
     assert_eq!(state.parked.get(&(1, b"unseen".to_vec())), Some(&1));
     // Without a read-back going on, a write counts at once.
-    assert!(state.done(parked_at(6, "seen")).is_none());
+    assert!(state.done_now(parked_at(6, "seen")).is_none());
     assert_eq!(state.parked.get(&(1, b"seen".to_vec())), Some(&2));
 }
 
@@ -170,9 +171,10 @@ fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
         end: JobEnd::Parked { at },
         followed,
         epoch: 0,
+        logged: None,
     };
     let next = state
-        .done(done(1, 10, vec![]))
+        .done_now(done(1, 10, vec![]))
         .expect("the key's next record");
     assert!(next.follow);
     assert_eq!(
@@ -186,7 +188,7 @@ fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
         "the key is busy meanwhile"
     );
     let after = state
-        .done(done(2, 11, vec![(3, JobEnd::Parked { at: 12 })]))
+        .done_now(done(2, 11, vec![(3, JobEnd::Parked { at: 12 })]))
         .expect("record 4, queued meanwhile");
     assert_eq!(after.offset, 4);
     assert_eq!(
@@ -206,7 +208,7 @@ fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
     assert!(state.take(record(0, 5, "k")).is_none());
     let mut interrupted = done(4, 13, vec![]);
     interrupted.followed = vec![(5, JobEnd::Interrupted)];
-    assert!(state.done(interrupted).is_none());
+    assert!(state.done_now(interrupted).is_none());
     assert!(state.waiting.is_empty());
 }
 
@@ -245,8 +247,9 @@ fn a_retry_record_ending_after_its_partition_was_revoked_leaves_its_key_parked_w
         end: JobEnd::Finished,
         followed: Vec::new(),
         epoch: 1,
+        logged: None,
     };
-    assert!(state.done(end).is_none());
+    assert!(state.done_now(end).is_none());
     // Assigned back (epoch 2): its offset was not stored, so the read-back finds the
     // record again: the key is parked, once.
     own(&mut state, 2);
@@ -314,15 +317,16 @@ fn a_park_by_a_job_of_an_assignment_that_is_over_counts_when_the_new_read_back_m
         end: JobEnd::Parked { at },
         followed: Vec::new(),
         epoch: 1,
+        logged: None,
     };
-    state.done(parked(5));
+    state.done_now(parked(5));
     assert_eq!(
         state.parked.get(&(1, b"k".to_vec())),
         Some(&1),
         "past the read-back's range: k is parked, its next records follow it"
     );
     // One the read-back did see is not counted twice.
-    state.done(parked(4));
+    state.done_now(parked(4));
     assert_eq!(state.parked.get(&(1, b"k".to_vec())), Some(&1));
     assert!(
         state.to_store.is_empty(),
@@ -349,4 +353,51 @@ fn a_read_back_nobody_waits_for_any_more_is_cancelled() {
     let third = state.rebuilding[&1].cancel.clone();
     state.follow(&lane, vec![revoked(1)]);
     assert!(third.is_cancelled(), "revoked");
+}
+
+/// #23: a finished job whose delivery-log records are on their way frees its key at
+/// once (the order's next event does not wait for the log), but its offset moves only
+/// once the log acknowledged them.
+#[test]
+fn a_finished_job_frees_its_key_at_once_and_its_offset_once_logged() {
+    let mut state = LaneState::default();
+    let _first = state.take(record(0, 1, "k")).expect("the key is free");
+    assert!(state.take(record(0, 2, "k")).is_none(), "queued behind it");
+    let mut unlogged = Vec::new();
+    let finished = Done {
+        retry: false,
+        partition: 0,
+        offset: 1,
+        key: b"k".to_vec(),
+        end: JobEnd::Finished,
+        followed: Vec::new(),
+        epoch: 0,
+        logged: Some(crate::delivery::Logged::new(async { true })),
+    };
+    let next = state
+        .done(finished, &mut unlogged)
+        .expect("the key's next record");
+    assert_eq!(next.offset, 2);
+    let tp = Tp {
+        retry: false,
+        partition: 0,
+    };
+    assert_eq!(
+        state.to_store.get(&tp),
+        None,
+        "no offset before the log has it"
+    );
+    let u = unlogged.pop().expect("waiting for the log");
+    state.logged(u.tp, u.offset, &u.key, u.epoch);
+    assert_eq!(state.to_store.get(&tp), Some(&2), "offset 1 finished");
+}
+
+impl LaneState {
+    /// `done` for a job without delivery-log records.
+    fn done_now(&mut self, done: Done) -> Option<Job> {
+        let mut unlogged = Vec::new();
+        let next = self.done(done, &mut unlogged);
+        assert!(unlogged.is_empty());
+        next
+    }
 }

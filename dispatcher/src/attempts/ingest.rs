@@ -1,0 +1,126 @@
+//! Fills a [`LogView`] from the log topic: a reader assigned to every partition at the
+//! view's stored positions (the beginning for a partition it never read), batches of
+//! up to 1,000 records or 100 ms written in one transaction each, and retention applied
+//! every minute.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::view::LogView;
+use super::AttemptRecord;
+use crate::kafka::KafkaSettings;
+use crate::metrics as m;
+
+/// How long the view keeps records, and how large it may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(7 * 86_400),
+            max_bytes: 10 << 30,
+        }
+    }
+}
+
+/// Reads `topic` into `view` until `stop`; errors only when the topic cannot be read at
+/// all (no such topic).
+pub async fn follow(
+    settings: KafkaSettings,
+    topic: String,
+    view: Arc<Mutex<LogView>>,
+    retention: Retention,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer = settings.reader().create()?;
+    let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .filter(|p: &Vec<i32>| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("delivery log topic `{topic}` does not exist"))?;
+    let stored = lock(&view).positions()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        let at = stored
+            .iter()
+            .find(|(sp, _)| sp == p)
+            .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o));
+        assignment.add_partition_offset(&topic, *p, at)?;
+    }
+    consumer.assign(&assignment)?;
+    tracing::info!(%topic, partitions = partitions.len(), "delivery log view following");
+    let mut stream = consumer.stream();
+    let mut expiry = tokio::time::interval(Duration::from_secs(60));
+    let mut batch: Vec<(i32, i64, Option<AttemptRecord>)> = Vec::new();
+    loop {
+        let deadline = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = &mut deadline => break,
+                _ = expiry.tick() => {
+                    let view = Arc::clone(&view);
+                    let before = chrono::Utc::now()
+                        - chrono::Duration::from_std(retention.max_age).unwrap_or_default();
+                    let removed = tokio::task::spawn_blocking(move || {
+                        lock(&view).expire(before, retention.max_bytes)
+                    })
+                    .await?;
+                    match removed {
+                        Ok(n) if n > 0 => tracing::info!(removed = n, "delivery log view: old records removed"),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "delivery log view: retention"),
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(Ok(message)) => {
+                        let record = message.payload().and_then(|p| {
+                            serde_json::from_slice::<AttemptRecord>(p)
+                                .inspect_err(|e| {
+                                    tracing::warn!(partition = message.partition(), offset = message.offset(), error = %e, "delivery log record skipped");
+                                    metrics::counter!(m::LOG_VIEW_SKIPPED).increment(1);
+                                })
+                                .ok()
+                        });
+                        batch.push((message.partition(), message.offset(), record));
+                        if batch.len() >= 1_000 {
+                            break;
+                        }
+                    }
+                    Some(Err(error)) => tracing::warn!(%error, "reading the delivery log"),
+                    None => return Ok(()),
+                },
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let done = std::mem::take(&mut batch);
+        let view = Arc::clone(&view);
+        let held = tokio::task::spawn_blocking(move || {
+            let mut v = lock(&view);
+            v.apply(&done)?;
+            v.counts()
+        })
+        .await??;
+        metrics::gauge!(m::LOG_VIEW_RECORDS).set(held.0 as f64);
+        metrics::gauge!(m::LOG_VIEW_MESSAGES).set(held.1 as f64);
+    }
+}
+
+fn lock(view: &Mutex<LogView>) -> std::sync::MutexGuard<'_, LogView> {
+    view.lock().unwrap_or_else(|p| p.into_inner())
+}

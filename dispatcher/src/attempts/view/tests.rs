@@ -1,0 +1,226 @@
+use super::*;
+use crate::attempts::{Outcome, Trigger};
+
+fn record(
+    webhook: &str,
+    attempt: u32,
+    status: Option<u16>,
+    outcome: Outcome,
+    at_ms: i64,
+) -> AttemptRecord {
+    AttemptRecord {
+        v: 1,
+        webhook_id: webhook.into(),
+        event_id: webhook.into(),
+        event_type: Some("order.created".into()),
+        order_id: format!("order-{webhook}"),
+        partner: "p".into(),
+        subscription_id: "p.s".into(),
+        url: Some("http://127.0.0.1:9/hook".into()),
+        attempt,
+        trigger: if attempt > 1 {
+            Trigger::Retry
+        } else {
+            Trigger::Scheduled
+        },
+        started_at: chrono::DateTime::from_timestamp_millis(at_ms).expect("time"),
+        duration_ms: 3,
+        status_code: status,
+        error: None,
+        error_detail: None,
+        outcome,
+        next_attempt_at: None,
+        response_content_type: None,
+        response_retry_after: None,
+        response_excerpt: status.map(|s| format!("answer {s}")),
+    }
+}
+
+fn view() -> (tempfile::TempDir, LogView) {
+    let dir = tempfile::tempdir().expect("dir");
+    let view = LogView::open(&dir.path().join("view.db")).expect("open");
+    (dir, view)
+}
+
+/// A message failing twice then delivered: one message, three attempts in order; the
+/// batch read again after a restart (same offsets) changes nothing; positions move.
+#[test]
+fn a_message_and_its_attempts_are_kept_once_each_in_order() {
+    let (dir, mut view) = view();
+    let batch = vec![
+        (
+            0,
+            10,
+            Some(record("w1", 1, Some(500), Outcome::RetryScheduled, 1_000)),
+        ),
+        (
+            0,
+            11,
+            Some(record("w1", 2, Some(500), Outcome::RetryScheduled, 2_000)),
+        ),
+        (0, 12, None),
+        (
+            0,
+            13,
+            Some(record("w1", 3, Some(204), Outcome::Delivered, 3_000)),
+        ),
+    ];
+    view.apply(&batch).expect("apply");
+    drop(view);
+    let mut view = LogView::open(&dir.path().join("view.db")).expect("reopen");
+    assert_eq!(view.positions().expect("positions"), vec![(0, 14)]);
+    view.apply(&batch).expect("the same batch again");
+    let (message, attempts) = view.message("p.s", "w1").expect("query").expect("found");
+    assert_eq!(
+        (
+            message.status,
+            message.attempts_count,
+            message.last_status_code
+        ),
+        (Status::Delivered, 3, Some(204))
+    );
+    let seen: Vec<(u32, Option<u16>)> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.status_code))
+        .collect();
+    assert_eq!(seen, vec![(1, Some(500)), (2, Some(500)), (3, Some(204))]);
+    assert_eq!(attempts[0].response_excerpt.as_deref(), Some("answer 500"));
+    assert!(view.message("p.s", "w2").expect("query").is_none());
+    assert!(view.message("other.s", "w1").expect("query").is_none());
+}
+
+/// Lists are newest first, filtered, and paged by cursor without gaps or repeats.
+#[test]
+fn lists_are_filtered_and_paged_newest_first() {
+    let (_dir, mut view) = view();
+    let mut batch = Vec::new();
+    for i in 0..25i64 {
+        let outcome = if i % 5 == 0 {
+            Outcome::DeadLettered
+        } else {
+            Outcome::Delivered
+        };
+        let status = if i % 5 == 0 { 400 } else { 204 };
+        batch.push((
+            1,
+            i,
+            Some(record(
+                &format!("w{i:02}"),
+                1,
+                Some(status),
+                outcome,
+                1_000 + i,
+            )),
+        ));
+    }
+    view.apply(&batch).expect("apply");
+    let all = Filter::default();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let (page, next) = view
+            .messages("p.s", &all, cursor.as_ref(), 10)
+            .expect("page");
+        seen.extend(page.into_iter().map(|m| m.webhook_id));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).rev().map(|i| format!("w{i:02}")).collect();
+    assert_eq!(seen, expected, "every message once, newest first");
+    let dead = Filter {
+        status: Some(Status::DeadLettered),
+        ..Default::default()
+    };
+    let (page, next) = view.messages("p.s", &dead, None, 10).expect("page");
+    assert_eq!(page.len(), 5);
+    assert!(next.is_none());
+    assert!(page.iter().all(|m| m.last_status_code == Some(400)));
+    let one = Filter {
+        order_id: Some("order-w07".into()),
+        ..Default::default()
+    };
+    let (page, _) = view.messages("p.s", &one, None, 10).expect("page");
+    assert_eq!(page.len(), 1);
+    let window = Filter {
+        since: chrono::DateTime::from_timestamp_millis(1_010),
+        until: chrono::DateTime::from_timestamp_millis(1_015),
+        ..Default::default()
+    };
+    let (page, _) = view.messages("p.s", &window, None, 10).expect("page");
+    assert_eq!(page.len(), 5, "1,010 <= t < 1,015");
+}
+
+/// Retention removes records and messages older than the cut, and keeps the rest.
+#[test]
+fn retention_removes_old_rows() {
+    let (_dir, mut view) = view();
+    let batch: Vec<_> = (0..100i64)
+        .map(|i| {
+            (
+                0,
+                i,
+                Some(record(
+                    &format!("w{i}"),
+                    1,
+                    Some(204),
+                    Outcome::Delivered,
+                    i * 1_000,
+                )),
+            )
+        })
+        .collect();
+    view.apply(&batch).expect("apply");
+    let removed = view
+        .expire(
+            chrono::DateTime::from_timestamp_millis(50_000).expect("time"),
+            u64::MAX,
+        )
+        .expect("expire");
+    assert_eq!(removed, 50);
+    assert_eq!(view.counts().expect("counts"), (50, 50));
+    assert!(view.message("p.s", "w10").expect("query").is_none());
+    assert!(view.message("p.s", "w60").expect("query").is_some());
+}
+
+/// Over its size limit, the view removes its oldest records until it fits.
+#[test]
+fn retention_by_size_removes_the_oldest_first() {
+    let (_dir, mut view) = view();
+    let batch: Vec<_> = (0..4_000i64)
+        .map(|i| {
+            (
+                0,
+                i,
+                Some(record(
+                    &format!("w{i}"),
+                    1,
+                    Some(204),
+                    Outcome::Delivered,
+                    i * 1_000,
+                )),
+            )
+        })
+        .collect();
+    view.apply(&batch).expect("apply");
+    let full = view.bytes().expect("bytes");
+    let limit = full / 2;
+    let removed = view
+        .expire(
+            chrono::DateTime::from_timestamp_millis(0).expect("time"),
+            limit,
+        )
+        .expect("expire by size");
+    let now = view.bytes().expect("bytes");
+    assert!(now <= limit, "{now} bytes left of {full}, limit {limit}");
+    assert!(removed > 0 && removed < 4_000, "{removed}");
+    assert!(
+        view.message("p.s", "w3999").expect("query").is_some(),
+        "the newest stay"
+    );
+    assert!(
+        view.message("p.s", "w0").expect("query").is_none(),
+        "the oldest go"
+    );
+}
