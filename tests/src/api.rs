@@ -29,11 +29,18 @@ pub struct ApiProcess {
     /// Where it writes its audit trail.
     pub audit_topic: String,
     pub(crate) tokens_file: PathBuf,
+    /// The delivery-log view's file it made (removed on drop).
+    pub(crate) view: Option<PathBuf>,
 }
 
 impl Drop for ApiProcess {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.tokens_file);
+        if let Some(view) = &self.view {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", view.display()));
+            }
+        }
     }
 }
 

@@ -181,6 +181,17 @@ impl DispatchWorld {
             "--tokens-file".into(),
             tokens_file.display().to_string(),
         ]);
+        // The world's delivery log, into a view file of this process's own (removed
+        // when it ends), unless the test names them.
+        let mut view = None;
+        if !extra.contains(&"--attempts-topic") {
+            args.extend(["--attempts-topic".into(), self.attempts_topic.clone()]);
+        }
+        if !extra.contains(&"--log-view-path") {
+            let path = dir.join(format!("{}.db", unique("log-view")));
+            args.extend(["--log-view-path".into(), path.display().to_string()]);
+            view = Some(path);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let (process, url) = spawn_listening(&args, &log);
         ApiProcess {
@@ -189,6 +200,7 @@ impl DispatchWorld {
             url,
             audit_topic,
             tokens_file,
+            view,
         }
     }
 }

@@ -31,6 +31,7 @@ mod auth;
 mod error;
 mod events;
 mod limits;
+mod messages;
 mod partners;
 mod subscriptions;
 
@@ -65,6 +66,8 @@ pub struct ApiState {
     /// Writes the subscriptions topic: one producer for every request (a producer
     /// per request cost a client, its threads and a connection each time).
     pub writer: rdkafka::producer::FutureProducer,
+    /// This instance's view of the delivery log (`None`: the log is off).
+    pub log: Option<Arc<std::sync::Mutex<crate::attempts::view::LogView>>>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -143,6 +146,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
         .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
         .route("/v1/partners/{partner}/events", get(events::events))
+        .route("/v1/messages/{webhook_id}", get(messages::message))
+        .route("/v1/subscriptions/{id}/messages", get(messages::list))
         .route(
             "/v1/partners/{partner}/disconnect",
             post(partners::disconnect),

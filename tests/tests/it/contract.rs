@@ -185,6 +185,37 @@ async fn dispatched_webhooks_and_api_answers_match_the_document() {
     let v = validator(&doc, "EventsPage");
     assert_eq!(errors(&v, &page), Vec::<String>::new(), "{page}");
     assert_eq!(page["data"].as_array().map(Vec::len), Some(sent.len()));
+    // The delivery log: a message with its attempts, and a page of messages.
+    let id = sent[0].event_id().to_string();
+    let mut message = Value::Null;
+    for _ in 0..100 {
+        let response = client
+            .get(format!("{}/v1/messages/{id}", api.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("message");
+        if response.status() == 200 {
+            message = response.json().await.expect("json");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = validator(&doc, "MessageWithAttempts");
+    assert_eq!(errors(&v, &message), Vec::<String>::new(), "{message}");
+    assert_eq!(message["status"], "delivered", "{message}");
+    let messages: Value = client
+        .get(format!("{}/v1/subscriptions/{partner}-s/messages?limit=5", api.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("messages")
+        .json()
+        .await
+        .expect("json");
+    let v = validator(&doc, "MessagePage");
+    assert_eq!(errors(&v, &messages), Vec::<String>::new(), "{messages}");
+    assert_eq!(messages["items"].as_array().map(Vec::len), Some(5), "{messages}");
     let error: Value = client
         .get(format!("{}/v1/subscriptions/nope", api.url))
         .bearer_auth(token)

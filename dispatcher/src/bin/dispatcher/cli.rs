@@ -264,6 +264,23 @@ pub struct ApiArgs {
     /// The burst of `--partner-writes-per-sec`.
     #[arg(long, env = "API_PARTNER_WRITE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub partner_write_burst: u32,
+    /// The delivery log's topic (as `dispatcher run --attempts-topic`), read into this
+    /// instance's view for `/v1/messages`; empty turns those endpoints off.
+    #[arg(long, env = "API_ATTEMPTS_TOPIC", default_value = dispatcher::attempts::DEFAULT_TOPIC)]
+    pub attempts_topic: String,
+    /// The view's SQLite file (made when missing; each API instance has its own).
+    #[arg(
+        long,
+        env = "API_LOG_VIEW_PATH",
+        default_value = "delivery-log-view.db"
+    )]
+    pub log_view_path: PathBuf,
+    /// How long the view keeps a record, in hours.
+    #[arg(long, env = "API_LOG_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8_760))]
+    pub log_retention_hours: u64,
+    /// How large the view may grow, in MiB; past that its oldest records go first.
+    #[arg(long, env = "API_LOG_MAX_MIB", default_value_t = 10_240, value_parser = clap::value_parser!(u64).range(1..=10_485_760))]
+    pub log_max_mib: u64,
 }
 
 #[derive(Debug, Subcommand)]

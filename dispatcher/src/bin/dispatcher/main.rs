@@ -92,6 +92,41 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         .set("message.timeout.ms", "30000")
         .create()
         .context("the subscriptions topic's producer")?;
+    // The delivery log's view: made where missing, filled from where it stopped.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_view = stop.clone().drop_guard();
+    let log = if args.attempts_topic.is_empty() {
+        None
+    } else {
+        shared
+            .kafka
+            .ensure_topics(
+                std::slice::from_ref(&args.attempts_topic),
+                shared.partitions,
+                &[("retention.ms", "604800000")],
+            )
+            .await
+            .with_context(|| format!("delivery log topic `{}`", args.attempts_topic))?;
+        let view = dispatcher::attempts::view::LogView::open(&args.log_view_path)?;
+        let view = Arc::new(std::sync::Mutex::new(view));
+        let retention = dispatcher::attempts::ingest::Retention {
+            max_age: std::time::Duration::from_secs(args.log_retention_hours * 3600),
+            max_bytes: args.log_max_mib << 20,
+        };
+        let (kafka, topic, filled) = (
+            shared.kafka.clone(),
+            args.attempts_topic.clone(),
+            Arc::clone(&view),
+        );
+        tokio::spawn(async move {
+            if let Err(error) =
+                dispatcher::attempts::ingest::follow(kafka, topic, filled, retention, stop).await
+            {
+                tracing::error!(%error, "the delivery log view stopped");
+            }
+        });
+        Some(view)
+    };
     let state = dispatcher::api::ApiState {
         kafka: shared.kafka,
         subscriptions_topic: shared.subscriptions_topic,
@@ -111,6 +146,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
             args.partner_write_burst,
         ),
         writer,
+        log,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

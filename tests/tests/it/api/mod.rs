@@ -60,5 +60,6 @@ fn received(r: &Receiver) -> BTreeSet<String> {
 
 mod events;
 mod lifecycle;
+mod messages;
 mod tenancy;
 mod validation;

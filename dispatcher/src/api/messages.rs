@@ -1,0 +1,301 @@
+//! The delivery log through the API (#23): one message with every attempt, and a
+//! subscription's messages, newest first, filtered and paged. Answered from this
+//! instance's view of the log topic (`attempts::view`); a partner sees only its own.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::ApiState;
+use crate::attempts::view::{Cursor, Filter, LogView, Message, Status};
+use crate::attempts::AttemptRecord;
+
+/// A malformed query answers like any bad field: JSON, naming it (`known` are the
+/// query's fields).
+fn query_error(e: axum::extract::rejection::QueryRejection, known: &[&str]) -> ApiError {
+    let text = e.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    let field = detail.split(':').next().unwrap_or("query").trim();
+    let field = known
+        .iter()
+        .find(|k| **k == field)
+        .copied()
+        .unwrap_or("query");
+    ApiError::field(field, detail.to_string())
+}
+
+/// The view, or 404 when this API keeps none (`--attempts-topic` empty).
+fn view(api: &ApiState) -> Result<Arc<Mutex<LogView>>, ApiError> {
+    api.log.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the delivery log is off on this API (--attempts-topic is empty)",
+        )
+    })
+}
+
+/// Runs `f` on the view off the async threads.
+async fn on_view<T: Send + 'static>(
+    view: Arc<Mutex<LogView>>,
+    f: impl FnOnce(&LogView) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&view.lock().unwrap_or_else(|p| p.into_inner())))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// A message id as webhooks carry it: 1-128 of `A-Za-z0-9._:-`.
+fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn time_of(
+    field: &str,
+    text: &Option<String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    text.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| ApiError::field(field, format!("not an RFC 3339 time: {e}")))
+        })
+        .transpose()
+}
+
+/// One attempt as the API shows it.
+#[derive(Debug, Serialize)]
+struct AttemptView {
+    attempt: u32,
+    trigger: crate::attempts::Trigger,
+    url: Option<String>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    duration_ms: u64,
+    status_code: Option<u16>,
+    error: Option<String>,
+    error_detail: Option<String>,
+    outcome: crate::attempts::Outcome,
+    next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    response_content_type: Option<String>,
+    response_retry_after: Option<String>,
+    response_excerpt: Option<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(r: AttemptRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            trigger: r.trigger,
+            url: r.url,
+            started_at: r.started_at,
+            duration_ms: r.duration_ms,
+            status_code: r.status_code,
+            error: r.error,
+            error_detail: r.error_detail,
+            outcome: r.outcome,
+            next_attempt_at: r.next_attempt_at,
+            response_content_type: r.response_content_type,
+            response_retry_after: r.response_retry_after,
+            response_excerpt: r.response_excerpt,
+        }
+    }
+}
+
+/// A message as the API shows it.
+#[derive(Debug, Serialize)]
+struct MessageView {
+    webhook_id: String,
+    event_id: String,
+    event_type: Option<String>,
+    order_id: String,
+    subscription_id: String,
+    status: Status,
+    attempts_count: u32,
+    last_status_code: Option<u16>,
+    last_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<AttemptView>>,
+}
+
+impl MessageView {
+    fn of(m: Message, attempts: Option<Vec<AttemptRecord>>) -> Self {
+        Self {
+            webhook_id: m.webhook_id,
+            event_id: m.event_id,
+            event_type: m.event_type,
+            order_id: m.order_id,
+            subscription_id: m.subscription_id,
+            status: m.status,
+            attempts_count: m.attempts_count,
+            last_status_code: m.last_status_code,
+            last_attempt_at: m.last_attempt_at,
+            next_attempt_at: m.next_attempt_at,
+            attempts: attempts.map(|a| a.into_iter().map(AttemptView::from).collect()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MessageQuery {
+    subscription_id: Option<String>,
+}
+
+/// `GET /v1/messages/{webhook_id}`: the message and its attempts, oldest first. An
+/// event that went to several of the caller's subscriptions needs `subscription_id`.
+pub(super) async fn message(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(webhook_id): Path<String>,
+    query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
+    if !valid_id(&webhook_id) {
+        return Err(ApiError::field(
+            "webhook_id",
+            "1-128 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    let view = view(&api)?;
+    let partner = match &caller {
+        Caller::Admin => None,
+        Caller::Partner(p) => Some(p.clone()),
+    };
+    let id = webhook_id.clone();
+    let found = on_view(Arc::clone(&view), move |v| {
+        v.subscriptions_of(&id, partner.as_deref())
+    })
+    .await?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no message `{webhook_id}`"),
+        )
+    };
+    let subscription = match (&query.subscription_id, &found[..]) {
+        (_, []) => return Err(not_found()),
+        (Some(s), _) if found.contains(s) => s.clone(),
+        (Some(_), _) => return Err(not_found()),
+        (None, [only]) => only.clone(),
+        (None, several) => {
+            return Err(ApiError::field(
+                "subscription_id",
+                format!(
+                    "the message went to {} of your subscriptions; name one of: {}",
+                    several.len(),
+                    several.join(", ")
+                ),
+            ))
+        }
+    };
+    let id = webhook_id.clone();
+    let (message, attempts) = on_view(view, move |v| v.message(&subscription, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(MessageView::of(message, Some(attempts))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    event_type: Option<String>,
+    order_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+fn encode_cursor(c: &Cursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}:{}", c.updated_ms, c.webhook_id))
+}
+
+fn decode_cursor(text: &str) -> Option<Cursor> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (ms, id) = raw.split_once(':')?;
+    Some(Cursor {
+        updated_ms: ms.parse().ok()?,
+        webhook_id: id.to_string(),
+    })
+}
+
+/// `GET /v1/subscriptions/{id}/messages`: newest first, filtered, paged by cursor.
+pub(super) async fn list(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let known = [
+        "status",
+        "event_type",
+        "order_id",
+        "since",
+        "until",
+        "cursor",
+        "limit",
+    ];
+    let Query(query) = query.map_err(|e| query_error(e, &known))?;
+    api.visible(&caller, &id)?;
+    let view = view(&api)?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::field("limit", "between 1 and 100"));
+    }
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            Status::parse(s).ok_or_else(|| {
+                ApiError::field(
+                    "status",
+                    "one of delivered, pending, failing, dead_lettered, dropped",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = Filter {
+        status,
+        event_type: query.event_type.clone(),
+        order_id: query.order_id.clone(),
+        since: time_of("since", &query.since)?,
+        until: time_of("until", &query.until)?,
+    };
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::field("cursor", "not a cursor this API returned"))
+        })
+        .transpose()?;
+    let (page, next) = on_view(view, move |v| {
+        v.messages(&id, &filter, cursor.as_ref(), limit)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({
+        "items": page.into_iter().map(|m| MessageView::of(m, None)).collect::<Vec<_>>(),
+        "next_cursor": next.as_ref().map(encode_cursor),
+    }))
+    .into_response())
+}

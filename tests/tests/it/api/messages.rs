@@ -1,0 +1,205 @@
+//! The delivery log through the API (#23): a partner sees every attempt of its own
+//! messages, and nothing of another partner's; the view survives a restart of the API
+//! without gaps or doubles.
+
+use super::*;
+
+/// The view's file for an API started by the test (removed at the end).
+fn view_path() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("orderhooks-e2e")
+        .join(format!("{}.db", unique("log-view")))
+}
+
+async fn message(api: &e2e::ApiProcess, token: &str, webhook_id: &str) -> (u16, Value) {
+    api.call(
+        reqwest::Method::GET,
+        &format!("/v1/messages/{webhook_id}"),
+        Some(token),
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let fast = "    request_timeout_ms: 2000\n    retry: { max_attempts: 5, initial_backoff_ms: 100, max_backoff_ms: 500 }\n";
+    let (flaky, flaky_rx) = world
+        .partner_with_receiver(
+            "msgs",
+            Script {
+                fail_first: 2,
+                fail_status: Some(500),
+                ..Default::default()
+            },
+            fast,
+        )
+        .await;
+    let (other, _other_rx) = world
+        .partner_with_receiver("other", Script::default(), fast)
+        .await;
+    let path = view_path();
+    let view = path.display().to_string();
+    let mut api = world.start_api(
+        &tokens(&[&flaky, &other]),
+        &[
+            "--attempts-topic",
+            &world.attempts_topic,
+            "--log-view-path",
+            &view,
+        ],
+    );
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let event = OrderEvent::sample(EventType::OrderCreated, "order-4711", &flaky, 1);
+    publisher.publish(&event).await.expect("publish");
+    let id = event.event_id().to_string();
+    assert!(
+        eventually(Duration::from_secs(60), || flaky_rx.unique() == 1).await,
+        "delivered on the third attempt\n{}",
+        dispatcher.log_tail()
+    );
+    let token = partner_token(&flaky);
+    let mut seen = (0, Value::Null);
+    for _ in 0..100 {
+        seen = message(&api, &token, &id).await;
+        if seen.0 == 200 && seen.1["status"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = seen;
+    assert_eq!(status, 200, "{body}");
+    let attempts: Vec<(Option<u64>, Option<u64>, Option<&str>)> = body["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64(),
+                a["status_code"].as_u64(),
+                a["trigger"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![
+            (Some(1), Some(500), Some("scheduled")),
+            (Some(2), Some(500), Some("retry")),
+            (Some(3), Some(204), Some("retry")),
+        ],
+        "{body:#}"
+    );
+    assert_eq!(
+        (
+            body["status"].as_str(),
+            body["attempts_count"].as_u64(),
+            body["order_id"].as_str()
+        ),
+        (Some("delivered"), Some(3), Some("order-4711"))
+    );
+    assert_eq!(body["attempts"][0]["response_excerpt"], "scripted failure");
+    assert!(body["attempts"][0]["duration_ms"].is_u64());
+
+    // Another partner: 404 for the message and for the subscription's list, whatever
+    // it tries.
+    let stranger = partner_token(&other);
+    assert_eq!(message(&api, &stranger, &id).await.0, 404);
+    let list = format!("/v1/subscriptions/{flaky}-s/messages");
+    let (s, _) = api
+        .call(reqwest::Method::GET, &list, Some(&stranger), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/messages/{id}?subscription_id={flaky}-s"),
+            Some(&stranger),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "naming the subscription does not open it");
+
+    // The owner's list, filtered; a bad filter names its field.
+    let (s, page) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("{list}?status=delivered"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["items"][0]["webhook_id"], id.as_str());
+    let (s, page) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("{list}?status=failing"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((s, page["items"].as_array().map(Vec::len)), (200, Some(0)));
+    let (s, bad) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("{list}?status=lost"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, bad["error"]["field"].as_str()),
+        (422, Some("status")),
+        "{bad}"
+    );
+    let (s, bad) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("{list}?since=yesterday"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, bad["error"]["field"].as_str()),
+        (422, Some("since")),
+        "{bad}"
+    );
+    let (s, bad) = message(&api, &token, "not%20an%20id").await;
+    assert_eq!(
+        (s, bad["error"]["field"].as_str()),
+        (422, Some("webhook_id")),
+        "{bad}"
+    );
+
+    // A restart of the API: the view goes on from where it stopped, nothing doubled.
+    let pid = api.process.0.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(api.process.0.wait().expect("wait").success());
+    api = world.start_api(
+        &tokens(&[&flaky, &other]),
+        &[
+            "--attempts-topic",
+            &world.attempts_topic,
+            "--log-view-path",
+            &view,
+        ],
+    );
+    let (s, again) = message(&api, &token, &id).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        again["attempts"], body["attempts"],
+        "the same attempts, once each"
+    );
+    assert_eq!(again["attempts_count"], 3);
+    drop(api);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{view}{suffix}"));
+    }
+}
