@@ -155,42 +155,34 @@ pub(super) struct MessageQuery {
     subscription_id: Option<String>,
 }
 
-/// `GET /v1/messages/{webhook_id}`: the message and its attempts, oldest first. An
-/// event that went to several of the caller's subscriptions needs `subscription_id`.
-pub(super) async fn message(
-    State(api): State<ApiState>,
-    caller: Caller,
-    Path(webhook_id): Path<String>,
-    query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
-    if !valid_id(&webhook_id) {
+/// The caller's subscription that message `webhook_id` went to (`subscription_id` when
+/// it went to several), with the view; 404 for anything the caller does not own.
+async fn owned_message(
+    api: &ApiState,
+    caller: &Caller,
+    webhook_id: &str,
+    subscription_id: Option<&str>,
+) -> Result<(Arc<Mutex<LogView>>, String), ApiError> {
+    if !valid_id(webhook_id) {
         return Err(ApiError::field(
             "webhook_id",
             "1-128 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    let view = view(&api)?;
-    let partner = match &caller {
+    let view = view(api)?;
+    let partner = match caller {
         Caller::Admin => None,
         Caller::Partner(p) => Some(p.clone()),
     };
-    let id = webhook_id.clone();
+    let id = webhook_id.to_string();
     let found = on_view(Arc::clone(&view), move |v| {
         v.subscriptions_of(&id, partner.as_deref())
     })
     .await?;
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no message `{webhook_id}`"),
-        )
-    };
-    let subscription = match (&query.subscription_id, &found[..]) {
-        (_, []) => return Err(not_found()),
-        (Some(s), _) if found.contains(s) => s.clone(),
-        (Some(_), _) => return Err(not_found()),
+    let subscription = match (subscription_id, &found[..]) {
+        (_, []) => return Err(no_message(webhook_id)),
+        (Some(s), _) if found.iter().any(|f| f == s) => s.to_string(),
+        (Some(_), _) => return Err(no_message(webhook_id)),
         (None, [only]) => only.clone(),
         (None, several) => {
             return Err(ApiError::field(
@@ -203,11 +195,175 @@ pub(super) async fn message(
             ))
         }
     };
+    Ok((view, subscription))
+}
+
+fn no_message(webhook_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no message `{webhook_id}`"),
+    )
+}
+
+/// `GET /v1/messages/{webhook_id}`: the message and its attempts, oldest first. An
+/// event that went to several of the caller's subscriptions needs `subscription_id`.
+pub(super) async fn message(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(webhook_id): Path<String>,
+    query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
+    let (view, subscription) =
+        owned_message(&api, &caller, &webhook_id, query.subscription_id.as_deref()).await?;
     let id = webhook_id.clone();
     let (message, attempts) = on_view(view, move |v| v.message(&subscription, &id))
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| no_message(&webhook_id))?;
     Ok(Json(MessageView::of(message, Some(attempts))).into_response())
+}
+
+/// `POST /v1/messages/{webhook_id}/resend`: the message's record, as it was read from
+/// Kafka, written again to its partner's delivery topic with the same webhook-id and
+/// `delivery-trigger: resend`; audited. It goes behind the order's events that are
+/// waiting now (outside the order's sequence: an older state may arrive after a newer
+/// one). 202 with where to watch it; 409 when Kafka no longer has the record.
+pub(super) async fn resend(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(webhook_id): Path<String>,
+    query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
+    let (view, subscription_id) =
+        owned_message(&api, &caller, &webhook_id, query.subscription_id.as_deref()).await?;
+    // A subscription the caller may change (an internal one: admins only).
+    let subscription = api.changeable(&caller, &subscription_id)?;
+    api.allow_write(&caller)?;
+    let (id, sub) = (webhook_id.clone(), subscription_id.clone());
+    let (_, attempts) = on_view(view, move |v| v.message(&sub, &id))
+        .await?
+        .ok_or_else(|| no_message(&webhook_id))?;
+    let Some(source) = attempts.iter().rev().find_map(|a| a.source.clone()) else {
+        return Err(gone(&webhook_id));
+    };
+    let (kafka, from) = (api.kafka.clone(), source.clone());
+    let original = tokio::task::spawn_blocking(move || read_one(&kafka, &from))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| gone(&webhook_id))?;
+    let details = serde_json::json!({
+        "webhook_id": webhook_id,
+        "from": format!("{}/{}/{}", source.topic, source.partition, source.offset),
+    });
+    api.audit(&caller, "resend", &subscription, details).await?;
+    let topic = crate::subscriptions::delivery_topic(&subscription.partner_id);
+    send_again(&api.writer, &topic, &original)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "webhook_id": webhook_id,
+            "subscription_id": subscription_id,
+            "watch": format!("/v1/messages/{webhook_id}?subscription_id={subscription_id}"),
+        })),
+    )
+        .into_response())
+}
+
+fn gone(webhook_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("the record of message `{webhook_id}` is no longer kept in Kafka; it cannot be sent again"),
+    )
+}
+
+/// The record at `source`, or `None` when the topic no longer has it.
+fn read_one(
+    kafka: &crate::kafka::KafkaSettings,
+    source: &crate::attempts::Source,
+) -> anyhow::Result<Option<rdkafka::message::OwnedMessage>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message as _;
+    let consumer: BaseConsumer = kafka.reader().create()?;
+    let (low, high) = consumer.fetch_watermarks(
+        &source.topic,
+        source.partition,
+        std::time::Duration::from_secs(10),
+    )?;
+    if source.offset < low || source.offset >= high {
+        return Ok(None);
+    }
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(
+        &source.topic,
+        source.partition,
+        rdkafka::Offset::Offset(source.offset),
+    )?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(std::time::Duration::from_millis(500)) {
+            Some(Ok(m)) if m.offset() == source.offset => return Ok(Some(m.detach())),
+            // (Compacted or deleted in between: not there any more.)
+            Some(Ok(m)) if m.offset() > source.offset => return Ok(None),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    anyhow::bail!(
+        "reading {}/{}/{}: timed out",
+        source.topic,
+        source.partition,
+        source.offset
+    )
+}
+
+/// `original` written to `topic` with its key, body and delivery headers (not the
+/// retry, dead-letter or replay ones), marked `delivery-trigger: resend`.
+async fn send_again(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    original: &rdkafka::message::OwnedMessage,
+) -> anyhow::Result<()> {
+    use crate::kafka::headers;
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    use rdkafka::Message as _;
+    let mut kept = OwnedHeaders::new();
+    if let Some(h) = original.headers() {
+        for h in h.iter().filter(|h| {
+            !h.key.starts_with(headers::RETRY_PREFIX)
+                && !h.key.starts_with(headers::DLQ_PREFIX)
+                && h.key != headers::REPLAYED_FROM
+                && h.key != headers::REPLAY_OPERATION
+                && h.key != headers::DELIVERY_TRIGGER
+        }) {
+            kept = kept.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    kept = kept.insert(Header {
+        key: headers::DELIVERY_TRIGGER,
+        value: Some("resend"),
+    });
+    let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(original.payload().unwrap_or_default())
+        .headers(kept);
+    if let Some(key) = original.key() {
+        record = record.key(key);
+    }
+    producer
+        .send(record, std::time::Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("writing to `{topic}`: {e}"))?;
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

@@ -117,6 +117,18 @@ pub struct AttemptRecord {
     /// At most the log's body limit of the answer (lossy UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_excerpt: Option<String>,
+    /// Where the message's record was read (its delivery or retry topic, partition,
+    /// offset): what a resend sends again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// A record's place in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 impl AttemptRecord {

@@ -84,6 +84,11 @@ fn record(
         response_content_type: None,
         response_retry_after: None,
         response_excerpt: None,
+        source: Some(crate::attempts::Source {
+            topic: job.topic.to_string(),
+            partition: job.partition,
+            offset: job.offset,
+        }),
     }
 }
 

@@ -205,7 +205,10 @@ async fn dispatched_webhooks_and_api_answers_match_the_document() {
     assert_eq!(errors(&v, &message), Vec::<String>::new(), "{message}");
     assert_eq!(message["status"], "delivered", "{message}");
     let messages: Value = client
-        .get(format!("{}/v1/subscriptions/{partner}-s/messages?limit=5", api.url))
+        .get(format!(
+            "{}/v1/subscriptions/{partner}-s/messages?limit=5",
+            api.url
+        ))
         .bearer_auth(token)
         .send()
         .await
@@ -215,7 +218,11 @@ async fn dispatched_webhooks_and_api_answers_match_the_document() {
         .expect("json");
     let v = validator(&doc, "MessagePage");
     assert_eq!(errors(&v, &messages), Vec::<String>::new(), "{messages}");
-    assert_eq!(messages["items"].as_array().map(Vec::len), Some(5), "{messages}");
+    assert_eq!(
+        messages["items"].as_array().map(Vec::len),
+        Some(5),
+        "{messages}"
+    );
     let error: Value = client
         .get(format!("{}/v1/subscriptions/nope", api.url))
         .bearer_auth(token)

@@ -33,6 +33,7 @@ fn record(
         response_content_type: None,
         response_retry_after: None,
         response_excerpt: status.map(|s| format!("answer {s}")),
+        source: None,
     }
 }
 

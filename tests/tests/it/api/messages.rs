@@ -176,6 +176,49 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         "{bad}"
     );
 
+    // Resend: the same event again, the same webhook-id, logged as a resend; another
+    // partner cannot.
+    let resend = format!("/v1/messages/{id}/resend");
+    let (s, _) = api
+        .call(reqwest::Method::POST, &resend, Some(&stranger), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, accepted) = api
+        .call(reqwest::Method::POST, &resend, Some(&token), None)
+        .await;
+    assert_eq!(s, 202, "{accepted}");
+    let again_received = eventually(Duration::from_secs(30), || {
+        flaky_rx
+            .deliveries()
+            .iter()
+            .filter(|d| d.webhook_id == id)
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(
+        again_received,
+        "the resend arrived: a second delivery with the same webhook-id"
+    );
+    let mut resent = Value::Null;
+    for _ in 0..100 {
+        let (_, b) = message(&api, &token, &id).await;
+        if b["attempts"].as_array().is_some_and(|a| a.len() == 4) {
+            resent = b;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (
+            resent["attempts"][3]["trigger"].as_str(),
+            resent["attempts"][3]["status_code"].as_u64()
+        ),
+        (Some("resend"), Some(204)),
+        "{resent:#}"
+    );
+    let body = resent;
+
     // A restart of the API: the view goes on from where it stopped, nothing doubled.
     let pid = api.process.0.id().to_string();
     let _ = std::process::Command::new("kill")
@@ -197,7 +240,7 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         again["attempts"], body["attempts"],
         "the same attempts, once each"
     );
-    assert_eq!(again["attempts_count"], 3);
+    assert_eq!(again["attempts_count"], 4);
     drop(api);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{view}{suffix}"));
