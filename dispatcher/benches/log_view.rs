@@ -53,11 +53,13 @@ fn records(n: usize) -> Vec<Vec<u8>> {
                 subscription_id: sub.clone(),
                 url: Some("https://partner.example/hooks/orders".into()),
                 attempt,
-                trigger: if attempt == 1 { Trigger::Scheduled } else { Trigger::Retry },
-                started_at: chrono::DateTime::from_timestamp_millis(
-                    start + (out.len() as i64) * 5,
-                )
-                .expect("time"),
+                trigger: if attempt == 1 {
+                    Trigger::Scheduled
+                } else {
+                    Trigger::Retry
+                },
+                started_at: chrono::DateTime::from_timestamp_millis(start + (out.len() as i64) * 5)
+                    .expect("time"),
                 duration_ms: 40,
                 status_code: Some(status),
                 error: None,
@@ -69,7 +71,8 @@ fn records(n: usize) -> Vec<Vec<u8>> {
                 response_excerpt: Some(if status == 204 {
                     String::new()
                 } else {
-                    r#"{"error":"order not found","detail":"the order service answered 404"}"#.into()
+                    r#"{"error":"order not found","detail":"the order service answered 404"}"#
+                        .into()
                 }),
                 source: Some(Source {
                     topic: format!("deliveries.partner{}", message % 20),
@@ -152,7 +155,12 @@ fn main() {
     });
     let page = timed(&mut |i| {
         let (items, _) = view
-            .messages(&format!("partner{}.s", i % 20), &Filter::default(), None, 20)
+            .messages(
+                &format!("partner{}.s", i % 20),
+                &Filter::default(),
+                None,
+                20,
+            )
             .expect("page");
         assert_eq!(items.len(), 20);
     });
@@ -182,7 +190,16 @@ fn main() {
         bytes as f64 / (1 << 20) as f64,
         bytes as f64 / n as f64
     );
-    println!("  one message + attempts  p50 {:.3} ms  p99 {:.3} ms", one.0, one.1);
-    println!("  first page (20)         p50 {:.3} ms  p99 {:.3} ms", page.0, page.1);
-    println!("  dead-lettered page      p50 {:.3} ms  p99 {:.3} ms", dead_page.0, dead_page.1);
+    println!(
+        "  one message + attempts  p50 {:.3} ms  p99 {:.3} ms",
+        one.0, one.1
+    );
+    println!(
+        "  first page (20)         p50 {:.3} ms  p99 {:.3} ms",
+        page.0, page.1
+    );
+    println!(
+        "  dead-lettered page      p50 {:.3} ms  p99 {:.3} ms",
+        dead_page.0, dead_page.1
+    );
 }

@@ -455,3 +455,86 @@ pub(super) async fn list(
     }))
     .into_response())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverRequest {
+    since: String,
+    until: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/subscriptions/{id}/recover`: every message of the subscription that was
+/// dead-lettered in the window and not replayed yet, sent again through the same
+/// ledger and audit as `dispatcher dlq replay` (each once; a second recover of the same
+/// window sends nothing again), with its original webhook-id. `dry_run` answers the
+/// count and changes nothing.
+pub(super) async fn recover(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let subscription = api.changeable(&caller, &id)?;
+    let request: RecoverRequest = super::error::body(&bytes)?;
+    let since = time_of("since", &Some(request.since.clone()))?;
+    let until = time_of("until", &request.until)?;
+    if let (Some(s), Some(u)) = (since, until) {
+        if u <= s {
+            return Err(ApiError::field("until", "must be after `since`"));
+        }
+    }
+    if !request.dry_run {
+        api.allow_write(&caller)?;
+    }
+    let filter = crate::dlq::Filter {
+        partner: subscription.partner_id.clone(),
+        router: false,
+        event_type: None,
+        reason: None,
+        status: None,
+        since,
+        until,
+        partition: None,
+        from_offset: None,
+        to_offset: None,
+        key: None,
+        subscription: Some(id.clone()),
+    };
+    let run = crate::dlq::RunArgs {
+        dry_run: request.dry_run,
+        rate: 1_000.0,
+        again: false,
+        operator: Some(format!("api: {}", caller.name())),
+        quiet: true,
+        recover: true,
+    };
+    let topics = crate::dlq::TopicArgs {
+        ledger_topic: std::env::var("DLQ_LEDGER_TOPIC").unwrap_or_else(|_| "dlq-ledger".into()),
+        audit_topic: std::env::var("DLQ_AUDIT_TOPIC").unwrap_or_else(|_| "dlq-audit".into()),
+        orders_topic: String::new(),
+        orders_dead_letter_topic: String::new(),
+    };
+    if !request.dry_run {
+        let details = serde_json::json!({ "since": request.since, "until": request.until });
+        api.audit(&caller, "recover", &subscription, details)
+            .await?;
+    }
+    let (_, counts) =
+        crate::dlq::replay_counted(&api.kafka, api.table.clone(), &filter, &run, &topics)
+            .await
+            .map_err(|e| match e {
+                crate::dlq::DlqError::Refused(why) => {
+                    ApiError::new(StatusCode::CONFLICT, "conflict", why.0)
+                }
+                crate::dlq::DlqError::Failed(e) => ApiError::internal(e),
+            })?;
+    Ok(Json(serde_json::json!({
+        "dry_run": request.dry_run,
+        "matched": counts.matched,
+        "already_recovered": counts.skipped,
+        "count": if request.dry_run { counts.todo } else { counts.done },
+    }))
+    .into_response())
+}

@@ -42,18 +42,21 @@ fn header(job: &Job, name: &str) -> Option<String> {
 }
 
 /// The trigger of a job's first attempt: `retry` for a record parked after attempts;
-/// else what sent it, the latest first (a replay of a resent record is a replay), or
-/// `scheduled`.
+/// else what sent it: a record replayed from the dead-letter topic is a `recover` when
+/// the API's recover sent it, else a `replay` (a replay drops an earlier
+/// `delivery-trigger`); a `resend`; or `scheduled`.
 fn first_trigger(job: &Job) -> Trigger {
     if job.parked.as_ref().is_some_and(|p| p.attempts > 0) {
         return Trigger::Retry;
     }
+    let named = header(job, headers::DELIVERY_TRIGGER).and_then(|v| Trigger::from_header(&v));
     if header(job, headers::REPLAYED_FROM).is_some() {
-        return Trigger::Replay;
+        return match named {
+            Some(Trigger::Recover) => Trigger::Recover,
+            _ => Trigger::Replay,
+        };
     }
-    header(job, headers::DELIVERY_TRIGGER)
-        .and_then(|v| Trigger::from_header(&v))
-        .unwrap_or(Trigger::Scheduled)
+    named.unwrap_or(Trigger::Scheduled)
 }
 
 fn record(

@@ -52,6 +52,10 @@ pub struct Filter {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub key: Option<String>,
+    /// Only records of this subscription (the `subscription-id` header).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subscription: Option<String>,
 }
 
 pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -127,6 +131,10 @@ impl Filter {
                 .key
                 .as_ref()
                 .is_none_or(|k| r.key.as_slice() == k.as_bytes())
+            && self
+                .subscription
+                .as_ref()
+                .is_none_or(|s| r.header(headers::SUBSCRIPTION_ID) == Some(s.as_str()))
     }
 }
 

@@ -184,6 +184,49 @@ pub struct RunArgs {
     /// Who runs this, for the audit trail.
     #[arg(long, env = "DLQ_OPERATOR")]
     pub operator: Option<String>,
+    /// Print nothing (the API's recover answers with [`Counts`] instead), and a filter
+    /// that matches nothing is a count of 0, not an error.
+    #[arg(skip)]
+    pub quiet: bool,
+    /// A recover through the API: the records sent are marked `delivery-trigger:
+    /// recover` (the delivery log's trigger; a CLI replay is `replay`).
+    #[arg(skip)]
+    pub recover: bool,
+}
+
+/// What a replay matched and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Records the filter matched.
+    pub matched: usize,
+    /// Of those, the ones replayed or resolved before (skipped).
+    pub skipped: usize,
+    /// Of those, the ones to send (a dry run sends none).
+    pub todo: usize,
+    /// Sent (and in the ledger).
+    pub done: usize,
+}
+
+/// `dlq replay` of `filter` for the API's recover: quiet, with its counts.
+pub async fn replay_counted(
+    settings: &KafkaSettings,
+    table: SubscriptionTable,
+    filter: &Filter,
+    run: &RunArgs,
+    topics: &TopicArgs,
+) -> Result<(Outcome, Counts), DlqError> {
+    filter.validate(Utc::now())?;
+    let kafka = Topics::connect(settings).await?;
+    replay::handle(
+        &kafka,
+        Action::Replay,
+        filter,
+        run,
+        topics,
+        table,
+        CancellationToken::new(),
+    )
+    .await
 }
 
 /// Runs one `dlq` subcommand; what it prints goes to stdout, progress to stderr.
@@ -290,7 +333,9 @@ pub async fn run(
                 Action::Resolve
             };
             let table = subscriptions.await?;
-            handle(&kafka, action, filter, run, topics, table, interrupt).await
+            handle(&kafka, action, filter, run, topics, table, interrupt)
+                .await
+                .map(|(outcome, _)| outcome)
         }
         DlqCommand::Audit { partner, topics } => {
             let audit = kafka.audit(&topics.audit_topic).await?;

@@ -11,7 +11,15 @@ pub(super) async fn handle(
     topics: &TopicArgs,
     table: SubscriptionTable,
     interrupt: CancellationToken,
-) -> Result<Outcome, DlqError> {
+) -> Result<(Outcome, Counts), DlqError> {
+    // (Quiet: the caller answers with the counts; nothing is printed.)
+    macro_rules! tell {
+        ($($arg:tt)*) => {{
+            if !run.quiet {
+                say!($($arg)*);
+            }
+        }};
+    }
     if !(run.rate > 0.0 && run.rate.is_finite()) {
         return Err(Invalid(format!("--rate {}: must be above 0", run.rate)).into());
     }
@@ -30,6 +38,9 @@ pub(super) async fn handle(
     let ledger = kafka.ledger(&topics.ledger_topic).await?;
     let records = kafka.read(&source).await?;
     let matched: Vec<&DlqRecord> = records.iter().filter(|r| filter.matches(r)).collect();
+    if matched.is_empty() && run.quiet {
+        return Ok((Outcome::Done, Counts::default()));
+    }
     if matched.is_empty() {
         return Err(nothing_matches(&source, records.len()));
     }
@@ -82,26 +93,32 @@ pub(super) async fn handle(
         }
     }
     let verb = action.to_string();
+    let mut counts = Counts {
+        matched: matched.len(),
+        skipped: skipped.len(),
+        todo: todo.len(),
+        done: 0,
+    };
     if todo.is_empty() {
-        say!(
+        tell!(
             "nothing to {verb}: all {} matching records of {source} were already replayed or resolved (`dlq list` shows their state; --again repeats them)",
             matched.len()
         );
-        return Ok(Outcome::Done);
+        return Ok((Outcome::Done, counts));
     }
     let target = match action {
         Action::Replay => format!(" to {destination}"),
         Action::Resolve => String::new(),
     };
     if run.dry_run {
-        say!(
+        tell!(
             "dry run: would {verb} {} records of {source}{target} ({} matched, {} already handled and skipped); nothing changed",
             todo.len(),
             matched.len(),
             skipped.len()
         );
         for r in todo.iter().take(10) {
-            say!(
+            tell!(
                 "  {}/{} {} key={} webhook-id={} reason={}",
                 r.partition,
                 r.offset,
@@ -112,9 +129,9 @@ pub(super) async fn handle(
             );
         }
         if todo.len() > 10 {
-            say!("  ... and {} more", todo.len() - 10);
+            tell!("  ... and {} more", todo.len() - 10);
         }
-        return Ok(Outcome::Done);
+        return Ok((Outcome::Done, counts));
     }
 
     kafka
@@ -143,7 +160,11 @@ pub(super) async fn handle(
         .unwrap_or_else(|| "unknown".into());
     let id = uuid::Uuid::new_v4().to_string();
     let started_at = Timestamp::now();
-    let progress = indicatif::ProgressBar::new(todo.len() as u64);
+    let progress = if run.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(todo.len() as u64)
+    };
     progress.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -201,7 +222,7 @@ pub(super) async fn handle(
                 _ = tokio::time::sleep_until(due.into()) => {}
             }
             if action == Action::Replay {
-                let headers = replay_headers(r, &source, &id);
+                let headers = replay_headers(r, &source, &id, run.recover);
                 let record = FutureRecord::to(&destination)
                     .key(&r.key)
                     .payload(&r.payload)
@@ -277,21 +298,23 @@ pub(super) async fn handle(
         ))));
     }
     if interrupted {
-        say!(
+        tell!(
             "interrupted: {} {done} of {} records{target} (operation {id}); run the same command again to resume",
             action.done(),
             todo.len()
         );
-        Ok(Outcome::Interrupted)
+        counts.done = done;
+        Ok((Outcome::Interrupted, counts))
     } else {
-        say!(
+        tell!(
             "{} {done} records of {source}{target} ({} matched, {} already handled and skipped); operation {id}, audited in {}",
             action.done(),
             matched.len(),
             skipped.len(),
             topics.audit_topic
         );
-        Ok(Outcome::Done)
+        counts.done = done;
+        Ok((Outcome::Done, counts))
     }
 }
 
@@ -305,13 +328,20 @@ pub(super) struct Source {
     pub(super) partner: bool,
 }
 
-/// The original headers without the dead-letter ones, plus where the record comes from.
-pub(super) fn replay_headers(r: &DlqRecord, source: &str, operation: &str) -> OwnedHeaders {
+/// The original headers without the dead-letter ones, plus where the record comes from
+/// (and, for a `recover`, that it is one).
+pub(super) fn replay_headers(
+    r: &DlqRecord,
+    source: &str,
+    operation: &str,
+    recover: bool,
+) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     for (k, v) in &r.headers {
         if !k.starts_with(headers::DLQ_PREFIX)
             && k != headers::REPLAYED_FROM
             && k != headers::REPLAY_OPERATION
+            && k != headers::DELIVERY_TRIGGER
         {
             headers = headers.insert(Header {
                 key: k,
@@ -320,6 +350,12 @@ pub(super) fn replay_headers(r: &DlqRecord, source: &str, operation: &str) -> Ow
         }
     }
     let from = ledger_key(source, r.partition, r.offset);
+    if recover {
+        headers = headers.insert(Header {
+            key: headers::DELIVERY_TRIGGER,
+            value: Some("recover"),
+        });
+    }
     headers
         .insert(Header {
             key: headers::REPLAYED_FROM,

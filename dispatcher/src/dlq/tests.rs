@@ -28,6 +28,7 @@ fn filter() -> Filter {
         from_offset: None,
         to_offset: None,
         key: None,
+        subscription: None,
     }
 }
 
@@ -105,7 +106,7 @@ fn replayed_records_keep_their_headers_but_not_the_dead_letter_ones() {
         3,
         0,
     );
-    let headers = replay_headers(&r, "dlq.acme", "op-1");
+    let headers = replay_headers(&r, "dlq.acme", "op-1", false);
     let names: Vec<(String, String)> = headers
         .iter()
         .map(|h| {

@@ -246,3 +246,126 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         let _ = std::fs::remove_file(format!("{view}{suffix}"));
     }
 }
+
+/// Recover: a dead-lettered message is sent again through the dead-letter ledger, with
+/// its original webhook-id: the dry run counts it and sends nothing, the recover sends
+/// it once (a second recover of the same window sends nothing), and the log shows the
+/// attempt as a `recover`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_message_is_recovered_once_with_its_webhook_id() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    // The first answer is a 400 (not retried: dead-lettered at once), then 204.
+    let (partner, rx) = world
+        .partner_with_receiver(
+            "recover",
+            Script {
+                fail_first: 1,
+                fail_status: Some(400),
+                ..Default::default()
+            },
+            "",
+        )
+        .await;
+    let api = world.start_api(&tokens(&[&partner]), &[]);
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let event = OrderEvent::sample(EventType::OrderCreated, "order-rec", &partner, 1);
+    publisher.publish(&event).await.expect("publish");
+    let id = event.event_id().to_string();
+    let token = partner_token(&partner);
+    let mut dead = false;
+    for _ in 0..300 {
+        let (_, m) = message(&api, &token, &id).await;
+        if m["status"] == "dead_lettered" {
+            dead = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dead, "dead-lettered on the 400\n{}", dispatcher.log_tail());
+    let recover = format!("/v1/subscriptions/{partner}-s/recover");
+    let (s, dry) = api
+        .call(
+            reqwest::Method::POST,
+            &recover,
+            Some(&token),
+            Some(json!({"since": since, "dry_run": true})),
+        )
+        .await;
+    assert_eq!((s, dry["count"].as_u64()), (200, Some(1)), "{dry}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.unique(), 0, "a dry run sends nothing");
+    let (s, done) = api
+        .call(
+            reqwest::Method::POST,
+            &recover,
+            Some(&token),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!((s, done["count"].as_u64()), (200, Some(1)), "{done}");
+    assert!(
+        eventually(Duration::from_secs(30), || rx.unique() == 1).await,
+        "recovered\n{}",
+        dispatcher.log_tail()
+    );
+    assert_eq!(
+        rx.deliveries()[0].webhook_id,
+        id,
+        "with its original webhook-id"
+    );
+    let (s, again) = api
+        .call(
+            reqwest::Method::POST,
+            &recover,
+            Some(&token),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!(
+        (
+            s,
+            again["count"].as_u64(),
+            again["already_recovered"].as_u64()
+        ),
+        (200, Some(0), Some(1)),
+        "each once: {again}"
+    );
+    let mut logged = Value::Null;
+    for _ in 0..100 {
+        let (_, m) = message(&api, &token, &id).await;
+        if m["status"] == "delivered" {
+            logged = m;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let triggers: Vec<_> = logged["attempts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| (x["trigger"].as_str(), x["status_code"].as_u64()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        triggers,
+        vec![(Some("scheduled"), Some(400)), (Some("recover"), Some(204))],
+        "{logged:#}"
+    );
+    // A bad window names its field.
+    let (s, bad) = api
+        .call(
+            reqwest::Method::POST,
+            &recover,
+            Some(&token),
+            Some(json!({"since": "last week"})),
+        )
+        .await;
+    assert_eq!(
+        (s, bad["error"]["field"].as_str()),
+        (422, Some("since")),
+        "{bad}"
+    );
+}
