@@ -369,3 +369,59 @@ async fn a_dead_lettered_message_is_recovered_once_with_its_webhook_id() {
         "{bad}"
     );
 }
+
+/// Whatever a partner's server answers (a megabyte of binary, invalid UTF-8, HTML) is
+/// kept capped at 4 KiB and shown as JSON text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_answer_is_kept_capped_and_shown_as_text() {
+    use axum::http::{header, StatusCode};
+    // A server answering 400 with 1 MiB: HTML, then bytes that are not UTF-8.
+    let mut body = b"<html><script>alert(1)</script>".to_vec();
+    body.extend((0..(1 << 20)).map(|i: u32| (i % 256) as u8));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move { (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("bytes");
+    let yaml = format!(
+        "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: {url}\n    event_types: [order.created]\n    secrets: [\"{}\"]\n",
+        dispatcher::webhook::signing::Secret::generate()
+    );
+    assert!(world.apply(&yaml).status.success());
+    let api = world.start_api(&tokens(&[&partner]), &[]);
+    let dispatcher = world.start();
+    let publisher = world.publisher().await;
+    let event = OrderEvent::sample(EventType::OrderCreated, "order-bytes", &partner, 1);
+    publisher.publish(&event).await.expect("publish");
+    let id = event.event_id().to_string();
+    let token = partner_token(&partner);
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        let (s, m) = message(&api, &token, &id).await;
+        if s == 200 && m["status"] == "dead_lettered" {
+            found = m;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempt = &found["attempts"][0];
+    let excerpt = attempt["response_excerpt"].as_str().unwrap_or_else(|| {
+        panic!("an excerpt as text: {found:#}\n{}", dispatcher.log_tail())
+    });
+    assert!(excerpt.starts_with("<html><script>"), "kept as sent, as text");
+    assert!(
+        excerpt.len() <= 4096 && excerpt.len() > 1000,
+        "capped at 4 KiB: {} bytes",
+        excerpt.len()
+    );
+    assert!(excerpt.contains('\u{FFFD}'), "invalid UTF-8 replaced");
+    assert_eq!(attempt["response_content_type"], "text/html");
+    assert_eq!(attempt["status_code"], 400);
+}
