@@ -74,6 +74,7 @@ fn records(n: usize) -> Vec<Vec<u8>> {
                     r#"{"error":"order not found","detail":"the order service answered 404"}"#
                         .into()
                 }),
+                occurred_at: None,
                 source: Some(Source {
                     topic: format!("deliveries.partner{}", message % 20),
                     partition: (message % 6) as i32,

@@ -538,3 +538,43 @@ pub(super) async fn recover(
     }))
     .into_response())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatsQuery {
+    window: Option<String>,
+}
+
+/// `GET /v1/subscriptions/{id}/stats?window=1h|24h|7d`: records by outcome, success
+/// rate, p50 / p99 of attempt durations and of time to webhook, over the window.
+pub(super) async fn stats(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| query_error(e, &["window"]))?;
+    api.visible(&caller, &id)?;
+    let view = view(&api)?;
+    let window = query.window.unwrap_or_else(|| "24h".into());
+    let hours = match window.as_str() {
+        "1h" => 1,
+        "24h" => 24,
+        "7d" => 168,
+        _ => return Err(ApiError::field("window", "one of 1h, 24h, 7d")),
+    };
+    let since = chrono::Utc::now() - chrono::Duration::hours(hours);
+    let stats = on_view(view, move |v| v.stats(&id, since)).await?;
+    let pair =
+        |q: Option<[u64; 2]>| q.map(|[p50, p99]| serde_json::json!({ "p50": p50, "p99": p99 }));
+    Ok(Json(serde_json::json!({
+        "window": window,
+        "since": since,
+        "by_outcome": stats.by_outcome,
+        "attempts": stats.attempts,
+        "success_rate": stats.success_rate,
+        "attempt_duration_ms": pair(stats.attempt_duration_ms),
+        "time_to_webhook_ms": pair(stats.time_to_webhook_ms),
+    }))
+    .into_response())
+}

@@ -150,6 +150,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/messages/{webhook_id}/resend", post(messages::resend))
         .route("/v1/subscriptions/{id}/messages", get(messages::list))
         .route("/v1/subscriptions/{id}/recover", post(messages::recover))
+        .route("/v1/subscriptions/{id}/stats", get(messages::stats))
         .route(
             "/v1/partners/{partner}/disconnect",
             post(partners::disconnect),

@@ -117,6 +117,9 @@ pub struct AttemptRecord {
     /// At most the log's body limit of the answer (lossy UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_excerpt: Option<String>,
+    /// When the order event occurred (the start of its time to webhook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
     /// Where the message's record was read (its delivery or retry topic, partition,
     /// offset): what a resend sends again.
     #[serde(default, skip_serializing_if = "Option::is_none")]

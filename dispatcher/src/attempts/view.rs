@@ -102,6 +102,24 @@ pub struct Cursor {
     pub webhook_id: String,
 }
 
+/// The layout of the view's tables (`PRAGMA user_version`).
+const LAYOUT: i64 = 2;
+
+/// What a subscription's attempts came to in a window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Records by outcome (attempts and ends without one).
+    pub by_outcome: std::collections::BTreeMap<String, u64>,
+    /// Attempts made (requests sent).
+    pub attempts: u64,
+    /// Delivered attempts / attempts; `None` without attempts.
+    pub success_rate: Option<f64>,
+    /// p50 and p99 of the attempts' durations, in ms.
+    pub attempt_duration_ms: Option<[u64; 2]>,
+    /// p50 and p99 from the event to its delivery, in ms.
+    pub time_to_webhook_ms: Option<[u64; 2]>,
+}
+
 /// The view, on one SQLite file.
 pub struct LogView {
     db: Connection,
@@ -126,6 +144,15 @@ impl LogView {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let db = Connection::open(path)
             .map_err(|e| anyhow::anyhow!("delivery log view `{}`: {e}", path.display()))?;
+        // The view is derived data: a file of another layout is emptied and read again
+        // from the topic.
+        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != LAYOUT {
+            db.execute_batch(
+                "DROP TABLE IF EXISTS attempts; DROP TABLE IF EXISTS messages;
+                 DROP TABLE IF EXISTS positions;",
+            )?;
+        }
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -135,11 +162,16 @@ impl LogView {
                  subscription_id TEXT NOT NULL,
                  webhook_id TEXT NOT NULL,
                  started_ms INTEGER NOT NULL,
+                 outcome TEXT NOT NULL,
+                 attempted INTEGER NOT NULL,
+                 duration_ms INTEGER NOT NULL,
+                 to_webhook_ms INTEGER,
                  record TEXT NOT NULL,
                  PRIMARY KEY (partition, offset)
              );
              CREATE INDEX IF NOT EXISTS attempts_of_message
                  ON attempts (subscription_id, webhook_id, started_ms);
+             CREATE INDEX IF NOT EXISTS attempts_in_window ON attempts (subscription_id, started_ms);
              CREATE INDEX IF NOT EXISTS attempts_by_age ON attempts (started_ms);
              CREATE TABLE IF NOT EXISTS messages (
                  subscription_id TEXT NOT NULL,
@@ -164,6 +196,7 @@ impl LogView {
                  next_offset INTEGER NOT NULL
              );",
         )?;
+        db.execute_batch(&format!("PRAGMA user_version = {LAYOUT};"))?;
         Ok(Self { db })
     }
 
@@ -183,9 +216,10 @@ impl LogView {
         let tx = self.db.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO attempts
-                     (partition, offset, subscription_id, webhook_id, started_ms, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO attempts (partition, offset, subscription_id,
+                     webhook_id, started_ms, outcome, attempted, duration_ms,
+                     to_webhook_ms, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             let mut message = tx.prepare_cached(
                 "INSERT INTO messages (subscription_id, webhook_id, partner, event_id,
@@ -211,12 +245,22 @@ impl LogView {
                 position.execute(params![partition, offset + 1])?;
                 let Some(r) = record else { continue };
                 let json = serde_json::to_string(r)?;
+                let to_webhook = r
+                    .occurred_at
+                    .filter(|_| r.outcome == Outcome::Delivered && r.attempt > 0)
+                    .map(|at| (ms(r.started_at) + r.duration_ms as i64 - ms(at)).max(0));
                 let fresh = insert.execute(params![
                     partition,
                     offset,
                     r.subscription_id,
                     r.webhook_id,
                     ms(r.started_at),
+                    serde_json::to_value(r.outcome)?
+                        .as_str()
+                        .unwrap_or_default(),
+                    r.attempt > 0,
+                    r.duration_ms as i64,
+                    to_webhook,
                     json
                 ])?;
                 if fresh == 0 {
@@ -389,6 +433,65 @@ impl LogView {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    /// What `subscription`'s records since `since` came to.
+    pub fn stats(
+        &self,
+        subscription: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Stats> {
+        let since = ms(since);
+        let mut by_outcome = std::collections::BTreeMap::new();
+        let mut q = self.db.prepare_cached(
+            "SELECT outcome, count(*) FROM attempts
+             WHERE subscription_id = ?1 AND started_ms >= ?2 GROUP BY outcome",
+        )?;
+        for row in q.query_map(params![subscription, since], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (outcome, n) = row?;
+            by_outcome.insert(outcome, n as u64);
+        }
+        let (attempts, delivered): (i64, i64) = self.db.query_row(
+            "SELECT count(*), coalesce(sum(outcome = 'delivered'), 0) FROM attempts
+             WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted",
+            params![subscription, since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let quantiles =
+            |column: &str, only_delivered: bool| -> anyhow::Result<Option<[u64; 2]>> {
+                let filter =
+                    format!(
+                "FROM attempts WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted
+                 AND {column} IS NOT NULL{}",
+                if only_delivered { " AND outcome = 'delivered'" } else { "" }
+            );
+                let n: i64 = self.db.query_row(
+                    &format!("SELECT count(*) {filter}"),
+                    params![subscription, since],
+                    |r| r.get(0),
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                let at = |q: f64| -> anyhow::Result<u64> {
+                    let k = ((n - 1) as f64 * q).round() as i64;
+                    Ok(self.db.query_row(
+                        &format!("SELECT {column} {filter} ORDER BY {column} LIMIT 1 OFFSET ?3"),
+                        params![subscription, since, k],
+                        |r| r.get::<_, i64>(0),
+                    )? as u64)
+                };
+                Ok(Some([at(0.5)?, at(0.99)?]))
+            };
+        Ok(Stats {
+            by_outcome,
+            attempts: attempts as u64,
+            success_rate: (attempts > 0).then(|| delivered as f64 / attempts as f64),
+            attempt_duration_ms: quantiles("duration_ms", false)?,
+            time_to_webhook_ms: quantiles("to_webhook_ms", true)?,
+        })
     }
 
     /// Records and messages held.

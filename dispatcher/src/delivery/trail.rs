@@ -87,6 +87,9 @@ fn record(
         response_content_type: None,
         response_retry_after: None,
         response_excerpt: None,
+        occurred_at: job
+            .occurred_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis),
         source: Some(crate::attempts::Source {
             topic: job.topic.to_string(),
             partition: job.partition,

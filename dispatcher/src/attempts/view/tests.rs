@@ -33,6 +33,7 @@ fn record(
         response_content_type: None,
         response_retry_after: None,
         response_excerpt: status.map(|s| format!("answer {s}")),
+        occurred_at: None,
         source: None,
     }
 }
@@ -224,4 +225,53 @@ fn retention_by_size_removes_the_oldest_first() {
         view.message("p.s", "w0").expect("query").is_none(),
         "the oldest go"
     );
+}
+
+/// A window's stats: records by outcome, the success rate of attempts, quantiles of
+/// the attempts' durations and of the time from the event to its delivery.
+#[test]
+fn stats_count_a_window() {
+    let (_dir, mut view) = view();
+    let mut batch = Vec::new();
+    for i in 0..10i64 {
+        let mut failed = record(
+            &format!("w{i}"),
+            1,
+            Some(500),
+            Outcome::RetryScheduled,
+            10_000 + i,
+        );
+        failed.duration_ms = 100 + i as u64;
+        let mut ok = record(
+            &format!("w{i}"),
+            2,
+            Some(204),
+            Outcome::Delivered,
+            11_000 + i,
+        );
+        ok.duration_ms = 10 + i as u64;
+        ok.occurred_at = chrono::DateTime::from_timestamp_millis(9_000);
+        batch.push((0, 2 * i, Some(failed)));
+        batch.push((0, 2 * i + 1, Some(ok)));
+    }
+    // Before the window: not counted.
+    batch.push((
+        0,
+        100,
+        Some(record("old", 1, Some(204), Outcome::Delivered, 1_000)),
+    ));
+    view.apply(&batch).expect("apply");
+    let stats = view
+        .stats(
+            "p.s",
+            chrono::DateTime::from_timestamp_millis(5_000).expect("time"),
+        )
+        .expect("stats");
+    assert_eq!(stats.attempts, 20);
+    assert_eq!(stats.by_outcome.get("delivered"), Some(&10));
+    assert_eq!(stats.by_outcome.get("retry_scheduled"), Some(&10));
+    assert_eq!(stats.success_rate, Some(0.5));
+    assert_eq!(stats.attempt_duration_ms, Some([100, 109]));
+    // Delivered at 11,000 + i + 10 + i, the event at 9,000: 2,010 to 2,028 ms.
+    assert_eq!(stats.time_to_webhook_ms, Some([2_020, 2_028]));
 }

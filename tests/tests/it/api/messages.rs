@@ -103,6 +103,36 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
     assert_eq!(body["attempts"][0]["response_excerpt"], "scripted failure");
     assert!(body["attempts"][0]["duration_ms"].is_u64());
 
+    // The subscription's figures: two failures and a delivery.
+    let (s, stats) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/subscriptions/{flaky}-s/stats?window=1h"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{stats}");
+    assert_eq!(
+        (
+            stats["attempts"].as_u64(),
+            stats["by_outcome"]["delivered"].as_u64(),
+            stats["success_rate"].as_f64().map(|r| (r * 3.0).round())
+        ),
+        (Some(3), Some(1), Some(1.0)),
+        "{stats}"
+    );
+    assert!(stats["time_to_webhook_ms"]["p99"].is_u64(), "{stats}");
+    let (s, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/subscriptions/{flaky}-s/stats?window=2h"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 422);
+
     // Another partner: 404 for the message and for the subscription's list, whatever
     // it tries.
     let stranger = partner_token(&other);
@@ -382,10 +412,18 @@ async fn any_answer_is_kept_capped_and_shown_as_text() {
         "/hook",
         axum::routing::post(move || {
             let body = body.clone();
-            async move { (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html")], body) }
+            async move {
+                (
+                    StatusCode::BAD_REQUEST,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    body,
+                )
+            }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let world = DispatchWorld::new("127.0.0.1").await;
@@ -412,10 +450,13 @@ async fn any_answer_is_kept_capped_and_shown_as_text() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let attempt = &found["attempts"][0];
-    let excerpt = attempt["response_excerpt"].as_str().unwrap_or_else(|| {
-        panic!("an excerpt as text: {found:#}\n{}", dispatcher.log_tail())
-    });
-    assert!(excerpt.starts_with("<html><script>"), "kept as sent, as text");
+    let excerpt = attempt["response_excerpt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an excerpt as text: {found:#}\n{}", dispatcher.log_tail()));
+    assert!(
+        excerpt.starts_with("<html><script>"),
+        "kept as sent, as text"
+    );
     assert!(
         excerpt.len() <= 4096 && excerpt.len() > 1000,
         "capped at 4 KiB: {} bytes",
