@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cli;
 pub mod ingest;
 pub mod view;
 

@@ -122,6 +122,9 @@ pub enum Command {
     /// Inspect, replay and resolve the partners' dead-letter topics (`dlq.<partner>`).
     #[command(subcommand)]
     Dlq(dispatcher::dlq::DlqCommand),
+    /// Read the delivery log: one message's attempts, a subscription's failures, a tail.
+    #[command(subcommand)]
+    Log(dispatcher::attempts::cli::LogCommand),
 }
 
 #[derive(Debug, Args)]

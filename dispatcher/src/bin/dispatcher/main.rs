@@ -40,6 +40,7 @@ async fn main() -> std::process::ExitCode {
         Command::Subscriptions(SubscriptionsCommand::List) => subscriptions::list(&shared).await,
         Command::Dlq(command) => return dlq(shared, command).await,
         Command::Api(args) => api(shared, args).await,
+        Command::Log(command) => dispatcher::attempts::cli::run(command, &shared.kafka).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -137,6 +137,37 @@ async fn every_attempt_is_logged_in_order_with_what_the_partner_answered() {
             "no signature, no payload: {text}"
         );
     }
+    // The same for SREs, from the topic: `dispatcher log message` and `failures`.
+    let cli = |extra: &[&str]| {
+        let mut args = world.common_args();
+        args.extend(["log".to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--attempts-topic".to_string(), world.attempts_topic.clone()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        e2e::run("dispatcher", &refs, "")
+    };
+    let shown = cli(&["message", &webhook_id]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{shown:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].contains("#1 Scheduled 500") && lines[2].contains("#3 Retry 204 ") && lines[2].ends_with("Delivered"),
+        "{text}"
+    );
+    assert!(lines[0].contains("answer scripted failure"), "{text}");
+    let failures = cli(&["failures", "--subscription", &format!("{strict}-s")]);
+    let text = String::from_utf8_lossy(&failures.stdout);
+    assert!(
+        text.contains("400") && text.contains("DeadLettered") && text.contains("1 failures of"),
+        "{text}"
+    );
+    let unknown = cli(&["message", "no-such-message"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no record of message `no-such-message`"),
+        "{unknown:?}"
+    );
     let strict_log = of(&strict);
     assert_eq!(strict_log.len(), 1, "{strict_log:#?}");
     assert_eq!(
