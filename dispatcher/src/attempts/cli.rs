@@ -68,7 +68,12 @@ pub fn line(r: &AttemptRecord) -> String {
     };
     let next = r
         .next_attempt_at
-        .map(|t| format!(" next {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+        .map(|t| {
+            format!(
+                " next {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
         .unwrap_or_default();
     let excerpt = r
         .response_excerpt
@@ -82,7 +87,8 @@ pub fn line(r: &AttemptRecord) -> String {
         .unwrap_or_default();
     format!(
         "{} {} {} #{} {:?} {} {}ms {:?}{next}{excerpt}",
-        r.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        r.started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         r.subscription_id,
         r.webhook_id,
         r.attempt,
@@ -103,7 +109,9 @@ pub async fn run(command: &LogCommand, settings: &KafkaSettings) -> anyhow::Resu
         } => {
             let found = read_all(settings, &topic.attempts_topic, |r| {
                 &r.webhook_id == webhook_id
-                    && subscription.as_ref().is_none_or(|s| &r.subscription_id == s)
+                    && subscription
+                        .as_ref()
+                        .is_none_or(|s| &r.subscription_id == s)
             })
             .await?;
             if found.is_empty() {
@@ -157,7 +165,9 @@ pub async fn run(command: &LogCommand, settings: &KafkaSettings) -> anyhow::Resu
                     continue;
                 };
                 if partner.as_ref().is_none_or(|p| &r.partner == p)
-                    && subscription.as_ref().is_none_or(|s| &r.subscription_id == s)
+                    && subscription
+                        .as_ref()
+                        .is_none_or(|s| &r.subscription_id == s)
                 {
                     println!("{}", line(&r));
                     shown += 1;

@@ -152,7 +152,9 @@ async fn every_attempt_is_logged_in_order_with_what_the_partner_answered() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(
-        lines[0].contains("#1 Scheduled 500") && lines[2].contains("#3 Retry 204 ") && lines[2].ends_with("Delivered"),
+        lines[0].contains("#1 Scheduled 500")
+            && lines[2].contains("#3 Retry 204 ")
+            && lines[2].ends_with("Delivered"),
         "{text}"
     );
     assert!(lines[0].contains("answer scripted failure"), "{text}");
