@@ -159,6 +159,7 @@ fn main() {
         let (items, _) = view
             .messages(
                 &format!("partner{}.s", i % 20),
+                Some(&format!("partner{}", i % 20)),
                 &Filter::default(),
                 None,
                 20,
@@ -173,7 +174,13 @@ fn main() {
     let dead_page = timed(&mut |i| {
         let (items, _) = view
             // (Messages 7 mod 50 are dead-lettered: those of partners 7 and 17.)
-            .messages(&format!("partner{}.s", [7, 17][i % 2]), &dead, None, 20)
+            .messages(
+                &format!("partner{}.s", [7, 17][i % 2]),
+                None,
+                &dead,
+                None,
+                20,
+            )
             .expect("page");
         assert!(!items.is_empty());
     });
@@ -184,7 +191,7 @@ fn main() {
         .map(|i| {
             let t = Instant::now();
             let s = view
-                .stats(&format!("partner{}.s", i % 20), since)
+                .stats(&format!("partner{}.s", i % 20), None, since)
                 .expect("stats");
             assert!(s.attempts > 0);
             t.elapsed().as_secs_f64() * 1000.0

@@ -19,6 +19,10 @@ pub const ATTEMPT_LOG_ERRORS: &str = "dispatcher_attempt_log_write_failures_tota
 /// Records and messages the API's delivery-log view holds.
 pub const LOG_VIEW_RECORDS: &str = "dispatcher_log_view_records";
 pub const LOG_VIEW_MESSAGES: &str = "dispatcher_log_view_messages";
+/// Records of the delivery log topic the API's view has not read yet (every 10 s).
+pub const LOG_VIEW_LAG: &str = "dispatcher_log_view_lag_records";
+/// Batches the view could not store (tried again every 5 s).
+pub const LOG_VIEW_ERRORS: &str = "dispatcher_log_view_errors_total";
 /// Delivery-log records the view could not read (not a record of a version it knows).
 pub const LOG_VIEW_SKIPPED: &str = "dispatcher_log_view_skipped_total";
 /// Requests in flight, by `partner`.

@@ -55,6 +55,15 @@ async fn on_view<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
+/// Whose records a caller sees: a partner token its own only (also under a
+/// subscription id that was deleted and made again for someone else); an admin's all.
+fn partner_of(caller: &Caller) -> Option<String> {
+    match caller {
+        Caller::Admin => None,
+        Caller::Partner(p) => Some(p.clone()),
+    }
+}
+
 /// A message id as webhooks carry it: 1-128 of `A-Za-z0-9._:-`.
 fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -445,8 +454,9 @@ pub(super) async fn list(
                 .ok_or_else(|| ApiError::field("cursor", "not a cursor this API returned"))
         })
         .transpose()?;
+    let partner = partner_of(&caller);
     let (page, next) = on_view(view, move |v| {
-        v.messages(&id, &filter, cursor.as_ref(), limit)
+        v.messages(&id, partner.as_deref(), &filter, cursor.as_ref(), limit)
     })
     .await?;
     Ok(Json(serde_json::json!({
@@ -485,9 +495,17 @@ pub(super) async fn recover(
             return Err(ApiError::field("until", "must be after `since`"));
         }
     }
-    if !request.dry_run {
-        api.allow_write(&caller)?;
-    }
+    // (A dry run reads the whole dead-letter topic and ledger: limited as a change.)
+    api.allow_write(&caller)?;
+    // One recover of a subscription at a time on this instance: two at once would both
+    // read the ledger before either wrote it, and send the same records twice.
+    let Some(_running) = Running::start(&api.recovering, &id) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("a recover of `{id}` is running; try again when it is done"),
+        ));
+    };
     let filter = crate::dlq::Filter {
         partner: subscription.partner_id.clone(),
         router: false,
@@ -521,15 +539,21 @@ pub(super) async fn recover(
         api.audit(&caller, "recover", &subscription, details)
             .await?;
     }
-    let (_, counts) =
-        crate::dlq::replay_counted(&api.kafka, api.table.clone(), &filter, &run, &topics)
-            .await
-            .map_err(|e| match e {
-                crate::dlq::DlqError::Refused(why) => {
-                    ApiError::new(StatusCode::CONFLICT, "conflict", why.0)
-                }
-                crate::dlq::DlqError::Failed(e) => ApiError::internal(e),
-            })?;
+    // A task of its own: a client that goes away does not stop it between a record's
+    // send and its ledger entry.
+    let (kafka, table) = (api.kafka.clone(), api.table.clone());
+    let replay = tokio::spawn(async move {
+        crate::dlq::replay_counted(&kafka, table, &filter, &run, &topics).await
+    });
+    let (_, counts) = replay
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            crate::dlq::DlqError::Refused(why) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", why.0)
+            }
+            crate::dlq::DlqError::Failed(e) => ApiError::internal(e),
+        })?;
     Ok(Json(serde_json::json!({
         "dry_run": request.dry_run,
         "matched": counts.matched,
@@ -564,7 +588,8 @@ pub(super) async fn stats(
         _ => return Err(ApiError::field("window", "one of 1h, 24h, 7d")),
     };
     let since = chrono::Utc::now() - chrono::Duration::hours(hours);
-    let stats = on_view(view, move |v| v.stats(&id, since)).await?;
+    let partner = partner_of(&caller);
+    let stats = on_view(view, move |v| v.stats(&id, partner.as_deref(), since)).await?;
     let pair =
         |q: Option<[u64; 2]>| q.map(|[p50, p99]| serde_json::json!({ "p50": p50, "p99": p99 }));
     Ok(Json(serde_json::json!({
@@ -577,4 +602,33 @@ pub(super) async fn stats(
         "time_to_webhook_ms": pair(stats.time_to_webhook_ms),
     }))
     .into_response())
+}
+
+/// A recover running on this instance, per subscription; its place is given back when
+/// dropped.
+struct Running {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl Running {
+    fn start(set: &Arc<Mutex<std::collections::HashSet<String>>>, id: &str) -> Option<Self> {
+        let fresh = set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        fresh.then(|| Self {
+            set: Arc::clone(set),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }

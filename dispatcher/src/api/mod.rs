@@ -68,6 +68,8 @@ pub struct ApiState {
     pub writer: rdkafka::producer::FutureProducer,
     /// This instance's view of the delivery log (`None`: the log is off).
     pub log: Option<Arc<std::sync::Mutex<crate::attempts::view::LogView>>>,
+    /// Subscriptions a recover is running for on this instance (one at a time each).
+    pub recovering: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -160,6 +162,20 @@ pub fn router(state: ApiState) -> Router {
             post(partners::reconnect),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get({
+                // The delivery log view's gauges (records held, lag) among them.
+                let metrics = crate::metrics::handle();
+                move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        metrics.run_upkeep();
+                        metrics.render()
+                    }
+                }
+            }),
+        )
         .with_state(state)
 }
 

@@ -53,16 +53,28 @@ pub async fn follow(
     let stored = lock(&view).positions()?;
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {
-        let at = stored
-            .iter()
-            .find(|(sp, _)| sp == p)
-            .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o));
+        let (low, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))?;
+        let at = match stored.iter().find(|(sp, _)| sp == p) {
+            None => Offset::Beginning,
+            Some(&(_, next)) if (low..=high).contains(&next) => Offset::Offset(next),
+            // The view was down past the topic's retention, or the topic was made
+            // again: what it can still read, from the oldest (a reader whose position
+            // is gone would never move again).
+            Some(&(_, next)) => {
+                tracing::warn!(%topic, partition = p, next, low, high, "delivery log view: stored position is not in the topic any more; reading from the oldest record kept");
+                Offset::Beginning
+            }
+        };
         assignment.add_partition_offset(&topic, *p, at)?;
     }
     consumer.assign(&assignment)?;
     tracing::info!(%topic, partitions = partitions.len(), "delivery log view following");
     let mut stream = consumer.stream();
     let mut expiry = tokio::time::interval(Duration::from_secs(60));
+    // What the view holds and how far it lags the topic, every 10 s.
+    let mut sample = tokio::time::interval(Duration::from_secs(10));
+    let ends: rdkafka::consumer::BaseConsumer = settings.reader().create()?;
+    let ends = Arc::new(ends);
     let mut batch: Vec<(i32, i64, Option<AttemptRecord>)> = Vec::new();
     loop {
         let deadline = tokio::time::sleep(Duration::from_millis(100));
@@ -83,6 +95,32 @@ pub async fn follow(
                         Ok(n) if n > 0 => tracing::info!(removed = n, "delivery log view: old records removed"),
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, "delivery log view: retention"),
+                    }
+                }
+                _ = sample.tick() => {
+                    let (view, ends, topic, partitions) =
+                        (Arc::clone(&view), Arc::clone(&ends), topic.clone(), partitions.clone());
+                    let sampled = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, i64)> {
+                        let (held, positions) = {
+                            let v = lock(&view);
+                            (v.counts()?, v.positions()?)
+                        };
+                        let mut lag = 0;
+                        for p in partitions {
+                            let (_, high) = ends.fetch_watermarks(&topic, p, Duration::from_secs(5))?;
+                            let next = positions.iter().find(|(sp, _)| *sp == p).map_or(0, |(_, o)| *o);
+                            lag += (high - next).max(0);
+                        }
+                        Ok((held.0, held.1, lag))
+                    })
+                    .await?;
+                    match sampled {
+                        Ok((records, messages, lag)) => {
+                            metrics::gauge!(m::LOG_VIEW_RECORDS).set(records as f64);
+                            metrics::gauge!(m::LOG_VIEW_MESSAGES).set(messages as f64);
+                            metrics::gauge!(m::LOG_VIEW_LAG).set(lag as f64);
+                        }
+                        Err(error) => tracing::warn!(%error, "delivery log view: measuring"),
                     }
                 }
                 message = stream.next() => match message {
@@ -108,16 +146,24 @@ pub async fn follow(
         if batch.is_empty() {
             continue;
         }
-        let done = std::mem::take(&mut batch);
-        let view = Arc::clone(&view);
-        let held = tokio::task::spawn_blocking(move || {
-            let mut v = lock(&view);
-            v.apply(&done)?;
-            v.counts()
-        })
-        .await??;
-        metrics::gauge!(m::LOG_VIEW_RECORDS).set(held.0 as f64);
-        metrics::gauge!(m::LOG_VIEW_MESSAGES).set(held.1 as f64);
+        let done = Arc::new(std::mem::take(&mut batch));
+        // A batch that cannot be stored (a full disk) is tried again, not dropped and
+        // not skipped: the view stays behind (the lag shows it) until it can.
+        loop {
+            let (view, stored) = (Arc::clone(&view), Arc::clone(&done));
+            let applied = tokio::task::spawn_blocking(move || lock(&view).apply(&stored)).await?;
+            match applied {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::error!(%error, "delivery log view: cannot store a batch; trying again");
+                    metrics::counter!(m::LOG_VIEW_ERRORS).increment(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        }
     }
 }
 

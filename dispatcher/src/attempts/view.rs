@@ -18,7 +18,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AttemptRecord, Outcome};
+use super::{AttemptRecord, Outcome, Trigger};
 
 /// What a message's list entry says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -103,7 +103,7 @@ pub struct Cursor {
 }
 
 /// The layout of the view's tables (`PRAGMA user_version`).
-const LAYOUT: i64 = 2;
+const LAYOUT: i64 = 3;
 
 /// What a subscription's attempts came to in a window.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -161,6 +161,7 @@ impl LogView {
                  offset INTEGER NOT NULL,
                  subscription_id TEXT NOT NULL,
                  webhook_id TEXT NOT NULL,
+                 partner TEXT NOT NULL,
                  started_ms INTEGER NOT NULL,
                  outcome TEXT NOT NULL,
                  attempted INTEGER NOT NULL,
@@ -191,6 +192,7 @@ impl LogView {
              CREATE INDEX IF NOT EXISTS messages_newest
                  ON messages (subscription_id, updated_ms DESC, webhook_id DESC);
              CREATE INDEX IF NOT EXISTS messages_by_partner ON messages (partner, webhook_id);
+             CREATE INDEX IF NOT EXISTS messages_by_webhook ON messages (webhook_id);
              CREATE TABLE IF NOT EXISTS positions (
                  partition INTEGER PRIMARY KEY,
                  next_offset INTEGER NOT NULL
@@ -218,8 +220,8 @@ impl LogView {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO attempts (partition, offset, subscription_id,
                      webhook_id, started_ms, outcome, attempted, duration_ms,
-                     to_webhook_ms, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     to_webhook_ms, record, partner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             let mut message = tx.prepare_cached(
                 "INSERT INTO messages (subscription_id, webhook_id, partner, event_id,
@@ -227,14 +229,21 @@ impl LogView {
                      last_attempt_ms, next_attempt_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (subscription_id, webhook_id) DO UPDATE SET
-                     status = excluded.status,
                      event_type = coalesce(excluded.event_type, event_type),
                      attempts_count = attempts_count + excluded.attempts_count,
+                     -- A record older than what the message shows (a job of a revoked
+                     -- assignment ending late, a record written twice) counts, but
+                     -- does not move the message's state back.
+                     status = CASE WHEN excluded.updated_ms >= updated_ms
+                         THEN excluded.status ELSE status END,
                      last_status_code = CASE WHEN excluded.attempts_count > 0
+                         AND excluded.updated_ms >= coalesce(last_attempt_ms, 0)
                          THEN excluded.last_status_code ELSE last_status_code END,
-                     last_attempt_ms = coalesce(excluded.last_attempt_ms, last_attempt_ms),
-                     next_attempt_ms = excluded.next_attempt_ms,
-                     updated_ms = excluded.updated_ms",
+                     last_attempt_ms = max(coalesce(excluded.last_attempt_ms, 0),
+                         coalesce(last_attempt_ms, 0)),
+                     next_attempt_ms = CASE WHEN excluded.updated_ms >= updated_ms
+                         THEN excluded.next_attempt_ms ELSE next_attempt_ms END,
+                     updated_ms = max(updated_ms, excluded.updated_ms)",
             )?;
             let mut position = tx.prepare_cached(
                 "INSERT INTO positions (partition, next_offset) VALUES (?1, ?2)
@@ -245,9 +254,11 @@ impl LogView {
                 position.execute(params![partition, offset + 1])?;
                 let Some(r) = record else { continue };
                 let json = serde_json::to_string(r)?;
+                // (A resend, recover or replay delivers later on purpose: not counted.)
+                let first_delivery = matches!(r.trigger, Trigger::Scheduled | Trigger::Retry);
                 let to_webhook = r
                     .occurred_at
-                    .filter(|_| r.outcome == Outcome::Delivered && r.attempt > 0)
+                    .filter(|_| r.outcome == Outcome::Delivered && r.attempt > 0 && first_delivery)
                     .map(|at| (ms(r.started_at) + r.duration_ms as i64 - ms(at)).max(0));
                 let fresh = insert.execute(params![
                     partition,
@@ -261,7 +272,8 @@ impl LogView {
                     r.attempt > 0,
                     r.duration_ms as i64,
                     to_webhook,
-                    json
+                    json,
+                    r.partner
                 ])?;
                 if fresh == 0 {
                     // Read before (a restart between its batch and the next).
@@ -338,6 +350,7 @@ impl LogView {
     pub fn messages(
         &self,
         subscription: &str,
+        partner: Option<&str>,
         filter: &Filter,
         cursor: Option<&Cursor>,
         limit: usize,
@@ -351,6 +364,7 @@ impl LogView {
                AND (?5 IS NULL OR updated_ms >= ?5)
                AND (?6 IS NULL OR updated_ms < ?6)
                AND (?7 IS NULL OR updated_ms < ?7 OR (updated_ms = ?7 AND webhook_id < ?8))
+               AND (?10 IS NULL OR partner = ?10)
              ORDER BY updated_ms DESC, webhook_id DESC
              LIMIT ?9"
         ))?;
@@ -365,6 +379,7 @@ impl LogView {
                 cursor.map(|c| c.updated_ms),
                 cursor.map(|c| c.webhook_id.as_str()),
                 limit as i64 + 1,
+                partner,
             ],
             |r| Ok((row_message(r)?, r.get::<_, i64>(11)?)),
         )?;
@@ -439,15 +454,17 @@ impl LogView {
     pub fn stats(
         &self,
         subscription: &str,
+        partner: Option<&str>,
         since: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<Stats> {
         let since = ms(since);
         let mut by_outcome = std::collections::BTreeMap::new();
         let mut q = self.db.prepare_cached(
             "SELECT outcome, count(*) FROM attempts
-             WHERE subscription_id = ?1 AND started_ms >= ?2 GROUP BY outcome",
+             WHERE subscription_id = ?1 AND started_ms >= ?2 AND (?3 IS NULL OR partner = ?3)
+             GROUP BY outcome",
         )?;
-        for row in q.query_map(params![subscription, since], |r| {
+        for row in q.query_map(params![subscription, since, partner], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })? {
             let (outcome, n) = row?;
@@ -455,8 +472,9 @@ impl LogView {
         }
         let (attempts, delivered): (i64, i64) = self.db.query_row(
             "SELECT count(*), coalesce(sum(outcome = 'delivered'), 0) FROM attempts
-             WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted",
-            params![subscription, since],
+             WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted
+               AND (?3 IS NULL OR partner = ?3)",
+            params![subscription, since, partner],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let quantiles =
@@ -464,12 +482,12 @@ impl LogView {
                 let filter =
                     format!(
                 "FROM attempts WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted
-                 AND {column} IS NOT NULL{}",
+                 AND (?3 IS NULL OR partner = ?3) AND {column} IS NOT NULL{}",
                 if only_delivered { " AND outcome = 'delivered'" } else { "" }
             );
                 let n: i64 = self.db.query_row(
                     &format!("SELECT count(*) {filter}"),
-                    params![subscription, since],
+                    params![subscription, since, partner],
                     |r| r.get(0),
                 )?;
                 if n == 0 {
@@ -478,8 +496,8 @@ impl LogView {
                 let at = |q: f64| -> anyhow::Result<u64> {
                     let k = ((n - 1) as f64 * q).round() as i64;
                     Ok(self.db.query_row(
-                        &format!("SELECT {column} {filter} ORDER BY {column} LIMIT 1 OFFSET ?3"),
-                        params![subscription, since, k],
+                        &format!("SELECT {column} {filter} ORDER BY {column} LIMIT 1 OFFSET ?4"),
+                        params![subscription, since, partner, k],
                         |r| r.get::<_, i64>(0),
                     )? as u64)
                 };

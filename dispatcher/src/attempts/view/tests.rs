@@ -121,7 +121,7 @@ fn lists_are_filtered_and_paged_newest_first() {
     let mut cursor = None;
     for _ in 0..10 {
         let (page, next) = view
-            .messages("p.s", &all, cursor.as_ref(), 10)
+            .messages("p.s", None, &all, cursor.as_ref(), 10)
             .expect("page");
         seen.extend(page.into_iter().map(|m| m.webhook_id));
         match next {
@@ -135,7 +135,7 @@ fn lists_are_filtered_and_paged_newest_first() {
         status: Some(Status::DeadLettered),
         ..Default::default()
     };
-    let (page, next) = view.messages("p.s", &dead, None, 10).expect("page");
+    let (page, next) = view.messages("p.s", None, &dead, None, 10).expect("page");
     assert_eq!(page.len(), 5);
     assert!(next.is_none());
     assert!(page.iter().all(|m| m.last_status_code == Some(400)));
@@ -143,14 +143,14 @@ fn lists_are_filtered_and_paged_newest_first() {
         order_id: Some("order-w07".into()),
         ..Default::default()
     };
-    let (page, _) = view.messages("p.s", &one, None, 10).expect("page");
+    let (page, _) = view.messages("p.s", None, &one, None, 10).expect("page");
     assert_eq!(page.len(), 1);
     let window = Filter {
         since: chrono::DateTime::from_timestamp_millis(1_010),
         until: chrono::DateTime::from_timestamp_millis(1_015),
         ..Default::default()
     };
-    let (page, _) = view.messages("p.s", &window, None, 10).expect("page");
+    let (page, _) = view.messages("p.s", None, &window, None, 10).expect("page");
     assert_eq!(page.len(), 5, "1,010 <= t < 1,015");
 }
 
@@ -264,6 +264,7 @@ fn stats_count_a_window() {
     let stats = view
         .stats(
             "p.s",
+            None,
             chrono::DateTime::from_timestamp_millis(5_000).expect("time"),
         )
         .expect("stats");
@@ -274,4 +275,52 @@ fn stats_count_a_window() {
     assert_eq!(stats.attempt_duration_ms, Some([100, 109]));
     // Delivered at 11,000 + i + 10 + i, the event at 9,000: 2,010 to 2,028 ms.
     assert_eq!(stats.time_to_webhook_ms, Some([2_020, 2_028]));
+}
+
+/// A subscription id deleted and made again for another partner: each partner sees
+/// only its own history under it. And a record older than what the message shows (a
+/// job of a revoked assignment ending late) counts but does not move its state back.
+#[test]
+fn lists_and_stats_keep_to_the_partner_and_states_never_go_back() {
+    let (_dir, mut view) = view();
+    let mut theirs = record("old", 1, Some(204), Outcome::Delivered, 1_000);
+    theirs.partner = "someone-else".into();
+    let late = record("w1", 1, Some(500), Outcome::RetryScheduled, 1_500);
+    let delivered = record("w1", 2, Some(204), Outcome::Delivered, 2_000);
+    view.apply(&[
+        (0, 1, Some(theirs)),
+        (0, 2, Some(delivered)),
+        (0, 3, Some(late)),
+    ])
+    .expect("apply");
+    let (mine, _) = view
+        .messages("p.s", Some("p"), &Filter::default(), None, 10)
+        .expect("page");
+    assert_eq!(
+        mine.iter()
+            .map(|m| m.webhook_id.as_str())
+            .collect::<Vec<_>>(),
+        ["w1"]
+    );
+    let (all, _) = view
+        .messages("p.s", None, &Filter::default(), None, 10)
+        .expect("page");
+    assert_eq!(all.len(), 2, "an admin sees both");
+    let stats = view
+        .stats(
+            "p.s",
+            Some("p"),
+            chrono::DateTime::from_timestamp_millis(0).expect("time"),
+        )
+        .expect("stats");
+    assert_eq!(
+        stats.attempts, 2,
+        "the other partner's attempt is not counted"
+    );
+    let (m, _) = view.message("p.s", "w1").expect("query").expect("found");
+    assert_eq!(
+        (m.status, m.attempts_count, m.last_status_code),
+        (Status::Delivered, 2, Some(204)),
+        "the late record counted, the state kept"
+    );
 }

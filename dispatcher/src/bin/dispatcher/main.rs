@@ -148,6 +148,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         ),
         writer,
         log,
+        recovering: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

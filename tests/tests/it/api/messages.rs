@@ -249,6 +249,24 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
     );
     let body = resent;
 
+    // The view's gauges: what it holds, and that it has read the topic to its end.
+    let mut gauges = false;
+    for _ in 0..60 {
+        let text = reqwest::get(format!("{}/metrics", api.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        gauges = e2e::metric_value(&text, "dispatcher_log_view_records ").is_some_and(|n| n >= 4.0)
+            && e2e::metric_value(&text, "dispatcher_log_view_lag_records ") == Some(0.0);
+        if gauges {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(gauges, "the view's records and lag gauges on /metrics");
+
     // A restart of the API: the view goes on from where it stopped, nothing doubled.
     let pid = api.process.0.id().to_string();
     let _ = std::process::Command::new("kill")
