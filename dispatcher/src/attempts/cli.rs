@@ -181,14 +181,7 @@ pub async fn run(command: &LogCommand, settings: &KafkaSettings) -> anyhow::Resu
 /// A reader of every partition of `topic` from `at`.
 fn reader(settings: &KafkaSettings, topic: &str, at: Offset) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = settings.reader().create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .filter(|p: &Vec<i32>| !p.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("the delivery log topic `{topic}` does not exist"))?;
+    let partitions = crate::kafka::partitions_of(&consumer, topic, "the delivery log topic")?;
     let mut assignment = TopicPartitionList::new();
     for p in partitions {
         assignment.add_partition_offset(topic, p, at)?;

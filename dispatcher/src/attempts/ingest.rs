@@ -42,14 +42,7 @@ pub async fn follow(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = settings.reader().create()?;
-    let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .filter(|p: &Vec<i32>| !p.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("delivery log topic `{topic}` does not exist"))?;
+    let partitions = crate::kafka::partitions_of(&consumer, &topic, "delivery log topic")?;
     let stored = lock(&view).positions()?;
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {

@@ -12,3 +12,20 @@ mod settings;
 pub use on_demand::TopicOnDemand;
 
 pub use settings::{read_ranges, visit_ranges, KafkaSettings, Patience, TopicRecord};
+
+/// The partitions of `topic` (`what` names it in the error: "subscriptions topic").
+/// An error when it does not exist or has none.
+pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
+    client: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    what: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = client.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{what} `{topic}` does not exist"))
+}

@@ -457,14 +457,7 @@ impl SubscriptionTable {
         // little, and routing follows a change sooner.
         config.set("fetch.wait.max.ms", "50");
         let consumer: StreamConsumer = config.create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .filter(|p: &Vec<i32>| !p.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("subscriptions topic `{topic}` does not exist"))?;
+        let partitions = crate::kafka::partitions_of(&consumer, topic, "subscriptions topic")?;
         let mut assignment = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for p in &partitions {

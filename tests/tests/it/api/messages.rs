@@ -11,6 +11,12 @@ fn view_path() -> std::path::PathBuf {
         .join(format!("{}.db", unique("log-view")))
 }
 
+/// `GET path` as `token`.
+async fn get(api: &e2e::ApiProcess, token: &str, path: &str) -> (u16, Value) {
+    api.call(reqwest::Method::GET, path, Some(token), None)
+        .await
+}
+
 async fn message(api: &e2e::ApiProcess, token: &str, webhook_id: &str) -> (u16, Value) {
     api.call(
         reqwest::Method::GET,
@@ -104,14 +110,12 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
     assert!(body["attempts"][0]["duration_ms"].is_u64());
 
     // The subscription's figures: two failures and a delivery.
-    let (s, stats) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/subscriptions/{flaky}-s/stats?window=1h"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let (s, stats) = get(
+        &api,
+        &token,
+        &format!("/v1/subscriptions/{flaky}-s/stats?window=1h"),
+    )
+    .await;
     assert_eq!(s, 200, "{stats}");
     assert_eq!(
         (
@@ -123,14 +127,12 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         "{stats}"
     );
     assert!(stats["time_to_webhook_ms"]["p99"].is_u64(), "{stats}");
-    let (s, _) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/subscriptions/{flaky}-s/stats?window=2h"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let (s, _) = get(
+        &api,
+        &token,
+        &format!("/v1/subscriptions/{flaky}-s/stats?window=2h"),
+    )
+    .await;
     assert_eq!(s, 422);
 
     // Another partner: 404 for the message and for the subscription's list, whatever
@@ -138,62 +140,30 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
     let stranger = partner_token(&other);
     assert_eq!(message(&api, &stranger, &id).await.0, 404);
     let list = format!("/v1/subscriptions/{flaky}-s/messages");
-    let (s, _) = api
-        .call(reqwest::Method::GET, &list, Some(&stranger), None)
-        .await;
+    let (s, _) = get(&api, &stranger, &list).await;
     assert_eq!(s, 404);
-    let (s, _) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/messages/{id}?subscription_id={flaky}-s"),
-            Some(&stranger),
-            None,
-        )
-        .await;
+    let (s, _) = get(
+        &api,
+        &stranger,
+        &format!("/v1/messages/{id}?subscription_id={flaky}-s"),
+    )
+    .await;
     assert_eq!(s, 404, "naming the subscription does not open it");
 
     // The owner's list, filtered; a bad filter names its field.
-    let (s, page) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("{list}?status=delivered"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let (s, page) = get(&api, &token, &format!("{list}?status=delivered")).await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
     assert_eq!(page["items"][0]["webhook_id"], id.as_str());
-    let (s, page) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("{list}?status=failing"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let (s, page) = get(&api, &token, &format!("{list}?status=failing")).await;
     assert_eq!((s, page["items"].as_array().map(Vec::len)), (200, Some(0)));
-    let (s, bad) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("{list}?status=lost"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let (s, bad) = get(&api, &token, &format!("{list}?status=lost")).await;
     assert_eq!(
         (s, bad["error"]["field"].as_str()),
         (422, Some("status")),
         "{bad}"
     );
-    let (s, bad) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("{list}?since=yesterday"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let (s, bad) = get(&api, &token, &format!("{list}?since=yesterday")).await;
     assert_eq!(
         (s, bad["error"]["field"].as_str()),
         (422, Some("since")),
