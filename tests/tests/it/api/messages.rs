@@ -1,6 +1,6 @@
 //! The delivery log through the API (#23): a partner sees every attempt of its own
-//! messages, and nothing of another partner's; the view survives a restart of the API
-//! without gaps or doubles.
+//! messages, and nothing of another partner's; two API instances answer the same; the
+//! view survives a restart of the API without gaps or doubles.
 
 use super::*;
 
@@ -236,6 +236,20 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(gauges, "the view's records and lag gauges on /metrics");
+
+    // A second API instance keeps a view of its own and answers the same.
+    let second = world.start_api(&tokens(&[&flaky, &other]), &[]);
+    let mut same = Value::Null;
+    for _ in 0..100 {
+        let (_, b) = message(&second, &token, &id).await;
+        if b["attempts"] == body["attempts"] {
+            same = b;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(same, body, "both instances answer the same");
+    drop(second);
 
     // A restart of the API: the view goes on from where it stopped, nothing doubled.
     let pid = api.process.0.id().to_string();
