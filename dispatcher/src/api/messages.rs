@@ -215,6 +215,22 @@ fn no_message(webhook_id: &str) -> ApiError {
     )
 }
 
+/// The caller's message `webhook_id` ([`owned_message`]) and its records, oldest first.
+async fn read_owned(
+    api: &ApiState,
+    caller: &Caller,
+    webhook_id: &str,
+    query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(Message, Vec<AttemptRecord>), ApiError> {
+    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
+    let (view, subscription) =
+        owned_message(api, caller, webhook_id, query.subscription_id.as_deref()).await?;
+    let id = webhook_id.to_string();
+    on_view(view, move |v| v.message(&subscription, &id))
+        .await?
+        .ok_or_else(|| no_message(webhook_id))
+}
+
 /// `GET /v1/messages/{webhook_id}`: the message and its attempts, oldest first. An
 /// event that went to several of the caller's subscriptions needs `subscription_id`.
 pub(super) async fn message(
@@ -223,13 +239,7 @@ pub(super) async fn message(
     Path(webhook_id): Path<String>,
     query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
-    let (view, subscription) =
-        owned_message(&api, &caller, &webhook_id, query.subscription_id.as_deref()).await?;
-    let id = webhook_id.clone();
-    let (message, attempts) = on_view(view, move |v| v.message(&subscription, &id))
-        .await?
-        .ok_or_else(|| no_message(&webhook_id))?;
+    let (message, attempts) = read_owned(&api, &caller, &webhook_id, query).await?;
     Ok(Json(MessageView::of(message, Some(attempts))).into_response())
 }
 
@@ -244,16 +254,11 @@ pub(super) async fn resend(
     Path(webhook_id): Path<String>,
     query: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| query_error(e, &["subscription_id"]))?;
-    let (view, subscription_id) =
-        owned_message(&api, &caller, &webhook_id, query.subscription_id.as_deref()).await?;
+    let (message, attempts) = read_owned(&api, &caller, &webhook_id, query).await?;
+    let subscription_id = message.subscription_id;
     // A subscription the caller may change (an internal one: admins only).
     let subscription = api.changeable(&caller, &subscription_id)?;
     api.allow_write(&caller)?;
-    let (id, sub) = (webhook_id.clone(), subscription_id.clone());
-    let (_, attempts) = on_view(view, move |v| v.message(&sub, &id))
-        .await?
-        .ok_or_else(|| no_message(&webhook_id))?;
     let Some(source) = attempts.iter().rev().find_map(|a| a.source.clone()) else {
         return Err(gone(&webhook_id));
     };
