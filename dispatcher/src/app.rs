@@ -274,13 +274,14 @@ impl App {
             park_after: config.park_after,
             departed_after: config.departed_lane,
             groups,
-            log: config.attempts_topic.as_deref().map(|topic| {
-                crate::attempts::AttemptLog::new(
-                    producer.clone(),
+            log: match config.attempts_topic.as_deref() {
+                Some(topic) => Some(crate::attempts::AttemptLog::new(
+                    kafka.log_producer().create()?,
                     topic,
                     config.attempts_body_bytes,
-                )
-            }),
+                )),
+                None => None,
+            },
         };
         let router = tokio::spawn(crate::router::run(
             kafka.clone(),

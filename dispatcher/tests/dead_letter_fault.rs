@@ -178,18 +178,22 @@ impl Fixture {
     }
 
     /// Waits until the counter `metric` (whose labels are `labels`) reaches `at_least`.
+    /// The value of counter `metric` now (0 before its first count).
+    fn count(&self, metric: &str) -> u64 {
+        dispatcher::metrics::handle()
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(metric)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    }
+
     async fn counted(&self, metric: &str, at_least: u64, what: &str) {
-        let metrics = dispatcher::metrics::handle();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let count = metrics
-                .render()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(metric)
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                })
-                .unwrap_or(0);
+            let count = self.count(metric);
             if count >= at_least {
                 return;
             }
@@ -203,11 +207,16 @@ impl Fixture {
 
     /// Waits until the lane's committed offset is past the record (30 s at most).
     async fn committed_past_the_record(&self) -> Offset {
+        self.committed_past(1).await
+    }
+
+    /// Waits until the lane's committed offset is `next` (30 s at most).
+    async fn committed_past(&self, next: i64) -> Offset {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut offset = Offset::Invalid;
         while tokio::time::Instant::now() < deadline {
             offset = committed(&self.brokers, "fault.p", TOPIC);
-            if offset == Offset::Offset(1) {
+            if offset == Offset::Offset(next) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -297,6 +306,75 @@ async fn a_failing_log_write_never_commits_the_offset() {
         "committed once the log record was written"
     );
     assert!(f.records(LOG) >= 1, "the delivered record is in the log");
+    f.shutdown.cancel();
+    lane.await.expect("join").expect("lane");
+}
+
+/// A finished job waiting only for its log record counts for a quarter of a record
+/// held (the log's acknowledgement time must not cap the lane's rate), but a log that
+/// cannot be written still stops the lane: it takes no more than about four times
+/// `max_buffered` (16) records, and delivers every one once the log is back. (With
+/// those jobs not counted at all, the lane delivered all 200 meanwhile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_stops_the_lane_taking_records() {
+    const N: i64 = 200;
+    let (f, table) = fixture(Script::default()).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &f.brokers)
+        .create()
+        .expect("producer");
+    for i in 2..=N {
+        let id = format!("evt-{i}");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "webhook-id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "subscription-id",
+                value: Some("s"),
+            });
+        producer
+            .send(
+                FutureRecord::to(TOPIC)
+                    .key(&format!("order-{i}"))
+                    .payload("{\"type\":\"order.created\"}")
+                    .headers(headers),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("delivery record written");
+    }
+    f.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 20_000],
+    );
+    let before = f.count(dispatcher::metrics::ATTEMPT_LOG_ERRORS);
+    let lane = f.lane(table, true);
+    // Every waiting record is written again every 500 ms: 300 failures is a few rounds
+    // of the most the lane may have taken.
+    f.counted(
+        dispatcher::metrics::ATTEMPT_LOG_ERRORS,
+        before + 300,
+        "the delivery log write",
+    )
+    .await;
+    let stalled = f.receiver.unique();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = f.receiver.unique();
+    assert_eq!(stalled, later, "the lane stopped taking records");
+    assert!(
+        (16..=4 * 16 + 4).contains(&later),
+        "the lane delivered {later} of {N} with the log down: more than max_buffered, at \
+         most four times it and the partner's concurrency"
+    );
+    f.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert_eq!(
+        f.committed_past(N).await,
+        Offset::Offset(N),
+        "every record finished once the log is back"
+    );
+    assert_eq!(f.receiver.unique(), N as usize, "every record delivered");
     f.shutdown.cancel();
     lane.await.expect("join").expect("lane");
 }

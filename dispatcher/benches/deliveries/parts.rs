@@ -235,7 +235,14 @@ pub(crate) async fn dispatcher_lane(
     if log {
         // A log topic per round (made by `filled_cluster`).
         let topic = format!("attempts-{round}");
-        let writer = dispatcher::attempts::AttemptLog::new(ctx.producer.clone(), &topic, 4096);
+        // The log's own producer, as `dispatcher run` makes it; BENCH_LOG_LINGER=<ms>
+        // sets its linger (the default is 50 ms; 5 is the instance's other producer's).
+        let mut log_producer = settings.log_producer();
+        if let Ok(linger) = std::env::var("BENCH_LOG_LINGER") {
+            log_producer.set("linger.ms", &linger);
+        }
+        let producer = log_producer.create().expect("log producer");
+        let writer = dispatcher::attempts::AttemptLog::new(producer, &topic, 4096);
         ctx.log = Some(writer.clone());
         config.log = Some(writer);
     }

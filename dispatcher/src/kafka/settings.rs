@@ -17,7 +17,7 @@ pub struct KafkaSettings {
     /// to rejoin. Default 300 s.
     pub max_poll_interval: Duration,
     /// Extra librdkafka settings for every client (`key`, under what the code sets), or
-    /// for one stage's consumer (`router:key`, `lanes:key`; [`KafkaSettings::STAGES`]),
+    /// for one stage's client (`router:key`, `lanes:key`, `log:key`; [`KafkaSettings::STAGES`]),
     /// over the stage's own defaults.
     pub options: Vec<(String, String)>,
     /// Replication factor of the topics the dispatcher creates; `None` leaves it to
@@ -27,8 +27,9 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
-    /// Stages whose consumer takes options of its own (`STAGE:key=value`).
-    pub const STAGES: [&'static str; 2] = ["router", "lanes"];
+    /// Stages whose client takes options of its own (`STAGE:key=value`): the router's
+    /// and the lanes' consumers, the delivery log's producer.
+    pub const STAGES: [&'static str; 3] = ["router", "lanes", "log"];
 
     /// Settings a stage's option may not change: its group and its membership in it
     /// (a static `group.instance.id` keeps a dead instance's partitions unread for a
@@ -54,7 +55,7 @@ impl KafkaSettings {
         };
         if !Self::STAGES.contains(&stage) {
             return Err(format!(
-                "`{key}`: no stage `{stage}` (`router:` or `lanes:`, or no prefix for every client)"
+                "`{key}`: no stage `{stage}` (`router:`, `lanes:` or `log:`, or no prefix for every client)"
             ));
         }
         if Self::KEPT.contains(&name) {
@@ -140,6 +141,17 @@ impl KafkaSettings {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "0");
         c
+    }
+
+    /// The delivery log's producer ([`crate::attempts::AttemptLog`]): the instance's
+    /// producer settings with a 50 ms linger, and the `log:` options. A job's offset
+    /// waits for its record, its key does not, so nothing waits for the linger but the
+    /// commit; the longer batches cost the lanes a fifth less CPU than the instance's
+    /// 5 ms producer did (docs/BENCHMARKS.md, delivery log cost).
+    pub fn log_producer(&self) -> ClientConfig {
+        let mut c = self.producer();
+        c.set("linger.ms", "50");
+        self.staged("log", c)
     }
 
     /// A topic to create: `partitions` partitions, replicated as configured or as the
@@ -410,6 +422,15 @@ mod tests {
         assert_eq!(reader.get("lanes:fetch.wait.max.ms"), None);
         let lanes = kafka.staged("lanes", kafka.consumer("g"));
         assert_eq!(lanes.get("fetch.wait.max.ms"), Some("100"));
+        let log = kafka.log_producer();
+        assert_eq!(log.get("linger.ms"), Some("50"), "the log's own default");
+        assert_eq!(log.get("fetch.wait.max.ms"), Some("300"));
+        let log = KafkaSettings {
+            options: vec![("log:linger.ms".into(), "20".into())],
+            ..settings(None)
+        }
+        .log_producer();
+        assert_eq!(log.get("linger.ms"), Some("20"), "the log's option wins");
         let router = kafka.staged("router", kafka.consumer("g"));
         assert_eq!(router.get("fetch.wait.max.ms"), Some("300"));
         assert_eq!(router.get("fetch.min.bytes"), Some("10"));
