@@ -38,6 +38,18 @@ impl ApiError {
         }
     }
 
+    /// A malformed parameter of the request's path or query (a message id, a filter, a
+    /// cursor): 400, naming it. A body's field that fails validation is [`Self::field`].
+    pub(super) fn parameter(name: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_parameter",
+            message: message.into(),
+            field: Some(name.to_string()),
+            retry_after: None,
+        }
+    }
+
     pub(super) fn not_found(id: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -82,7 +82,7 @@ pub(super) async fn events(
         } else {
             "query"
         };
-        ApiError::field(field, detail.to_string())
+        ApiError::parameter(field, detail.to_string())
     })?;
     if !caller.sees(&partner) {
         return Err(ApiError::new(
@@ -93,12 +93,12 @@ pub(super) async fn events(
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "between 1 and 500"));
+        return Err(ApiError::parameter("limit", "between 1 and 500"));
     }
     let after = match &query.after {
         None => Cursor::default(),
         Some(text) => Cursor::decode(text)
-            .ok_or_else(|| ApiError::field("after", "not a cursor this API returned"))?,
+            .ok_or_else(|| ApiError::parameter("after", "not a cursor this API returned"))?,
     };
     let Ok(permit) = Arc::clone(&api.events_permits).try_acquire_owned() else {
         return Err(ApiError::new(

@@ -17,7 +17,7 @@ use super::ApiState;
 use crate::attempts::view::{Cursor, Filter, LogView, Message, Status};
 use crate::attempts::AttemptRecord;
 
-/// A malformed query answers like any bad field: JSON, naming it (`known` are the
+/// A malformed query answers 400 in JSON, naming the parameter (`known` are the
 /// query's fields).
 fn query_error(e: axum::extract::rejection::QueryRejection, known: &[&str]) -> ApiError {
     let text = e.body_text();
@@ -30,7 +30,7 @@ fn query_error(e: axum::extract::rejection::QueryRejection, known: &[&str]) -> A
         .find(|k| **k == field)
         .copied()
         .unwrap_or("query");
-    ApiError::field(field, detail.to_string())
+    ApiError::parameter(field, detail.to_string())
 }
 
 /// The view, or 404 when this API keeps none (`--attempts-topic` empty).
@@ -72,15 +72,18 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
+/// `text` as an RFC 3339 time; `bad` makes the error naming `field` (a query's
+/// parameter or a body's field).
 fn time_of(
     field: &str,
     text: &Option<String>,
+    bad: fn(&str, String) -> ApiError,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     text.as_deref()
         .map(|t| {
             chrono::DateTime::parse_from_rfc3339(t)
                 .map(|t| t.with_timezone(&chrono::Utc))
-                .map_err(|e| ApiError::field(field, format!("not an RFC 3339 time: {e}")))
+                .map_err(|e| bad(field, format!("not an RFC 3339 time: {e}")))
         })
         .transpose()
 }
@@ -173,7 +176,7 @@ async fn owned_message(
     subscription_id: Option<&str>,
 ) -> Result<(Arc<Mutex<LogView>>, String), ApiError> {
     if !valid_id(webhook_id) {
-        return Err(ApiError::field(
+        return Err(ApiError::parameter(
             "webhook_id",
             "1-128 characters of A-Z a-z 0-9 . _ : -",
         ));
@@ -194,7 +197,7 @@ async fn owned_message(
         (Some(_), _) => return Err(no_message(webhook_id)),
         (None, [only]) => only.clone(),
         (None, several) => {
-            return Err(ApiError::field(
+            return Err(ApiError::parameter(
                 "subscription_id",
                 format!(
                     "the message went to {} of your subscriptions; name one of: {}",
@@ -430,14 +433,14 @@ pub(super) async fn list(
     let view = view(&api)?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::field("limit", "between 1 and 100"));
+        return Err(ApiError::parameter("limit", "between 1 and 100"));
     }
     let status = query
         .status
         .as_deref()
         .map(|s| {
             Status::parse(s).ok_or_else(|| {
-                ApiError::field(
+                ApiError::parameter(
                     "status",
                     "one of delivered, pending, failing, dead_lettered, dropped",
                 )
@@ -448,15 +451,15 @@ pub(super) async fn list(
         status,
         event_type: query.event_type.clone(),
         order_id: query.order_id.clone(),
-        since: time_of("since", &query.since)?,
-        until: time_of("until", &query.until)?,
+        since: time_of("since", &query.since, ApiError::parameter)?,
+        until: time_of("until", &query.until, ApiError::parameter)?,
     };
     let cursor = query
         .cursor
         .as_deref()
         .map(|c| {
             decode_cursor(c)
-                .ok_or_else(|| ApiError::field("cursor", "not a cursor this API returned"))
+                .ok_or_else(|| ApiError::parameter("cursor", "not a cursor this API returned"))
         })
         .transpose()?;
     let partner = partner_of(&caller);
@@ -493,8 +496,8 @@ pub(super) async fn recover(
 ) -> Result<Response, ApiError> {
     let subscription = api.changeable(&caller, &id)?;
     let request: RecoverRequest = super::error::body(&bytes)?;
-    let since = time_of("since", &Some(request.since.clone()))?;
-    let until = time_of("until", &request.until)?;
+    let since = time_of("since", &Some(request.since.clone()), ApiError::field)?;
+    let until = time_of("until", &request.until, ApiError::field)?;
     if let (Some(s), Some(u)) = (since, until) {
         if u <= s {
             return Err(ApiError::field("until", "must be after `since`"));
@@ -590,7 +593,7 @@ pub(super) async fn stats(
         "1h" => 1,
         "24h" => 24,
         "7d" => 168,
-        _ => return Err(ApiError::field("window", "one of 1h, 24h, 7d")),
+        _ => return Err(ApiError::parameter("window", "one of 1h, 24h, 7d")),
     };
     let since = chrono::Utc::now() - chrono::Duration::hours(hours);
     let partner = partner_of(&caller);

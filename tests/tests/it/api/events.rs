@@ -169,7 +169,7 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
             None,
         )
         .await;
-    assert_eq!((s, e["error"]["field"].as_str()), (422, Some("after")));
+    assert_eq!((s, e["error"]["field"].as_str()), (400, Some("after")));
     let (s, _) = api
         .call(
             reqwest::Method::GET,
