@@ -49,10 +49,15 @@ async fn on_view<T: Send + 'static>(
     view: Arc<Mutex<LogView>>,
     f: impl FnOnce(&LogView) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
+    on_view_anyhow(view, f).await.map_err(ApiError::internal)
+}
+
+async fn on_view_anyhow<T: Send + 'static>(
+    view: Arc<Mutex<LogView>>,
+    f: impl FnOnce(&LogView) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(move || f(&view.lock().unwrap_or_else(|p| p.into_inner())))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+        .await?
 }
 
 /// Whose records a caller sees: a partner token its own only (also under a
@@ -528,6 +533,17 @@ pub(super) async fn recover(
         key: None,
         subscription: Some(id.clone()),
     };
+    // Not what the log shows delivered since the dead letter (a resend), when it keeps
+    // a view; without one, the dead-letter topic and the ledger alone decide.
+    let settled = api.log.clone().map(|view| {
+        let subscription = id.clone();
+        crate::dlq::Settled(Arc::new(move |ids: Vec<String>| {
+            let (view, subscription) = (Arc::clone(&view), subscription.clone());
+            Box::pin(on_view_anyhow(view, move |v| {
+                v.not_dead_lettered(&subscription, &ids)
+            }))
+        }))
+    });
     let run = crate::dlq::RunArgs {
         dry_run: request.dry_run,
         rate: 1_000.0,
@@ -535,6 +551,7 @@ pub(super) async fn recover(
         operator: Some(format!("api: {}", caller.name())),
         quiet: true,
         recover: true,
+        settled,
     };
     let topics = crate::dlq::TopicArgs {
         ledger_topic: std::env::var("DLQ_LEDGER_TOPIC").unwrap_or_else(|_| "dlq-ledger".into()),
@@ -566,6 +583,7 @@ pub(super) async fn recover(
         "dry_run": request.dry_run,
         "matched": counts.matched,
         "already_recovered": counts.skipped,
+        "no_longer_dead_lettered": counts.settled,
         "count": if request.dry_run { counts.todo } else { counts.done },
     }))
     .into_response())

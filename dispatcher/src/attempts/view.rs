@@ -345,6 +345,29 @@ impl LogView {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Of `webhook_ids`, the messages of `subscription` the log shows as anything but
+    /// dead-lettered now (a resend delivered one, or is on its way): what a recover
+    /// leaves alone. A message the view does not have yet is not among them.
+    pub fn not_dead_lettered(
+        &self,
+        subscription: &str,
+        webhook_ids: &[String],
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut q = self.db.prepare_cached(
+            "SELECT status FROM messages WHERE subscription_id = ?1 AND webhook_id = ?2",
+        )?;
+        let mut found = std::collections::HashSet::new();
+        for id in webhook_ids {
+            let status: Option<String> = q
+                .query_row(params![subscription, id], |r| r.get(0))
+                .optional()?;
+            if status.is_some_and(|s| s != Status::DeadLettered.as_str()) {
+                found.insert(id.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// A page of `subscription`'s messages, newest first (by their last record), at most
     /// `limit`, after `cursor`; and the cursor of the next page when there may be one.
     pub fn messages(

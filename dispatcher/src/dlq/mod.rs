@@ -22,9 +22,10 @@
 //! starts (a snapshot; records dead-lettered meanwhile wait for the next run), with a
 //! group-less consumer: nothing is committed, no consumer group is joined.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -192,6 +193,27 @@ pub struct RunArgs {
     /// recover` (the delivery log's trigger; a CLI replay is `replay`).
     #[arg(skip)]
     pub recover: bool,
+    /// For a recover: which of these webhook-ids the delivery log no longer shows as
+    /// dead-lettered (a resend delivered it since): those are not sent again.
+    #[arg(skip)]
+    pub settled: Option<Settled>,
+}
+
+/// Of the webhook-ids given, those whose message is no longer dead-lettered
+/// ([`RunArgs::settled`]).
+#[derive(Clone)]
+pub struct Settled(
+    pub  Arc<
+        dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, anyhow::Result<HashSet<String>>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Settled(..)")
+    }
 }
 
 /// What a replay matched and did.
@@ -201,6 +223,9 @@ pub struct Counts {
     pub matched: usize,
     /// Of those, the ones replayed or resolved before (skipped).
     pub skipped: usize,
+    /// Of those, the ones the delivery log shows delivered (or on their way) since
+    /// (skipped by a recover: [`RunArgs::settled`]).
+    pub settled: usize,
     /// Of those, the ones to send (a dry run sends none).
     pub todo: usize,
     /// Sent (and in the ledger).

@@ -44,9 +44,21 @@ pub(super) async fn handle(
     if matched.is_empty() {
         return Err(nothing_matches(&source, records.len()));
     }
-    let (todo, skipped): (Vec<&DlqRecord>, Vec<&DlqRecord>) = matched
+    let (mut todo, skipped): (Vec<&DlqRecord>, Vec<&DlqRecord>) = matched
         .iter()
         .partition(|r| run.again || !ledger.contains_key(&r.ledger_key(&source)));
+    // A recover sends only what is still failed: not a message a resend delivered since.
+    let mut settled = 0;
+    if let Some(Settled(check)) = &run.settled {
+        let ids = todo
+            .iter()
+            .filter_map(|r| r.header(headers::WEBHOOK_ID).map(str::to_string))
+            .collect();
+        let done = check(ids).await.map_err(DlqError::Failed)?;
+        let before = todo.len();
+        todo.retain(|r| r.header(headers::WEBHOOK_ID).is_none_or(|id| !done.contains(id)));
+        settled = before - todo.len();
+    }
     // Never send a record to a partner it does not belong to, nor one its subscription
     // would refuse or drop. (Router dead letters go back to the orders topic, where the
     // router routes them as it would any record.)
@@ -96,6 +108,7 @@ pub(super) async fn handle(
     let mut counts = Counts {
         matched: matched.len(),
         skipped: skipped.len(),
+        settled,
         todo: todo.len(),
         done: 0,
     };

@@ -282,16 +282,17 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
 /// Recover: a dead-lettered message is sent again through the dead-letter ledger, with
 /// its original webhook-id: the dry run counts it and sends nothing, the recover sends
 /// it once (a second recover of the same window sends nothing), and the log shows the
-/// attempt as a `recover`.
+/// attempt as a `recover`. A dead-lettered message that a resend delivered since is
+/// left alone (before, the recover sent it a second time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_message_is_recovered_once_with_its_webhook_id() {
     let world = DispatchWorld::new("127.0.0.1").await;
-    // The first answer is a 400 (not retried: dead-lettered at once), then 204.
+    // The first two answers are 400s (not retried: dead-lettered at once), then 204s.
     let (partner, rx) = world
         .partner_with_receiver(
             "recover",
             Script {
-                fail_first: 1,
+                fail_first: 2,
                 fail_status: Some(400),
                 ..Default::default()
             },
@@ -303,19 +304,46 @@ async fn a_dead_lettered_message_is_recovered_once_with_its_webhook_id() {
     let publisher = world.publisher().await;
     let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
     let event = OrderEvent::sample(EventType::OrderCreated, "order-rec", &partner, 1);
+    let resent = OrderEvent::sample(EventType::OrderCreated, "order-resent", &partner, 1);
     publisher.publish(&event).await.expect("publish");
-    let id = event.event_id().to_string();
+    publisher.publish(&resent).await.expect("publish");
+    let (id, resent_id) = (event.event_id().to_string(), resent.event_id().to_string());
     let token = partner_token(&partner);
-    let mut dead = false;
-    for _ in 0..300 {
-        let (_, m) = message(&api, &token, &id).await;
-        if m["status"] == "dead_lettered" {
-            dead = true;
-            break;
+    let status_of = |webhook_id: String, wanted: &'static str| {
+        let (api, token) = (&api, &token);
+        async move {
+            for _ in 0..300 {
+                let (_, m) = message(api, token, &webhook_id).await;
+                if m["status"] == wanted {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for webhook_id in [&id, &resent_id] {
+        assert!(
+            status_of(webhook_id.clone(), "dead_lettered").await,
+            "{webhook_id} dead-lettered on a 400\n{}",
+            dispatcher.log_tail()
+        );
     }
-    assert!(dead, "dead-lettered on the 400\n{}", dispatcher.log_tail());
+    // One of them is resent and delivered: no longer the recover's.
+    let (s, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/messages/{resent_id}/resend"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert!(
+        status_of(resent_id.clone(), "delivered").await,
+        "the resend delivered\n{}",
+        dispatcher.log_tail()
+    );
     let recover = format!("/v1/subscriptions/{partner}-s/recover");
     let (s, dry) = api
         .call(
@@ -325,7 +353,16 @@ async fn a_dead_lettered_message_is_recovered_once_with_its_webhook_id() {
             Some(json!({"since": since, "dry_run": true})),
         )
         .await;
-    assert_eq!((s, dry["count"].as_u64()), (200, Some(1)), "{dry}");
+    assert_eq!(
+        (
+            s,
+            dry["matched"].as_u64(),
+            dry["no_longer_dead_lettered"].as_u64(),
+            dry["count"].as_u64()
+        ),
+        (200, Some(2), Some(1), Some(1)),
+        "{dry}"
+    );
     let (s, done) = api
         .call(
             reqwest::Method::POST,
@@ -336,18 +373,21 @@ async fn a_dead_lettered_message_is_recovered_once_with_its_webhook_id() {
         .await;
     assert_eq!((s, done["count"].as_u64()), (200, Some(1)), "{done}");
     assert!(
-        eventually(Duration::from_secs(30), || rx.unique() == 1).await,
+        eventually(Duration::from_secs(30), || rx.unique() == 2).await,
         "recovered\n{}",
         dispatcher.log_tail()
     );
+    let mut delivered: Vec<String> = rx.deliveries().into_iter().map(|d| d.webhook_id).collect();
+    delivered.sort();
+    let mut expected = vec![id.clone(), resent_id.clone()];
+    expected.sort();
     assert_eq!(
-        rx.deliveries()[0].webhook_id,
-        id,
-        "with its original webhook-id"
+        delivered, expected,
+        "each with its original webhook-id, once"
     );
-    // The 400, then the recovered one: the dry run sent nothing (it would have come
-    // before the recover's).
-    assert_eq!(rx.requests(), 2, "a dry run sends nothing");
+    // Two 400s, the resend, the recovered one: the dry run sent nothing (it would have
+    // come before the recover's), and the recover did not send the resent one again.
+    assert_eq!(rx.requests(), 4, "a dry run sends nothing");
     let (s, again) = api
         .call(
             reqwest::Method::POST,
