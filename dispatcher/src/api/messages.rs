@@ -56,8 +56,7 @@ async fn on_view_anyhow<T: Send + 'static>(
     view: Arc<Mutex<LogView>>,
     f: impl FnOnce(&LogView) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(move || f(&view.lock().unwrap_or_else(|p| p.into_inner())))
-        .await?
+    tokio::task::spawn_blocking(move || f(&view.lock().unwrap_or_else(|p| p.into_inner()))).await?
 }
 
 /// Whose records a caller sees: a partner token its own only (also under a

@@ -24,8 +24,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::time::{Duration, Instant};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -199,16 +199,14 @@ pub struct RunArgs {
     pub settled: Option<Settled>,
 }
 
-/// Of the webhook-ids given, those whose message is no longer dead-lettered
-/// ([`RunArgs::settled`]).
+/// Of the webhook-ids given, those whose message is no longer dead-lettered.
+pub type SettledCheck = dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, anyhow::Result<HashSet<String>>>
+    + Send
+    + Sync;
+
+/// [`RunArgs::settled`]: a [`SettledCheck`].
 #[derive(Clone)]
-pub struct Settled(
-    pub  Arc<
-        dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, anyhow::Result<HashSet<String>>>
-            + Send
-            + Sync,
-    >,
-);
+pub struct Settled(pub Arc<SettledCheck>);
 
 impl std::fmt::Debug for Settled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

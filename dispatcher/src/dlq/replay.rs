@@ -56,7 +56,10 @@ pub(super) async fn handle(
             .collect();
         let done = check(ids).await.map_err(DlqError::Failed)?;
         let before = todo.len();
-        todo.retain(|r| r.header(headers::WEBHOOK_ID).is_none_or(|id| !done.contains(id)));
+        todo.retain(|r| {
+            r.header(headers::WEBHOOK_ID)
+                .is_none_or(|id| !done.contains(id))
+        });
         settled = before - todo.len();
     }
     // Never send a record to a partner it does not belong to, nor one its subscription
