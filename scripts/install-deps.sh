@@ -3,11 +3,13 @@
 # (Debian, as root or with sudo):
 # - libssl-dev and pkg-config, for native-tls;
 # - prometheus, for `promtool`, which the tests use to check the alert rules and the
-#   Grafana dashboard's queries (no Prometheus server is started).
+#   Grafana dashboard's queries (no Prometheus server is started);
+# - chromium, the browser the console's tests drive (tests/console; never a downloaded one).
 set -euo pipefail
 packages=()
 pkg-config --exists openssl 2>/dev/null || packages+=(libssl-dev pkg-config)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+[[ -x /usr/bin/chromium ]] || packages+=(chromium)
 if [[ ${#packages[@]} == 0 ]]; then
   exit 0
 fi

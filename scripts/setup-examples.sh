@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The Python and TypeScript receiver examples' dependencies (the official standardwebhooks
 # libraries): a virtualenv in consumer-examples/python/.venv and node_modules + dist/ in
-# consumer-examples/typescript; and the API fuzzer schemathesis in tests/schemathesis/.venv. Installs Node.js from Debian when missing. Idempotent:
-# quick when already set up.
+# consumer-examples/typescript; the API fuzzer schemathesis in tests/schemathesis/.venv;
+# and the console's browser tests' playwright-core and axe-core in tests/console (no
+# browser download: they drive Debian's Chromium, which scripts/install-deps.sh
+# installs). Installs Node.js from Debian when missing. Idempotent: quick when already
+# set up.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$ROOT/consumer-examples/python"
@@ -38,4 +41,13 @@ if [[ ! -d "$TS/node_modules/standardwebhooks" ]] || [[ "$TS/package-lock.json" 
 fi
 if [[ ! -f "$TS/dist/receiver.js" ]] || [[ "$TS/receiver.ts" -nt "$TS/dist/receiver.js" ]]; then
   (cd "$TS" && npx tsc -p . >&2)
+fi
+
+# The console's browser tests (tests/tests/it/console.rs). playwright-core downloads no
+# browser; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD makes sure of it.
+CT="$ROOT/tests/console"
+if [[ ! -d "$CT/node_modules/playwright-core" ]] || [[ "$CT/package-lock.json" -nt "$CT/node_modules/.installed" ]]; then
+  echo "setting up the console's browser tests (npm ci)..." >&2
+  (cd "$CT" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund >&2)
+  touch "$CT/node_modules/.installed"
 fi

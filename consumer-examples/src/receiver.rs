@@ -45,6 +45,9 @@ pub struct Script {
     /// An overloaded server: answer 503 to a request that finds more than this many
     /// requests already being answered (use with `delay_ms`).
     pub capacity: Option<u32>,
+    /// The body of a scripted failure (default `scripted failure`), sent as HTML when it
+    /// starts with `<`: a partner's server may answer anything, markup included.
+    pub fail_body: Option<String>,
 }
 
 /// One accepted (verified) delivery.
@@ -243,7 +246,18 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
             (n <= u64::from(script.fail_first) || ratio_hit).then_some(fail_status)
         });
     if let Some(status) = scripted_failure {
-        let mut response = (status, "scripted failure").into_response();
+        let body = script
+            .fail_body
+            .clone()
+            .unwrap_or_else(|| "scripted failure".into());
+        let html = body.starts_with('<');
+        let mut response = (status, body).into_response();
+        if html {
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+        }
         if let Some(secs) = script.retry_after_secs {
             response.headers_mut().insert("retry-after", secs.into());
         }

@@ -15,6 +15,8 @@ pub mod api;
 pub mod app;
 /// The delivery log: one record per attempt and per end of a message.
 pub mod attempts;
+/// The web console (#24): pages under `/console/` on the partner API.
+pub mod console;
 /// One delivery: attempts, retry and backoff, parking, the dead letter.
 pub mod delivery;
 /// Control plane: inspect and replay dead-letter topics.

@@ -80,7 +80,12 @@ impl Tokens {
         Ok(tokens)
     }
 
-    pub(super) fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// Whether `partner` has a token.
+    pub(crate) fn has_partner(&self, partner: &str) -> bool {
+        self.partners.iter().any(|(_, p)| p == partner)
+    }
+
+    pub(crate) fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -109,20 +114,20 @@ impl Tokens {
 /// Who is calling, decided once per request from its bearer token (an extractor: a
 /// handler that takes a `Caller` is authenticated; one that takes [`Admin`] is admin-only).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Caller {
+pub(crate) enum Caller {
     Admin,
     Partner(String),
 }
 
 impl Caller {
-    pub(super) fn sees(&self, partner: &str) -> bool {
+    pub(crate) fn sees(&self, partner: &str) -> bool {
         match self {
             Caller::Admin => true,
             Caller::Partner(p) => p == partner,
         }
     }
 
-    pub(super) fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match self {
             Caller::Admin => "admin".into(),
             Caller::Partner(p) => format!("partner:{p}"),
@@ -134,13 +139,21 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &ApiState) -> Result<Self, ApiError> {
+        if let Some(InProcess(caller)) = parts.extensions.get::<InProcess>() {
+            return Ok(caller.clone());
+        }
         api.tokens.caller(&parts.headers)
     }
 }
 
+/// A request the console makes to the API in-process, as its session's caller (an
+/// extension: no request from the network can carry one).
+#[derive(Debug, Clone)]
+pub(crate) struct InProcess(pub Caller);
+
 /// A caller holding an admin token (the operator); anyone else gets 403.
 #[derive(Debug)]
-pub(super) struct Admin(pub Caller);
+pub(crate) struct Admin(pub Caller);
 
 impl FromRequestParts<ApiState> for Admin {
     type Rejection = ApiError;

@@ -18,7 +18,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -28,7 +28,7 @@ impl ApiError {
         }
     }
 
-    pub(super) fn field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "invalid_field",
@@ -60,7 +60,7 @@ impl ApiError {
 
     /// A failure of ours (Kafka, a task): the details go to the log, the caller gets
     /// a generic answer (no broker names or internal messages reach a partner).
-    pub(super) fn internal(error: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "api");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -94,7 +94,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Parses a JSON body, naming the field at fault.
-pub(super) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return serde_json::from_slice(b"{}")
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()));

@@ -36,11 +36,11 @@ mod partners;
 mod subscriptions;
 
 pub use auth::Tokens;
+pub(crate) use auth::{Admin, Caller, InProcess};
+pub(crate) use error::body;
 pub use error::ApiError;
 pub use events::Cursor;
 pub use limits::WriteLimit;
-
-use auth::Caller;
 
 /// What the API needs.
 #[derive(Clone)]
@@ -70,6 +70,8 @@ pub struct ApiState {
     pub log: Option<Arc<std::sync::Mutex<crate::attempts::view::LogView>>>,
     /// Subscriptions a recover is running for on this instance (one at a time each).
     pub recovering: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The web console's secret, links and sessions.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -161,6 +163,12 @@ pub fn router(state: ApiState) -> Router {
             "/v1/partners/{partner}/reconnect",
             post(partners::reconnect),
         )
+        .route("/v1/admin/portal-links", post(crate::console::links::issue))
+        .route(
+            "/v1/admin/partners/{partner}/portal-sessions/expire",
+            post(crate::console::links::expire),
+        )
+        .merge(crate::console::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",

@@ -11,6 +11,7 @@ mod api_fuzz;
 mod app;
 mod cli;
 mod compose;
+mod console;
 mod contract;
 mod dispatch;
 mod dlq;

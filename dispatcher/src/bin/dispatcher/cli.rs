@@ -284,6 +284,16 @@ pub struct ApiArgs {
     /// How large the view may grow, in MiB; past that its oldest records go first.
     #[arg(long, env = "API_LOG_MAX_MIB", default_value_t = 10_240, value_parser = clap::value_parser!(u64).range(1..=10_485_760))]
     pub log_max_mib: u64,
+    /// A file holding the web console's secret (32 bytes at least): it signs portal
+    /// links and sessions, so every API instance given the same file accepts the
+    /// others'. Without it, a random secret of this process's own.
+    #[arg(long, env = "API_CONSOLE_SECRET_FILE")]
+    pub console_secret_file: Option<std::path::PathBuf>,
+    /// Where partners reach the console, without `/console` (`https://hooks.example.com`):
+    /// the base of portal links, and https makes its cookies Secure. Default: the
+    /// Host the link was asked on, over http.
+    #[arg(long, env = "API_CONSOLE_URL")]
+    pub console_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

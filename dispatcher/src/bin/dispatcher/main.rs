@@ -128,6 +128,20 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         });
         Some(view)
     };
+    let console = match &args.console_secret_file {
+        Some(path) => dispatcher::console::Console::new(
+            std::fs::read(path)
+                .with_context(|| format!("--console-secret-file {}", path.display()))?
+                .trim_ascii()
+                .to_vec(),
+            args.console_url.clone(),
+        )
+        .with_context(|| format!("--console-secret-file {}", path.display()))?,
+        None => {
+            tracing::warn!("no --console-secret-file: console sessions and portal links hold on this instance only, until it restarts");
+            dispatcher::console::Console::ephemeral(args.console_url.clone())?
+        }
+    };
     let state = dispatcher::api::ApiState {
         kafka: shared.kafka,
         subscriptions_topic: shared.subscriptions_topic,
@@ -149,6 +163,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         writer,
         log,
         recovering: Default::default(),
+        console: Arc::new(console),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,0 +1,123 @@
+//! The operator's side of portal links, in the partner API: issue one
+//! (`POST /v1/admin/portal-links`) and end a partner's sessions
+//! (`POST /v1/admin/partners/{partner}/portal-sessions/expire`). Both audited.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::grant::{Grant, Kind, Scope};
+use crate::api::{Admin, ApiError, ApiState};
+
+/// A portal link lasts at most this long.
+pub const MAX_TTL_SECS: i64 = 24 * 3600;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LinkRequest {
+    /// The partner the link is for; absent: an operator's link (every partner).
+    partner: Option<String>,
+    scope: String,
+    #[serde(default = "default_ttl")]
+    ttl_secs: i64,
+}
+
+fn default_ttl() -> i64 {
+    3600
+}
+
+/// `POST /v1/admin/portal-links`: a single-use URL that starts a console session for
+/// `partner` with `scope`, valid `ttl_secs` (at most 24 h).
+pub(crate) async fn issue(
+    State(api): State<ApiState>,
+    Admin(caller): Admin,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: LinkRequest = crate::api::body(&bytes)?;
+    let scope = Scope::parse(&request.scope)
+        .ok_or_else(|| ApiError::field("scope", "one of read, manage"))?;
+    if !(1..=MAX_TTL_SECS).contains(&request.ttl_secs) {
+        return Err(ApiError::field(
+            "ttl_secs",
+            format!("between 1 and {MAX_TTL_SECS} (24 h)"),
+        ));
+    }
+    if let Some(partner) = &request.partner {
+        let known = api.tokens.has_partner(partner)
+            || api.table.all().iter().any(|s| &s.partner_id == partner);
+        if !known {
+            return Err(ApiError::field(
+                "partner",
+                format!("no partner `{partner}` (no token and no subscription)"),
+            ));
+        }
+    }
+    let link = Grant::new(
+        Kind::Link,
+        request.partner.clone(),
+        scope,
+        super::now(),
+        request.ttl_secs,
+    );
+    let expires_at = chrono::DateTime::from_timestamp_millis(link.exp).unwrap_or_default();
+    api.audit
+        .record_id(
+            &caller.name(),
+            "portal-link-issued",
+            &format!("portal-link/{}", link.id),
+            request.partner.as_deref(),
+            serde_json::json!({ "scope": scope.as_str(), "expires_at": expires_at }),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    let base = match &api.console.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    };
+    let url = format!("{base}/console/link/{}", link.sign(&api.console.secret));
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "url": url,
+            "partner": request.partner,
+            "scope": scope.as_str(),
+            "expires_at": expires_at,
+        })),
+    )
+        .into_response())
+}
+
+/// `POST /v1/admin/partners/{partner}/portal-sessions/expire`: every console session of
+/// `partner` started until now ends (on this instance; docs/ARCHITECTURE.md).
+pub(crate) async fn expire(
+    State(api): State<ApiState>,
+    Admin(caller): Admin,
+    Path(partner): Path<String>,
+) -> Result<Response, ApiError> {
+    let now = super::now();
+    api.audit
+        .record_id(
+            &caller.name(),
+            "portal-sessions-expired",
+            &format!("portal-sessions/{partner}"),
+            Some(&partner),
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    api.console.end_sessions(&partner, now);
+    Ok(Json(serde_json::json!({
+        "partner": partner,
+        "ended_before": chrono::DateTime::from_timestamp_millis(now).unwrap_or_default(),
+    }))
+    .into_response())
+}

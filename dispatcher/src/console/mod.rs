@@ -1,0 +1,320 @@
+//! The web console (#24), served by `dispatcher api` under `/console/`: server-rendered
+//! pages (askama templates in `templates/`, escaped by default), no JavaScript, usable
+//! on a phone's width.
+//!
+//! - **Who gets in.** A partner through a portal link (`POST /v1/admin/portal-links`,
+//!   [`links`]): single-use, at most 24 h, limited to one partner and a scope (`read`
+//!   or `manage`); an operator by signing in with an admin token. Either starts a
+//!   session: a signed cookie ([`grant`]), HttpOnly, SameSite=Strict, Secure when the
+//!   console's public URL is https.
+//! - **One way to data.** Every page asks the partner API, in-process, as the session's
+//!   caller ([`ApiCall`]): a partner's session sees and does exactly what its token
+//!   would, no more; nothing here reads Kafka or the delivery log itself.
+//! - **Defences.** Every change is a POST carrying the session's CSRF token; every page
+//!   has a Content-Security-Policy without scripts, and frames are refused; what a
+//!   partner's server sent us is only ever shown through the templates' escaping.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::header::{self, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, Request, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::api::{ApiState, Caller};
+
+pub mod grant;
+pub mod links;
+mod pages;
+
+use grant::{Grant, Kind, Scope};
+
+/// The session cookie's name.
+const COOKIE: &str = "console_session";
+/// How long a session lasts.
+const SESSION_SECS: i64 = 8 * 3600;
+
+/// The console's settings and what it remembers.
+pub struct Console {
+    /// Signs links and sessions; instances that share it accept each other's.
+    secret: Vec<u8>,
+    /// Where partners reach the console (`https://...`, without `/console`): the base
+    /// of portal links, and whether cookies are Secure. `None`: the request's Host, http.
+    public_url: Option<String>,
+    /// Portal links opened on this instance: id -> expiry (kept until then).
+    used: Mutex<HashMap<String, i64>>,
+    /// Per partner: sessions issued at or before this time (Unix ms) are ended.
+    ended: Mutex<HashMap<String, i64>>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    /// `secret`: at least 32 bytes (`--console-secret-file`).
+    pub fn new(secret: Vec<u8>, public_url: Option<String>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "the console's secret must be at least 32 bytes (it has {})",
+            secret.len()
+        );
+        if let Some(url) = &public_url {
+            anyhow::ensure!(
+                url.starts_with("https://") || url.starts_with("http://"),
+                "--console-url `{url}`: must start with https:// (or http:// for a local test)"
+            );
+        }
+        Ok(Self {
+            secret,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
+            used: Mutex::default(),
+            ended: Mutex::default(),
+        })
+    }
+
+    /// A console with a random secret of its own (its sessions hold on this instance
+    /// only, until it restarts).
+    pub fn ephemeral(public_url: Option<String>) -> anyhow::Result<Self> {
+        let secret: [u8; 32] = rand::random();
+        Self::new(secret.to_vec(), public_url)
+    }
+
+    fn secure(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
+
+    /// Takes portal link `id` (expiring at `exp`) for its one use: false if it was used.
+    fn take_link(&self, id: &str, exp: i64, now: i64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, e| *e > now);
+        used.insert(id.to_string(), exp).is_none()
+    }
+
+    /// Whether portal link `id` was used (on this instance).
+    fn link_used(&self, id: &str) -> bool {
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// Ends every session of `partner` issued until `now`.
+    pub fn end_sessions(&self, partner: &str, now: i64) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partner.to_string(), now);
+    }
+
+    fn ended(&self, grant: &Grant) -> bool {
+        let Some(partner) = &grant.partner else {
+            return false;
+        };
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(partner)
+            .is_some_and(|until| grant.iat <= *until)
+    }
+
+    /// The `Set-Cookie` value that starts session `grant`.
+    fn cookie(&self, grant: &Grant) -> String {
+        format!(
+            "{COOKIE}={}; Path=/console; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            grant.sign(&self.secret),
+            ((grant.exp - grant.iat) / 1000).max(0),
+            if self.secure() { "; Secure" } else { "" }
+        )
+    }
+
+    /// The `Set-Cookie` value that ends the session.
+    fn cleared(&self) -> String {
+        format!(
+            "{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict{}",
+            if self.secure() { "; Secure" } else { "" }
+        )
+    }
+}
+
+/// Now, in Unix milliseconds (what grants count in).
+pub(crate) fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The console's routes (merged into the API's router).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { Redirect::permanent("/console/") }),
+        )
+        .route("/console/", get(pages::overview))
+        .route("/console/login", get(pages::login_form).post(pages::login))
+        .route("/console/logout", post(pages::logout))
+        .route(
+            "/console/link/{token}",
+            get(pages::open_link).post(pages::use_link),
+        )
+        .route("/console/subscriptions/{id}", get(pages::subscription))
+        .route("/console/subscriptions/{id}/pause", post(pages::pause))
+        .route("/console/subscriptions/{id}/resume", post(pages::resume))
+        .route("/console/messages/{webhook_id}", get(pages::message))
+        .route(
+            "/console/messages/{webhook_id}/resend",
+            get(pages::resend_confirm).post(pages::resend),
+        )
+        .route("/console/static/console.css", get(stylesheet))
+        .layer(axum::middleware::map_response(defences))
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        include_str!("console.css"),
+    )
+        .into_response()
+}
+
+/// Headers every console answer carries: no scripts, no inline styles, no framing, no
+/// referrer (a portal link's token must not leak), no caching of pages with data.
+async fn defences(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The signed-in session of a request, with the caller it acts as.
+#[derive(Debug, Clone)]
+pub(crate) struct Viewer {
+    pub(crate) grant: Grant,
+    pub(crate) caller: Caller,
+    /// The session's CSRF token, for the page's forms.
+    pub(crate) csrf: String,
+}
+
+impl Viewer {
+    /// Who the header shows.
+    pub(crate) fn who(&self) -> String {
+        match &self.grant.partner {
+            Some(p) => format!("{p} ({})", self.grant.scope.as_str()),
+            None => format!("operator ({})", self.grant.scope.as_str()),
+        }
+    }
+
+    pub(crate) fn manages(&self) -> bool {
+        self.grant.scope == Scope::Manage
+    }
+}
+
+impl FromRequestParts<ApiState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, api: &ApiState) -> Result<Self, Response> {
+        let console = &api.console;
+        let token = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                c.trim()
+                    .strip_prefix(&format!("{COOKIE}="))
+                    .map(str::to_string)
+            });
+        let grant = token
+            .and_then(|t| Grant::verify(&console.secret, &t, Kind::Session, now()).ok())
+            .filter(|g| !console.ended(g));
+        let Some(grant) = grant else {
+            return Err(Redirect::to("/console/login").into_response());
+        };
+        let caller = match &grant.partner {
+            Some(p) => Caller::Partner(p.clone()),
+            None => Caller::Admin,
+        };
+        let csrf = grant::csrf_token(&console.secret, &grant.id);
+        Ok(Viewer {
+            grant,
+            caller,
+            csrf,
+        })
+    }
+}
+
+/// A call to the partner API, in-process, as a session's caller: the API's own
+/// handlers, checks and audit, its JSON back.
+#[derive(Debug)]
+pub(crate) struct ApiCall<'a> {
+    pub(crate) api: &'a ApiState,
+    pub(crate) viewer: &'a Viewer,
+}
+
+impl ApiCall<'_> {
+    pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, uri, None).await
+    }
+
+    pub(crate) async fn post(&self, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(Method::POST, uri, body).await
+    }
+
+    async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let body = match body {
+            Some(v) => Body::from(v.to_string()),
+            None => Body::empty(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .extension(crate::api::InProcess(self.viewer.caller.clone()))
+            .body(body);
+        let Ok(request) = request else {
+            return (StatusCode::BAD_REQUEST, Value::Null);
+        };
+        let Ok(response) = crate::api::router(self.api.clone()).oneshot(request).await;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
+            .await
+            .unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
