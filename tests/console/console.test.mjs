@@ -4,7 +4,7 @@
 // passes them here:
 //   CONSOLE_API   the API's base URL          ADMIN_TOKEN  an admin token
 //   PARTNER       partner A                   SUBSCRIPTION A's subscription
-//   FAILED_ID     A's dead-lettered message (its server answered 400 with markup)
+//   FAILED_ID, FAILED2_ID   A's dead-lettered messages (its server answered 400 with markup)
 //   OTHER_SUBSCRIPTION, OTHER_ID   partner B's subscription and one of its messages
 //   SCREENSHOTS   a folder: save a screenshot of each page there (scripts/console-screenshots.sh)
 import { test, before, after } from "node:test";
@@ -25,6 +25,7 @@ const ADMIN = env("ADMIN_TOKEN");
 const PARTNER = env("PARTNER");
 const SUBSCRIPTION = env("SUBSCRIPTION");
 const FAILED_ID = env("FAILED_ID");
+const FAILED2_ID = env("FAILED2_ID");
 const OTHER_SUBSCRIPTION = env("OTHER_SUBSCRIPTION");
 const OTHER_ID = env("OTHER_ID");
 const SHOTS = process.env.SCREENSHOTS;
@@ -51,32 +52,53 @@ after(async () => {
 });
 
 /// A portal link from the admin API.
-async function portalLink(partner, scope) {
+async function portalLink(partner, scope, ttl_secs = 600) {
   const response = await fetch(`${API}/v1/admin/portal-links`, {
     method: "POST",
     headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
-    body: JSON.stringify({ partner, scope, ttl_secs: 600 }),
+    body: JSON.stringify({ partner, scope, ttl_secs }),
   });
   const body = await response.json();
   assert.equal(response.status, 201, JSON.stringify(body));
   return body.url;
 }
 
-/// A page of a fresh browser context (its own cookies) that fails the test on any
-/// script dialog: nothing a partner's server sent may run.
+/// Script dialogs and page errors seen by any page: nothing a partner's server sent
+/// may run (checked after each test).
+const ran = [];
+
+/// A page of a fresh browser context (its own cookies).
 async function freshPage() {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const page = await context.newPage();
-  page.on("dialog", (dialog) => {
-    throw new Error(`a script ran and opened a dialog: ${dialog.message()}`);
+  page.on("dialog", async (dialog) => {
+    ran.push(`dialog: ${dialog.message()}`);
+    await dialog.dismiss();
   });
+  page.on("pageerror", (error) => ran.push(`page error: ${error.message}`));
   return page;
+}
+
+/// Opens a portal link in `page` and continues into the console.
+async function signIn(page, link) {
+  await page.goto(link);
+  await page.getByRole("button", { name: "Continue" }).click();
+  await page.waitForURL(`${API}/console/`);
+}
+
+/// The CSRF token of the page's session (the sign-out form carries it).
+async function csrfOf(page) {
+  return page.locator('input[name="csrf"]').first().inputValue();
 }
 
 /// axe-core inside the page: no serious or critical violation. (Evaluated by the
 /// browser's DevTools protocol, which the page's CSP does not govern; the page's own
 /// scripts stay forbidden.)
 async function accessible(page, name) {
+  // Every page: the policy that forbids scripts.
+  const again = await page.request.get(page.url());
+  assert.match(again.headers()["content-security-policy"] ?? "", /default-src 'none'/, name);
+  assert.equal(again.headers()["x-frame-options"], "DENY", name);
   await page.evaluate(AXE);
   const result = await page.evaluate(() =>
     // eslint-disable-next-line no-undef
@@ -108,6 +130,9 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
   await page.keyboard.press("Enter");
   await page.waitForURL(`${API}/console/`);
   await assert.doesNotReject(page.getByRole("heading", { name: "Overview" }).waitFor());
+  const [cookie] = await page.context().cookies();
+  assert.equal(cookie.httpOnly, true, "the session cookie is HttpOnly");
+  assert.equal(cookie.sameSite, "Strict", "the session cookie is SameSite=Strict");
   const row = page.getByRole("row").filter({ hasText: SUBSCRIPTION });
   await assert.doesNotReject(row.waitFor());
   assert.ok(
@@ -118,7 +143,7 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
 
   // The subscription's log, filtered to what failed.
   await page.getByRole("link", { name: SUBSCRIPTION }).click();
-  await page.getByLabel("Status").selectOption("dead_lettered");
+  await page.getByLabel("Status", { exact: true }).selectOption("dead_lettered");
   await page.getByRole("button", { name: "Filter" }).click();
   await page.waitForURL(/status=dead_lettered/);
   const failed = page.getByRole("link", { name: FAILED_ID });
@@ -156,6 +181,42 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
   assert.match(seen, /Attempt \d+ · resend · delivered/, "the resend's attempt is in the log");
   assert.match(seen, /HTTP 204/);
 
+  // Recover: the dry run's count first (the resent message is no longer failed), then
+  // the confirmed recover, and its attempt in the log.
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByRole("button", { name: "Count what would be sent" }).click();
+  await assert.doesNotReject(page.getByRole("heading", { name: /Recover failed messages/ }).waitFor());
+  assert.equal(await page.locator("#recover-count").innerText(), "1", "one still dead-lettered");
+  await accessible(page, "recover");
+  await page.getByRole("button", { name: "Send 1 again" }).click();
+  await assert.doesNotReject(page.getByText("Recovered: 1 message sent again").waitFor());
+  let recovered = "";
+  for (let i = 0; i < 100; i++) {
+    await page.goto(`${API}/console/messages/${FAILED2_ID}`);
+    recovered = await page.locator("ol.attempts").innerText();
+    if (/recover · delivered/.test(recovered)) break;
+    await page.waitForTimeout(200);
+  }
+  assert.match(recovered, /recover · delivered/, "the recovered message arrived");
+
+  // Rotate the secret: the new one shown once.
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByRole("button", { name: "Rotate the secret" }).click();
+  assert.match(await page.locator("code.secret").innerText(), /^whsec_/);
+  await accessible(page, "secret");
+
+  // Change the URL: a bad one is refused naming the field, a good one is shown.
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  const url = await page.getByLabel("URL", { exact: true }).inputValue();
+  await page.getByLabel("URL", { exact: true }).fill("ftp://hooks.example/x");
+  await page.getByRole("button", { name: "Save changes" }).click();
+  assert.match(await page.locator("main").innerText(), /url: /);
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByLabel("URL", { exact: true }).fill(`${url}?v=2`);
+  await page.getByRole("button", { name: "Save changes" }).click();
+  await page.waitForURL(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  assert.match(await page.locator("dd.url").first().innerText(), /\?v=2$/);
+
   // Pause and resume, each a form with the session's CSRF token.
   await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
   await page.getByRole("button", { name: "Pause deliveries" }).click();
@@ -167,6 +228,24 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
     form: { csrf: "forged" },
   });
   assert.equal(forged.status(), 403);
+  // A form of another site: refused even with the right token.
+  const csrf = await csrfOf(page);
+  const crossSite = await page.request.post(`${API}/console/subscriptions/${SUBSCRIPTION}/pause`, {
+    form: { csrf },
+    headers: { "sec-fetch-site": "cross-site" },
+  });
+  assert.equal(crossSite.status(), 403);
+  // Another partner's subscription, with the real token: not found, not paused.
+  const theirs = await page.request.post(`${API}/console/subscriptions/${OTHER_SUBSCRIPTION}/pause`, {
+    form: { csrf },
+  });
+  assert.equal(theirs.status(), 404);
+  // An id that smuggles another operation into the API's path stays one (unknown) id.
+  const smuggled = await page.request.post(
+    `${API}/console/subscriptions/${SUBSCRIPTION}%2Frotate-secret%3F/pause`,
+    { form: { csrf }, maxRedirects: 0 },
+  );
+  assert.equal(smuggled.status(), 404, "not a rotation of the secret");
 
   // Another partner's pages, by editing the URL: not found, and nothing of theirs shown.
   for (const path of [
@@ -185,28 +264,70 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
   const reused = await (await freshPage()).goto(link);
   assert.equal(reused.status(), 410);
   assert.match(await reused.text(), /used already/);
+
+  // Signed out: the old cookie is refused, even put back.
+  const cookies = await page.context().cookies();
+  await page.goto(`${API}/console/`);
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL(`${API}/console/login`);
+  await page.context().addCookies(cookies);
+  await page.goto(`${API}/console/`);
+  assert.equal(page.url(), `${API}/console/login`, "a signed-out session stays out");
   await page.context().close();
+  assert.deepEqual(ran, [], "nothing a partner's server sent ran");
 });
 
 test("a read-only session sees the log and cannot change anything", async () => {
   const page = await freshPage();
-  await page.goto(await portalLink(PARTNER, "read"));
-  await page.getByRole("button", { name: "Continue" }).click();
+  await signIn(page, await portalLink(PARTNER, "read"));
   await page.goto(`${API}/console/messages/${FAILED_ID}`);
   await assert.doesNotReject(page.getByRole("heading", { name: `Message ${FAILED_ID}` }).waitFor());
   assert.equal(await page.getByRole("link", { name: "Resend this message" }).count(), 0);
   const refused = await page.goto(`${API}/console/messages/${FAILED_ID}/resend`);
   assert.equal(refused.status(), 403);
+  // With the session's own CSRF token, a change is still refused.
+  const csrf = await csrfOf(page);
+  for (const path of [
+    `/console/subscriptions/${SUBSCRIPTION}/pause`,
+    `/console/messages/${FAILED_ID}/resend`,
+  ]) {
+    const posted = await page.request.post(`${API}${path}`, { form: { csrf } });
+    assert.equal(posted.status(), 403, path);
+  }
   await page.context().close();
 });
 
-test("an expired or altered link shows a page that says so", async () => {
+test("an expired, altered or ended link shows a page that says so", async () => {
   const page = await freshPage();
   const link = await portalLink(PARTNER, "read");
   const altered = await page.goto(link.replace(/.$/, (c) => (c === "A" ? "B" : "A")));
   assert.equal(altered.status(), 404);
   assert.match(await page.locator("main").innerText(), /not a valid portal link/);
   await accessible(page, "link-invalid");
+  const short = await portalLink(PARTNER, "read", 1);
+  await page.waitForTimeout(1100);
+  const expired = await page.goto(short);
+  assert.equal(expired.status(), 410);
+  assert.match(await page.locator("main").innerText(), /has expired/);
+  await page.context().close();
+});
+
+test("ending a partner's sessions signs them out and voids its earlier links", async () => {
+  const page = await freshPage();
+  await signIn(page, await portalLink(PARTNER, "read"));
+  const unused = await portalLink(PARTNER, "read");
+  await new Promise((r) => setTimeout(r, 5));
+  const ended = await fetch(`${API}/v1/admin/partners/${PARTNER}/portal-sessions/expire`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN}` },
+  });
+  assert.equal(ended.status, 200);
+  await page.goto(`${API}/console/`);
+  assert.equal(page.url(), `${API}/console/login`, "the session is over");
+  const late = await page.goto(unused);
+  assert.equal(late.status(), 410, "a link issued before is void");
+  // A link issued after works.
+  await signIn(page, await portalLink(PARTNER, "read"));
   await page.context().close();
 });
 

@@ -17,8 +17,9 @@ pub const MAX_TTL_SECS: i64 = 24 * 3600;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LinkRequest {
-    /// The partner the link is for; absent: an operator's link (every partner).
-    partner: Option<String>,
+    /// The partner the link is for. (Operators sign in with their token: a link that
+    /// could be forwarded must not carry every partner's data.)
+    partner: String,
     scope: String,
     #[serde(default = "default_ttl")]
     ttl_secs: i64,
@@ -45,19 +46,37 @@ pub(crate) async fn issue(
             format!("between 1 and {MAX_TTL_SECS} (24 h)"),
         ));
     }
-    if let Some(partner) = &request.partner {
-        let known = api.tokens.has_partner(partner)
-            || api.table.all().iter().any(|s| &s.partner_id == partner);
-        if !known {
-            return Err(ApiError::field(
-                "partner",
-                format!("no partner `{partner}` (no token and no subscription)"),
-            ));
-        }
+    let partner = &request.partner;
+    let known =
+        api.tokens.has_partner(partner) || api.table.all().iter().any(|s| &s.partner_id == partner);
+    if !known {
+        return Err(ApiError::field(
+            "partner",
+            format!("no partner `{partner}` (no token and no subscription)"),
+        ));
     }
+    let base = match &api.console.public_url {
+        Some(url) => url.clone(),
+        // Without --console-url, only a link to this machine: the Host header of a
+        // request from elsewhere is no proof of where partners reach us.
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            if !loopback(host) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "start the API with --console-url (its public https address) to issue portal links",
+                ));
+            }
+            format!("http://{host}")
+        }
+    };
     let link = Grant::new(
         Kind::Link,
-        request.partner.clone(),
+        Some(partner.clone()),
         scope,
         super::now(),
         request.ttl_secs,
@@ -68,27 +87,17 @@ pub(crate) async fn issue(
             &caller.name(),
             "portal-link-issued",
             &format!("portal-link/{}", link.id),
-            request.partner.as_deref(),
+            Some(partner),
             serde_json::json!({ "scope": scope.as_str(), "expires_at": expires_at }),
         )
         .await
         .map_err(ApiError::internal)?;
-    let base = match &api.console.public_url {
-        Some(url) => url.clone(),
-        None => {
-            let host = headers
-                .get(axum::http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    };
     let url = format!("{base}/console/link/{}", link.sign(&api.console.secret));
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({
             "url": url,
-            "partner": request.partner,
+            "partner": partner,
             "scope": scope.as_str(),
             "expires_at": expires_at,
         })),
@@ -114,10 +123,50 @@ pub(crate) async fn expire(
         )
         .await
         .map_err(ApiError::internal)?;
-    api.console.end_sessions(&partner, now);
+    api.console
+        .end_sessions(&partner, now)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(serde_json::json!({
         "partner": partner,
         "ended_before": chrono::DateTime::from_timestamp_millis(now).unwrap_or_default(),
     }))
     .into_response())
+}
+
+/// Whether `host` (a Host header: a name or an address, maybe with a port) is this
+/// machine.
+fn loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_this_machine_is_a_loopback_host() {
+        for host in [
+            "127.0.0.1:8090",
+            "localhost",
+            "localhost:1",
+            "[::1]:8090",
+            "127.0.0.2",
+        ] {
+            assert!(super::loopback(host), "{host}");
+        }
+        for host in [
+            "hooks.example.com",
+            "10.0.0.1:8090",
+            "",
+            "127.0.0.1.evil.example:80",
+        ] {
+            assert!(!super::loopback(host), "{host}");
+        }
+    }
 }

@@ -14,9 +14,6 @@
 //!   has a Content-Security-Policy without scripts, and frames are refused; what a
 //!   partner's server sent us is only ever shown through the templates' escaping.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::header::{self, HeaderValue};
@@ -31,12 +28,14 @@ use tower::ServiceExt;
 use crate::api::{ApiState, Caller};
 
 pub mod grant;
+pub mod ledger;
 pub mod links;
+mod manage;
 mod pages;
 
 use grant::{Grant, Kind, Scope};
 
-/// The session cookie's name.
+/// The session cookie's name over http ([`Console::cookie_name`]).
 const COOKIE: &str = "console_session";
 /// How long a session lasts.
 const SESSION_SECS: i64 = 8 * 3600;
@@ -48,10 +47,8 @@ pub struct Console {
     /// Where partners reach the console (`https://...`, without `/console`): the base
     /// of portal links, and whether cookies are Secure. `None`: the request's Host, http.
     public_url: Option<String>,
-    /// Portal links opened on this instance: id -> expiry (kept until then).
-    used: Mutex<HashMap<String, i64>>,
-    /// Per partner: sessions issued at or before this time (Unix ms) are ended.
-    ended: Mutex<HashMap<String, i64>>,
+    /// The links used, the sessions ended: shared by every instance.
+    ledger: ledger::Ledger,
 }
 
 impl std::fmt::Debug for Console {
@@ -63,8 +60,13 @@ impl std::fmt::Debug for Console {
 }
 
 impl Console {
-    /// `secret`: at least 32 bytes (`--console-secret-file`).
-    pub fn new(secret: Vec<u8>, public_url: Option<String>) -> anyhow::Result<Self> {
+    /// `secret`: at least 32 bytes (`--console-secret-file`; [`Self::random_secret`]
+    /// without one).
+    pub fn new(
+        secret: Vec<u8>,
+        public_url: Option<String>,
+        ledger: ledger::Ledger,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             secret.len() >= 32,
             "the console's secret must be at least 32 bytes (it has {})",
@@ -79,16 +81,15 @@ impl Console {
         Ok(Self {
             secret,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
-            used: Mutex::default(),
-            ended: Mutex::default(),
+            ledger,
         })
     }
 
-    /// A console with a random secret of its own (its sessions hold on this instance
-    /// only, until it restarts).
-    pub fn ephemeral(public_url: Option<String>) -> anyhow::Result<Self> {
+    /// A secret of this process's own: its sessions and links hold on this instance
+    /// only, until it restarts.
+    pub fn random_secret() -> Vec<u8> {
         let secret: [u8; 32] = rand::random();
-        Self::new(secret.to_vec(), public_url)
+        secret.to_vec()
     }
 
     fn secure(&self) -> bool {
@@ -97,45 +98,71 @@ impl Console {
             .is_some_and(|u| u.starts_with("https://"))
     }
 
-    /// Takes portal link `id` (expiring at `exp`) for its one use: false if it was used.
-    fn take_link(&self, id: &str, exp: i64, now: i64) -> bool {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        used.retain(|_, e| *e > now);
-        used.insert(id.to_string(), exp).is_none()
+    /// Takes portal link `id` (expiring at `exp`) for its one use, whichever instance
+    /// asks: false if another use came first.
+    async fn take_link(&self, id: &str, exp: i64) -> anyhow::Result<bool> {
+        self.ledger.claim_link(id, exp).await
     }
 
-    /// Whether portal link `id` was used (on this instance).
+    /// Whether portal link `id` was used.
     fn link_used(&self, id: &str) -> bool {
-        self.used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
+        self.ledger.read(|s| s.link_used(id))
     }
 
-    /// Ends every session of `partner` issued until `now`.
-    pub fn end_sessions(&self, partner: &str, now: i64) {
-        self.ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(partner.to_string(), now);
+    /// Ends every session of `partner` issued until `now`, on every instance.
+    pub async fn end_sessions(&self, partner: &str, now: i64) -> anyhow::Result<()> {
+        self.ledger
+            .write(&ledger::Entry::PartnerEnded {
+                partner: partner.to_string(),
+                at: now,
+            })
+            .await
     }
 
+    /// Whether `grant` (a link or a session) is over: its partner's sessions were ended
+    /// after it was issued, or (a session) it was signed out.
     fn ended(&self, grant: &Grant) -> bool {
-        let Some(partner) = &grant.partner else {
-            return false;
-        };
-        self.ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(partner)
-            .is_some_and(|until| grant.iat <= *until)
+        self.ledger
+            .read(|s| s.ended(grant.partner.as_deref(), grant.iat, &grant.id))
+    }
+
+    /// Signs session `grant` out: its cookie is refused from now on, wherever it is.
+    async fn revoke(&self, grant: &Grant) -> anyhow::Result<()> {
+        self.ledger
+            .write(&ledger::Entry::SessionRevoked {
+                id: grant.id.clone(),
+                exp: grant.exp,
+            })
+            .await
+    }
+
+    /// The session cookie's name: `__Host-` prefixed when Secure (the browser then
+    /// refuses one set by another host or for a narrower path: no fixation from a
+    /// sibling subdomain).
+    fn cookie_name(&self) -> &'static str {
+        if self.secure() {
+            "__Host-console_session"
+        } else {
+            COOKIE
+        }
+    }
+
+    /// The cookie's scope: `/` for a `__Host-` cookie (as that prefix requires).
+    fn cookie_path(&self) -> &'static str {
+        if self.secure() {
+            "/"
+        } else {
+            "/console"
+        }
     }
 
     /// The `Set-Cookie` value that starts session `grant`.
     fn cookie(&self, grant: &Grant) -> String {
         format!(
-            "{COOKIE}={}; Path=/console; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            "{}={}; Path={}; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            self.cookie_name(),
             grant.sign(&self.secret),
+            self.cookie_path(),
             ((grant.exp - grant.iat) / 1000).max(0),
             if self.secure() { "; Secure" } else { "" }
         )
@@ -144,10 +171,24 @@ impl Console {
     /// The `Set-Cookie` value that ends the session.
     fn cleared(&self) -> String {
         format!(
-            "{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict{}",
+            "{}=; Path={}; Max-Age=0; HttpOnly; SameSite=Strict{}",
+            self.cookie_name(),
+            self.cookie_path(),
             if self.secure() { "; Secure" } else { "" }
         )
     }
+}
+
+/// `text` as one segment of a path (or a query's value): every byte but the
+/// unreserved ones percent-encoded, so an id can never add a segment or a query to the
+/// API request it is put in (`a%2Frotate-secret%3F` stays one id).
+pub(crate) fn seg(text: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, KEEP).to_string()
 }
 
 /// Now, in Unix milliseconds (what grants count in).
@@ -172,12 +213,16 @@ pub fn routes() -> Router<ApiState> {
         .route("/console/subscriptions/{id}", get(pages::subscription))
         .route("/console/subscriptions/{id}/pause", post(pages::pause))
         .route("/console/subscriptions/{id}/resume", post(pages::resume))
+        .route("/console/subscriptions/{id}/edit", post(manage::edit))
+        .route("/console/subscriptions/{id}/rotate", post(manage::rotate))
+        .route("/console/subscriptions/{id}/recover", post(manage::recover))
         .route("/console/messages/{webhook_id}", get(pages::message))
         .route(
             "/console/messages/{webhook_id}/resend",
             get(pages::resend_confirm).post(pages::resend),
         )
         .route("/console/static/console.css", get(stylesheet))
+        .layer(axum::middleware::from_fn(same_site_posts))
         .layer(axum::middleware::map_response(defences))
 }
 
@@ -190,6 +235,31 @@ async fn stylesheet() -> Response {
         include_str!("console.css"),
     )
         .into_response()
+}
+
+/// Refuses a POST another site's page made (`Sec-Fetch-Site` other than
+/// `same-origin`, which every current browser sends): beside the CSRF tokens of the
+/// session's forms, this covers the two forms that have no session yet, sign-in and a
+/// portal link's, which another site could otherwise use to sign a visitor in as a
+/// partner of its choosing. (A client that sends no such header, curl, is let through:
+/// it carries no one's cookies.)
+async fn same_site_posts(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let cross_site = request.method() == Method::POST
+        && request
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"same-origin");
+    if cross_site {
+        return (
+            StatusCode::FORBIDDEN,
+            "a form of another site may not change anything here",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Headers every console answer carries: no scripts, no inline styles, no framing, no
@@ -254,7 +324,8 @@ impl FromRequestParts<ApiState> for Viewer {
             .flat_map(|v| v.split(';'))
             .find_map(|c| {
                 c.trim()
-                    .strip_prefix(&format!("{COOKIE}="))
+                    .strip_prefix(console.cookie_name())
+                    .and_then(|c| c.strip_prefix('='))
                     .map(str::to_string)
             });
         let grant = token
@@ -291,6 +362,10 @@ impl ApiCall<'_> {
 
     pub(crate) async fn post(&self, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.send(Method::POST, uri, body).await
+    }
+
+    pub(crate) async fn patch(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::PATCH, uri, Some(body)).await
     }
 
     async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {

@@ -15,13 +15,13 @@ use crate::api::ApiState;
 
 /// What the frame of every page shows.
 pub(super) struct Layout {
-    who: Option<String>,
-    csrf: String,
-    flash: Option<String>,
+    pub(super) who: Option<String>,
+    pub(super) csrf: String,
+    pub(super) flash: Option<String>,
 }
 
 impl Layout {
-    fn of(viewer: &Viewer) -> Self {
+    pub(super) fn of(viewer: &Viewer) -> Self {
         Self {
             who: Some(viewer.who()),
             csrf: viewer.csrf.clone(),
@@ -38,7 +38,7 @@ impl Layout {
     }
 }
 
-fn render(status: StatusCode, page: impl Template) -> Response {
+pub(super) fn render(status: StatusCode, page: impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(error) => {
@@ -62,7 +62,7 @@ struct Notice {
 }
 
 /// A page that says what went wrong (never a stack trace), with `status`.
-fn notice(status: StatusCode, layout: Layout, heading: &str, message: &str) -> Response {
+pub(super) fn notice(status: StatusCode, layout: Layout, heading: &str, message: &str) -> Response {
     render(
         status,
         Notice {
@@ -76,10 +76,14 @@ fn notice(status: StatusCode, layout: Layout, heading: &str, message: &str) -> R
 
 /// The page for an API answer that is not a success: the API's own message (escaped
 /// by the template), and the same status.
-fn api_failure(layout: Layout, status: StatusCode, body: &Value) -> Response {
+pub(super) fn api_failure(layout: Layout, status: StatusCode, body: &Value) -> Response {
     let message = body["error"]["message"]
         .as_str()
         .unwrap_or("the request could not be completed");
+    let message = match body["error"]["field"].as_str() {
+        Some(field) => format!("{field}: {message}"),
+        None => message.to_string(),
+    };
     let heading = match status {
         StatusCode::NOT_FOUND => "Not found",
         StatusCode::FORBIDDEN => "Not allowed",
@@ -87,10 +91,20 @@ fn api_failure(layout: Layout, status: StatusCode, body: &Value) -> Response {
         s if s.is_server_error() => "Temporarily unavailable",
         _ => "That did not work",
     };
-    notice(status, layout, heading, message)
+    notice(status, layout, heading, &message)
 }
 
-fn text(v: &Value) -> String {
+/// 503 with `message`: something we must record could not be.
+fn unavailable(message: &str) -> Response {
+    notice(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Layout::anonymous(),
+        "Temporarily unavailable",
+        message,
+    )
+}
+
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "—".into(),
         Value::String(s) => s.clone(),
@@ -170,6 +184,10 @@ pub(super) async fn logout(
     if let Some(refused) = check_csrf(&api, &viewer, &form.csrf) {
         return refused;
     }
+    if let Err(error) = api.console.revoke(&viewer.grant).await {
+        tracing::error!(%error, "console sign-out");
+        return unavailable("The console could not record the sign-out. Try again in a minute.");
+    }
     (
         [(header::SET_COOKIE, api.console.cleared())],
         Redirect::to("/console/login"),
@@ -190,7 +208,7 @@ fn check_csrf(api: &ApiState, viewer: &Viewer, given: &str) -> Option<Response> 
 }
 
 /// A change needs a `manage` session and the session's CSRF token.
-fn check_change(api: &ApiState, viewer: &Viewer, csrf: &str) -> Option<Response> {
+pub(super) fn check_change(api: &ApiState, viewer: &Viewer, csrf: &str) -> Option<Response> {
     if !viewer.manages() {
         return Some(notice(
             StatusCode::FORBIDDEN,
@@ -250,6 +268,10 @@ fn checked_link(api: &ApiState, token: &str) -> Result<Grant, &'static str> {
     if api.console.link_used(&link.id) {
         return Err("used");
     }
+    if api.console.ended(&link) {
+        // Issued before the partner's sessions were ended.
+        return Err("expired");
+    }
     Ok(link)
 }
 
@@ -281,8 +303,15 @@ pub(super) async fn use_link(State(api): State<ApiState>, Path(token): Path<Stri
         Err(why) => return link_refused(why),
     };
     let now = now();
-    if !api.console.take_link(&link.id, link.exp, now) {
-        return link_refused("used");
+    match api.console.take_link(&link.id, link.exp).await {
+        Ok(true) => {}
+        Ok(false) => return link_refused("used"),
+        Err(error) => {
+            tracing::error!(%error, "console link");
+            return unavailable(
+                "The console could not record this sign-in. Try again in a minute.",
+            );
+        }
     }
     let session = Grant::new(
         Kind::Session,
@@ -303,12 +332,7 @@ pub(super) async fn use_link(State(api): State<ApiState>, Path(token): Path<Stri
         .await;
     if let Err(error) = audited {
         tracing::error!(%error, "console audit");
-        return notice(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Layout::anonymous(),
-            "Temporarily unavailable",
-            "The console could not record this sign-in. Try again in a minute.",
-        );
+        return unavailable("The console could not record this sign-in. Try again in a minute.");
     }
     start(&api, &session)
 }
@@ -362,6 +386,7 @@ pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Res
         .enumerate()
     {
         let id = text(&s["id"]);
+        let path = super::seg(&id);
         let mut row = SubscriptionRow {
             partner: text(&s["partner_id"]),
             id: id.clone(),
@@ -373,10 +398,10 @@ pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Res
         };
         if i < OVERVIEW_FIGURES {
             let (s1, hour) = call
-                .get(&format!("/v1/subscriptions/{id}/stats?window=1h"))
+                .get(&format!("/v1/subscriptions/{path}/stats?window=1h"))
                 .await;
             let (s24, day) = call
-                .get(&format!("/v1/subscriptions/{id}/stats?window=24h"))
+                .get(&format!("/v1/subscriptions/{path}/stats?window=24h"))
                 .await;
             if s1.is_success() && s24.is_success() {
                 let ((d1, f1), (d24, f24)) = (outcomes(&hour), outcomes(&day));
@@ -504,6 +529,10 @@ struct SubscriptionPage {
     layout: Layout,
     manage: bool,
     s: SubscriptionFacts,
+    /// Every event type, and whether the subscription takes it.
+    event_types: Vec<(&'static str, bool)>,
+    /// The recover form's default start: a day ago.
+    recover_since: String,
     statuses: Vec<(&'static str, &'static str, bool)>,
     filters: Filters,
     error: Option<String>,
@@ -517,11 +546,12 @@ pub(super) async fn subscription(
     Path(id): Path<String>,
     Query(filters): Query<Filters>,
 ) -> Response {
+    let path = super::seg(&id);
     let call = ApiCall {
         api: &api,
         viewer: &viewer,
     };
-    let (status, s) = call.get(&format!("/v1/subscriptions/{id}")).await;
+    let (status, s) = call.get(&format!("/v1/subscriptions/{path}")).await;
     if !status.is_success() {
         return api_failure(Layout::of(&viewer), status, &s);
     }
@@ -549,7 +579,7 @@ pub(super) async fn subscription(
             .unwrap_or_default();
         let next = page["next_cursor"]
             .as_str()
-            .map(|c| format!("/console/subscriptions/{id}?{}", filters.query(Some(c))));
+            .map(|c| format!("/console/subscriptions/{path}?{}", filters.query(Some(c))));
         (messages, next, None)
     } else {
         // A bad filter: the page with the API's message naming it.
@@ -561,12 +591,24 @@ pub(super) async fn subscription(
         .iter()
         .map(|(v, l)| (*v, *l, *v == filters.status))
         .collect();
+    let taken: Vec<&str> = s["event_types"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let event_types = order_schemas::EventType::ALL
+        .iter()
+        .map(|t| (t.name(), taken.contains(&t.name())))
+        .collect();
+    let recover_since = (chrono::Utc::now() - chrono::Duration::hours(24))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     render(
         StatusCode::OK,
         SubscriptionPage {
             layout: Layout::of(&viewer),
             manage: viewer.manages(),
             s: facts,
+            event_types,
+            recover_since,
             statuses,
             filters,
             error,
@@ -594,12 +636,13 @@ pub(super) async fn pause(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let back = format!("/console/subscriptions/{id}");
+    let path = super::seg(&id);
+    let back = format!("/console/subscriptions/{path}");
     change(
         &api,
         &viewer,
         &form.csrf,
-        &format!("/v1/subscriptions/{id}/pause"),
+        &format!("/v1/subscriptions/{path}/pause"),
         &back,
     )
     .await
@@ -611,12 +654,13 @@ pub(super) async fn resume(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let back = format!("/console/subscriptions/{id}");
+    let path = super::seg(&id);
+    let back = format!("/console/subscriptions/{path}");
     change(
         &api,
         &viewer,
         &form.csrf,
-        &format!("/v1/subscriptions/{id}/resume"),
+        &format!("/v1/subscriptions/{path}/resume"),
         &back,
     )
     .await
@@ -710,12 +754,13 @@ pub(super) async fn message(
     Path(webhook_id): Path<String>,
     Query(which): Query<Which>,
 ) -> Response {
+    let path = super::seg(&webhook_id);
     let call = ApiCall {
         api: &api,
         viewer: &viewer,
     };
     let (status, m) = call
-        .get(&format!("/v1/messages/{webhook_id}{}", which.query()))
+        .get(&format!("/v1/messages/{path}{}", which.query()))
         .await;
     if !status.is_success() {
         return api_failure(Layout::of(&viewer), status, &m);
@@ -765,6 +810,7 @@ pub(super) async fn resend_confirm(
     Path(webhook_id): Path<String>,
     Query(which): Query<Which>,
 ) -> Response {
+    let path = super::seg(&webhook_id);
     if !viewer.manages() {
         return check_change(&api, &viewer, "")
             .unwrap_or_else(|| StatusCode::FORBIDDEN.into_response());
@@ -775,7 +821,7 @@ pub(super) async fn resend_confirm(
         viewer: &viewer,
     };
     let (status, m) = call
-        .get(&format!("/v1/messages/{webhook_id}{}", which.query()))
+        .get(&format!("/v1/messages/{path}{}", which.query()))
         .await;
     if !status.is_success() {
         return api_failure(Layout::of(&viewer), status, &m);
@@ -805,6 +851,7 @@ pub(super) async fn resend(
     Path(webhook_id): Path<String>,
     Form(form): Form<ResendForm>,
 ) -> Response {
+    let path = super::seg(&webhook_id);
     if let Some(refused) = check_change(&api, &viewer, &form.csrf) {
         return refused;
     }
@@ -818,14 +865,14 @@ pub(super) async fn resend(
     };
     let (status, body) = call
         .post(
-            &format!("/v1/messages/{webhook_id}/resend{}", which.query()),
+            &format!("/v1/messages/{path}/resend{}", which.query()),
             None,
         )
         .await;
     if !status.is_success() {
         return api_failure(Layout::of(&viewer), status, &body);
     }
-    let back = url::form_urlencoded::Serializer::new(format!("/console/messages/{webhook_id}?"))
+    let back = url::form_urlencoded::Serializer::new(format!("/console/messages/{path}?"))
         .append_pair("subscription_id", &which.subscription_id)
         .append_pair("done", "resent")
         .finish();

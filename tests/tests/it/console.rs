@@ -50,13 +50,13 @@ async fn partners_and_operators_use_the_console_in_a_real_browser() {
         "the browser tests are not set up: run scripts/setup-examples.sh"
     );
     let world = DispatchWorld::new("127.0.0.1").await;
-    // A's server refuses the first event with a 400 and markup (dead-lettered at once),
-    // then takes everything.
+    // A's server refuses the first two events with a 400 and markup (dead-lettered at
+    // once), then takes everything.
     let (a, _a_rx) = world
         .partner_with_receiver(
             "console",
             Script {
-                fail_first: 1,
+                fail_first: 2,
                 fail_status: Some(400),
                 fail_body: Some(HOSTILE.into()),
                 ..Default::default()
@@ -72,16 +72,21 @@ async fn partners_and_operators_use_the_console_in_a_real_browser() {
     let publisher = world.publisher().await;
     let failed = OrderEvent::sample(EventType::OrderCreated, "order-console-1", &a, 1);
     publisher.publish(&failed).await.expect("publish");
+    let failed2 = OrderEvent::sample(EventType::OrderCreated, "order-console-3", &a, 1);
+    publisher.publish(&failed2).await.expect("publish");
     let theirs = OrderEvent::sample(EventType::OrderCreated, "order-console-2", &b, 1);
     publisher.publish(&theirs).await.expect("publish");
     let (failed_id, their_id) = (failed.event_id().to_string(), theirs.event_id().to_string());
+    let failed2_id = failed2.event_id().to_string();
     logged(&api, &a, &failed_id, "dead_lettered").await;
+    logged(&api, &a, &failed2_id, "dead_lettered").await;
     logged(&api, &b, &their_id, "delivered").await;
 
     let out = tokio::task::spawn_blocking({
         let url = api.url.clone();
         let (a, b, failed_id, their_id) =
             (a.clone(), b.clone(), failed_id.clone(), their_id.clone());
+        let failed2_id = failed2_id.clone();
         move || {
             let mut node = Command::new("node");
             node.current_dir(dir())
@@ -91,6 +96,7 @@ async fn partners_and_operators_use_the_console_in_a_real_browser() {
                 .env("PARTNER", &a)
                 .env("SUBSCRIPTION", format!("{a}-s"))
                 .env("FAILED_ID", failed_id)
+                .env("FAILED2_ID", failed2_id)
                 .env("OTHER_SUBSCRIPTION", format!("{b}-s"))
                 .env("OTHER_ID", their_id);
             if let Ok(shots) = std::env::var("CONSOLE_SCREENSHOTS") {
@@ -108,6 +114,32 @@ async fn partners_and_operators_use_the_console_in_a_real_browser() {
         String::from_utf8_lossy(&out.stderr),
         dispatcher.log_tail()
     );
-    // Every change the console made went through the API's audit.
     eprintln!("{text}");
+    // What the console did is in the audit trail, by the partner's session.
+    let audit =
+        e2e::read_to_end_on(&world.brokers, &world.audit_topic, Duration::from_secs(10)).await;
+    let actions: Vec<(String, String)> = audit
+        .iter()
+        .filter_map(|m| {
+            let v: Value = serde_json::from_slice(rdkafka::Message::payload(m)?).ok()?;
+            Some((
+                v["actor"].as_str()?.to_string(),
+                v["action"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    for (actor, action) in [
+        ("admin".to_string(), "portal-link-issued"),
+        ("console".to_string(), "portal-link-opened"),
+        (format!("partner:{a}"), "pause"),
+        (format!("partner:{a}"), "resume"),
+        (format!("partner:{a}"), "rotate-secret"),
+        (format!("partner:{a}"), "recover"),
+        ("admin".to_string(), "portal-sessions-expired"),
+    ] {
+        assert!(
+            actions.iter().any(|(w, x)| *w == actor && x == action),
+            "no `{action}` by `{actor}` in the audit trail: {actions:?}"
+        );
+    }
 }

@@ -294,6 +294,10 @@ pub struct ApiArgs {
     /// Host the link was asked on, over http.
     #[arg(long, env = "API_CONSOLE_URL")]
     pub console_url: Option<String>,
+    /// The topic every API instance follows for the console's portal links used and
+    /// sessions ended (made if missing: one partition, records kept 2 days).
+    #[arg(long, env = "API_CONSOLE_TOPIC", default_value = "console-ledger")]
+    pub console_topic: String,
 }
 
 #[derive(Debug, Subcommand)]

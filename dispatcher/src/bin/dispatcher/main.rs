@@ -119,29 +119,36 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
             args.attempts_topic.clone(),
             Arc::clone(&view),
         );
+        let view_stop = stop.clone();
         tokio::spawn(async move {
             if let Err(error) =
-                dispatcher::attempts::ingest::follow(kafka, topic, filled, retention, stop).await
+                dispatcher::attempts::ingest::follow(kafka, topic, filled, retention, view_stop)
+                    .await
             {
                 tracing::error!(%error, "the delivery log view stopped");
             }
         });
         Some(view)
     };
-    let console = match &args.console_secret_file {
-        Some(path) => dispatcher::console::Console::new(
-            std::fs::read(path)
-                .with_context(|| format!("--console-secret-file {}", path.display()))?
-                .trim_ascii()
-                .to_vec(),
-            args.console_url.clone(),
-        )
-        .with_context(|| format!("--console-secret-file {}", path.display()))?,
+    let secret = match &args.console_secret_file {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("--console-secret-file {}", path.display()))?
+            .trim_ascii()
+            .to_vec(),
         None => {
             tracing::warn!("no --console-secret-file: console sessions and portal links hold on this instance only, until it restarts");
-            dispatcher::console::Console::ephemeral(args.console_url.clone())?
+            dispatcher::console::Console::random_secret()
         }
     };
+    let ledger = dispatcher::console::ledger::Ledger::start(
+        &shared.kafka,
+        &args.console_topic,
+        stop.clone(),
+    )
+    .await
+    .with_context(|| format!("the console ledger `{}`", args.console_topic))?;
+    let console = dispatcher::console::Console::new(secret, args.console_url.clone(), ledger)
+        .context("--console-secret-file")?;
     let state = dispatcher::api::ApiState {
         kafka: shared.kafka,
         subscriptions_topic: shared.subscriptions_topic,
