@@ -49,6 +49,11 @@ pub struct Console {
     public_url: Option<String>,
     /// The links used, the sessions ended: shared by every instance.
     ledger: ledger::Ledger,
+    /// The API's router, built once, which the pages call in-process.
+    router: std::sync::OnceLock<Router>,
+    /// The overview's figures per (caller's partner, subscription, window), for 30 s:
+    /// a page reloaded again and again asks the delivery log once.
+    figures: std::sync::Mutex<std::collections::HashMap<(Option<String>, String, &'static str), (std::time::Instant, Value)>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -82,6 +87,8 @@ impl Console {
             secret,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
             ledger,
+            router: std::sync::OnceLock::new(),
+            figures: std::sync::Mutex::default(),
         })
     }
 
@@ -364,6 +371,29 @@ impl ApiCall<'_> {
         self.send(Method::POST, uri, body).await
     }
 
+    /// A subscription's stats over `window` (`1h`, `24h`), answered from the last 30 s
+    /// when asked then.
+    pub(crate) async fn stats(&self, path: &str, window: &'static str) -> Option<Value> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+        let key = (self.viewer.grant.partner.clone(), path.to_string(), window);
+        let figures = &self.api.console.figures;
+        if let Some((at, v)) = figures.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if at.elapsed() < FRESH {
+                return Some(v.clone());
+            }
+        }
+        let (status, v) = self
+            .get(&format!("/v1/subscriptions/{path}/stats?window={window}"))
+            .await;
+        if !status.is_success() {
+            return None;
+        }
+        let mut figures = figures.lock().unwrap_or_else(|p| p.into_inner());
+        figures.retain(|_, (at, _)| at.elapsed() < FRESH);
+        figures.insert(key, (std::time::Instant::now(), v.clone()));
+        Some(v)
+    }
+
     pub(crate) async fn patch(&self, uri: &str, body: Value) -> (StatusCode, Value) {
         self.send(Method::PATCH, uri, Some(body)).await
     }
@@ -382,7 +412,13 @@ impl ApiCall<'_> {
         let Ok(request) = request else {
             return (StatusCode::BAD_REQUEST, Value::Null);
         };
-        let Ok(response) = crate::api::router(self.api.clone()).oneshot(request).await;
+        let router = self
+            .api
+            .console
+            .router
+            .get_or_init(|| crate::api::router(self.api.clone()))
+            .clone();
+        let Ok(response) = router.oneshot(request).await;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
             .await

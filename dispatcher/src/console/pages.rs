@@ -365,7 +365,7 @@ fn outcomes(stats: &Value) -> (u64, u64) {
 }
 
 /// At most this many subscriptions get their figures on the overview (each is two
-/// questions to the delivery log).
+/// questions to the delivery log, kept 30 s).
 const OVERVIEW_FIGURES: usize = 50;
 
 pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Response {
@@ -397,13 +397,9 @@ pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Res
             p99: "—".into(),
         };
         if i < OVERVIEW_FIGURES {
-            let (s1, hour) = call
-                .get(&format!("/v1/subscriptions/{path}/stats?window=1h"))
-                .await;
-            let (s24, day) = call
-                .get(&format!("/v1/subscriptions/{path}/stats?window=24h"))
-                .await;
-            if s1.is_success() && s24.is_success() {
+            let hour = call.stats(&path, "1h").await;
+            let day = call.stats(&path, "24h").await;
+            if let (Some(hour), Some(day)) = (hour, day) {
                 let ((d1, f1), (d24, f24)) = (outcomes(&hour), outcomes(&day));
                 row.delivered = format!("{d1} / {d24}");
                 row.failed = format!("{f1} / {f24}");
