@@ -345,5 +345,28 @@ test("an operator signs in with the admin token and sees every partner", async (
   const text = await page.locator("main").innerText();
   assert.ok(text.includes(SUBSCRIPTION) && text.includes(OTHER_SUBSCRIPTION), text);
   await accessible(page, "overview-operator");
+
+  // One partner's dead letters, replayed with a dry run first.
+  await page.getByRole("link", { name: `Dead letters of ${PARTNER}` }).click();
+  await assert.doesNotReject(page.getByRole("heading", { name: `Dead letters of ${PARTNER}` }).waitFor());
+  const pending = Number(await page.locator("#pending").innerText());
+  assert.ok(pending >= 1, `a pending dead letter (${pending})`);
+  assert.match(await page.locator("table").innerText(), /status 400/);
+  await accessible(page, "dead-letters");
+  await page.getByLabel("Reason contains").fill("status 400");
+  await page.getByRole("button", { name: "Count what would be replayed" }).click();
+  assert.equal(Number(await page.locator("#replay-count").innerText()), pending, "the dry run counts the pending ones");
+  await accessible(page, "replay");
+  await page.getByRole("button", { name: `Replay ${pending}` }).click();
+  await assert.doesNotReject(page.getByText(`Replayed: ${pending} dead letters`).waitFor());
+  await page.goto(`${API}/console/partners/${PARTNER}/dead-letters`);
+  assert.equal(await page.locator("#pending").innerText(), "0", "nothing pending after the replay");
+
+  // A partner's session cannot open the operators' pages.
+  const partnerPage = await freshPage();
+  await signIn(partnerPage, await portalLink(PARTNER, "manage"));
+  const refused = await partnerPage.goto(`${API}/console/partners/${PARTNER}/dead-letters`);
+  assert.equal(refused.status(), 403);
+  await partnerPage.context().close();
   await page.context().close();
 });

@@ -631,13 +631,16 @@ pub(super) async fn stats(
 
 /// A recover running on this instance, per subscription; its place is given back when
 /// dropped.
-struct Running {
+pub(super) struct Running {
     set: Arc<Mutex<std::collections::HashSet<String>>>,
     id: String,
 }
 
 impl Running {
-    fn start(set: &Arc<Mutex<std::collections::HashSet<String>>>, id: &str) -> Option<Self> {
+    pub(super) fn start(
+        set: &Arc<Mutex<std::collections::HashSet<String>>>,
+        id: &str,
+    ) -> Option<Self> {
         let fresh = set
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -28,6 +28,7 @@ use crate::subscriptions::Subscription;
 use crate::webhook::ssrf::Allowlist;
 
 mod auth;
+mod dead_letters;
 mod error;
 mod events;
 mod limits;
@@ -167,6 +168,14 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/admin/partners/{partner}/portal-sessions/expire",
             post(crate::console::links::expire),
+        )
+        .route(
+            "/v1/admin/partners/{partner}/dead-letters",
+            get(dead_letters::list),
+        )
+        .route(
+            "/v1/admin/partners/{partner}/dead-letters/replay",
+            post(dead_letters::replay),
         )
         .merge(crate::console::routes())
         .route("/healthz", get(|| async { "ok" }))

@@ -14,11 +14,11 @@ use super::{ApiCall, Viewer};
 use crate::api::ApiState;
 
 /// The fields of a posted form, repeated ones (`event_types`) kept.
-fn fields(body: &[u8]) -> Vec<(String, String)> {
+pub(super) fn fields(body: &[u8]) -> Vec<(String, String)> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+pub(super) fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     fields
         .iter()
         .find(|(k, _)| k == name)

@@ -32,6 +32,7 @@ pub mod ledger;
 pub mod links;
 mod manage;
 mod pages;
+mod sre;
 
 use grant::{Grant, Kind, Scope};
 
@@ -53,7 +54,12 @@ pub struct Console {
     router: std::sync::OnceLock<Router>,
     /// The overview's figures per (caller's partner, subscription, window), for 30 s:
     /// a page reloaded again and again asks the delivery log once.
-    figures: std::sync::Mutex<std::collections::HashMap<(Option<String>, String, &'static str), (std::time::Instant, Value)>>,
+    figures: std::sync::Mutex<
+        std::collections::HashMap<
+            (Option<String>, String, &'static str),
+            (std::time::Instant, Value),
+        >,
+    >,
 }
 
 impl std::fmt::Debug for Console {
@@ -227,6 +233,14 @@ pub fn routes() -> Router<ApiState> {
         .route(
             "/console/messages/{webhook_id}/resend",
             get(pages::resend_confirm).post(pages::resend),
+        )
+        .route(
+            "/console/partners/{partner}/dead-letters",
+            get(sre::dead_letters),
+        )
+        .route(
+            "/console/partners/{partner}/dead-letters/replay",
+            post(sre::replay),
         )
         .route("/console/static/console.css", get(stylesheet))
         .layer(axum::middleware::from_fn(same_site_posts))

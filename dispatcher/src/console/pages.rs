@@ -349,11 +349,20 @@ struct SubscriptionRow {
     p99: String,
 }
 
+/// An operator's row per partner.
+struct PartnerRow {
+    partner: String,
+    subscriptions: usize,
+    /// Its subscriptions by state (`2 active, 1 paused`).
+    states: String,
+}
+
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct Overview {
     layout: Layout,
     admin: bool,
+    partners: Vec<PartnerRow>,
     subscriptions: Vec<SubscriptionRow>,
 }
 
@@ -413,11 +422,36 @@ pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Res
         }
         subscriptions.push(row);
     }
+    let admin = viewer.grant.partner.is_none();
+    let mut by_partner: std::collections::BTreeMap<&str, std::collections::BTreeMap<&str, usize>> =
+        Default::default();
+    if admin {
+        for s in &subscriptions {
+            *by_partner
+                .entry(s.partner.as_str())
+                .or_default()
+                .entry(s.state.as_str())
+                .or_default() += 1;
+        }
+    }
+    let partners = by_partner
+        .into_iter()
+        .map(|(partner, states)| PartnerRow {
+            partner: partner.to_string(),
+            subscriptions: states.values().sum(),
+            states: states
+                .iter()
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
     render(
         StatusCode::OK,
         Overview {
             layout: Layout::of(&viewer),
-            admin: viewer.grant.partner.is_none(),
+            admin,
+            partners,
             subscriptions,
         },
     )

@@ -51,6 +51,7 @@ macro_rules! say {
 
 mod filter;
 mod ledger;
+mod listing;
 mod output;
 mod replay;
 #[cfg(test)]
@@ -60,6 +61,7 @@ mod topics;
 pub use filter::{DlqRecord, Filter};
 use ledger::*;
 pub use ledger::{Action, AuditRecord, AuditStatus, Handled, LedgerEntry, Timestamp};
+pub use listing::{dead_letters, DeadLetter};
 use output::*;
 use replay::*;
 use topics::*;
