@@ -54,13 +54,11 @@ pub struct Console {
     router: std::sync::OnceLock<Router>,
     /// The overview's figures per (caller's partner, subscription, window), for 30 s:
     /// a page reloaded again and again asks the delivery log once.
-    figures: std::sync::Mutex<
-        std::collections::HashMap<
-            (Option<String>, String, &'static str),
-            (std::time::Instant, Value),
-        >,
-    >,
+    figures: std::sync::Mutex<std::collections::HashMap<FigureKey, (std::time::Instant, Value)>>,
 }
+
+/// The caller's partner (`None`: an operator), a subscription, a window.
+type FigureKey = (Option<String>, String, &'static str);
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
