@@ -36,10 +36,6 @@ fn known(api: &ApiState, partner: &str) -> Result<(), ApiError> {
     }
 }
 
-fn ledger_topic() -> String {
-    std::env::var("DLQ_LEDGER_TOPIC").unwrap_or_else(|_| "dlq-ledger".into())
-}
-
 fn failed(e: crate::dlq::DlqError) -> ApiError {
     match e {
         crate::dlq::DlqError::Refused(why) => {
@@ -63,9 +59,13 @@ pub(super) async fn list(
         return Err(ApiError::parameter("limit", "between 1 and 500"));
     }
     known(&api, &partner)?;
-    let letters = crate::dlq::dead_letters(&api.kafka, &partner, &ledger_topic())
-        .await
-        .map_err(failed)?;
+    let letters = crate::dlq::dead_letters(
+        &api.kafka,
+        &partner,
+        &crate::dlq::TopicArgs::from_env().ledger_topic,
+    )
+    .await
+    .map_err(failed)?;
     let pending = letters.iter().filter(|l| l.state == "pending").count();
     let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
     for l in letters.iter().filter(|l| l.state == "pending") {
@@ -142,21 +142,8 @@ pub(super) async fn replay(
             format!("a replay of `{partner}`'s dead letters is running; try again when it is done"),
         ));
     };
-    let run = crate::dlq::RunArgs {
-        dry_run: request.dry_run,
-        rate: 1_000.0,
-        again: false,
-        operator: Some(format!("api: {}", caller.name())),
-        quiet: true,
-        recover: false,
-        settled: None,
-    };
-    let topics = crate::dlq::TopicArgs {
-        ledger_topic: ledger_topic(),
-        audit_topic: std::env::var("DLQ_AUDIT_TOPIC").unwrap_or_else(|_| "dlq-audit".into()),
-        orders_topic: String::new(),
-        orders_dead_letter_topic: String::new(),
-    };
+    let run = crate::dlq::RunArgs::for_api(request.dry_run, format!("api: {}", caller.name()));
+    let topics = crate::dlq::TopicArgs::from_env();
     // A task of its own: a client that goes away does not stop it between a record's
     // send and its ledger entry.
     let (kafka, table) = (api.kafka.clone(), api.table.clone());

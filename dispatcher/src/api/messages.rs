@@ -544,20 +544,11 @@ pub(super) async fn recover(
         }))
     });
     let run = crate::dlq::RunArgs {
-        dry_run: request.dry_run,
-        rate: 1_000.0,
-        again: false,
-        operator: Some(format!("api: {}", caller.name())),
-        quiet: true,
         recover: true,
         settled,
+        ..crate::dlq::RunArgs::for_api(request.dry_run, format!("api: {}", caller.name()))
     };
-    let topics = crate::dlq::TopicArgs {
-        ledger_topic: std::env::var("DLQ_LEDGER_TOPIC").unwrap_or_else(|_| "dlq-ledger".into()),
-        audit_topic: std::env::var("DLQ_AUDIT_TOPIC").unwrap_or_else(|_| "dlq-audit".into()),
-        orders_topic: String::new(),
-        orders_dead_letter_topic: String::new(),
-    };
+    let topics = crate::dlq::TopicArgs::from_env();
     if !request.dry_run {
         let details = serde_json::json!({ "since": request.since, "until": request.until });
         api.audit(&caller, "recover", &subscription, details)

@@ -666,16 +666,7 @@ pub(super) async fn pause(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let path = super::seg(&id);
-    let back = format!("/console/subscriptions/{path}");
-    change(
-        &api,
-        &viewer,
-        &form.csrf,
-        &format!("/v1/subscriptions/{path}/pause"),
-        &back,
-    )
-    .await
+    pause_or_resume(&api, &viewer, &id, &form.csrf, "pause").await
 }
 
 pub(super) async fn resume(
@@ -684,14 +675,24 @@ pub(super) async fn resume(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let path = super::seg(&id);
-    let back = format!("/console/subscriptions/{path}");
+    pause_or_resume(&api, &viewer, &id, &form.csrf, "resume").await
+}
+
+async fn pause_or_resume(
+    api: &ApiState,
+    viewer: &Viewer,
+    id: &str,
+    csrf: &str,
+    action: &str,
+) -> Response {
+    let path = super::seg(id);
+    let uri = format!("/v1/subscriptions/{path}/{action}");
     change(
-        &api,
-        &viewer,
-        &form.csrf,
-        &format!("/v1/subscriptions/{path}/resume"),
-        &back,
+        api,
+        viewer,
+        csrf,
+        &uri,
+        &format!("/console/subscriptions/{path}"),
     )
     .await
 }

@@ -172,6 +172,21 @@ pub struct TopicArgs {
     pub orders_dead_letter_topic: String,
 }
 
+impl TopicArgs {
+    /// A partner's ledger and audit topics as the API finds them (`DLQ_LEDGER_TOPIC`,
+    /// `DLQ_AUDIT_TOPIC`, else the defaults): the command's, so both see one ledger.
+    pub fn from_env() -> Self {
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        Self {
+            ledger_topic: var("DLQ_LEDGER_TOPIC", "dlq-ledger"),
+            audit_topic: var("DLQ_AUDIT_TOPIC", "dlq-audit"),
+            orders_topic: String::new(),
+            orders_dead_letter_topic: String::new(),
+        }
+    }
+}
+
 /// How a replay or resolve runs.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -199,6 +214,21 @@ pub struct RunArgs {
     /// dead-lettered (a resend delivered it since): those are not sent again.
     #[arg(skip)]
     pub settled: Option<Settled>,
+}
+
+impl RunArgs {
+    /// A replay through the API (quiet, 1,000 records a second, audited as `operator`).
+    pub fn for_api(dry_run: bool, operator: String) -> Self {
+        Self {
+            dry_run,
+            rate: 1_000.0,
+            again: false,
+            operator: Some(operator),
+            quiet: true,
+            recover: false,
+            settled: None,
+        }
+    }
 }
 
 /// Of the webhook-ids given, those whose message is no longer dead-lettered.
