@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
 
-use super::pages::{api_failure, check_change, notice, render, text, Layout};
+use super::entry::check_change;
+use super::pages::{api_failure, notice, render, text, Layout};
 use super::{ApiCall, Viewer};
 use crate::api::ApiState;
 

@@ -27,10 +27,12 @@ use tower::ServiceExt;
 
 use crate::api::{ApiState, Caller};
 
+mod entry;
 pub mod grant;
 pub mod ledger;
 pub mod links;
 mod manage;
+mod message;
 mod pages;
 mod sre;
 
@@ -215,11 +217,11 @@ pub fn routes() -> Router<ApiState> {
             get(|| async { Redirect::permanent("/console/") }),
         )
         .route("/console/", get(pages::overview))
-        .route("/console/login", get(pages::login_form).post(pages::login))
-        .route("/console/logout", post(pages::logout))
+        .route("/console/login", get(entry::login_form).post(entry::login))
+        .route("/console/logout", post(entry::logout))
         .route(
             "/console/link/{token}",
-            get(pages::open_link).post(pages::use_link),
+            get(entry::open_link).post(entry::use_link),
         )
         .route("/console/subscriptions/{id}", get(pages::subscription))
         .route("/console/subscriptions/{id}/pause", post(pages::pause))
@@ -227,10 +229,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/console/subscriptions/{id}/edit", post(manage::edit))
         .route("/console/subscriptions/{id}/rotate", post(manage::rotate))
         .route("/console/subscriptions/{id}/recover", post(manage::recover))
-        .route("/console/messages/{webhook_id}", get(pages::message))
+        .route("/console/messages/{webhook_id}", get(message::message))
         .route(
             "/console/messages/{webhook_id}/resend",
-            get(pages::resend_confirm).post(pages::resend),
+            get(message::resend_confirm).post(message::resend),
         )
         .route(
             "/console/partners/{partner}/dead-letters",

@@ -1,16 +1,18 @@
 //! The console's pages: each handler asks the partner API ([`ApiCall`]) and fills its
-//! template (`templates/<page>.html`).
+//! template (`templates/<page>.html`). Here the frame and its helpers, the overview and
+//! a subscription with its delivery log; `entry.rs` (signing in and out, portal links),
+//! `message.rs` (one message, resend), `manage.rs` (changes), `sre.rs` (operators).
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::grant::{self, Grant, Kind, Refused, Scope};
-use super::{now, ApiCall, Viewer, SESSION_SECS};
+use super::entry::{check_change, CsrfForm};
+use super::{ApiCall, Viewer};
 use crate::api::ApiState;
 
 /// What the frame of every page shows.
@@ -29,7 +31,7 @@ impl Layout {
         }
     }
 
-    fn anonymous() -> Self {
+    pub(super) fn anonymous() -> Self {
         Self {
             who: None,
             csrf: String::new(),
@@ -54,11 +56,11 @@ pub(super) fn render(status: StatusCode, page: impl Template) -> Response {
 
 #[derive(Template)]
 #[template(path = "notice.html")]
-struct Notice {
-    layout: Layout,
-    heading: String,
-    message: String,
-    next: Option<(String, String)>,
+pub(super) struct Notice {
+    pub(super) layout: Layout,
+    pub(super) heading: String,
+    pub(super) message: String,
+    pub(super) next: Option<(String, String)>,
 }
 
 /// A page that says what went wrong (never a stack trace), with `status`.
@@ -95,7 +97,7 @@ pub(super) fn api_failure(layout: Layout, status: StatusCode, body: &Value) -> R
 }
 
 /// 503 with `message`: something we must record could not be.
-fn unavailable(message: &str) -> Response {
+pub(super) fn unavailable(message: &str) -> Response {
     notice(
         StatusCode::SERVICE_UNAVAILABLE,
         Layout::anonymous(),
@@ -110,231 +112,6 @@ pub(super) fn text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-// ---- Sign in and out ----
-
-#[derive(Template)]
-#[template(path = "login.html")]
-struct Login {
-    layout: Layout,
-    error: Option<String>,
-}
-
-pub(super) async fn login_form() -> Response {
-    render(
-        StatusCode::OK,
-        Login {
-            layout: Layout::anonymous(),
-            error: None,
-        },
-    )
-}
-
-#[derive(Deserialize)]
-pub(super) struct LoginForm {
-    token: String,
-}
-
-/// An admin token starts an operator's session (`manage`); anything else is refused
-/// with the form again.
-pub(super) async fn login(State(api): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
-    let mut headers = axum::http::HeaderMap::new();
-    if let Ok(v) = format!("Bearer {}", form.token.trim()).parse() {
-        headers.insert(header::AUTHORIZATION, v);
-    }
-    match api.tokens.caller(&headers) {
-        Ok(crate::api::Caller::Admin) => {
-            let session = Grant::new(Kind::Session, None, Scope::Manage, now(), SESSION_SECS);
-            start(&api, &session)
-        }
-        _ => render(
-            StatusCode::UNAUTHORIZED,
-            Login {
-                layout: Layout::anonymous(),
-                error: Some(
-                    "That is not an admin token. Partners open the portal link they were sent."
-                        .into(),
-                ),
-            },
-        ),
-    }
-}
-
-/// Sets the session cookie and goes to the overview.
-fn start(api: &ApiState, session: &Grant) -> Response {
-    (
-        [(header::SET_COOKIE, api.console.cookie(session))],
-        Redirect::to("/console/"),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
-pub(super) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub(super) async fn logout(
-    State(api): State<ApiState>,
-    viewer: Viewer,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Some(refused) = check_csrf(&api, &viewer, &form.csrf) {
-        return refused;
-    }
-    if let Err(error) = api.console.revoke(&viewer.grant).await {
-        tracing::error!(%error, "console sign-out");
-        return unavailable("The console could not record the sign-out. Try again in a minute.");
-    }
-    (
-        [(header::SET_COOKIE, api.console.cleared())],
-        Redirect::to("/console/login"),
-    )
-        .into_response()
-}
-
-/// `None` when `given` is the session's CSRF token; else the refusal.
-fn check_csrf(api: &ApiState, viewer: &Viewer, given: &str) -> Option<Response> {
-    (!grant::csrf_ok(&api.console.secret, &viewer.grant.id, given)).then(|| {
-        notice(
-            StatusCode::FORBIDDEN,
-            Layout::of(viewer),
-            "Form expired",
-            "This form is not from your current session. Open the page again and retry.",
-        )
-    })
-}
-
-/// A change needs a `manage` session and the session's CSRF token.
-pub(super) fn check_change(api: &ApiState, viewer: &Viewer, csrf: &str) -> Option<Response> {
-    if !viewer.manages() {
-        return Some(notice(
-            StatusCode::FORBIDDEN,
-            Layout::of(viewer),
-            "Not allowed",
-            "Your session may look, not change: ask for a portal link with manage access.",
-        ));
-    }
-    check_csrf(api, viewer, csrf)
-}
-
-// ---- Portal links ----
-
-#[derive(Template)]
-#[template(path = "link.html")]
-struct LinkPage {
-    layout: Layout,
-    whom: String,
-    scope: &'static str,
-    token: String,
-}
-
-/// Why a link cannot be opened, as a page.
-fn link_refused(why: &str) -> Response {
-    let (status, message) = match why {
-        "used" => (
-            StatusCode::GONE,
-            "This portal link was used already: each link opens the console once. Ask for a new one.",
-        ),
-        "expired" => (
-            StatusCode::GONE,
-            "This portal link has expired. Ask for a new one.",
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "This is not a valid portal link. Check that it was copied whole.",
-        ),
-    };
-    render(
-        status,
-        Notice {
-            layout: Layout::anonymous(),
-            heading: "This link cannot be used".into(),
-            message: message.into(),
-            next: None,
-        },
-    )
-}
-
-/// The link `token` carries, or why it cannot be used (`used`, `expired`, `invalid`).
-fn checked_link(api: &ApiState, token: &str) -> Result<Grant, &'static str> {
-    let link =
-        Grant::verify(&api.console.secret, token, Kind::Link, now()).map_err(|r| match r {
-            Refused::Expired => "expired",
-            Refused::Invalid => "invalid",
-        })?;
-    if api.console.link_used(&link.id) {
-        return Err("used");
-    }
-    if api.console.ended(&link) {
-        // Issued before the partner's sessions were ended.
-        return Err("expired");
-    }
-    Ok(link)
-}
-
-/// `GET /console/link/{token}`: what the link opens, and a button to open it. (Only the
-/// POST uses it up: a chat's link preview fetching the URL must not.)
-pub(super) async fn open_link(State(api): State<ApiState>, Path(token): Path<String>) -> Response {
-    let link = match checked_link(&api, &token) {
-        Ok(link) => link,
-        Err(why) => return link_refused(why),
-    };
-    render(
-        StatusCode::OK,
-        LinkPage {
-            layout: Layout::anonymous(),
-            whom: link
-                .partner
-                .clone()
-                .unwrap_or_else(|| "every partner (operator)".into()),
-            scope: link.scope.as_str(),
-            token,
-        },
-    )
-}
-
-/// `POST /console/link/{token}`: uses the link up and starts its session (audited).
-pub(super) async fn use_link(State(api): State<ApiState>, Path(token): Path<String>) -> Response {
-    let link = match checked_link(&api, &token) {
-        Ok(link) => link,
-        Err(why) => return link_refused(why),
-    };
-    let now = now();
-    match api.console.take_link(&link.id, link.exp).await {
-        Ok(true) => {}
-        Ok(false) => return link_refused("used"),
-        Err(error) => {
-            tracing::error!(%error, "console link");
-            return unavailable(
-                "The console could not record this sign-in. Try again in a minute.",
-            );
-        }
-    }
-    let session = Grant::new(
-        Kind::Session,
-        link.partner.clone(),
-        link.scope,
-        now,
-        SESSION_SECS,
-    );
-    let audited = api
-        .audit
-        .record_id(
-            "console",
-            "portal-link-opened",
-            &format!("portal-link/{}", link.id),
-            link.partner.as_deref(),
-            serde_json::json!({ "scope": link.scope.as_str(), "session": session.id }),
-        )
-        .await;
-    if let Err(error) = audited {
-        tracing::error!(%error, "console audit");
-        return unavailable("The console could not record this sign-in. Try again in a minute.");
-    }
-    start(&api, &session)
 }
 
 // ---- Overview ----
@@ -695,217 +472,4 @@ async fn pause_or_resume(
         &format!("/console/subscriptions/{path}"),
     )
     .await
-}
-
-// ---- One message ----
-
-struct MessageFacts {
-    webhook_id: String,
-    event_id: String,
-    event_type: String,
-    order_id: String,
-    subscription_id: String,
-    status: String,
-    attempts: String,
-    next_attempt_at: String,
-}
-
-struct AttemptRow {
-    attempt: String,
-    trigger: String,
-    outcome: String,
-    started_at: String,
-    duration_ms: String,
-    url: String,
-    /// The status code, or the error class.
-    answer: String,
-    error_detail: Option<String>,
-    content_type: Option<String>,
-    next_attempt_at: Option<String>,
-    /// What the partner's server sent: shown only through the template's escaping.
-    excerpt: Option<String>,
-}
-
-impl AttemptRow {
-    fn of(a: &Value) -> Self {
-        let some = |v: &Value| v.as_str().map(str::to_string);
-        Self {
-            attempt: text(&a["attempt"]),
-            trigger: text(&a["trigger"]),
-            outcome: text(&a["outcome"]),
-            started_at: text(&a["started_at"]),
-            duration_ms: text(&a["duration_ms"]),
-            url: text(&a["url"]),
-            answer: match (&a["status_code"], &a["error"]) {
-                (Value::Number(n), _) => format!("HTTP {n}"),
-                (_, Value::String(e)) => e.clone(),
-                _ => "—".into(),
-            },
-            error_detail: some(&a["error_detail"]),
-            content_type: some(&a["response_content_type"]),
-            next_attempt_at: some(&a["next_attempt_at"]),
-            excerpt: some(&a["response_excerpt"]).filter(|e| !e.is_empty()),
-        }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "message.html")]
-struct MessagePage {
-    layout: Layout,
-    manage: bool,
-    m: MessageFacts,
-    attempts: Vec<AttemptRow>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct Which {
-    #[serde(default)]
-    subscription_id: String,
-    /// A note to show once (after a resend).
-    #[serde(default)]
-    done: String,
-}
-
-impl Which {
-    fn query(&self) -> String {
-        if self.subscription_id.is_empty() {
-            String::new()
-        } else {
-            url::form_urlencoded::Serializer::new(String::from("?"))
-                .append_pair("subscription_id", &self.subscription_id)
-                .finish()
-        }
-    }
-}
-
-pub(super) async fn message(
-    State(api): State<ApiState>,
-    viewer: Viewer,
-    Path(webhook_id): Path<String>,
-    Query(which): Query<Which>,
-) -> Response {
-    let path = super::seg(&webhook_id);
-    let call = ApiCall {
-        api: &api,
-        viewer: &viewer,
-    };
-    let (status, m) = call
-        .get(&format!("/v1/messages/{path}{}", which.query()))
-        .await;
-    if !status.is_success() {
-        return api_failure(Layout::of(&viewer), status, &m);
-    }
-    let facts = MessageFacts {
-        webhook_id: text(&m["webhook_id"]),
-        event_id: text(&m["event_id"]),
-        event_type: text(&m["event_type"]),
-        order_id: text(&m["order_id"]),
-        subscription_id: text(&m["subscription_id"]),
-        status: text(&m["status"]),
-        attempts: text(&m["attempts_count"]),
-        next_attempt_at: text(&m["next_attempt_at"]),
-    };
-    let attempts = m["attempts"]
-        .as_array()
-        .map(|a| a.iter().map(AttemptRow::of).collect())
-        .unwrap_or_default();
-    let mut layout = Layout::of(&viewer);
-    if which.done == "resent" {
-        layout.flash =
-            Some("Resent: the new attempt appears below once it is made (reload the page).".into());
-    }
-    render(
-        StatusCode::OK,
-        MessagePage {
-            layout,
-            manage: viewer.manages(),
-            m: facts,
-            attempts,
-        },
-    )
-}
-
-#[derive(Template)]
-#[template(path = "resend.html")]
-struct ResendPage {
-    layout: Layout,
-    webhook_id: String,
-    subscription_id: String,
-}
-
-/// `GET .../resend`: the confirmation.
-pub(super) async fn resend_confirm(
-    State(api): State<ApiState>,
-    viewer: Viewer,
-    Path(webhook_id): Path<String>,
-    Query(which): Query<Which>,
-) -> Response {
-    let path = super::seg(&webhook_id);
-    if !viewer.manages() {
-        return check_change(&api, &viewer, "")
-            .unwrap_or_else(|| StatusCode::FORBIDDEN.into_response());
-    }
-    // The message must be the caller's: the same question its page asks.
-    let call = ApiCall {
-        api: &api,
-        viewer: &viewer,
-    };
-    let (status, m) = call
-        .get(&format!("/v1/messages/{path}{}", which.query()))
-        .await;
-    if !status.is_success() {
-        return api_failure(Layout::of(&viewer), status, &m);
-    }
-    render(
-        StatusCode::OK,
-        ResendPage {
-            layout: Layout::of(&viewer),
-            webhook_id: text(&m["webhook_id"]),
-            subscription_id: text(&m["subscription_id"]),
-        },
-    )
-}
-
-#[derive(Deserialize)]
-pub(super) struct ResendForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    subscription_id: String,
-}
-
-/// `POST .../resend`: the API's resend, then back to the message.
-pub(super) async fn resend(
-    State(api): State<ApiState>,
-    viewer: Viewer,
-    Path(webhook_id): Path<String>,
-    Form(form): Form<ResendForm>,
-) -> Response {
-    let path = super::seg(&webhook_id);
-    if let Some(refused) = check_change(&api, &viewer, &form.csrf) {
-        return refused;
-    }
-    let which = Which {
-        subscription_id: form.subscription_id,
-        done: String::new(),
-    };
-    let call = ApiCall {
-        api: &api,
-        viewer: &viewer,
-    };
-    let (status, body) = call
-        .post(
-            &format!("/v1/messages/{path}/resend{}", which.query()),
-            None,
-        )
-        .await;
-    if !status.is_success() {
-        return api_failure(Layout::of(&viewer), status, &body);
-    }
-    let back = url::form_urlencoded::Serializer::new(format!("/console/messages/{path}?"))
-        .append_pair("subscription_id", &which.subscription_id)
-        .append_pair("done", "resent")
-        .finish();
-    Redirect::to(&back).into_response()
 }

@@ -8,8 +8,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::entry::check_change;
 use super::manage::{field, fields};
-use super::pages::{api_failure, check_change, notice, render, text, Layout};
+use super::pages::{api_failure, notice, render, text, Layout};
 use super::{seg, ApiCall, Viewer};
 use crate::api::ApiState;
 
