@@ -285,6 +285,19 @@ test("a read-only session sees the log and cannot change anything", async () => 
   assert.equal(await page.getByRole("link", { name: "Resend this message" }).count(), 0);
   const refused = await page.goto(`${API}/console/messages/${FAILED_ID}/resend`);
   assert.equal(refused.status(), 403);
+  // The event catalog: every type, its fields, an example, and how to verify.
+  await page.getByRole("link", { name: "Event catalog" }).click();
+  for (const type of ["order.created", "order.status_changed", "order.cancelled"]) {
+    await assert.doesNotReject(page.getByRole("heading", { name: type, exact: true }).waitFor());
+  }
+  const catalog = await page.locator("main").innerText();
+  for (const language of ["Rust", "Python", "TypeScript"]) {
+    assert.match(catalog, new RegExp(`${language} \\(`), language);
+  }
+  assert.match(catalog, /Webhook\(secret\)/);
+  await page.getByText("Example body of order.created").click();
+  assert.match(await page.locator("pre.code").nth(3).innerText(), /"order_id": "order-4711"/);
+  await accessible(page, "catalog");
   // With the session's own CSRF token, a change is still refused.
   const csrf = await csrfOf(page);
   for (const path of [

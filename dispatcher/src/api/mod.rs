@@ -30,6 +30,7 @@ use crate::webhook::ssrf::Allowlist;
 mod auth;
 mod dead_letters;
 mod error;
+mod event_types;
 mod events;
 mod limits;
 mod messages;
@@ -151,6 +152,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
         .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
         .route("/v1/partners/{partner}/events", get(events::events))
+        .route("/v1/event-types", get(event_types::list))
         .route("/v1/messages/{webhook_id}", get(messages::message))
         .route("/v1/messages/{webhook_id}/resend", post(messages::resend))
         .route("/v1/subscriptions/{id}/messages", get(messages::list))

@@ -27,6 +27,7 @@ use tower::ServiceExt;
 
 use crate::api::{ApiState, Caller};
 
+mod catalog;
 mod entry;
 pub mod grant;
 pub mod ledger;
@@ -217,6 +218,7 @@ pub fn routes() -> Router<ApiState> {
             get(|| async { Redirect::permanent("/console/") }),
         )
         .route("/console/", get(pages::overview))
+        .route("/console/events", get(catalog::catalog))
         .route("/console/login", get(entry::login_form).post(entry::login))
         .route("/console/logout", post(entry::logout))
         .route(
