@@ -375,11 +375,30 @@ test("an operator signs in with the admin token and sees every partner", async (
   await page.goto(`${API}/console/partners/${PARTNER}/dead-letters`);
   assert.equal(await page.locator("#pending").innerText(), "0", "nothing pending after the replay");
 
+  // The audit trail, filtered by partner and actor: what the partner did in the
+  // console, and the replay just made.
+  await page.getByRole("link", { name: "Audit trail" }).click();
+  await page.getByLabel("Partner").fill(PARTNER);
+  await page.getByRole("button", { name: "Filter" }).click();
+  const trail = await page.locator("table").innerText();
+  for (const action of ["pause", "resume", "rotate-secret", "recover", "resend", "portal-link-issued", "dlq-replay"]) {
+    assert.match(trail, new RegExp(`\\b${action}\\b`), action);
+  }
+  await accessible(page, "audit");
+  await page.getByLabel("Actor contains").fill("api: admin");
+  await page.getByRole("button", { name: "Filter" }).click();
+  const byOperator = await page.locator("table").innerText();
+  assert.match(byOperator, /dlq-replay/);
+  assert.doesNotMatch(byOperator, /partner:/, "only the operator's records");
+
   // A partner's session cannot open the operators' pages.
   const partnerPage = await freshPage();
   await signIn(partnerPage, await portalLink(PARTNER, "manage"));
-  const refused = await partnerPage.goto(`${API}/console/partners/${PARTNER}/dead-letters`);
-  assert.equal(refused.status(), 403);
+  for (const path of [`/console/partners/${PARTNER}/dead-letters`, "/console/audit"]) {
+    const refused = await partnerPage.goto(`${API}${path}`);
+    assert.equal(refused.status(), 403, path);
+  }
+  assert.equal(await partnerPage.getByRole("link", { name: "Audit trail" }).count(), 0);
   await partnerPage.context().close();
   await page.context().close();
 });

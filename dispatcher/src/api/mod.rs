@@ -27,6 +27,7 @@ use crate::subscriptions::table::{self, SubscriptionTable};
 use crate::subscriptions::Subscription;
 use crate::webhook::ssrf::Allowlist;
 
+mod audit;
 mod auth;
 mod dead_letters;
 mod error;
@@ -179,6 +180,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/admin/partners/{partner}/dead-letters/replay",
             post(dead_letters::replay),
         )
+        .route("/v1/admin/audit", get(audit::list))
         .merge(crate::console::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route(

@@ -244,6 +244,7 @@ pub fn routes() -> Router<ApiState> {
             "/console/partners/{partner}/dead-letters/replay",
             post(sre::replay),
         )
+        .route("/console/audit", get(sre::audit))
         .route("/console/static/console.css", get(stylesheet))
         .layer(axum::middleware::from_fn(same_site_posts))
         .layer(axum::middleware::map_response(defences))

@@ -18,6 +18,8 @@ use crate::api::ApiState;
 /// What the frame of every page shows.
 pub(super) struct Layout {
     pub(super) who: Option<String>,
+    /// An operator's session: the operators' links in the header.
+    pub(super) operator: bool,
     pub(super) csrf: String,
     pub(super) flash: Option<String>,
 }
@@ -26,6 +28,7 @@ impl Layout {
     pub(super) fn of(viewer: &Viewer) -> Self {
         Self {
             who: Some(viewer.who()),
+            operator: viewer.grant.partner.is_none(),
             csrf: viewer.csrf.clone(),
             flash: None,
         }
@@ -34,6 +37,7 @@ impl Layout {
     pub(super) fn anonymous() -> Self {
         Self {
             who: None,
+            operator: false,
             csrf: String::new(),
             flash: None,
         }

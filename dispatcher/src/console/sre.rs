@@ -1,9 +1,9 @@
 //! The operators' pages: a partner's dead letters, and their replay (a dry run's count
-//! first, then the confirmed replay), through the admin API (`api/dead_letters.rs`).
-//! A partner's session gets the API's 403.
+//! first, then the confirmed replay), through the admin API (`api/dead_letters.rs`);
+//! the audit trail (`api/audit.rs`). A partner's session gets the API's 403.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -162,6 +162,76 @@ pub(super) async fn replay(
             matched: n(&answer, "matched"),
             already: n(&answer, "already_handled"),
             count: n(&answer, "count"),
+        },
+    )
+}
+
+struct AuditRow {
+    at: String,
+    actor: String,
+    action: String,
+    partner: String,
+    subject: String,
+    details: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    layout: Layout,
+    partner: String,
+    actor: String,
+    items: Vec<AuditRow>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct AuditFilters {
+    #[serde(default)]
+    partner: String,
+    #[serde(default)]
+    actor: String,
+}
+
+pub(super) async fn audit(
+    State(api): State<ApiState>,
+    viewer: Viewer,
+    Query(filters): Query<AuditFilters>,
+) -> Response {
+    let call = ApiCall {
+        api: &api,
+        viewer: &viewer,
+    };
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("partner", &filters.partner)
+        .append_pair("actor", &filters.actor)
+        .finish();
+    let (status, v) = call.get(&format!("/v1/admin/audit?{query}")).await;
+    if !status.is_success() {
+        return api_failure(Layout::of(&viewer), status, &v);
+    }
+    let items = v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|a| AuditRow {
+                    at: text(&a["at"]),
+                    actor: text(&a["actor"]),
+                    action: text(&a["action"]),
+                    partner: text(&a["partner"]),
+                    subject: text(&a["subject"]),
+                    details: a["details"].to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    render(
+        StatusCode::OK,
+        AuditPage {
+            layout: Layout::of(&viewer),
+            partner: filters.partner,
+            actor: filters.actor,
+            items,
         },
     )
 }
