@@ -116,6 +116,8 @@ pub struct RunConfig {
     pub attempts_topic: Option<String>,
     /// Bytes of each answer the delivery log keeps (0: none).
     pub attempts_body_bytes: usize,
+    /// Where this instance's partner health goes for the API (`None`: nowhere).
+    pub health_topic: Option<String>,
 }
 
 /// A running dispatcher.
@@ -243,6 +245,22 @@ impl App {
             shutdown.clone(),
         ));
 
+        if let Some(topic) = &config.health_topic {
+            kafka
+                .ensure_topics(
+                    std::slice::from_ref(topic),
+                    1,
+                    &[("retention.ms", "3600000")],
+                )
+                .await
+                .with_context(|| format!("partner health topic `{topic}`"))?;
+            tokio::spawn(crate::health::publish::publish(
+                producer.clone(),
+                topic.clone(),
+                Arc::clone(&board),
+                shutdown.clone(),
+            ));
+        }
         let server_stop = shutdown.clone();
         let routes = observability(board, groups.clone());
         let server = tokio::spawn(async move {

@@ -359,6 +359,20 @@ test("an operator signs in with the admin token and sees every partner", async (
   assert.ok(text.includes(SUBSCRIPTION) && text.includes(OTHER_SUBSCRIPTION), text);
   await accessible(page, "overview-operator");
 
+  // Every partner with its health as the dispatchers report it (every 5 s), sortable.
+  let row = "";
+  for (let i = 0; i < 50; i++) {
+    row = await page.getByRole("row").filter({ hasText: `Dead letters of ${PARTNER}` }).innerText();
+    if (!/unknown/.test(row)) break;
+    await page.waitForTimeout(300);
+    await page.reload();
+  }
+  assert.match(row, /healthy|degraded|failing/, `the dispatchers' view of the partner: ${row}`);
+  await page.getByRole("link", { name: "Lag", exact: true }).click();
+  await page.waitForURL(/sort=lag/);
+  assert.match(await page.locator("caption").first().innerText(), /sorted by Lag/);
+  await accessible(page, "partners");
+
   // One partner's dead letters, replayed with a dry run first.
   await page.getByRole("link", { name: `Dead letters of ${PARTNER}` }).click();
   await assert.doesNotReject(page.getByRole("heading", { name: `Dead letters of ${PARTNER}` }).waitFor());

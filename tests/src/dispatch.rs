@@ -28,6 +28,8 @@ pub struct DispatchWorld {
     pub audit_topic: String,
     /// The delivery log `dispatcher run` writes.
     pub attempts_topic: String,
+    /// Where `dispatcher run` writes its partners' health and the API reads it.
+    pub health_topic: String,
     /// The registry `dispatcher run` decodes with (the suite's unless a test puts
     /// another in front of it).
     pub registry: String,
@@ -53,6 +55,7 @@ impl DispatchWorld {
             registry: registry_url(),
             audit_topic: unique("subscription-audit"),
             attempts_topic: unique("attempts"),
+            health_topic: unique("partner-health"),
             orders_topic,
         }
     }
@@ -128,6 +131,8 @@ impl DispatchWorld {
             "5000".into(),
             "--attempts-topic".into(),
             self.attempts_topic.clone(),
+            "--health-topic".into(),
+            self.health_topic.clone(),
         ]);
         args.extend(self.run_args.iter().cloned());
         let (process, addr) = spawn_listening(&args, &log);
@@ -186,6 +191,9 @@ impl DispatchWorld {
         let mut view = None;
         if !extra.contains(&"--attempts-topic") {
             args.extend(["--attempts-topic".into(), self.attempts_topic.clone()]);
+        }
+        if !extra.contains(&"--health-topic") {
+            args.extend(["--health-topic".into(), self.health_topic.clone()]);
         }
         if !extra.contains(&"--log-view-path") {
             let path = dir.join(format!("{}.db", unique("log-view")));

@@ -84,7 +84,7 @@ pub(super) async fn list(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplayRequest {
-    #[serde(default)]
+    /// Required: a replay is never what an empty request meant.
     dry_run: bool,
     since: Option<String>,
     until: Option<String>,
@@ -98,7 +98,6 @@ fn time_of(
     text: &Option<String>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     text.as_deref()
-        .filter(|t| !t.is_empty())
         .map(|t| {
             chrono::DateTime::parse_from_rfc3339(t)
                 .map(|t| t.with_timezone(&chrono::Utc))

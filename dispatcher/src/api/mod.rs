@@ -33,6 +33,7 @@ mod dead_letters;
 mod error;
 mod event_types;
 mod events;
+pub mod health;
 mod limits;
 mod messages;
 mod partners;
@@ -75,6 +76,8 @@ pub struct ApiState {
     pub recovering: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The web console's secret, links and sessions.
     pub console: Arc<crate::console::Console>,
+    /// The dispatchers' partner health (`None`: no health topic).
+    pub health: Option<Arc<health::HealthView>>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -181,6 +184,7 @@ pub fn router(state: ApiState) -> Router {
             post(dead_letters::replay),
         )
         .route("/v1/admin/audit", get(audit::list))
+        .route("/v1/admin/partners", get(health::list))
         .merge(crate::console::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route(

@@ -133,9 +133,30 @@ struct SubscriptionRow {
 /// An operator's row per partner.
 struct PartnerRow {
     partner: String,
-    subscriptions: usize,
-    /// Its subscriptions by state (`2 active, 1 paused`).
-    states: String,
+    state: String,
+    lag: String,
+    oldest: String,
+    error_rate: String,
+    disconnected: &'static str,
+    restarts: String,
+    subscriptions: String,
+}
+
+/// The operators' partners table's columns, by their `?sort=` names: the rows' order
+/// (a number ascending by partner name, the worst first otherwise).
+const SORTS: [(&str, &str); 6] = [
+    ("partner", "Partner"),
+    ("state", "Health"),
+    ("lag", "Lag"),
+    ("oldest", "Oldest undelivered"),
+    ("errors", "Error rate (1 min)"),
+    ("restarts", "Lane restarts"),
+];
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Sort {
+    #[serde(default)]
+    sort: String,
 }
 
 #[derive(Template)]
@@ -144,6 +165,8 @@ struct Overview {
     layout: Layout,
     admin: bool,
     partners: Vec<PartnerRow>,
+    /// The sortable columns: (`?sort=` name, label, sorted by it now).
+    sorts: Vec<(&'static str, &'static str, bool)>,
     subscriptions: Vec<SubscriptionRow>,
 }
 
@@ -158,7 +181,11 @@ fn outcomes(stats: &Value) -> (u64, u64) {
 /// questions to the delivery log, kept 30 s).
 const OVERVIEW_FIGURES: usize = 50;
 
-pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Response {
+pub(super) async fn overview(
+    State(api): State<ApiState>,
+    viewer: Viewer,
+    Query(sort): Query<Sort>,
+) -> Response {
     let call = ApiCall {
         api: &api,
         viewer: &viewer,
@@ -204,38 +231,76 @@ pub(super) async fn overview(State(api): State<ApiState>, viewer: Viewer) -> Res
         subscriptions.push(row);
     }
     let admin = viewer.grant.partner.is_none();
-    let mut by_partner: std::collections::BTreeMap<&str, std::collections::BTreeMap<&str, usize>> =
-        Default::default();
-    if admin {
-        for s in &subscriptions {
-            *by_partner
-                .entry(s.partner.as_str())
-                .or_default()
-                .entry(s.state.as_str())
-                .or_default() += 1;
-        }
-    }
-    let partners = by_partner
-        .into_iter()
-        .map(|(partner, states)| PartnerRow {
-            partner: partner.to_string(),
-            subscriptions: states.values().sum(),
-            states: states
-                .iter()
-                .map(|(state, n)| format!("{n} {state}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
-        .collect();
+    let sort = SORTS
+        .iter()
+        .find(|(k, _)| *k == sort.sort)
+        .map_or("state", |(k, _)| *k);
+    let partners = if admin {
+        partner_rows(&call, sort).await
+    } else {
+        Vec::new()
+    };
+    let sorts = SORTS.iter().map(|(k, l)| (*k, *l, *k == sort)).collect();
     render(
         StatusCode::OK,
         Overview {
             layout: Layout::of(&viewer),
             admin,
             partners,
+            sorts,
             subscriptions,
         },
     )
+}
+
+/// Every partner from `GET /v1/admin/partners`, sorted by `sort` (worst first).
+async fn partner_rows(call: &ApiCall<'_>, sort: &str) -> Vec<PartnerRow> {
+    let (status, v) = call.get("/v1/admin/partners").await;
+    let mut items = if status.is_success() {
+        v["partners"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let rank = |s: &Value| {
+        ["unknown", "healthy", "degraded", "failing", "disconnected"]
+            .iter()
+            .position(|x| Some(*x) == s.as_str())
+            .unwrap_or(0)
+    };
+    let number = |v: &Value| v.as_f64().unwrap_or(-1.0);
+    items.sort_by(|a, b| {
+        let by = |k: &str| number(&b[k]).total_cmp(&number(&a[k]));
+        match sort {
+            "partner" => a["partner"].as_str().cmp(&b["partner"].as_str()),
+            "lag" => by("consumer_lag"),
+            "oldest" => by("oldest_undelivered_age_seconds"),
+            "errors" => by("error_rate"),
+            "restarts" => by("lane_restarts"),
+            _ => rank(&b["state"]).cmp(&rank(&a["state"])),
+        }
+        .then(a["partner"].as_str().cmp(&b["partner"].as_str()))
+    });
+    items
+        .iter()
+        .map(|p| PartnerRow {
+            partner: text(&p["partner"]),
+            state: text(&p["state"]),
+            lag: text(&p["consumer_lag"]),
+            oldest: p["oldest_undelivered_age_seconds"]
+                .as_f64()
+                .map_or("—".into(), |s| format!("{s:.0} s")),
+            error_rate: p["error_rate"]
+                .as_f64()
+                .map_or("—".into(), |r| format!("{:.1} %", r * 100.0)),
+            disconnected: if p["disconnected"] == true {
+                "yes"
+            } else {
+                "no"
+            },
+            restarts: text(&p["lane_restarts"]),
+            subscriptions: text(&p["subscriptions"]),
+        })
+        .collect()
 }
 
 // ---- One subscription and its delivery log ----

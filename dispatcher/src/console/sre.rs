@@ -102,6 +102,14 @@ struct ReplayPage {
     count: u64,
 }
 
+/// `request` without its empty fields: a form's empty field is one not given.
+fn given(mut request: Value) -> Value {
+    if let Some(fields) = request.as_object_mut() {
+        fields.retain(|_, v| v.as_str() != Some(""));
+    }
+    request
+}
+
 /// Without `confirm`, the dry run's count and a button; with it, the replay.
 pub(super) async fn replay(
     State(api): State<ApiState>,
@@ -126,12 +134,12 @@ pub(super) async fn replay(
     let (status, answer) = call
         .post(
             &format!("/v1/admin/partners/{}/dead-letters/replay", seg(&partner)),
-            Some(json!({
+            Some(given(json!({
                 "dry_run": !confirmed,
                 "reason": reason,
                 "since": since,
                 "until": until,
-            })),
+            }))),
         )
         .await;
     if !status.is_success() {

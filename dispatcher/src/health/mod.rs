@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod publish;
+
 use crate::metrics as m;
 use crate::subscriptions::table::SubscriptionTable;
 use crate::subscriptions::{Disconnected, Subscription};

@@ -50,6 +50,7 @@ fn config(world: &DispatchWorld) -> RunConfig {
         health_interval: Duration::from_secs(1),
         attempts_topic: Some(e2e::unique("attempts")),
         attempts_body_bytes: 4096,
+        health_topic: None,
     }
 }
 

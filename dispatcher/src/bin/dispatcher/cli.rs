@@ -211,6 +211,10 @@ pub struct RunArgs {
     /// Bytes of each partner answer the delivery log keeps (lossy UTF-8); 0 keeps none.
     #[arg(long, env = "DISPATCHER_ATTEMPTS_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=65_536))]
     pub attempts_body_bytes: u64,
+    /// Where this instance writes its partners' health every 5 s, for the API's
+    /// operators (`/v1/admin/partners`, the console). Empty writes none.
+    #[arg(long, env = "DISPATCHER_HEALTH_TOPIC", default_value = dispatcher::health::publish::DEFAULT_TOPIC)]
+    pub health_topic: String,
     /// A partner failing this long is disconnected: delivery stops and its events wait
     /// in Kafka until it is reconnected (API `POST /v1/partners/{p}/reconnect`), in
     /// milliseconds; 0 never disconnects. Default 24 hours.
@@ -298,6 +302,10 @@ pub struct ApiArgs {
     /// sessions ended (made if missing: one partition, records kept 2 days).
     #[arg(long, env = "API_CONSOLE_TOPIC", default_value = "console-ledger")]
     pub console_topic: String,
+    /// The topic the dispatchers write their partners' health to (`dispatcher run
+    /// --health-topic`); empty: the operators' partners table has no health.
+    #[arg(long, env = "API_HEALTH_TOPIC", default_value = dispatcher::health::publish::DEFAULT_TOPIC)]
+    pub health_topic: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -383,6 +391,7 @@ impl RunArgs {
             health_interval: Duration::from_millis(self.health_interval_ms),
             attempts_topic: (!self.attempts_topic.is_empty()).then(|| self.attempts_topic.clone()),
             attempts_body_bytes: self.attempts_body_bytes as usize,
+            health_topic: (!self.health_topic.is_empty()).then(|| self.health_topic.clone()),
         })
     }
 }

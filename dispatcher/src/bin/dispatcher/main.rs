@@ -147,6 +147,19 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("the console ledger `{}`", args.console_topic))?;
+    let health = if args.health_topic.is_empty() {
+        None
+    } else {
+        Some(
+            dispatcher::api::health::HealthView::start(
+                &shared.kafka,
+                &args.health_topic,
+                stop.clone(),
+            )
+            .await
+            .with_context(|| format!("the partner health topic `{}`", args.health_topic))?,
+        )
+    };
     let console = dispatcher::console::Console::new(secret, args.console_url.clone(), ledger)
         .context("--console-secret-file")?;
     let state = dispatcher::api::ApiState {
@@ -171,6 +184,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         log,
         recovering: Default::default(),
         console: Arc::new(console),
+        health,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
