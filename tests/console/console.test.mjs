@@ -139,6 +139,11 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
     !(await page.content()).includes(OTHER_SUBSCRIPTION),
     "the overview shows only the partner's own subscriptions",
   );
+  // The partner's health, its open failures and the hourly chart.
+  assert.match(await page.locator("dl.facts").first().innerText(), /Health\s+(unknown|healthy|degraded|failing)/);
+  assert.match(await row.innerText(), /0 failing, 2 dead-lettered/);
+  const chart = row.locator('svg[role="img"]');
+  assert.match(await chart.getAttribute("aria-label"), /Success rate per hour over the last 24 hours: 1 hours? with attempts, the lowest 0\.0 %/);
   await accessible(page, "overview");
 
   // The subscription's log, filtered to what failed.

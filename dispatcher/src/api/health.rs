@@ -157,9 +157,36 @@ impl HealthView {
     }
 }
 
+/// `GET /v1/partners/{partner}/health` (a partner token: its own): the partner's row of
+/// [`list`].
+pub(super) async fn one(
+    State(api): State<ApiState>,
+    caller: super::auth::Caller,
+    axum::extract::Path(partner): axum::extract::Path<String>,
+) -> Result<Response, super::error::ApiError> {
+    let known = api.table.all().iter().any(|s| s.partner_id == partner);
+    if !caller.sees(&partner) || !known {
+        return Err(super::error::ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no partner `{partner}`"),
+        ));
+    }
+    let rows = rows(&api);
+    let row = rows
+        .into_iter()
+        .find(|r| r["partner"] == partner.as_str())
+        .unwrap_or(Value::Null);
+    Ok(Json(row).into_response())
+}
+
 /// Every partner (with a subscription, or on a dispatcher's board): health, lag, oldest
 /// undelivered age, error rate, disconnected, lane restarts, subscriptions.
 pub(super) async fn list(State(api): State<ApiState>, Admin(_): Admin) -> Response {
+    Json(json!({ "partners": rows(&api) })).into_response()
+}
+
+fn rows(api: &ApiState) -> Vec<Value> {
     let merged = api
         .health
         .as_ref()
@@ -194,7 +221,7 @@ pub(super) async fn list(State(api): State<ApiState>, Admin(_): Admin) -> Respon
             })
         })
         .collect();
-    Json(json!({ "partners": items })).into_response()
+    items
 }
 
 #[cfg(test)]

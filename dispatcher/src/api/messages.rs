@@ -616,6 +616,8 @@ pub(super) async fn stats(
         "success_rate": stats.success_rate,
         "attempt_duration_ms": pair(stats.attempt_duration_ms),
         "time_to_webhook_ms": pair(stats.time_to_webhook_ms),
+        "open_failures": { "failing": stats.open_failures[0], "dead_lettered": stats.open_failures[1] },
+        "hours": stats.hours,
     }))
     .into_response())
 }

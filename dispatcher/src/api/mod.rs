@@ -157,6 +157,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
         .route("/v1/partners/{partner}/events", get(events::events))
         .route("/v1/event-types", get(event_types::list))
+        .route("/v1/partners/{partner}/health", get(health::one))
         .route("/v1/messages/{webhook_id}", get(messages::message))
         .route("/v1/messages/{webhook_id}/resend", post(messages::resend))
         .route("/v1/subscriptions/{id}/messages", get(messages::list))

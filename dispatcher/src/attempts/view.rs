@@ -105,21 +105,6 @@ pub struct Cursor {
 /// The layout of the view's tables (`PRAGMA user_version`).
 const LAYOUT: i64 = 3;
 
-/// What a subscription's attempts came to in a window.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Stats {
-    /// Records by outcome (attempts and ends without one).
-    pub by_outcome: std::collections::BTreeMap<String, u64>,
-    /// Attempts made (requests sent).
-    pub attempts: u64,
-    /// Delivered attempts / attempts; `None` without attempts.
-    pub success_rate: Option<f64>,
-    /// p50 and p99 of the attempts' durations, in ms.
-    pub attempt_duration_ms: Option<[u64; 2]>,
-    /// p50 and p99 from the event to its delivery, in ms.
-    pub time_to_webhook_ms: Option<[u64; 2]>,
-}
-
 /// The view, on one SQLite file.
 pub struct LogView {
     db: Connection,
@@ -131,7 +116,7 @@ impl std::fmt::Debug for LogView {
     }
 }
 
-fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+pub(super) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_millis()
 }
 
@@ -193,6 +178,7 @@ impl LogView {
                  ON messages (subscription_id, updated_ms DESC, webhook_id DESC);
              CREATE INDEX IF NOT EXISTS messages_by_partner ON messages (partner, webhook_id);
              CREATE INDEX IF NOT EXISTS messages_by_webhook ON messages (webhook_id);
+             CREATE INDEX IF NOT EXISTS messages_by_status ON messages (subscription_id, status);
              CREATE TABLE IF NOT EXISTS positions (
                  partition INTEGER PRIMARY KEY,
                  next_offset INTEGER NOT NULL
@@ -473,68 +459,6 @@ impl LogView {
         Ok(((pages - free).max(0) * size) as u64)
     }
 
-    /// What `subscription`'s records since `since` came to.
-    pub fn stats(
-        &self,
-        subscription: &str,
-        partner: Option<&str>,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> anyhow::Result<Stats> {
-        let since = ms(since);
-        let mut by_outcome = std::collections::BTreeMap::new();
-        let mut q = self.db.prepare_cached(
-            "SELECT outcome, count(*) FROM attempts
-             WHERE subscription_id = ?1 AND started_ms >= ?2 AND (?3 IS NULL OR partner = ?3)
-             GROUP BY outcome",
-        )?;
-        for row in q.query_map(params![subscription, since, partner], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })? {
-            let (outcome, n) = row?;
-            by_outcome.insert(outcome, n as u64);
-        }
-        let (attempts, delivered): (i64, i64) = self.db.query_row(
-            "SELECT count(*), coalesce(sum(outcome = 'delivered'), 0) FROM attempts
-             WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted
-               AND (?3 IS NULL OR partner = ?3)",
-            params![subscription, since, partner],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let quantiles =
-            |column: &str, only_delivered: bool| -> anyhow::Result<Option<[u64; 2]>> {
-                let filter =
-                    format!(
-                "FROM attempts WHERE subscription_id = ?1 AND started_ms >= ?2 AND attempted
-                 AND (?3 IS NULL OR partner = ?3) AND {column} IS NOT NULL{}",
-                if only_delivered { " AND outcome = 'delivered'" } else { "" }
-            );
-                let n: i64 = self.db.query_row(
-                    &format!("SELECT count(*) {filter}"),
-                    params![subscription, since, partner],
-                    |r| r.get(0),
-                )?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                let at = |q: f64| -> anyhow::Result<u64> {
-                    let k = ((n - 1) as f64 * q).round() as i64;
-                    Ok(self.db.query_row(
-                        &format!("SELECT {column} {filter} ORDER BY {column} LIMIT 1 OFFSET ?4"),
-                        params![subscription, since, partner, k],
-                        |r| r.get::<_, i64>(0),
-                    )? as u64)
-                };
-                Ok(Some([at(0.5)?, at(0.99)?]))
-            };
-        Ok(Stats {
-            by_outcome,
-            attempts: attempts as u64,
-            success_rate: (attempts > 0).then(|| delivered as f64 / attempts as f64),
-            attempt_duration_ms: quantiles("duration_ms", false)?,
-            time_to_webhook_ms: quantiles("to_webhook_ms", true)?,
-        })
-    }
-
     /// Records and messages held.
     pub fn counts(&self) -> anyhow::Result<(u64, u64)> {
         Ok(self.db.query_row(
@@ -565,6 +489,9 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         next_attempt_at: time(r.get(10)?),
     })
 }
+
+mod stats;
+pub use stats::Stats;
 
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod links;
 mod manage;
 mod message;
+mod overview;
 mod pages;
 mod sre;
 
@@ -217,7 +218,7 @@ pub fn routes() -> Router<ApiState> {
             "/console",
             get(|| async { Redirect::permanent("/console/") }),
         )
-        .route("/console/", get(pages::overview))
+        .route("/console/", get(overview::overview))
         .route("/console/events", get(catalog::catalog))
         .route("/console/login", get(entry::login_form).post(entry::login))
         .route("/console/logout", post(entry::logout))

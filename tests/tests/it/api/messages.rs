@@ -127,6 +127,19 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         "{stats}"
     );
     assert!(stats["time_to_webhook_ms"]["p99"].is_u64(), "{stats}");
+    let hourly: u64 = stats["hours"]
+        .as_array()
+        .map(|h| h.iter().filter_map(|x| x["attempts"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(hourly, 3, "the hours hold the three attempts: {stats}");
+    assert_eq!(
+        (
+            stats["open_failures"]["failing"].as_u64(),
+            stats["open_failures"]["dead_lettered"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "delivered in the end: nothing open"
+    );
     let (s, _) = get(
         &api,
         &token,
