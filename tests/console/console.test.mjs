@@ -349,6 +349,32 @@ test("ending a partner's sessions signs them out and voids its earlier links", a
   await page.context().close();
 });
 
+test("a disconnected partner reconnects itself from the overview", async () => {
+  const other = OTHER_SUBSCRIPTION.replace(/-s$/, "");
+  const cut = await fetch(`${API}/v1/partners/${other}/disconnect`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: JSON.stringify({ reason: "console test" }),
+  });
+  assert.equal(cut.status, 200);
+  const page = await freshPage();
+  await signIn(page, await portalLink(other, "manage"));
+  assert.match(await page.locator("dl.facts").first().innerText(), /Health\s+disconnected/);
+  await accessible(page, "overview-disconnected");
+  await page.getByRole("button", { name: "Reconnect" }).click();
+  await page.waitForURL(`${API}/console/`);
+  let health = "";
+  for (let i = 0; i < 50; i++) {
+    health = await page.locator("dl.facts").first().innerText();
+    if (!/disconnected/.test(health)) break;
+    await page.waitForTimeout(300);
+    await page.reload();
+  }
+  assert.doesNotMatch(health, /disconnected/, "reconnected");
+  assert.equal(await page.getByRole("button", { name: "Reconnect" }).count(), 0);
+  await page.context().close();
+});
+
 test("an operator signs in with the admin token and sees every partner", async () => {
   const page = await freshPage();
   await page.goto(`${API}/console/`);

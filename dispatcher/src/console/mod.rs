@@ -246,6 +246,10 @@ pub fn routes() -> Router<ApiState> {
             post(sre::replay),
         )
         .route("/console/audit", get(sre::audit))
+        .route(
+            "/console/partners/{partner}/reconnect",
+            post(overview::reconnect),
+        )
         .route("/console/static/console.css", get(stylesheet))
         .layer(axum::middleware::from_fn(same_site_posts))
         .layer(axum::middleware::map_response(defences))

@@ -89,6 +89,7 @@ fn chart(hours: &[Value], now: chrono::DateTime<chrono::Utc>) -> Option<Chart> {
 
 /// The partner's health as the dispatchers see it.
 struct Health {
+    partner: String,
     state: String,
     oldest: String,
     lag: String,
@@ -128,6 +129,7 @@ pub(super) struct Sort {
 struct Overview {
     layout: Layout,
     admin: bool,
+    manage: bool,
     /// A partner's own health (not for operators: they have the partners table).
     health: Option<Health>,
     partners: Vec<PartnerRow>,
@@ -214,6 +216,7 @@ pub(super) async fn overview(
                 .get(&format!("/v1/partners/{}/health", super::seg(partner)))
                 .await;
             status.is_success().then(|| Health {
+                partner: partner.clone(),
                 state: h["state"].as_str().unwrap_or("unknown").to_string(),
                 oldest: h["oldest_undelivered_age_seconds"]
                     .as_f64()
@@ -238,6 +241,7 @@ pub(super) async fn overview(
         Overview {
             layout: Layout::of(&viewer),
             admin,
+            manage: viewer.manages(),
             health,
             partners,
             sorts,
@@ -324,4 +328,28 @@ mod tests {
         );
         assert!(chart(&[], now).is_none(), "no attempts, no chart");
     }
+}
+
+/// `POST /console/partners/{partner}/reconnect`: delivery again to every subscription
+/// of a disconnected partner (the API's reconnect; a partner may do it itself).
+pub(super) async fn reconnect(
+    State(api): State<ApiState>,
+    viewer: Viewer,
+    axum::extract::Path(partner): axum::extract::Path<String>,
+    axum::Form(form): axum::Form<super::entry::CsrfForm>,
+) -> Response {
+    if let Some(refused) = super::entry::check_change(&api, &viewer, &form.csrf) {
+        return refused;
+    }
+    let call = ApiCall {
+        api: &api,
+        viewer: &viewer,
+    };
+    let (status, body) = call
+        .post(&format!("/v1/partners/{}/reconnect", super::seg(&partner)), None)
+        .await;
+    if !status.is_success() {
+        return api_failure(Layout::of(&viewer), status, &body);
+    }
+    axum::response::IntoResponse::into_response(axum::response::Redirect::to("/console/"))
 }
