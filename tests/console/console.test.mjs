@@ -411,6 +411,14 @@ test("an operator signs in with the admin token and sees every partner", async (
   assert.ok(pending >= 1, `a pending dead letter (${pending})`);
   assert.match(await page.locator("table").innerText(), /status 400/);
   await accessible(page, "dead-letters");
+  // One of them in full: its headers and the body that was to be sent.
+  await page.locator("table tbody tr").first().getByRole("link").click();
+  await assert.doesNotReject(page.getByRole("heading", { name: /^Dead letter \d+\/\d+ of / }).waitFor());
+  const shown = await page.locator("main").innerText();
+  assert.match(shown, /dlq-reason/);
+  assert.match(shown, /"order_id": "order-console-/);
+  await accessible(page, "dead-letter");
+  await page.getByRole("link", { name: /Back to the dead letters/ }).click();
   await page.getByLabel("Reason contains").fill("status 400");
   await page.getByRole("button", { name: "Count what would be replayed" }).click();
   assert.equal(Number(await page.locator("#replay-count").innerText()), pending, "the dry run counts the pending ones");

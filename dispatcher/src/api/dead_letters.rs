@@ -160,3 +160,32 @@ pub(super) async fn replay(
     }))
     .into_response())
 }
+
+/// `GET /v1/admin/partners/{partner}/dead-letters/{partition}/{offset}`: one dead
+/// letter in full (`dispatcher dlq show`): its headers, its payload, what the ledger
+/// says of it.
+pub(super) async fn show(
+    State(api): State<ApiState>,
+    Admin(_): Admin,
+    Path((partner, partition, offset)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let partition: i32 = partition
+        .parse()
+        .map_err(|_| ApiError::parameter("partition", "a partition number"))?;
+    let offset: i64 = offset
+        .parse()
+        .map_err(|_| ApiError::parameter("offset", "an offset"))?;
+    known(&api, &partner)?;
+    let ledger = crate::dlq::TopicArgs::from_env().ledger_topic;
+    match crate::dlq::dead_letter(&api.kafka, &partner, partition, offset, &ledger)
+        .await
+        .map_err(failed)?
+    {
+        Some(letter) => Ok(Json(letter).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead letter of `{partner}` at {partition}/{offset}"),
+        )),
+    }
+}

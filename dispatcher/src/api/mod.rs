@@ -184,6 +184,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/admin/partners/{partner}/dead-letters/replay",
             post(dead_letters::replay),
         )
+        .route(
+            "/v1/admin/partners/{partner}/dead-letters/{partition}/{offset}",
+            get(dead_letters::show),
+        )
         .route("/v1/admin/audit", get(audit::list))
         .route("/v1/admin/partners", get(health::list))
         .merge(crate::console::routes())

@@ -245,6 +245,10 @@ pub fn routes() -> Router<ApiState> {
             "/console/partners/{partner}/dead-letters/replay",
             post(sre::replay),
         )
+        .route(
+            "/console/partners/{partner}/dead-letters/{partition}/{offset}",
+            get(sre::dead_letter),
+        )
         .route("/console/audit", get(sre::audit))
         .route(
             "/console/partners/{partner}/reconnect",

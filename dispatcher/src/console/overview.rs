@@ -300,6 +300,33 @@ async fn partner_rows(call: &ApiCall<'_>, sort: &str) -> Vec<PartnerRow> {
         .collect()
 }
 
+/// `POST /console/partners/{partner}/reconnect`: delivery again to every subscription
+/// of a disconnected partner (the API's reconnect; a partner may do it itself).
+pub(super) async fn reconnect(
+    State(api): State<ApiState>,
+    viewer: Viewer,
+    axum::extract::Path(partner): axum::extract::Path<String>,
+    axum::Form(form): axum::Form<super::entry::CsrfForm>,
+) -> Response {
+    if let Some(refused) = super::entry::check_change(&api, &viewer, &form.csrf) {
+        return refused;
+    }
+    let call = ApiCall {
+        api: &api,
+        viewer: &viewer,
+    };
+    let (status, body) = call
+        .post(
+            &format!("/v1/partners/{}/reconnect", super::seg(&partner)),
+            None,
+        )
+        .await;
+    if !status.is_success() {
+        return api_failure(Layout::of(&viewer), status, &body);
+    }
+    axum::response::IntoResponse::into_response(axum::response::Redirect::to("/console/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,28 +355,4 @@ mod tests {
         );
         assert!(chart(&[], now).is_none(), "no attempts, no chart");
     }
-}
-
-/// `POST /console/partners/{partner}/reconnect`: delivery again to every subscription
-/// of a disconnected partner (the API's reconnect; a partner may do it itself).
-pub(super) async fn reconnect(
-    State(api): State<ApiState>,
-    viewer: Viewer,
-    axum::extract::Path(partner): axum::extract::Path<String>,
-    axum::Form(form): axum::Form<super::entry::CsrfForm>,
-) -> Response {
-    if let Some(refused) = super::entry::check_change(&api, &viewer, &form.csrf) {
-        return refused;
-    }
-    let call = ApiCall {
-        api: &api,
-        viewer: &viewer,
-    };
-    let (status, body) = call
-        .post(&format!("/v1/partners/{}/reconnect", super::seg(&partner)), None)
-        .await;
-    if !status.is_success() {
-        return api_failure(Layout::of(&viewer), status, &body);
-    }
-    axum::response::IntoResponse::into_response(axum::response::Redirect::to("/console/"))
 }

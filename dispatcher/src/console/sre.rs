@@ -16,6 +16,8 @@ use crate::api::ApiState;
 
 struct Row {
     place: String,
+    /// The record's page.
+    href: String,
     at: String,
     event_type: String,
     order_id: String,
@@ -61,6 +63,12 @@ pub(super) async fn dead_letters(
                 .iter()
                 .map(|d| Row {
                     place: format!("{}/{}", text(&d["partition"]), text(&d["offset"])),
+                    href: format!(
+                        "/console/partners/{}/dead-letters/{}/{}",
+                        seg(&partner),
+                        text(&d["partition"]),
+                        text(&d["offset"])
+                    ),
                     at: text(&d["dead_lettered_at"]),
                     event_type: text(&d["event_type"]),
                     order_id: text(&d["order_id"]),
@@ -240,6 +248,81 @@ pub(super) async fn audit(
             partner: filters.partner,
             actor: filters.actor,
             items,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "dead_letter.html")]
+struct DeadLetterPage {
+    layout: Layout,
+    partner: String,
+    place: String,
+    at: String,
+    event_type: String,
+    order_id: String,
+    webhook_id: String,
+    subscription_id: String,
+    reason: String,
+    state: String,
+    handled: Option<String>,
+    headers: Vec<(String, String)>,
+    /// What was to be sent (our body, but shown escaped all the same).
+    payload: String,
+}
+
+/// One dead letter in full.
+pub(super) async fn dead_letter(
+    State(api): State<ApiState>,
+    viewer: Viewer,
+    Path((partner, partition, offset)): Path<(String, String, String)>,
+) -> Response {
+    let call = ApiCall {
+        api: &api,
+        viewer: &viewer,
+    };
+    let (status, d) = call
+        .get(&format!(
+            "/v1/admin/partners/{}/dead-letters/{}/{}",
+            seg(&partner),
+            seg(&partition),
+            seg(&offset)
+        ))
+        .await;
+    if !status.is_success() {
+        return api_failure(Layout::of(&viewer), status, &d);
+    }
+    let payload = match serde_json::from_str::<Value>(d["payload"].as_str().unwrap_or_default()) {
+        Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
+        Err(_) => text(&d["payload"]),
+    };
+    render(
+        StatusCode::OK,
+        DeadLetterPage {
+            layout: Layout::of(&viewer),
+            partner,
+            place: format!("{partition}/{offset}"),
+            at: text(&d["dead_lettered_at"]),
+            event_type: text(&d["event_type"]),
+            order_id: text(&d["order_id"]),
+            webhook_id: text(&d["webhook_id"]),
+            subscription_id: text(&d["subscription_id"]),
+            reason: text(&d["reason"]),
+            state: text(&d["state"]),
+            handled: d["handled"].is_object().then(|| {
+                format!(
+                    "{} at {} by {} (operation {})",
+                    text(&d["handled"]["action"]),
+                    text(&d["handled"]["at"]),
+                    text(&d["handled"]["operator"]),
+                    text(&d["handled"]["operation"])
+                )
+            }),
+            headers: d["headers"]
+                .as_object()
+                .map(|h| h.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+                .unwrap_or_default(),
+            payload,
         },
     )
 }

@@ -61,7 +61,7 @@ mod topics;
 pub use filter::{DlqRecord, Filter};
 use ledger::*;
 pub use ledger::{Action, AuditRecord, AuditStatus, Handled, LedgerEntry, Timestamp};
-pub use listing::{dead_letters, DeadLetter};
+pub use listing::{dead_letter, dead_letters, DeadLetter, DeadLetterShown};
 use output::*;
 use replay::*;
 use topics::*;
