@@ -134,7 +134,7 @@ pub(super) async fn replay(
         .validate(chrono::Utc::now())
         .map_err(|e| ApiError::field("filter", e.0))?;
     let key = format!("dead-letters/{partner}");
-    let Some(_running) = super::messages::Running::start(&api.recovering, &key) else {
+    let Some(_running) = super::recover::Running::start(&api.recovering, &key) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

@@ -37,6 +37,7 @@ pub mod health;
 mod limits;
 mod messages;
 mod partners;
+mod recover;
 mod subscriptions;
 
 pub use auth::Tokens;
@@ -161,7 +162,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/messages/{webhook_id}", get(messages::message))
         .route("/v1/messages/{webhook_id}/resend", post(messages::resend))
         .route("/v1/subscriptions/{id}/messages", get(messages::list))
-        .route("/v1/subscriptions/{id}/recover", post(messages::recover))
+        .route("/v1/subscriptions/{id}/recover", post(recover::recover))
         .route("/v1/subscriptions/{id}/stats", get(messages::stats))
         .route(
             "/v1/partners/{partner}/disconnect",
