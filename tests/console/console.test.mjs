@@ -388,6 +388,12 @@ test("an operator signs in with the admin token and sees every partner", async (
   await page.waitForURL(`${API}/console/`);
   const text = await page.locator("main").innerText();
   assert.ok(text.includes(SUBSCRIPTION) && text.includes(OTHER_SUBSCRIPTION), text);
+  // B's event was delivered on its first attempt: its hourly time to webhook is drawn.
+  const theirs = page.getByRole("row").filter({ hasText: OTHER_SUBSCRIPTION }).last();
+  assert.match(
+    await theirs.locator('svg[role="img"]').last().getAttribute("aria-label"),
+    /Mean time to webhook per hour over the last 24 hours: 1 hours? with deliveries, the slowest \d+ ms/,
+  );
   await accessible(page, "overview-operator");
 
   // Every partner with its health as the dispatchers report it (every 5 s), sortable.

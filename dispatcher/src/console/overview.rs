@@ -24,6 +24,7 @@ struct SubscriptionRow {
     /// Failing and dead-lettered messages now.
     open: String,
     chart: Option<Chart>,
+    latency: Option<Chart>,
 }
 
 /// The last 24 hours' success rate, one bar an hour (drawn as SVG attributes: the CSP
@@ -40,41 +41,55 @@ struct Bar {
     fill: &'static str,
 }
 
-/// A chart of `hours` (the stats' `hours` of a 24 h window) ending at `now`.
-fn chart(hours: &[Value], now: chrono::DateTime<chrono::Utc>) -> Option<Chart> {
-    const HEIGHT: f64 = 22.0;
+const HEIGHT: f64 = 22.0;
+
+/// The hours of `hours` (the stats' `hours` of a 24 h window) within the day ending at
+/// `now`, each with its x on the chart.
+fn slots(hours: &[Value], now: chrono::DateTime<chrono::Utc>) -> Vec<(u32, &Value)> {
     let this_hour = now.timestamp() / 3600;
+    hours
+        .iter()
+        .filter_map(|h| {
+            let from = h["from"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+            let ago = this_hour - from.timestamp() / 3600;
+            (0..24).contains(&ago).then(|| ((23 - ago as u32) * 4, h))
+        })
+        .collect()
+}
+
+fn bar(x: u32, share: f64, fill: &'static str) -> Bar {
+    let height = ((share * HEIGHT).round() as u32).max(1);
+    Bar {
+        x,
+        y: 24 - height,
+        height,
+        fill,
+    }
+}
+
+/// The success rate per hour of the day ending at `now`.
+fn chart(hours: &[Value], now: chrono::DateTime<chrono::Utc>) -> Option<Chart> {
     let mut bars = Vec::new();
     let mut lowest: Option<f64> = None;
-    for h in hours {
-        let (Some(from), Some(attempts), Some(delivered)) = (
-            h["from"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()),
+    for (x, h) in slots(hours, now) {
+        let (Some(attempts), Some(delivered)) = (
             h["attempts"].as_u64().filter(|a| *a > 0),
             h["delivered"].as_u64(),
         ) else {
             continue;
         };
-        let ago = this_hour - from.timestamp() / 3600;
-        if !(0..24).contains(&ago) {
-            continue;
-        }
         let rate = delivered as f64 / attempts as f64;
         lowest = Some(lowest.map_or(rate, |l: f64| l.min(rate)));
-        let height = ((rate * HEIGHT).round() as u32).max(1);
-        bars.push(Bar {
-            x: (23 - ago as u32) * 4,
-            y: 24 - height,
-            height,
-            fill: if rate >= 0.99 {
-                "#047857"
-            } else if rate >= 0.9 {
-                "#b45309"
-            } else {
-                "#b91c1c"
-            },
-        });
+        let fill = if rate >= 0.99 {
+            "#047857"
+        } else if rate >= 0.9 {
+            "#b45309"
+        } else {
+            "#b91c1c"
+        };
+        bars.push(bar(x, rate, fill));
     }
     let lowest = lowest?;
     Some(Chart {
@@ -84,6 +99,29 @@ fn chart(hours: &[Value], now: chrono::DateTime<chrono::Utc>) -> Option<Chart> {
             lowest * 100.0
         ),
         bars,
+    })
+}
+
+/// The mean time to webhook per hour of the day ending at `now`, against the day's
+/// slowest hour.
+fn latency_chart(hours: &[Value], now: chrono::DateTime<chrono::Utc>) -> Option<Chart> {
+    let means: Vec<(u32, f64)> = slots(hours, now)
+        .into_iter()
+        .filter_map(|(x, h)| Some((x, h["mean_time_to_webhook_ms"].as_f64()?)))
+        .collect();
+    let slowest = means.iter().map(|(_, m)| *m).fold(0.0, f64::max);
+    if means.is_empty() {
+        return None;
+    }
+    Some(Chart {
+        label: format!(
+            "Mean time to webhook per hour over the last 24 hours: {} hours with deliveries, the slowest {slowest:.0} ms",
+            means.len()
+        ),
+        bars: means
+            .iter()
+            .map(|(x, m)| bar(*x, if slowest > 0.0 { m / slowest } else { 0.0 }, "#1d4ed8"))
+            .collect(),
     })
 }
 
@@ -182,6 +220,7 @@ pub(super) async fn overview(
             p99: "—".into(),
             open: "—".into(),
             chart: None,
+            latency: None,
         };
         if i < OVERVIEW_FIGURES {
             let hour = call.stats(&path, "1h").await;
@@ -202,9 +241,9 @@ pub(super) async fn overview(
                     open("failing"),
                     open("dead_lettered")
                 );
-                row.chart = day["hours"]
-                    .as_array()
-                    .and_then(|h| chart(h, chrono::Utc::now()));
+                let hours = day["hours"].as_array().cloned().unwrap_or_default();
+                row.chart = chart(&hours, chrono::Utc::now());
+                row.latency = latency_chart(&hours, chrono::Utc::now());
             }
         }
         subscriptions.push(row);
@@ -354,5 +393,17 @@ mod tests {
             c.label
         );
         assert!(chart(&[], now).is_none(), "no attempts, no chart");
+        let slow = |from: &str, ms: u64| serde_json::json!({"from": from, "attempts": 1, "delivered": 1, "mean_time_to_webhook_ms": ms});
+        let l = latency_chart(
+            &[
+                slow("2026-12-05T09:00:00Z", 100),
+                slow("2026-12-05T10:00:00Z", 400),
+            ],
+            now,
+        )
+        .expect("a latency chart");
+        let drawn: Vec<(u32, u32)> = l.bars.iter().map(|b| (b.x, b.height)).collect();
+        assert_eq!(drawn, vec![(88, 6), (92, 22)], "against the slowest hour");
+        assert!(l.label.contains("the slowest 400 ms"), "{}", l.label);
     }
 }
