@@ -33,7 +33,9 @@ fn tail(
     n: i64,
 ) -> anyhow::Result<Vec<crate::kafka::TopicRecord>> {
     use rdkafka::consumer::Consumer;
-    let Ok(partitions) = settings.partition_count(topic) else {
+    // A topic nobody wrote yet is an empty trail; a broker that does not answer is an
+    // error, not an empty trail.
+    let Some(partitions) = settings.all_partition_counts()?.get(topic).copied() else {
         return Ok(Vec::new());
     };
     let consumer: rdkafka::consumer::BaseConsumer = settings.reader().create()?;

@@ -133,8 +133,9 @@ pub(super) async fn replay(
     filter
         .validate(chrono::Utc::now())
         .map_err(|e| ApiError::field("filter", e.0))?;
-    let key = format!("dead-letters/{partner}");
-    let Some(_running) = super::recover::Running::start(&api.recovering, &key) else {
+    // Held by the task until it ends (see `recover`).
+    let key = super::recover::Running::key(&partner);
+    let Some(running) = super::recover::Running::start(&api.recovering, &key) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -147,6 +148,7 @@ pub(super) async fn replay(
     // send and its ledger entry.
     let (kafka, table) = (api.kafka.clone(), api.table.clone());
     let (_, counts) = tokio::spawn(async move {
+        let _running = running;
         crate::dlq::replay_counted(&kafka, table, &filter, &run, &topics).await
     })
     .await

@@ -19,8 +19,9 @@ use super::auth::Admin;
 use super::ApiState;
 use crate::kafka::KafkaSettings;
 
-/// A snapshot older than this is an instance that stopped: left out.
-const FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// A snapshot older than this (three of an instance's writes) is an instance that
+/// stopped or restarted (with a new id): left out, then forgotten.
+const FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 
 /// The newest board of each dispatcher instance.
 #[derive(Debug, Default)]
@@ -85,13 +86,12 @@ impl HealthView {
         ) else {
             return;
         };
-        self.boards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                instance.to_string(),
-                (at.with_timezone(&chrono::Utc), snapshot),
-            );
+        // An instance's clock ahead of ours must not keep it fresh after it stopped.
+        let now = chrono::Utc::now();
+        let at = at.with_timezone(&chrono::Utc).min(now);
+        let mut boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+        boards.retain(|_, (seen, _)| now - *seen < FRESH);
+        boards.insert(instance.to_string(), (at, snapshot));
     }
 
     /// Per partner, merged over the instances that wrote since `now - FRESH`: the worst

@@ -46,13 +46,19 @@ pub(super) async fn recover(
     }
     // (A dry run reads the whole dead-letter topic and ledger: limited as a change.)
     api.allow_write(&caller)?;
-    // One recover of a subscription at a time on this instance: two at once would both
-    // read the ledger before either wrote it, and send the same records twice.
-    let Some(_running) = Running::start(&api.recovering, &id) else {
+    // One replay of a partner's dead letters at a time on this instance (a recover, or
+    // an operator's replay): two at once would both read the ledger before either
+    // wrote it, and send the same records twice. Held by the task until it ends, not
+    // by the request (a client that goes away does not free it).
+    let Some(running) = Running::start(&api.recovering, &Running::key(&subscription.partner_id))
+    else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("a recover of `{id}` is running; try again when it is done"),
+            format!(
+                "a recover or replay of `{}`'s dead letters is running; try again when it is done",
+                subscription.partner_id
+            ),
         ));
     };
     let filter = crate::dlq::Filter {
@@ -95,6 +101,7 @@ pub(super) async fn recover(
     // send and its ledger entry.
     let (kafka, table) = (api.kafka.clone(), api.table.clone());
     let replay = tokio::spawn(async move {
+        let _running = running;
         crate::dlq::replay_counted(&kafka, table, &filter, &run, &topics).await
     });
     let (_, counts) = replay
@@ -124,6 +131,11 @@ pub(super) struct Running {
 }
 
 impl Running {
+    /// The key of a partner's dead letters.
+    pub(super) fn key(partner: &str) -> String {
+        format!("dead-letters/{partner}")
+    }
+
     pub(super) fn start(
         set: &Arc<Mutex<std::collections::HashSet<String>>>,
         id: &str,

@@ -87,7 +87,11 @@ pub async fn dead_letter(
     let kafka = Topics::connect(settings).await?;
     let partner = kafka.partner(partner)?;
     let topic = dead_letter_topic(&partner);
-    if !kafka.exists(&topic) {
+    if !kafka
+        .partitions
+        .get(&topic)
+        .is_some_and(|p| p.contains(&partition))
+    {
         return Ok(None);
     }
     let (s, t) = (settings.clone(), topic.clone());
