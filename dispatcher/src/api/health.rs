@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -49,29 +48,12 @@ impl HealthView {
         consumer.assign(&assignment)?;
         let view = Arc::new(Self::default());
         let filled = Arc::clone(&view);
-        let topic = topic.to_string();
-        tokio::spawn(async move {
-            let mut stream = consumer.stream();
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    next = stream.next() => next,
-                };
-                match next {
-                    Some(Ok(m)) => {
-                        if let Some(v) = m
-                            .payload()
-                            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-                        {
-                            filled.apply(v);
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%topic, %error, "reading the partner health topic");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    None => break,
-                }
+        crate::kafka::follow(consumer, topic.to_string(), stop, move |m| {
+            if let Some(v) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+            {
+                filled.apply(v);
             }
         });
         Ok(view)

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -134,39 +133,23 @@ impl Ledger {
         let (tx, applied) = watch::channel(low);
         let follow_state = Arc::clone(&state);
         let follow_topic = topic.to_string();
-        tokio::spawn(async move {
-            let mut stream = consumer.stream();
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    next = stream.next() => next,
-                };
-                match next {
-                    Some(Ok(m)) => {
-                        let entry = m
-                            .payload()
-                            .and_then(|p| serde_json::from_slice::<Entry>(p).ok());
-                        let mut state = follow_state.lock().unwrap_or_else(|p| p.into_inner());
-                        match entry {
-                            Some(entry) => state.apply(entry),
-                            None => {
-                                tracing::warn!(topic = %follow_topic, offset = m.offset(), "a console ledger record that is not one: skipped")
-                            }
-                        }
-                        // (Now and then: catching up on a long topic stays linear.)
-                        if m.offset() % 256 == 0 {
-                            state.prune(super::now());
-                        }
-                        drop(state);
-                        tx.send_replace(m.offset() + 1);
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(topic = %follow_topic, %error, "reading the console ledger");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    None => break,
+        crate::kafka::follow(consumer, follow_topic.clone(), stop, move |m| {
+            let entry = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Entry>(p).ok());
+            let mut state = follow_state.lock().unwrap_or_else(|p| p.into_inner());
+            match entry {
+                Some(entry) => state.apply(entry),
+                None => {
+                    tracing::warn!(topic = %follow_topic, offset = m.offset(), "a console ledger record that is not one: skipped")
                 }
             }
+            // (Now and then: catching up on a long topic stays linear.)
+            if m.offset() % 256 == 0 {
+                state.prune(super::now());
+            }
+            drop(state);
+            tx.send_replace(m.offset() + 1);
         });
         let ledger = Self {
             topic: topic.to_string(),

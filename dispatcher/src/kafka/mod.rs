@@ -9,6 +9,8 @@ pub mod offsets;
 mod on_demand;
 mod settings;
 
+mod follow;
+pub use follow::follow;
 pub use on_demand::TopicOnDemand;
 
 pub use settings::{read_ranges, visit_ranges, KafkaSettings, Patience, TopicRecord};
