@@ -48,6 +48,26 @@ pub struct Script {
     /// The body of a scripted failure (default `scripted failure`), sent as HTML when it
     /// starts with `<`: a partner's server may answer anything, markup included.
     pub fail_body: Option<String>,
+    /// How the ownership challenge (`webhook.endpoint_verification`) is answered; it is
+    /// answered before the rest of the script applies (that is for events).
+    pub challenge: ChallengeAnswer,
+}
+
+/// How a receiver answers the ownership challenge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChallengeAnswer {
+    /// As a partner should: a verified signature, then 200 with the challenge.
+    #[default]
+    Right,
+    /// 200 with another value.
+    Wrong,
+    /// The right answer after 10 s (past the dispatcher's few seconds).
+    Late,
+    /// No answer at all.
+    Never,
+    /// Like an event: 204, no challenge (a receiver that does not know the challenge).
+    Ignore,
 }
 
 /// One accepted (verified) delivery.
@@ -77,6 +97,7 @@ struct Inner {
     in_flight: u32,
     max_in_flight: u32,
     overloaded: u64,
+    challenges: u64,
 }
 
 /// Counts a request as being answered until dropped.
@@ -183,6 +204,11 @@ impl Receiver {
         self.with(|i| i.rejected_signatures)
     }
 
+    /// Ownership challenges received (answered or not).
+    pub fn challenges(&self) -> u64 {
+        self.with(|i| i.challenges)
+    }
+
     /// Requests received since the script was last set (answered or not).
     pub fn requests(&self) -> u64 {
         self.with(|i| i.requests)
@@ -200,8 +226,41 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The ownership challenge: a signed POST whose `data.challenge` the endpoint sends
+/// back, `{"challenge": "..."}`, to show it wants these events (docs/PARTNER_GUIDE.md).
+async fn challenge(app: &AppState, headers: &HeaderMap, body: &Bytes, json: &serde_json::Value) -> Response {
+    let answer = {
+        let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.challenges += 1;
+        inner.script.challenge
+    };
+    // A real receiver verifies the signature first, as for every event.
+    if let Err(e) = app.verifier.verify(body, headers) {
+        return (StatusCode::UNAUTHORIZED, format!("signature refused: {e}")).into_response();
+    }
+    let value = json["data"]["challenge"].as_str().unwrap_or_default();
+    match answer {
+        ChallengeAnswer::Right => {}
+        ChallengeAnswer::Wrong => {
+            return axum::Json(serde_json::json!({ "challenge": format!("not-{value}") }))
+                .into_response()
+        }
+        ChallengeAnswer::Late => tokio::time::sleep(Duration::from_secs(10)).await,
+        ChallengeAnswer::Never => std::future::pending::<()>().await,
+        ChallengeAnswer::Ignore => return StatusCode::NO_CONTENT.into_response(),
+    }
+    axum::Json(serde_json::json!({ "challenge": value })).into_response()
+}
+
 async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let received_at = std::time::SystemTime::now();
+    if body.len() < 4096 {
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        if json["type"] == "webhook.endpoint_verification" {
+            return challenge(&app, &headers, &body, &json).await;
+        }
+    }
     let (script, n, over) = {
         let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.requests += 1;

@@ -40,6 +40,8 @@ pub struct Shared {
     pub partitions: i32,
     /// Partitions of each partner's topics (deliveries, retries, dead letters).
     pub partner_partitions: i32,
+    /// The client certificate webhooks present (`None`: none).
+    pub client_cert: Option<crate::webhook::tls::ClientCertFiles>,
 }
 
 impl Shared {
@@ -192,10 +194,11 @@ impl App {
             &config.orders_topic,
             Duration::from_secs(10),
         )?;
-        let client = WebhookClient::with_egress_proxy(
+        let client = WebhookClient::build(
             Arc::clone(&shared.allowlist),
             Duration::from_secs(5),
             config.egress_proxy.as_deref(),
+            shared.client_cert.clone(),
         )?
         .excerpt_bytes(config.attempts_body_bytes);
         if let Some(proxy) = &config.egress_proxy {
@@ -261,6 +264,7 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(client.clone().watch_client_cert(shutdown.clone()));
         let server_stop = shutdown.clone();
         let routes = observability(board, groups.clone());
         let server = tokio::spawn(async move {

@@ -69,6 +69,18 @@ pub const ROUTED: &str = "dispatcher_router_records_total";
 pub const SUBSCRIPTION_CHANGES: &str = "dispatcher_subscription_changes_total";
 /// Subscription records refused when read from the topic.
 pub const INVALID_SUBSCRIPTIONS: &str = "dispatcher_invalid_subscriptions_total";
+/// Client certificate reloads, by `outcome` (`loaded`, `refused`: the new pair did not
+/// load and the one in use stayed).
+pub const CLIENT_CERT_RELOADS: &str = "dispatcher_client_cert_reloads_total";
+/// Endpoint ownership challenges, by `outcome` (`verified`, `failed_attempt`,
+/// `verification_failed`).
+pub const ENDPOINT_VERIFICATIONS: &str = "dispatcher_endpoint_verifications_total";
+
+/// Counts one client certificate reload ([`CLIENT_CERT_RELOADS`]).
+pub fn client_cert_reload(loaded: bool) {
+    let outcome = if loaded { "loaded" } else { "refused" };
+    metrics::counter!(CLIENT_CERT_RELOADS, "outcome" => outcome).increment(1);
+}
 
 /// Seconds from an event's `occurred_at` to its partner's 2xx, per partner (retries
 /// included: the latency the partner feels).

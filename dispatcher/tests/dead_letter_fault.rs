@@ -81,6 +81,8 @@ async fn fixture(script: Script) -> (Fixture, SubscriptionTable) {
         paused: false,
         previous_secrets_until: None,
         disconnected: None,
+        tls: None,
+        verification: None,
     });
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

@@ -51,6 +51,7 @@ async fn send(client: &WebhookClient, url: &str) -> Attempt {
             secrets: std::slice::from_ref(&secret),
             traceparent: None,
             timeout: Duration::from_secs(5),
+            ca: None,
         })
         .await
         .attempt

@@ -60,6 +60,30 @@ impl ApiProcess {
         .await
     }
 
+    /// Waits (at most 30 s) until subscription `id`'s verification is `state`; returns
+    /// the subscription.
+    pub async fn wait_verification(&self, token: &str, id: &str, state: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, s) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/subscriptions/{id}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            if status == 200 && s["verification"]["state"] == state {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "subscription `{id}` did not reach `{state}` within 30 s: {status} {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A JSON call: (status, body; `Null` when the body is not JSON).
     pub async fn call(
         &self,

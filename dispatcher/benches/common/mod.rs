@@ -53,6 +53,8 @@ pub fn lane(
         paused: false,
         previous_secrets_until: None,
         disconnected: None,
+        tls: None,
+        verification: None,
     });
     let settings = KafkaSettings {
         brokers,

@@ -134,6 +134,7 @@ pub(crate) async fn webhook_client(url: String, n: usize, concurrency: usize) ->
                 secrets,
                 traceparent: None,
                 timeout: Duration::from_secs(2),
+                ca: None,
             };
             matches!(
                 client.send(&hook).await.attempt,

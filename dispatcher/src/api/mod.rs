@@ -39,6 +39,7 @@ mod messages;
 mod partners;
 mod recover;
 mod subscriptions;
+pub mod verify;
 
 pub use auth::Tokens;
 pub(crate) use auth::{Admin, Caller, InProcess};
@@ -79,6 +80,9 @@ pub struct ApiState {
     pub console: Arc<crate::console::Console>,
     /// The dispatchers' partner health (`None`: no health topic).
     pub health: Option<Arc<health::HealthView>>,
+    /// Sends the ownership challenges of new URLs (`None`: this instance sends none,
+    /// and new URLs are not checked).
+    pub verifier: Option<Arc<verify::Verifier>>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -155,6 +159,7 @@ pub fn router(state: ApiState) -> Router {
             post(subscriptions::rotate),
         )
         .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
+        .route("/v1/subscriptions/{id}/verify", post(subscriptions::verify))
         .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
         .route("/v1/partners/{partner}/events", get(events::events))
         .route("/v1/event-types", get(event_types::list))

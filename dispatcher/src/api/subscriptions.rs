@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
-use crate::subscriptions::{delivery_topic, RetryPolicy, Subscription};
+use crate::subscriptions::{
+    delivery_topic, EndpointTls, RetryPolicy, Subscription, Verification, VerificationState,
+};
 use crate::webhook::signing::Secret;
 
 /// A subscription as the API shows it: secrets never, after creation and rotation.
@@ -39,6 +41,50 @@ pub(super) struct View {
     signing_secrets: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_secrets_until: Option<String>,
+    /// The ownership challenge of `url`: `verified`, `pending_verification` or
+    /// `verification_failed`, with where events go meanwhile.
+    verification: VerificationView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<EndpointTls>,
+}
+
+#[derive(Debug, Serialize)]
+struct VerificationView {
+    state: &'static str,
+    /// Where events go while `url` is not verified: the previous verified URL, or
+    /// nowhere (a new subscription's events wait in Kafka).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivering_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+impl From<&Subscription> for VerificationView {
+    fn from(s: &Subscription) -> Self {
+        let time = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        match &s.verification {
+            None => Self {
+                state: VerificationState::Verified.name(),
+                delivering_to: None,
+                since: None,
+                verified_at: None,
+                last_error: None,
+            },
+            Some(v) => Self {
+                state: v.state.name(),
+                delivering_to: (v.state != VerificationState::Verified)
+                    .then(|| v.previous_url.clone())
+                    .flatten(),
+                since: Some(time(v.since)),
+                verified_at: v.verified_at.map(time),
+                last_error: v.last_error.clone(),
+            },
+        }
+    }
 }
 
 impl From<&Subscription> for View {
@@ -67,6 +113,8 @@ impl From<&Subscription> for View {
             previous_secrets_until: s
                 .previous_secrets_until
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            verification: VerificationView::from(s),
+            tls: s.tls.clone(),
         }
     }
 }
@@ -84,6 +132,7 @@ struct CreateRequest {
     request_timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
     rate_limit_per_sec: Option<f64>,
+    tls: Option<EndpointTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +144,8 @@ struct UpdateRequest {
     request_timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
     rate_limit_per_sec: Option<f64>,
+    /// `{"ca_pem": "..."}` sets the CA; `{}` removes it.
+    tls: Option<EndpointTls>,
 }
 
 impl UpdateRequest {
@@ -107,6 +158,7 @@ impl UpdateRequest {
             ("request_timeout_ms", self.request_timeout_ms.is_some()),
             ("retry", self.retry.is_some()),
             ("rate_limit_per_sec", self.rate_limit_per_sec.is_some()),
+            ("tls", self.tls.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -228,6 +280,8 @@ pub(super) async fn create(
         paused: false,
         previous_secrets_until: None,
         disconnected: None,
+        tls: request.tls.filter(|t| t.ca_pem.is_some()),
+        verification: api.verifier.as_ref().and_then(|v| v.start(None)),
     };
     s.validate_new_id()
         .map_err(|e| ApiError::field(e.field, e.message))?;
@@ -247,6 +301,9 @@ pub(super) async fn create(
     let s = api
         .audited_save(&caller, "create", None, s, details)
         .await?;
+    if let Some(v) = &api.verifier {
+        v.wake();
+    }
     let mut view = serde_json::to_value(View::from(&s)).map_err(ApiError::internal)?;
     // Shown once: the partner verifies signatures with it.
     view["secret"] = secret.into();
@@ -262,7 +319,7 @@ pub(super) async fn update(
     let current = api.changeable(&caller, &id)?;
     api.allow_write(&caller)?;
     let request: UpdateRequest = body(&bytes)?;
-    let named = request.named();
+    let mut named = request.named();
     let mut s = (*current).clone();
     if let Some(url) = request.url {
         s.url = url;
@@ -282,6 +339,26 @@ pub(super) async fn update(
     if let Some(rate) = request.rate_limit_per_sec {
         s.rate_limit_per_sec = Some(rate);
     }
+    if let Some(tls) = request.tls {
+        s.tls = tls.ca_pem.is_some().then_some(tls);
+    }
+    if s.url != current.url {
+        named.push("verification");
+        s.verification = if current.delivery_url() == Some(s.url.as_str()) {
+            // Back to the URL verified and in force: nothing to check.
+            current.verification.clone().map(|v| Verification {
+                state: VerificationState::Verified,
+                previous_url: None,
+                last_error: None,
+                ..v
+            })
+        } else {
+            match &api.verifier {
+                Some(v) if v.require => v.start(Some(&current)),
+                _ => None,
+            }
+        };
+    }
     api.check(&s).await?;
     let action = if s.url != current.url {
         "change-url"
@@ -296,7 +373,50 @@ pub(super) async fn update(
     let s = api
         .audited_save(&caller, action, Some((&current, &named)), s, details)
         .await?;
+    if let Some(v) = &api.verifier {
+        v.wake();
+    }
     Ok(Json(View::from(&s)).into_response())
+}
+
+/// `POST /v1/subscriptions/{id}/verify`: checks the URL again now (after
+/// `verification_failed`, or to hurry a pending check); a verified URL stays verified.
+pub(super) async fn verify(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let current = api.changeable(&caller, &id)?;
+    api.allow_write(&caller)?;
+    let Some(verifier) = api.verifier.clone() else {
+        return Ok(Json(View::from(current.as_ref())).into_response());
+    };
+    let Some(v) = current
+        .verification
+        .clone()
+        .filter(|v| v.state != VerificationState::Verified)
+    else {
+        return Ok(Json(View::from(current.as_ref())).into_response());
+    };
+    let mut s = (*current).clone();
+    s.verification = Some(Verification {
+        state: VerificationState::PendingVerification,
+        since: Utc::now(),
+        last_error: None,
+        ..v
+    });
+    let details = serde_json::json!({ "url": s.url });
+    let s = api
+        .audited_save(
+            &caller,
+            "verify-endpoint",
+            Some((&current, &["verification"])),
+            s,
+            details,
+        )
+        .await?;
+    verifier.wake();
+    Ok((StatusCode::ACCEPTED, Json(View::from(&s))).into_response())
 }
 
 pub(super) async fn rotate(

@@ -127,6 +127,7 @@ pub(super) async fn deliver(
             secrets: &target.keys[..subscription.active_keys(chrono::Utc::now())],
             traceparent: job.traceparent.as_deref(),
             timeout: subscription.request_timeout(),
+            ca: target.ca.as_ref(),
         };
         let attempt_started = chrono::Utc::now();
         let report = ctx.client.send(&hook).await;
@@ -292,7 +293,8 @@ enum Hold {
     Shutdown,
 }
 
-/// Waits while the record's subscription is paused or disconnected (woken by changes of
+/// Waits while the record's subscription is paused, disconnected or new and not verified
+/// yet (woken by changes of
 /// the subscription table, not by polling it).
 async fn hold(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Hold {
     let mut held = false;
@@ -315,7 +317,8 @@ async fn hold(job: &Job, ctx: &JobContext, ticket: &mut Ticket) -> Hold {
             return Hold::Unsubscribed;
         };
         let s = &target.subscription;
-        if !s.paused && s.disconnected.is_none() {
+        // (A new subscription whose URL is not verified yet has none to deliver to.)
+        if !s.paused && s.disconnected.is_none() && s.delivery_url().is_some() {
             return Hold::Ready { target, held };
         }
         held = true;

@@ -35,6 +35,8 @@ fn subscription(url: String, secret: &str, paused: bool) -> Subscription {
         paused,
         previous_secrets_until: None,
         disconnected: None,
+        tls: None,
+        verification: None,
     }
 }
 

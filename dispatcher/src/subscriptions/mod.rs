@@ -90,6 +90,61 @@ pub struct Subscription {
     /// or the partner reconnects it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnected: Option<Disconnected>,
+    /// TLS towards the partner's server: its own CA (`ca_pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EndpointTls>,
+    /// Whether `url` proved it wants our events (the ownership challenge). Absent: a
+    /// subscription from before the check, or one an operator's file wrote: verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// TLS settings of one partner endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTls {
+    /// PEM certificate(s) of a private CA: the partner's server certificate must chain
+    /// to one of them (the public roots are then not trusted for this subscription).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+/// Where a subscription's ownership challenge stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationState {
+    Verified,
+    PendingVerification,
+    VerificationFailed,
+}
+
+impl VerificationState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::PendingVerification => "pending_verification",
+            Self::VerificationFailed => "verification_failed",
+        }
+    }
+}
+
+/// The ownership challenge of a subscription's `url` (docs/PARTNER_GUIDE.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    pub state: VerificationState,
+    /// After a URL change: the verified URL that keeps receiving until `url` is
+    /// verified. None for a new subscription: its events wait in Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_url: Option<String>,
+    /// When this check of `url` started (the change, or a retry asked for).
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// When `url` answered the challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why the last challenge failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -112,6 +167,8 @@ impl std::fmt::Debug for Subscription {
             .field("paused", &self.paused)
             .field("previous_secrets_until", &self.previous_secrets_until)
             .field("disconnected", &self.disconnected)
+            .field("tls", &self.tls.as_ref().map(|t| t.ca_pem.is_some()))
+            .field("verification", &self.verification)
             .finish()
     }
 }
@@ -203,6 +260,12 @@ impl Subscription {
         };
         match url.scheme() {
             "https" => {}
+            "http" if allowlist.https_only() => {
+                return Err(self.invalid(
+                    "url",
+                    "scheme `http` not allowed: this deployment is https-only (--https-only)",
+                ))
+            }
             "http" if allowlist.plain_http() || literal.is_some_and(|ip| allowlist.contains(ip)) => {}
             other => return Err(self.invalid("url", format!("scheme `{other}` not allowed: use https (http only for allowlisted addresses, or with DISPATCHER_ALLOW_HTTP)"))),
         }
@@ -213,6 +276,18 @@ impl Subscription {
             allowlist
                 .check(ip)
                 .map_err(|why| self.invalid("url", format!("refused by the SSRF guard: {why}")))?;
+        }
+        if let Some(pem) = self.tls.as_ref().and_then(|t| t.ca_pem.as_deref()) {
+            crate::webhook::tls::TrustedCa::parse(pem)
+                .map_err(|why| self.invalid("tls.ca_pem", why))?;
+        }
+        if let Some(previous) = self.verification.as_ref().and_then(|v| v.previous_url.as_deref()) {
+            reqwest::Url::parse(previous).map_err(|e| {
+                self.invalid(
+                    "verification.previous_url",
+                    format!("`{previous}` is not a URL: {e}"),
+                )
+            })?;
         }
         if self.event_types.is_empty() {
             return Err(self.invalid("event_types", "must name at least one event type"));
@@ -332,6 +407,22 @@ impl Subscription {
         !self.disabled
             && self.event_types.contains(event_type)
             && (self.internal || self.partner_id == partner_id)
+    }
+
+    /// The URL events go to now: `url` once verified (or never checked), the previous
+    /// verified URL while a new one is checked, none for a new subscription not
+    /// verified yet (its events are held, like a paused subscription's).
+    pub fn delivery_url(&self) -> Option<&str> {
+        match &self.verification {
+            None => Some(&self.url),
+            Some(v) if v.state == VerificationState::Verified => Some(&self.url),
+            Some(v) => v.previous_url.as_deref(),
+        }
+    }
+
+    /// The subscription's own CA for its partner's server, if it has one.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.ca_pem.as_deref())
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -26,13 +26,20 @@ pub struct Target {
     /// The parsed URL, or why it does not parse.
     pub url: Result<reqwest::Url, String>,
     pub keys: Vec<crate::webhook::signing::Secret>,
+    /// The subscription's own CA for its partner's server, parsed.
+    pub ca: Option<crate::webhook::tls::TrustedCa>,
 }
 
 impl Target {
     fn new(subscription: Subscription) -> Self {
+        // (A subscription with no URL to deliver to yet is held before any attempt.)
+        let url = subscription.delivery_url().unwrap_or(&subscription.url);
         Self {
-            url: reqwest::Url::parse(&subscription.url).map_err(|e| format!("bad URL: {e}")),
+            url: reqwest::Url::parse(url).map_err(|e| format!("bad URL: {e}")),
             keys: subscription.signing_keys(),
+            ca: subscription
+                .ca_pem()
+                .and_then(|pem| crate::webhook::tls::TrustedCa::parse(pem).ok()),
             subscription: Arc::new(subscription),
         }
     }

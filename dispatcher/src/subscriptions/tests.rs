@@ -14,6 +14,8 @@ fn sub() -> Subscription {
         rate_limit_per_sec: None,
         disabled: false,
         disconnected: None,
+        tls: None,
+        verification: None,
         paused: false,
         previous_secrets_until: None,
     }

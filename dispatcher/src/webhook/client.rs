@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
 use crate::webhook::outcome::Attempt;
 use crate::webhook::signing::{signature_header, Secret};
 use crate::webhook::ssrf::{Allowlist, GuardedResolver};
+use crate::webhook::tls::{ClientCertFiles, ClientPair, Stamp, TrustedCa};
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static(crate::kafka::headers::WEBHOOK_ID);
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -32,6 +36,9 @@ pub struct Webhook<'a> {
     pub secrets: &'a [Secret],
     pub traceparent: Option<&'a str>,
     pub timeout: Duration,
+    /// The subscription's own CA for its partner's server (`tls.ca_pem`): only it is
+    /// trusted for this call.
+    pub ca: Option<&'a TrustedCa>,
 }
 
 /// The result of one attempt, with what the dead-letter record keeps of it.
@@ -48,12 +55,37 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// The shared HTTP client of the delivery lanes.
+/// The shared HTTP client of the delivery lanes. Cloning it shares its connections and
+/// its client certificate: a rotation ([`WebhookClient::reload_client_cert`]) reaches
+/// every clone.
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
-    client: reqwest::Client,
-    allowlist: Arc<Allowlist>,
+    shared: Arc<Shared>,
     excerpt_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    allowlist: Arc<Allowlist>,
+    connect_timeout: Duration,
+    egress_proxy: Option<String>,
+    /// Where the client certificate is read from (`None`: calls present none).
+    cert_files: Option<ClientCertFiles>,
+    /// The clients in use; replaced whole when the certificate pair changes, so calls
+    /// in flight finish on the clients they started with and new connections present
+    /// the new pair.
+    current: RwLock<Arc<Generation>>,
+    /// The certificate files' stamps when last read.
+    seen: Mutex<Stamp>,
+}
+
+/// The clients of one client certificate pair: the default one, and one per
+/// subscription CA in use (each trusts that CA only).
+#[derive(Debug)]
+struct Generation {
+    pair: Option<ClientPair>,
+    default: reqwest::Client,
+    by_ca: Mutex<HashMap<[u8; 32], reqwest::Client>>,
 }
 
 impl WebhookClient {
@@ -73,35 +105,43 @@ impl WebhookClient {
         connect_timeout: Duration,
         egress_proxy: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static("orderhooks-dispatcher/0.1"),
-        );
-        let builder = match egress_proxy {
-            // Straight to partners: every host name goes through the guarded resolver.
-            None => reqwest::Client::builder()
-                .no_proxy()
-                .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&allowlist)))),
-            // Through the proxy: the only name we resolve is the proxy's own (often a
-            // private address, which the guard would refuse); the proxy resolves the
-            // partners' names and enforces the address rules for them.
-            Some(url) => reqwest::Client::builder().proxy(
-                reqwest::Proxy::all(url)
-                    .map_err(|e| anyhow::anyhow!("--egress-proxy `{url}`: {e}"))?,
-            ),
-        };
-        let client = builder
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .default_headers(headers)
-            .build()?;
-        Ok(Self {
-            client,
+        Self::build(allowlist, connect_timeout, egress_proxy, None)
+    }
+
+    /// Like [`WebhookClient::with_egress_proxy`], and every HTTPS call presents the client
+    /// certificate in `cert_files` (mutual TLS). A pair that does not load is an error
+    /// here; later, a rotation that does not load keeps the pair in use.
+    pub fn build(
+        allowlist: Arc<Allowlist>,
+        connect_timeout: Duration,
+        egress_proxy: Option<&str>,
+        cert_files: Option<ClientCertFiles>,
+    ) -> anyhow::Result<Self> {
+        let seen = cert_files.as_ref().map(ClientCertFiles::stamp).unwrap_or_default();
+        let pair = cert_files.as_ref().map(ClientCertFiles::load).transpose()?;
+        let mut shared = Shared {
             allowlist,
+            connect_timeout,
+            egress_proxy: egress_proxy.map(str::to_string),
+            cert_files,
+            current: RwLock::new(Arc::new(Generation {
+                pair: None,
+                default: reqwest::Client::new(),
+                by_ca: Mutex::default(),
+            })),
+            seen: Mutex::new(seen),
+        };
+        let default = shared.client(pair.as_ref(), None)?;
+        if let Some(pair) = &pair {
+            tracing::info!(fingerprint = %pair.fingerprint, subject = %pair.subject, not_after = %pair.not_after, "webhooks present this client certificate");
+        }
+        shared.current = RwLock::new(Arc::new(Generation {
+            pair,
+            default,
+            by_ca: Mutex::default(),
+        }));
+        Ok(Self {
+            shared: Arc::new(shared),
             excerpt_bytes: EXCERPT_BYTES,
         })
     }
@@ -111,6 +151,122 @@ impl WebhookClient {
     pub fn excerpt_bytes(mut self, bytes: usize) -> Self {
         self.excerpt_bytes = bytes.max(EXCERPT_BYTES);
         self
+    }
+
+    /// The client certificate presented now (`None`: none).
+    pub fn client_cert(&self) -> Option<ClientPair> {
+        self.generation().pair.clone()
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        Arc::clone(&self.shared.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Loads the client certificate pair again when `force`, or when its files changed
+    /// since they were last read. A pair that loads replaces the one in use for new
+    /// connections (calls in flight finish on theirs); one that does not is refused with
+    /// a log line naming why, and the pair in use stays. `Ok(true)`: a new pair is in
+    /// use.
+    pub fn reload_client_cert(&self, force: bool) -> anyhow::Result<bool> {
+        let Some(files) = &self.shared.cert_files else {
+            return Ok(false);
+        };
+        let stamp = files.stamp();
+        {
+            let mut seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && *seen == stamp {
+                return Ok(false);
+            }
+            // (A pair that does not load is not tried again until the files change.)
+            *seen = stamp;
+        }
+        let current = self.generation();
+        let loaded = files.load().and_then(|pair| {
+            let default = self.shared.client(Some(&pair), None)?;
+            Ok((pair, default))
+        });
+        match loaded {
+            Ok((pair, _))
+                if !force
+                    && current
+                        .pair
+                        .as_ref()
+                        .is_some_and(|p| p.fingerprint == pair.fingerprint) =>
+            {
+                // Touched, not changed: the connections stay.
+                Ok(false)
+            }
+            Ok((pair, default)) => {
+                tracing::info!(fingerprint = %pair.fingerprint, subject = %pair.subject, not_after = %pair.not_after, "client certificate reloaded: new connections present it");
+                crate::metrics::client_cert_reload(true);
+                *self.shared.current.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(Generation {
+                        pair: Some(pair),
+                        default,
+                        by_ca: Mutex::default(),
+                    });
+                Ok(true)
+            }
+            Err(error) => {
+                let in_use = current.pair.as_ref().map(|p| p.fingerprint.clone());
+                tracing::error!(error = %format!("{error:#}"), in_use = in_use.as_deref().unwrap_or("none"), "client certificate not reloaded: the new pair does not load; the pair in use stays");
+                crate::metrics::client_cert_reload(false);
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads the client certificate when its files change (looked at every second)
+    /// and on SIGHUP, until `stop`. Nothing to do without `--client-cert`.
+    pub async fn watch_client_cert(self, stop: tokio_util::sync::CancellationToken) {
+        if self.shared.cert_files.is_none() {
+            return;
+        }
+        #[cfg(unix)]
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            let force = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => false,
+                _ = hangup => {
+                    tracing::info!("SIGHUP: reloading the client certificate");
+                    true
+                }
+            };
+            let _ = self.reload_client_cert(force);
+        }
+    }
+
+    /// The client for a call: the default one, or the one trusting `ca` only.
+    fn client_for(&self, ca: Option<&TrustedCa>) -> Result<reqwest::Client, String> {
+        let generation = self.generation();
+        let Some(ca) = ca else {
+            return Ok(generation.default.clone());
+        };
+        let mut by_ca = generation.by_ca.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = by_ca.get(&ca.digest) {
+            return Ok(c.clone());
+        }
+        let client = self
+            .shared
+            .client(generation.pair.as_ref(), Some(ca))
+            .map_err(|e| format!("tls: the subscription's CA: {e:#}"))?;
+        // (Bounded by the distinct CAs of the subscriptions; a rotation starts afresh.)
+        by_ca.insert(ca.digest, client.clone());
+        Ok(client)
     }
 
     /// Sends one attempt. Never panics, never returns an error: every failure is a
@@ -128,6 +284,10 @@ impl WebhookClient {
             Ok(u) => u.clone(),
             Err(e) => return refused(e.clone()),
         };
+        let client = match self.client_for(hook.ca) {
+            Ok(c) => c,
+            Err(e) => return refused(e),
+        };
         // An IP literal does not go through the resolver: check it here.
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
@@ -135,13 +295,12 @@ impl WebhookClient {
             _ => None,
         };
         if let Some(ip) = literal {
-            if let Err(why) = self.allowlist.check(ip) {
+            if let Err(why) = self.shared.allowlist.check(ip) {
                 return refused(format!("refused by the SSRF guard: {why}"));
             }
         }
         let timestamp = chrono::Utc::now().timestamp();
-        let mut request = self
-            .client
+        let mut request = client
             .post(url)
             .timeout(hook.timeout)
             .header(CONTENT_TYPE, JSON)
@@ -207,6 +366,49 @@ impl WebhookClient {
             retry_after: retry_after_raw,
             elapsed: started.elapsed(),
         }
+    }
+}
+
+impl Shared {
+    /// A client presenting `pair` (if any) and trusting `ca` only (if given; else the
+    /// system's roots).
+    fn client(
+        &self,
+        pair: Option<&ClientPair>,
+        ca: Option<&TrustedCa>,
+    ) -> anyhow::Result<reqwest::Client> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static("orderhooks-dispatcher/0.1"),
+        );
+        let mut builder = match &self.egress_proxy {
+            // Straight to partners: every host name goes through the guarded resolver.
+            None => reqwest::Client::builder()
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&self.allowlist)))),
+            // Through the proxy: the only name we resolve is the proxy's own (often a
+            // private address, which the guard would refuse); the proxy resolves the
+            // partners' names and enforces the address rules for them.
+            Some(url) => reqwest::Client::builder().proxy(
+                reqwest::Proxy::all(url)
+                    .map_err(|e| anyhow::anyhow!("--egress-proxy `{url}`: {e}"))?,
+            ),
+        };
+        if let Some(pair) = pair {
+            builder = builder.identity(pair.identity.clone());
+        }
+        if let Some(ca) = ca {
+            builder = builder.tls_certs_only(ca.certs.iter().cloned());
+        }
+        Ok(builder
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .default_headers(headers)
+            .build()?)
     }
 }
 

@@ -7,3 +7,4 @@ pub mod flow;
 pub mod outcome;
 pub mod signing;
 pub mod ssrf;
+pub mod tls;

@@ -13,9 +13,10 @@ use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Addresses that webhooks may reach although they are not public, and whether plain
-/// `http://` URLs to host names are accepted (development networks only).
+/// `http://` URLs to host names are accepted (development networks only), or none at
+/// all (`--https-only`).
 #[derive(Debug, Clone, Default)]
-pub struct Allowlist(Vec<IpNet>, bool);
+pub struct Allowlist(Vec<IpNet>, bool, bool);
 
 impl Allowlist {
     /// Parses addresses or CIDR ranges (`127.0.0.1`, `10.1.0.0/16`).
@@ -29,7 +30,7 @@ impl Allowlist {
                     .map_err(|_| format!("`{e}` is neither an IP address nor a CIDR range"))
             })
             .collect::<Result<_, _>>()
-            .map(|nets| Self(nets, false))
+            .map(|nets| Self(nets, false, false))
     }
 
     /// Accepts `http://` URLs to host names too (off by default: webhooks carry order
@@ -40,7 +41,18 @@ impl Allowlist {
     }
 
     pub fn plain_http(&self) -> bool {
-        self.1
+        self.1 && !self.2
+    }
+
+    /// Refuses every `http://` URL, allowlisted addresses too (`--https-only`): webhooks
+    /// then always run over TLS, so they present the client certificate.
+    pub fn with_https_only(mut self, only: bool) -> Self {
+        self.2 = only;
+        self
+    }
+
+    pub fn https_only(&self) -> bool {
+        self.2
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -28,6 +28,7 @@ fn config(world: &DispatchWorld) -> RunConfig {
             allowlist: Arc::new(Allowlist::parse(&["127.0.0.1".to_string()]).expect("allow")),
             partitions: 3,
             partner_partitions: 3,
+            client_cert: None,
         },
         registry: world.registry.clone(),
         orders_topic: world.orders_topic.clone(),

@@ -54,6 +54,20 @@ pub struct Common {
     /// Accept plain http:// webhook URLs to host names (development networks only).
     #[arg(long, global = true, env = "DISPATCHER_ALLOW_HTTP")]
     pub allow_http: bool,
+    /// Refuse every plain http:// webhook URL, to allowlisted addresses too: webhooks
+    /// always run over TLS (and present `--client-cert`). Checked wherever a
+    /// subscription is validated (API, `subscriptions apply`, a dispatcher reading it).
+    #[arg(long, global = true, env = "DISPATCHER_HTTPS_ONLY")]
+    pub https_only: bool,
+    /// The client certificate (PEM, the chain after it) every HTTPS webhook presents
+    /// (mutual TLS); with `--client-key`. Reloaded when the files change or on SIGHUP:
+    /// new connections present the new pair, a pair that does not load is refused with
+    /// a log line and the one in use stays.
+    #[arg(long, global = true, env = "DISPATCHER_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (unencrypted PKCS#8 PEM).
+    #[arg(long, global = true, env = "DISPATCHER_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Consumer group session timeout in milliseconds.
     #[arg(
         long,
@@ -253,9 +267,24 @@ pub struct ApiArgs {
     /// given as itself (16 characters at least) or as `sha256:<hex of its digest>`.
     #[arg(long, env = "API_TOKENS_FILE")]
     pub tokens_file: PathBuf,
-    /// Refuse webhook URLs that are not https.
+    /// Refuse webhook URLs that are not https (as the global `--https-only`, for the
+    /// API's checks only).
     #[arg(long, env = "API_REQUIRE_HTTPS")]
     pub require_https: bool,
+    /// A new subscription, or a URL change, is `pending_verification` until its
+    /// endpoint answers the ownership challenge (docs/PARTNER_GUIDE.md); meanwhile a
+    /// new subscription's events wait and a changed one's go to its previous URL.
+    /// Subscriptions made before, or by `subscriptions apply`, stay verified. `false`
+    /// for deployments whose partners cannot answer it yet.
+    #[arg(long, env = "API_REQUIRE_ENDPOINT_VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_endpoint_verification: bool,
+    /// How long a pending check is retried (1 s doubling to 1 min between challenges)
+    /// before the URL is `verification_failed`, in seconds.
+    #[arg(long, env = "API_ENDPOINT_VERIFICATION_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub endpoint_verification_window_secs: u64,
+    /// How long an endpoint has to answer one challenge, in milliseconds.
+    #[arg(long, env = "API_ENDPOINT_VERIFICATION_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub endpoint_verification_timeout_ms: u64,
     /// Subscriptions one partner may have; creating more answers 403 `quota_exceeded`.
     #[arg(long, env = "API_MAX_SUBSCRIPTIONS_PER_PARTNER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_subscriptions_per_partner: u32,
@@ -342,7 +371,10 @@ impl Common {
 
     pub fn allowlist(&self) -> anyhow::Result<Allowlist> {
         Allowlist::parse(&self.allow)
-            .map(|a| a.with_plain_http(self.allow_http))
+            .map(|a| {
+                a.with_plain_http(self.allow_http)
+                    .with_https_only(self.https_only)
+            })
             .map_err(|e| anyhow::anyhow!("--allow / DISPATCHER_SSRF_ALLOWLIST: {e}"))
     }
 
@@ -354,6 +386,13 @@ impl Common {
             allowlist: Arc::new(self.allowlist()?),
             partitions: self.partitions,
             partner_partitions: self.partner_partitions,
+            client_cert: match (&self.client_cert, &self.client_key) {
+                (Some(cert), Some(key)) => Some(dispatcher::webhook::tls::ClientCertFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         })
     }
 }

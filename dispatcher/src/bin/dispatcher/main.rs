@@ -2,6 +2,7 @@
 //! the delivery lanes, wired by `dispatcher::app::App`), `api`, `subscriptions`, `dlq`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -162,6 +163,21 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
     };
     let console = dispatcher::console::Console::new(secret, args.console_url.clone(), ledger)
         .context("--console-secret-file")?;
+    // The ownership challenges go out as webhooks do: the SSRF guard, the client
+    // certificate, a subscription's own CA.
+    let client = dispatcher::webhook::client::WebhookClient::build(
+        Arc::clone(&shared.allowlist),
+        Duration::from_secs(5),
+        None,
+        shared.client_cert.clone(),
+    )?;
+    tokio::spawn(client.clone().watch_client_cert(stop.clone()));
+    let verifier = Arc::new(dispatcher::api::verify::Verifier::new(
+        client,
+        args.require_endpoint_verification,
+        Duration::from_secs(args.endpoint_verification_window_secs),
+        Duration::from_millis(args.endpoint_verification_timeout_ms),
+    ));
     let state = dispatcher::api::ApiState {
         kafka: shared.kafka,
         subscriptions_topic: shared.subscriptions_topic,
@@ -185,7 +201,9 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         recovering: Default::default(),
         console: Arc::new(console),
         health,
+        verifier: Some(verifier),
     };
+    tokio::spawn(dispatcher::api::verify::run(state.clone(), stop.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;

@@ -29,6 +29,8 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     let id = created["id"].as_str().expect("id").to_string();
     let secret = created["secret"].as_str().expect("secret").to_string();
     assert_eq!(created["partner_id"], partner.as_str());
+    // Nothing answers the URL yet: it waits for its ownership challenge.
+    assert_eq!(created["verification"]["state"], "pending_verification");
     let first = Receiver::start(addr.parse().expect("addr"), &secret, Script::default())
         .await
         .expect("receiver");
@@ -162,7 +164,10 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
         )
         .await;
     assert_eq!(status, 200, "{updated}");
-    dispatcher_sees(&metrics_url, before, 1.0).await;
+    assert_eq!(updated["verification"]["state"], "pending_verification");
+    assert_eq!(updated["verification"]["delivering_to"], format!("http://{addr}/webhook"));
+    api.wait_verification(&token, &id, "verified").await;
+    dispatcher_sees(&metrics_url, before, 2.0).await;
     let batch = publish(&p, &partner, &["o-6"]).await;
     assert!(
         eventually(Duration::from_secs(30), || received(&third) == ids(&batch)).await,
@@ -207,7 +212,7 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
     );
 
     // Every change is in the audit trail, the URL change with both URLs.
-    let audit: Vec<Value> = e2e::read_exactly(&api.audit_topic, 6, Duration::from_secs(30))
+    let audit: Vec<Value> = e2e::read_exactly(&api.audit_topic, 8, Duration::from_secs(30))
         .await
         .iter()
         .map(|m| {
@@ -220,19 +225,25 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
         actions,
         [
             "create",
+            "endpoint-verified",
             "rotate-secret",
             "pause",
             "resume",
             "change-url",
+            "endpoint-verified",
             "delete"
         ]
     );
-    assert!(audit
-        .iter()
-        .all(|a| a["actor"] == format!("partner:{partner}")));
-    assert_eq!(audit[4]["details"]["to"], third.url().as_str());
+    assert!(audit.iter().all(|a| a["actor"]
+        == if a["action"] == "endpoint-verified" {
+            "endpoint-verifier".to_string()
+        } else {
+            format!("partner:{partner}")
+        }));
+    assert_eq!(audit[6]["details"]["url"], third.url().as_str());
+    assert_eq!(audit[5]["details"]["to"], third.url().as_str());
     assert_eq!(
-        audit[4]["details"]["from"],
+        audit[5]["details"]["from"],
         format!("http://{addr}/webhook")
     );
     assert_eq!(dispatcher.terminate(), Some(0));
@@ -251,7 +262,11 @@ async fn a_patch_right_after_the_dispatcher_disabled_a_subscription_does_not_und
     const RACES: usize = 8;
     let world = DispatchWorld::new("127.0.0.1").await;
     let partner = unique("lost");
-    let api = world.start_api(&tokens(&[&partner]), &[]);
+    // (No ownership challenge: its records would be writes of their own.)
+    let api = world.start_api(
+        &tokens(&[&partner]),
+        &["--require-endpoint-verification", "false"],
+    );
     let token = partner_token(&partner);
     for _ in 0..RACES {
         let (s, created) = api
