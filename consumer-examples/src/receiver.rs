@@ -114,6 +114,8 @@ impl Drop for Answering {
 #[derive(Debug, Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
+    /// Served over TLS (its URL is https).
+    https: bool,
     state: Arc<Mutex<Inner>>,
     stop: Arc<tokio::sync::Notify>,
 }
@@ -127,6 +129,15 @@ struct AppState {
 impl Receiver {
     /// Starts on `addr` (port 0 for any) verifying with `secret` (`whsec_...`).
     pub async fn start(addr: SocketAddr, secret: &str, script: Script) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        Self::serve(listener, false, secret, script)
+    }
+
+    /// Serves on `listener` (`https`: a TLS listener) verifying with `secret`.
+    pub fn serve<L>(listener: L, https: bool, secret: &str, script: Script) -> anyhow::Result<Self>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let verifier =
             standardwebhooks::Webhook::new(secret).map_err(|e| anyhow::anyhow!("secret: {e}"))?;
         let inner = Arc::new(Mutex::new(Inner {
@@ -139,7 +150,6 @@ impl Receiver {
                 inner: Arc::clone(&inner),
                 verifier: Arc::new(verifier),
             });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopped = Arc::clone(&stop);
@@ -150,13 +160,15 @@ impl Receiver {
         });
         Ok(Self {
             addr,
+            https,
             state: inner,
             stop,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/webhook", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/webhook", self.addr)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {

@@ -24,6 +24,7 @@ mod env;
 mod kafka;
 mod process;
 mod registry;
+pub mod tls;
 
 pub use api::*;
 pub use bench::*;

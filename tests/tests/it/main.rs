@@ -15,6 +15,7 @@ mod console;
 mod contract;
 mod dispatch;
 mod dlq;
+mod endpoint;
 mod examples;
 mod flow;
 mod hardening;
