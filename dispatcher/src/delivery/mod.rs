@@ -157,6 +157,8 @@ pub struct Done {
     pub partition: i32,
     pub offset: i64,
     pub key: Vec<u8>,
+    /// The record's subscription (records start one at a time per subscription and key).
+    pub subscription_id: String,
     pub end: JobEnd,
     /// How the job's `followers` ended (offset, end), in order.
     pub followed: Vec<(i64, JobEnd)>,
@@ -183,6 +185,7 @@ pub fn spawn(
         partition: job.partition,
         offset: job.offset,
         key: job.key.clone(),
+        subscription_id: job.subscription_id.clone(),
         end: JobEnd::Interrupted,
         followed: Vec::new(),
         epoch: job.epoch,
@@ -243,6 +246,7 @@ async fn run(mut job: Job, ctx: Arc<JobContext>, mut ticket: Ticket) -> Done {
         partition: job.partition,
         offset: job.offset,
         key: job.key,
+        subscription_id: job.subscription_id,
         end,
         followed,
         epoch: job.epoch,

@@ -1,4 +1,4 @@
-//! What a lane has taken in: offsets, the key in flight per (partition, key), the
+//! What a lane has taken in: offsets, the key in flight per (partition, subscription, key), the
 //! records waiting behind it, the parked keys, and the partitions whose parked keys are
 //! being read back.
 
@@ -38,16 +38,26 @@ impl Tp {
     }
 }
 
-/// What a lane has taken in: offsets, the key in flight per (partition, key), the
-/// records waiting behind it, and the parked keys.
+/// One order of one subscription in one partition: its records start one at a time,
+/// in order. (Per subscription: a subscription that holds its records, paused or not
+/// verified yet, does not hold the same orders' records of the partner's other
+/// subscriptions, #25.)
+pub(super) type Slot = (Tp, String, Vec<u8>);
+
+fn slot_of(job: &Job) -> Slot {
+    (Tp::of(job), job.subscription_id.clone(), job.key.clone())
+}
+
+/// What a lane has taken in: offsets, the key in flight per (partition, subscription,
+/// key), the records waiting behind it, and the parked keys.
 #[derive(Default)]
 pub(super) struct LaneState {
     pub(super) tracker: OffsetTracker<Tp>,
     /// Records free to start (their key's turn), in the order they became so; started by
     /// [`launch`] while few started jobs are still before their first request.
     pub(super) ready: VecDeque<Job>,
-    pub(super) waiting: HashMap<(Tp, Vec<u8>), VecDeque<Job>>,
-    pub(super) busy: HashSet<(Tp, Vec<u8>)>,
+    pub(super) waiting: HashMap<Slot, VecDeque<Job>>,
+    pub(super) busy: HashSet<Slot>,
     /// Offsets to store at the next [`STORE_EVERY`] tick.
     pub(super) to_store: BTreeMap<Tp, i64>,
     /// Per (partition, key) of the delivery topic: its records in the retry topic not
@@ -118,7 +128,7 @@ impl LaneState {
 
     /// Starts the record when its key is free, else queues it behind the key.
     pub(super) fn admit(&mut self, job: Job) -> Option<Job> {
-        let slot = (Tp::of(&job), job.key.clone());
+        let slot = slot_of(&job);
         if self.busy.contains(&slot) {
             self.waiting.entry(slot).or_default().push_back(job);
             None
@@ -143,7 +153,7 @@ impl LaneState {
                 .get(&(job.partition, job.key.clone()))
                 .is_some_and(|n| *n > 0);
             if job.follow {
-                let slot = (Tp::of(&job), job.key.clone());
+                let slot = slot_of(&job);
                 job.followers = self
                     .waiting
                     .remove(&slot)
@@ -265,13 +275,13 @@ impl LaneState {
     pub(super) fn forget(&mut self, tp: Tp) {
         self.tracker.forget(tp);
         self.to_store.remove(&tp);
-        self.waiting.retain(|(t, _), _| *t != tp);
+        self.waiting.retain(|(t, _, _), _| *t != tp);
         // Not started: no job will end for them, so their keys are freed here.
         let busy = &mut self.busy;
         self.ready.retain(|job| {
             let keep = Tp::of(job) != tp;
             if !keep {
-                busy.remove(&(tp, job.key.clone()));
+                busy.remove(&slot_of(job));
             }
             keep
         });
@@ -320,6 +330,7 @@ impl LaneState {
             partition,
             offset,
             key,
+            subscription_id,
             end,
             followed,
             epoch,
@@ -343,7 +354,7 @@ impl LaneState {
                 self.finish(tp, offset, &key, end, over);
             }
         }
-        let slot = (tp, key);
+        let slot = (tp, subscription_id, key);
         self.busy.remove(&slot);
         if end == JobEnd::Interrupted {
             // Later records of this key must not overtake it: leave them to a restart.
@@ -355,10 +366,10 @@ impl LaneState {
                 logged,
                 tp,
                 offset,
-                key: slot.1.clone(),
+                key: slot.2.clone(),
                 epoch,
             }),
-            _ => self.finish(tp, offset, &slot.1, end, over),
+            _ => self.finish(tp, offset, &slot.2, end, over),
         }
         if interrupted {
             // The job itself ended, a record that followed it did not.

@@ -95,6 +95,7 @@ fn a_write_to_the_retry_topic_during_a_read_back_is_counted_once() {
         partition: 1,
         offset: 0,
         key: key.as_bytes().to_vec(),
+        subscription_id: "s".into(),
         end: JobEnd::Parked { at },
         followed: Vec::new(),
         epoch: 0,
@@ -168,6 +169,7 @@ fn a_parked_keys_queued_records_follow_it_in_one_go_and_each_is_finished() {
         partition: 0,
         offset,
         key: b"k".to_vec(),
+        subscription_id: "s".into(),
         end: JobEnd::Parked { at },
         followed,
         epoch: 0,
@@ -244,6 +246,7 @@ fn a_retry_record_ending_after_its_partition_was_revoked_leaves_its_key_parked_w
         partition: 1,
         offset: started.offset,
         key: b"k".to_vec(),
+        subscription_id: "s".into(),
         end: JobEnd::Finished,
         followed: Vec::new(),
         epoch: 1,
@@ -314,6 +317,7 @@ fn a_park_by_a_job_of_an_assignment_that_is_over_counts_when_the_new_read_back_m
         partition: 1,
         offset: started.offset,
         key: b"k".to_vec(),
+        subscription_id: "s".into(),
         end: JobEnd::Parked { at },
         followed: Vec::new(),
         epoch: 1,
@@ -369,6 +373,7 @@ fn a_finished_job_frees_its_key_at_once_and_its_offset_once_logged() {
         partition: 0,
         offset: 1,
         key: b"k".to_vec(),
+        subscription_id: "s".into(),
         end: JobEnd::Finished,
         followed: Vec::new(),
         epoch: 0,
@@ -400,4 +405,35 @@ impl LaneState {
         assert!(unlogged.is_empty());
         next
     }
+}
+
+#[test]
+fn one_order_waits_behind_its_own_subscription_only() {
+    // Order `o` for subscriptions `a` and `b`: `a`'s record is held (paused, or its
+    // URL not verified yet); `b`'s records of `o` start anyway, and `a`'s next waits.
+    let mut state = LaneState::default();
+    let of = |offset: i64, subscription: &str| Job {
+        subscription_id: subscription.into(),
+        ..record(0, offset, "o")
+    };
+    assert!(state.admit(of(1, "a")).is_some(), "a's first starts");
+    assert!(state.admit(of(2, "b")).is_some(), "b's does not wait for a's");
+    assert!(state.admit(of(3, "a")).is_none(), "a's next waits behind a's first");
+    assert!(state.admit(of(4, "b")).is_none(), "b's next waits behind b's first");
+    let mut unlogged = Vec::new();
+    let done = |offset: i64, subscription: &str| Done {
+        retry: false,
+        partition: 0,
+        offset,
+        key: b"o".to_vec(),
+        subscription_id: subscription.into(),
+        end: JobEnd::Finished,
+        followed: Vec::new(),
+        epoch: 0,
+        logged: None,
+    };
+    let next = state.done(done(2, "b"), &mut unlogged).expect("b's next");
+    assert_eq!((next.offset, next.subscription_id.as_str()), (4, "b"));
+    let next = state.done(done(1, "a"), &mut unlogged).expect("a's next");
+    assert_eq!((next.offset, next.subscription_id.as_str()), (3, "a"));
 }

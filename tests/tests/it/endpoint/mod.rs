@@ -12,6 +12,7 @@ use producer::Publisher;
 use serde_json::{json, Value};
 
 mod mtls;
+mod verification;
 
 async fn publish(p: &Publisher, partner: &str, orders: &[String]) -> Vec<OrderEvent> {
     let mut out = Vec::new();

@@ -131,8 +131,14 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         dispatcher.log_tail()
     );
     e2e::assert_per_order(&receiver, &sent);
-    // Until the rotation is seen, calls go on with the first pair; new connections
-    // after it present the second.
+    // Until the rotation is seen (the files are looked at every second), calls go on
+    // with the first pair; once it is, new connections present the second.
+    let loaded = "dispatcher_client_cert_reloads_total{outcome=\"loaded\"} ";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dispatcher.metric(loaded).await != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "one pair loaded\n{}", dispatcher.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let more = publish(&p, &partner, &orders).await;
     sent.extend(more);
     assert!(
@@ -140,15 +146,11 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         "delivered after the rotation"
     );
     assert!(
-        eventually(Duration::from_secs(10), || accepted_with(&handshakes, &second.fingerprint) >= 1).await,
+        accepted_with(&handshakes, &second.fingerprint) >= 1,
         "the receiver saw the new certificate: {:?}\n{}",
         handshakes.lock().expect("handshakes"),
         dispatcher.log_tail()
     );
-    let reloads = dispatcher
-        .metric("dispatcher_client_cert_reloads_total{outcome=\"loaded\"} ")
-        .await;
-    assert_eq!(reloads, Some(1.0), "one pair loaded");
 
     // A pair that does not load (a truncated key): refused with a log line naming it,
     // and the pair in use stays.
