@@ -240,7 +240,12 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// The ownership challenge: a signed POST whose `data.challenge` the endpoint sends
 /// back, `{"challenge": "..."}`, to show it wants these events (docs/PARTNER_GUIDE.md).
-async fn challenge(app: &AppState, headers: &HeaderMap, body: &Bytes, json: &serde_json::Value) -> Response {
+async fn challenge(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    json: &serde_json::Value,
+) -> Response {
     let answer = {
         let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.challenges += 1;

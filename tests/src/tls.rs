@@ -114,7 +114,10 @@ impl std::fmt::Debug for TlsListener {
 impl TlsListener {
     /// Listens on 127.0.0.1 (any port) with `server`'s certificate; with `client_ca`,
     /// only clients presenting a certificate that CA signed get through.
-    pub async fn bind(server: &Pair, client_ca: Option<&TestCa>) -> (Self, Arc<Mutex<Vec<Handshake>>>) {
+    pub async fn bind(
+        server: &Pair,
+        client_ca: Option<&TestCa>,
+    ) -> (Self, Arc<Mutex<Vec<Handshake>>>) {
         // (ring: aws-lc-rs needs cmake to build; test certificates need no post-quantum
         // key exchange.)
         #[allow(deprecated)]
@@ -168,11 +171,9 @@ impl axum::serve::Listener for TlsListener {
             let Ok((tcp, addr)) = self.tcp.accept().await else {
                 continue;
             };
-            let handshake = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                self.acceptor.accept(tcp),
-            )
-            .await;
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.acceptor.accept(tcp))
+                    .await;
             let mut seen = self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
             match handshake {
                 Ok(Ok(tls)) => {

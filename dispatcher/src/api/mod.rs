@@ -38,6 +38,7 @@ mod limits;
 mod messages;
 mod partners;
 mod recover;
+pub mod second_factor;
 mod subscriptions;
 pub mod verify;
 
@@ -83,6 +84,8 @@ pub struct ApiState {
     /// Sends the ownership challenges of new URLs (`None`: this instance sends none,
     /// and new URLs are not checked).
     pub verifier: Option<Arc<verify::Verifier>>,
+    /// The partners' second factors (`None`: none asked for).
+    pub second_factors: Option<second_factor::SecondFactors>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -163,6 +166,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
         .route("/v1/partners/{partner}/events", get(events::events))
         .route("/v1/event-types", get(event_types::list))
+        .route(
+            "/v1/partners/{partner}/totp",
+            get(second_factor::status).post(second_factor::enrol),
+        )
+        .route(
+            "/v1/partners/{partner}/totp/confirm",
+            post(second_factor::confirm),
+        )
+        .route(
+            "/v1/admin/partners/{partner}/totp/reset",
+            post(second_factor::reset),
+        )
         .route("/v1/partners/{partner}/health", get(health::one))
         .route("/v1/messages/{webhook_id}", get(messages::message))
         .route("/v1/messages/{webhook_id}/resend", post(messages::resend))

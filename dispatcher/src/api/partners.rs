@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -49,7 +49,12 @@ pub(super) async fn reconnect(
     State(api): State<ApiState>,
     caller: Caller,
     Path(partner): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if caller.sees(&partner) {
+        api.second_factor(&caller, &partner, "reconnect", &partner, &headers)
+            .await?;
+    }
     set_connected(api, caller, partner, None).await
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, Utc};
@@ -200,6 +200,7 @@ pub(super) async fn read(
 pub(super) async fn create(
     State(api): State<ApiState>,
     caller: Caller,
+    headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     api.allow_write(&caller)?;
@@ -286,6 +287,14 @@ pub(super) async fn create(
     s.validate_new_id()
         .map_err(|e| ApiError::field(e.field, e.message))?;
     api.check(&s).await?;
+    api.second_factor(
+        &caller,
+        &s.partner_id,
+        "create-subscription",
+        &s.id,
+        &headers,
+    )
+    .await?;
     // The partner's topics exist before anything is routed to them.
     api.kafka
         .ensure_topics(
@@ -314,6 +323,7 @@ pub(super) async fn update(
     State(api): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
@@ -360,6 +370,11 @@ pub(super) async fn update(
         };
     }
     api.check(&s).await?;
+    // Where the partner's orders go, and whom they trust there: hazardous.
+    if s.url != current.url || s.tls != current.tls {
+        api.second_factor(&caller, &s.partner_id, "change-url", &s.id, &headers)
+            .await?;
+    }
     let action = if s.url != current.url {
         "change-url"
     } else {
@@ -423,6 +438,7 @@ pub(super) async fn rotate(
     State(api): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
@@ -432,6 +448,8 @@ pub(super) async fn rotate(
     if overlap > 30 * 86_400 {
         return Err(ApiError::field("overlap_secs", "at most 30 days (2592000)"));
     }
+    api.second_factor(&caller, &current.partner_id, "rotate-secret", &id, &headers)
+        .await?;
     let mut s = (*current).clone();
     let now = Utc::now();
     // Secrets past an earlier overlap window are dropped; the new one signs first.
@@ -501,12 +519,15 @@ pub(super) async fn remove(
     State(api): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     api.allow_write(&caller)?;
     // (An internal subscription a partner token sees is not invalid here either: its
     // refusal is passed on below.)
     match api.changeable(&caller, &id) {
         Ok(s) => {
+            api.second_factor(&caller, &s.partner_id, "delete-subscription", &id, &headers)
+                .await?;
             api.audit(&caller, "delete", &s, serde_json::json!({ "url": s.url }))
                 .await?
         }
@@ -517,6 +538,10 @@ pub(super) async fn remove(
             let partner = invalid.subscription.as_ref().map(|s| s.partner_id.clone());
             if caller != Caller::Admin && !partner.as_ref().is_some_and(|p| caller.sees(p)) {
                 return Err(ApiError::not_found(&id));
+            }
+            if let Some(p) = &partner {
+                api.second_factor(&caller, p, "delete-subscription", &id, &headers)
+                    .await?;
             }
             let details = serde_json::json!({ "invalid": invalid.reason });
             api.audit

@@ -214,7 +214,9 @@ fn due(api: &ApiState, verifier: &Verifier) -> Vec<Arc<Subscription>> {
     schedule.retain(|id, r| {
         r.running
             || pending.iter().any(|s| {
-                &s.id == id && s.url == r.url && s.verification.as_ref().map(|v| v.since) == Some(r.since)
+                &s.id == id
+                    && s.url == r.url
+                    && s.verification.as_ref().map(|v| v.since) == Some(r.since)
             })
     });
     let mut due = Vec::new();

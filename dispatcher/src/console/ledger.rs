@@ -9,17 +9,11 @@
 //! the same moment start one session, and a restart forgets nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::{Journal, KafkaSettings};
 
 /// How long the topic keeps its records (2 days): more than a link (24 h) or a session
 /// (8 h) lives.
@@ -86,118 +80,53 @@ impl State {
     }
 }
 
-/// The ledger of one API instance: its state, kept up to date by a follower task, and a
-/// writer.
-#[derive(Clone)]
-pub struct Ledger {
-    topic: String,
-    state: Arc<Mutex<State>>,
-    /// The next offset the follower will read.
-    applied: watch::Receiver<i64>,
-    producer: FutureProducer,
-}
+impl crate::kafka::Journaled for State {
+    type Entry = Entry;
+    const WHAT: &'static str = "the console ledger";
 
-impl std::fmt::Debug for Ledger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
+    fn apply(&mut self, entry: Entry) {
+        State::apply(self, entry)
+    }
+
+    fn prune(&mut self, now_ms: i64) {
+        State::prune(self, now_ms)
     }
 }
 
-impl Ledger {
+/// The ledger of one API instance (`crate::kafka::Journal`).
+pub type Ledger = Journal<State>;
+
+impl Journal<State> {
     /// Makes the topic if missing, starts following it, and returns once everything in
     /// it when called has been read.
-    pub async fn start(
+    pub async fn open(
         settings: &KafkaSettings,
         topic: &str,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        settings
-            .ensure_topics(
-                &[topic.to_string()],
-                1,
-                &[("retention.ms", RETENTION_MS), ("cleanup.policy", "delete")],
-            )
-            .await?;
-        let consumer: StreamConsumer = settings.reader().create()?;
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
-        consumer.assign(&assignment)?;
-        let (low, high) = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))
-        })?;
-        let state = Arc::new(Mutex::new(State::default()));
-        // From the oldest record kept: a topic that retention emptied (low == high)
-        // has nothing to read before serving.
-        let (tx, applied) = watch::channel(low);
-        let follow_state = Arc::clone(&state);
-        let follow_topic = topic.to_string();
-        crate::kafka::follow(consumer, follow_topic.clone(), stop, move |m| {
-            let entry = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Entry>(p).ok());
-            let mut state = follow_state.lock().unwrap_or_else(|p| p.into_inner());
-            match entry {
-                Some(entry) => state.apply(entry),
-                None => {
-                    tracing::warn!(topic = %follow_topic, offset = m.offset(), "a console ledger record that is not one: skipped")
-                }
-            }
-            // (Now and then: catching up on a long topic stays linear.)
-            if m.offset() % 256 == 0 {
-                state.prune(super::now());
-            }
-            drop(state);
-            tx.send_replace(m.offset() + 1);
-        });
-        let ledger = Self {
-            topic: topic.to_string(),
-            state,
-            applied,
-            producer: settings.producer().create()?,
-        };
-        ledger.wait_applied(high).await?;
-        Ok(ledger)
+        Self::start(
+            settings,
+            topic,
+            &[("retention.ms", RETENTION_MS), ("cleanup.policy", "delete")],
+            stop,
+        )
+        .await
     }
 
-    /// Reads the state.
-    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.state.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Writes `entry` and waits until this instance has read it back: what it says
-    /// holds here from then on (and on the others once they read it, within moments).
-    pub async fn write(&self, entry: &Entry) -> anyhow::Result<()> {
-        let payload = serde_json::to_vec(entry)?;
+    /// Writes `entry` (keyed by what it is about) and waits until this instance has
+    /// read it back.
+    pub async fn note(&self, entry: &Entry) -> anyhow::Result<()> {
         let key = match entry {
             Entry::LinkClaimed { id, .. } | Entry::SessionRevoked { id, .. } => id.as_str(),
             Entry::PartnerEnded { partner, .. } => partner.as_str(),
         };
-        let delivery = self
-            .producer
-            .send(
-                FutureRecord::to(&self.topic).key(key).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("the console ledger refused a record: {e}"))?;
-        self.wait_applied(delivery.offset + 1).await
-    }
-
-    async fn wait_applied(&self, next: i64) -> anyhow::Result<()> {
-        let mut applied = self.applied.clone();
-        tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|a| *a >= next))
-            .await
-            .map_err(|_| anyhow::anyhow!("the console ledger was not read back within 10 s"))?
-            .map_err(|_| anyhow::anyhow!("the console ledger's reader stopped"))?;
-        Ok(())
+        self.write(key, entry).await
     }
 
     /// Claims portal link `id`: true if this claim is the first in the topic.
     pub async fn claim_link(&self, id: &str, exp: i64) -> anyhow::Result<bool> {
         let claim = uuid::Uuid::new_v4().simple().to_string();
-        self.write(&Entry::LinkClaimed {
+        self.note(&Entry::LinkClaimed {
             id: id.to_string(),
             exp,
             claim: claim.clone(),

@@ -55,6 +55,18 @@ pub(crate) async fn issue(
             format!("no partner `{partner}` (no token and no subscription)"),
         ));
     }
+    // A manage link changes what a partner token changes: the partner's code, when
+    // it has enrolled one (the operator asks the partner for it).
+    if scope == Scope::Manage {
+        api.second_factor(
+            &caller,
+            partner,
+            "issue-manage-portal-link",
+            partner,
+            &headers,
+        )
+        .await?;
+    }
     let base = match &api.console.public_url {
         Some(url) => url.clone(),
         // Without --console-url, only a link to this machine: the Host header of a

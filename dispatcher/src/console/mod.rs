@@ -127,7 +127,7 @@ impl Console {
     /// Ends every session of `partner` issued until `now`, on every instance.
     pub async fn end_sessions(&self, partner: &str, now: i64) -> anyhow::Result<()> {
         self.ledger
-            .write(&ledger::Entry::PartnerEnded {
+            .note(&ledger::Entry::PartnerEnded {
                 partner: partner.to_string(),
                 at: now,
             })
@@ -144,7 +144,7 @@ impl Console {
     /// Signs session `grant` out: its cookie is refused from now on, wherever it is.
     async fn revoke(&self, grant: &Grant) -> anyhow::Result<()> {
         self.ledger
-            .write(&ledger::Entry::SessionRevoked {
+            .note(&ledger::Entry::SessionRevoked {
                 id: grant.id.clone(),
                 exp: grant.exp,
             })

@@ -10,7 +10,9 @@ mod on_demand;
 mod settings;
 
 mod follow;
+mod journal;
 pub use follow::follow;
+pub use journal::{Journal, Journaled};
 pub use on_demand::TopicOnDemand;
 
 pub use settings::{read_ranges, visit_ranges, KafkaSettings, Patience, TopicRecord};

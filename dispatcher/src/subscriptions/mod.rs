@@ -281,7 +281,11 @@ impl Subscription {
             crate::webhook::tls::TrustedCa::parse(pem)
                 .map_err(|why| self.invalid("tls.ca_pem", why))?;
         }
-        if let Some(previous) = self.verification.as_ref().and_then(|v| v.previous_url.as_deref()) {
+        if let Some(previous) = self
+            .verification
+            .as_ref()
+            .and_then(|v| v.previous_url.as_deref())
+        {
             reqwest::Url::parse(previous).map_err(|e| {
                 self.invalid(
                     "verification.previous_url",

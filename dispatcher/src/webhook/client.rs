@@ -117,7 +117,10 @@ impl WebhookClient {
         egress_proxy: Option<&str>,
         cert_files: Option<ClientCertFiles>,
     ) -> anyhow::Result<Self> {
-        let seen = cert_files.as_ref().map(ClientCertFiles::stamp).unwrap_or_default();
+        let seen = cert_files
+            .as_ref()
+            .map(ClientCertFiles::stamp)
+            .unwrap_or_default();
         let pair = cert_files.as_ref().map(ClientCertFiles::load).transpose()?;
         let mut shared = Shared {
             allowlist,
@@ -159,7 +162,13 @@ impl WebhookClient {
     }
 
     fn generation(&self) -> Arc<Generation> {
-        Arc::clone(&self.shared.current.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(
+            &self
+                .shared
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Loads the client certificate pair again when `force`, or when its files changed
@@ -199,12 +208,15 @@ impl WebhookClient {
             Ok((pair, default)) => {
                 tracing::info!(fingerprint = %pair.fingerprint, subject = %pair.subject, not_after = %pair.not_after, "client certificate reloaded: new connections present it");
                 crate::metrics::client_cert_reload(true);
-                *self.shared.current.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(Generation {
-                        pair: Some(pair),
-                        default,
-                        by_ca: Mutex::default(),
-                    });
+                *self
+                    .shared
+                    .current
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
+                    pair: Some(pair),
+                    default,
+                    by_ca: Mutex::default(),
+                });
                 Ok(true)
             }
             Err(error) => {

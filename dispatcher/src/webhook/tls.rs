@@ -189,6 +189,9 @@ mod tests {
     #[test]
     fn a_ca_that_is_not_pem_is_refused_with_why() {
         let e = TrustedCa::parse("hello").expect_err("not pem");
-        assert!(e.contains("no PEM certificate") || e.contains("not a PEM"), "{e}");
+        assert!(
+            e.contains("no PEM certificate") || e.contains("not a PEM"),
+            "{e}"
+        );
     }
 }

@@ -63,10 +63,20 @@ pub struct Common {
     /// (mutual TLS); with `--client-key`. Reloaded when the files change or on SIGHUP:
     /// new connections present the new pair, a pair that does not load is refused with
     /// a log line and the one in use stays.
-    #[arg(long, global = true, env = "DISPATCHER_CLIENT_CERT", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_CLIENT_CERT",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
     /// The client certificate's private key (unencrypted PKCS#8 PEM).
-    #[arg(long, global = true, env = "DISPATCHER_CLIENT_KEY", requires = "client_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCHER_CLIENT_KEY",
+        requires = "client_cert"
+    )]
     pub client_key: Option<PathBuf>,
     /// Consumer group session timeout in milliseconds.
     #[arg(
@@ -282,6 +292,16 @@ pub struct ApiArgs {
     /// before the URL is `verification_failed`, in seconds.
     #[arg(long, env = "API_ENDPOINT_VERIFICATION_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub endpoint_verification_window_secs: u64,
+    /// The compacted topic of the partners' second factors (TOTP enrolments, the last
+    /// code used, wrong codes), made if missing. Access to it is access to the
+    /// authenticator secrets: restrict it as the subscriptions topic.
+    #[arg(long, env = "API_SECOND_FACTOR_TOPIC", default_value = dispatcher::api::second_factor::DEFAULT_TOPIC)]
+    pub second_factor_topic: String,
+    /// A partner must enrol a second factor (`POST /v1/partners/{p}/totp`) before it
+    /// may create a subscription, change a URL, rotate a secret, delete a subscription
+    /// or reconnect; without it, only enrolled partners are asked for a code.
+    #[arg(long, env = "API_REQUIRE_SECOND_FACTOR")]
+    pub require_second_factor: bool,
     /// How long an endpoint has to answer one challenge, in milliseconds.
     #[arg(long, env = "API_ENDPOINT_VERIFICATION_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub endpoint_verification_timeout_ms: u64,

@@ -141,13 +141,10 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
             dispatcher::console::Console::random_secret()
         }
     };
-    let ledger = dispatcher::console::ledger::Ledger::start(
-        &shared.kafka,
-        &args.console_topic,
-        stop.clone(),
-    )
-    .await
-    .with_context(|| format!("the console ledger `{}`", args.console_topic))?;
+    let ledger =
+        dispatcher::console::ledger::Ledger::open(&shared.kafka, &args.console_topic, stop.clone())
+            .await
+            .with_context(|| format!("the console ledger `{}`", args.console_topic))?;
     let health = if args.health_topic.is_empty() {
         None
     } else {
@@ -178,6 +175,14 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.endpoint_verification_window_secs),
         Duration::from_millis(args.endpoint_verification_timeout_ms),
     ));
+    let second_factors = dispatcher::api::second_factor::SecondFactors::start(
+        &shared.kafka,
+        &args.second_factor_topic,
+        args.require_second_factor,
+        stop.clone(),
+    )
+    .await
+    .with_context(|| format!("the second-factor topic `{}`", args.second_factor_topic))?;
     let state = dispatcher::api::ApiState {
         kafka: shared.kafka,
         subscriptions_topic: shared.subscriptions_topic,
@@ -202,6 +207,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         console: Arc::new(console),
         health,
         verifier: Some(verifier),
+        second_factors: Some(second_factors),
     };
     tokio::spawn(dispatcher::api::verify::run(state.clone(), stop.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -417,9 +417,18 @@ fn one_order_waits_behind_its_own_subscription_only() {
         ..record(0, offset, "o")
     };
     assert!(state.admit(of(1, "a")).is_some(), "a's first starts");
-    assert!(state.admit(of(2, "b")).is_some(), "b's does not wait for a's");
-    assert!(state.admit(of(3, "a")).is_none(), "a's next waits behind a's first");
-    assert!(state.admit(of(4, "b")).is_none(), "b's next waits behind b's first");
+    assert!(
+        state.admit(of(2, "b")).is_some(),
+        "b's does not wait for a's"
+    );
+    assert!(
+        state.admit(of(3, "a")).is_none(),
+        "a's next waits behind a's first"
+    );
+    assert!(
+        state.admit(of(4, "b")).is_none(),
+        "b's next waits behind b's first"
+    );
     let mut unlogged = Vec::new();
     let done = |offset: i64, subscription: &str| Done {
         retry: false,

@@ -165,7 +165,10 @@ async fn create_rotate_pause_update_delete_take_effect_on_a_running_dispatcher()
         .await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["verification"]["state"], "pending_verification");
-    assert_eq!(updated["verification"]["delivering_to"], format!("http://{addr}/webhook"));
+    assert_eq!(
+        updated["verification"]["delivering_to"],
+        format!("http://{addr}/webhook")
+    );
     api.wait_verification(&token, &id, "verified").await;
     dispatcher_sees(&metrics_url, before, 2.0).await;
     let batch = publish(&p, &partner, &["o-6"]).await;

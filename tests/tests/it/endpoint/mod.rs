@@ -12,6 +12,7 @@ use producer::Publisher;
 use serde_json::{json, Value};
 
 mod mtls;
+mod second_factor;
 mod verification;
 
 async fn publish(p: &Publisher, partner: &str, orders: &[String]) -> Vec<OrderEvent> {
@@ -34,10 +35,14 @@ fn replace_file(path: &std::path::Path, text: &str) {
 /// The delivery log's records of subscription `id` (all of the world's log, read to
 /// its end).
 async fn log_records(world: &DispatchWorld, id: &str) -> Vec<Value> {
-    e2e::read_to_end_on(&world.brokers, &world.attempts_topic, Duration::from_secs(10))
-        .await
-        .iter()
-        .filter_map(|m| serde_json::from_slice::<Value>(rdkafka::Message::payload(m)?).ok())
-        .filter(|r| r["subscription_id"] == id)
-        .collect()
+    e2e::read_to_end_on(
+        &world.brokers,
+        &world.attempts_topic,
+        Duration::from_secs(10),
+    )
+    .await
+    .iter()
+    .filter_map(|m| serde_json::from_slice::<Value>(rdkafka::Message::payload(m)?).ok())
+    .filter(|r| r["subscription_id"] == id)
+    .collect()
 }

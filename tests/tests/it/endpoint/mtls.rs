@@ -10,9 +10,7 @@ fn accepted_with(handshakes: &std::sync::Mutex<Vec<Handshake>>, fingerprint: &st
         .lock()
         .expect("handshakes")
         .iter()
-        .filter(|h| {
-            matches!(h, Handshake::Accepted { client_cert: Some(c) } if c == fingerprint)
-        })
+        .filter(|h| matches!(h, Handshake::Accepted { client_cert: Some(c) } if c == fingerprint))
         .count()
 }
 
@@ -52,11 +50,9 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         })
         .await;
     match &report.attempt {
-        dispatcher::webhook::outcome::Attempt::Transport(text) => assert_eq!(
-            dispatcher::attempts::transport_class(text),
-            "tls",
-            "{text}"
-        ),
+        dispatcher::webhook::outcome::Attempt::Transport(text) => {
+            assert_eq!(dispatcher::attempts::transport_class(text), "tls", "{text}")
+        }
         other => panic!("a call without a client certificate got through: {other:?}"),
     }
     assert_eq!(receiver.requests(), 0);
@@ -103,7 +99,10 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         .iter()
         .filter(|h| matches!(h, Handshake::Refused(_)))
         .count();
-    assert_eq!(refused_before, 1, "only the call without a certificate was refused");
+    assert_eq!(
+        refused_before, 1,
+        "only the call without a certificate was refused"
+    );
 
     // Rotation while events flow: the key first, then the certificate (the watcher may
     // see a mismatched pair between the two and must keep the pair in use).
@@ -136,7 +135,11 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
     let loaded = "dispatcher_client_cert_reloads_total{outcome=\"loaded\"} ";
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while dispatcher.metric(loaded).await != Some(1.0) {
-        assert!(std::time::Instant::now() < deadline, "one pair loaded\n{}", dispatcher.log_tail());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one pair loaded\n{}",
+            dispatcher.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let more = publish(&p, &partner, &orders).await;
@@ -163,7 +166,11 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         "the refusal is logged\n{}",
         dispatcher.log_tail()
     );
-    assert!(dispatcher.log_tail().contains("--client-key"), "{}", dispatcher.log_tail());
+    assert!(
+        dispatcher.log_tail().contains("--client-key"),
+        "{}",
+        dispatcher.log_tail()
+    );
     let more = publish(&p, &partner, &orders).await;
     sent.extend(more);
     assert!(
@@ -177,7 +184,10 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
             .map(|n| n >= 1.0),
         Some(true)
     );
-    assert!(receiver.deliveries().iter().all(|d| d.partner_id == partner));
+    assert!(receiver
+        .deliveries()
+        .iter()
+        .all(|d| d.partner_id == partner));
 
     // The subscription without the partner's CA: its server's certificate is not
     // trusted, and the delivery log says `tls`.
@@ -189,7 +199,10 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         if let Some(a) = records.into_iter().find(|r| r["attempt"] == 1) {
             break a;
         }
-        assert!(std::time::Instant::now() < deadline, "no attempt logged for {id}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attempt logged for {id}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(attempt["webhook_id"], noca[0].event_id().to_string());
@@ -200,6 +213,9 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
             .is_some_and(|d| d.contains("certificate")),
         "{attempt}"
     );
-    assert!(receiver.deliveries().iter().all(|d| d.partner_id != stranger));
+    assert!(receiver
+        .deliveries()
+        .iter()
+        .all(|d| d.partner_id != stranger));
     assert_eq!(dispatcher.terminate(), Some(0));
 }

@@ -25,8 +25,14 @@ async fn create(api: &ApiProcess, token: &str, addr: &str) -> (String, String) {
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    assert_eq!(created["verification"]["state"], "pending_verification", "{created}");
-    assert!(created["verification"].get("delivering_to").is_none(), "{created}");
+    assert_eq!(
+        created["verification"]["state"], "pending_verification",
+        "{created}"
+    );
+    assert!(
+        created["verification"].get("delivering_to").is_none(),
+        "{created}"
+    );
     (
         created["id"].as_str().expect("id").to_string(),
         created["secret"].as_str().expect("secret").to_string(),
@@ -80,7 +86,9 @@ async fn a_new_url_gets_nothing_until_it_answers_the_challenge_and_then_everythi
     let right = &endpoints[0].2;
     api.wait_verification(&token, right, "verified").await;
     assert!(
-        eventually(Duration::from_secs(30), || receivers[0].unique() == sent.len()).await,
+        eventually(Duration::from_secs(30), || receivers[0].unique()
+            == sent.len())
+        .await,
         "the verified endpoint got the events that waited: {} of {}\n{}",
         receivers[0].unique(),
         sent.len(),
@@ -96,7 +104,9 @@ async fn a_new_url_gets_nothing_until_it_answers_the_challenge_and_then_everythi
         "answered 204 (expected 200 with the challenge)",
     ];
     for (i, (answer, _, id, _)) in endpoints.iter().enumerate().skip(1) {
-        let failed = api.wait_verification(&token, id, "verification_failed").await;
+        let failed = api
+            .wait_verification(&token, id, "verification_failed")
+            .await;
         let error = failed["verification"]["last_error"].as_str().unwrap_or("");
         assert!(
             error.contains(expected[i]),
@@ -122,7 +132,9 @@ async fn a_new_url_gets_nothing_until_it_answers_the_challenge_and_then_everythi
     assert_eq!(asked["verification"]["state"], "pending_verification");
     api.wait_verification(&token, wrong, "verified").await;
     assert!(
-        eventually(Duration::from_secs(30), || receivers[1].unique() == sent.len()).await,
+        eventually(Duration::from_secs(30), || receivers[1].unique()
+            == sent.len())
+        .await,
         "nothing was lost while it failed: {} of {}",
         receivers[1].unique(),
         sent.len()
@@ -130,7 +142,8 @@ async fn a_new_url_gets_nothing_until_it_answers_the_challenge_and_then_everythi
     e2e::assert_per_order(&receivers[1], &sent);
 
     // Each result is audited, by the verifier.
-    let audit = e2e::read_to_end_on(&world.brokers, &api.audit_topic, Duration::from_secs(10)).await;
+    let audit =
+        e2e::read_to_end_on(&world.brokers, &api.audit_topic, Duration::from_secs(10)).await;
     let actions: Vec<(String, String)> = audit
         .iter()
         .filter_map(|m| serde_json::from_slice::<Value>(rdkafka::Message::payload(m)?).ok())
@@ -195,7 +208,9 @@ async fn after_a_url_change_the_old_url_receives_until_the_new_one_is_verified()
         "the old URL kept receiving\n{}",
         dispatcher.log_tail()
     );
-    let failed = api.wait_verification(&token, &id, "verification_failed").await;
+    let failed = api
+        .wait_verification(&token, &id, "verification_failed")
+        .await;
     assert_eq!(failed["verification"]["delivering_to"], old.url().as_str());
     let before = sent.len();
     sent.extend(publish(&p, &partner, &orders).await);
@@ -217,13 +232,20 @@ async fn after_a_url_change_the_old_url_receives_until_the_new_one_is_verified()
         .await;
     assert_eq!(status, 202);
     let verified = api.wait_verification(&token, &id, "verified").await;
-    assert!(verified["verification"].get("delivering_to").is_none(), "{verified}");
+    assert!(
+        verified["verification"].get("delivering_to").is_none(),
+        "{verified}"
+    );
     let later = publish(&p, &partner, &orders).await;
     assert!(
         eventually(Duration::from_secs(30), || new.unique() == later.len()).await,
         "the verified new URL receives\n{}",
         dispatcher.log_tail()
     );
-    assert_eq!(old.unique(), before + orders.len(), "the old URL got nothing more");
+    assert_eq!(
+        old.unique(),
+        before + orders.len(),
+        "the old URL got nothing more"
+    );
     assert_eq!(dispatcher.terminate(), Some(0));
 }

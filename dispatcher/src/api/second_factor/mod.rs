@@ -1,0 +1,387 @@
+//! A second factor for the hazardous operations (#25): a partner enrols a TOTP
+//! authenticator (`POST /v1/partners/{p}/totp`, then `.../totp/confirm` with a code);
+//! from then on a partner token needs a current code in `X-Second-Factor` (the
+//! console: its form field) to create a subscription, change a URL or a CA, rotate a
+//! secret, delete a subscription or reconnect, and an operator needs the partner's
+//! code to issue a `manage` portal link for it. A stolen partner token alone can then
+//! no longer point the partner's orders elsewhere.
+//!
+//! - A code is accepted once (`store.rs`); wrong ones are limited: after
+//!   [`store::MAX_FAILURES`] in 15 minutes the operations answer 429 with Retry-After.
+//! - Every outcome is audited (actions `second-factor-*`); errors say what is missing
+//!   (`second_factor_required`, `second_factor_invalid`), never how close a code was.
+//! - `--require-second-factor`: a partner must enrol before those operations.
+//! - An operator resets an enrolment (`POST /v1/admin/partners/{p}/totp/reset`).
+//!
+//! Operator (admin token) changes do not ask for it, but for the `manage` link: the
+//! operator's token is the operator's own control (docs/ARCHITECTURE.md).
+
+pub mod store;
+pub mod totp;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Admin, Caller};
+use super::error::{body, ApiError};
+use super::ApiState;
+use crate::kafka::{Journal, KafkaSettings};
+use store::{EnrolState, Factors, Record};
+
+/// The header a code comes in.
+pub const HEADER: &str = "x-second-factor";
+/// The default topic.
+pub const DEFAULT_TOPIC: &str = "partner-second-factors";
+
+/// The API's second factors: what the topic says, and whether enrolment is required.
+#[derive(Debug, Clone)]
+pub struct SecondFactors {
+    journal: Journal<Factors>,
+    /// Partners must enrol before the hazardous operations (`--require-second-factor`).
+    pub required: bool,
+}
+
+impl SecondFactors {
+    /// Makes the topic if missing (compacted, one partition) and reads it.
+    pub async fn start(
+        settings: &KafkaSettings,
+        topic: &str,
+        required: bool,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let journal =
+            Journal::start(settings, topic, &[("cleanup.policy", "compact")], stop).await?;
+        Ok(Self { journal, required })
+    }
+
+    async fn write(&self, record: Record) -> Result<(), ApiError> {
+        self.journal
+            .write(&record.key(), &record)
+            .await
+            .map_err(ApiError::internal)
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn invalid() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "second_factor_invalid",
+        "the code is not valid (each code is accepted once)",
+    )
+}
+
+impl ApiState {
+    /// Lets `operation` on `partner`'s data through when its second factor allows it:
+    /// no enrolment (and none required), or a current code in `X-Second-Factor` not
+    /// used before. Operators pass, but for `issue-manage-portal-link`. `target` names
+    /// what the operation is about in the audit trail.
+    pub(crate) async fn second_factor(
+        &self,
+        caller: &Caller,
+        partner: &str,
+        operation: &str,
+        target: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        let Some(factors) = &self.second_factors else {
+            return Ok(());
+        };
+        if *caller == Caller::Admin && operation != "issue-manage-portal-link" {
+            return Ok(());
+        }
+        let audit = |action: &'static str| {
+            let details = serde_json::json!({ "operation": operation, "partner": partner });
+            async move {
+                if let Err(error) = self
+                    .audit
+                    .record_id(&caller.name(), action, target, Some(partner), details)
+                    .await
+                {
+                    tracing::warn!(%error, action, "a second-factor outcome was not audited");
+                }
+            }
+        };
+        let confirmed = factors.journal.read(|f| {
+            f.enrolment(partner)
+                .filter(|e| e.state == EnrolState::Confirmed)
+                .map(|e| e.secret.clone())
+        });
+        let Some(secret) = confirmed else {
+            if factors.required {
+                audit("second-factor-required").await;
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "second_factor_required",
+                    format!("partner `{partner}` must enrol a second factor first: POST /v1/partners/{partner}/totp, then /totp/confirm with a code"),
+                ));
+            }
+            return Ok(());
+        };
+        let code = headers
+            .get(HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or_default();
+        self.check_code(factors, partner, &secret, code, &audit)
+            .await
+    }
+
+    /// Checks `code` against `secret`: the lockout first, then the code, then that it
+    /// was not used (the claim written and read back); a wrong or used code is counted.
+    async fn check_code<F, Fut>(
+        &self,
+        factors: &SecondFactors,
+        partner: &str,
+        secret: &[u8],
+        code: &str,
+        audit: &F,
+    ) -> Result<(), ApiError>
+    where
+        F: Fn(&'static str) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let now = now_ms();
+        let failures = factors.journal.read(|f| f.failures(partner, now));
+        if failures.len() >= store::MAX_FAILURES {
+            audit("second-factor-locked").await;
+            let oldest = failures.first().copied().unwrap_or(now);
+            let wait = (oldest + store::FAILURE_WINDOW_MS - now).max(0) / 1000 + 1;
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "second_factor_locked",
+                format!("too many wrong codes for partner `{partner}`: try again in {wait} s"),
+            )
+            .retry_after(wait as u64));
+        }
+        if code.is_empty() {
+            audit("second-factor-required").await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "second_factor_required",
+                format!("this operation needs a current code of partner `{partner}`'s authenticator in the X-Second-Factor header"),
+            ));
+        }
+        let failed = || async {
+            factors
+                .write(Record::Failed {
+                    partner: partner.to_string(),
+                    at: now_ms(),
+                })
+                .await
+        };
+        let Some(step) = totp::matching_step(secret, code, now / 1000) else {
+            failed().await?;
+            audit("second-factor-refused").await;
+            return Err(invalid());
+        };
+        let claim = uuid::Uuid::new_v4().simple().to_string();
+        factors
+            .write(Record::Used {
+                partner: partner.to_string(),
+                step,
+                claim: claim.clone(),
+                at: now_ms(),
+            })
+            .await?;
+        if !factors.journal.read(|f| f.accepted(&claim)) {
+            failed().await?;
+            audit("second-factor-replayed").await;
+            return Err(invalid());
+        }
+        audit("second-factor-accepted").await;
+        Ok(())
+    }
+
+    fn factors(&self) -> Result<&SecondFactors, ApiError> {
+        self.second_factors.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "second factors are not set up on this API",
+            )
+        })
+    }
+}
+
+/// A partner's own token (or the console's partner session), for `partner`.
+fn own(caller: &Caller, partner: &str) -> Result<(), ApiError> {
+    match caller {
+        Caller::Partner(p) if p == partner => Ok(()),
+        Caller::Partner(_) => Err(ApiError::not_found(partner)),
+        Caller::Admin => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a partner enrols its own authenticator (with its own token)",
+        )),
+    }
+}
+
+/// `POST /v1/partners/{p}/totp`: a new authenticator secret, shown once as an
+/// `otpauth://` URI; enforced once confirmed. Refused (409) while one is confirmed: an
+/// operator resets it first.
+pub(super) async fn enrol(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(partner): Path<String>,
+) -> Result<Response, ApiError> {
+    own(&caller, &partner)?;
+    api.allow_write(&caller)?;
+    let factors = api.factors()?;
+    let confirmed = factors.journal.read(|f| {
+        f.enrolment(&partner)
+            .is_some_and(|e| e.state == EnrolState::Confirmed)
+    });
+    if confirmed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "second_factor_enrolled",
+            "an authenticator is enrolled already; an operator can reset it",
+        ));
+    }
+    let secret = totp::generate_secret();
+    api.audit
+        .record_id(
+            &caller.name(),
+            "second-factor-enrol",
+            &partner,
+            Some(&partner),
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    factors
+        .write(Record::Enrolment {
+            partner: partner.clone(),
+            state: EnrolState::Pending,
+            secret: totp::base32(&secret),
+            at: now_ms(),
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "otpauth_uri": totp::otpauth_uri(&secret, &partner) })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmRequest {
+    code: String,
+}
+
+/// `POST /v1/partners/{p}/totp/confirm` with `{"code"}`: confirms the pending
+/// enrolment with a current code; from then on it is enforced.
+pub(super) async fn confirm(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(partner): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    own(&caller, &partner)?;
+    let request: ConfirmRequest = body(&bytes)?;
+    let factors = api.factors()?;
+    let pending = factors.journal.read(|f| {
+        f.enrolment(&partner)
+            .filter(|e| e.state == EnrolState::Pending)
+            .cloned()
+    });
+    let Some(pending) = pending else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_enrolment_pending",
+            "no authenticator waits for confirmation: POST /v1/partners/{partner}/totp first",
+        ));
+    };
+    let audit = |action: &'static str| {
+        let details = serde_json::json!({ "operation": "confirm-second-factor" });
+        let (api, caller, partner) = (&api, &caller, &partner);
+        async move {
+            if let Err(error) = api
+                .audit
+                .record_id(&caller.name(), action, partner, Some(partner), details)
+                .await
+            {
+                tracing::warn!(%error, action, "a second-factor outcome was not audited");
+            }
+        }
+    };
+    api.check_code(factors, &partner, &pending.secret, &request.code, &audit)
+        .await?;
+    factors
+        .write(Record::Enrolment {
+            partner: partner.clone(),
+            state: EnrolState::Confirmed,
+            secret: totp::base32(&pending.secret),
+            at: now_ms(),
+        })
+        .await?;
+    api.audit
+        .record_id(
+            &caller.name(),
+            "second-factor-confirm",
+            &partner,
+            Some(&partner),
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({ "state": "enrolled" })).into_response())
+}
+
+/// `GET /v1/partners/{p}/totp`: `none`, `pending` (not enforced yet) or `enrolled`.
+pub(super) async fn status(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(partner): Path<String>,
+) -> Result<Response, ApiError> {
+    if !caller.sees(&partner) {
+        return Err(ApiError::not_found(&partner));
+    }
+    let factors = api.factors()?;
+    let state = factors
+        .journal
+        .read(|f| match f.enrolment(&partner).map(|e| e.state) {
+            Some(EnrolState::Confirmed) => "enrolled",
+            Some(EnrolState::Pending) => "pending",
+            _ => "none",
+        });
+    Ok(Json(serde_json::json!({ "state": state, "required": factors.required })).into_response())
+}
+
+/// `POST /v1/admin/partners/{p}/totp/reset`: forgets the partner's authenticator (a
+/// lost phone); the partner enrols again.
+pub(super) async fn reset(
+    State(api): State<ApiState>,
+    Admin(caller): Admin,
+    Path(partner): Path<String>,
+) -> Result<Response, ApiError> {
+    let factors = api.factors()?;
+    api.audit
+        .record_id(
+            &caller.name(),
+            "second-factor-reset",
+            &partner,
+            Some(&partner),
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    factors
+        .write(Record::Enrolment {
+            partner,
+            state: EnrolState::Reset,
+            secret: String::new(),
+            at: now_ms(),
+        })
+        .await?;
+    Ok(Json(serde_json::json!({ "state": "none" })).into_response())
+}
