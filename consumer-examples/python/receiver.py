@@ -6,7 +6,9 @@ library, deduplicates by webhook-id, acknowledges fast.
 Each first-seen event is appended to --out as one JSON line
 {"webhook_id", "type", "order_id", "body"} before the 204 answer: "store, then
 acknowledge". A real receiver would put it on its own queue or table here and process
-it after answering. A repeat of a webhook-id is answered 204 and not stored again.
+it after answering. A repeat of a webhook-id is answered 204 and not stored again. The
+ownership challenge (type webhook.endpoint_verification, sent when the subscription's URL
+is set) is answered 200 with {"challenge": <data.challenge>}.
 """
 
 import argparse
@@ -32,9 +34,11 @@ def handler(state: State):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the dispatcher reuses connections
 
-        def answer(self, status: int, text: str = "") -> None:
+        def answer(self, status: int, text: str = "", content_type: str = "") -> None:
             body = text.encode()
             self.send_response(status)
+            if content_type:
+                self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -58,6 +62,12 @@ def handler(state: State):
                 event = state.webhook.verify(body, dict(self.headers.items()))
             except WebhookVerificationError as error:
                 self.answer(401, f"signature refused: {error}")
+                return
+            if event.get("type") == "webhook.endpoint_verification":
+                # Proof that this endpoint wants the events: echo the challenge (signed
+                # like every event, so only the holder of the secret can answer it).
+                challenge = event.get("data", {}).get("challenge", "")
+                self.answer(200, json.dumps({"challenge": challenge}), "application/json")
                 return
             webhook_id = self.headers["webhook-id"]
             with state.lock:

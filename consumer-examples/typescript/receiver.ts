@@ -6,7 +6,9 @@
 // Each first-seen event is appended to --out as one JSON line
 // {"webhook_id", "type", "order_id", "body"} before the 204 answer ("store, then
 // acknowledge"); a real receiver would queue it here and process it after answering.
-// A repeat of a webhook-id is answered 204 and not stored again.
+// A repeat of a webhook-id is answered 204 and not stored again. The ownership
+// challenge (type webhook.endpoint_verification, sent when the subscription's URL is
+// set) is answered 200 with {"challenge": <data.challenge>}.
 
 import { appendFileSync } from "node:fs";
 import { createServer, IncomingMessage, ServerResponse } from "node:http";
@@ -63,6 +65,13 @@ function receive(req: IncomingMessage, res: ServerResponse): void {
     } catch (error) {
       const why = error instanceof WebhookVerificationError ? error.message : String(error);
       return answer(res, 401, `signature refused: ${why}`);
+    }
+    if (event?.type === "webhook.endpoint_verification") {
+      // Proof that this endpoint wants the events: echo the challenge (signed like
+      // every event, so only the holder of the secret can answer it).
+      const text = JSON.stringify({ challenge: event?.data?.challenge ?? "" });
+      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+      return void res.end(text);
     }
     const id = headers["webhook-id"];
     if (seen.has(id)) return answer(res, 204); // a retry or replay we already have

@@ -78,11 +78,27 @@ async fn raw_status(base: &str, request: &str) -> Option<u16> {
 
 async fn receives_verified_deliveries_once_and_refuses_the_rest(language: &str) {
     let (program, script) = example(language);
-    let secret = Secret::generate();
+    // Subscribed through the API, as a partner does: its URL must answer the ownership
+    // challenge before it gets any event.
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique(language);
+    let token = e2e::partner_token(&partner);
+    let api = world.start_api(&e2e::api_tokens(&[&partner]), &[]);
+    let addr = e2e::closed_port();
+    let (status, created) = api
+        .create_subscription(
+            token.clone(),
+            serde_json::json!({"url": format!("http://{addr}/hooks/orders"),
+                "event_types": ["order.created", "order.cancelled"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    let id = created["id"].as_str().expect("id").to_string();
     let out = std::env::temp_dir().join(format!("{}.jsonl", unique(language)));
     let mut child = Command::new(program)
         .arg(script)
-        .args(["--listen", "127.0.0.1:0", "--secret", &secret, "--out"])
+        .args(["--listen", &addr, "--secret", &secret, "--out"])
         .arg(&out)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -99,13 +115,8 @@ async fn receives_verified_deliveries_once_and_refuses_the_rest(language: &str) 
         .unwrap_or_else(|| panic!("{language} example did not start: {line}"))
         .to_string();
     let url = format!("{base}/hooks/orders");
-
-    let world = DispatchWorld::new("127.0.0.1").await;
-    let partner = unique(language);
-    let yaml = format!(
-        "subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: {url}\n    event_types: [order.created, order.cancelled]\n    secrets: [\"{secret}\"]\n"
-    );
-    assert!(world.apply(&yaml).status.success());
+    api.wait_verification(&token, &id, "verified").await;
+    assert!(accepted(&out).is_empty(), "{language}: the challenge is not an event");
     let dispatcher = world.start();
     let publisher = world.publisher().await;
     let mut sent = Vec::new();
