@@ -98,6 +98,7 @@ struct Inner {
     max_in_flight: u32,
     overloaded: u64,
     challenges: u64,
+    challenge_bodies: Vec<serde_json::Value>,
 }
 
 /// Counts a request as being answered until dropped.
@@ -221,6 +222,11 @@ impl Receiver {
         self.with(|i| i.challenges)
     }
 
+    /// The bodies of the ownership challenges received, in order.
+    pub fn challenge_bodies(&self) -> Vec<serde_json::Value> {
+        self.with(|i| i.challenge_bodies.clone())
+    }
+
     /// Requests received since the script was last set (answered or not).
     pub fn requests(&self) -> u64 {
         self.with(|i| i.requests)
@@ -249,6 +255,7 @@ async fn challenge(
     let answer = {
         let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.challenges += 1;
+        inner.challenge_bodies.push(json.clone());
         inner.script.challenge
     };
     // A real receiver verifies the signature first, as for every event.

@@ -328,6 +328,7 @@ pub(super) async fn update(
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
     api.allow_write(&caller)?;
+    super::second_factor::code_in(&headers)?;
     let request: UpdateRequest = body(&bytes)?;
     let mut named = request.named();
     let mut s = (*current).clone();

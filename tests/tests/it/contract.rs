@@ -18,18 +18,20 @@ fn document() -> Value {
 
 /// A validator for `#/components/schemas/<name>` (refs resolved within the document).
 fn validator(doc: &Value, name: &str) -> jsonschema::Validator {
+    validator_of(doc, json!({ "$ref": format!("#/$defs/{name}") }))
+}
+
+/// A validator for `schema`, with the document's schemas as `#/$defs/<name>`.
+fn validator_of(doc: &Value, mut schema: Value) -> jsonschema::Validator {
     let schemas = serde_json::to_string(&doc["components"]["schemas"])
         .expect("schemas")
         .replace("#/components/schemas/", "#/$defs/");
-    let schema = json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$defs": serde_json::from_str::<Value>(&schemas).expect("json"),
-        "$ref": format!("#/$defs/{name}"),
-    });
+    schema["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    schema["$defs"] = serde_json::from_str::<Value>(&schemas).expect("json");
     jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
-        .unwrap_or_else(|e| panic!("schema {name}: {e}"))
+        .unwrap_or_else(|e| panic!("schema {schema}: {e}"))
 }
 
 fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
@@ -173,6 +175,19 @@ async fn dispatched_webhooks_and_api_answers_match_the_document() {
     assert!(validator(&doc, "Secret").is_valid(&secret_value));
     let v = validator(&doc, "Subscription");
     assert_eq!(errors(&v, &view), Vec::<String>::new(), "{created}");
+    // Its URL gets the ownership challenge, as the document describes it.
+    assert_eq!(created["verification"]["state"], "pending_verification");
+    assert!(
+        eventually(Duration::from_secs(10), || receiver.challenges() >= 1).await,
+        "challenged"
+    );
+    let challenge = &receiver.challenge_bodies()[0];
+    let schema = doc["webhooks"]["webhook.endpoint_verification"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]
+        .clone();
+    assert!(schema.is_object(), "the challenge is in the document");
+    let v = validator_of(&doc, schema);
+    assert_eq!(errors(&v, challenge), Vec::<String>::new(), "{challenge}");
     let page: Value = client
         .get(format!("{}/v1/partners/{partner}/events?limit=20", api.url))
         .bearer_auth(token)

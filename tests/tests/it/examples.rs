@@ -116,7 +116,10 @@ async fn receives_verified_deliveries_once_and_refuses_the_rest(language: &str) 
         .to_string();
     let url = format!("{base}/hooks/orders");
     api.wait_verification(&token, &id, "verified").await;
-    assert!(accepted(&out).is_empty(), "{language}: the challenge is not an event");
+    assert!(
+        accepted(&out).is_empty(),
+        "{language}: the challenge is not an event"
+    );
     let dispatcher = world.start();
     let publisher = world.publisher().await;
     let mut sent = Vec::new();

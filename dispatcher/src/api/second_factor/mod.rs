@@ -66,6 +66,22 @@ impl SecondFactors {
     }
 }
 
+/// The code in `X-Second-Factor` (empty: none). One that cannot be a code is a
+/// malformed request, whoever calls and whatever the operation: 400, and not counted as
+/// a wrong code.
+pub(crate) fn code_in(headers: &HeaderMap) -> Result<&str, ApiError> {
+    match headers.get(HEADER) {
+        None => Ok(""),
+        Some(v) => match v.to_str().map(str::trim) {
+            Ok(c) if c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()) => Ok(c),
+            _ => Err(ApiError::parameter(
+                "X-Second-Factor",
+                "a code is 6 digits (from the partner's authenticator app)",
+            )),
+        },
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -94,6 +110,7 @@ impl ApiState {
         let Some(factors) = &self.second_factors else {
             return Ok(());
         };
+        let code = code_in(headers)?;
         if *caller == Caller::Admin && operation != "issue-manage-portal-link" {
             return Ok(());
         }
@@ -125,11 +142,6 @@ impl ApiState {
             }
             return Ok(());
         };
-        let code = headers
-            .get(HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .unwrap_or_default();
         self.check_code(factors, partner, &secret, code, &audit)
             .await
     }
@@ -288,6 +300,12 @@ pub(super) async fn confirm(
 ) -> Result<Response, ApiError> {
     own(&caller, &partner)?;
     let request: ConfirmRequest = body(&bytes)?;
+    if request.code.len() != 6 || !request.code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::field(
+            "code",
+            "6 digits, from the authenticator app",
+        ));
+    }
     let factors = api.factors()?;
     let pending = factors.journal.read(|f| {
         f.enrolment(&partner)

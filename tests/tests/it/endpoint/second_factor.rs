@@ -37,6 +37,15 @@ async fn call(
     (status, retry_after, body)
 }
 
+/// A code of six digits that is none of the current ones.
+fn wrong(secret: &[u8]) -> String {
+    let taken: Vec<String> = (-1..=1).map(|o| code(secret, o)).collect();
+    (0..10u32)
+        .map(|d| d.to_string().repeat(6))
+        .find(|c| !taken.contains(c))
+        .expect("a wrong code")
+}
+
 /// The code of the step `offset` steps from now.
 fn code(secret: &[u8], offset: i64) -> String {
     let now = chrono::Utc::now().timestamp();
@@ -145,19 +154,19 @@ async fn hazardous_changes_need_a_code_used_once_and_wrong_codes_lock_out() {
     assert_eq!(s, 404);
 
     let confirm = |c: String| json!({ "code": c });
-    let (s, _, wrong) = call(
+    let (s, _, refused) = call(
         &api,
         post.clone(),
         &format!("/v1/partners/{partner}/totp/confirm"),
         &token,
         None,
-        Some(confirm("000000".into())),
+        Some(confirm(wrong(&secret))),
     )
     .await;
     assert_eq!(
-        (s, wrong["error"]["code"].as_str()),
+        (s, refused["error"]["code"].as_str()),
         (403, Some("second_factor_invalid")),
-        "{wrong}"
+        "{refused}"
     );
     let (s, _, ok) = call(
         &api,
@@ -266,13 +275,29 @@ async fn hazardous_changes_need_a_code_used_once_and_wrong_codes_lock_out() {
     // Wrong codes: two so far (the wrong confirmation, the replay); three more and the
     // operations answer 429 with Retry-After, a right code included.
     let delete = format!("/v1/subscriptions/{partner}.s2");
+    // (A code that cannot be one is a malformed request, not a wrong code.)
+    let (s, _, malformed) = call(
+        &api,
+        reqwest::Method::DELETE,
+        &delete,
+        &token,
+        Some("12345"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, malformed["error"]["code"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{malformed}"
+    );
+    assert_eq!(malformed["error"]["field"], "X-Second-Factor");
     for n in 0..3 {
         let (s, _, e) = call(
             &api,
             reqwest::Method::DELETE,
             &delete,
             &token,
-            Some("12345"),
+            Some(&wrong(&secret)),
             None,
         )
         .await;
