@@ -6,7 +6,9 @@
 //   PARTNER       partner A                   SUBSCRIPTION A's subscription
 //   FAILED_ID, FAILED2_ID   A's dead-lettered messages (its server answered 400 with markup)
 //   OTHER_SUBSCRIPTION, OTHER_ID   partner B's subscription and one of its messages
+//   PARTNER_TOKEN A's API token (to enrol its authenticator)
 //   SCREENSHOTS   a folder: save a screenshot of each page there (scripts/console-screenshots.sh)
+import { createHmac } from "node:crypto";
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, mkdirSync } from "node:fs";
@@ -28,6 +30,7 @@ const FAILED_ID = env("FAILED_ID");
 const FAILED2_ID = env("FAILED2_ID");
 const OTHER_SUBSCRIPTION = env("OTHER_SUBSCRIPTION");
 const OTHER_ID = env("OTHER_ID");
+const PARTNER_TOKEN = env("PARTNER_TOKEN");
 const SHOTS = process.env.SCREENSHOTS;
 
 let browser;
@@ -51,11 +54,14 @@ after(async () => {
   await browser?.close();
 });
 
-/// A portal link from the admin API.
-async function portalLink(partner, scope, ttl_secs = 600) {
+/// A portal link from the admin API (`code`: the partner's authenticator code, for a
+/// manage link once it enrolled one).
+async function portalLink(partner, scope, ttl_secs = 600, code = undefined) {
+  const headers = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
+  if (code) headers["x-second-factor"] = code;
   const response = await fetch(`${API}/v1/admin/portal-links`, {
     method: "POST",
-    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    headers,
     body: JSON.stringify({ partner, scope, ttl_secs }),
   });
   const body = await response.json();
@@ -462,4 +468,89 @@ test("an operator signs in with the admin token and sees every partner", async (
   assert.equal(await partnerPage.getByRole("link", { name: "Audit trail" }).count(), 0);
   await partnerPage.context().close();
   await page.context().close();
+});
+
+/// RFC 6238: the 6-digit code of the step `offset` steps from now.
+function totp(secret, offset = 0) {
+  const step = Math.floor(Date.now() / 1000 / 30) + offset;
+  const counter = Buffer.alloc(8);
+  counter.writeBigInt64BE(BigInt(step));
+  const digest = createHmac("sha1", secret).update(counter).digest();
+  const at = digest[19] & 0x0f;
+  const value = (digest.readUInt32BE(at) & 0x7fffffff) % 1_000_000;
+  return String(value).padStart(6, "0");
+}
+
+function base32(text) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = 0;
+  let buffer = 0;
+  const out = [];
+  for (const c of text.replace(/=+$/, "")) {
+    buffer = (buffer << 5) | alphabet.indexOf(c.toUpperCase());
+    bits += 5;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push((buffer >> bits) & 0xff);
+    }
+  }
+  return Buffer.from(out);
+}
+
+// (Last: it enrols partner A's authenticator, and resets it at the end.)
+test("with an authenticator enrolled, a URL change in the console asks for its code", async () => {
+  const call = (method, path, token, body, code) =>
+    fetch(`${API}${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        "content-type": "application/json",
+        ...(code ? { "x-second-factor": code } : {}),
+      },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  const enrolled = await call("POST", `/v1/partners/${PARTNER}/totp`, PARTNER_TOKEN);
+  assert.equal(enrolled.status, 201);
+  const uri = (await enrolled.json()).otpauth_uri;
+  const secret = base32(new URL(uri).searchParams.get("secret"));
+  const confirmed = await call("POST", `/v1/partners/${PARTNER}/totp/confirm`, PARTNER_TOKEN, { code: totp(secret, -1) });
+  assert.equal(confirmed.status, 200);
+  try {
+    // A manage link now needs the partner's code, from the operator too.
+    const refused = await call("POST", "/v1/admin/portal-links", ADMIN, { partner: PARTNER, scope: "manage", ttl_secs: 600 });
+    assert.equal(refused.status, 403);
+    const page = await freshPage();
+    await signIn(page, await portalLink(PARTNER, "manage", 600, totp(secret, 0)));
+    await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+    const url = await page.getByLabel("URL", { exact: true }).inputValue();
+    // Without the code: refused, saying what is missing.
+    await page.getByLabel("URL", { exact: true }).fill(`${url.replace(/\?.*$/, "")}?v=3`);
+    await page.getByRole("button", { name: "Save changes" }).click();
+    assert.match(await page.locator("main").innerText(), /X-Second-Factor|second factor|authenticator/i);
+    await accessible(page, "second-factor-required");
+    // With it, by keyboard: the change is made, and the new URL is checked.
+    await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+    await page.getByLabel("URL", { exact: true }).fill(`${url.replace(/\?.*$/, "")}?v=3`);
+    await page.locator("#edit_code").focus();
+    await page.keyboard.type(totp(secret, 1));
+    const saved = page.waitForNavigation();
+    await page.keyboard.press("Enter");
+    await saved;
+    assert.equal(page.url(), `${API}/console/subscriptions/${SUBSCRIPTION}`, await page.locator("main").innerText());
+    const facts = await page.locator("dl.facts").first().innerText();
+    assert.match(facts, /\?v=3/);
+    assert.match(facts, /URL check\s+(pending_verification|verified)/, facts);
+    let check = facts;
+    for (let i = 0; i < 50 && !/URL check\s+verified/.test(check); i++) {
+      await page.waitForTimeout(200);
+      await page.reload();
+      check = await page.locator("dl.facts").first().innerText();
+    }
+    assert.match(check, /URL check\s+verified/, "the example receiver answered the challenge");
+    await accessible(page, "subscription-verified");
+    await page.context().close();
+  } finally {
+    const reset = await call("POST", `/v1/admin/partners/${PARTNER}/totp/reset`, ADMIN);
+    assert.equal(reset.status, 200);
+  }
 });

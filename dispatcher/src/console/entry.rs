@@ -73,6 +73,9 @@ fn start(api: &ApiState, session: &Grant) -> Response {
 pub(super) struct CsrfForm {
     #[serde(default)]
     pub(super) csrf: String,
+    /// A code of the partner's authenticator, for the operations that ask for one.
+    #[serde(default)]
+    pub(super) second_factor: String,
 }
 
 pub(super) async fn logout(

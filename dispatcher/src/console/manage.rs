@@ -52,6 +52,7 @@ pub(super) async fn edit(
         .patch(
             &format!("/v1/subscriptions/{path}"),
             json!({ "url": field(&form, "url"), "event_types": event_types }),
+            field(&form, "second_factor"),
         )
         .await;
     if !status.is_success() {
@@ -95,9 +96,10 @@ pub(super) async fn rotate(
         viewer: &viewer,
     };
     let (status, answer) = call
-        .post(
+        .post_with_code(
             &format!("/v1/subscriptions/{path}/rotate-secret"),
             Some(json!({ "overlap_secs": hours.saturating_mul(3600) })),
+            field(&form, "second_factor"),
         )
         .await;
     if !status.is_success() {

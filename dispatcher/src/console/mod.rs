@@ -231,6 +231,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/console/subscriptions/{id}/resume", post(pages::resume))
         .route("/console/subscriptions/{id}/edit", post(manage::edit))
         .route("/console/subscriptions/{id}/rotate", post(manage::rotate))
+        .route("/console/subscriptions/{id}/verify", post(pages::verify))
         .route("/console/subscriptions/{id}/recover", post(manage::recover))
         .route("/console/messages/{webhook_id}", get(message::message))
         .route(
@@ -390,11 +391,22 @@ pub(crate) struct ApiCall<'a> {
 
 impl ApiCall<'_> {
     pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.send(Method::GET, uri, None).await
+        self.send(Method::GET, uri, None, "").await
     }
 
     pub(crate) async fn post(&self, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.send(Method::POST, uri, body).await
+        self.send(Method::POST, uri, body, "").await
+    }
+
+    /// A POST of a hazardous operation, with the code the form carried (`X-Second-Factor`;
+    /// empty: none).
+    pub(crate) async fn post_with_code(
+        &self,
+        uri: &str,
+        body: Option<Value>,
+        code: &str,
+    ) -> (StatusCode, Value) {
+        self.send(Method::POST, uri, body, code).await
     }
 
     /// A subscription's stats over `window` (`1h`, `24h`), answered from the last 30 s
@@ -420,19 +432,30 @@ impl ApiCall<'_> {
         Some(v)
     }
 
-    pub(crate) async fn patch(&self, uri: &str, body: Value) -> (StatusCode, Value) {
-        self.send(Method::PATCH, uri, Some(body)).await
+    /// A PATCH, with the code the form carried (empty: none).
+    pub(crate) async fn patch(&self, uri: &str, body: Value, code: &str) -> (StatusCode, Value) {
+        self.send(Method::PATCH, uri, Some(body), code).await
     }
 
-    async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        code: &str,
+    ) -> (StatusCode, Value) {
         let body = match body {
             Some(v) => Body::from(v.to_string()),
             None => Body::empty(),
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "application/json");
+        if !code.trim().is_empty() {
+            request = request.header(crate::api::second_factor::HEADER, code.trim());
+        }
+        let request = request
             .extension(crate::api::InProcess(self.viewer.caller.clone()))
             .body(body);
         let Ok(request) = request else {

@@ -355,9 +355,10 @@ pub(super) async fn reconnect(
         viewer: &viewer,
     };
     let (status, body) = call
-        .post(
+        .post_with_code(
             &format!("/v1/partners/{}/reconnect", super::seg(&partner)),
             None,
+            &form.second_factor,
         )
         .await;
     if !status.is_success() {

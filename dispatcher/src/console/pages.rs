@@ -126,6 +126,13 @@ struct SubscriptionFacts {
     url: String,
     event_types: String,
     state: String,
+    /// The URL's ownership check: `verified`, `pending_verification`,
+    /// `verification_failed`.
+    verification: String,
+    /// Where events go while the URL is not verified (empty: they wait).
+    delivering_to: String,
+    /// Why the last challenge failed (empty: none).
+    verification_error: String,
 }
 
 struct MessageRow {
@@ -255,6 +262,15 @@ pub(super) async fn subscription(
             .map(|t| t.iter().map(text).collect::<Vec<_>>().join(", "))
             .unwrap_or_default(),
         state: text(&s["state"]),
+        verification: text(&s["verification"]["state"]),
+        delivering_to: s["verification"]["delivering_to"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        verification_error: s["verification"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     };
     let cursor = (!filters.cursor.is_empty()).then_some(filters.cursor.as_str());
     let (status, page) = call
@@ -319,6 +335,19 @@ async fn change(api: &ApiState, viewer: &Viewer, csrf: &str, uri: &str, back: &s
         return api_failure(Layout::of(viewer), status, &body);
     }
     Redirect::to(back).into_response()
+}
+
+/// `POST /console/subscriptions/{id}/verify`: the ownership challenge again, now.
+pub(super) async fn verify(
+    State(api): State<ApiState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let path = super::seg(&id);
+    let back = format!("/console/subscriptions/{path}");
+    let uri = format!("/v1/subscriptions/{path}/verify");
+    change(&api, &viewer, &form.csrf, &uri, &back).await
 }
 
 pub(super) async fn pause(

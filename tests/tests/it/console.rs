@@ -98,7 +98,8 @@ async fn partners_and_operators_use_the_console_in_a_real_browser() {
                 .env("FAILED_ID", failed_id)
                 .env("FAILED2_ID", failed2_id)
                 .env("OTHER_SUBSCRIPTION", format!("{b}-s"))
-                .env("OTHER_ID", their_id);
+                .env("OTHER_ID", their_id)
+                .env("PARTNER_TOKEN", partner_token(&a));
             if let Ok(shots) = std::env::var("CONSOLE_SCREENSHOTS") {
                 node.env("SCREENSHOTS", shots);
             }
@@ -135,6 +136,9 @@ async fn partners_and_operators_use_the_console_in_a_real_browser() {
         (format!("partner:{a}"), "resume"),
         (format!("partner:{a}"), "rotate-secret"),
         (format!("partner:{a}"), "recover"),
+        // The URL change made with the authenticator's code in the form.
+        (format!("partner:{a}"), "second-factor-accepted"),
+        (format!("partner:{a}"), "second-factor-required"),
         ("admin".to_string(), "portal-sessions-expired"),
     ] {
         assert!(
