@@ -168,3 +168,50 @@ fn a_file_with_a_duplicate_or_a_typo_is_refused_with_its_name() {
         .expect_err("dup")
         .contains("appears twice"));
 }
+
+#[test]
+fn https_only_refuses_plain_http_even_to_an_allowlisted_address() {
+    let mut s = sub();
+    s.url = "http://127.0.0.1:9000/hook".into();
+    let allow = Allowlist::parse(&["127.0.0.1".into()]).expect("allowlist");
+    assert!(s.validate(&allow).is_ok(), "allowlisted plain http");
+    let only = allow.with_https_only(true);
+    let e = s.validate(&only).expect_err("https only");
+    assert_eq!(e.field, "url");
+    assert!(e.message.contains("--https-only"), "{e}");
+    let dev = Allowlist::default()
+        .with_plain_http(true)
+        .with_https_only(true);
+    s.url = "http://hooks.example.com/x".into();
+    assert_eq!(s.validate(&dev).expect_err("https only wins").field, "url");
+}
+
+#[test]
+fn a_ca_that_does_not_parse_is_refused_naming_the_field_and_the_url_in_force_follows_verification()
+{
+    let e = error(|s| {
+        s.tls = Some(EndpointTls {
+            ca_pem: Some(
+                "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into(),
+            ),
+        })
+    });
+    assert_eq!(e.field, "tls.ca_pem");
+    let mut s = sub();
+    assert_eq!(s.delivery_url(), Some(s.url.as_str()), "grandfathered");
+    let pending = |previous: Option<&str>| Verification {
+        state: VerificationState::PendingVerification,
+        previous_url: previous.map(str::to_string),
+        since: chrono::Utc::now(),
+        verified_at: None,
+        last_error: None,
+    };
+    s.verification = Some(pending(None));
+    assert_eq!(s.delivery_url(), None, "a new URL not verified: held");
+    s.verification = Some(pending(Some("https://old.example.com/h")));
+    assert_eq!(s.delivery_url(), Some("https://old.example.com/h"));
+    if let Some(v) = s.verification.as_mut() {
+        v.state = VerificationState::Verified;
+    }
+    assert_eq!(s.delivery_url(), Some(s.url.as_str()));
+}
