@@ -266,7 +266,7 @@ pub(super) async fn create(
             )
         })?;
     let secret = Secret::generate();
-    let s = Subscription {
+    let mut s = Subscription {
         id,
         partner_id,
         url: request.url,
@@ -282,8 +282,9 @@ pub(super) async fn create(
         previous_secrets_until: None,
         disconnected: None,
         tls: request.tls.filter(|t| t.ca_pem.is_some()),
-        verification: api.verifier.as_ref().and_then(|v| v.start(None)),
+        verification: None,
     };
+    s.verification = api.verifier.as_ref().and_then(|v| v.start(&s.url, None));
     s.validate_new_id()
         .map_err(|e| ApiError::field(e.field, e.message))?;
     api.check(&s).await?;
@@ -353,19 +354,26 @@ pub(super) async fn update(
     if let Some(tls) = request.tls {
         s.tls = tls.ca_pem.is_some().then_some(tls);
     }
-    if s.url != current.url {
+    // A request that names the URL decides the check too, even when the URL is the
+    // one it read: merged onto a newer version (`table::merge`), it must not keep
+    // another change's state with its own URL.
+    if named.contains(&"url") {
         named.push("verification");
+    }
+    if s.url != current.url {
         s.verification = if current.delivery_url() == Some(s.url.as_str()) {
             // Back to the URL verified and in force: nothing to check.
             current.verification.clone().map(|v| Verification {
                 state: VerificationState::Verified,
+                url: Some(s.url.clone()),
                 previous_url: None,
+                previous_tls: None,
                 last_error: None,
                 ..v
             })
         } else {
             match &api.verifier {
-                Some(v) if v.require => v.start(Some(&current)),
+                Some(v) if v.require => v.start(&s.url, Some(&current)),
                 _ => None,
             }
         };

@@ -79,10 +79,20 @@ impl Verifier {
     /// A new check of `s.url` starting now (a new subscription, a URL change, or a
     /// retry asked for), or `None` when verification is off. `previous`: the URL in
     /// force before (it keeps receiving until `s.url` is verified).
-    pub fn start(&self, previous: Option<&Subscription>) -> Option<Verification> {
+    pub fn start(&self, url: &str, previous: Option<&Subscription>) -> Option<Verification> {
+        // (The previous URL with its own CA: the one it was reached with.)
+        let in_force = previous.and_then(|p| {
+            p.delivery_url()
+                .map(|u| (u.to_string(), p.delivery_ca_pem().map(str::to_string)))
+        });
         self.require.then(|| Verification {
             state: VerificationState::PendingVerification,
-            previous_url: previous.and_then(|p| p.delivery_url().map(str::to_string)),
+            url: Some(url.to_string()),
+            previous_tls: in_force.as_ref().and_then(|(_, ca)| {
+                ca.clone()
+                    .map(|pem| crate::subscriptions::EndpointTls { ca_pem: Some(pem) })
+            }),
+            previous_url: in_force.map(|(u, _)| u),
             since: Utc::now(),
             verified_at: None,
             last_error: None,
@@ -259,7 +269,9 @@ async fn settle(api: &ApiState, verifier: &Verifier, s: &Subscription, result: R
     let change = match &result {
         Ok(()) => Some(Verification {
             state: VerificationState::Verified,
+            url: Some(s.url.clone()),
             previous_url: None,
+            previous_tls: None,
             since: v.since,
             verified_at: Some(Utc::now()),
             last_error: None,
@@ -315,7 +327,9 @@ async fn write(
     };
     let same_check = latest.url == s.url
         && latest.verification.as_ref().is_some_and(|l| {
-            l.since == started.since && l.state == VerificationState::PendingVerification
+            l.since == started.since
+                && l.url == started.url
+                && l.state == VerificationState::PendingVerification
         });
     if !same_check {
         return Ok(());

@@ -165,7 +165,18 @@ pub(super) async fn deliver(
                 e
             }),
         };
-        match classify(&report.attempt) {
+        let mut decision = classify(&report.attempt);
+        if decision == Decision::Gone
+            && subscription.delivery_url() != Some(subscription.url.as_str())
+        {
+            // A 410 from the previous URL while the new one waits for its ownership
+            // check: the partner turned the old endpoint off early. Not a reason to
+            // disable the subscription (the new URL may be fine): retried like a 503
+            // until the new URL is verified.
+            tracing::info!(partner = %partner, subscription = %subscription.id, "410 Gone from the previous URL while the new one is checked: retrying");
+            decision = Decision::Retry { at_least: None };
+        }
+        match decision {
             Decision::Delivered => {
                 lm.delivered.increment(1);
                 if let Some(at) = job.occurred_at_ms {
@@ -182,7 +193,7 @@ pub(super) async fn deliver(
                 if ctx
                     .table
                     .get(&subscription.id)
-                    .is_some_and(|now| now.url != subscription.url) =>
+                    .is_some_and(|now| now.delivery_url() != subscription.delivery_url()) =>
             {
                 // The URL changed while this request was out: the old endpoint is gone,
                 // the new one has not been asked yet.

@@ -133,10 +133,17 @@ impl VerificationState {
 #[serde(deny_unknown_fields)]
 pub struct Verification {
     pub state: VerificationState,
+    /// The URL this check is about: a state about another URL (a record merged from
+    /// two changes) does not make `url` verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// After a URL change: the verified URL that keeps receiving until `url` is
     /// verified. None for a new subscription: its events wait in Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_url: Option<String>,
+    /// The previous URL's TLS settings (its own CA), used as long as it receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_tls: Option<EndpointTls>,
     /// When this check of `url` started (the change, or a retry asked for).
     pub since: chrono::DateTime<chrono::Utc>,
     /// When `url` answered the challenge.
@@ -419,14 +426,36 @@ impl Subscription {
     pub fn delivery_url(&self) -> Option<&str> {
         match &self.verification {
             None => Some(&self.url),
-            Some(v) if v.state == VerificationState::Verified => Some(&self.url),
+            Some(v) if v.state == VerificationState::Verified => v
+                .url
+                .as_deref()
+                .is_none_or(|checked| checked == self.url)
+                .then_some(self.url.as_str()),
             Some(v) => v.previous_url.as_deref(),
         }
+    }
+
+    /// Whether events go to a previous URL while `url` is checked.
+    fn delivering_to_previous(&self) -> bool {
+        self.delivery_url()
+            .is_some_and(|u| u != self.url && self.verification.is_some())
     }
 
     /// The subscription's own CA for its partner's server, if it has one.
     pub fn ca_pem(&self) -> Option<&str> {
         self.tls.as_ref().and_then(|t| t.ca_pem.as_deref())
+    }
+
+    /// The CA for the URL events go to now: the previous URL's own while it receives.
+    pub fn delivery_ca_pem(&self) -> Option<&str> {
+        if self.delivering_to_previous() {
+            self.verification
+                .as_ref()
+                .and_then(|v| v.previous_tls.as_ref())
+                .and_then(|t| t.ca_pem.as_deref())
+        } else {
+            self.ca_pem()
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -34,12 +34,19 @@ impl Target {
     fn new(subscription: Subscription) -> Self {
         // (A subscription with no URL to deliver to yet is held before any attempt.)
         let url = subscription.delivery_url().unwrap_or(&subscription.url);
+        let ca = subscription
+            .delivery_ca_pem()
+            .map(crate::webhook::tls::TrustedCa::parse)
+            .transpose();
+        // A CA that does not parse refuses the calls; never the public roots instead.
+        let url = match &ca {
+            Ok(_) => reqwest::Url::parse(url).map_err(|e| format!("bad URL: {e}")),
+            Err(e) => Err(format!("tls.ca_pem {e}")),
+        };
         Self {
-            url: reqwest::Url::parse(url).map_err(|e| format!("bad URL: {e}")),
+            url,
             keys: subscription.signing_keys(),
-            ca: subscription
-                .ca_pem()
-                .and_then(|pem| crate::webhook::tls::TrustedCa::parse(pem).ok()),
+            ca: ca.ok().flatten(),
             subscription: Arc::new(subscription),
         }
     }

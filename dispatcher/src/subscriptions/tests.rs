@@ -201,6 +201,8 @@ fn a_ca_that_does_not_parse_is_refused_naming_the_field_and_the_url_in_force_fol
     assert_eq!(s.delivery_url(), Some(s.url.as_str()), "grandfathered");
     let pending = |previous: Option<&str>| Verification {
         state: VerificationState::PendingVerification,
+        url: None,
+        previous_tls: None,
         previous_url: previous.map(str::to_string),
         since: chrono::Utc::now(),
         verified_at: None,
@@ -214,4 +216,9 @@ fn a_ca_that_does_not_parse_is_refused_naming_the_field_and_the_url_in_force_fol
         v.state = VerificationState::Verified;
     }
     assert_eq!(s.delivery_url(), Some(s.url.as_str()));
+    // A verification of another URL (two changes merged) does not count for this one.
+    if let Some(v) = s.verification.as_mut() {
+        v.url = Some("https://old.example.com/h".into());
+    }
+    assert_eq!(s.delivery_url(), None);
 }

@@ -22,6 +22,9 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 const TRACEPARENT: HeaderName = HeaderName::from_static(crate::kafka::headers::TRACEPARENT);
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// Clients kept for subscriptions' own CAs, at most.
+const MAX_CA_CLIENTS: usize = 256;
+
 /// Bytes of a partner's answer kept for the dead-letter record.
 pub const EXCERPT_BYTES: usize = 1024;
 
@@ -276,7 +279,11 @@ impl WebhookClient {
             .shared
             .client(generation.pair.as_ref(), Some(ca))
             .map_err(|e| format!("tls: the subscription's CA: {e:#}"))?;
-        // (Bounded by the distinct CAs of the subscriptions; a rotation starts afresh.)
+        // At most MAX_CA_CLIENTS kept (CAs change as partners change them): past that
+        // the cache starts afresh, and clients are made again as calls need them.
+        if by_ca.len() >= MAX_CA_CLIENTS {
+            by_ca.clear();
+        }
         by_ca.insert(ca.digest, client.clone());
         Ok(client)
     }

@@ -162,16 +162,11 @@ impl TrustedCa {
         if parsed.is_empty() {
             return Err("holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)".into());
         }
-        let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(|e| e.to_string())?;
+        // (An expired certificate is kept, not refused: a bundle often holds an old root
+        // beside the new one, and a subscription must not turn invalid on a date. The
+        // handshake judges validity.)
         let mut certs = Vec::with_capacity(parsed.len());
-        for (i, c) in parsed.iter().enumerate() {
-            if c.not_after() < now {
-                return Err(format!(
-                    "certificate #{} expired on {}",
-                    i + 1,
-                    c.not_after()
-                ));
-            }
+        for c in &parsed {
             let der = c.to_der().map_err(|e| e.to_string())?;
             certs.push(reqwest::Certificate::from_der(&der).map_err(|e| e.to_string())?);
         }

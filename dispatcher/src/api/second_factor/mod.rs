@@ -19,6 +19,9 @@
 pub mod store;
 pub mod totp;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +46,8 @@ pub struct SecondFactors {
     journal: Journal<Factors>,
     /// Partners must enrol before the hazardous operations (`--require-second-factor`).
     pub required: bool,
+    /// Per partner: held while one of its codes is checked.
+    checking: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl SecondFactors {
@@ -55,7 +60,18 @@ impl SecondFactors {
     ) -> anyhow::Result<Self> {
         let journal =
             Journal::start(settings, topic, &[("cleanup.policy", "compact")], stop).await?;
-        Ok(Self { journal, required })
+        Ok(Self {
+            journal,
+            required,
+            checking: Arc::default(),
+        })
+    }
+
+    /// The lock of `partner`'s checks (forgotten when no check holds it).
+    fn checking(&self, partner: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.checking.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(locks.entry(partner.to_string()).or_default())
     }
 
     async fn write(&self, record: Record) -> Result<(), ApiError> {
@@ -160,6 +176,10 @@ impl ApiState {
         F: Fn(&'static str) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        // One check of a partner's codes at a time on this instance: parallel requests
+        // would all pass the lockout before any of their failures is read back.
+        let lock = factors.checking(partner);
+        let _checking = lock.lock().await;
         let now = now_ms();
         let failures = factors.journal.read(|f| f.failures(partner, now));
         if failures.len() >= store::MAX_FAILURES {
@@ -223,6 +243,14 @@ impl ApiState {
     }
 }
 
+fn enrolled_already() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "second_factor_enrolled",
+        "an authenticator is enrolled already; an operator can reset it",
+    )
+}
+
 /// A partner's own token (or the console's partner session), for `partner`.
 fn own(caller: &Caller, partner: &str) -> Result<(), ApiError> {
     match caller {
@@ -252,11 +280,7 @@ pub(super) async fn enrol(
             .is_some_and(|e| e.state == EnrolState::Confirmed)
     });
     if confirmed {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "second_factor_enrolled",
-            "an authenticator is enrolled already; an operator can reset it",
-        ));
+        return Err(enrolled_already());
     }
     let secret = totp::generate_secret();
     api.audit
@@ -277,6 +301,13 @@ pub(super) async fn enrol(
             at: now_ms(),
         })
         .await?;
+    // (An enrolment confirmed meanwhile, on another instance, stays: this one lost.)
+    if !factors
+        .journal
+        .read(|f| f.enrolment(&partner).is_some_and(|e| e.secret == secret))
+    {
+        return Err(enrolled_already());
+    }
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "otpauth_uri": totp::otpauth_uri(&secret, &partner) })),
@@ -299,6 +330,7 @@ pub(super) async fn confirm(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     own(&caller, &partner)?;
+    api.allow_write(&caller)?;
     let request: ConfirmRequest = body(&bytes)?;
     if request.code.len() != 6 || !request.code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::field(
@@ -342,6 +374,18 @@ pub(super) async fn confirm(
             at: now_ms(),
         })
         .await?;
+    // (Confirmed only if that secret still waited: a newer enrolment or a reset won.)
+    let confirmed = factors.journal.read(|f| {
+        f.enrolment(&partner)
+            .is_some_and(|e| e.state == EnrolState::Confirmed && e.secret == pending.secret)
+    });
+    if !confirmed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_enrolment_pending",
+            "the enrolment changed meanwhile (a newer one, or a reset): enrol again",
+        ));
+    }
     api.audit
         .record_id(
             &caller.name(),

@@ -126,8 +126,19 @@ impl crate::kafka::Journaled for Factors {
                     tracing::warn!(%partner, "a second-factor enrolment whose secret is not base32: skipped");
                     return;
                 };
-                self.enrolments
-                    .insert(partner, Enrolment { state, secret, at });
+                // Decided in topic order, whatever each writer read: a new enrolment
+                // does not replace a confirmed one (only a reset does), and a
+                // confirmation counts only for the secret waiting for it.
+                let current = self.enrolments.get(&partner);
+                let applies = match state {
+                    EnrolState::Pending => current.is_none_or(|c| c.state != EnrolState::Confirmed),
+                    _ => current
+                        .is_some_and(|c| c.state == EnrolState::Pending && c.secret == secret),
+                };
+                if applies {
+                    self.enrolments
+                        .insert(partner, Enrolment { state, secret, at });
+                }
             }
             Record::Used {
                 partner,
@@ -187,15 +198,34 @@ mod tests {
             });
         }
         assert_eq!(f.failures("acme", FAILURE_WINDOW_MS + 500).len(), 2);
-        f.apply(Record::Enrolment {
+        let enrol = |state, secret: &str| Record::Enrolment {
             partner: "acme".into(),
-            state: EnrolState::Confirmed,
-            secret: "MZXW6YTBOI".into(),
+            state,
+            secret: secret.into(),
             at: 5,
-        });
+        };
+        f.apply(enrol(EnrolState::Confirmed, "MZXW6YTBOI"));
+        assert!(
+            f.enrolment("acme").is_none(),
+            "a confirmation of no pending secret"
+        );
+        f.apply(enrol(EnrolState::Pending, "MZXW6YTBOI"));
+        f.apply(enrol(EnrolState::Confirmed, "MY"));
+        assert_eq!(
+            f.enrolment("acme").map(|e| e.state),
+            Some(EnrolState::Pending),
+            "a confirmation of another secret"
+        );
+        f.apply(enrol(EnrolState::Confirmed, "MZXW6YTBOI"));
         assert_eq!(
             f.enrolment("acme").map(|e| e.state),
             Some(EnrolState::Confirmed)
+        );
+        f.apply(enrol(EnrolState::Pending, "MY"));
+        assert_eq!(
+            f.enrolment("acme").map(|e| e.state),
+            Some(EnrolState::Confirmed),
+            "a racing enrolment does not undo a confirmed one"
         );
         f.apply(Record::Enrolment {
             partner: "acme".into(),

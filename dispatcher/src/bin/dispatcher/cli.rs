@@ -302,6 +302,11 @@ pub struct ApiArgs {
     /// or reconnect; without it, only enrolled partners are asked for a code.
     #[arg(long, env = "API_REQUIRE_SECOND_FACTOR")]
     pub require_second_factor: bool,
+    /// Send the ownership challenges through this HTTP(S) proxy, as `dispatcher run
+    /// --egress-proxy` sends webhooks (the same variable): partners that accept only our
+    /// egress addresses must see the challenge come from there too.
+    #[arg(long, env = "DISPATCHER_EGRESS_PROXY")]
+    pub egress_proxy: Option<String>,
     /// How long an endpoint has to answer one challenge, in milliseconds.
     #[arg(long, env = "API_ENDPOINT_VERIFICATION_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub endpoint_verification_timeout_ms: u64,

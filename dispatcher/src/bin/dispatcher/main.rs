@@ -165,7 +165,7 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
     let client = dispatcher::webhook::client::WebhookClient::build(
         Arc::clone(&shared.allowlist),
         Duration::from_secs(5),
-        None,
+        args.egress_proxy.as_deref(),
         shared.client_cert.clone(),
     )?;
     tokio::spawn(client.clone().watch_client_cert(stop.clone()));

@@ -220,7 +220,32 @@ async fn after_a_url_change_the_old_url_receives_until_the_new_one_is_verified()
     );
     assert_eq!(new.unique(), 0);
 
-    // The new endpoint is fixed and verified: from then on it receives.
+    // The partner turns the old endpoint off (410 Gone) before the new one is verified:
+    // the subscription is not disabled, its events wait (retried), nothing is lost.
+    old.set_script(Script {
+        always_status: Some(410),
+        ..Default::default()
+    });
+    let waiting = publish(&p, &partner, &orders).await;
+    assert!(
+        eventually(Duration::from_secs(30), || old.requests() >= 1).await,
+        "the old URL was called"
+    );
+    let (_, now) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/subscriptions/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        now["state"], "active",
+        "not disabled by the old URL's 410: {now}"
+    );
+
+    // The new endpoint is fixed and verified: from then on it receives, the waiting
+    // events first.
     new.set_script(Script::default());
     let (status, _) = api
         .call(
@@ -237,15 +262,20 @@ async fn after_a_url_change_the_old_url_receives_until_the_new_one_is_verified()
         "{verified}"
     );
     let later = publish(&p, &partner, &orders).await;
+    let mut expected = waiting.clone();
+    expected.extend(later.iter().cloned());
     assert!(
-        eventually(Duration::from_secs(30), || new.unique() == later.len()).await,
-        "the verified new URL receives\n{}",
+        eventually(Duration::from_secs(60), || new.unique() == expected.len()).await,
+        "the verified new URL receives what waited and what follows: {} of {}\n{}",
+        new.unique(),
+        expected.len(),
         dispatcher.log_tail()
     );
+    e2e::assert_per_order(&new, &expected);
     assert_eq!(
         old.unique(),
         before + orders.len(),
-        "the old URL got nothing more"
+        "the old URL took nothing more"
     );
     assert_eq!(dispatcher.terminate(), Some(0));
 }
