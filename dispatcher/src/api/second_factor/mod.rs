@@ -130,17 +130,12 @@ impl ApiState {
         if *caller == Caller::Admin && operation != "issue-manage-portal-link" {
             return Ok(());
         }
-        let audit = |action: &'static str| {
-            let details = serde_json::json!({ "operation": operation, "partner": partner });
-            async move {
-                if let Err(error) = self
-                    .audit
-                    .record_id(&caller.name(), action, target, Some(partner), details)
-                    .await
-                {
-                    tracing::warn!(%error, action, "a second-factor outcome was not audited");
-                }
-            }
+        let audit = Outcomes {
+            api: self,
+            caller,
+            partner,
+            target,
+            operation,
         };
         let confirmed = factors.journal.read(|f| {
             f.enrolment(partner)
@@ -149,7 +144,7 @@ impl ApiState {
         });
         let Some(secret) = confirmed else {
             if factors.required {
-                audit("second-factor-required").await;
+                audit.note("second-factor-required").await;
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "second_factor_required",
@@ -164,18 +159,14 @@ impl ApiState {
 
     /// Checks `code` against `secret`: the lockout first, then the code, then that it
     /// was not used (the claim written and read back); a wrong or used code is counted.
-    async fn check_code<F, Fut>(
+    async fn check_code(
         &self,
         factors: &SecondFactors,
         partner: &str,
         secret: &[u8],
         code: &str,
-        audit: &F,
-    ) -> Result<(), ApiError>
-    where
-        F: Fn(&'static str) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
+        audit: &Outcomes<'_>,
+    ) -> Result<(), ApiError> {
         // One check of a partner's codes at a time on this instance: parallel requests
         // would all pass the lockout before any of their failures is read back.
         let lock = factors.checking(partner);
@@ -183,7 +174,7 @@ impl ApiState {
         let now = now_ms();
         let failures = factors.journal.read(|f| f.failures(partner, now));
         if failures.len() >= store::MAX_FAILURES {
-            audit("second-factor-locked").await;
+            audit.note("second-factor-locked").await;
             let oldest = failures.first().copied().unwrap_or(now);
             let wait = (oldest + store::FAILURE_WINDOW_MS - now).max(0) / 1000 + 1;
             return Err(ApiError::new(
@@ -194,7 +185,7 @@ impl ApiState {
             .retry_after(wait as u64));
         }
         if code.is_empty() {
-            audit("second-factor-required").await;
+            audit.note("second-factor-required").await;
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "second_factor_required",
@@ -211,7 +202,7 @@ impl ApiState {
         };
         let Some(step) = totp::matching_step(secret, code, now / 1000) else {
             failed().await?;
-            audit("second-factor-refused").await;
+            audit.note("second-factor-refused").await;
             return Err(invalid());
         };
         let claim = uuid::Uuid::new_v4().simple().to_string();
@@ -225,10 +216,10 @@ impl ApiState {
             .await?;
         if !factors.journal.read(|f| f.accepted(&claim)) {
             failed().await?;
-            audit("second-factor-replayed").await;
+            audit.note("second-factor-replayed").await;
             return Err(invalid());
         }
-        audit("second-factor-accepted").await;
+        audit.note("second-factor-accepted").await;
         Ok(())
     }
 
@@ -249,6 +240,52 @@ fn enrolled_already() -> ApiError {
         "second_factor_enrolled",
         "an authenticator is enrolled already; an operator can reset it",
     )
+}
+
+/// The audit trail of one second-factor decision: who, for which partner, about what.
+struct Outcomes<'a> {
+    api: &'a ApiState,
+    caller: &'a Caller,
+    partner: &'a str,
+    /// What the operation is about (a subscription id, or the partner).
+    target: &'a str,
+    operation: &'a str,
+}
+
+impl<'a> Outcomes<'a> {
+    fn of(api: &'a ApiState, caller: &'a Caller, partner: &'a str, operation: &'a str) -> Self {
+        Self {
+            api,
+            caller,
+            partner,
+            target: partner,
+            operation,
+        }
+    }
+
+    /// Audits `action`; no audit record, no change (503).
+    async fn record(&self, action: &str) -> Result<(), ApiError> {
+        let details = serde_json::json!({ "operation": self.operation, "partner": self.partner });
+        self.api
+            .audit
+            .record_id(
+                &self.caller.name(),
+                action,
+                self.target,
+                Some(self.partner),
+                details,
+            )
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// Audits a refusal or an acceptance: the answer goes out even when the trail does
+    /// not answer (logged).
+    async fn note(&self, action: &str) {
+        if let Err(error) = self.record(action).await {
+            tracing::warn!(error = ?error.code, action, "a second-factor outcome was not audited");
+        }
+    }
 }
 
 /// A partner's own token (or the console's partner session), for `partner`.
@@ -283,16 +320,9 @@ pub(super) async fn enrol(
         return Err(enrolled_already());
     }
     let secret = totp::generate_secret();
-    api.audit
-        .record_id(
-            &caller.name(),
-            "second-factor-enrol",
-            &partner,
-            Some(&partner),
-            serde_json::json!({}),
-        )
-        .await
-        .map_err(ApiError::internal)?;
+    Outcomes::of(&api, &caller, &partner, "enrol-second-factor")
+        .record("second-factor-enrol")
+        .await?;
     factors
         .write(Record::Enrolment {
             partner: partner.clone(),
@@ -351,19 +381,7 @@ pub(super) async fn confirm(
             "no authenticator waits for confirmation: POST /v1/partners/{partner}/totp first",
         ));
     };
-    let audit = |action: &'static str| {
-        let details = serde_json::json!({ "operation": "confirm-second-factor" });
-        let (api, caller, partner) = (&api, &caller, &partner);
-        async move {
-            if let Err(error) = api
-                .audit
-                .record_id(&caller.name(), action, partner, Some(partner), details)
-                .await
-            {
-                tracing::warn!(%error, action, "a second-factor outcome was not audited");
-            }
-        }
-    };
+    let audit = Outcomes::of(&api, &caller, &partner, "confirm-second-factor");
     api.check_code(factors, &partner, &pending.secret, &request.code, &audit)
         .await?;
     factors
@@ -386,16 +404,7 @@ pub(super) async fn confirm(
             "the enrolment changed meanwhile (a newer one, or a reset): enrol again",
         ));
     }
-    api.audit
-        .record_id(
-            &caller.name(),
-            "second-factor-confirm",
-            &partner,
-            Some(&partner),
-            serde_json::json!({}),
-        )
-        .await
-        .map_err(ApiError::internal)?;
+    audit.record("second-factor-confirm").await?;
     Ok(Json(serde_json::json!({ "state": "enrolled" })).into_response())
 }
 
@@ -427,16 +436,9 @@ pub(super) async fn reset(
     Path(partner): Path<String>,
 ) -> Result<Response, ApiError> {
     let factors = api.factors()?;
-    api.audit
-        .record_id(
-            &caller.name(),
-            "second-factor-reset",
-            &partner,
-            Some(&partner),
-            serde_json::json!({}),
-        )
-        .await
-        .map_err(ApiError::internal)?;
+    Outcomes::of(&api, &caller, &partner, "reset-second-factor")
+        .record("second-factor-reset")
+        .await?;
     factors
         .write(Record::Enrolment {
             partner,

@@ -81,3 +81,49 @@ async fn ssrf_and_bad_fields_are_refused_with_the_field_named() {
     assert_eq!(s, 200);
     assert_eq!(list["subscriptions"], json!([]), "nothing was created");
 }
+
+/// `--https-only` (#25): a plain http URL is refused wherever a subscription is
+/// validated, to an allowlisted address too, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_only_refuses_plain_http_in_the_api_and_in_apply() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("tls-only");
+    let api = world.start_api(&tokens(&[&partner]), &["--https-only"]);
+    let (s, e) = api
+        .create_subscription(
+            partner_token(&partner),
+            json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.created"]}),
+        )
+        .await;
+    assert_eq!((s, e["error"]["field"].as_str()), (422, Some("url")), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("https-only")),
+        "{e}"
+    );
+    let dir = std::env::temp_dir();
+    let file = dir.join(format!("{}.yaml", unique("subs")));
+    std::fs::write(
+        &file,
+        format!("subscriptions:\n  - id: {partner}-s\n    partner_id: {partner}\n    url: http://127.0.0.1:9/hook\n    event_types: [order.created]\n    secrets: [\"{}\"]\n",
+            dispatcher::webhook::signing::Secret::generate()),
+    )
+    .expect("file");
+    let mut args = world.common_args();
+    args.extend([
+        "--https-only".into(),
+        "subscriptions".into(),
+        "apply".into(),
+        file.display().to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = e2e::run("dispatcher", &refs, "");
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(
+        stderr.contains("url") && stderr.contains("https-only"),
+        "{stderr}"
+    );
+}
