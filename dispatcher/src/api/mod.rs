@@ -334,7 +334,22 @@ impl ApiState {
             (Some(_), None) => return Err(ApiError::not_found(&s.id)),
             (Some((base, _)), Some(latest)) if *latest == *base => s,
             (Some((base, named)), Some(latest)) => {
-                table::merge(&latest, base, &s, named).map_err(ApiError::internal)?
+                let mut merged =
+                    table::merge(&latest, base, &s, named).map_err(ApiError::internal)?;
+                // A URL paired with another URL's check (two changes merged): that URL
+                // is checked afresh, never taken as verified.
+                let mismatched = merged
+                    .verification
+                    .as_ref()
+                    .and_then(|v| v.url.as_deref())
+                    .is_some_and(|checked| checked != merged.url);
+                if mismatched {
+                    merged.verification = self
+                        .verifier
+                        .as_ref()
+                        .and_then(|v| v.start(&merged.url, Some(&latest)));
+                }
+                merged
             }
         };
         lock.write(

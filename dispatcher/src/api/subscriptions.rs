@@ -354,15 +354,20 @@ pub(super) async fn update(
     if let Some(tls) = request.tls {
         s.tls = tls.ca_pem.is_some().then_some(tls);
     }
-    // A request that names the URL decides the check too, even when the URL is the
-    // one it read: merged onto a newer version (`table::merge`), it must not keep
-    // another change's state with its own URL.
-    if named.contains(&"url") {
-        named.push("verification");
-    }
+    // (A merge onto a newer version that pairs a URL with another URL's check starts
+    // a check of it: `ApiState::save`.)
     if s.url != current.url {
+        named.push("verification");
         s.verification = if current.delivery_url() == Some(s.url.as_str()) {
-            // Back to the URL verified and in force: nothing to check.
+            // Back to the URL verified and in force: nothing to check, and it keeps
+            // the CA it was reached with (unless the request sets one).
+            if !named.contains(&"tls") {
+                s.tls = current
+                    .verification
+                    .as_ref()
+                    .and_then(|v| v.previous_tls.clone());
+                named.push("tls");
+            }
             current.verification.clone().map(|v| Verification {
                 state: VerificationState::Verified,
                 url: Some(s.url.clone()),

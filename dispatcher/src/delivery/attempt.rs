@@ -166,13 +166,12 @@ pub(super) async fn deliver(
             }),
         };
         let mut decision = classify(&report.attempt);
-        if decision == Decision::Gone
-            && subscription.delivery_url() != Some(subscription.url.as_str())
-        {
-            // A 410 from the previous URL while the new one waits for its ownership
-            // check: the partner turned the old endpoint off early. Not a reason to
-            // disable the subscription (the new URL may be fine): retried like a 503
-            // until the new URL is verified.
+        if decision == Decision::Gone && subscription.checking_new_url() {
+            // A 410 from the previous URL while the new one is not verified (pending,
+            // or failed and to be asked again): the partner turned the old endpoint off
+            // early. Not a reason to disable the subscription (the partner wants the
+            // new URL): retried like a 503, within the retry policy, until the new URL
+            // is verified.
             tracing::info!(partner = %partner, subscription = %subscription.id, "410 Gone from the previous URL while the new one is checked: retrying");
             decision = Decision::Retry { at_least: None };
         }
@@ -190,10 +189,9 @@ pub(super) async fn deliver(
                 return JobEnd::Finished;
             }
             Decision::Gone
-                if ctx
-                    .table
-                    .get(&subscription.id)
-                    .is_some_and(|now| now.delivery_url() != subscription.delivery_url()) =>
+                if ctx.table.get(&subscription.id).is_some_and(|now| {
+                    now.url != subscription.url || now.delivery_url() != subscription.delivery_url()
+                }) =>
             {
                 // The URL changed while this request was out: the old endpoint is gone,
                 // the new one has not been asked yet.

@@ -435,6 +435,15 @@ impl Subscription {
         }
     }
 
+    /// Whether events go to the previous URL because the new `url` is not verified
+    /// (pending, or failed: the change stays asked for until it is verified, undone or
+    /// deleted).
+    pub fn checking_new_url(&self) -> bool {
+        self.verification
+            .as_ref()
+            .is_some_and(|v| v.state != VerificationState::Verified && v.previous_url.is_some())
+    }
+
     /// Whether events go to a previous URL while `url` is checked.
     fn delivering_to_previous(&self) -> bool {
         self.delivery_url()

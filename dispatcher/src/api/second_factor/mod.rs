@@ -67,6 +67,25 @@ impl SecondFactors {
         })
     }
 
+    /// Writes the enrolment in force for `partner` again, after a record of ours that
+    /// lost in topic order: the topic's last record is then the state in force, which
+    /// is what survives compaction.
+    async fn restate(&self, partner: &str) -> Result<(), ApiError> {
+        let in_force = self.journal.read(|f| f.in_force(partner).cloned());
+        match in_force {
+            Some(e) => {
+                self.write(Record::Enrolment {
+                    partner: partner.to_string(),
+                    state: e.state,
+                    secret: totp::base32(&e.secret),
+                    at: e.at,
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The lock of `partner`'s checks (forgotten when no check holds it).
     fn checking(&self, partner: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.checking.lock().unwrap_or_else(|p| p.into_inner());
@@ -336,6 +355,7 @@ pub(super) async fn enrol(
         .journal
         .read(|f| f.enrolment(&partner).is_some_and(|e| e.secret == secret))
     {
+        factors.restate(&partner).await?;
         return Err(enrolled_already());
     }
     Ok((
@@ -398,6 +418,7 @@ pub(super) async fn confirm(
             .is_some_and(|e| e.state == EnrolState::Confirmed && e.secret == pending.secret)
     });
     if !confirmed {
+        factors.restate(&partner).await?;
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_enrolment_pending",

@@ -80,7 +80,15 @@ pub struct Factors {
 }
 
 impl Factors {
+    /// The partner's enrolment, pending or confirmed (`None`: none, or reset).
     pub fn enrolment(&self, partner: &str) -> Option<&Enrolment> {
+        self.enrolments
+            .get(partner)
+            .filter(|e| e.state != EnrolState::Reset)
+    }
+
+    /// The last enrolment record in force for `partner` (a reset included).
+    pub fn in_force(&self, partner: &str) -> Option<&Enrolment> {
         self.enrolments.get(partner)
     }
 
@@ -111,13 +119,6 @@ impl crate::kafka::Journaled for Factors {
         match record {
             Record::Enrolment {
                 partner,
-                state: EnrolState::Reset,
-                ..
-            } => {
-                self.enrolments.remove(&partner);
-            }
-            Record::Enrolment {
-                partner,
                 state,
                 secret,
                 at,
@@ -128,12 +129,18 @@ impl crate::kafka::Journaled for Factors {
                 };
                 // Decided in topic order, whatever each writer read: a new enrolment
                 // does not replace a confirmed one (only a reset does), and a
-                // confirmation counts only for the secret waiting for it.
+                // confirmation counts only for the secret waiting for it. The first
+                // record of a partner applies whatever it is: after compaction it is the
+                // last one written, and a writer whose record did not apply writes the
+                // state in force again (`SecondFactors::restate`), so the last record is
+                // always the state in force.
                 let current = self.enrolments.get(&partner);
-                let applies = match state {
-                    EnrolState::Pending => current.is_none_or(|c| c.state != EnrolState::Confirmed),
-                    _ => current
-                        .is_some_and(|c| c.state == EnrolState::Pending && c.secret == secret),
+                let applies = match (state, current) {
+                    (_, None) | (EnrolState::Reset, _) => true,
+                    (EnrolState::Pending, Some(c)) => c.state != EnrolState::Confirmed,
+                    (EnrolState::Confirmed, Some(c)) => {
+                        c.state != EnrolState::Reset && c.secret == secret
+                    }
                 };
                 if applies {
                     self.enrolments
@@ -204,10 +211,11 @@ mod tests {
             secret: secret.into(),
             at: 5,
         };
+        f.apply(enrol(EnrolState::Reset, ""));
         f.apply(enrol(EnrolState::Confirmed, "MZXW6YTBOI"));
         assert!(
             f.enrolment("acme").is_none(),
-            "a confirmation of no pending secret"
+            "a confirmation after a reset"
         );
         f.apply(enrol(EnrolState::Pending, "MZXW6YTBOI"));
         f.apply(enrol(EnrolState::Confirmed, "MY"));
@@ -234,5 +242,20 @@ mod tests {
             at: 6,
         });
         assert!(f.enrolment("acme").is_none());
+    }
+
+    #[test]
+    fn after_compaction_a_partners_only_record_applies() {
+        let mut f = Factors::default();
+        f.apply(Record::Enrolment {
+            partner: "acme".into(),
+            state: EnrolState::Confirmed,
+            secret: "MZXW6YTBOI".into(),
+            at: 5,
+        });
+        assert_eq!(
+            f.enrolment("acme").map(|e| e.state),
+            Some(EnrolState::Confirmed)
+        );
     }
 }
