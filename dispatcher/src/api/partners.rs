@@ -53,6 +53,7 @@ pub(super) async fn reconnect(
 ) -> Result<Response, ApiError> {
     // (Within the write limit before the code is checked: the limit bounds guesses.)
     api.allow_write(&caller)?;
+    super::second_factor::code_in(&headers)?;
     if caller.sees(&partner) {
         api.second_factor(&caller, &partner, "reconnect", &partner, &headers)
             .await?;

@@ -536,6 +536,7 @@ pub(super) async fn remove(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     api.allow_write(&caller)?;
+    super::second_factor::code_in(&headers)?;
     // (An internal subscription a partner token sees is not invalid here either: its
     // refusal is passed on below.)
     match api.changeable(&caller, &id) {

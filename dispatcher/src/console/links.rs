@@ -37,6 +37,8 @@ pub(crate) async fn issue(
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    // (A code that cannot be one is refused for any scope: a malformed request.)
+    crate::api::second_factor::code_in(&headers)?;
     let request: LinkRequest = crate::api::body(&bytes)?;
     let scope = Scope::parse(&request.scope)
         .ok_or_else(|| ApiError::field("scope", "one of read, manage"))?;
