@@ -14,6 +14,22 @@ fn accepted_with(handshakes: &std::sync::Mutex<Vec<Handshake>>, fingerprint: &st
         .count()
 }
 
+const LOADED: &str = "dispatcher_client_cert_reloads_total{outcome=\"loaded\"} ";
+const REFUSED: &str = "dispatcher_client_cert_reloads_total{outcome=\"refused\"} ";
+
+/// Waits (at most 10 s) until the dispatcher's metric `line` is at least `n`.
+async fn metric_reaches(dispatcher: &e2e::DispatcherProcess, line: &str, n: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dispatcher.metric(line).await.unwrap_or(0.0) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line}did not reach {n}\n{}",
+            dispatcher.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing() {
     let ours = TestCa::new("orderhooks webhook clients");
@@ -104,8 +120,8 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         "only the call without a certificate was refused"
     );
 
-    // Rotation while events flow: the key first, then the certificate (the watcher may
-    // see a mismatched pair between the two and must keep the pair in use).
+    // Rotation while events flow: the key first, then the certificate. Between the
+    // two the watcher sees a mismatched pair: refused, and the pair in use stays.
     let publishing = {
         let (p, partner, orders) = (world.publisher().await, partner.clone(), orders.clone());
         tokio::spawn(async move {
@@ -117,9 +133,16 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
             sent
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flowing = sent.len();
+    assert!(
+        eventually(Duration::from_secs(30), || receiver.unique() > flowing).await,
+        "events flow before the rotation"
+    );
     replace_file(&key, &second.key_pem);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    metric_reaches(&dispatcher, REFUSED, 1.0).await;
+    assert!(dispatcher
+        .log_tail()
+        .contains("does not belong to the certificate"));
     replace_file(&cert, &second.cert_pem);
     sent.extend(publishing.await.expect("published"));
     assert!(
@@ -132,16 +155,7 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
     e2e::assert_per_order(&receiver, &sent);
     // Until the rotation is seen (the files are looked at every second), calls go on
     // with the first pair; once it is, new connections present the second.
-    let loaded = "dispatcher_client_cert_reloads_total{outcome=\"loaded\"} ";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while dispatcher.metric(loaded).await != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "one pair loaded\n{}",
-            dispatcher.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    metric_reaches(&dispatcher, LOADED, 1.0).await;
     let more = publish(&p, &partner, &orders).await;
     sent.extend(more);
     assert!(
@@ -158,17 +172,13 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
     // A pair that does not load (a truncated key): refused with a log line naming it,
     // and the pair in use stays.
     replace_file(&key, "-----BEGIN PRIVATE KEY-----\ntruncated\n");
+    metric_reaches(&dispatcher, REFUSED, 2.0).await;
     assert!(
-        eventually(Duration::from_secs(10), || dispatcher
+        dispatcher
             .log_tail()
-            .contains("client certificate not reloaded"))
-        .await,
-        "the refusal is logged\n{}",
-        dispatcher.log_tail()
-    );
-    assert!(
-        dispatcher.log_tail().contains("--client-key"),
-        "{}",
+            .contains("client certificate not reloaded")
+            && dispatcher.log_tail().contains("not a PEM key"),
+        "the refusal is logged, naming why\n{}",
         dispatcher.log_tail()
     );
     let more = publish(&p, &partner, &orders).await;
@@ -178,11 +188,22 @@ async fn webhooks_present_our_client_certificate_and_rotating_it_loses_nothing()
         "still delivered with the pair in use"
     );
     assert_eq!(
-        dispatcher
-            .metric("dispatcher_client_cert_reloads_total{outcome=\"refused\"} ")
-            .await
-            .map(|n| n >= 1.0),
-        Some(true)
+        dispatcher.metric(LOADED).await,
+        Some(1.0),
+        "none loaded since"
+    );
+    // SIGHUP reads the files again at once, changed or not (here the bad pair again:
+    // refused once more, the pair in use stays).
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &dispatcher.process.0.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    metric_reaches(&dispatcher, REFUSED, 3.0).await;
+    assert!(
+        dispatcher.log_tail().contains("SIGHUP"),
+        "{}",
+        dispatcher.log_tail()
     );
     assert!(receiver
         .deliveries()
