@@ -162,7 +162,7 @@ pub fn router(state: ApiState) -> Router {
             post(subscriptions::rotate),
         )
         .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
-        .route("/v1/subscriptions/{id}/verify", post(subscriptions::verify))
+        .route("/v1/subscriptions/{id}/verify", post(verify::verify))
         .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
         .route("/v1/partners/{partner}/events", get(events::events))
         .route("/v1/event-types", get(event_types::list))

@@ -43,48 +43,9 @@ pub(super) struct View {
     previous_secrets_until: Option<String>,
     /// The ownership challenge of `url`: `verified`, `pending_verification` or
     /// `verification_failed`, with where events go meanwhile.
-    verification: VerificationView,
+    verification: super::verify::VerificationView,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<EndpointTls>,
-}
-
-#[derive(Debug, Serialize)]
-struct VerificationView {
-    state: &'static str,
-    /// Where events go while `url` is not verified: the previous verified URL, or
-    /// nowhere (a new subscription's events wait in Kafka).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delivering_to: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    since: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    verified_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_error: Option<String>,
-}
-
-impl From<&Subscription> for VerificationView {
-    fn from(s: &Subscription) -> Self {
-        let time = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
-        match &s.verification {
-            None => Self {
-                state: VerificationState::Verified.name(),
-                delivering_to: None,
-                since: None,
-                verified_at: None,
-                last_error: None,
-            },
-            Some(v) => Self {
-                state: v.state.name(),
-                delivering_to: (v.state != VerificationState::Verified)
-                    .then(|| v.previous_url.clone())
-                    .flatten(),
-                since: Some(time(v.since)),
-                verified_at: v.verified_at.map(time),
-                last_error: v.last_error.clone(),
-            },
-        }
-    }
 }
 
 impl From<&Subscription> for View {
@@ -113,7 +74,7 @@ impl From<&Subscription> for View {
             previous_secrets_until: s
                 .previous_secrets_until
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-            verification: VerificationView::from(s),
+            verification: super::verify::VerificationView::from(s),
             tls: s.tls.clone(),
         }
     }
@@ -406,46 +367,6 @@ pub(super) async fn update(
         v.wake();
     }
     Ok(Json(View::from(&s)).into_response())
-}
-
-/// `POST /v1/subscriptions/{id}/verify`: checks the URL again now (after
-/// `verification_failed`, or to hurry a pending check); a verified URL stays verified.
-pub(super) async fn verify(
-    State(api): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let current = api.changeable(&caller, &id)?;
-    api.allow_write(&caller)?;
-    let Some(verifier) = api.verifier.clone() else {
-        return Ok(Json(View::from(current.as_ref())).into_response());
-    };
-    let Some(v) = current
-        .verification
-        .clone()
-        .filter(|v| v.state != VerificationState::Verified)
-    else {
-        return Ok(Json(View::from(current.as_ref())).into_response());
-    };
-    let mut s = (*current).clone();
-    s.verification = Some(Verification {
-        state: VerificationState::PendingVerification,
-        since: Utc::now(),
-        last_error: None,
-        ..v
-    });
-    let details = serde_json::json!({ "url": s.url });
-    let s = api
-        .audited_save(
-            &caller,
-            "verify-endpoint",
-            Some((&current, &["verification"])),
-            s,
-            details,
-        )
-        .await?;
-    verifier.wake();
-    Ok((StatusCode::ACCEPTED, Json(View::from(&s))).into_response())
 }
 
 pub(super) async fn rotate(

@@ -12,14 +12,24 @@
 //!   for that check (same URL, same start): a later change is never overwritten.
 //! - Meanwhile the dispatcher delivers to `verification.previous_url` (a URL change), or
 //!   holds the events (a new subscription): `Subscription::delivery_url`.
+//! - The API shows a check as `VerificationView`, and `POST /v1/subscriptions/{id}/verify`
+//!   ([`verify`]) starts one again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Caller;
+use super::error::ApiError;
+use super::subscriptions::View;
 use super::ApiState;
 use crate::subscriptions::{Subscription, Verification, VerificationState};
 use crate::webhook::client::{Webhook, WebhookClient};
@@ -357,4 +367,85 @@ async fn write(
     }
     lock.write(&api.writer, &api.subscriptions_topic, &next.id, Some(&next))
         .await
+}
+
+// ---- What the API shows of a check, and asking for one again ----
+
+#[derive(Debug, Serialize)]
+pub(super) struct VerificationView {
+    state: &'static str,
+    /// Where events go while `url` is not verified: the previous verified URL, or
+    /// nowhere (a new subscription's events wait in Kafka).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivering_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+impl From<&Subscription> for VerificationView {
+    fn from(s: &Subscription) -> Self {
+        let time = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        match &s.verification {
+            None => Self {
+                state: VerificationState::Verified.name(),
+                delivering_to: None,
+                since: None,
+                verified_at: None,
+                last_error: None,
+            },
+            Some(v) => Self {
+                state: v.state.name(),
+                delivering_to: (v.state != VerificationState::Verified)
+                    .then(|| v.previous_url.clone())
+                    .flatten(),
+                since: Some(time(v.since)),
+                verified_at: v.verified_at.map(time),
+                last_error: v.last_error.clone(),
+            },
+        }
+    }
+}
+
+/// `POST /v1/subscriptions/{id}/verify`: checks the URL again now (after
+/// `verification_failed`, or to hurry a pending check); a verified URL stays verified.
+pub(super) async fn verify(
+    State(api): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let current = api.changeable(&caller, &id)?;
+    api.allow_write(&caller)?;
+    let Some(verifier) = api.verifier.clone() else {
+        return Ok(Json(View::from(current.as_ref())).into_response());
+    };
+    let Some(v) = current
+        .verification
+        .clone()
+        .filter(|v| v.state != VerificationState::Verified)
+    else {
+        return Ok(Json(View::from(current.as_ref())).into_response());
+    };
+    let mut s = (*current).clone();
+    s.verification = Some(Verification {
+        state: VerificationState::PendingVerification,
+        since: Utc::now(),
+        last_error: None,
+        ..v
+    });
+    let details = serde_json::json!({ "url": s.url });
+    let s = api
+        .audited_save(
+            &caller,
+            "verify-endpoint",
+            Some((&current, &["verification"])),
+            s,
+            details,
+        )
+        .await?;
+    verifier.wake();
+    Ok((StatusCode::ACCEPTED, Json(View::from(&s))).into_response())
 }
