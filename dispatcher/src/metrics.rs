@@ -65,6 +65,11 @@ pub const PARKED_KEYS: &str = "dispatcher_parked_keys";
 pub const LANE_RESTARTS: &str = "dispatcher_lane_restarts_total";
 /// Router: orders records routed, by `outcome` (routed, unmatched, dead_lettered).
 pub const ROUTED: &str = "dispatcher_router_records_total";
+/// Router: events a subscription's payload filter kept from it, by `partner`,
+/// `subscription` and `outcome` (`filtered_out`: the filter was false; `error`: it failed
+/// on the event, for example an optional field the event does not have). Neither is
+/// delivered nor has a delivery record.
+pub const FILTERED: &str = "dispatcher_filtered_events_total";
 /// Subscription records (changes and deletions) read from the topic and in force.
 pub const SUBSCRIPTION_CHANGES: &str = "dispatcher_subscription_changes_total";
 /// Subscription records refused when read from the topic.

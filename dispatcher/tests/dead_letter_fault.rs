@@ -83,6 +83,7 @@ async fn fixture(script: Script) -> (Fixture, SubscriptionTable) {
         disconnected: None,
         tls: None,
         verification: None,
+        filter: None,
     });
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

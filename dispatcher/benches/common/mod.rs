@@ -55,6 +55,7 @@ pub fn lane(
         disconnected: None,
         tls: None,
         verification: None,
+        filter: None,
     });
     let settings = KafkaSettings {
         brokers,

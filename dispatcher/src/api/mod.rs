@@ -33,6 +33,7 @@ mod dead_letters;
 mod error;
 mod event_types;
 mod events;
+mod filter_test;
 pub mod health;
 mod limits;
 mod messages;
@@ -184,6 +185,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/messages", get(messages::list))
         .route("/v1/subscriptions/{id}/recover", post(recover::recover))
         .route("/v1/subscriptions/{id}/stats", get(messages::stats))
+        .route(
+            "/v1/subscriptions/{id}/filter-test",
+            post(filter_test::filter_test),
+        )
         .route(
             "/v1/partners/{partner}/disconnect",
             post(partners::disconnect),

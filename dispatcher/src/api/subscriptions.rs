@@ -46,6 +46,9 @@ pub(super) struct View {
     verification: super::verify::VerificationView,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<EndpointTls>,
+    /// The payload filter (a CEL expression), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
 }
 
 impl From<&Subscription> for View {
@@ -76,6 +79,7 @@ impl From<&Subscription> for View {
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             verification: super::verify::VerificationView::from(s),
             tls: s.tls.clone(),
+            filter: s.filter.clone(),
         }
     }
 }
@@ -94,6 +98,7 @@ struct CreateRequest {
     retry: Option<RetryPolicy>,
     rate_limit_per_sec: Option<f64>,
     tls: Option<EndpointTls>,
+    filter: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +112,8 @@ struct UpdateRequest {
     rate_limit_per_sec: Option<f64>,
     /// `{"ca_pem": "..."}` sets the CA; `{}` removes it.
     tls: Option<EndpointTls>,
+    /// A CEL expression; `""` removes it.
+    filter: Option<String>,
 }
 
 impl UpdateRequest {
@@ -120,6 +127,7 @@ impl UpdateRequest {
             ("retry", self.retry.is_some()),
             ("rate_limit_per_sec", self.rate_limit_per_sec.is_some()),
             ("tls", self.tls.is_some()),
+            ("filter", self.filter.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -244,6 +252,7 @@ pub(super) async fn create(
         disconnected: None,
         tls: request.tls.filter(|t| t.ca_pem.is_some()),
         verification: None,
+        filter: request.filter,
     };
     s.verification = api.verifier.as_ref().and_then(|v| v.start(&s.url, None));
     s.validate_new_id()
@@ -314,6 +323,9 @@ pub(super) async fn update(
     }
     if let Some(tls) = request.tls {
         s.tls = tls.ca_pem.is_some().then_some(tls);
+    }
+    if let Some(filter) = request.filter {
+        s.filter = (!filter.is_empty()).then_some(filter);
     }
     // (A merge onto a newer version that pairs a URL with another URL's check starts
     // a check of it: `ApiState::save`.)

@@ -37,6 +37,7 @@ fn subscription(url: String, secret: &str, paused: bool) -> Subscription {
         disconnected: None,
         tls: None,
         verification: None,
+        filter: None,
     }
 }
 

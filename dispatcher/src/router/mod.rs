@@ -29,6 +29,7 @@ use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
 use crate::subscriptions::delivery_topic;
+use crate::subscriptions::filter::Bound;
 use crate::subscriptions::table::SubscriptionTable;
 
 mod unknown_ids;
@@ -265,9 +266,14 @@ async fn route(
             return Some(vec![router_dead_letter(message, &reason, config)]);
         }
     };
-    let subscriptions = table.matching(event.event_type().name(), event.partner_id());
-    if subscriptions.is_empty() {
+    let matched = table.matching(event.event_type().name(), event.partner_id());
+    if matched.is_empty() {
         metrics::counter!(m::ROUTED, "outcome" => "unmatched").increment(1);
+        return Some(Vec::new());
+    }
+    let subscriptions = filtered(&event, matched);
+    if subscriptions.is_empty() {
+        metrics::counter!(m::ROUTED, "outcome" => "filtered_out").increment(1);
         return Some(Vec::new());
     }
     metrics::counter!(m::ROUTED, "outcome" => "routed").increment(1);
@@ -326,6 +332,36 @@ async fn route(
             })
             .collect(),
     )
+}
+
+/// The subscriptions among `matched` whose payload filter passes `event` (the event is
+/// bound once, and only when one of them has a filter). A filter that fails on the
+/// event counts as not passing; both are counted per subscription.
+pub fn filtered(
+    event: &OrderEvent,
+    matched: Vec<crate::subscriptions::table::Matched>,
+) -> Vec<std::sync::Arc<crate::subscriptions::Subscription>> {
+    let mut bound = None;
+    matched
+        .into_iter()
+        .filter(|m| {
+            let Some(f) = &m.filter else { return true };
+            let bound = bound.get_or_insert_with(|| Bound::new(event));
+            match f.filter.matches(bound) {
+                Ok(true) => true,
+                Ok(false) => {
+                    f.filtered_out.increment(1);
+                    false
+                }
+                Err(why) => {
+                    f.errors.increment(1);
+                    tracing::debug!(subscription = %m.subscription.id, event_id = %event.event_id(), %why, "filter failed on an event: not delivered");
+                    false
+                }
+            }
+        })
+        .map(|m| m.subscription)
+        .collect()
 }
 
 fn router_dead_letter(

@@ -7,6 +7,7 @@
 
 pub mod audit;
 mod endpoint;
+pub mod filter;
 pub mod table;
 pub mod updater;
 
@@ -100,6 +101,10 @@ pub struct Subscription {
     /// subscription from before the check, or one an operator's file wrote: verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// A CEL expression over the event (`filter::Filter`): only the events of its types
+    /// for which it is true are delivered. Absent: every one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -124,6 +129,7 @@ impl std::fmt::Debug for Subscription {
             .field("disconnected", &self.disconnected)
             .field("tls", &self.tls.as_ref().map(|t| t.ca_pem.is_some()))
             .field("verification", &self.verification)
+            .field("filter", &self.filter)
             .finish()
     }
 }
@@ -264,6 +270,10 @@ impl Subscription {
                     known.join(", ")
                 ),
             ));
+        }
+        if let Some(filter) = &self.filter {
+            filter::Filter::compile(filter, &self.event_types)
+                .map_err(|why| self.invalid("filter", why.to_string()))?;
         }
         if self.secrets.is_empty() {
             return Err(self.invalid("secrets", "at least one signing secret is required"));

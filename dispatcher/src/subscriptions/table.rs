@@ -28,6 +28,47 @@ pub struct Target {
     pub keys: Vec<crate::webhook::signing::Secret>,
     /// The subscription's own CA for its partner's server, parsed.
     pub ca: Option<crate::webhook::tls::TrustedCa>,
+    /// Its payload filter, compiled, with its counters.
+    pub filter: Option<Arc<TargetFilter>>,
+}
+
+/// A subscription's compiled filter and what it counts (per subscription, in
+/// `dispatcher_filtered_events_total`).
+#[derive(Debug)]
+pub struct TargetFilter {
+    pub filter: crate::subscriptions::filter::Filter,
+    /// Events the filter refused.
+    pub filtered_out: metrics::Counter,
+    /// Events the filter failed on (not delivered either).
+    pub errors: metrics::Counter,
+}
+
+impl TargetFilter {
+    fn new(s: &Subscription) -> Option<Arc<Self>> {
+        let source = s.filter.as_deref()?;
+        // (Only valid subscriptions become targets: it compiled when validated.)
+        let filter = crate::subscriptions::filter::Filter::compile(source, &s.event_types).ok()?;
+        let counter = |outcome: &'static str| {
+            metrics::counter!(
+                m::FILTERED,
+                "partner" => s.partner_id.clone(),
+                "subscription" => s.id.clone(),
+                "outcome" => outcome
+            )
+        };
+        Some(Arc::new(Self {
+            filter,
+            filtered_out: counter("filtered_out"),
+            errors: counter("error"),
+        }))
+    }
+}
+
+/// A subscription an event matched by type and partner, with its filter if it has one.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub subscription: Arc<Subscription>,
+    pub filter: Option<Arc<TargetFilter>>,
 }
 
 impl Target {
@@ -45,6 +86,7 @@ impl Target {
         };
         Self {
             url,
+            filter: TargetFilter::new(&subscription),
             keys: subscription.signing_keys(),
             ca: ca.ok().flatten(),
             subscription: Arc::new(subscription),
@@ -198,13 +240,17 @@ impl SubscriptionTable {
 
     /// Subscriptions that receive `event_type` of an order of `partner_id`, the invalid
     /// ones included (their records are dead-lettered with the reason downstream).
-    pub fn matching(&self, event_type: &str, partner_id: &str) -> Vec<Arc<Subscription>> {
+    /// Their payload filters are for the caller to apply.
+    pub fn matching(&self, event_type: &str, partner_id: &str) -> Vec<Matched> {
         // Called for every orders record: filter under the lock, clone only the matches.
         let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let mut found: Vec<_> = table
             .values()
             .filter(|t| t.subscription.wants(event_type, partner_id))
-            .map(|t| Arc::clone(&t.subscription))
+            .map(|t| Matched {
+                subscription: Arc::clone(&t.subscription),
+                filter: t.filter.clone(),
+            })
             .collect();
         drop(table);
         let invalid = self.invalid.read().unwrap_or_else(|p| p.into_inner());
@@ -214,11 +260,14 @@ impl SubscriptionTable {
                     .values()
                     .filter_map(|i| i.subscription.as_ref())
                     .filter(|s| s.wants(event_type, partner_id))
-                    .cloned(),
+                    .map(|s| Matched {
+                        subscription: Arc::clone(s),
+                        filter: None,
+                    }),
             );
         }
         drop(invalid);
-        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.sort_by(|a, b| a.subscription.id.cmp(&b.subscription.id));
         found
     }
 

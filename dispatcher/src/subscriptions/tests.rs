@@ -16,6 +16,7 @@ fn sub() -> Subscription {
         disconnected: None,
         tls: None,
         verification: None,
+        filter: None,
         paused: false,
         previous_secrets_until: None,
     }

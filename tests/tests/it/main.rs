@@ -17,6 +17,7 @@ mod dispatch;
 mod dlq;
 mod endpoint;
 mod examples;
+mod filters;
 mod flow;
 mod hardening;
 mod health;

@@ -1,0 +1,204 @@
+use super::*;
+
+fn types(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn all_types() -> BTreeSet<String> {
+    types(&["order.created", "order.status_changed", "order.cancelled"])
+}
+
+fn event(kind: &str, amount: i64, status: &str) -> OrderEvent {
+    let mut json = serde_json::json!({
+        "type": kind,
+        "order_id": "o-1",
+        "partner_id": "p",
+        "order": {
+            "customer_ref": "c-1", "status": status,
+            "items": [{"sku": "A-1", "name": "Mug", "quantity": 2,
+                       "unit_price": {"amount_minor": amount / 2, "currency": "EUR"}}],
+            "total": {"amount_minor": amount, "currency": "EUR"}
+        }
+    });
+    match kind {
+        "order.cancelled" => json["reason"] = "out of stock".into(),
+        "order.status_changed" => json["previous_status"] = "PENDING".into(),
+        _ => {}
+    }
+    OrderEvent::from_json(json.to_string().as_bytes()).expect("event")
+}
+
+fn check(source: &str, e: &OrderEvent) -> Result<bool, String> {
+    Filter::compile(source, &all_types())
+        .expect("compiles")
+        .matches(&Bound::new(e))
+}
+
+#[test]
+fn the_issues_example_matches_what_it_says() {
+    let f = "event.order.total.amount_minor >= 10000 && event.order.status != \"CANCELLED\"";
+    assert_eq!(
+        check(f, &event("order.created", 12_000, "PENDING")),
+        Ok(true)
+    );
+    assert_eq!(
+        check(f, &event("order.created", 9_999, "PENDING")),
+        Ok(false)
+    );
+    assert_eq!(
+        check(f, &event("order.cancelled", 12_000, "CANCELLED")),
+        Ok(false)
+    );
+}
+
+#[test]
+fn the_type_lists_strings_and_membership_work() {
+    let e = event("order.created", 500, "PAID");
+    for (f, want) in [
+        ("event.type == \"order.created\"", true),
+        ("event.type in [\"order.cancelled\"]", false),
+        (
+            "event.order.items.exists(i, i.sku.startsWith(\"A-\"))",
+            true,
+        ),
+        ("event.order.items.all(i, i.quantity > 2)", false),
+        ("size(event.order.items) == 1", true),
+        ("event.order.customer_ref.contains(\"c-\")", true),
+        ("event.order.items[0].unit_price.amount_minor == 250", true),
+        ("has(event.reason)", false),
+        ("!has(event.reason) || event.reason != \"test\"", true),
+        (
+            "event.order.items.filter(i, i.quantity > 1).size() == 1",
+            true,
+        ),
+        ("double(event.order.total.amount_minor) / 100.0 > 4.5", true),
+        (
+            "string(event.order.total.amount_minor).endsWith(\"00\")",
+            true,
+        ),
+    ] {
+        assert_eq!(check(f, &e), Ok(want), "{f}");
+    }
+}
+
+#[test]
+fn a_missing_optional_field_is_an_error_not_a_match() {
+    // `reason` is only in order.cancelled: an order.created event has none.
+    let why = check(
+        "event.reason == \"x\"",
+        &event("order.created", 1, "PENDING"),
+    )
+    .expect_err("no such key");
+    assert!(why.contains("reason"), "{why}");
+    assert_eq!(
+        check(
+            "event.reason == \"out of stock\"",
+            &event("order.cancelled", 1, "CANCELLED")
+        ),
+        Ok(true)
+    );
+}
+
+#[test]
+fn a_type_mismatch_and_a_non_boolean_are_errors() {
+    let e = event("order.created", 1, "PENDING");
+    assert!(check("event.order.customer_ref > 5", &e).is_err());
+    let why = check("event.order.total.amount_minor", &e).expect_err("not a bool");
+    assert!(why.contains("not a boolean"), "{why}");
+}
+
+fn refused(source: &str, event_types: &[&str]) -> FilterError {
+    Filter::compile(source, &types(event_types)).expect_err(source)
+}
+
+#[test]
+fn a_syntax_error_names_the_position_and_what_was_expected() {
+    let e = refused("event.order.total.amount_minor >= ", &["order.created"]);
+    // (The end of the input, after the last space.)
+    assert_eq!((e.line, e.column), (1, 35), "{e}");
+    assert!(e.message.contains("expecting"), "{e}");
+    let e = refused(
+        "event.type == \"a\" &&\n  event.order.status ==",
+        &["order.created"],
+    );
+    assert_eq!(e.line, 2, "{e}");
+    let e = refused("event.type = \"order.created\"", &["order.created"]);
+    assert_eq!(e.column, 12, "{e}");
+}
+
+#[test]
+fn an_unknown_field_is_refused_at_its_position() {
+    let e = refused(
+        "event.type == \"order.created\" && event.order.totl.amount_minor > 1",
+        &["order.created"],
+    );
+    assert!(e.message.contains("no field `totl`"), "{e}");
+    assert!(e.message.contains("`total`"), "{e}");
+    assert_eq!(e.line, 1);
+    assert!((44..=50).contains(&e.column), "{e}");
+    // A field of another event type than the subscription's.
+    let e = refused("event.reason == \"x\"", &["order.created"]);
+    assert!(e.message.contains("no field `reason`"), "{e}");
+    Filter::compile("event.reason == \"x\"", &types(&["order.cancelled"])).expect("known");
+    // In a macro's variable.
+    let e = refused(
+        "event.order.items.exists(i, i.skew == \"A\")",
+        &["order.created"],
+    );
+    assert!(e.message.contains("no field `skew`"), "{e}");
+    // In has().
+    let e = refused("has(event.reasons)", &["order.cancelled"]);
+    assert!(e.message.contains("`reasons`"), "{e}");
+    // Selecting in a list or a string.
+    let e = refused("event.order.items.sku == \"A\"", &["order.created"]);
+    assert!(e.message.contains("list"), "{e}");
+    let e = refused("event.order_id.x == 1", &["order.created"]);
+    assert!(e.message.contains("no field `x`"), "{e}");
+}
+
+#[test]
+fn unknown_names_functions_and_enum_values_are_refused() {
+    let e = refused("order.total > 1", &["order.created"]);
+    assert!(e.message.contains("unknown name `order`"), "{e}");
+    let e = refused("event.order_id.matches(\"^a\")", &["order.created"]);
+    assert!(e.message.contains("function `matches`"), "{e}");
+    let e = refused("event.order.status == \"CANCELED\"", &["order.created"]);
+    assert!(e.message.contains("CANCELLED"), "{e}");
+    assert_eq!(e.column, 23, "{e}");
+}
+
+#[test]
+fn cost_is_bounded_when_compiled() {
+    let long = format!("event.order_id == \"{}\"", "x".repeat(MAX_SOURCE_BYTES));
+    assert!(refused(&long, &["order.created"]).message.contains("bytes"));
+    let many = vec!["1 < 2"; 60].join(" && ");
+    assert!(refused(&many, &["order.created"]).message.contains("terms"));
+    let deep = format!("{}true{}", "(".repeat(30), ")".repeat(30));
+    Filter::compile(&deep, &types(&["order.created"])).expect("30 levels");
+    // Refused before parsing: the parser's recursion would exhaust a worker's stack.
+    let deep = format!("{}true{}", "(".repeat(5000), ")".repeat(5000));
+    let e = Filter::compile(&deep[..1000], &types(&["order.created"])).expect_err("deep");
+    assert_eq!((e.line, e.column), (1, 33), "{e}");
+    let e = Filter::compile(
+        &format!("{}true", "!".repeat(900)),
+        &types(&["order.created"]),
+    )
+    .expect_err("deep");
+    assert!(e.message.contains("deep"), "{e}");
+    // Brackets in strings do not count.
+    Filter::compile(
+        &format!("event.order_id != \"{}\"", "((".repeat(100)),
+        &types(&["order.created"]),
+    )
+    .expect("in a string");
+    let deep = format!("{}1{}", "-(".repeat(40), ")".repeat(40));
+    let e = Filter::compile(&deep, &types(&["order.created"])).expect_err("deep");
+    assert!(
+        e.message.contains("deep") || e.message.contains("recursion"),
+        "{e}"
+    );
+    let nested = "event.order.items.exists(i, event.order.items.exists(j, i.sku == j.sku))";
+    let e = refused(nested, &["order.created"]);
+    assert!(e.message.contains("inside another"), "{e}");
+    assert!(refused("   ", &["order.created"]).message.contains("empty"));
+}
