@@ -29,7 +29,7 @@ use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
 use crate::subscriptions::delivery_topic;
-use crate::subscriptions::filter::Bound;
+use crate::subscriptions::filter::{Bound, Paths};
 use crate::subscriptions::table::SubscriptionTable;
 
 mod unknown_ids;
@@ -341,12 +341,25 @@ pub fn filtered(
     event: &OrderEvent,
     matched: Vec<crate::subscriptions::table::Matched>,
 ) -> Vec<std::sync::Arc<crate::subscriptions::Subscription>> {
-    let mut bound = None;
+    // The paths the filters read, together (most often one filter, or one repeated).
+    let mut paths: Option<std::borrow::Cow<'_, Paths>> = None;
+    for f in matched.iter().filter_map(|m| m.filter.as_ref()) {
+        let more = f.filter.paths();
+        match &mut paths {
+            None => paths = Some(std::borrow::Cow::Borrowed(more)),
+            Some(p) if p.covers(more) => {}
+            Some(p) => p.to_mut().merge(more),
+        }
+    }
+    let Some(paths) = paths else {
+        return matched.into_iter().map(|m| m.subscription).collect();
+    };
+    let bound = Bound::new(event, &paths);
     matched
-        .into_iter()
+        .iter()
         .filter(|m| {
             let Some(f) = &m.filter else { return true };
-            let bound = bound.get_or_insert_with(|| Bound::new(event));
+            let bound = &bound;
             match f.filter.matches(bound) {
                 Ok(true) => true,
                 Ok(false) => {
@@ -360,7 +373,7 @@ pub fn filtered(
                 }
             }
         })
-        .map(|m| m.subscription)
+        .map(|m| std::sync::Arc::clone(&m.subscription))
         .collect()
 }
 

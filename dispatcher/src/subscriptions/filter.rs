@@ -84,6 +84,61 @@ pub struct FilterError {
 pub struct Filter {
     source: String,
     program: cel::Program,
+    /// The paths of the event it reads: only they are bound ([`Bound::new`]).
+    paths: Paths,
+}
+
+/// Paths of the event a filter reads, as a tree (`whole`: the value at this path as a
+/// whole, a list that a macro iterates for instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Paths {
+    whole: bool,
+    fields: BTreeMap<String, Paths>,
+}
+
+impl Paths {
+    /// Every path: the whole event.
+    pub fn all() -> Self {
+        Self {
+            whole: true,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, segments: &[&str]) {
+        match segments.split_first() {
+            _ if self.whole => {}
+            None => {
+                self.whole = true;
+                self.fields.clear();
+            }
+            Some((first, rest)) => self.fields.entry(first.to_string()).or_default().add(rest),
+        }
+    }
+
+    /// Adds `other`'s paths.
+    pub fn merge(&mut self, other: &Paths) {
+        if self.whole {
+            return;
+        }
+        if other.whole {
+            *self = Self::all();
+            return;
+        }
+        for (name, sub) in &other.fields {
+            self.fields.entry(name.clone()).or_default().merge(sub);
+        }
+    }
+
+    /// Whether every path of `other` is among these.
+    pub fn covers(&self, other: &Paths) -> bool {
+        self.whole
+            || (!other.whole
+                && other
+                    .fields
+                    .iter()
+                    .all(|(name, sub)| self.fields.get(name).is_some_and(|s| s.covers(sub))))
+    }
 }
 
 impl std::fmt::Debug for Filter {
@@ -92,19 +147,32 @@ impl std::fmt::Debug for Filter {
     }
 }
 
-/// One event as filters see it, bound once and shared by every filter it meets.
-#[derive(Debug)]
-pub struct Bound(cel::Value);
+/// One event as filters see it: bound once, in a context every filter it meets runs in
+/// (binding converts the whole event; a context per evaluation would pay it each time).
+pub struct Bound(cel::Context<'static, 'static>);
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bound")
+    }
+}
 
 impl Bound {
-    pub fn new(event: &OrderEvent) -> Self {
-        // (An order event always serializes: strings, numbers, lists and records.)
-        Self(cel::to_value(event).unwrap_or(cel::Value::Null))
+    /// `event`, with only `paths` of it: what the filters it meets read (converting the
+    /// whole event costs several times a filter's evaluation).
+    pub fn new(event: &OrderEvent, paths: &Paths) -> Self {
+        Self::of(bind::event(event, paths))
     }
 
     /// A sample event given as JSON (the filter test): the same shape as [`Self::new`].
     pub fn from_json(event: &serde_json::Value) -> Self {
-        Self(cel::to_value(event).unwrap_or(cel::Value::Null))
+        Self::of(cel::to_value(event).unwrap_or(cel::Value::Null))
+    }
+
+    fn of(value: cel::Value) -> Self {
+        let mut context = cel::Context::with_env(Arc::clone(&ENV));
+        context.add_variable_from_value("event", value);
+        Self(context)
     }
 }
 
@@ -151,11 +219,14 @@ impl Filter {
             shape: Shape::of_events(&types),
             scope: Vec::new(),
             nodes: 0,
+            paths: Paths::default(),
         };
         check.walk(program.expression(), 1, false)?;
+        let paths = check.paths;
         Ok(Self {
             source: source.to_string(),
             program,
+            paths,
         })
     }
 
@@ -163,12 +234,15 @@ impl Filter {
         &self.source
     }
 
+    /// The paths of the event it reads.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
     /// Whether `event` passes; `Err` (why) when the expression fails on it or is not a
     /// boolean.
     pub fn matches(&self, event: &Bound) -> Result<bool, String> {
-        let mut context = cel::Context::with_env(Arc::clone(&ENV));
-        context.add_variable_from_value("event", event.0.clone());
-        match self.program.execute(&context) {
+        match self.program.execute(&event.0) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "the filter gave {:?}, not a boolean",
@@ -310,6 +384,8 @@ struct Check<'a> {
     /// Macro variables in scope, innermost last, with what they stand for.
     scope: Vec<(String, Shape)>,
     nodes: usize,
+    /// The paths of `event` read.
+    paths: Paths,
 }
 
 impl Check<'_> {
@@ -332,6 +408,28 @@ impl Check<'_> {
             line,
             column,
             message,
+        }
+    }
+
+    /// Notes the path of `event` that `node` spells (`event.order.total`), if it does.
+    fn note_path(&mut self, node: &IdedExpr) -> bool {
+        let mut segments = Vec::new();
+        let mut at = node;
+        loop {
+            match &at.expr {
+                Expr::Select(select) => {
+                    segments.push(select.field.as_str());
+                    at = &select.operand;
+                }
+                Expr::Ident(name)
+                    if name == "event" && !self.scope.iter().any(|(v, _)| v == name) =>
+                {
+                    segments.reverse();
+                    self.paths.add(&segments);
+                    return true;
+                }
+                _ => return false,
+            }
         }
     }
 
@@ -416,6 +514,7 @@ impl Check<'_> {
         }
         match &node.expr {
             Expr::Ident(name) => {
+                let _ = self.note_path(node);
                 if self.path(node)?.is_none() {
                     return Err(
                         self.error(node, format!("unknown name `{name}`: the event is `event`"))
@@ -423,8 +522,10 @@ impl Check<'_> {
                 }
             }
             Expr::Select(select) => {
-                // Checks the fields of a path; anything else below is walked.
-                if self.path(node)?.is_none() {
+                // Checks the fields of a path; below a path not of `event` itself (a
+                // macro's variable, an index) the walk goes on.
+                self.path(node)?;
+                if !self.note_path(node) {
                     self.walk(&select.operand, depth + 1, in_macro_body)?;
                 }
             }
@@ -520,5 +621,6 @@ impl Check<'_> {
     }
 }
 
+mod bind;
 #[cfg(test)]
 mod tests;

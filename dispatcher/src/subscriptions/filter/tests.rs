@@ -29,9 +29,74 @@ fn event(kind: &str, amount: i64, status: &str) -> OrderEvent {
 }
 
 fn check(source: &str, e: &OrderEvent) -> Result<bool, String> {
-    Filter::compile(source, &all_types())
-        .expect("compiles")
-        .matches(&Bound::new(e))
+    let f = Filter::compile(source, &all_types()).expect("compiles");
+    let partly = f.matches(&Bound::new(e, f.paths()));
+    let whole = f.matches(&Bound::new(e, &Paths::all()));
+    assert_eq!(partly, whole, "{source}: bound partly and whole");
+    partly
+}
+
+/// Every leaf path of `shape` (lists and enums are leaves).
+fn leaves(shape: &Shape, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+    match shape {
+        Shape::Record(fields) => {
+            for (name, sub) in fields {
+                let mut path = at.clone();
+                path.push(name.clone());
+                leaves(sub, path, out);
+            }
+        }
+        _ => out.push(at),
+    }
+}
+
+fn at<'a>(mut v: &'a cel::Value, path: &[String]) -> Option<&'a cel::Value> {
+    for name in path {
+        let cel::Value::Map(m) = v else { return None };
+        v = m
+            .map
+            .get(&cel::objects::Key::String(Arc::new(name.clone())))?;
+    }
+    Some(v)
+}
+
+#[test]
+fn every_field_binds_as_the_whole_event_has_it() {
+    let mut paths = Vec::new();
+    leaves(&Shape::of_events(&EventType::ALL), Vec::new(), &mut paths);
+    assert!(paths.len() >= 12, "{paths:?}");
+    for t in EventType::ALL {
+        let e = event(t.name(), 12_345, "PAID");
+        let whole = bind::event(&e, &Paths::all());
+        for path in &paths {
+            let mut only = Paths::default();
+            only.add(&path.iter().map(String::as_str).collect::<Vec<_>>());
+            let partly = bind::event(&e, &only);
+            assert_eq!(at(&partly, path), at(&whole, path), "{t}: {path:?}");
+            // Bound without the whole event (a field this binder did not know would
+            // bind it whole).
+            assert!(
+                at(&partly, &["order_id".to_string()]).is_none() || path[0] == "order_id",
+                "{t}: {path:?} bound the whole event"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_filter_reads_only_its_paths() {
+    let f = Filter::compile(
+        "event.order.total.amount_minor > 1 && event.order.items.exists(i, i.sku == \"a\") && has(event.reason) && event.order.items[0].quantity > 0",
+        &all_types(),
+    )
+    .expect("compiles");
+    let mut want = Paths::default();
+    want.add(&["order", "total", "amount_minor"]);
+    want.add(&["order", "items"]);
+    want.add(&["reason"]);
+    assert_eq!(f.paths(), &want);
+    let f = Filter::compile("size(event) > 1", &all_types()).expect("compiles");
+    assert_eq!(f.paths(), &Paths::all());
 }
 
 #[test]
