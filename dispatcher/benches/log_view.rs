@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use dispatcher::attempts::view::{Filter, LogView, Status};
-use dispatcher::attempts::{AttemptRecord, Outcome, Source, Trigger};
+use dispatcher::attempts::{AttemptRecord, Entry, Outcome, Source, Trigger};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -114,16 +114,10 @@ fn main() {
     let mut view = LogView::open(&path).expect("open");
     let started = Instant::now();
     for (b, chunk) in raw.chunks(1_000).enumerate() {
-        let batch: Vec<(i32, i64, Option<AttemptRecord>)> = chunk
+        let batch: Vec<(i32, i64, Option<Entry>)> = chunk
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                (
-                    (b % 6) as i32,
-                    (b * 1_000 + i) as i64,
-                    serde_json::from_slice(r).ok(),
-                )
-            })
+            .map(|(i, r)| ((b % 6) as i32, (b * 1_000 + i) as i64, Entry::parse(r).ok()))
             .collect();
         view.apply(&batch).expect("apply");
     }

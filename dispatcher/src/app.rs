@@ -118,6 +118,8 @@ pub struct RunConfig {
     pub attempts_topic: Option<String>,
     /// Bytes of each answer the delivery log keeps (0: none).
     pub attempts_body_bytes: usize,
+    /// How often the router writes the filters' tallies to the delivery log.
+    pub filter_tally_interval: Duration,
     /// Where this instance's partner health goes for the API (`None`: nowhere).
     pub health_topic: Option<String>,
 }
@@ -305,6 +307,14 @@ impl App {
                 None => None,
             },
         };
+        if let Some(log) = lane_config.log.clone() {
+            tokio::spawn(crate::router::write_tallies(
+                table.clone(),
+                log,
+                config.filter_tally_interval,
+                shutdown.clone(),
+            ));
+        }
         let router = tokio::spawn(crate::router::run(
             kafka.clone(),
             router_config,

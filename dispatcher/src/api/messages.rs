@@ -517,6 +517,7 @@ pub(super) async fn stats(
         "time_to_webhook_ms": pair(stats.time_to_webhook_ms),
         "open_failures": { "failing": stats.open_failures[0], "dead_lettered": stats.open_failures[1] },
         "hours": stats.hours,
+        "filtered": { "filtered_out": stats.filtered[0], "errors": stats.filtered[1] },
     }))
     .into_response())
 }

@@ -12,7 +12,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::view::LogView;
-use super::AttemptRecord;
+use super::Entry;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
 
@@ -68,7 +68,7 @@ pub async fn follow(
     let mut sample = tokio::time::interval(Duration::from_secs(10));
     let ends: rdkafka::consumer::BaseConsumer = settings.reader().create()?;
     let ends = Arc::new(ends);
-    let mut batch: Vec<(i32, i64, Option<AttemptRecord>)> = Vec::new();
+    let mut batch: Vec<(i32, i64, Option<Entry>)> = Vec::new();
     loop {
         let deadline = tokio::time::sleep(Duration::from_millis(100));
         tokio::pin!(deadline);
@@ -119,7 +119,7 @@ pub async fn follow(
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
                         let record = message.payload().and_then(|p| {
-                            serde_json::from_slice::<AttemptRecord>(p)
+                            Entry::parse(p)
                                 .inspect_err(|e| {
                                     tracing::warn!(partition = message.partition(), offset = message.offset(), error = %e, "delivery log record skipped");
                                     metrics::counter!(m::LOG_VIEW_SKIPPED).increment(1);

@@ -127,6 +127,51 @@ pub struct AttemptRecord {
     pub source: Option<Source>,
 }
 
+/// How many events a subscription's payload filter kept from it over a span (#26): the
+/// router writes one per subscription with a filter every few seconds, when it counted
+/// some, to the same topic (key `<subscription>/filter-tally`). Readers of the log that
+/// predate it skip it (it is not an [`AttemptRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterTally {
+    pub v: u32,
+    /// Always `filter_tally`.
+    pub kind: String,
+    pub partner: String,
+    pub subscription_id: String,
+    /// The span the counts are of.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Events the filter was false for.
+    pub filtered_out: u64,
+    /// Events the filter failed on (not delivered either).
+    pub errors: u64,
+}
+
+/// A record of the log topic: an attempt (or an end), or a filter's tally.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Attempt(AttemptRecord),
+    Tally(FilterTally),
+}
+
+impl Entry {
+    pub fn parse(bytes: &[u8]) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        struct Kind<'a> {
+            #[serde(borrow)]
+            kind: Option<&'a str>,
+        }
+        match serde_json::from_slice::<Kind<'_>>(bytes)
+            .ok()
+            .and_then(|k| k.kind)
+        {
+            Some(_) => serde_json::from_slice(bytes).map(Self::Tally),
+            None => serde_json::from_slice(bytes).map(Self::Attempt),
+        }
+    }
+}
+
 /// A record's place in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
@@ -228,6 +273,18 @@ impl AttemptLog {
         let key = record.key();
         // (A record of plain strings, numbers and dates always serializes.)
         let value = serde_json::to_vec(&record).unwrap_or_default();
+        let delivery = self.enqueue(&key, &value);
+        Pending {
+            key,
+            value,
+            delivery,
+        }
+    }
+
+    /// Queues a filter's tally (see [`Self::acknowledged`]).
+    pub fn queue_tally(&self, tally: &FilterTally) -> Pending {
+        let key = format!("{}/filter-tally", tally.subscription_id);
+        let value = serde_json::to_vec(tally).unwrap_or_default();
         let delivery = self.enqueue(&key, &value);
         Pending {
             key,

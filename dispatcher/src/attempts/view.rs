@@ -18,7 +18,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AttemptRecord, Outcome, Trigger};
+use super::{AttemptRecord, Entry, Outcome, Trigger};
 
 /// What a message's list entry says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -103,7 +103,7 @@ pub struct Cursor {
 }
 
 /// The layout of the view's tables (`PRAGMA user_version`).
-const LAYOUT: i64 = 3;
+const LAYOUT: i64 = 4;
 
 /// The view, on one SQLite file.
 pub struct LogView {
@@ -135,7 +135,7 @@ impl LogView {
         if version != LAYOUT {
             db.execute_batch(
                 "DROP TABLE IF EXISTS attempts; DROP TABLE IF EXISTS messages;
-                 DROP TABLE IF EXISTS positions;",
+                 DROP TABLE IF EXISTS positions; DROP TABLE IF EXISTS filter_tallies;",
             )?;
         }
         db.execute_batch(
@@ -179,6 +179,17 @@ impl LogView {
              CREATE INDEX IF NOT EXISTS messages_by_partner ON messages (partner, webhook_id);
              CREATE INDEX IF NOT EXISTS messages_by_webhook ON messages (webhook_id);
              CREATE INDEX IF NOT EXISTS messages_by_status ON messages (subscription_id, status);
+             CREATE TABLE IF NOT EXISTS filter_tallies (
+                 partition INTEGER NOT NULL,
+                 offset INTEGER NOT NULL,
+                 subscription_id TEXT NOT NULL,
+                 partner TEXT NOT NULL,
+                 to_ms INTEGER NOT NULL,
+                 filtered_out INTEGER NOT NULL,
+                 errors INTEGER NOT NULL,
+                 PRIMARY KEY (partition, offset)
+             );
+             CREATE INDEX IF NOT EXISTS tallies_in_window ON filter_tallies (subscription_id, to_ms);
              CREATE TABLE IF NOT EXISTS positions (
                  partition INTEGER PRIMARY KEY,
                  next_offset INTEGER NOT NULL
@@ -200,7 +211,7 @@ impl LogView {
     /// Stores a batch of log records read from (partition, offset), and where each
     /// partition goes on, in one transaction. A record that does not parse is skipped
     /// (and counted by the caller); its position still moves.
-    pub fn apply(&mut self, batch: &[(i32, i64, Option<AttemptRecord>)]) -> anyhow::Result<()> {
+    pub fn apply(&mut self, batch: &[(i32, i64, Option<Entry>)]) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -236,9 +247,29 @@ impl LogView {
                  ON CONFLICT (partition) DO UPDATE SET
                      next_offset = max(next_offset, excluded.next_offset)",
             )?;
+            let mut tally = tx.prepare_cached(
+                "INSERT OR IGNORE INTO filter_tallies (partition, offset, subscription_id,
+                     partner, to_ms, filtered_out, errors)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             for (partition, offset, record) in batch {
                 position.execute(params![partition, offset + 1])?;
-                let Some(r) = record else { continue };
+                let r = match record {
+                    Some(Entry::Attempt(r)) => r,
+                    Some(Entry::Tally(t)) => {
+                        tally.execute(params![
+                            partition,
+                            offset,
+                            t.subscription_id,
+                            t.partner,
+                            ms(t.to),
+                            t.filtered_out as i64,
+                            t.errors as i64
+                        ])?;
+                        continue;
+                    }
+                    None => continue,
+                };
                 let json = serde_json::to_string(r)?;
                 // (A resend, recover or replay delivers later on purpose: not counted.)
                 let first_delivery = matches!(r.trigger, Trigger::Scheduled | Trigger::Retry);
@@ -442,6 +473,7 @@ impl LogView {
     fn remove_before(&mut self, cut: i64) -> anyhow::Result<usize> {
         let tx = self.db.transaction()?;
         let removed = tx.execute("DELETE FROM attempts WHERE started_ms < ?1", params![cut])?;
+        tx.execute("DELETE FROM filter_tallies WHERE to_ms < ?1", params![cut])?;
         tx.execute("DELETE FROM messages WHERE updated_ms < ?1", params![cut])?;
         tx.commit()?;
         Ok(removed)

@@ -363,11 +363,11 @@ pub fn filtered(
             match f.filter.matches(bound) {
                 Ok(true) => true,
                 Ok(false) => {
-                    f.filtered_out.increment(1);
+                    f.kept_back(false);
                     false
                 }
                 Err(why) => {
-                    f.errors.increment(1);
+                    f.kept_back(true);
                     tracing::debug!(subscription = %m.subscription.id, event_id = %event.event_id(), %why, "filter failed on an event: not delivered");
                     false
                 }
@@ -375,6 +375,55 @@ pub fn filtered(
         })
         .map(|m| std::sync::Arc::clone(&m.subscription))
         .collect()
+}
+
+/// Writes the filters' tallies ([`SubscriptionTable::take_tallies`]) to the delivery
+/// log every `every`, and once more at shutdown (waiting at most 5 s for it).
+pub async fn write_tallies(
+    table: SubscriptionTable,
+    log: crate::attempts::AttemptLog,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut from = chrono::Utc::now();
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let to = chrono::Utc::now();
+        let pending: Vec<_> = table
+            .take_tallies()
+            .into_iter()
+            .map(|t| {
+                log.queue_tally(&crate::attempts::FilterTally {
+                    v: crate::attempts::VERSION,
+                    kind: "filter_tally".into(),
+                    partner: t.partner,
+                    subscription_id: t.subscription_id,
+                    from,
+                    to,
+                    filtered_out: t.filtered_out,
+                    errors: t.errors,
+                })
+            })
+            .collect();
+        from = to;
+        if !pending.is_empty() {
+            // (A write that fails for 5 s loses these counts, never delays routing.)
+            let never = CancellationToken::new();
+            let written = log.acknowledged(pending, &never);
+            if tokio::time::timeout(Duration::from_secs(5), written)
+                .await
+                .is_err()
+            {
+                tracing::warn!("filter tallies not written to the delivery log within 5 s");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 fn router_dead_letter(

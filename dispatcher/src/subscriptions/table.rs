@@ -32,6 +32,23 @@ pub struct Target {
     pub filter: Option<Arc<TargetFilter>>,
 }
 
+/// What a subscription's filter kept from it since the last [`SubscriptionTable::take_tallies`].
+#[derive(Debug)]
+pub struct Tally {
+    partner: String,
+    filtered_out: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+/// One subscription's counts taken from its [`Tally`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub partner: String,
+    pub subscription_id: String,
+    pub filtered_out: u64,
+    pub errors: u64,
+}
+
 /// A subscription's compiled filter and what it counts (per subscription, in
 /// `dispatcher_filtered_events_total`).
 #[derive(Debug)]
@@ -41,10 +58,24 @@ pub struct TargetFilter {
     pub filtered_out: metrics::Counter,
     /// Events the filter failed on (not delivered either).
     pub errors: metrics::Counter,
+    /// The same counts for the delivery log (kept across versions of the subscription).
+    tally: Arc<Tally>,
 }
 
 impl TargetFilter {
-    fn new(s: &Subscription) -> Option<Arc<Self>> {
+    /// Counts an event the filter kept back: `failed` when it failed on it.
+    pub fn kept_back(&self, failed: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if failed {
+            self.errors.increment(1);
+            self.tally.errors.fetch_add(1, Relaxed);
+        } else {
+            self.filtered_out.increment(1);
+            self.tally.filtered_out.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn new(s: &Subscription, tallies: &Mutex<HashMap<String, Arc<Tally>>>) -> Option<Arc<Self>> {
         let source = s.filter.as_deref()?;
         // (Only valid subscriptions become targets: it compiled when validated.)
         let filter = crate::subscriptions::filter::Filter::compile(source, &s.event_types).ok()?;
@@ -56,10 +87,23 @@ impl TargetFilter {
                 "outcome" => outcome
             )
         };
+        let tally = tallies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(s.id.clone())
+            .or_insert_with(|| {
+                Arc::new(Tally {
+                    partner: s.partner_id.clone(),
+                    filtered_out: Default::default(),
+                    errors: Default::default(),
+                })
+            })
+            .clone();
         Some(Arc::new(Self {
             filter,
             filtered_out: counter("filtered_out"),
             errors: counter("error"),
+            tally,
         }))
     }
 }
@@ -72,7 +116,7 @@ pub struct Matched {
 }
 
 impl Target {
-    fn new(subscription: Subscription) -> Self {
+    fn new(subscription: Subscription, tallies: &Mutex<HashMap<String, Arc<Tally>>>) -> Self {
         // (A subscription with no URL to deliver to yet is held before any attempt.)
         let url = subscription.delivery_url().unwrap_or(&subscription.url);
         let ca = subscription
@@ -86,7 +130,7 @@ impl Target {
         };
         Self {
             url,
-            filter: TargetFilter::new(&subscription),
+            filter: TargetFilter::new(&subscription, tallies),
             keys: subscription.signing_keys(),
             ca: ca.ok().flatten(),
             subscription: Arc::new(subscription),
@@ -161,6 +205,8 @@ pub struct SubscriptionTable {
     follower: Option<Arc<Follower>>,
     /// Held by one write at a time ([`Self::save_merged`], [`Self::write`]).
     writing: Arc<tokio::sync::Mutex<()>>,
+    /// Per subscription with a filter: what it kept back, not yet in the delivery log.
+    tallies: Arc<Mutex<HashMap<String, Arc<Tally>>>>,
 }
 
 impl std::fmt::Debug for SubscriptionTable {
@@ -181,6 +227,7 @@ impl Default for SubscriptionTable {
             progress: watch::channel(0).0,
             follower: None,
             writing: Arc::default(),
+            tallies: Arc::default(),
         }
     }
 }
@@ -271,6 +318,28 @@ impl SubscriptionTable {
         found
     }
 
+    /// Takes the counts of every filter since the last call (the tallies of deleted
+    /// subscriptions, once taken, are forgotten).
+    pub fn take_tallies(&self) -> Vec<Taken> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut tallies = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taken = Vec::new();
+        for (id, t) in tallies.iter() {
+            let (filtered_out, errors) =
+                (t.filtered_out.swap(0, Relaxed), t.errors.swap(0, Relaxed));
+            if filtered_out + errors > 0 {
+                taken.push(Taken {
+                    partner: t.partner.clone(),
+                    subscription_id: id.clone(),
+                    filtered_out,
+                    errors,
+                });
+            }
+        }
+        tallies.retain(|id, _| self.target(id).is_some_and(|t| t.filter.is_some()));
+        taken
+    }
+
     /// A receiver that sees every change.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -284,7 +353,7 @@ impl SubscriptionTable {
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id.clone(), Arc::new(Target::new(s)));
+            .insert(s.id.clone(), Arc::new(Target::new(s, &self.tallies)));
         self.changes.send_modify(|n| *n += 1);
     }
 

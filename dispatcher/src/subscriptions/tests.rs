@@ -171,6 +171,35 @@ fn a_file_with_a_duplicate_or_a_typo_is_refused_with_its_name() {
 }
 
 #[test]
+fn a_file_with_a_bad_filter_is_refused_naming_where() {
+    let secret = Secret::generate();
+    let file = |filter: &str| {
+        format!("subscriptions:\n  - id: x\n    partner_id: p\n    url: https://h.example\n    event_types: [order.created]\n    secrets: [{secret}]\n    filter: '{filter}'\n")
+    };
+    let refused = SubscriptionFile::parse(
+        &file("event.order.total.amount_minor >"),
+        &Allowlist::default(),
+    )
+    .expect_err("syntax");
+    assert!(
+        refused.starts_with("subscription `x`: filter: at line 1, column 33: "),
+        "{refused}"
+    );
+    let refused = SubscriptionFile::parse(&file("event.reason == \"x\""), &Allowlist::default())
+        .expect_err("not a field of order.created");
+    assert!(refused.contains("no field `reason`"), "{refused}");
+    let parsed = SubscriptionFile::parse(
+        &file("event.order.total.amount_minor > 100"),
+        &Allowlist::default(),
+    )
+    .expect("valid");
+    assert_eq!(
+        parsed[0].filter.as_deref(),
+        Some("event.order.total.amount_minor > 100")
+    );
+}
+
+#[test]
 fn https_only_refuses_plain_http_even_to_an_allowlisted_address() {
     let mut s = sub();
     s.url = "http://127.0.0.1:9000/hook".into();

@@ -51,6 +51,7 @@ fn config(world: &DispatchWorld) -> RunConfig {
         health_interval: Duration::from_secs(1),
         attempts_topic: Some(e2e::unique("attempts")),
         attempts_body_bytes: 4096,
+        filter_tally_interval: Duration::from_secs(10),
         health_topic: None,
     }
 }

@@ -71,7 +71,10 @@ fn filtered(metrics: &str, subscription: &str, outcome: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_delivers_what_matches_in_order_counts_the_rest_and_changes_live() {
-    let world = DispatchWorld::new("127.0.0.1").await;
+    let mut world = DispatchWorld::new("127.0.0.1").await;
+    world
+        .run_args
+        .extend(["--filter-tally-interval-ms".into(), "300".into()]);
     let partner = unique("filters");
     let token = partner_token(&partner);
     let api = world.start_api(&api_tokens(&[&partner]), &[]);
@@ -195,6 +198,32 @@ async fn a_filter_delivers_what_matches_in_order_counts_the_rest_and_changes_liv
     );
     assert_eq!(records_of(&reasons), ids(&want_reasons));
     assert_eq!(records_of(&all), ids(&sent));
+
+    // In the delivery log's stats too (the router's tallies).
+    let stats_of = |id: &str| {
+        let (api, token, path) = (&api, &token, format!("/v1/subscriptions/{id}/stats"));
+        async move {
+            api.call(reqwest::Method::GET, &path, Some(token), None)
+                .await
+                .1
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (b, r) = (stats_of(&big).await, stats_of(&reasons).await);
+        if b["filtered"] == json!({"filtered_out": 4, "errors": 0})
+            && r["filtered"] == json!({"filtered_out": 0, "errors": 6})
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stats: {} / {}",
+            b["filtered"],
+            r["filtered"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // filter-test: the latest events against a filter not set yet, and a sample.
     let small = "event.order.total.amount_minor < 10000";

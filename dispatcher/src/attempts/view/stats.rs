@@ -23,6 +23,9 @@ pub struct Stats {
     pub open_failures: [u64; 2],
     /// Per hour of the window (oldest first, hours without attempts left out).
     pub hours: Vec<Hour>,
+    /// Events the subscription's payload filter kept from it: `[filtered_out, errors]`
+    /// (as of the router's last tally, every few seconds).
+    pub filtered: [u64; 2],
 }
 
 /// One hour of a subscription's attempts.
@@ -121,7 +124,14 @@ impl LogView {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let filtered: (i64, i64) = self.db.query_row(
+            "SELECT coalesce(sum(filtered_out), 0), coalesce(sum(errors), 0) FROM filter_tallies
+             WHERE subscription_id = ?1 AND to_ms >= ?2 AND (?3 IS NULL OR partner = ?3)",
+            params![subscription, since, partner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         Ok(Stats {
+            filtered: [filtered.0 as u64, filtered.1 as u64],
             by_outcome,
             attempts: attempts as u64,
             success_rate: (attempts > 0).then(|| delivered as f64 / attempts as f64),

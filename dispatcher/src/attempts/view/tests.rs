@@ -1,6 +1,14 @@
 use super::*;
 use crate::attempts::{Outcome, Trigger};
 
+/// A batch of attempt records as the reader hands them over.
+fn entries(batch: Vec<(i32, i64, Option<AttemptRecord>)>) -> Vec<(i32, i64, Option<Entry>)> {
+    batch
+        .into_iter()
+        .map(|(p, o, r)| (p, o, r.map(Entry::Attempt)))
+        .collect()
+}
+
 fn record(
     webhook: &str,
     attempt: u32,
@@ -67,11 +75,12 @@ fn a_message_and_its_attempts_are_kept_once_each_in_order() {
             Some(record("w1", 3, Some(204), Outcome::Delivered, 3_000)),
         ),
     ];
-    view.apply(&batch).expect("apply");
+    view.apply(&entries(batch.clone())).expect("apply");
     drop(view);
     let mut view = LogView::open(&dir.path().join("view.db")).expect("reopen");
     assert_eq!(view.positions().expect("positions"), vec![(0, 14)]);
-    view.apply(&batch).expect("the same batch again");
+    view.apply(&entries(batch.clone()))
+        .expect("the same batch again");
     let (message, attempts) = view.message("p.s", "w1").expect("query").expect("found");
     assert_eq!(
         (
@@ -115,7 +124,7 @@ fn lists_are_filtered_and_paged_newest_first() {
             )),
         ));
     }
-    view.apply(&batch).expect("apply");
+    view.apply(&entries(batch.clone())).expect("apply");
     let all = Filter::default();
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -173,7 +182,7 @@ fn retention_removes_old_rows() {
             )
         })
         .collect();
-    view.apply(&batch).expect("apply");
+    view.apply(&entries(batch.clone())).expect("apply");
     let removed = view
         .expire(
             chrono::DateTime::from_timestamp_millis(50_000).expect("time"),
@@ -205,7 +214,7 @@ fn retention_by_size_removes_the_oldest_first() {
             )
         })
         .collect();
-    view.apply(&batch).expect("apply");
+    view.apply(&entries(batch.clone())).expect("apply");
     let full = view.bytes().expect("bytes");
     let limit = full / 2;
     let removed = view
@@ -260,7 +269,7 @@ fn stats_count_a_window() {
         100,
         Some(record("old", 1, Some(204), Outcome::Delivered, 1_000)),
     ));
-    view.apply(&batch).expect("apply");
+    view.apply(&entries(batch.clone())).expect("apply");
     let stats = view
         .stats(
             "p.s",
@@ -287,11 +296,11 @@ fn lists_and_stats_keep_to_the_partner_and_states_never_go_back() {
     theirs.partner = "someone-else".into();
     let late = record("w1", 1, Some(500), Outcome::RetryScheduled, 1_500);
     let delivered = record("w1", 2, Some(204), Outcome::Delivered, 2_000);
-    view.apply(&[
+    view.apply(&entries(vec![
         (0, 1, Some(theirs)),
         (0, 2, Some(delivered)),
         (0, 3, Some(late)),
-    ])
+    ]))
     .expect("apply");
     let (mine, _) = view
         .messages("p.s", Some("p"), &Filter::default(), None, 10)
@@ -322,5 +331,65 @@ fn lists_and_stats_keep_to_the_partner_and_states_never_go_back() {
         (m.status, m.attempts_count, m.last_status_code),
         (Status::Delivered, 2, Some(204)),
         "the late record counted, the state kept"
+    );
+}
+
+/// A filter's tallies add up in the stats of their window, once each however often a
+/// batch is read, and only for their partner.
+#[test]
+fn filter_tallies_add_up_in_the_stats() {
+    let (_dir, mut view) = view();
+    let tally = |to: i64, out: u64, errors: u64, partner: &str| {
+        Some(Entry::Tally(crate::attempts::FilterTally {
+            v: 1,
+            kind: "filter_tally".into(),
+            partner: partner.into(),
+            subscription_id: "p.s".into(),
+            from: chrono::DateTime::from_timestamp_millis(to - 1_000).expect("time"),
+            to: chrono::DateTime::from_timestamp_millis(to).expect("time"),
+            filtered_out: out,
+            errors,
+        }))
+    };
+    let batch = vec![
+        (0, 1, tally(1_000, 100, 100, "p")),
+        (0, 2, tally(6_000, 3, 1, "p")),
+        (1, 7, tally(7_000, 4, 0, "p")),
+        (1, 8, tally(8_000, 50, 50, "q")),
+    ];
+    view.apply(&batch).expect("apply");
+    view.apply(&batch).expect("read again");
+    let since = chrono::DateTime::from_timestamp_millis(5_000).expect("time");
+    assert_eq!(
+        view.stats("p.s", Some("p"), since).expect("stats").filtered,
+        [7, 1]
+    );
+    assert_eq!(
+        view.stats("p.s", None, since).expect("stats").filtered,
+        [57, 51]
+    );
+    assert_eq!(
+        view.stats("p.t", None, since).expect("stats").filtered,
+        [0, 0]
+    );
+    // The record as the router writes it parses as a tally; an attempt as an attempt.
+    let json = serde_json::to_vec(&match &batch[1].2 {
+        Some(Entry::Tally(t)) => t.clone(),
+        _ => unreachable!(),
+    })
+    .expect("json");
+    assert!(matches!(Entry::parse(&json), Ok(Entry::Tally(_))));
+    let attempt =
+        serde_json::to_vec(&record("w", 1, Some(204), Outcome::Delivered, 1)).expect("json");
+    assert!(matches!(Entry::parse(&attempt), Ok(Entry::Attempt(_))));
+    // Expired with the attempts.
+    view.expire(
+        chrono::DateTime::from_timestamp_millis(6_500).expect("time"),
+        u64::MAX,
+    )
+    .expect("expire");
+    assert_eq!(
+        view.stats("p.s", Some("p"), since).expect("stats").filtered,
+        [4, 0]
     );
 }

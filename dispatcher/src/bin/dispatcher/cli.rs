@@ -235,6 +235,11 @@ pub struct RunArgs {
     /// Bytes of each partner answer the delivery log keeps (lossy UTF-8); 0 keeps none.
     #[arg(long, env = "DISPATCHER_ATTEMPTS_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=65_536))]
     pub attempts_body_bytes: u64,
+    /// How often the router writes to the delivery log how many events each
+    /// subscription's payload filter kept from it (one record per subscription that
+    /// has counts), in milliseconds.
+    #[arg(long, env = "DISPATCHER_FILTER_TALLY_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub filter_tally_interval_ms: u64,
     /// Where this instance writes its partners' health every 5 s, for the API's
     /// operators (`/v1/admin/partners`, the console). Empty writes none.
     #[arg(long, env = "DISPATCHER_HEALTH_TOPIC", default_value = dispatcher::health::publish::DEFAULT_TOPIC)]
@@ -455,6 +460,7 @@ impl RunArgs {
             health_interval: Duration::from_millis(self.health_interval_ms),
             attempts_topic: (!self.attempts_topic.is_empty()).then(|| self.attempts_topic.clone()),
             attempts_body_bytes: self.attempts_body_bytes as usize,
+            filter_tally_interval: Duration::from_millis(self.filter_tally_interval_ms),
             health_topic: (!self.health_topic.is_empty()).then(|| self.health_topic.clone()),
         })
     }
