@@ -288,6 +288,52 @@ test("a partner opens a portal link, finds a failed message, reads its attempts 
   assert.deepEqual(ran, [], "nothing a partner's server sent ran");
 });
 
+test("a partner tries a payload filter, sets it, sees a bad one refused where it is wrong, and removes it", async () => {
+  const page = await freshPage();
+  await signIn(page, await portalLink(PARTNER, "manage"));
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  // Tried first against the latest events, by keyboard: nothing changes.
+  await page.getByLabel("Filter", { exact: true }).fill("event.order.total.amount_minor >= 0");
+  await page.getByLabel("Latest events").focus();
+  await page.keyboard.press("Tab"); // Try it
+  await page.keyboard.press("Enter");
+  await assert.doesNotReject(page.getByRole("heading", { name: /Filter test of/ }).waitFor());
+  const tried = await page.locator("tbody tr").count();
+  assert.ok(tried >= 1, "the partner's latest events were tried");
+  assert.equal(await page.locator("#filter-matched").innerText(), `${tried} of ${tried} would be delivered.`);
+  await accessible(page, "filter-test");
+  // One that matches nothing, and one the events fail on (a field only cancellations have).
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByLabel("Filter", { exact: true }).fill('event.order.status == "REFUNDED"');
+  await page.getByRole("button", { name: "Try it" }).click();
+  assert.match(await page.locator("#filter-matched").innerText(), /^0 of \d+ would be delivered/);
+  assert.match(await page.locator("tbody").innerText(), /no match/);
+
+  // Set through the change form: a bad one is refused naming the line and column.
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByLabel("Payload filter").fill("event.order.total.amount_minor >=");
+  await page.getByRole("button", { name: "Save changes" }).click();
+  assert.match(await page.locator("main").innerText(), /filter: at line 1, column 34: /);
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByLabel("Payload filter").fill('event.order.status != "<b>CANCELLED</b>"');
+  await page.getByRole("button", { name: "Save changes" }).click();
+  assert.match(await page.locator("main").innerText(), /not a value of this field/);
+  const filter = "event.order.total.amount_minor >= 100 && event.order.status != \"CANCELLED\"";
+  await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  await page.getByLabel("Payload filter").fill(filter);
+  await page.getByRole("button", { name: "Save changes" }).click();
+  await page.waitForURL(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  assert.equal(await page.locator("code.filter").innerText(), filter);
+  assert.match(await page.locator("#filtered").innerText(), /^\d+ filtered out, \d+ the filter failed on$/);
+  await accessible(page, "subscription-filter");
+  // Removed: every event again.
+  await page.getByLabel("Payload filter").fill("");
+  await page.getByRole("button", { name: "Save changes" }).click();
+  await page.waitForURL(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+  assert.match(await page.locator("dl.facts").innerText(), /Filter\s+none/);
+  await page.context().close();
+});
+
 test("a read-only session sees the log and cannot change anything", async () => {
   const page = await freshPage();
   await signIn(page, await portalLink(PARTNER, "read"));

@@ -133,7 +133,14 @@ fn latest(
     last: usize,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let consumer: BaseConsumer = kafka.reader().create()?;
-    let partitions = crate::kafka::partitions_of(&consumer, topic, "delivery topic")?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    // (No delivery topic yet: nothing was ever routed to the partner.)
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     let mut ranges = BTreeMap::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;

@@ -26,8 +26,8 @@ pub(super) fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-/// `POST /console/subscriptions/{id}/edit`: the URL and the event types
-/// (`PATCH /v1/subscriptions/{id}`, which checks the URL as the API always does).
+/// `POST /console/subscriptions/{id}/edit`: the URL, the event types and the payload
+/// filter (`PATCH /v1/subscriptions/{id}`, which checks them as the API always does).
 pub(super) async fn edit(
     State(api): State<ApiState>,
     viewer: Viewer,
@@ -51,7 +51,12 @@ pub(super) async fn edit(
     let (status, answer) = call
         .patch(
             &format!("/v1/subscriptions/{path}"),
-            json!({ "url": field(&form, "url"), "event_types": event_types }),
+            json!({
+                "url": field(&form, "url"),
+                "event_types": event_types,
+                // (Empty removes it.)
+                "filter": field(&form, "filter").trim(),
+            }),
             field(&form, "second_factor"),
         )
         .await;

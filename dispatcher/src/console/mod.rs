@@ -29,6 +29,7 @@ use crate::api::{ApiState, Caller};
 
 mod catalog;
 mod entry;
+mod filter_test;
 pub mod grant;
 pub mod ledger;
 pub mod links;
@@ -233,6 +234,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/console/subscriptions/{id}/rotate", post(manage::rotate))
         .route("/console/subscriptions/{id}/verify", post(pages::verify))
         .route("/console/subscriptions/{id}/recover", post(manage::recover))
+        .route(
+            "/console/subscriptions/{id}/filter-test",
+            post(filter_test::filter_test),
+        )
         .route("/console/messages/{webhook_id}", get(message::message))
         .route(
             "/console/messages/{webhook_id}/resend",

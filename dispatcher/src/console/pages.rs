@@ -133,6 +133,11 @@ struct SubscriptionFacts {
     delivering_to: String,
     /// Why the last challenge failed (empty: none).
     verification_error: String,
+    /// The payload filter (empty: none).
+    filter: String,
+    /// What it kept back over the last 24 h: false for, failed on.
+    filtered_out: u64,
+    filter_errors: u64,
 }
 
 struct MessageRow {
@@ -271,7 +276,16 @@ pub(super) async fn subscription(
             .as_str()
             .unwrap_or_default()
             .to_string(),
+        filter: s["filter"].as_str().unwrap_or_default().to_string(),
+        filtered_out: 0,
+        filter_errors: 0,
     };
+    let mut facts = facts;
+    if !facts.filter.is_empty() {
+        let (_, stats) = call.get(&format!("/v1/subscriptions/{path}/stats")).await;
+        facts.filtered_out = stats["filtered"]["filtered_out"].as_u64().unwrap_or(0);
+        facts.filter_errors = stats["filtered"]["errors"].as_u64().unwrap_or(0);
+    }
     let cursor = (!filters.cursor.is_empty()).then_some(filters.cursor.as_str());
     let (status, page) = call
         .get(&format!(
