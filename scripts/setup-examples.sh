@@ -39,7 +39,8 @@ if [[ ! -d "$TS/node_modules/standardwebhooks" ]] || [[ "$TS/package-lock.json" 
   (cd "$TS" && npm ci --silent --no-audit --no-fund >&2)
   touch "$TS/node_modules/.installed"
 fi
-if [[ ! -f "$TS/dist/receiver.js" ]] || [[ "$TS/receiver.ts" -nt "$TS/dist/receiver.js" ]]; then
+if [[ ! -f "$TS/dist/receiver.js" ]] || [[ ! -f "$TS/dist/stream_client.js" ]] \
+   || [[ "$TS/receiver.ts" -nt "$TS/dist/receiver.js" ]] || [[ "$TS/stream_client.ts" -nt "$TS/dist/stream_client.js" ]]; then
   (cd "$TS" && npx tsc -p . >&2)
 fi
 

@@ -70,6 +70,13 @@ pub const ROUTED: &str = "dispatcher_router_records_total";
 /// on the event, for example an optional field the event does not have). Neither is
 /// delivered nor has a delivery record.
 pub const FILTERED: &str = "dispatcher_filtered_events_total";
+/// API: live streams open on this instance (`GET /v1/partners/{p}/stream`).
+pub const STREAMS_OPEN: &str = "dispatcher_streams_open";
+/// API: live streams ended, by `reason` (`client_gone`, `slow_client`: it took no
+/// event for the slow-client time while its buffer was full, `shutdown`, `error`).
+pub const STREAMS_CLOSED: &str = "dispatcher_streams_closed_total";
+/// API: events sent on live streams.
+pub const STREAM_EVENTS: &str = "dispatcher_stream_events_total";
 /// Subscription records (changes and deletions) read from the topic and in force.
 pub const SUBSCRIPTION_CHANGES: &str = "dispatcher_subscription_changes_total";
 /// Subscription records refused when read from the topic.

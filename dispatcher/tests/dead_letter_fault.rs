@@ -84,6 +84,7 @@ async fn fixture(script: Script) -> (Fixture, SubscriptionTable) {
         tls: None,
         verification: None,
         filter: None,
+        kind: Default::default(),
     });
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

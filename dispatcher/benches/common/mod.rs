@@ -56,6 +56,7 @@ pub fn lane(
         tls: None,
         verification: None,
         filter: None,
+        kind: Default::default(),
     });
     let settings = KafkaSettings {
         brokers,

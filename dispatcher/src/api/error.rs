@@ -15,6 +15,8 @@ pub struct ApiError {
     field: Option<String>,
     /// Seconds for a `Retry-After` header (503, 429).
     retry_after: Option<u64>,
+    /// A 410 of a stream: the oldest cursor it can start from.
+    oldest_cursor: Option<String>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            oldest_cursor: None,
         }
     }
 
@@ -35,6 +38,7 @@ impl ApiError {
             message: message.into(),
             field: Some(field.to_string()),
             retry_after: None,
+            oldest_cursor: None,
         }
     }
 
@@ -47,7 +51,20 @@ impl ApiError {
             message: message.into(),
             field: Some(name.to_string()),
             retry_after: None,
+            oldest_cursor: None,
         }
+    }
+
+    /// 404 saying what is not there.
+    pub(super) fn not_found_what(message: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 410: a cursor older than what is kept; `oldest` is where one can start.
+    pub(super) fn gone(message: &str, oldest: String) -> Self {
+        let mut e = Self::new(StatusCode::GONE, "gone", message);
+        e.oldest_cursor = Some(oldest);
+        e
     }
 
     pub(super) fn not_found(id: &str) -> Self {
@@ -82,8 +99,11 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             error["field"] = f.into();
         }
-        let mut response =
-            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        let mut body = serde_json::json!({ "error": error });
+        if let Some(oldest) = self.oldest_cursor {
+            body["oldest_cursor"] = oldest.into();
+        }
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

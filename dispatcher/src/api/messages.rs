@@ -19,7 +19,7 @@ use crate::attempts::AttemptRecord;
 
 /// A malformed query answers 400 in JSON, naming the parameter (`known` are the
 /// query's fields).
-fn query_error(e: axum::extract::rejection::QueryRejection, known: &[&str]) -> ApiError {
+pub(super) fn query_error(e: axum::extract::rejection::QueryRejection, known: &[&str]) -> ApiError {
     let text = e.body_text();
     let detail = text
         .strip_prefix("Failed to deserialize query string: ")

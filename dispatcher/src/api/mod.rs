@@ -40,6 +40,7 @@ mod messages;
 mod partners;
 mod recover;
 pub mod second_factor;
+pub mod stream;
 mod subscriptions;
 pub mod verify;
 
@@ -87,6 +88,8 @@ pub struct ApiState {
     pub verifier: Option<Arc<verify::Verifier>>,
     /// The partners' second factors (`None`: none asked for).
     pub second_factors: Option<second_factor::SecondFactors>,
+    /// Live streams: their limits, and those open.
+    pub streams: Arc<stream::Streams>,
 }
 
 /// Subscriptions being created on this instance, per partner: counted against the quota
@@ -185,6 +188,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}/messages", get(messages::list))
         .route("/v1/subscriptions/{id}/recover", post(recover::recover))
         .route("/v1/subscriptions/{id}/stats", get(messages::stats))
+        .route("/v1/partners/{partner}/stream", get(stream::stream))
         .route(
             "/v1/subscriptions/{id}/filter-test",
             post(filter_test::filter_test),
@@ -283,6 +287,9 @@ impl ApiState {
     async fn check(&self, s: &Subscription) -> Result<(), ApiError> {
         s.validate(&self.allowlist)
             .map_err(|e| ApiError::field(e.field, e.message))?;
+        if s.is_stream() {
+            return Ok(());
+        }
         let url = reqwest::Url::parse(&s.url).map_err(|e| ApiError::field("url", e.to_string()))?;
         if self.require_https && url.scheme() != "https" {
             return Err(ApiError::field("url", "must use https"));

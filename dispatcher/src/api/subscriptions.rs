@@ -15,7 +15,7 @@ use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
 use crate::subscriptions::{
-    delivery_topic, EndpointTls, RetryPolicy, Subscription, Verification, VerificationState,
+    EndpointTls, Kind, RetryPolicy, Subscription, Verification, VerificationState,
 };
 use crate::webhook::signing::Secret;
 
@@ -24,6 +24,9 @@ use crate::webhook::signing::Secret;
 pub(super) struct View {
     id: String,
     partner_id: String,
+    /// `webhook` or `stream`.
+    kind: Kind,
+    /// Empty for a stream.
     url: String,
     event_types: BTreeSet<String>,
     internal: bool,
@@ -56,6 +59,7 @@ impl From<&Subscription> for View {
         Self {
             id: s.id.clone(),
             partner_id: s.partner_id.clone(),
+            kind: s.kind,
             url: s.url.clone(),
             event_types: s.event_types.clone(),
             internal: s.internal,
@@ -89,7 +93,11 @@ impl From<&Subscription> for View {
 struct CreateRequest {
     id: Option<String>,
     partner_id: Option<String>,
+    /// Required for a webhook; none for a stream.
+    #[serde(default)]
     url: String,
+    #[serde(default)]
+    kind: Kind,
     event_types: BTreeSet<String>,
     #[serde(default)]
     internal: bool,
@@ -213,6 +221,24 @@ pub(super) async fn create(
     if api.table.get(&id).is_some() {
         return Err(super::exists(&id));
     }
+    if request.kind == Kind::Stream {
+        // (Two would write every event twice to the one stream topic.)
+        if let Some(other) = api
+            .table
+            .all()
+            .iter()
+            .find(|s| s.partner_id == partner_id && s.is_stream())
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "partner `{partner_id}` has a stream subscription already (`{}`): change that one",
+                    other.id
+                ),
+            ));
+        }
+    }
     let owned = || {
         api.table
             .all()
@@ -234,13 +260,15 @@ pub(super) async fn create(
                 ),
             )
         })?;
-    let secret = Secret::generate();
+    let stream = request.kind == Kind::Stream;
+    // (A stream is read with the partner's token: nothing to sign.)
+    let secret = (!stream).then(Secret::generate);
     let mut s = Subscription {
         id,
         partner_id,
         url: request.url,
         event_types: request.event_types,
-        secrets: vec![secret.clone()],
+        secrets: secret.iter().cloned().collect(),
         internal: request.internal,
         max_in_flight: request.max_in_flight.unwrap_or(16),
         request_timeout_ms: request.request_timeout_ms.unwrap_or(10_000),
@@ -253,8 +281,11 @@ pub(super) async fn create(
         tls: request.tls.filter(|t| t.ca_pem.is_some()),
         verification: None,
         filter: request.filter,
+        kind: request.kind,
     };
-    s.verification = api.verifier.as_ref().and_then(|v| v.start(&s.url, None));
+    if !stream {
+        s.verification = api.verifier.as_ref().and_then(|v| v.start(&s.url, None));
+    }
     s.validate_new_id()
         .map_err(|e| ApiError::field(e.field, e.message))?;
     api.check(&s).await?;
@@ -271,7 +302,7 @@ pub(super) async fn create(
         .ensure_topics(
             // (The lanes make its retry topic; its dead-letter topic is made on its first
             // dead letter.)
-            &[delivery_topic(&s.partner_id)],
+            &[s.topic()],
             api.partitions,
             &[],
         )
@@ -286,7 +317,9 @@ pub(super) async fn create(
     }
     let mut view = serde_json::to_value(View::from(&s)).map_err(ApiError::internal)?;
     // Shown once: the partner verifies signatures with it.
-    view["secret"] = secret.into();
+    if let Some(secret) = secret {
+        view["secret"] = secret.into();
+    }
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

@@ -38,6 +38,7 @@ fn subscription(url: String, secret: &str, paused: bool) -> Subscription {
         tls: None,
         verification: None,
         filter: None,
+        kind: Default::default(),
     }
 }
 

@@ -94,7 +94,20 @@ pub async fn supervise(
         for p in table.invalid_partners() {
             partners.entry(p).or_insert((1, None));
         }
-        for s in table.all() {
+        // Stream subscriptions have no lane; their topic is made here too (for one
+        // written by `subscriptions apply`; the API makes it before it saves one).
+        let (streams, webhooks): (Vec<_>, Vec<_>) =
+            table.all().into_iter().partition(|s| s.is_stream());
+        let stream_topics: Vec<String> = streams.iter().map(|s| s.topic()).collect();
+        if !stream_topics.is_empty() {
+            if let Err(error) = settings
+                .ensure_topics(&stream_topics, config.partitions, &[])
+                .await
+            {
+                tracing::warn!(%error, "making the stream topics");
+            }
+        }
+        for s in webhooks {
             let (cap, rate) = partners.entry(s.partner_id.clone()).or_default();
             *cap = (*cap).max(s.max_in_flight);
             *rate = match (*rate, s.rate_limit_per_sec) {

@@ -28,7 +28,7 @@ use crate::kafka::headers;
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
-use crate::subscriptions::delivery_topic;
+
 use crate::subscriptions::filter::{Bound, Paths};
 use crate::subscriptions::table::SubscriptionTable;
 
@@ -324,7 +324,8 @@ async fn route(
                     });
                 }
                 Outgoing {
-                    topic: delivery_topic(&s.partner_id),
+                    // (A stream subscription's: the partner's stream topic.)
+                    topic: s.topic(),
                     key: Some(event.order_id().as_bytes().to_vec()),
                     payload: body.clone(),
                     headers,

@@ -169,6 +169,24 @@ impl Bound {
         Self::of(cel::to_value(event).unwrap_or(cel::Value::Null))
     }
 
+    /// What a filter sees of a webhook body (`{"type", "timestamp", "data"}`): its `data`
+    /// with its `type`; only `paths` of it.
+    pub fn of_body(body: &serde_json::Value, paths: &Paths) -> Self {
+        let mut event = serde_json::Map::new();
+        if let Some(t) = body.get("type") {
+            event.insert("type".into(), t.clone());
+        }
+        if let Some(data) = body.get("data").and_then(|d| d.as_object()) {
+            for (name, value) in data {
+                // (Only the top-level fields read; those are bound whole.)
+                if paths.whole || paths.fields.contains_key(name) {
+                    event.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        Self::from_json(&serde_json::Value::Object(event))
+    }
+
     fn of(value: cel::Value) -> Self {
         let mut context = cel::Context::with_env(Arc::clone(&ENV));
         context.add_variable_from_value("event", value);

@@ -49,6 +49,24 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Where a subscription's events go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Signed POSTs to `url` (the partner's delivery topic, then its lane).
+    #[default]
+    Webhook,
+    /// The partner's stream topic (`stream.<partner>`), read by its live streams
+    /// (`GET /v1/partners/{p}/stream`): no URL, no secrets, no lane.
+    Stream,
+}
+
+impl Kind {
+    fn is_webhook(&self) -> bool {
+        *self == Self::Webhook
+    }
+}
+
 /// One partner endpoint. Its `Debug` shows how many secrets it has, never them.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +123,9 @@ pub struct Subscription {
     /// for which it is true are delivered. Absent: every one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// `webhook` (default) or `stream`.
+    #[serde(default, skip_serializing_if = "Kind::is_webhook")]
+    pub kind: Kind,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -130,6 +151,7 @@ impl std::fmt::Debug for Subscription {
             .field("tls", &self.tls.as_ref().map(|t| t.ca_pem.is_some()))
             .field("verification", &self.verification)
             .field("filter", &self.filter)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -209,6 +231,33 @@ impl Subscription {
                 format!("`{}` must be 1-100 of a-z, 0-9, - and _", self.partner_id),
             ));
         }
+        if self.kind == Kind::Stream {
+            return self.validate_stream();
+        }
+        self.validate_endpoint(allowlist)?;
+        self.validate_routing()
+    }
+
+    /// A stream has no endpoint: what would describe one must be absent.
+    fn validate_stream(&self) -> Result<(), InvalidSubscription> {
+        for (field, set) in [
+            ("url", !self.url.is_empty()),
+            ("secrets", !self.secrets.is_empty()),
+            ("tls", self.tls.is_some()),
+            ("internal", self.internal),
+            ("verification", self.verification.is_some()),
+        ] {
+            if set {
+                return Err(self.invalid(field, "a stream subscription has none (kind: stream)"));
+            }
+        }
+        self.validate_routing()
+    }
+
+    fn validate_endpoint(&self, allowlist: &Allowlist) -> Result<(), InvalidSubscription> {
+        if self.url.is_empty() {
+            return Err(self.invalid("url", "required (or kind: stream for a live stream)"));
+        }
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| self.invalid("url", format!("`{}` is not a URL: {e}", self.url)))?;
         let host = url
@@ -254,6 +303,18 @@ impl Subscription {
                 )
             })?;
         }
+        if self.secrets.is_empty() {
+            return Err(self.invalid("secrets", "at least one signing secret is required"));
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            Secret::parse(s)
+                .map_err(|why| self.invalid("secrets", format!("secret #{} {why}", i + 1)))?;
+        }
+        Ok(())
+    }
+
+    /// What every kind has: the events it takes, and the limits.
+    fn validate_routing(&self) -> Result<(), InvalidSubscription> {
         if self.event_types.is_empty() {
             return Err(self.invalid("event_types", "must name at least one event type"));
         }
@@ -274,13 +335,6 @@ impl Subscription {
         if let Some(filter) = &self.filter {
             filter::Filter::compile(filter, &self.event_types)
                 .map_err(|why| self.invalid("filter", why.to_string()))?;
-        }
-        if self.secrets.is_empty() {
-            return Err(self.invalid("secrets", "at least one signing secret is required"));
-        }
-        for (i, s) in self.secrets.iter().enumerate() {
-            Secret::parse(s)
-                .map_err(|why| self.invalid("secrets", format!("secret #{} {why}", i + 1)))?;
         }
         if !(1..=1000).contains(&self.max_in_flight) {
             return Err(self.invalid(
@@ -381,6 +435,23 @@ impl Subscription {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+
+    pub fn is_stream(&self) -> bool {
+        self.kind == Kind::Stream
+    }
+
+    /// Where the router writes this subscription's events.
+    pub fn topic(&self) -> String {
+        match self.kind {
+            Kind::Webhook => delivery_topic(&self.partner_id),
+            Kind::Stream => stream_topic(&self.partner_id),
+        }
+    }
+}
+
+/// The topic of a partner's live stream (its stream subscription's events).
+pub fn stream_topic(partner_id: &str) -> String {
+    format!("stream.{partner_id}")
 }
 
 /// The topic of a partner's pending deliveries.

@@ -17,6 +17,7 @@ fn sub() -> Subscription {
         tls: None,
         verification: None,
         filter: None,
+        kind: Default::default(),
         paused: false,
         previous_secrets_until: None,
     }

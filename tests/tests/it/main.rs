@@ -25,4 +25,5 @@ mod ingest;
 mod parked;
 mod publish_cli;
 mod publish_library;
+mod stream;
 mod upgrade;

@@ -321,6 +321,20 @@ pub struct ApiArgs {
     /// `GET /v1/partners/{p}/events` pages read at once; past that 429 with Retry-After.
     #[arg(long, env = "API_EVENTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub events_concurrency: u32,
+    /// Live streams (`GET /v1/partners/{p}/stream`) one partner may have open on this
+    /// instance; past that 429 with Retry-After.
+    #[arg(long, env = "API_MAX_STREAMS_PER_PARTNER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_streams_per_partner: u32,
+    /// A heartbeat (an SSE comment line) on every idle stream this often, in ms.
+    #[arg(long, env = "API_STREAM_HEARTBEAT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub stream_heartbeat_ms: u64,
+    /// Events a stream reads ahead of its client, at most.
+    #[arg(long, env = "API_STREAM_BUFFER_EVENTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub stream_buffer_events: u32,
+    /// A stream whose client takes no event for this long while its buffer is full is
+    /// closed (the client resumes by cursor), in ms.
+    #[arg(long, env = "API_STREAM_SLOW_AFTER_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub stream_slow_after_ms: u64,
     /// Changes a partner token may make per second (create, change, pause, rotate,
     /// delete, reconnect), in bursts of `--partner-write-burst`; past that 429 with
     /// Retry-After. Each change wakes every dispatcher instance's held jobs. Admin

@@ -208,14 +208,26 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         health,
         verifier: Some(verifier),
         second_factors: Some(second_factors),
+        streams: Arc::new(dispatcher::api::stream::Streams::new(
+            args.max_streams_per_partner as usize,
+            Duration::from_millis(args.stream_heartbeat_ms),
+            args.stream_buffer_events as usize,
+            Duration::from_millis(args.stream_slow_after_ms),
+            stop.clone(),
+        )),
     };
     tokio::spawn(dispatcher::api::verify::run(state.clone(), stop.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
+    // Open streams end at shutdown (else the graceful shutdown would wait for them).
+    let stopping = stop.clone();
     axum::serve(listener, dispatcher::api::router(state))
-        .with_graceful_shutdown(orderhooks_runtime::shutdown_signal())
+        .with_graceful_shutdown(async move {
+            orderhooks_runtime::shutdown_signal().await;
+            stopping.cancel();
+        })
         .await?;
     Ok(())
 }

@@ -1,0 +1,505 @@
+//! The live stream (#26): a partner without an inbound port reads its events as
+//! Server-Sent Events, with real SSE client libraries (the Python example's httpx-sse,
+//! the TypeScript example's eventsource). Resumed with Last-Event-ID on another API
+//! instance after a kill -9, nothing is missing and nothing comes twice; the connection
+//! cap, heartbeats, a connection's own filter and a client too slow to read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use e2e::{api_tokens, eventually, partner_token, unique, ApiProcess, DispatchWorld, Running};
+use order_schemas::{EventType, OrderEvent};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// A stream client example running, and the events it printed so far.
+struct Client {
+    _process: Running,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Client {
+    /// The example of `language` with `args`.
+    fn start(language: &str, args: &[String]) -> Self {
+        let (program, script) = match language {
+            "python" => (
+                root().join("consumer-examples/python/.venv/bin/python"),
+                root().join("consumer-examples/python/stream_client.py"),
+            ),
+            _ => (
+                PathBuf::from("node"),
+                root().join("consumer-examples/typescript/dist/stream_client.js"),
+            ),
+        };
+        assert!(
+            script.exists(),
+            "{language} example not set up: run scripts/setup-examples.sh"
+        );
+        let mut child = Command::new(program)
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the stream client");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    into.lock().expect("lines").push(v);
+                }
+            }
+        });
+        Self {
+            _process: Running(child),
+            lines,
+        }
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l["event"] != "ready")
+            .cloned()
+            .collect()
+    }
+
+    fn readies(&self) -> usize {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l["event"] == "ready")
+            .count()
+    }
+}
+
+/// The event id (webhook-id) of a printed event.
+fn event_id(line: &Value) -> String {
+    let body: Value =
+        serde_json::from_str(line["data"].as_str().unwrap_or("{}")).unwrap_or_default();
+    body["data"]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn create_stream(api: &ApiProcess, token: &str) -> String {
+    let (status, created) = api
+        .create_subscription(
+            token.to_string(),
+            json!({"kind": "stream", "event_types": ["order.created", "order.cancelled"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["kind"], "stream");
+    assert!(
+        created.get("secret").is_none(),
+        "a stream has no secret: {created}"
+    );
+    created["id"].as_str().expect("id").to_string()
+}
+
+fn event(t: EventType, partner: &str, order: &str, amount: i64) -> OrderEvent {
+    let mut j = OrderEvent::sample(t, order, partner, 1).to_json();
+    j["order"]["total"]["amount_minor"] = amount.into();
+    j["order"]["items"][0]["quantity"] = 1.into();
+    j["order"]["items"][0]["unit_price"]["amount_minor"] = amount.into();
+    if t == EventType::OrderCancelled {
+        j["reason"] = "out of stock".into();
+    }
+    OrderEvent::from_json(j.to_string().as_bytes()).expect("event")
+}
+
+async fn publish(p: &producer::Publisher, partner: &str, n: usize, tag: &str) -> Vec<OrderEvent> {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let e = event(
+            EventType::OrderCreated,
+            partner,
+            &format!("{tag}-{}", i % 5),
+            1000 + i as i64,
+        );
+        p.publish(&e).await.expect("publish");
+        sent.push(e);
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumed_on_another_instance_after_a_kill_9_misses_nothing_and_repeats_nothing() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("stream");
+    let token = partner_token(&partner);
+    let tokens = api_tokens(&[&partner]);
+    let mut first = world.start_api(&tokens, &[]);
+    let second = world.start_api(&tokens, &[]);
+    let _dispatcher = world.start();
+    let p = world.publisher().await;
+    create_stream(&first, &token).await;
+
+    let client = Client::start(
+        "python",
+        &[
+            "--api".into(),
+            first.url.clone(),
+            "--api".into(),
+            second.url.clone(),
+            "--token".into(),
+            token.clone(),
+            "--partner".into(),
+            partner.clone(),
+            "--count".into(),
+            "40".into(),
+        ],
+    );
+    // And the TypeScript example on the other instance, the whole time.
+    let typescript = Client::start(
+        "typescript",
+        &[
+            "--api".into(),
+            second.url.clone(),
+            "--token".into(),
+            token.clone(),
+            "--partner".into(),
+            partner.clone(),
+            "--count".into(),
+            "40".into(),
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || client.readies() == 1
+            && typescript.readies() == 1)
+        .await,
+        "the streams opened"
+    );
+    let mut sent = publish(&p, &partner, 20, "a").await;
+    assert!(
+        eventually(Duration::from_secs(30), || client.events().len() >= 5).await,
+        "events flow: {}",
+        client.events().len()
+    );
+    // The instance serving the stream dies mid-stream; more events come meanwhile.
+    let _ = first.process.0.kill();
+    let _ = first.process.0.wait();
+    sent.extend(publish(&p, &partner, 20, "b").await);
+    assert!(
+        eventually(Duration::from_secs(60), || client.events().len()
+            >= sent.len())
+        .await,
+        "resumed on the other instance: {} of {}",
+        client.events().len(),
+        sent.len()
+    );
+    assert!(client.readies() >= 2, "it reconnected");
+    let got: Vec<String> = client.events().iter().map(event_id).collect();
+    let unique_ids: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique_ids.len(), got.len(), "no event twice: {got:?}");
+    let want: BTreeSet<String> = sent.iter().map(|e| e.event_id().to_string()).collect();
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "every event"
+    );
+    // Each order's events in publish order.
+    let mut per_order: HashMap<String, Vec<String>> = HashMap::new();
+    for line in client.events() {
+        let body: Value =
+            serde_json::from_str(line["data"].as_str().unwrap_or("{}")).expect("body");
+        per_order
+            .entry(
+                body["data"]["order_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+            .or_default()
+            .push(event_id(&line));
+        assert_eq!(line["event"], body["type"], "event: is the type");
+    }
+    for (order, ids) in per_order {
+        assert_eq!(ids, e2e::sent_ids_of(&sent, &order), "{order} in order");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || typescript.events().len()
+            >= sent.len())
+        .await,
+        "the TypeScript client: {} of {}",
+        typescript.events().len(),
+        sent.len()
+    );
+    let got: Vec<String> = typescript.events().iter().map(event_id).collect();
+    let want: Vec<String> = {
+        // (Its own interleaving of partitions; each order's events in order.)
+        let mut by_order: HashMap<String, Vec<String>> = HashMap::new();
+        for line in typescript.events() {
+            let body: Value =
+                serde_json::from_str(line["data"].as_str().unwrap_or("{}")).expect("body");
+            by_order
+                .entry(
+                    body["data"]["order_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+                .or_default()
+                .push(event_id(&line));
+        }
+        for (order, ids) in &by_order {
+            assert_eq!(
+                ids,
+                &e2e::sent_ids_of(&sent, order),
+                "typescript: {order} in order"
+            );
+        }
+        sent.iter().map(|e| e.event_id().to_string()).collect()
+    };
+    assert_eq!(got.len(), want.len(), "typescript: no event twice");
+    assert_eq!(
+        got.into_iter().collect::<BTreeSet<_>>(),
+        want.into_iter().collect::<BTreeSet<_>>()
+    );
+}
+
+/// Reads a streaming response until `until` holds for what arrived, at most `wait`.
+async fn read_until(
+    response: &mut reqwest::Response,
+    text: &mut String,
+    wait: Duration,
+    until: impl Fn(&str) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    while !until(text) {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The `data:` of each SSE event of `event` type in `text`.
+fn data_of(text: &str, event: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|block| block.lines().any(|l| l == format!("event: {event}")))
+        .filter_map(|block| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .and_then(|d| serde_json::from_str(d).ok())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("stream-caps");
+    let token = partner_token(&partner);
+    let api = world.start_api(
+        &api_tokens(&[&partner]),
+        &[
+            "--max-streams-per-partner",
+            "1",
+            "--stream-heartbeat-ms",
+            "300",
+            "--stream-buffer-events",
+            "4",
+            "--stream-slow-after-ms",
+            "1000",
+        ],
+    );
+    let _dispatcher = world.start();
+    let p = world.publisher().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/partners/{partner}/stream", api.url);
+    let open = |query: &str| {
+        client
+            .get(format!("{url}{query}"))
+            .bearer_auth(&token)
+            .send()
+    };
+
+    // Without a stream subscription: 404 saying how to make one.
+    let r = open("").await.expect("call");
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"kind\": \"stream\""),
+        "{body}"
+    );
+    create_stream(&api, &token).await;
+    // Bad parameters, named.
+    for (query, field, says) in [
+        (
+            "?filter=event.order.total.amount_minor%20%3E%3D",
+            "filter",
+            "line 1, column 34",
+        ),
+        ("?types=order.shipped", "types", "unknown event type"),
+        ("?types=order.status_changed", "types", "not among"),
+        ("?after=garbage", "after", "not a cursor"),
+        ("?from=yesterday", "from", "earliest"),
+    ] {
+        let r = open(query).await.expect("call");
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(says),
+            "{body}"
+        );
+    }
+
+    // Open, with heartbeats while idle.
+    let mut first = open("").await.expect("open");
+    assert_eq!(first.status(), 200);
+    assert!(first.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    let mut text = String::new();
+    assert!(
+        read_until(&mut first, &mut text, Duration::from_secs(5), |t| t
+            .contains("event: ready")
+            && t.lines().filter(|l| l.starts_with(':')).count() >= 2)
+        .await,
+        "the ready event, then heartbeats: {text:?}"
+    );
+    // One stream per partner here: the next is 429 with Retry-After.
+    let refused = open("").await.expect("call");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Closed: its place is given back (noticed at the next heartbeat).
+    drop(first);
+    let mut filtered = None;
+    for _ in 0..50 {
+        let r = open("?types=order.created&filter=event.order.total.amount_minor%20%3E%3D%2010000")
+            .await
+            .expect("call");
+        if r.status() == 200 {
+            filtered = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut filtered = filtered.expect("a new stream once the first closed");
+    let mut text = String::new();
+    assert!(
+        read_until(&mut filtered, &mut text, Duration::from_secs(5), |t| t
+            .contains("event: ready"))
+        .await
+    );
+    // A connection's own types and filter: only the big order.created events, then the
+    // marker (so what was skipped is not merely late).
+    let mut wanted = Vec::new();
+    for (t, amount) in [
+        (EventType::OrderCreated, 20_000),
+        (EventType::OrderCreated, 500),
+        (EventType::OrderCancelled, 30_000),
+        (EventType::OrderCreated, 15_000),
+        (EventType::OrderCreated, 40_000),
+    ] {
+        let e = event(t, &partner, "f-1", amount);
+        p.publish(&e).await.expect("publish");
+        if t == EventType::OrderCreated && amount >= 10_000 {
+            wanted.push(e.event_id().to_string());
+        }
+    }
+    assert!(
+        read_until(
+            &mut filtered,
+            &mut text,
+            Duration::from_secs(30),
+            |t| data_of(t, "order.created").len() >= 3
+        )
+        .await,
+        "{text}"
+    );
+    let got: Vec<String> = data_of(&text, "order.created")
+        .iter()
+        .map(|b| {
+            b["data"]["event_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got, wanted, "the connection's filter, in order");
+    assert!(data_of(&text, "order.cancelled").is_empty());
+    drop(filtered);
+
+    // A client that reads nothing: let go once its buffer has waited 1 s, and its place
+    // given back (its connection may linger; it no longer counts).
+    let mut slow = None;
+    for _ in 0..50 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(2048).expect("rcvbuf");
+        let addr = api.url.trim_start_matches("http://").parse().expect("addr");
+        let mut s = socket.connect(addr).await.expect("connect");
+        let request = format!(
+            "GET /v1/partners/{partner}/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.expect("request");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("status line");
+        if head.ends_with(b"200") {
+            slow = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _slow = slow.expect("the slow client's stream opened");
+    let metrics = format!("{}/metrics", api.url);
+    let let_go = || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        e2e::metric_value(
+            &text,
+            "dispatcher_streams_closed_total{reason=\"slow_client\"} ",
+        )
+    };
+    // Large events (40 items, about 5 KB): the kernel buffers up to a few MB of a
+    // loopback connection before the stream's own buffer fills.
+    let mut published = 0;
+    while let_go().await.unwrap_or(0.0) < 1.0 {
+        assert!(
+            published < 3000,
+            "a client that reads nothing was never let go"
+        );
+        for i in 0..100 {
+            let e = OrderEvent::sample(
+                EventType::OrderCreated,
+                &format!("slow-{}", i % 7),
+                &partner,
+                40,
+            );
+            p.publish(&e).await.expect("publish");
+        }
+        published += 100;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let again = open("").await.expect("call");
+    assert_eq!(
+        again.status(),
+        200,
+        "the slow client's place was given back"
+    );
+}
