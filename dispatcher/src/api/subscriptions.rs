@@ -26,7 +26,8 @@ pub(super) struct View {
     partner_id: String,
     /// `webhook` or `stream`.
     kind: Kind,
-    /// Empty for a stream.
+    /// None for a stream.
+    #[serde(skip_serializing_if = "String::is_empty")]
     url: String,
     event_types: BTreeSet<String>,
     internal: bool,

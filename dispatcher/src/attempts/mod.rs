@@ -151,7 +151,7 @@ pub struct FilterTally {
 /// A record of the log topic: an attempt (or an end), or a filter's tally.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    Attempt(AttemptRecord),
+    Attempt(Box<AttemptRecord>),
     Tally(FilterTally),
 }
 
@@ -167,7 +167,7 @@ impl Entry {
             .and_then(|k| k.kind)
         {
             Some(_) => serde_json::from_slice(bytes).map(Self::Tally),
-            None => serde_json::from_slice(bytes).map(Self::Attempt),
+            None => serde_json::from_slice(bytes).map(|r| Self::Attempt(Box::new(r))),
         }
     }
 }

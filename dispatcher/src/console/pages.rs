@@ -135,6 +135,8 @@ struct SubscriptionFacts {
     verification_error: String,
     /// The payload filter (empty: none).
     filter: String,
+    /// `webhook` or `stream`.
+    kind: String,
     /// What it kept back over the last 24 h: false for, failed on.
     filtered_out: u64,
     filter_errors: u64,
@@ -277,6 +279,7 @@ pub(super) async fn subscription(
             .unwrap_or_default()
             .to_string(),
         filter: s["filter"].as_str().unwrap_or_default().to_string(),
+        kind: text(&s["kind"]),
         filtered_out: 0,
         filter_errors: 0,
     };

@@ -481,12 +481,19 @@ impl SubscriptionFile {
     pub fn parse(text: &str, allowlist: &Allowlist) -> Result<Vec<Subscription>, String> {
         let file: SubscriptionFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         let mut seen = BTreeSet::new();
+        let mut streams = BTreeSet::new();
         for s in &file.subscriptions {
             s.validate(allowlist)
                 .and_then(|()| s.validate_new_id())
                 .map_err(|e| e.to_string())?;
             if !seen.insert(s.id.as_str()) {
                 return Err(format!("subscription `{}`: id: appears twice", s.id));
+            }
+            if s.is_stream() && !streams.insert(s.partner_id.as_str()) {
+                return Err(format!(
+                    "subscription `{}`: kind: partner `{}` has another stream subscription in this file (one per partner)",
+                    s.id, s.partner_id
+                ));
             }
         }
         Ok(file.subscriptions)

@@ -29,6 +29,9 @@ fn fuzz(url: &str, token: &str, examples: &str) {
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("PYTHONPATH", &dir)
         .args(["run", "../../docs/openapi.yaml", "--url", url])
+        // A stream's 200 never ends (it is an SSE stream): schemathesis cannot read one.
+        // Its answers are tested by it/stream.rs, with real SSE clients.
+        .args(["--exclude-operation-id", "streamEvents"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args([
             "--checks",

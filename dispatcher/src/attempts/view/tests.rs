@@ -5,7 +5,7 @@ use crate::attempts::{Outcome, Trigger};
 fn entries(batch: Vec<(i32, i64, Option<AttemptRecord>)>) -> Vec<(i32, i64, Option<Entry>)> {
     batch
         .into_iter()
-        .map(|(p, o, r)| (p, o, r.map(Entry::Attempt)))
+        .map(|(p, o, r)| (p, o, r.map(|r| Entry::Attempt(Box::new(r)))))
         .collect()
 }
 
