@@ -227,6 +227,25 @@ pub fn arrivals_per_order(
     per_order
 }
 
+/// An event of `t` for `order` of `partner` with one line item and total `amount`
+/// (minor units); a cancellation says why.
+pub fn order_event(
+    t: order_schemas::EventType,
+    partner: &str,
+    order: &str,
+    amount: i64,
+) -> order_schemas::OrderEvent {
+    let mut j = order_schemas::OrderEvent::sample(t, order, partner, 1).to_json();
+    j["order"]["total"]["amount_minor"] = amount.into();
+    j["order"]["items"][0]["quantity"] = 1.into();
+    j["order"]["items"][0]["unit_price"]["amount_minor"] = amount.into();
+    if t == order_schemas::EventType::OrderCancelled {
+        j["reason"] = "out of stock".into();
+    }
+    #[allow(clippy::expect_used)]
+    order_schemas::OrderEvent::from_json(j.to_string().as_bytes()).expect("a valid event")
+}
+
 /// The event ids of `order` among `sent`, in publish order.
 pub fn sent_ids_of(sent: &[order_schemas::OrderEvent], order: &str) -> Vec<String> {
     sent.iter()

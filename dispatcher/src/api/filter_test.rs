@@ -133,14 +133,8 @@ fn latest(
     last: usize,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let consumer: BaseConsumer = kafka.reader().create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     // (No delivery topic yet: nothing was ever routed to the partner.)
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = crate::kafka::existing_partitions(&consumer, topic)?;
     let mut ranges = BTreeMap::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;

@@ -244,15 +244,8 @@ fn start(
     earliest: bool,
 ) -> Result<(Cursor, StreamConsumer), ApiError> {
     let consumer: StreamConsumer = kafka.reader().create().map_err(ApiError::internal)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .map_err(ApiError::internal)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions =
+        crate::kafka::existing_partitions(&consumer, topic).map_err(ApiError::internal)?;
     if partitions.is_empty() {
         // Made with the stream subscription: not yet visible here.
         return Err(ApiError::new(

@@ -24,12 +24,21 @@ pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     topic: &str,
     what: &str,
 ) -> anyhow::Result<Vec<i32>> {
-    let metadata = client.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
-    metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
+    Some(existing_partitions(client, topic)?)
         .filter(|p| !p.is_empty())
         .ok_or_else(|| anyhow::anyhow!("{what} `{topic}` does not exist"))
+}
+
+/// The partitions of `topic`: none when it does not exist (yet).
+pub fn existing_partitions<C: rdkafka::consumer::ConsumerContext>(
+    client: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = client.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
 }

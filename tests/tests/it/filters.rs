@@ -15,17 +15,7 @@ use serde_json::{json, Value};
 const BIG_AND_OPEN: &str =
     "event.order.total.amount_minor >= 10000 && event.order.status != \"CANCELLED\"";
 
-/// An event of `t` for `order` with total `amount` (cancelled ones say why).
-fn event(t: EventType, partner: &str, order: &str, amount: i64) -> OrderEvent {
-    let mut j = OrderEvent::sample(t, order, partner, 1).to_json();
-    j["order"]["total"]["amount_minor"] = amount.into();
-    j["order"]["items"][0]["quantity"] = 1.into();
-    j["order"]["items"][0]["unit_price"]["amount_minor"] = amount.into();
-    if t == EventType::OrderCancelled {
-        j["reason"] = "out of stock".into();
-    }
-    OrderEvent::from_json(j.to_string().as_bytes()).expect("event")
-}
+use e2e::order_event as event;
 
 /// Creates a subscription to order.created and order.cancelled with `filter` and starts
 /// its receiver; returns both once it is verified.

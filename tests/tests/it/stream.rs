@@ -112,21 +112,10 @@ async fn create_stream(api: &ApiProcess, token: &str) -> String {
     created["id"].as_str().expect("id").to_string()
 }
 
-fn event(t: EventType, partner: &str, order: &str, amount: i64) -> OrderEvent {
-    let mut j = OrderEvent::sample(t, order, partner, 1).to_json();
-    j["order"]["total"]["amount_minor"] = amount.into();
-    j["order"]["items"][0]["quantity"] = 1.into();
-    j["order"]["items"][0]["unit_price"]["amount_minor"] = amount.into();
-    if t == EventType::OrderCancelled {
-        j["reason"] = "out of stock".into();
-    }
-    OrderEvent::from_json(j.to_string().as_bytes()).expect("event")
-}
-
 async fn publish(p: &producer::Publisher, partner: &str, n: usize, tag: &str) -> Vec<OrderEvent> {
     let mut sent = Vec::new();
     for i in 0..n {
-        let e = event(
+        let e = e2e::order_event(
             EventType::OrderCreated,
             partner,
             &format!("{tag}-{}", i % 5),
@@ -204,34 +193,7 @@ async fn a_stream_resumed_on_another_instance_after_a_kill_9_misses_nothing_and_
         sent.len()
     );
     assert!(client.readies() >= 2, "it reconnected");
-    let got: Vec<String> = client.events().iter().map(event_id).collect();
-    let unique_ids: BTreeSet<&String> = got.iter().collect();
-    assert_eq!(unique_ids.len(), got.len(), "no event twice: {got:?}");
-    let want: BTreeSet<String> = sent.iter().map(|e| e.event_id().to_string()).collect();
-    assert_eq!(
-        got.iter().cloned().collect::<BTreeSet<_>>(),
-        want,
-        "every event"
-    );
-    // Each order's events in publish order.
-    let mut per_order: HashMap<String, Vec<String>> = HashMap::new();
-    for line in client.events() {
-        let body: Value =
-            serde_json::from_str(line["data"].as_str().unwrap_or("{}")).expect("body");
-        per_order
-            .entry(
-                body["data"]["order_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-            .or_default()
-            .push(event_id(&line));
-        assert_eq!(line["event"], body["type"], "event: is the type");
-    }
-    for (order, ids) in per_order {
-        assert_eq!(ids, e2e::sent_ids_of(&sent, &order), "{order} in order");
-    }
+    assert_all_once_in_order("python", &client.events(), &sent);
     assert!(
         eventually(Duration::from_secs(30), || typescript.events().len()
             >= sent.len())
@@ -240,37 +202,44 @@ async fn a_stream_resumed_on_another_instance_after_a_kill_9_misses_nothing_and_
         typescript.events().len(),
         sent.len()
     );
-    let got: Vec<String> = typescript.events().iter().map(event_id).collect();
-    let want: Vec<String> = {
-        // (Its own interleaving of partitions; each order's events in order.)
-        let mut by_order: HashMap<String, Vec<String>> = HashMap::new();
-        for line in typescript.events() {
-            let body: Value =
-                serde_json::from_str(line["data"].as_str().unwrap_or("{}")).expect("body");
-            by_order
-                .entry(
-                    body["data"]["order_id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-                .or_default()
-                .push(event_id(&line));
-        }
-        for (order, ids) in &by_order {
-            assert_eq!(
-                ids,
-                &e2e::sent_ids_of(&sent, order),
-                "typescript: {order} in order"
-            );
-        }
-        sent.iter().map(|e| e.event_id().to_string()).collect()
-    };
-    assert_eq!(got.len(), want.len(), "typescript: no event twice");
+    assert_all_once_in_order("typescript", &typescript.events(), &sent);
+}
+
+/// `lines` (a client's events) are `sent`, each once, each order's in publish order,
+/// `event:` naming the body's type.
+fn assert_all_once_in_order(client: &str, lines: &[Value], sent: &[OrderEvent]) {
+    let got: Vec<String> = lines.iter().map(event_id).collect();
+    let unique_ids: BTreeSet<&String> = got.iter().collect();
     assert_eq!(
-        got.into_iter().collect::<BTreeSet<_>>(),
-        want.into_iter().collect::<BTreeSet<_>>()
+        unique_ids.len(),
+        got.len(),
+        "{client}: no event twice: {got:?}"
     );
+    let want: BTreeSet<String> = sent.iter().map(|e| e.event_id().to_string()).collect();
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "{client}: every event"
+    );
+    // (Each client its own interleaving of partitions; each order's events in order.)
+    let mut per_order: HashMap<String, Vec<String>> = HashMap::new();
+    for line in lines {
+        let body: Value =
+            serde_json::from_str(line["data"].as_str().unwrap_or("{}")).expect("body");
+        let order = body["data"]["order_id"].as_str().unwrap_or_default();
+        per_order
+            .entry(order.to_string())
+            .or_default()
+            .push(event_id(line));
+        assert_eq!(line["event"], body["type"], "{client}: event: is the type");
+    }
+    for (order, ids) in per_order {
+        assert_eq!(
+            ids,
+            e2e::sent_ids_of(sent, &order),
+            "{client}: {order} in order"
+        );
+    }
 }
 
 /// Reads a streaming response until `until` holds for what arrived, at most `wait`.
@@ -418,7 +387,7 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
         (EventType::OrderCreated, 15_000),
         (EventType::OrderCreated, 40_000),
     ] {
-        let e = event(t, &partner, "f-1", amount);
+        let e = e2e::order_event(t, &partner, "f-1", amount);
         p.publish(&e).await.expect("publish");
         if t == EventType::OrderCreated && amount >= 10_000 {
             wanted.push(e.event_id().to_string());
