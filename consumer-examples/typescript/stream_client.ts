@@ -26,31 +26,58 @@ if (!api || !token || !partner) {
   process.exit(2);
 }
 const count = Number(arg("count") ?? "0");
-const url = new URL(`${api}/v1/partners/${encodeURIComponent(partner)}/stream`);
-url.searchParams.set("from", arg("from") ?? "latest");
-const after = arg("after");
-if (after) url.searchParams.set("after", after);
-
-const source = new EventSource(url, {
-  // The partner token on every (re)connection; EventSource adds Last-Event-ID.
-  fetch: (input, init) =>
-    fetch(input, { ...init, headers: { ...init?.headers, Authorization: `Bearer ${token}` } }),
-});
-
+const base = `${api}/v1/partners/${encodeURIComponent(partner)}/stream`;
+const auth = { Authorization: `Bearer ${token}` };
+let lastId = arg("after");
 let received = 0;
-function print(event: MessageEvent): void {
-  console.log(JSON.stringify({ id: event.lastEventId, event: event.type, data: event.data }));
-  if (event.type === "ready") return;
-  received += 1;
-  if (count > 0 && received >= count) {
-    source.close();
-    process.exit(0);
+let backoff = 200;
+
+function url(): URL {
+  const u = new URL(base);
+  u.searchParams.set("from", arg("from") ?? "latest");
+  if (lastId) u.searchParams.set("after", lastId);
+  return u;
+}
+
+function connect(): void {
+  const source = new EventSource(url(), {
+    // The partner token on every connection; EventSource adds Last-Event-ID when it
+    // reconnects by itself (a dropped connection, a server that ended the stream).
+    fetch: (input, init) => fetch(input, { ...init, headers: { ...init?.headers, ...auth } }),
+  });
+  const print = (event: MessageEvent): void => {
+    lastId = event.lastEventId || lastId;
+    backoff = 200;
+    console.log(JSON.stringify({ id: event.lastEventId, event: event.type, data: event.data }));
+    if (event.type === "ready") return;
+    received += 1;
+    if (count > 0 && received >= count) {
+      source.close();
+      process.exit(0);
+    }
+  };
+  for (const type of ["ready", "order.created", "order.status_changed", "order.cancelled"]) {
+    source.addEventListener(type, print);
   }
+  source.onerror = async (error) => {
+    if (source.readyState !== EventSource.CLOSED) {
+      console.error(`stream: ${error.message ?? "connection lost"}; EventSource reconnects`);
+      return;
+    }
+    // An answer that is not a stream ends EventSource: decide here.
+    const status = error.code ?? 0;
+    if (status === 410) {
+      // Retention passed: what was missed is gone; go on from the oldest kept.
+      const gone = await fetch(url(), { headers: auth }).then((r) => r.json());
+      lastId = gone.oldest_cursor;
+    } else if ([400, 401, 403, 404].includes(status)) {
+      console.error(`stream: ${status}: ${error.message}`);
+      process.exit(1);
+    }
+    console.error(`stream: closed (${status || "network"}); reconnecting after ${lastId}`);
+    setTimeout(connect, backoff);
+    backoff = Math.min(backoff * 2, 5000);
+  };
 }
-for (const type of ["ready", "order.created", "order.status_changed", "order.cancelled"]) {
-  source.addEventListener(type, print);
-}
-source.onerror = (error) => {
-  // 4xx other than 429 close the source; anything else is retried by EventSource.
-  console.error(`stream: ${error.message ?? "connection lost"}; reconnecting`);
-};
+
+connect();

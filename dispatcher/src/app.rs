@@ -131,6 +131,8 @@ pub struct App {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     router: JoinHandle<anyhow::Result<()>>,
+    /// Writes the filters' tallies; ends after the router.
+    tallies: Option<JoinHandle<()>>,
     lanes: JoinHandle<anyhow::Result<()>>,
     monitor: JoinHandle<()>,
     server: JoinHandle<std::io::Result<()>>,
@@ -307,22 +309,32 @@ impl App {
                 None => None,
             },
         };
-        if let Some(log) = lane_config.log.clone() {
+        // The filters' last tally is written once the router has finished (its drain
+        // at shutdown counts too).
+        let routed = CancellationToken::new();
+        let tallies = lane_config.log.clone().map(|log| {
             tokio::spawn(crate::router::write_tallies(
                 table.clone(),
                 log,
                 config.filter_tally_interval,
+                routed.clone(),
+            ))
+        });
+        let router = tokio::spawn({
+            let run = crate::router::run(
+                kafka.clone(),
+                router_config,
+                table.clone(),
+                codec,
+                producer.clone(),
                 shutdown.clone(),
-            ));
-        }
-        let router = tokio::spawn(crate::router::run(
-            kafka.clone(),
-            router_config,
-            table.clone(),
-            codec,
-            producer.clone(),
-            shutdown.clone(),
-        ));
+            );
+            async move {
+                let ran = run.await;
+                routed.cancel();
+                ran
+            }
+        });
         let lanes = tokio::spawn(crate::lane::supervise(
             kafka,
             lane_config,
@@ -339,6 +351,7 @@ impl App {
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             router,
+            tallies,
             lanes,
             monitor,
             server,
@@ -351,6 +364,9 @@ impl App {
         tracing::info!("shutting down: finishing requests in flight, then committing");
         self.shutdown.cancel();
         let router = self.router.await;
+        if let Some(tallies) = self.tallies {
+            let _ = tallies.await;
+        }
         let lanes = self.lanes.await;
         let _ = self.monitor.await;
         let _ = self.server.await;

@@ -17,7 +17,6 @@ use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
 use crate::kafka::headers;
-use crate::subscriptions::delivery_topic;
 use crate::subscriptions::filter::{Bound, Filter};
 
 /// Events read back at most (`last`).
@@ -60,7 +59,8 @@ pub(super) async fn filter_test(
             }
             let (kafka, topic, types) = (
                 api.kafka.clone(),
-                delivery_topic(&s.partner_id),
+                // (A stream subscription's: its stream.)
+                s.topic(),
                 s.event_types.clone(),
             );
             tokio::task::spawn_blocking(move || latest(&kafka, &topic, &types, last))

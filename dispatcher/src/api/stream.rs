@@ -17,7 +17,6 @@
 //!   resumes by cursor); shutdown ends every stream.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -216,14 +215,30 @@ pub(super) async fn stream(
         .data("{}");
     // (The channel was just made: room for it.)
     let _ = tx.try_send(ready);
-    tokio::spawn(async move {
-        // The place is given back when reading ends (a client too slow to read may
-        // keep its connection a while longer; it no longer counts).
-        let _open = open;
-        read(consumer, start_at, types, filter, tx, streams, partner).await
-    });
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wanted = Wanted {
+        types,
+        filter,
+        partner: partner.clone(),
+    };
+    tokio::spawn(read(
+        consumer,
+        start_at,
+        wanted,
+        tx,
+        Arc::clone(&streams),
+        Arc::clone(&slow),
+    ));
+    // The place is given back when the response ends (the connection closes), so a
+    // client that stops reading keeps holding one; once it is found slow, the next
+    // time the connection can take anything it is aborted, not given what waited.
+    let events = futures::stream::unfold((rx, open, slow), |(mut rx, open, slow)| async move {
+        let event = rx.recv().await?;
+        if slow.load(std::sync::atomic::Ordering::SeqCst) {
+            let aborted = std::io::Error::other("the client read too slowly");
+            return Some((Err(aborted), (rx, open, slow)));
+        }
+        Some((Ok(event), (rx, open, slow)))
     });
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(api.streams.heartbeat))
@@ -309,6 +324,13 @@ fn positions(
     Ok(Cursor(at))
 }
 
+/// What one connection reads: its types and filter, of its partner's stream.
+struct Wanted {
+    types: BTreeSet<String>,
+    filter: Option<Filter>,
+    partner: String,
+}
+
 /// Why a stream ended (`dispatcher_streams_closed_total{reason}`).
 fn closed(reason: &'static str) {
     metrics::counter!(m::STREAMS_CLOSED, "reason" => reason).increment(1);
@@ -319,12 +341,16 @@ fn closed(reason: &'static str) {
 async fn read(
     consumer: StreamConsumer,
     mut cursor: Cursor,
-    types: BTreeSet<String>,
-    filter: Option<Filter>,
+    wanted: Wanted,
     tx: tokio::sync::mpsc::Sender<Event>,
     streams: Arc<Streams>,
-    partner: String,
+    slow: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let Wanted {
+        types,
+        filter,
+        partner,
+    } = wanted;
     let paths = filter
         .as_ref()
         .map(|f| f.paths().clone())
@@ -372,6 +398,7 @@ async fn read(
             Ok(()) => metrics::counter!(m::STREAM_EVENTS).increment(1),
             Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
                 tracing::info!(%partner, "stream client too slow: disconnected (it resumes by cursor)");
+                slow.store(true, std::sync::atomic::Ordering::SeqCst);
                 return closed("slow_client");
             }
             Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => {

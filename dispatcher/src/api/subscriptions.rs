@@ -423,6 +423,10 @@ pub(super) async fn rotate(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
+    not_a_stream(
+        &current,
+        "has no signing secret (its events are read with your token)",
+    )?;
     api.allow_write(&caller)?;
     let request: RotateRequest = body(&bytes)?;
     let overlap = request.overlap_secs.unwrap_or(86_400);
@@ -457,6 +461,18 @@ pub(super) async fn rotate(
     .into_response())
 }
 
+/// 409 for an operation a stream subscription has no use for.
+fn not_a_stream(s: &Subscription, why: &str) -> Result<(), ApiError> {
+    if s.is_stream() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{}` is a stream subscription: it {why}", s.id),
+        ));
+    }
+    Ok(())
+}
+
 async fn set_paused(
     api: ApiState,
     caller: Caller,
@@ -464,6 +480,10 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Response, ApiError> {
     let current = api.changeable(&caller, &id)?;
+    not_a_stream(
+        &current,
+        "is not paused: its events wait in the stream; close your stream to stop reading",
+    )?;
     api.allow_write(&caller)?;
     let mut s = (*current).clone();
     s.paused = paused;

@@ -271,7 +271,11 @@ async fn route(
         metrics::counter!(m::ROUTED, "outcome" => "unmatched").increment(1);
         return Some(Vec::new());
     }
-    let subscriptions = filtered(&event, matched);
+    let mut subscriptions = filtered(&event, matched);
+    // One stream per partner: were there two (creates racing on two API instances),
+    // the first by id writes the partner's stream, never both.
+    let mut streams = std::collections::HashSet::new();
+    subscriptions.retain(|s| !s.is_stream() || streams.insert(s.partner_id.clone()));
     if subscriptions.is_empty() {
         metrics::counter!(m::ROUTED, "outcome" => "filtered_out").increment(1);
         return Some(Vec::new());
@@ -344,24 +348,31 @@ pub fn filtered(
 ) -> Vec<std::sync::Arc<crate::subscriptions::Subscription>> {
     // The paths the filters read, together (most often one filter, or one repeated).
     let mut paths: Option<std::borrow::Cow<'_, Paths>> = None;
-    for f in matched.iter().filter_map(|m| m.filter.as_ref()) {
-        let more = f.filter.paths();
+    for f in matched
+        .iter()
+        .filter_map(|m| m.filter.as_ref()?.filter.as_ref())
+    {
+        let more = f.paths();
         match &mut paths {
             None => paths = Some(std::borrow::Cow::Borrowed(more)),
             Some(p) if p.covers(more) => {}
             Some(p) => p.to_mut().merge(more),
         }
     }
-    let Some(paths) = paths else {
+    if matched.iter().all(|m| m.filter.is_none()) {
         return matched.into_iter().map(|m| m.subscription).collect();
-    };
-    let bound = Bound::new(event, &paths);
+    }
+    let bound = Bound::new(event, &paths.unwrap_or_default());
     matched
         .iter()
         .filter(|m| {
             let Some(f) = &m.filter else { return true };
             let bound = &bound;
-            match f.filter.matches(bound) {
+            let Some(filter) = &f.filter else {
+                f.kept_back(true);
+                return false;
+            };
+            match filter.matches(bound) {
                 Ok(true) => true,
                 Ok(false) => {
                     f.kept_back(false);
@@ -379,17 +390,18 @@ pub fn filtered(
 }
 
 /// Writes the filters' tallies ([`SubscriptionTable::take_tallies`]) to the delivery
-/// log every `every`, and once more at shutdown (waiting at most 5 s for it).
+/// log every `every`, and once more when `routed` is cancelled (the router finished;
+/// waiting at most 5 s for it).
 pub async fn write_tallies(
     table: SubscriptionTable,
     log: crate::attempts::AttemptLog,
     every: Duration,
-    shutdown: CancellationToken,
+    routed: CancellationToken,
 ) {
     let mut from = chrono::Utc::now();
     loop {
         let stopping = tokio::select! {
-            _ = shutdown.cancelled() => true,
+            _ = routed.cancelled() => true,
             _ = tokio::time::sleep(every) => false,
         };
         let to = chrono::Utc::now();

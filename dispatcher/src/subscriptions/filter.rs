@@ -9,9 +9,10 @@
 //!   `all`, ...) inside another one's body; a function outside [`FUNCTIONS`]; a variable
 //!   other than `event` and a macro's own; a field no schema of the subscription's event
 //!   types has; an enum field compared with a string that is none of its symbols.
-//! - Cost: CEL has no loops besides its macros over a list, so without nested macros an
-//!   evaluation takes at most (nodes) x (the event's longest list) steps: bounded when the
-//!   filter is accepted, never cut off half way.
+//! - Cost: CEL has no loops besides its macros over a list, so without a macro inside
+//!   another (in its body or its list) an evaluation takes at most (nodes) x (the
+//!   event's longest list) steps and builds values at most (nodes) times the event's
+//!   size: bounded when the filter is accepted, never cut off half way.
 //! - [`Filter::matches`] is `Err` when evaluation fails on one event (an optional field
 //!   the event does not have, a type mismatch): the router counts it and does not
 //!   deliver the event.
@@ -166,7 +167,7 @@ impl Bound {
 
     /// A sample event given as JSON (the filter test): the same shape as [`Self::new`].
     pub fn from_json(event: &serde_json::Value) -> Self {
-        Self::of(cel::to_value(event).unwrap_or(cel::Value::Null))
+        Self::of(bind::json(event))
     }
 
     /// What a filter sees of a webhook body (`{"type", "timestamp", "data"}`): its `data`
@@ -302,12 +303,24 @@ fn parse(source: &str) -> Result<cel::Program, cel::ParseErrors> {
 fn nesting(source: &str) -> Result<(), FilterError> {
     let (mut depth, mut unary, mut quote) = (0usize, 0usize, None::<char>);
     let (mut line, mut column, mut escaped) = (1, 0, false);
-    for c in source.chars() {
+    let mut chars = source.chars().peekable();
+    let mut comment = false;
+    while let Some(c) = chars.next() {
         if c == '\n' {
             line += 1;
             column = 0;
+            comment = false;
         }
         column += 1;
+        // (A `//` comment runs to the end of the line. Raw and triple-quoted strings are
+        // counted loosely: the parse itself has its own depth limit, on a large stack.)
+        if comment {
+            continue;
+        }
+        if quote.is_none() && c == '/' && chars.peek() == Some(&'/') {
+            comment = true;
+            continue;
+        }
         if let Some(q) = quote {
             match c {
                 _ if escaped => escaped = false,
@@ -572,10 +585,11 @@ impl Check<'_> {
                 if in_macro_body {
                     return Err(self.error(
                         node,
-                        "a macro (all, exists, map, filter) inside another one's body is not allowed (its cost would grow with the square of the event)".into(),
+                        "a macro (all, exists, map, filter) inside another one (its body or its list) is not allowed (its cost could grow with a power of the event's size)".into(),
                     ));
                 }
-                self.walk(&c.iter_range, depth + 1, false)?;
+                // (Chained macros, `l.map(..).map(..)`, multiply what each builds.)
+                self.walk(&c.iter_range, depth + 1, true)?;
                 let item = match self.path(&c.iter_range)? {
                     Some(Shape::List(item)) => *item,
                     _ => Shape::Any,

@@ -53,7 +53,10 @@ pub struct Taken {
 /// `dispatcher_filtered_events_total`).
 #[derive(Debug)]
 pub struct TargetFilter {
-    pub filter: crate::subscriptions::filter::Filter,
+    /// `None` when it did not compile here (it did when validated: only a failure of
+    /// this instance, such as no thread to parse on): then it delivers nothing, and
+    /// counts every event as an error.
+    pub filter: Option<crate::subscriptions::filter::Filter>,
     /// Events the filter refused.
     pub filtered_out: metrics::Counter,
     /// Events the filter failed on (not delivered either).
@@ -77,8 +80,11 @@ impl TargetFilter {
 
     fn new(s: &Subscription, tallies: &Mutex<HashMap<String, Arc<Tally>>>) -> Option<Arc<Self>> {
         let source = s.filter.as_deref()?;
-        // (Only valid subscriptions become targets: it compiled when validated.)
-        let filter = crate::subscriptions::filter::Filter::compile(source, &s.event_types).ok()?;
+        let filter = crate::subscriptions::filter::Filter::compile(source, &s.event_types)
+            .inspect_err(|error| {
+                tracing::error!(subscription = %s.id, %error, "a filter that was valid does not compile here: its events are not delivered");
+            })
+            .ok();
         let counter = |outcome: &'static str| {
             metrics::counter!(
                 m::FILTERED,
@@ -336,7 +342,10 @@ impl SubscriptionTable {
                 });
             }
         }
-        tallies.retain(|id, _| self.target(id).is_some_and(|t| t.filter.is_some()));
+        // A tally no filter holds any more (its subscription deleted, or its filter
+        // removed): nothing counts into it after the swap above. (Not a look-up in the
+        // table: the table's lock is never taken inside this one's.)
+        tallies.retain(|_, t| Arc::strong_count(t) > 1);
         taken
     }
 
@@ -346,14 +355,18 @@ impl SubscriptionTable {
     }
 
     pub fn upsert(&self, s: Subscription) {
+        // Built before the table's lock is taken: it compiles the filter and takes the
+        // tallies' lock (which `take_tallies` holds while it never takes the table's).
+        let target = Arc::new(Target::new(s, &self.tallies));
+        let id = target.subscription.id.clone();
         self.invalid
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&s.id);
+            .remove(&id);
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id.clone(), Arc::new(Target::new(s, &self.tallies)));
+            .insert(id, target);
         self.changes.send_modify(|n| *n += 1);
     }
 

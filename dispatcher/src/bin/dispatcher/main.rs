@@ -221,13 +221,21 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
-    // Open streams end at shutdown (else the graceful shutdown would wait for them).
+    // Open streams end at shutdown (else the graceful shutdown would wait for them);
+    // a connection that still cannot be finished (a client that stopped reading) is
+    // waited for 10 s at most.
     let stopping = stop.clone();
-    axum::serve(listener, dispatcher::api::router(state))
-        .with_graceful_shutdown(async move {
+    let serve =
+        axum::serve(listener, dispatcher::api::router(state)).with_graceful_shutdown(async move {
             orderhooks_runtime::shutdown_signal().await;
             stopping.cancel();
-        })
-        .await?;
+        });
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(serve) => served?,
+        _ = async {
+            stop.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } => tracing::warn!("connections still open 10 s after shutdown began; stopping"),
+    }
     Ok(())
 }

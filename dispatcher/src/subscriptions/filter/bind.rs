@@ -36,6 +36,31 @@ fn record(
     Ok(Value::Map(Map { map: Arc::new(map) }))
 }
 
+/// A JSON value as the router binds the same data (`event`): integers as CEL `int`
+/// (serde's JSON numbers would become `uint` when not negative, and `uint + int` is
+/// an error in CEL, so the filter test and a stream would disagree with the router).
+pub(super) fn json(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => string(s),
+        serde_json::Value::Array(items) => Value::List(Arc::new(items.iter().map(json).collect())),
+        serde_json::Value::Object(fields) => Value::Map(Map {
+            map: Arc::new(
+                fields
+                    .iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), json(v)))
+                    .collect(),
+            ),
+        }),
+    }
+}
+
 pub(super) fn event(e: &OrderEvent, paths: &Paths) -> Value {
     if paths.whole {
         return whole(e);

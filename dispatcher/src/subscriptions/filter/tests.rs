@@ -84,6 +84,23 @@ fn every_field_binds_as_the_whole_event_has_it() {
 }
 
 #[test]
+fn a_webhook_body_binds_as_the_event_does() {
+    // Arithmetic on amounts: an `int` in both (JSON would give `uint`, and uint / int
+    // is an error in CEL).
+    let f = Filter::compile(
+        "event.order.total.amount_minor / 100 >= 50 && event.order.items[0].quantity * 2 == 4",
+        &all_types(),
+    )
+    .expect("compiles");
+    let e = event("order.created", 12_000, "PAID");
+    let body: serde_json::Value =
+        serde_json::from_slice(&crate::router::webhook_body(&e)).expect("body");
+    assert_eq!(f.matches(&Bound::new(&e, f.paths())), Ok(true));
+    assert_eq!(f.matches(&Bound::of_body(&body, f.paths())), Ok(true));
+    assert_eq!(f.matches(&Bound::of_body(&body, &Paths::all())), Ok(true));
+}
+
+#[test]
 fn a_filter_reads_only_its_paths() {
     let f = Filter::compile(
         "event.order.total.amount_minor > 1 && event.order.items.exists(i, i.sku == \"a\") && has(event.reason) && event.order.items[0].quantity > 0",
@@ -250,6 +267,13 @@ fn cost_is_bounded_when_compiled() {
     )
     .expect_err("deep");
     assert!(e.message.contains("deep"), "{e}");
+    // A comment's quote does not hide what follows.
+    let e = Filter::compile(
+        &format!("// it's\n{}true{}", "(".repeat(40), ")".repeat(40)),
+        &types(&["order.created"]),
+    )
+    .expect_err("deep after a comment");
+    assert!(e.message.contains("deep"), "{e}");
     // Brackets in strings do not count.
     Filter::compile(
         &format!("event.order_id != \"{}\"", "((".repeat(100)),
@@ -265,5 +289,19 @@ fn cost_is_bounded_when_compiled() {
     let nested = "event.order.items.exists(i, event.order.items.exists(j, i.sku == j.sku))";
     let e = refused(nested, &["order.created"]);
     assert!(e.message.contains("inside another"), "{e}");
+    // Chained: each link would multiply what the one before built (4^13 x 700 bytes).
+    let chain = format!(
+        "size([\"{}\"]{}) > 0",
+        "x".repeat(600),
+        ".map(x, x + x + x + x)".repeat(13)
+    );
+    let e = refused(&chain, &["order.created"]);
+    assert!(e.message.contains("inside another"), "{e}");
+    // One after the other, each over the event: allowed.
+    Filter::compile(
+        "event.order.items.exists(i, i.quantity > 1) && event.order.items.all(i, i.quantity < 9)",
+        &types(&["order.created"]),
+    )
+    .expect("sequential macros");
     assert!(refused("   ", &["order.created"]).message.contains("empty"));
 }
