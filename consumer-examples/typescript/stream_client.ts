@@ -67,9 +67,18 @@ function connect(): void {
     // An answer that is not a stream ends EventSource: decide here.
     const status = error.code ?? 0;
     if (status === 410) {
-      // Retention passed: what was missed is gone; go on from the oldest kept.
-      const gone = await fetch(url(), { headers: auth }).then((r) => r.json());
-      lastId = gone.oldest_cursor;
+      // Retention passed: what was missed is gone; go on from the oldest kept. (Only
+      // from a 410's answer: anything else keeps the last id and tries again.)
+      try {
+        const answer = await fetch(url(), { headers: auth });
+        const gone = answer.status === 410 ? await answer.json() : undefined;
+        if (typeof gone?.oldest_cursor === "string") {
+          console.error(`stream: events before ${gone.oldest_cursor} are no longer kept`);
+          lastId = gone.oldest_cursor;
+        }
+      } catch (e) {
+        console.error(`stream: ${e}`);
+      }
     } else if ([400, 401, 403, 404].includes(status)) {
       console.error(`stream: ${status}: ${error.message}`);
       process.exit(1);

@@ -127,7 +127,8 @@ fn round(
         }
         let payload = webhook_body(&event);
         let event_id = event.event_id().to_string();
-        for s in &subscriptions {
+        for m in &subscriptions {
+            let s = &m.subscription;
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "webhook-id",

@@ -330,9 +330,9 @@ impl App {
                 shutdown.clone(),
             );
             async move {
-                let ran = run.await;
-                routed.cancel();
-                ran
+                // (Also when the router panics: the tallies must not wait for ever.)
+                let _routed = routed.drop_guard();
+                run.await
             }
         });
         let lanes = tokio::spawn(crate::lane::supervise(

@@ -17,7 +17,7 @@ use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
 use crate::kafka::headers;
-use crate::subscriptions::filter::{Bound, Filter};
+use crate::subscriptions::filter::{Bound, Filter, Paths};
 
 /// Events read back at most (`last`).
 const MAX_LAST: usize = 100;
@@ -51,7 +51,7 @@ pub(super) async fn filter_test(
         (Some(_), Some(_)) => {
             return Err(ApiError::field("last", "give `event` or `last`, not both"))
         }
-        (Some(sample), None) => vec![sample_event(&sample)?],
+        (Some(sample), None) => vec![sample_event(&sample, &s.event_types)?],
         (None, last) => {
             let last = last.unwrap_or(20);
             if !(1..=MAX_LAST).contains(&last) {
@@ -63,10 +63,24 @@ pub(super) async fn filter_test(
                 s.topic(),
                 s.event_types.clone(),
             );
-            tokio::task::spawn_blocking(move || latest(&kafka, &topic, &types, last))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(ApiError::internal)?
+            // (A Kafka client per request, as an `/events` page: the same permits.)
+            let permit = std::sync::Arc::clone(&api.events_permits)
+                .try_acquire_owned()
+                .map_err(|_| {
+                    ApiError::new(
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_requests",
+                        "too many event reads at once; try again shortly",
+                    )
+                    .retry_after(1)
+                })?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                latest(&kafka, &topic, &types, last)
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?
         }
     };
     let results: Vec<serde_json::Value> = events
@@ -78,7 +92,7 @@ pub(super) async fn filter_test(
                 "order_id": body.get("data").and_then(|d| d.get("order_id")).cloned().unwrap_or_default(),
                 "timestamp": body.get("timestamp").cloned().unwrap_or_default(),
             });
-            match filter.matches(&Bound::from_json(&binding(body))) {
+            match filter.matches(&Bound::of_body(body, &Paths::all())) {
                 Ok(matched) => result["matched"] = matched.into(),
                 Err(why) => {
                     result["matched"] = false.into();
@@ -108,7 +122,10 @@ fn binding(body: &serde_json::Value) -> serde_json::Value {
 }
 
 /// A sample webhook body, checked as an event would be (the error names the field).
-fn sample_event(sample: &serde_json::Value) -> Result<serde_json::Value, ApiError> {
+fn sample_event(
+    sample: &serde_json::Value,
+    types: &BTreeSet<String>,
+) -> Result<serde_json::Value, ApiError> {
     let event = binding(sample);
     let bytes = serde_json::to_vec(&event).map_err(ApiError::internal)?;
     let parsed = order_schemas::OrderEvent::from_json(&bytes).map_err(|why| {
@@ -117,11 +134,18 @@ fn sample_event(sample: &serde_json::Value) -> Result<serde_json::Value, ApiErro
             format!("not an order event as a webhook carries it ({{\"type\", \"data\"}}): {why}"),
         )
     })?;
-    Ok(serde_json::json!({
-        "type": parsed.event_type().name(),
-        "timestamp": parsed.occurred_at().to_rfc3339(),
-        "data": sample.get("data"),
-    }))
+    if !types.contains(parsed.event_type().name()) {
+        return Err(ApiError::field(
+            "event",
+            format!(
+                "`{}` is not among the subscription's event types",
+                parsed.event_type()
+            ),
+        ));
+    }
+    // The body the router would make of it (defaults filled in, times as numbers), so
+    // the filter sees what it would see there.
+    serde_json::from_slice(&crate::router::webhook_body(&parsed)).map_err(ApiError::internal)
 }
 
 /// The latest `last` distinct events of `types` in `topic` (newest first), as webhook

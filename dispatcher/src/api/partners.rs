@@ -72,6 +72,8 @@ async fn set_connected(
         .all()
         .into_iter()
         .filter(|s| s.partner_id == partner && caller.sees(&s.partner_id))
+        // (A stream is read, not sent: there is nothing to disconnect.)
+        .filter(|s| !s.is_stream())
         // An internal subscription is the admin's to change (`ApiState::changeable`).
         .filter(|s| !s.internal || caller == Caller::Admin)
         .collect();

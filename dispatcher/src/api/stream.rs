@@ -44,6 +44,8 @@ use crate::subscriptions::stream_topic;
 pub struct Streams {
     open: Mutex<HashMap<String, usize>>,
     pub max_per_partner: usize,
+    /// Streams this instance serves at most (each is a Kafka client of its own).
+    pub max_total: usize,
     pub heartbeat: Duration,
     /// Events read ahead of a client, at most.
     pub buffer: usize,
@@ -55,7 +57,7 @@ pub struct Streams {
 
 impl Streams {
     pub fn new(
-        max_per_partner: usize,
+        (max_per_partner, max_total): (usize, usize),
         heartbeat: Duration,
         buffer: usize,
         slow_after: Duration,
@@ -64,6 +66,7 @@ impl Streams {
         Self {
             open: Mutex::default(),
             max_per_partner,
+            max_total,
             heartbeat,
             buffer,
             slow_after,
@@ -71,15 +74,24 @@ impl Streams {
         }
     }
 
-    fn acquire(self: &Arc<Self>, partner: &str) -> Option<Open> {
+    /// A place for one more stream of `partner`, or why there is none.
+    fn acquire(self: &Arc<Self>, partner: &str) -> Result<Open, String> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
+        if total >= self.max_total {
+            return Err(format!(
+                "this instance serves {total} streams, the most it takes; try again shortly"
+            ));
+        }
         let n = open.entry(partner.to_string()).or_default();
         if *n >= self.max_per_partner {
-            return None;
+            return Err(format!(
+                "partner `{partner}` has {n} streams open on this instance, the most allowed"
+            ));
         }
         *n += 1;
         metrics::gauge!(m::STREAMS_OPEN).increment(1.0);
-        Some(Open {
+        Ok(Open {
             streams: Arc::clone(self),
             partner: partner.to_string(),
         })
@@ -134,7 +146,9 @@ pub(super) async fn stream(
         .table
         .all()
         .into_iter()
-        .find(|s| s.partner_id == partner && s.is_stream())
+        .filter(|s| s.partner_id == partner && s.is_stream())
+        // (As the router: the first by id, were there two.)
+        .min_by(|a, b| a.id.cmp(&b.id))
     else {
         return Err(ApiError::not_found_what(&format!(
             "partner `{partner}` has no stream subscription: create one (POST /v1/subscriptions with \"kind\": \"stream\")"
@@ -191,17 +205,9 @@ pub(super) async fn stream(
         Some(_) => return Err(ApiError::parameter("from", "`latest` or `earliest`")),
     };
     let streams = Arc::clone(&api.streams);
-    let Some(open) = streams.acquire(&partner) else {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!(
-                "partner `{partner}` has {} streams open on this instance, the most allowed",
-                streams.max_per_partner
-            ),
-        )
-        .retry_after(5));
-    };
+    let open = streams.acquire(&partner).map_err(|why| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", why).retry_after(5)
+    })?;
     let (kafka, topic) = (api.kafka.clone(), stream_topic(&partner));
     let started = tokio::task::spawn_blocking(move || start(&kafka, &topic, cursor, earliest))
         .await
@@ -258,7 +264,14 @@ fn start(
     cursor: Option<Cursor>,
     earliest: bool,
 ) -> Result<(Cursor, StreamConsumer), ApiError> {
-    let consumer: StreamConsumer = kafka.reader().create().map_err(ApiError::internal)?;
+    // What one stream may hold ahead of its channel: a few MB, not librdkafka's default
+    // 64 MiB of prefetch per client.
+    let consumer: StreamConsumer = kafka
+        .reader()
+        .set("queued.max.messages.kbytes", "2048")
+        .set("fetch.max.bytes", "1048576")
+        .create()
+        .map_err(ApiError::internal)?;
     let partitions =
         crate::kafka::existing_partitions(&consumer, topic).map_err(ApiError::internal)?;
     if partitions.is_empty() {

@@ -29,6 +29,7 @@ use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::KafkaSettings;
 use crate::metrics as m;
 
+use crate::subscriptions::delivery_topic;
 use crate::subscriptions::filter::{Bound, Paths};
 use crate::subscriptions::table::SubscriptionTable;
 
@@ -266,16 +267,20 @@ async fn route(
             return Some(vec![router_dead_letter(message, &reason, config)]);
         }
     };
-    let matched = table.matching(event.event_type().name(), event.partner_id());
+    let mut matched = table.matching(event.event_type().name(), event.partner_id());
+    // One stream per partner: were there two (creates racing on two API instances),
+    // the first by id (`matching` sorts by id) writes the partner's stream, its filter
+    // alone deciding.
+    let mut streams = std::collections::HashSet::new();
+    matched.retain(|m| {
+        let s = &m.subscription;
+        m.invalid || !s.is_stream() || streams.insert(s.partner_id.clone())
+    });
     if matched.is_empty() {
         metrics::counter!(m::ROUTED, "outcome" => "unmatched").increment(1);
         return Some(Vec::new());
     }
-    let mut subscriptions = filtered(&event, matched);
-    // One stream per partner: were there two (creates racing on two API instances),
-    // the first by id writes the partner's stream, never both.
-    let mut streams = std::collections::HashSet::new();
-    subscriptions.retain(|s| !s.is_stream() || streams.insert(s.partner_id.clone()));
+    let subscriptions = filtered(&event, matched);
     if subscriptions.is_empty() {
         metrics::counter!(m::ROUTED, "outcome" => "filtered_out").increment(1);
         return Some(Vec::new());
@@ -291,7 +296,8 @@ async fn route(
     Some(
         subscriptions
             .iter()
-            .map(|s| {
+            .map(|m| {
+                let s = &m.subscription;
                 let mut headers = OwnedHeaders::new()
                     .insert(Header {
                         key: headers::WEBHOOK_ID,
@@ -328,8 +334,13 @@ async fn route(
                     });
                 }
                 Outgoing {
-                    // (A stream subscription's: the partner's stream topic.)
-                    topic: s.topic(),
+                    // (A stream subscription's: the partner's stream topic; an invalid
+                    // one's: its lane, to be dead-lettered with why.)
+                    topic: if m.invalid {
+                        delivery_topic(&s.partner_id)
+                    } else {
+                        s.topic()
+                    },
                     key: Some(event.order_id().as_bytes().to_vec()),
                     payload: body.clone(),
                     headers,
@@ -345,7 +356,7 @@ async fn route(
 pub fn filtered(
     event: &OrderEvent,
     matched: Vec<crate::subscriptions::table::Matched>,
-) -> Vec<std::sync::Arc<crate::subscriptions::Subscription>> {
+) -> Vec<crate::subscriptions::table::Matched> {
     // The paths the filters read, together (most often one filter, or one repeated).
     let mut paths: Option<std::borrow::Cow<'_, Paths>> = None;
     for f in matched
@@ -360,11 +371,11 @@ pub fn filtered(
         }
     }
     if matched.iter().all(|m| m.filter.is_none()) {
-        return matched.into_iter().map(|m| m.subscription).collect();
+        return matched;
     }
     let bound = Bound::new(event, &paths.unwrap_or_default());
     matched
-        .iter()
+        .into_iter()
         .filter(|m| {
             let Some(f) = &m.filter else { return true };
             let bound = &bound;
@@ -385,7 +396,6 @@ pub fn filtered(
                 }
             }
         })
-        .map(|m| std::sync::Arc::clone(&m.subscription))
         .collect()
 }
 

@@ -240,7 +240,7 @@ impl Filter {
             nodes: 0,
             paths: Paths::default(),
         };
-        check.walk(program.expression(), 1, false)?;
+        check.walk(program.expression(), 1, Within::Top)?;
         let paths = check.paths;
         Ok(Self {
             source: source.to_string(),
@@ -409,6 +409,16 @@ impl Shape {
     }
 }
 
+/// Where a node is, for the rules on macros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Within {
+    Top,
+    /// The list a macro iterates.
+    Range,
+    /// A macro's body (run once per element).
+    Body,
+}
+
 struct Check<'a> {
     program: &'a cel::Program,
     shape: Shape,
@@ -458,6 +468,39 @@ impl Check<'_> {
                     segments.reverse();
                     self.paths.add(&segments);
                     return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Inside a macro's body, a list of the event (or the whole event) would be read,
+    /// compared or copied once per element: a cost that grows with the square of the
+    /// event (`items.all(i, i in event.order.items)`). Refused; a macro's own element
+    /// is what its body reads.
+    fn no_list_in_body(&self, node: &IdedExpr, in_macro_body: bool) -> Result<(), FilterError> {
+        if !in_macro_body || !self.rooted_at_event(node) {
+            return Ok(());
+        }
+        match self.path(node)? {
+            Some(Shape::Record(_) | Shape::Enum(_) | Shape::Scalar) if !matches!(node.expr, Expr::Ident(_)) => {
+                Ok(())
+            }
+            _ => Err(self.error(
+                node,
+                "a list of the event (or the whole event) inside a macro's body is not allowed (its cost would grow with the square of the event): read the macro's element instead".into(),
+            )),
+        }
+    }
+
+    /// Whether `node` is `event` or a field path of it (not a macro's variable).
+    fn rooted_at_event(&self, node: &IdedExpr) -> bool {
+        let mut at = node;
+        loop {
+            match &at.expr {
+                Expr::Select(select) => at = &select.operand,
+                Expr::Ident(name) => {
+                    return name == "event" && !self.scope.iter().any(|(v, _)| v == name)
                 }
                 _ => return false,
             }
@@ -527,12 +570,7 @@ impl Check<'_> {
         }
     }
 
-    fn walk(
-        &mut self,
-        node: &IdedExpr,
-        depth: usize,
-        in_macro_body: bool,
-    ) -> Result<(), FilterError> {
+    fn walk(&mut self, node: &IdedExpr, depth: usize, within: Within) -> Result<(), FilterError> {
         self.nodes += 1;
         if self.nodes > MAX_NODES {
             return Err(self.error(
@@ -546,6 +584,7 @@ impl Check<'_> {
         match &node.expr {
             Expr::Ident(name) => {
                 let _ = self.note_path(node);
+                self.no_list_in_body(node, within == Within::Body)?;
                 if self.path(node)?.is_none() {
                     return Err(
                         self.error(node, format!("unknown name `{name}`: the event is `event`"))
@@ -556,8 +595,9 @@ impl Check<'_> {
                 // Checks the fields of a path; below a path not of `event` itself (a
                 // macro's variable, an index) the walk goes on.
                 self.path(node)?;
+                self.no_list_in_body(node, within == Within::Body)?;
                 if !self.note_path(node) {
-                    self.walk(&select.operand, depth + 1, in_macro_body)?;
+                    self.walk(&select.operand, depth + 1, within)?;
                 }
             }
             Expr::Call(call) => {
@@ -575,49 +615,49 @@ impl Check<'_> {
                     self.check_symbol(&call.args)?;
                 }
                 if let Some(target) = &call.target {
-                    self.walk(target, depth + 1, in_macro_body)?;
+                    self.walk(target, depth + 1, within)?;
                 }
                 for a in &call.args {
-                    self.walk(a, depth + 1, in_macro_body)?;
+                    self.walk(a, depth + 1, within)?;
                 }
             }
             Expr::Comprehension(c) => {
-                if in_macro_body {
+                if within != Within::Top {
                     return Err(self.error(
                         node,
                         "a macro (all, exists, map, filter) inside another one (its body or its list) is not allowed (its cost could grow with a power of the event's size)".into(),
                     ));
                 }
                 // (Chained macros, `l.map(..).map(..)`, multiply what each builds.)
-                self.walk(&c.iter_range, depth + 1, true)?;
+                self.walk(&c.iter_range, depth + 1, Within::Range)?;
                 let item = match self.path(&c.iter_range)? {
                     Some(Shape::List(item)) => *item,
                     _ => Shape::Any,
                 };
-                self.walk(&c.accu_init, depth + 1, false)?;
+                self.walk(&c.accu_init, depth + 1, Within::Top)?;
                 self.scope.push((c.accu_var.clone(), Shape::Any));
                 self.scope.push((c.iter_var.clone(), item));
                 if let Some(v) = &c.iter_var2 {
                     self.scope.push((v.clone(), Shape::Any));
                 }
                 for part in [&c.loop_cond, &c.loop_step] {
-                    self.walk(part, depth + 1, true)?;
+                    self.walk(part, depth + 1, Within::Body)?;
                 }
                 self.scope
                     .truncate(self.scope.len() - 1 - usize::from(c.iter_var2.is_some()));
-                self.walk(&c.result, depth + 1, false)?;
+                self.walk(&c.result, depth + 1, Within::Top)?;
                 self.scope.pop();
             }
             Expr::List(list) => {
                 for e in &list.elements {
-                    self.walk(e, depth + 1, in_macro_body)?;
+                    self.walk(e, depth + 1, within)?;
                 }
             }
             Expr::Map(map) => {
                 for entry in &map.entries {
                     if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
-                        self.walk(&e.key, depth + 1, in_macro_body)?;
-                        self.walk(&e.value, depth + 1, in_macro_body)?;
+                        self.walk(&e.key, depth + 1, within)?;
+                        self.walk(&e.value, depth + 1, within)?;
                     }
                 }
             }

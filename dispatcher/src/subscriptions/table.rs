@@ -119,6 +119,9 @@ impl TargetFilter {
 pub struct Matched {
     pub subscription: Arc<Subscription>,
     pub filter: Option<Arc<TargetFilter>>,
+    /// Invalid here ([`Invalid`]): its records go to its partner's lane, which
+    /// dead-letters them with why (a stream subscription's too: no lane reads a stream).
+    pub invalid: bool,
 }
 
 impl Target {
@@ -303,6 +306,7 @@ impl SubscriptionTable {
             .map(|t| Matched {
                 subscription: Arc::clone(&t.subscription),
                 filter: t.filter.clone(),
+                invalid: false,
             })
             .collect();
         drop(table);
@@ -316,6 +320,7 @@ impl SubscriptionTable {
                     .map(|s| Matched {
                         subscription: Arc::clone(s),
                         filter: None,
+                        invalid: true,
                     }),
             );
         }

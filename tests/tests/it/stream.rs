@@ -417,7 +417,6 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
     drop(filtered);
 
     // A client that reads nothing: let go once its buffer has waited 1 s.
-    // given back (its connection may linger; it no longer counts).
     let mut slow = None;
     for _ in 0..50 {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");

@@ -325,6 +325,10 @@ pub struct ApiArgs {
     /// instance; past that 429 with Retry-After.
     #[arg(long, env = "API_MAX_STREAMS_PER_PARTNER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_streams_per_partner: u32,
+    /// Live streams this instance serves at most, all partners together (each is a
+    /// Kafka client of its own holding up to 2 MB ahead); past that 429 with Retry-After.
+    #[arg(long, env = "API_MAX_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams: u32,
     /// A heartbeat (an SSE comment line) on every idle stream this often, in ms.
     #[arg(long, env = "API_STREAM_HEARTBEAT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub stream_heartbeat_ms: u64,

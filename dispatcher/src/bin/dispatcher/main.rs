@@ -209,7 +209,10 @@ async fn api(shared: Shared, args: &ApiArgs) -> anyhow::Result<()> {
         verifier: Some(verifier),
         second_factors: Some(second_factors),
         streams: Arc::new(dispatcher::api::stream::Streams::new(
-            args.max_streams_per_partner as usize,
+            (
+                args.max_streams_per_partner as usize,
+                args.max_streams as usize,
+            ),
             Duration::from_millis(args.stream_heartbeat_ms),
             args.stream_buffer_events as usize,
             Duration::from_millis(args.stream_slow_after_ms),

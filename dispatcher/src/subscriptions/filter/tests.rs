@@ -297,6 +297,21 @@ fn cost_is_bounded_when_compiled() {
     );
     let e = refused(&chain, &["order.created"]);
     assert!(e.message.contains("inside another"), "{e}");
+    // A list of the event inside a body: read once per element (n^2).
+    for quadratic in [
+        "event.order.items.all(i, i in event.order.items)",
+        "size(event.order.items.map(i, event.order.items + event.order.items)) > 0",
+        "event.order.items.exists(i, size(event) > 0)",
+    ] {
+        let e = refused(quadratic, &["order.created"]);
+        assert!(e.message.contains("square"), "{quadratic}: {e}");
+    }
+    // A scalar of the event inside a body is fine.
+    Filter::compile(
+        "event.order.items.exists(i, i.unit_price.currency == event.order.total.currency)",
+        &types(&["order.created"]),
+    )
+    .expect("a scalar of the event in a body");
     // One after the other, each over the event: allowed.
     Filter::compile(
         "event.order.items.exists(i, i.quantity > 1) && event.order.items.all(i, i.quantity < 9)",

@@ -32,6 +32,7 @@ fn an_invalid_record_without_a_valid_version_is_kept_as_invalid_and_still_matche
         1,
         "routed, to be dead-lettered with the reason"
     );
+    assert!(matched[0].invalid, "to its lane, whatever its kind");
     // Fixed: valid again, no longer invalid.
     let wide = Allowlist::parse(&["127.0.0.1".into()]).expect("list");
     table.apply_record(
