@@ -75,11 +75,15 @@ pub struct Subscription {
     pub id: String,
     /// The partner; names its delivery and dead-letter topics.
     pub partner_id: String,
-    /// Where webhooks are POSTed (https, or http for allowlisted addresses).
+    /// Where webhooks are POSTed (https, or http for allowlisted addresses); none for a
+    /// stream.
+    #[serde(default)]
     pub url: String,
     /// Event types delivered, e.g. `order.created`.
     pub event_types: BTreeSet<String>,
-    /// Signing secrets (`whsec_...`); every one signs while a secret rotates.
+    /// Signing secrets (`whsec_...`); every one signs while a secret rotates. None for a
+    /// stream.
+    #[serde(default)]
     pub secrets: Vec<String>,
     /// Receives every partner's events (our own services only). Default false.
     #[serde(default)]

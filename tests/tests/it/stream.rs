@@ -479,3 +479,58 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
     }
     assert_eq!(again, 200, "the slow client's place was given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_subscription_from_an_operators_file_gets_its_topic_and_its_events() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("stream-file");
+    let token = partner_token(&partner);
+    let applied = world.apply(&format!(
+        "subscriptions:\n  - id: {partner}.live\n    partner_id: {partner}\n    kind: stream\n    event_types: [order.created]\n    filter: 'event.order.total.amount_minor > 100'\n"
+    ));
+    assert!(applied.status.success(), "{applied:?}");
+    let api = world.start_api(&api_tokens(&[&partner]), &[]);
+    // The dispatcher makes the stream's topic (the API made none: the file did not go
+    // through it).
+    let _dispatcher = world.start();
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/partners/{partner}/stream", api.url);
+    let mut stream = None;
+    for _ in 0..100 {
+        let r = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("call");
+        if r.status() == 200 {
+            stream = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 503, "only while the topic is being made");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut stream = stream.expect("the stream opened once its topic was made");
+    let mut text = String::new();
+    assert!(
+        read_until(&mut stream, &mut text, Duration::from_secs(5), |t| t
+            .contains("event: ready"))
+        .await
+    );
+    let p = world.publisher().await;
+    let small = e2e::order_event(EventType::OrderCreated, &partner, "s-1", 50);
+    let big = e2e::order_event(EventType::OrderCreated, &partner, "s-1", 5_000);
+    for e in [&small, &big] {
+        p.publish(e).await.expect("publish");
+    }
+    assert!(
+        read_until(&mut stream, &mut text, Duration::from_secs(30), |t| {
+            !data_of(t, "order.created").is_empty()
+        })
+        .await,
+        "{text}"
+    );
+    let got = data_of(&text, "order.created");
+    assert_eq!(got.len(), 1, "the file's filter decides: {text}");
+    assert_eq!(got[0]["data"]["event_id"], big.event_id().to_string());
+}
