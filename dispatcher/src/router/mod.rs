@@ -357,11 +357,13 @@ pub fn filtered(
     event: &OrderEvent,
     matched: Vec<crate::subscriptions::table::Matched>,
 ) -> Vec<crate::subscriptions::table::Matched> {
-    // The paths the filters read, together (most often one filter, or one repeated).
+    // The paths the filters CEL runs read, together (most often one filter, or one
+    // repeated); those of the common shape run on the typed event.
     let mut paths: Option<std::borrow::Cow<'_, Paths>> = None;
     for f in matched
         .iter()
         .filter_map(|m| m.filter.as_ref()?.filter.as_ref())
+        .filter(|f| !f.is_typed())
     {
         let more = f.paths();
         match &mut paths {
@@ -373,17 +375,21 @@ pub fn filtered(
     if matched.iter().all(|m| m.filter.is_none()) {
         return matched;
     }
-    let bound = Bound::new(event, &paths.unwrap_or_default());
+    let bound = paths.map(|p| Bound::new(event, &p));
     matched
         .into_iter()
         .filter(|m| {
             let Some(f) = &m.filter else { return true };
-            let bound = &bound;
             let Some(filter) = &f.filter else {
                 f.kept_back(true);
                 return false;
             };
-            match filter.matches(bound) {
+            let passes = filter.matches_typed(event).unwrap_or_else(|| match &bound {
+                Some(bound) => filter.matches(bound),
+                // (Not reached: a filter without the common shape added its paths.)
+                None => Err("the event was not bound".into()),
+            });
+            match passes {
                 Ok(true) => true,
                 Ok(false) => {
                     f.kept_back(false);

@@ -87,6 +87,8 @@ pub struct Filter {
     program: cel::Program,
     /// The paths of the event it reads: only they are bound ([`Bound::new`]).
     paths: Paths,
+    /// The same filter on the typed event, when it has the common shape (`fast.rs`).
+    fast: Option<fast::Fast>,
 }
 
 /// Paths of the event a filter reads, as a tree (`whole`: the value at this path as a
@@ -242,10 +244,12 @@ impl Filter {
         };
         check.walk(program.expression(), 1, Within::Top)?;
         let paths = check.paths;
+        let fast = fast::Fast::compile(program.expression());
         Ok(Self {
             source: source.to_string(),
             program,
             paths,
+            fast,
         })
     }
 
@@ -260,6 +264,17 @@ impl Filter {
 
     /// Whether `event` passes; `Err` (why) when the expression fails on it or is not a
     /// boolean.
+    /// Whether `event` passes without binding it (the common shape, see `fast.rs`);
+    /// `None` when this filter needs CEL ([`Self::matches`]).
+    pub fn matches_typed(&self, event: &OrderEvent) -> Option<Result<bool, String>> {
+        self.fast.as_ref().map(|f| f.eval(event))
+    }
+
+    /// Whether it runs on the typed event ([`Self::matches_typed`]).
+    pub fn is_typed(&self) -> bool {
+        self.fast.is_some()
+    }
+
     pub fn matches(&self, event: &Bound) -> Result<bool, String> {
         match self.program.execute(&event.0) {
             Ok(cel::Value::Bool(b)) => Ok(b),
@@ -694,5 +709,6 @@ impl Check<'_> {
 }
 
 mod bind;
+mod fast;
 #[cfg(test)]
 mod tests;

@@ -100,6 +100,79 @@ fn a_webhook_body_binds_as_the_event_does() {
     assert_eq!(f.matches(&Bound::of_body(&body, &Paths::all())), Ok(true));
 }
 
+/// An event of any type with the fields the fast path reads set as given.
+fn varied(kind: &str, amount: i64, status: &str, currency: &str, text: &str) -> OrderEvent {
+    let mut e = event(kind, amount, status).to_json();
+    e["order"]["total"]["currency"] = currency.into();
+    e["order"]["items"][0]["unit_price"]["currency"] = currency.into();
+    e["order"]["customer_ref"] = text.into();
+    if kind == "order.cancelled" {
+        e["reason"] = text.into();
+    }
+    if kind == "order.status_changed" {
+        e["previous_status"] = status.into();
+    }
+    OrderEvent::from_json(e.to_string().as_bytes()).expect("event")
+}
+
+#[test]
+fn the_fast_path_agrees_with_cel() {
+    let fast = [
+        "event.order.total.amount_minor >= 10000 && event.order.status != \"CANCELLED\"",
+        "10000 <= event.order.total.amount_minor",
+        "event.order.total.amount_minor < 0 || event.order.total.amount_minor > 20000",
+        "!(event.order.total.amount_minor == 9999)",
+        "event.type == \"order.cancelled\" && event.reason != \"test\"",
+        "event.reason == \"test\" || event.order.total.amount_minor > 100",
+        "event.reason == \"test\" && event.order.total.amount_minor > 100",
+        "event.previous_status == \"PAID\" || event.order.total.amount_minor > 10000",
+        "has(event.reason) && event.reason >= \"p\"",
+        "!has(event.previous_status) || event.previous_status != \"PENDING\"",
+        "event.order.total.currency == \"EUR\" && event.order.customer_ref < \"m\"",
+        "event.order_id == \"o-1\" && event.partner_id != \"p\" || event.order.customer_ref == \"zebra\"",
+        "event.occurred_at > 0 && event.order.total.amount_minor != 0",
+        "false || event.order.status > \"DELIVERED\"",
+        "!(event.reason == \"x\")",
+    ];
+    let cel_only = [
+        "event.order.total.amount_minor >= 100.0",
+        "event.order.items.exists(i, i.quantity > 1)",
+        "event.order.status in [\"PAID\", \"SHIPPED\"]",
+        "event.event_id != \"\"",
+        "size(event.order.customer_ref) > 3",
+        "event.order.total.amount_minor == \"10\"",
+    ];
+    let mut events = Vec::new();
+    for kind in ["order.created", "order.status_changed", "order.cancelled"] {
+        for amount in [-5, 0, 9_999, 10_000, 10_001, 50_000] {
+            for status in ["PENDING", "PAID", "CANCELLED", "REFUNDED"] {
+                for (currency, text) in [("EUR", "test"), ("USD", "zebra"), ("EUR", "apple")] {
+                    events.push(varied(kind, amount, status, currency, text));
+                }
+            }
+        }
+    }
+    for source in fast {
+        let f = Filter::compile(source, &all_types()).expect(source);
+        assert!(f.is_typed(), "{source} runs on the typed event");
+        let mut outcomes = std::collections::BTreeSet::new();
+        for e in &events {
+            let typed = f.matches_typed(e).expect("typed");
+            let cel = f.matches(&Bound::new(e, &Paths::all()));
+            assert_eq!(typed, cel, "{source} on {}", e.to_json());
+            outcomes.insert(format!("{typed:?}"));
+        }
+        assert!(
+            outcomes.len() >= 2,
+            "{source}: the events tell its outcomes apart: {outcomes:?}"
+        );
+    }
+    for source in cel_only {
+        let f = Filter::compile(source, &all_types()).expect(source);
+        assert!(!f.is_typed(), "{source} is CEL's");
+    }
+}
+
 #[test]
 fn a_filter_reads_only_its_paths() {
     let f = Filter::compile(
