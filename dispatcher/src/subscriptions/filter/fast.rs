@@ -240,15 +240,16 @@ impl Fast {
             Self::Const(b) => Ok(*b),
             Self::Has(field) => Ok(field.get(e).is_some()),
             Self::Not(a) => a.eval(e).map(|b| !b),
-            // CEL's commutative logic: a side that decides wins over an error.
+            // CEL's commutative logic: a side that decides wins over an error; when
+            // both fail, the right side's error is the one (as cel 0.15 reports it).
             Self::And(a, b) => match (a.eval(e), b.eval(e)) {
                 (Ok(false), _) | (_, Ok(false)) => Ok(false),
-                (Err(why), _) | (_, Err(why)) => Err(why),
+                (_, Err(why)) | (Err(why), _) => Err(why),
                 (Ok(true), Ok(true)) => Ok(true),
             },
             Self::Or(a, b) => match (a.eval(e), b.eval(e)) {
                 (Ok(true), _) | (_, Ok(true)) => Ok(true),
-                (Err(why), _) | (_, Err(why)) => Err(why),
+                (_, Err(why)) | (Err(why), _) => Err(why),
                 (Ok(false), Ok(false)) => Ok(false),
             },
             Self::Compare(field, op, lit) => {

@@ -133,6 +133,9 @@ fn the_fast_path_agrees_with_cel() {
         "event.occurred_at > 0 && event.order.total.amount_minor != 0",
         "false || event.order.status > \"DELIVERED\"",
         "!(event.reason == \"x\")",
+        // Both sides failing: CEL reports the right side's error.
+        "event.reason == \"x\" || event.previous_status == \"PAID\"",
+        "event.reason == \"x\" && event.previous_status == \"PAID\"",
     ];
     let cel_only = [
         "event.order.total.amount_minor >= 100.0",
