@@ -85,6 +85,8 @@ pub async fn supervise(
     // Partners with a lane and no subscription any more, since when.
     let mut departed: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut changes = table.watch();
+    // Stream topics made (or found) already.
+    let mut stream_topics: std::collections::HashSet<String> = Default::default();
     loop {
         // Per partner: the largest in-flight cap and the smallest rate limit of its
         // subscriptions.
@@ -98,14 +100,18 @@ pub async fn supervise(
         // written by `subscriptions apply`; the API makes it before it saves one).
         let (streams, webhooks): (Vec<_>, Vec<_>) =
             table.all().into_iter().partition(|s| s.is_stream());
-        let stream_topics: Vec<String> = streams.iter().map(|s| s.topic()).collect();
-        if !stream_topics.is_empty() {
-            if let Err(error) = settings
-                .ensure_topics(&stream_topics, config.partitions, &[])
-                .await
-            {
-                tracing::warn!(%error, "making the stream topics");
-            }
+        // (Each once: this loop runs every few seconds.)
+        let new_streams: Vec<String> = streams
+            .iter()
+            .map(|s| s.topic())
+            .filter(|t| !stream_topics.contains(t))
+            .collect();
+        match settings
+            .ensure_topics(&new_streams, config.partitions, &[])
+            .await
+        {
+            Ok(()) => stream_topics.extend(new_streams),
+            Err(error) => tracing::warn!(%error, "making the stream topics"),
         }
         for s in webhooks {
             let (cap, rate) = partners.entry(s.partner_id.clone()).or_default();
