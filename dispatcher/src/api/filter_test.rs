@@ -17,7 +17,7 @@ use super::auth::Caller;
 use super::error::{body, ApiError};
 use super::ApiState;
 use crate::kafka::headers;
-use crate::subscriptions::filter::{Bound, Filter, Paths};
+use crate::subscriptions::filter::{event_of_body, Bound, Filter, Paths};
 
 /// Events read back at most (`last`).
 const MAX_LAST: usize = 100;
@@ -112,21 +112,12 @@ pub(super) async fn filter_test(
     .into_response())
 }
 
-/// What a filter sees of a webhook body: its `data` with its `type`.
-fn binding(body: &serde_json::Value) -> serde_json::Value {
-    let mut event = body.get("data").cloned().unwrap_or_default();
-    if let (Some(fields), Some(t)) = (event.as_object_mut(), body.get("type")) {
-        fields.insert("type".into(), t.clone());
-    }
-    event
-}
-
 /// A sample webhook body, checked as an event would be (the error names the field).
 fn sample_event(
     sample: &serde_json::Value,
     types: &BTreeSet<String>,
 ) -> Result<serde_json::Value, ApiError> {
-    let event = binding(sample);
+    let event = event_of_body(sample, &Paths::all());
     let bytes = serde_json::to_vec(&event).map_err(ApiError::internal)?;
     let parsed = order_schemas::OrderEvent::from_json(&bytes).map_err(|why| {
         ApiError::field(

@@ -175,19 +175,7 @@ impl Bound {
     /// What a filter sees of a webhook body (`{"type", "timestamp", "data"}`): its `data`
     /// with its `type`; only `paths` of it.
     pub fn of_body(body: &serde_json::Value, paths: &Paths) -> Self {
-        let mut event = serde_json::Map::new();
-        if let Some(t) = body.get("type") {
-            event.insert("type".into(), t.clone());
-        }
-        if let Some(data) = body.get("data").and_then(|d| d.as_object()) {
-            for (name, value) in data {
-                // (Only the top-level fields read; those are bound whole.)
-                if paths.whole || paths.fields.contains_key(name) {
-                    event.insert(name.clone(), value.clone());
-                }
-            }
-        }
-        Self::from_json(&serde_json::Value::Object(event))
+        Self::from_json(&event_of_body(body, paths))
     }
 
     fn of(value: cel::Value) -> Self {
@@ -285,6 +273,23 @@ impl Filter {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// What a filter's `event` is of a webhook body (`{"type", "timestamp", "data"}`): its
+/// `data` with its `type`, only the top-level fields of `paths` (each whole).
+pub fn event_of_body(body: &serde_json::Value, paths: &Paths) -> serde_json::Value {
+    let mut event = serde_json::Map::new();
+    if let Some(t) = body.get("type") {
+        event.insert("type".into(), t.clone());
+    }
+    if let Some(data) = body.get("data").and_then(|d| d.as_object()) {
+        for (name, value) in data {
+            if paths.whole || paths.fields.contains_key(name) {
+                event.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    serde_json::Value::Object(event)
 }
 
 /// Parses on a thread of its own with a large stack: the parser recurses through about
