@@ -128,3 +128,21 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     }
     check()
 }
+
+/// Calls `attempt` every 100 ms until it gives `Some` (returned) or `timeout` passes
+/// (`None`): [`eventually`] for a check that is itself a request.
+pub async fn poll<T, Fut>(timeout: Duration, mut attempt: impl FnMut() -> Fut) -> Option<T>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = attempt().await {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

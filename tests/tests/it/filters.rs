@@ -198,22 +198,19 @@ async fn a_filter_delivers_what_matches_in_order_counts_the_rest_and_changes_liv
                 .1
         }
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let counted = e2e::poll(Duration::from_secs(20), || async {
         let (b, r) = (stats_of(&big).await, stats_of(&reasons).await);
-        if b["filtered"] == json!({"filtered_out": 4, "errors": 0})
-            && r["filtered"] == json!({"filtered_out": 0, "errors": 6})
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stats: {} / {}",
-            b["filtered"],
-            r["filtered"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (b["filtered"] == json!({"filtered_out": 4, "errors": 0})
+            && r["filtered"] == json!({"filtered_out": 0, "errors": 6}))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "stats: {} / {}",
+        stats_of(&big).await["filtered"],
+        stats_of(&reasons).await["filtered"]
+    );
 
     // filter-test: the latest events against a filter not set yet, and a sample.
     let small = "event.order.total.amount_minor < 10000";
@@ -269,14 +266,11 @@ async fn a_filter_delivers_what_matches_in_order_counts_the_rest_and_changes_liv
         .await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!(changed["filter"], small);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while dispatcher.metric(changes).await.unwrap_or(0.0) <= before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dispatcher did not read the change"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let read = e2e::poll(Duration::from_secs(10), || async {
+        (dispatcher.metric(changes).await.unwrap_or(0.0) > before).then_some(())
+    })
+    .await;
+    assert!(read.is_some(), "the dispatcher did not read the change");
     let later = [
         event(EventType::OrderCreated, &partner, "o-3", 500),
         event(EventType::OrderCreated, &partner, "o-4", 50_000),

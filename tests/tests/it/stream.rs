@@ -27,8 +27,20 @@ struct Client {
 }
 
 impl Client {
-    /// The example of `language` with `args`.
-    fn start(language: &str, args: &[String]) -> Self {
+    /// The example of `language` reading `partner`'s stream from `apis` (in turn, when
+    /// one goes away) with `token`, until it has `count` events.
+    fn start(language: &str, apis: &[&str], token: &str, partner: &str, count: usize) -> Self {
+        let mut args: Vec<String> = apis
+            .iter()
+            .flat_map(|a| ["--api".into(), a.to_string()])
+            .collect();
+        args.extend([
+            "--token".into(),
+            token.into(),
+            "--partner".into(),
+            partner.into(),
+        ]);
+        args.extend(["--count".into(), count.to_string()]);
         let (program, script) = match language {
             "python" => (
                 root().join("consumer-examples/python/.venv/bin/python"),
@@ -45,7 +57,7 @@ impl Client {
         );
         let mut child = Command::new(program)
             .arg(script)
-            .args(args)
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -139,35 +151,9 @@ async fn a_stream_resumed_on_another_instance_after_a_kill_9_misses_nothing_and_
     let p = world.publisher().await;
     create_stream(&first, &token).await;
 
-    let client = Client::start(
-        "python",
-        &[
-            "--api".into(),
-            first.url.clone(),
-            "--api".into(),
-            second.url.clone(),
-            "--token".into(),
-            token.clone(),
-            "--partner".into(),
-            partner.clone(),
-            "--count".into(),
-            "40".into(),
-        ],
-    );
+    let client = Client::start("python", &[&first.url, &second.url], &token, &partner, 40);
     // And the TypeScript example on the other instance, the whole time.
-    let typescript = Client::start(
-        "typescript",
-        &[
-            "--api".into(),
-            second.url.clone(),
-            "--token".into(),
-            token.clone(),
-            "--partner".into(),
-            partner.clone(),
-            "--count".into(),
-            "40".into(),
-        ],
-    );
+    let typescript = Client::start("typescript", &[&second.url], &token, &partner, 40);
     assert!(
         eventually(Duration::from_secs(20), || client.readies() == 1
             && typescript.readies() == 1)
@@ -359,17 +345,13 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
     assert!(refused.headers().contains_key("retry-after"));
     // Closed: its place is given back (noticed at the next heartbeat).
     drop(first);
-    let mut filtered = None;
-    for _ in 0..50 {
+    let filtered = e2e::poll(Duration::from_secs(5), || async {
         let r = open("?types=order.created&filter=event.order.total.amount_minor%20%3E%3D%2010000")
             .await
             .expect("call");
-        if r.status() == 200 {
-            filtered = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (r.status() == 200).then_some(r)
+    })
+    .await;
     let mut filtered = filtered.expect("a new stream once the first closed");
     let mut text = String::new();
     assert!(
@@ -417,8 +399,7 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
     drop(filtered);
 
     // A client that reads nothing: let go once its buffer has waited 1 s.
-    let mut slow = None;
-    for _ in 0..50 {
+    let slow = e2e::poll(Duration::from_secs(5), || async {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(2048).expect("rcvbuf");
         let addr = api.url.trim_start_matches("http://").parse().expect("addr");
@@ -429,12 +410,9 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
         s.write_all(request.as_bytes()).await.expect("request");
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await.expect("status line");
-        if head.ends_with(b"200") {
-            slow = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        head.ends_with(b"200").then_some(s)
+    })
+    .await;
     let slow = slow.expect("the slow client's stream opened");
     let metrics = format!("{}/metrics", api.url);
     let let_go = || async {
@@ -469,15 +447,11 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
     assert_eq!(held.status(), 429, "the stuck connection still counts");
     // ... until it closes: then the place is given back.
     drop(slow);
-    let mut again = 0;
-    for _ in 0..100 {
-        again = open("").await.expect("call").status().as_u16();
-        if again == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(again, 200, "the slow client's place was given back");
+    let again = e2e::poll(Duration::from_secs(10), || async {
+        (open("").await.expect("call").status() == 200).then_some(200)
+    })
+    .await;
+    assert_eq!(again, Some(200), "the slow client's place was given back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,21 +469,19 @@ async fn a_stream_subscription_from_an_operators_file_gets_its_topic_and_its_eve
     let _dispatcher = world.start();
     let client = reqwest::Client::new();
     let url = format!("{}/v1/partners/{partner}/stream", api.url);
-    let mut stream = None;
-    for _ in 0..100 {
+    let stream = e2e::poll(Duration::from_secs(20), || async {
         let r = client
             .get(&url)
             .bearer_auth(&token)
             .send()
             .await
             .expect("call");
-        if r.status() == 200 {
-            stream = Some(r);
-            break;
+        if r.status() != 200 {
+            assert_eq!(r.status(), 503, "only while the topic is being made");
         }
-        assert_eq!(r.status(), 503, "only while the topic is being made");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (r.status() == 200).then_some(r)
+    })
+    .await;
     let mut stream = stream.expect("the stream opened once its topic was made");
     let mut text = String::new();
     assert!(
