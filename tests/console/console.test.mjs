@@ -576,6 +576,12 @@ test("with an authenticator enrolled, a URL change in the console asks for its c
     await accessible(page, "second-factor-required");
     // With it, by keyboard: the change is made, and the new URL is checked.
     await page.goto(`${API}/console/subscriptions/${SUBSCRIPTION}`);
+    // (Seen once in CI: no URL field on this page; say what the page was instead.)
+    const shown = await page.locator("body").innerText();
+    await assert.doesNotReject(
+      page.getByLabel("URL", { exact: true }).waitFor({ timeout: 10000 }),
+      `the change form, on: ${shown}`,
+    );
     await page.getByLabel("URL", { exact: true }).fill(`${url.replace(/\?.*$/, "")}?v=3`);
     await page.locator("#edit_code").focus();
     await page.keyboard.type(totp(secret, 1));
