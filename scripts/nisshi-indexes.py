@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Adds the indexes nisshi 0.7.0-pre.2's SQLite schema lacks, once the broker has made
-its tables: without them every fetched record's headers are found by scanning the whole
-`header` table, which stalls a broker holding tens of thousands of records
-(docs/ARCHITECTURE.md, local broker). Idempotent; safe while the broker runs (WAL).
+"""Adds the index nisshi's SQLite schema lacks, once the broker has made its tables.
+nisshi 0.7 also lacked one for a record's headers (every fetched record scanned the
+whole `header` table, which stalled a broker holding tens of thousands of records);
+0.8 gives `header` a primary key that serves that lookup, so only the watermark's
+remains (docs/ARCHITECTURE.md, local broker). Idempotent; safe while the broker runs
+(WAL).
 
     scripts/nisshi-indexes.py [--wait SECONDS] PATH/TO/nisshi.db
 """
@@ -12,8 +14,8 @@ import sys
 import time
 
 INDEXES = [
-    # header_fetch.sql looks up one record's headers by (topition, offset_id).
-    "create index if not exists header_by_record on header (topition, offset_id)",
+    # (header_fetch.sql's lookup by (topition, offset_id) is served by the primary key
+    # nisshi 0.8 gives `header`.)
     # watermark_select.sql joins watermark on topition.
     "create index if not exists watermark_by_topition on watermark (topition)",
 ]

@@ -66,7 +66,16 @@ up() {
   local url="tcp://127.0.0.1:$KAFKA_PORT"
   # nisshi resolves the sqlite URL's path against its working directory (even an
   # absolute one), so it runs inside its data directory with a relative path.
-  start nisshi "$STACK_DIR/kafka" "$STACK_DIR/nisshi.log" "${CARGO_HOME:-$HOME/.cargo}/bin/nisshi" broker \
+  # (NISSHI_BIN: another build of the broker, to compare versions.)
+  local nisshi="${NISSHI_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/nisshi}" version
+  version="$("$nisshi" --version | awk '{print $NF}')"
+  # A database of another nisshi version is refused by it (0.8 changed the schema).
+  if [[ -f "$STACK_DIR/kafka/nisshi.db" ]] && [[ "$(cat "$STACK_DIR/kafka/nisshi.version" 2>/dev/null || echo "0.7.0-pre.2")" != "$version" ]]; then
+    echo "the local broker's data in $STACK_DIR/kafka was made by nisshi $(cat "$STACK_DIR/kafka/nisshi.version" 2>/dev/null || echo "0.7.0-pre.2"), which nisshi $version cannot read: scripts/stack.sh purge (deletes the local stack's data), then up" >&2
+    exit 1
+  fi
+  echo "$version" >"$STACK_DIR/kafka/nisshi.version"
+  start nisshi "$STACK_DIR/kafka" "$STACK_DIR/nisshi.log" "$nisshi" broker \
     --listener-url "$url" --advertised-listener-url "$url" \
     --storage-engine "sqlite://nisshi.db"
   start registry "$STACK_DIR" "$STACK_DIR/registry.log" "$TARGET/schema-registry" \

@@ -36,6 +36,66 @@ pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     }
 }
 
+/// Deletes `topic`'s records below `before` (partition, offset) on `brokers`, as
+/// retention would (DeleteRecords), and returns each partition's new low watermark.
+pub async fn delete_records_on(
+    brokers: &str,
+    topic: &str,
+    before: &[(i32, i64)],
+) -> Vec<(i32, i64)> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut list = TopicPartitionList::new();
+    for &(p, o) in before {
+        // (-1: up to the high watermark.)
+        let to = if o < 0 {
+            Offset::End
+        } else {
+            Offset::Offset(o)
+        };
+        list.add_partition_offset(topic, p, to)
+            .expect("partition offset");
+    }
+    let done = admin
+        .delete_records(&list, &AdminOptions::new())
+        .await
+        .expect("delete_records");
+    done.elements()
+        .iter()
+        .map(|e| {
+            if let Err(error) = e.error() {
+                panic!("delete records of {topic}/{}: {error}", e.partition());
+            }
+            match e.offset() {
+                Offset::Offset(low) => (e.partition(), low),
+                other => panic!("delete records of {topic}/{}: {other:?}", e.partition()),
+            }
+        })
+        .collect()
+}
+
+/// Deletes every record of `topic` (DeleteRecords up to each partition's high
+/// watermark, -1 in the protocol), as retention would; returns the new low watermarks.
+pub async fn delete_all_records_on(brokers: &str, topic: &str) -> Vec<(i32, i64)> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    let all: Vec<(i32, i64)> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| (p.id(), -1)))
+        .collect();
+    assert!(!all.is_empty(), "no partitions of {topic}");
+    delete_records_on(brokers, topic, &all).await
+}
+
 /// Creates a fresh topic on the test broker and returns its name.
 pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
     let name = unique(prefix);

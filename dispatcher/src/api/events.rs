@@ -52,6 +52,24 @@ impl Cursor {
         }
         Some(Self(map))
     }
+
+    /// When this cursor names a position some partition no longer keeps (retention
+    /// passed it), where reading can go on: each partition's position, or its oldest
+    /// kept offset where that is later. `lows` is each partition's low watermark.
+    /// None when nothing it names is gone.
+    pub fn past_retention(&self, lows: &BTreeMap<i32, i64>) -> Option<Cursor> {
+        let gone = self
+            .0
+            .iter()
+            .any(|(p, at)| lows.get(p).is_some_and(|low| at < low));
+        gone.then(|| {
+            Cursor(
+                lows.iter()
+                    .map(|(&p, &low)| (p, self.0.get(&p).map_or(low, |&at| at.max(low))))
+                    .collect(),
+            )
+        })
+    }
 }
 
 /// One event of the stream, as the webhook carried it.
@@ -155,9 +173,7 @@ fn read_page(
             "the events stream's partitions are unknown",
         ));
     }
-    let mut next = cursor.0.clone();
-    let mut ranges = BTreeMap::new();
-    let mut more = false;
+    let mut bounds = BTreeMap::new();
     for p in meta.partitions().iter().map(|p| p.id()) {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(5))
@@ -167,7 +183,21 @@ fn read_page(
                 "the events stream reads behind the cursor; try again",
             ));
         }
-        let from = cursor.0.get(&p).copied().unwrap_or(low).max(low);
+        bounds.insert(p, (low, high));
+    }
+    // Events after the cursor that retention removed: say so, never skip them silently.
+    let lows = bounds.iter().map(|(&p, &(low, _))| (p, low)).collect();
+    if let Some(on) = cursor.past_retention(&lows) {
+        return Err(ApiError::gone(
+            "events after this cursor are no longer kept (the delivery topic's retention passed them); go on from `oldest_cursor`",
+            on.encode(),
+        ));
+    }
+    let mut next = cursor.0.clone();
+    let mut ranges = BTreeMap::new();
+    let mut more = false;
+    for (&p, &(low, high)) in &bounds {
+        let from = cursor.0.get(&p).copied().unwrap_or(low);
         next.entry(p).or_insert(from);
         // Reading up to `limit` of each partition is enough for any merge order.
         let to = high.min(from + limit as i64);
@@ -259,5 +289,19 @@ mod tests {
         assert_eq!(Cursor::decode("not base64!"), None);
         let negative = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("0:-3");
         assert_eq!(Cursor::decode(&negative), None);
+    }
+
+    #[test]
+    fn a_cursor_retention_passed_goes_on_where_it_can_without_repeats() {
+        let lows: BTreeMap<i32, i64> = [(0, 10), (1, 0), (2, 3)].into();
+        // At or past every low: nothing gone.
+        assert_eq!(Cursor([(0, 10), (1, 4)].into()).past_retention(&lows), None);
+        assert_eq!(Cursor::default().past_retention(&lows), None);
+        // Partition 0 below its low: there from its oldest, partition 1 where the
+        // cursor was, partition 2 (not named) from its oldest.
+        assert_eq!(
+            Cursor([(0, 9), (1, 4)].into()).past_retention(&lows),
+            Some(Cursor([(0, 10), (1, 4), (2, 3)].into()))
+        );
     }
 }

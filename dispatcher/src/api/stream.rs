@@ -310,7 +310,6 @@ fn positions(
     earliest: bool,
 ) -> Result<Cursor, ApiError> {
     let mut at = BTreeMap::new();
-    let mut gone = false;
     for &(p, low, high) in bounds {
         let from = match cursor.map(|c| c.0.get(&p).copied()) {
             // (A partition the cursor does not name is newer than it: from its start.)
@@ -324,14 +323,13 @@ fn positions(
                 "a cursor past the end of this stream (not one of its cursors)",
             ));
         }
-        gone |= from < low;
         at.insert(p, from);
     }
-    if gone {
-        let oldest = bounds.iter().map(|&(p, low, _)| (p, low)).collect();
+    let lows = bounds.iter().map(|&(p, low, _)| (p, low)).collect();
+    if let Some(on) = cursor.and_then(|c| c.past_retention(&lows)) {
         return Err(ApiError::gone(
-            "events after this cursor are no longer kept (the stream's retention passed); start again from `oldest_cursor`",
-            Cursor(oldest).encode(),
+            "events after this cursor are no longer kept (the stream's retention passed them); go on from `oldest_cursor`",
+            on.encode(),
         ));
     }
     Ok(Cursor(at))
@@ -453,14 +451,15 @@ mod tests {
         // After a cursor; a partition it does not name from its start.
         let resumed = positions(&bounds, Some(&cursor(&[(0, 12)])), false).ok();
         assert_eq!(resumed, Some(cursor(&[(0, 12), (1, 0)])));
-        // Below what partition 0 keeps: 410 with the oldest cursor.
+        // Below what partition 0 keeps: 410 with where it can go on (partition 0's
+        // oldest, partition 1 where the cursor was: nothing there repeated).
         let gone = positions(&bounds, Some(&cursor(&[(0, 9), (1, 5)])), false).expect_err("gone");
         let (status, json) = body(gone).await;
         assert_eq!(status, 410);
         assert_eq!(json["error"]["code"], "gone");
         let oldest =
             Cursor::decode(json["oldest_cursor"].as_str().expect("oldest")).expect("cursor");
-        assert_eq!(oldest, cursor(&[(0, 10), (1, 0)]));
+        assert_eq!(oldest, cursor(&[(0, 10), (1, 5)]));
         // Past the end: not a cursor of this stream.
         let ahead = positions(&bounds, Some(&cursor(&[(1, 6)])), false).expect_err("ahead");
         assert_eq!(body(ahead).await.0, 400);

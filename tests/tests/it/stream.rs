@@ -228,6 +228,143 @@ fn assert_all_once_in_order(client: &str, lines: &[Value], sent: &[OrderEvent]) 
     }
 }
 
+/// Retention passing a cursor (DeleteRecords, as Kafka's retention does): reconnecting
+/// with it is 410 with where to go on, and going on from there gives every event still
+/// kept after the cursor, none twice; a cursor past the cut resumes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("stream-gone");
+    let token = partner_token(&partner);
+    let api = world.start_api(&api_tokens(&[&partner]), &[]);
+    let _dispatcher = world.start();
+    create_stream(&api, &token).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/partners/{partner}/stream", api.url);
+    let open = |cursor: Option<String>| {
+        let mut r = client.get(&url).bearer_auth(&token);
+        if let Some(c) = cursor {
+            r = r.header("last-event-id", c);
+        }
+        r.send()
+    };
+    let mut live = e2e::poll(Duration::from_secs(20), || async {
+        let r = open(None).await.expect("call");
+        (r.status() == 200).then_some(r)
+    })
+    .await
+    .expect("the stream opened once its topic was made");
+    let mut text = String::new();
+    assert!(
+        read_until(&mut live, &mut text, Duration::from_secs(5), |t| t
+            .contains("event: ready"))
+        .await
+    );
+    let p = world.publisher().await;
+    let sent = publish(&p, &partner, 10, "gone").await;
+    assert!(
+        read_until(&mut live, &mut text, Duration::from_secs(30), |t| {
+            ids_of(t, "order.created").len() == sent.len()
+        })
+        .await,
+        "{text}"
+    );
+    drop(live);
+    let got = ids_of(&text, "order.created");
+    let ready = ids_of(&text, "ready");
+    let decode = |id: &str| dispatcher::api::Cursor::decode(id).expect("a cursor");
+    // Each event's partition: the one its cursor moved on.
+    let mut at = decode(&ready[0].0);
+    let mut part = Vec::new();
+    for (id, _) in &got {
+        let next = decode(id);
+        let moved = next.0.iter().find(|(p, o)| at.0.get(p) != Some(o));
+        part.push(*moved.expect("each event moves its partition's cursor").0);
+        at = next;
+    }
+    // The partner read the first event (partition R), then was away; retention removed
+    // every event of another partition P (the keys are fixed: they use at least two).
+    let r = part[0];
+    let p_gone = *part
+        .iter()
+        .find(|&&p| p != r)
+        .expect("events in two partitions");
+    let first = decode(&got[0].0);
+    let last = decode(&got[got.len() - 1].0);
+    let cut = last.0[&p_gone];
+    let lows = e2e::delete_records_on(
+        &e2e::brokers(),
+        &dispatcher::subscriptions::stream_topic(&partner),
+        &[(p_gone, cut)],
+    )
+    .await;
+    assert_eq!(
+        lows,
+        [(p_gone, cut)],
+        "the broker's low watermark after the deletion"
+    );
+
+    // The first event's cursor: events after it are gone. 410, with where to go on:
+    // partition P from its oldest kept, the others where the cursor was.
+    let resp = open(Some(got[0].0.clone())).await.expect("call");
+    assert_eq!(resp.status(), 410);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "gone", "{body}");
+    let on = body["oldest_cursor"].as_str().expect("oldest_cursor");
+    let mut want = first.0.clone();
+    want.insert(p_gone, cut);
+    assert_eq!(decode(on).0, want, "{body}");
+    // Going on from there: every later event still kept (none of P), each once, not
+    // the first again.
+    let mut resumed = open(Some(on.to_string())).await.expect("call");
+    assert_eq!(resumed.status(), 200);
+    let event_id = |data: &Value| data["data"]["event_id"].as_str().unwrap_or("").to_string();
+    let mut kept: Vec<String> = got
+        .iter()
+        .zip(&part)
+        .skip(1)
+        .filter(|(_, &p)| p != p_gone)
+        .map(|((_, data), _)| event_id(data))
+        .collect();
+    let mut text = String::new();
+    read_until(&mut resumed, &mut text, Duration::from_secs(10), |t| {
+        ids_of(t, "order.created").len() >= kept.len()
+    })
+    .await;
+    // (Anything more would come at once: wait a little for a repeat.)
+    read_until(&mut resumed, &mut text, Duration::from_millis(500), |_| {
+        false
+    })
+    .await;
+    let mut again: Vec<String> = ids_of(&text, "order.created")
+        .iter()
+        .map(|(_, data)| event_id(data))
+        .collect();
+    again.sort();
+    kept.sort();
+    assert_eq!(again, kept, "{text}");
+    // A cursor past the cut resumes as before: nothing more, no 410.
+    let mut past = open(Some(got[got.len() - 1].0.clone()))
+        .await
+        .expect("call");
+    assert_eq!(past.status(), 200);
+    let mut text = String::new();
+    read_until(&mut past, &mut text, Duration::from_millis(1500), |_| false).await;
+    assert!(ids_of(&text, "order.created").is_empty(), "{text}");
+}
+
+/// The `id:` and `data:` of each SSE event of `event` type in `text`.
+fn ids_of(text: &str, event: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|block| block.lines().any(|l| l == format!("event: {event}")))
+        .filter_map(|block| {
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((id.to_string(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
 /// Reads a streaming response until `until` holds for what arrived, at most `wait`.
 async fn read_until(
     response: &mut reqwest::Response,
@@ -247,14 +384,9 @@ async fn read_until(
 
 /// The `data:` of each SSE event of `event` type in `text`.
 fn data_of(text: &str, event: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter(|block| block.lines().any(|l| l == format!("event: {event}")))
-        .filter_map(|block| {
-            block
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .and_then(|d| serde_json::from_str(d).ok())
-        })
+    ids_of(text, event)
+        .into_iter()
+        .map(|(_, data)| data)
         .collect()
 }
 

@@ -269,3 +269,101 @@ async fn polling_never_skips_an_event_whose_timestamp_is_out_of_order() {
         "every event once, in its partition's order (polled: {got:?})"
     );
 }
+
+/// Retention passing a cursor (DeleteRecords, as Kafka's retention does): the page is
+/// 410 with where to go on, never a silent jump past what was lost; going on from there
+/// gives every event still kept, none twice. (Before: the page started at the oldest
+/// kept event and said nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
+    let world = DispatchWorld::new("127.0.0.1").await;
+    let partner = unique("poll-gone");
+    let api = world.start_api(&tokens(&[&partner]), &[]);
+    let token = partner_token(&partner);
+    let (s, created) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(&token),
+            Some(json!({
+                "url": format!("http://{}/hook", closed_port()),
+                "event_types": ["order.created"],
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let topic = dispatcher::subscriptions::delivery_topic(&partner);
+    // a0 b0 a1 b1 a2 b2 a3 b3 by time; a in partition 0, b in partition 1.
+    let base = chrono::Utc::now().timestamp_millis() - 60_000;
+    for i in 0..8 {
+        let (partition, name) = (i % 2, format!("{}{}", ["a", "b"][i as usize % 2], i / 2));
+        let body = json!({"type": "order.created", "timestamp": "t", "data": {"order_id": name}});
+        e2e::produce_at(
+            &e2e::brokers(),
+            &topic,
+            Some(partition),
+            &name,
+            body.to_string().as_bytes(),
+            &[("webhook-id", name.as_str()), ("subscription-id", "s")],
+            Some(base + i64::from(i) * 1000),
+        )
+        .await;
+    }
+    let page = |cursor: Option<String>| {
+        let path = events_page(&partner, 10, cursor.as_deref());
+        let (api, token) = (&api, &token);
+        async move {
+            e2e::poll(Duration::from_secs(20), || async {
+                let (s, page) = api
+                    .call(reqwest::Method::GET, &path, Some(token), None)
+                    .await;
+                (s != 503).then_some((s, page))
+            })
+            .await
+            .expect("an answer other than 503")
+        }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|e| e["id"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (s, first) = page(None).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(
+        ids(&first),
+        ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
+    );
+    // A partner read a0 and b0, then was away; retention removed a0, a1, a2.
+    let lows = e2e::delete_records_on(&e2e::brokers(), &topic, &[(0, 3)]).await;
+    assert_eq!(lows, [(0, 3)]);
+    let read_two = dispatcher::api::Cursor([(0, 1), (1, 1)].into()).encode();
+    let (s, gone) = page(Some(read_two)).await;
+    assert_eq!(s, 410, "{gone}");
+    assert_eq!(gone["error"]["code"], "gone");
+    let on = gone["oldest_cursor"].as_str().expect("oldest_cursor");
+    let on_cursor = dispatcher::api::Cursor::decode(on).expect("a cursor");
+    assert_eq!(
+        on_cursor.0.get(&0),
+        Some(&3),
+        "partition 0 from its oldest kept"
+    );
+    assert_eq!(
+        on_cursor.0.get(&1),
+        Some(&1),
+        "partition 1 where the cursor was"
+    );
+    // Going on: what is kept after the cursor, each once (b1 a3 b2 b3).
+    let (s, rest) = page(Some(on.to_string())).await;
+    assert_eq!(s, 200, "{rest}");
+    assert_eq!(ids(&rest), ["b1", "b2", "a3", "b3"]);
+    // Without a cursor: from the oldest kept, as before.
+    let (s, all) = page(None).await;
+    assert_eq!(s, 200, "{all}");
+    assert_eq!(ids(&all), ["b0", "b1", "b2", "a3", "b3"]);
+}

@@ -231,6 +231,24 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
         "{resent:#}"
     );
     let body = resent;
+    // Once Kafka no longer keeps the record (retention: DeleteRecords here), a resend
+    // is 409 saying so, and nothing is sent or logged.
+    e2e::delete_all_records_on(
+        &e2e::brokers(),
+        &dispatcher::subscriptions::delivery_topic(&flaky),
+    )
+    .await;
+    let (s, refused) = api
+        .call(reqwest::Method::POST, &resend, Some(&token), None)
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no longer kept"),
+        "{refused}"
+    );
 
     // The view's gauges: what it holds, and that it has read the topic to its end.
     let mut gauges = false;
