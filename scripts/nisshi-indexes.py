@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Adds the index nisshi's SQLite schema lacks, once the broker has made its tables.
-nisshi 0.7 also lacked one for a record's headers (every fetched record scanned the
-whole `header` table, which stalled a broker holding tens of thousands of records);
-0.8 gives `header` a primary key that serves that lookup, so only the watermark's
-remains (docs/ARCHITECTURE.md, local broker). Idempotent; safe while the broker runs
-(WAL).
+"""Adds the indexes nisshi's SQLite schema lacks, once the broker has made its tables:
+one on the watermark's partition, and, for nisshi 0.7 (whose `header` table has no key),
+one for a record's headers, without which every fetched record scanned the whole
+`header` table and a broker holding tens of thousands of records stalled. 0.8's
+primary key on `header` serves that lookup (docs/ARCHITECTURE.md, local broker).
+Idempotent; safe while the broker runs (WAL).
 
     scripts/nisshi-indexes.py [--wait SECONDS] PATH/TO/nisshi.db
 """
@@ -14,11 +14,12 @@ import sys
 import time
 
 INDEXES = [
-    # (header_fetch.sql's lookup by (topition, offset_id) is served by the primary key
-    # nisshi 0.8 gives `header`.)
     # watermark_select.sql joins watermark on topition.
     "create index if not exists watermark_by_topition on watermark (topition)",
 ]
+# header_fetch.sql looks up one record's headers by (topition, offset_id): only when
+# `header` has no primary key (nisshi 0.7) does it need this.
+HEADER_INDEX = "create index if not exists header_by_record on header (topition, offset_id)"
 
 
 def main() -> int:
@@ -44,7 +45,8 @@ def main() -> int:
             return 1
         time.sleep(0.2)
     try:
-        for statement in INDEXES:
+        keyed = any(row[5] for row in db.execute("pragma table_info(header)"))
+        for statement in INDEXES + ([] if keyed else [HEADER_INDEX]):
             db.execute(statement)
         db.commit()
     finally:

@@ -81,8 +81,8 @@ up() {
   start registry "$STACK_DIR" "$STACK_DIR/registry.log" "$TARGET/schema-registry" \
     --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$STACK_DIR/registry"
   wait_for_port "$KAFKA_PORT" 60 "nisshi (log: $STACK_DIR/nisshi.log)"
-  # nisshi's SQLite schema has no index for a record's headers: every fetched record
-  # would scan the whole header table (docs/ARCHITECTURE.md, local broker).
+  # Indexes nisshi's SQLite schema lacks (0.7's headers were a full scan per fetched
+  # record; docs/ARCHITECTURE.md, local broker).
   python3 "$ROOT/scripts/nisshi-indexes.py" "$STACK_DIR/kafka/nisshi.db" || { down; exit 1; }
   wait_for_port "$REGISTRY_PORT" 30 "schema-registry (log: $STACK_DIR/registry.log)"
   cat >"$STACK_DIR/env" <<ENV

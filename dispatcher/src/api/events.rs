@@ -53,21 +53,23 @@ impl Cursor {
         Some(Self(map))
     }
 
-    /// When this cursor names a position some partition no longer keeps (retention
-    /// passed it), where reading can go on: each partition's position, or its oldest
-    /// kept offset where that is later. `lows` is each partition's low watermark.
-    /// None when nothing it names is gone.
+    /// When retention removed events after this cursor, where reading can go on: each
+    /// partition's position, or its oldest kept offset where that is later. `lows` is
+    /// each partition's low watermark. A partition a (non-empty) cursor does not name
+    /// is newer than the cursor: every event of it counts, so one that lost any (a low
+    /// above 0) is gone too. None when nothing is gone.
     pub fn past_retention(&self, lows: &BTreeMap<i32, i64>) -> Option<Cursor> {
-        let gone = self
-            .0
-            .iter()
-            .any(|(p, at)| lows.get(p).is_some_and(|low| at < low));
+        let gone = !self.0.is_empty()
+            && lows
+                .iter()
+                .any(|(p, &low)| self.0.get(p).copied().unwrap_or(0) < low);
         gone.then(|| {
-            Cursor(
-                lows.iter()
-                    .map(|(&p, &low)| (p, self.0.get(&p).map_or(low, |&at| at.max(low))))
-                    .collect(),
-            )
+            let mut on = self.0.clone();
+            for (&p, &low) in lows {
+                let at = on.entry(p).or_insert(low);
+                *at = (*at).max(low);
+            }
+            Cursor(on)
         })
     }
 }
@@ -294,13 +296,23 @@ mod tests {
     #[test]
     fn a_cursor_retention_passed_goes_on_where_it_can_without_repeats() {
         let lows: BTreeMap<i32, i64> = [(0, 10), (1, 0), (2, 3)].into();
-        // At or past every low: nothing gone.
-        assert_eq!(Cursor([(0, 10), (1, 4)].into()).past_retention(&lows), None);
-        assert_eq!(Cursor::default().past_retention(&lows), None);
-        // Partition 0 below its low: there from its oldest, partition 1 where the
-        // cursor was, partition 2 (not named) from its oldest.
+        // At or past every low: nothing gone (an empty cursor starts at the oldest).
         assert_eq!(
-            Cursor([(0, 9), (1, 4)].into()).past_retention(&lows),
+            Cursor([(0, 10), (1, 4), (2, 3)].into()).past_retention(&lows),
+            None
+        );
+        assert_eq!(Cursor::default().past_retention(&lows), None);
+        let lows: BTreeMap<i32, i64> = [(0, 10), (1, 0)].into();
+        // Partition 0 below its low: there from its oldest, partition 1 where the
+        // cursor was, partition 3 (which the topic did not list now) kept as it was.
+        assert_eq!(
+            Cursor([(0, 9), (1, 4), (3, 7)].into()).past_retention(&lows),
+            Some(Cursor([(0, 10), (1, 4), (3, 7)].into()))
+        );
+        // A partition added after the cursor, which lost events already: gone too.
+        let lows: BTreeMap<i32, i64> = [(0, 10), (1, 0), (2, 3)].into();
+        assert_eq!(
+            Cursor([(0, 10), (1, 4)].into()).past_retention(&lows),
             Some(Cursor([(0, 10), (1, 4), (2, 3)].into()))
         );
     }

@@ -303,7 +303,8 @@ fn start(
 
 /// Where a stream starts in each partition, given its (partition, low, high)
 /// watermarks: after `cursor`, else at the oldest (`earliest`) or newest event. A cursor
-/// below what a partition keeps is 410 with the oldest cursor; past its end, 400.
+/// retention passed is 410 with where to go on (`Cursor::past_retention`); past the
+/// end, 400.
 fn positions(
     bounds: &[(i32, i64, i64)],
     cursor: Option<&Cursor>,

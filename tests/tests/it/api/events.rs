@@ -358,7 +358,7 @@ async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
         Some(&1),
         "partition 1 where the cursor was"
     );
-    // Going on: what is kept after the cursor, each once (b1 a3 b2 b3).
+    // Going on: what is kept after the cursor, each once (b1 b2 a3 b3, by time).
     let (s, rest) = page(Some(on.to_string())).await;
     assert_eq!(s, 200, "{rest}");
     assert_eq!(ids(&rest), ["b1", "b2", "a3", "b3"]);

@@ -249,6 +249,8 @@ async fn a_partner_sees_each_attempt_of_its_messages_and_nothing_of_others() {
             .contains("no longer kept"),
         "{refused}"
     );
+    let (_, after) = message(&api, &token, &id).await;
+    assert_eq!(after["attempts_count"], 4, "nothing sent: {after}");
 
     // The view's gauges: what it holds, and that it has read the topic to its end.
     let mut gauges = false;
