@@ -10,6 +10,48 @@ fn events_page(partner: &str, limit: usize, cursor: Option<&str>) -> String {
     }
 }
 
+/// An API, and a partner with a subscription whose endpoint is down (so that its
+/// delivery topic exists), for tests that write that topic themselves: the partner, its
+/// token and the topic.
+async fn a_partner_polling(
+    world: &DispatchWorld,
+    prefix: &str,
+) -> (e2e::ApiProcess, String, String, String) {
+    let partner = unique(prefix);
+    let api = world.start_api(&tokens(&[&partner]), &[]);
+    let token = partner_token(&partner);
+    let (s, created) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(&token),
+            Some(json!({
+                "url": format!("http://{}/hook", closed_port()),
+                "event_types": ["order.created"],
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let topic = dispatcher::subscriptions::delivery_topic(&partner);
+    (api, partner, token, topic)
+}
+
+/// Writes an event to a delivery topic as the router would (webhook-id `id`, key and
+/// order `id`), in `partition`, with the record timestamp `at` (ms).
+async fn write_event(topic: &str, partition: i32, id: &str, at: i64) {
+    let body = json!({"type": "order.created", "timestamp": "t", "data": {"order_id": id}});
+    e2e::produce_at(
+        &e2e::brokers(),
+        topic,
+        Some(partition),
+        id,
+        body.to_string().as_bytes(),
+        &[("webhook-id", id), ("subscription-id", "s")],
+        Some(at),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_recovers_missed_events_by_polling_in_order() {
     let world = DispatchWorld::new("127.0.0.1").await;
@@ -191,22 +233,7 @@ async fn a_partner_recovers_missed_events_by_polling_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_never_skips_an_event_whose_timestamp_is_out_of_order() {
     let world = DispatchWorld::new("127.0.0.1").await;
-    let partner = unique("skew");
-    let api = world.start_api(&tokens(&[&partner]), &[]);
-    let token = partner_token(&partner);
-    let (s, created) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/subscriptions",
-            Some(&token),
-            Some(json!({
-                "url": format!("http://{}/hook", closed_port()),
-                "event_types": ["order.created"],
-            })),
-        )
-        .await;
-    assert_eq!(s, 201, "{created}");
-    let topic = dispatcher::subscriptions::delivery_topic(&partner);
+    let (api, partner, token, topic) = a_partner_polling(&world, "skew").await;
     // Two partitions; partition 0's timestamps out of order (its second record is the
     // oldest of all).
     let base = chrono::Utc::now().timestamp_millis() - 60_000;
@@ -222,17 +249,7 @@ async fn polling_never_skips_an_event_whose_timestamp_is_out_of_order() {
     let mut written: HashMap<i32, Vec<String>> = HashMap::new();
     for (i, (partition, dt)) in skew.iter().enumerate() {
         let id = format!("evt-{i}");
-        let body = json!({"type": "order.created", "timestamp": "t", "data": {"order_id": format!("o-{i}")}});
-        e2e::produce_at(
-            &e2e::brokers(),
-            &topic,
-            Some(*partition),
-            &format!("o-{i}"),
-            body.to_string().as_bytes(),
-            &[("webhook-id", id.as_str()), ("subscription-id", "s")],
-            Some(base + dt),
-        )
-        .await;
+        write_event(&topic, *partition, &id, base + dt).await;
         written.entry(*partition).or_default().push(id);
     }
     let mut cursor: Option<String> = None;
@@ -277,37 +294,12 @@ async fn polling_never_skips_an_event_whose_timestamp_is_out_of_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
     let world = DispatchWorld::new("127.0.0.1").await;
-    let partner = unique("poll-gone");
-    let api = world.start_api(&tokens(&[&partner]), &[]);
-    let token = partner_token(&partner);
-    let (s, created) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/subscriptions",
-            Some(&token),
-            Some(json!({
-                "url": format!("http://{}/hook", closed_port()),
-                "event_types": ["order.created"],
-            })),
-        )
-        .await;
-    assert_eq!(s, 201, "{created}");
-    let topic = dispatcher::subscriptions::delivery_topic(&partner);
+    let (api, partner, token, topic) = a_partner_polling(&world, "poll-gone").await;
     // a0 b0 a1 b1 a2 b2 a3 b3 by time; a in partition 0, b in partition 1.
     let base = chrono::Utc::now().timestamp_millis() - 60_000;
     for i in 0..8 {
         let (partition, name) = (i % 2, format!("{}{}", ["a", "b"][i as usize % 2], i / 2));
-        let body = json!({"type": "order.created", "timestamp": "t", "data": {"order_id": name}});
-        e2e::produce_at(
-            &e2e::brokers(),
-            &topic,
-            Some(partition),
-            &name,
-            body.to_string().as_bytes(),
-            &[("webhook-id", name.as_str()), ("subscription-id", "s")],
-            Some(base + i64::from(i) * 1000),
-        )
-        .await;
+        write_event(&topic, partition, &name, base + i64::from(i) * 1000).await;
     }
     let page = |cursor: Option<String>| {
         let path = events_page(&partner, 10, cursor.as_deref());
