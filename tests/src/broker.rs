@@ -77,6 +77,12 @@ fn spawn_nisshi(dir: &std::path::Path, addr: &str, storage: BrokerStorage) -> Ru
         nisshi.display()
     );
     let url = format!("tcp://{addr}");
+    // NISSHI_SQLITE_OPTIONS: options of the SQLite storage URL (`mode=direct`, ...), to
+    // measure them.
+    let sqlite = match std::env::var("NISSHI_SQLITE_OPTIONS") {
+        Ok(options) if !options.is_empty() => format!("sqlite://nisshi.db?{options}"),
+        _ => "sqlite://nisshi.db".to_string(),
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -93,7 +99,7 @@ fn spawn_nisshi(dir: &std::path::Path, addr: &str, storage: BrokerStorage) -> Ru
             &url,
             "--storage-engine",
             match storage {
-                BrokerStorage::Sqlite | BrokerStorage::SqliteWithoutIndexes => "sqlite://nisshi.db",
+                BrokerStorage::Sqlite | BrokerStorage::SqliteWithoutIndexes => &sqlite,
                 BrokerStorage::Memory => "memory://nisshi/",
             },
         ])
