@@ -335,14 +335,17 @@ impl App {
                 run.await
             }
         });
-        let lanes = tokio::spawn(crate::lane::supervise(
-            kafka,
-            lane_config,
-            table,
+        let shared = crate::lane::LaneShared {
             client,
             producer,
             on_gone,
             watched,
+        };
+        let lanes = tokio::spawn(crate::lane::supervise(
+            kafka,
+            lane_config,
+            table,
+            shared,
             shutdown.clone(),
         ));
         tracing::info!("dispatcher running");

@@ -41,7 +41,7 @@ mod throttle;
 pub mod upgrade;
 
 pub use intake::{Change, Intake, LaneLink, Record};
-pub use supervisor::supervise;
+pub use supervisor::{supervise, LaneShared};
 pub use throttle::GlobalCap;
 
 use read_back::{ReadBacks, Rebalances};
@@ -282,15 +282,12 @@ pub async fn run_linked(
         // Waiting by policy: records held by a paused or disconnected subscription, and
         // every parked record (it waits for its backoff, or behind its key's).
         let waiting = [ctx.health.held_by_subscription(), pending[1]];
-        throttle.update(
-            consumers,
-            topics,
-            &owned.assigned,
+        let load = throttle::Load {
             pending,
             waiting,
-            records.len(),
-            &lm.paused,
-        );
+            queued: records.len(),
+        };
+        throttle.update(consumers, topics, &owned.assigned, load, &lm.paused);
         // Only the delivery topic's records stop the lane taking: a full retry side
         // (parked orders waiting for their backoff) must not hold the partner's other
         // orders, and is bounded by its own pause (twice `max_buffered` held).

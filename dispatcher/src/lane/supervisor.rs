@@ -57,6 +57,22 @@ async fn make_topics(
     Ok(may_park)
 }
 
+/// What every lane shares: the webhook client, the producer (retries, dead letters,
+/// the log), what a 410 calls, and the partners' health as the supervisor watches it.
+#[derive(Clone)]
+pub struct LaneShared {
+    pub client: WebhookClient,
+    pub producer: FutureProducer,
+    pub on_gone: GoneHook,
+    pub watched: Arc<Mutex<HashMap<String, crate::health::Watched>>>,
+}
+
+impl std::fmt::Debug for LaneShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneShared").finish_non_exhaustive()
+    }
+}
+
 /// Starts a lane for every partner that has a subscription, now and whenever one
 /// appears, creating its delivery and dead-letter topics first; a lane that ends before
 /// shutdown is started again ([`restart::keep_running`]). Returns at shutdown once every
@@ -65,12 +81,15 @@ pub async fn supervise(
     settings: KafkaSettings,
     config: LaneConfig,
     table: SubscriptionTable,
-    client: WebhookClient,
-    producer: FutureProducer,
-    on_gone: GoneHook,
-    watched: Arc<Mutex<HashMap<String, crate::health::Watched>>>,
+    shared: LaneShared,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let LaneShared {
+        client,
+        producer,
+        on_gone,
+        watched,
+    } = shared;
     let (intake, intake_task) = Intake::start(
         &settings,
         &config.group_prefix,

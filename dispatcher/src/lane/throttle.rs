@@ -77,6 +77,15 @@ pub(super) struct Throttle {
     counted: [usize; 2],
 }
 
+/// What a lane holds, per topic (delivery, retry): its unfinished records, how many
+/// of them wait by policy, and the records waiting in the lane's channel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Load {
+    pub pending: [usize; 2],
+    pub waiting: [usize; 2],
+    pub queued: usize,
+}
+
 impl Throttle {
     pub(super) fn new(max: usize, global: GlobalCap) -> Self {
         Self {
@@ -91,19 +100,21 @@ impl Throttle {
         self.paused[usize::from(retry)]
     }
 
-    /// Call once per loop turn with the unfinished records per topic, how many of them
-    /// wait by policy, and the records waiting in the lane's channel; pauses or resumes
-    /// the lane's `assigned` partitions of `topics` on `consumers`.
+    /// Call once per loop turn with the lane's [`Load`]; pauses or resumes the lane's
+    /// `assigned` partitions of `topics` on `consumers`.
     pub(super) fn update(
         &mut self,
         consumers: [&LaneConsumer; 2],
         topics: [&str; 2],
         assigned: &[BTreeSet<i32>; 2],
-        pending: [usize; 2],
-        waiting: [usize; 2],
-        queued: usize,
+        load: Load,
         gauge: &metrics::Gauge,
     ) {
+        let Load {
+            pending,
+            waiting,
+            queued,
+        } = load;
         self.count(
             pending[0] + pending[1],
             waiting[0].min(pending[0]) + waiting[1].min(pending[1]),
