@@ -254,12 +254,7 @@ async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
     })
     .await
     .expect("the stream opened once its topic was made");
-    let mut text = String::new();
-    assert!(
-        read_until(&mut live, &mut text, Duration::from_secs(5), |t| t
-            .contains("event: ready"))
-        .await
-    );
+    let mut text = read_ready(&mut live).await;
     let p = world.publisher().await;
     let sent = publish(&p, &partner, 10, "gone").await;
     assert!(
@@ -314,11 +309,55 @@ async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
     let mut want = first.0.clone();
     want.insert(p_gone, cut);
     assert_eq!(decode(on).0, want, "{body}");
+    // A marker per partition the events used (an order of that partition), written
+    // now: a reader that has every marker has read each partition to its end, so a
+    // repeat or a missing event shows without waiting on a clock.
+    let event_id = |data: &Value| data["data"]["event_id"].as_str().unwrap_or("").to_string();
+    let mut order_of_partition = std::collections::BTreeMap::new();
+    for ((_, data), &partition) in got.iter().zip(&part) {
+        let id = event_id(data);
+        let order = sent
+            .iter()
+            .find(|e| e.event_id().to_string() == id)
+            .expect("an event we sent")
+            .order_id()
+            .to_string();
+        order_of_partition.entry(partition).or_insert(order);
+    }
+    let mut markers = BTreeSet::new();
+    for order in order_of_partition.values() {
+        let marker = e2e::order_event(EventType::OrderCreated, &partner, order, 1);
+        p.publish(&marker).await.expect("publish");
+        markers.insert(marker.event_id().to_string());
+    }
+    let read_to_markers = |cursor: String| {
+        let (open, markers) = (&open, &markers);
+        async move {
+            let mut r = open(Some(cursor.clone())).await.expect("call");
+            assert_eq!(r.status(), 200, "from {cursor}");
+            let mut text = String::new();
+            let ids = |t: &str| -> BTreeSet<String> {
+                ids_of(t, "order.created")
+                    .iter()
+                    .map(|(_, d)| event_id(d))
+                    .collect()
+            };
+            assert!(
+                read_until(&mut r, &mut text, Duration::from_secs(30), |t| ids(t)
+                    .is_superset(markers))
+                .await,
+                "every marker, from {cursor}: {text}"
+            );
+            let read: Vec<String> = ids_of(&text, "order.created")
+                .iter()
+                .map(|(_, d)| event_id(d))
+                .filter(|id| !markers.contains(id))
+                .collect();
+            read
+        }
+    };
     // Going on from there: every later event still kept (none of P), each once, not
     // the first again.
-    let mut resumed = open(Some(on.to_string())).await.expect("call");
-    assert_eq!(resumed.status(), 200);
-    let event_id = |data: &Value| data["data"]["event_id"].as_str().unwrap_or("").to_string();
     let mut kept: Vec<String> = got
         .iter()
         .zip(&part)
@@ -326,31 +365,13 @@ async fn a_cursor_retention_passed_is_410_with_where_to_go_on() {
         .filter(|(_, &p)| p != p_gone)
         .map(|((_, data), _)| event_id(data))
         .collect();
-    let mut text = String::new();
-    read_until(&mut resumed, &mut text, Duration::from_secs(10), |t| {
-        ids_of(t, "order.created").len() >= kept.len()
-    })
-    .await;
-    // (Anything more would come at once: wait a little for a repeat.)
-    read_until(&mut resumed, &mut text, Duration::from_millis(500), |_| {
-        false
-    })
-    .await;
-    let mut again: Vec<String> = ids_of(&text, "order.created")
-        .iter()
-        .map(|(_, data)| event_id(data))
-        .collect();
+    let mut again = read_to_markers(on.to_string()).await;
     again.sort();
     kept.sort();
-    assert_eq!(again, kept, "{text}");
-    // A cursor past the cut resumes as before: nothing more, no 410.
-    let mut past = open(Some(got[got.len() - 1].0.clone()))
-        .await
-        .expect("call");
-    assert_eq!(past.status(), 200);
-    let mut text = String::new();
-    read_until(&mut past, &mut text, Duration::from_millis(1500), |_| false).await;
-    assert!(ids_of(&text, "order.created").is_empty(), "{text}");
+    assert_eq!(again, kept);
+    // A cursor past the cut resumes as before: nothing but what came since, no 410.
+    let past = read_to_markers(got[got.len() - 1].0.clone()).await;
+    assert!(past.is_empty(), "{past:?}");
 }
 
 /// The `id:` and `data:` of each SSE event of `event` type in `text`.
@@ -363,6 +384,18 @@ fn ids_of(text: &str, event: &str) -> Vec<(String, Value)> {
             Some((id.to_string(), serde_json::from_str(data).ok()?))
         })
         .collect()
+}
+
+/// Reads a stream's first event (`ready`, within 5 s): what arrived so far.
+async fn read_ready(response: &mut reqwest::Response) -> String {
+    let mut text = String::new();
+    assert!(
+        read_until(response, &mut text, Duration::from_secs(5), |t| t
+            .contains("event: ready"))
+        .await,
+        "no ready event: {text:?}"
+    );
+    text
 }
 
 /// Reads a streaming response until `until` holds for what arrived, at most `wait`.
@@ -485,12 +518,7 @@ async fn streams_are_capped_kept_alive_filtered_and_a_slow_reader_is_let_go() {
     })
     .await;
     let mut filtered = filtered.expect("a new stream once the first closed");
-    let mut text = String::new();
-    assert!(
-        read_until(&mut filtered, &mut text, Duration::from_secs(5), |t| t
-            .contains("event: ready"))
-        .await
-    );
+    let mut text = read_ready(&mut filtered).await;
     // A connection's own types and filter: only the big order.created events, then the
     // marker (so what was skipped is not merely late).
     let mut wanted = Vec::new();
@@ -615,12 +643,7 @@ async fn a_stream_subscription_from_an_operators_file_gets_its_topic_and_its_eve
     })
     .await;
     let mut stream = stream.expect("the stream opened once its topic was made");
-    let mut text = String::new();
-    assert!(
-        read_until(&mut stream, &mut text, Duration::from_secs(5), |t| t
-            .contains("event: ready"))
-        .await
-    );
+    let mut text = read_ready(&mut stream).await;
     let p = world.publisher().await;
     let small = e2e::order_event(EventType::OrderCreated, &partner, "s-1", 50);
     let big = e2e::order_event(EventType::OrderCreated, &partner, "s-1", 5_000);
