@@ -67,11 +67,13 @@ up() {
   # nisshi resolves the sqlite URL's path against its working directory (even an
   # absolute one), so it runs inside its data directory with a relative path.
   # (NISSHI_BIN: another build of the broker, to compare versions.)
-  local nisshi="${NISSHI_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/nisshi}" version
+  local nisshi="${NISSHI_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/nisshi}" version made
   version="$("$nisshi" --version | awk '{print $NF}')"
+  # (Data from before the version file was written was 0.7's.)
+  made="$(cat "$STACK_DIR/kafka/nisshi.version" 2>/dev/null || echo "0.7.0-pre.2")"
   # A database of another nisshi version is refused by it (0.8 changed the schema).
-  if [[ -f "$STACK_DIR/kafka/nisshi.db" ]] && [[ "$(cat "$STACK_DIR/kafka/nisshi.version" 2>/dev/null || echo "0.7.0-pre.2")" != "$version" ]]; then
-    echo "the local broker's data in $STACK_DIR/kafka was made by nisshi $(cat "$STACK_DIR/kafka/nisshi.version" 2>/dev/null || echo "0.7.0-pre.2"), which nisshi $version cannot read: scripts/stack.sh purge (deletes the local stack's data), then up" >&2
+  if [[ -f "$STACK_DIR/kafka/nisshi.db" ]] && [[ "$made" != "$version" ]]; then
+    echo "the local broker's data in $STACK_DIR/kafka was made by nisshi $made, which nisshi $version cannot read: scripts/stack.sh purge (deletes the local stack's data), then up" >&2
     exit 1
   fi
   echo "$version" >"$STACK_DIR/kafka/nisshi.version"
