@@ -61,5 +61,6 @@ fn received(r: &Receiver) -> BTreeSet<String> {
 mod events;
 mod lifecycle;
 mod messages;
+mod recover;
 mod tenancy;
 mod validation;
