@@ -589,6 +589,12 @@ test("with an authenticator enrolled, a URL change in the console asks for its c
     await page.keyboard.press("Enter");
     await saved;
     assert.equal(page.url(), `${API}/console/subscriptions/${SUBSCRIPTION}`, await page.locator("main").innerText());
+    // (Seen once in CI: no facts on the page after the save; say what the page was.)
+    const after = await page.locator("body").innerText();
+    await assert.doesNotReject(
+      page.locator("dl.facts").first().waitFor({ timeout: 10000 }),
+      `the subscription's facts after the save, on: ${after}`,
+    );
     const facts = await page.locator("dl.facts").first().innerText();
     assert.match(facts, /\?v=3/);
     assert.match(facts, /URL check\s+(pending_verification|verified)/, facts);
